@@ -1,0 +1,146 @@
+"""The extraction config: a ``DelfConfig`` protobuf parsed from a .pbtxt file.
+
+One config object is parsed once and passed down; nothing reads global state.
+Relative paths in the file (model, PCA files) are resolved against the folder
+holding the config file.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Iterable
+
+from google.protobuf import descriptor as descriptor_lib
+from google.protobuf import text_format
+
+from delf_ret.protos import delf_config_pb2
+
+DelfConfig = delf_config_pb2.DelfConfig
+
+DEFAULT_SCALES = (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
+
+
+class ConfigError(Exception):
+  """A config file or override is invalid."""
+
+
+def parse_config_text(text: str, base_dir: str | os.PathLike | None = None) -> DelfConfig:
+  """Parses pbtxt text; relative paths are resolved against ``base_dir``."""
+  config = DelfConfig()
+  try:
+    text_format.Parse(text, config)
+  except text_format.ParseError as error:
+    raise ConfigError(f"invalid config: {error}") from None
+  if base_dir is not None:
+    _resolve_paths(config, pathlib.Path(base_dir))
+  return config
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> DelfConfig:
+  """Reads a .pbtxt config, applies ``field.path=value`` overrides and validates it."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ConfigError(f"config file not found: {path}")
+  config = parse_config_text(path.read_text(), base_dir=path.parent)
+  apply_overrides(config, overrides)
+  validate(config)
+  return config
+
+
+_PATH_FIELDS = ("model_path", "delf_local_config.pca_parameters.mean_path",
+                "delf_local_config.pca_parameters.projection_matrix_path",
+                "delf_local_config.pca_parameters.pca_variances_path")
+
+
+def _resolve_paths(config: DelfConfig, base_dir: pathlib.Path) -> None:
+  for dotted in _PATH_FIELDS:
+    *parents, leaf = dotted.split(".")
+    message = config
+    for name in parents:
+      if not message.HasField(name):
+        break
+      message = getattr(message, name)
+    else:
+      value = getattr(message, leaf)
+      if value and not os.path.isabs(value):
+        setattr(message, leaf, str(base_dir / value))
+
+
+def apply_overrides(config: DelfConfig, overrides: Iterable[str]) -> None:
+  """Sets single fields from strings like ``delf_local_config.max_feature_num=500``.
+
+  A repeated field takes a comma-separated list (``image_scales=0.5,1.0``).
+  Path values are taken as given (relative to the working directory).
+  """
+  for override in overrides:
+    name, sep, value = override.partition("=")
+    if not sep:
+      raise ConfigError(f"override {override!r} is not of the form field.path=value")
+    *parents, leaf = name.strip().split(".")
+    message = config
+    for part in parents:
+      field = message.DESCRIPTOR.fields_by_name.get(part)
+      if field is None or field.message_type is None:
+        raise ConfigError(f"override {override!r}: no message field {part!r}")
+      message = getattr(message, part)
+    field = message.DESCRIPTOR.fields_by_name.get(leaf)
+    if field is None:
+      raise ConfigError(f"override {override!r}: unknown field {leaf!r} in "
+                        f"{message.DESCRIPTOR.name}")
+    try:
+      if field.is_repeated:
+        container = getattr(message, leaf)
+        del container[:]
+        container.extend(_convert(field, item) for item in value.split(",") if item.strip())
+      else:
+        setattr(message, leaf, _convert(field, value))
+    except ValueError as error:
+      raise ConfigError(f"override {override!r}: {error}") from None
+
+
+def _convert(field: descriptor_lib.FieldDescriptor, text: str):
+  text = text.strip()
+  kind = field.cpp_type
+  if kind == descriptor_lib.FieldDescriptor.CPPTYPE_BOOL:
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise ValueError(f"not a boolean: {text!r}")
+  if kind in (descriptor_lib.FieldDescriptor.CPPTYPE_FLOAT, descriptor_lib.FieldDescriptor.CPPTYPE_DOUBLE):
+    return float(text)
+  if kind in (descriptor_lib.FieldDescriptor.CPPTYPE_INT32, descriptor_lib.FieldDescriptor.CPPTYPE_INT64,
+              descriptor_lib.FieldDescriptor.CPPTYPE_UINT32, descriptor_lib.FieldDescriptor.CPPTYPE_UINT64):
+    return int(text)
+  if kind == descriptor_lib.FieldDescriptor.CPPTYPE_STRING:
+    return text
+  raise ValueError(f"field {field.name} cannot be set from the command line")
+
+
+def validate(config: DelfConfig) -> None:
+  """Raises ConfigError for values extraction cannot work with."""
+  if not config.image_scales:
+    raise ConfigError("image_scales is empty: give at least one scale")
+  if any(scale <= 0 for scale in config.image_scales):
+    raise ConfigError(f"image_scales must be positive, got {list(config.image_scales)}")
+  local = config.delf_local_config
+  if local.max_feature_num <= 0:
+    raise ConfigError(f"max_feature_num must be positive, got {local.max_feature_num}")
+  if local.use_pca:
+    pca = local.pca_parameters
+    if not (pca.mean_path and pca.projection_matrix_path):
+      raise ConfigError("use_pca is true but pca_parameters.mean_path / projection_matrix_path "
+                        "are not set (learn them with delf_learn_pca)")
+    if pca.pca_dim <= 0:
+      raise ConfigError(f"pca_dim must be positive, got {pca.pca_dim}")
+    if pca.use_whitening and not pca.pca_variances_path:
+      raise ConfigError("use_whitening is true but pca_parameters.pca_variances_path is not set")
+  if 0 < config.max_image_size < config.min_image_size:
+    raise ConfigError(f"max_image_size {config.max_image_size} < min_image_size "
+                      f"{config.min_image_size}")
+
+
+def to_text(config: DelfConfig) -> str:
+  """The config as pbtxt text."""
+  return text_format.MessageToString(config)

@@ -1,0 +1,107 @@
+"""DelfExtractor: image -> DELF local features, driven by one DelfConfig."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from delf_ret import pca as pca_lib
+from delf_ret.config import DelfConfig
+from delf_ret.extract.inference import BACKENDS
+from delf_ret.extract.selection import ScaleOutput, SelectedFeatures, select_features
+from delf_ret.feature_io import LocalFeatures
+from delf_ret.geometry import receptive_field_for_layer
+from delf_ret.images import load_image
+
+
+class ImageTooSmallError(ValueError):
+  """The image is smaller than the smallest side extraction works with."""
+
+
+def base_resize_factor(height: int, width: int, max_image_size: int, min_image_size: int) -> float:
+  """Factor applied before the pyramid so the longer side respects the size limits (-1: none)."""
+  longest = max(height, width)
+  if max_image_size > 0 and longest > max_image_size:
+    return max_image_size / longest
+  if min_image_size > 0 and longest < min_image_size:
+    return min_image_size / longest
+  return 1.0
+
+
+def pyramid_levels(height: int, width: int, config: DelfConfig) -> list[tuple[float, float, tuple[int, int]]]:
+  """(pyramid scale, total image scale, (h, w) network input size) for each usable level.
+
+  Raises ImageTooSmallError if no level is at least ``min_scaled_side`` on its
+  shorter side.
+  """
+  factor = base_resize_factor(height, width, config.max_image_size, config.min_image_size)
+  levels = []
+  for scale in config.image_scales:
+    total = factor * scale
+    size = (max(1, int(round(height * total))), max(1, int(round(width * total))))
+    if min(size) >= config.min_scaled_side:
+      levels.append((float(scale), total, size))
+  if not levels:
+    raise ImageTooSmallError(
+        f"image of {width}x{height} pixels is too small: no pyramid level reaches "
+        f"{config.min_scaled_side} pixels on its shorter side")
+  return levels
+
+
+class DelfExtractor:
+  """Extracts DELF features of images with one model and one config.
+
+  Args:
+    config: parsed DelfConfig.
+    model: a DelfModel; loaded from ``config.model_path`` when None.
+    backend: "compiled" (default, fast) or "eager" (baseline).
+  """
+
+  def __init__(self, config: DelfConfig, model=None, backend: str = "compiled"):
+    from delf_ret.model.delf import load_delf_model
+
+    self.config = config
+    local = config.delf_local_config
+    self.field = receptive_field_for_layer(local.layer_name)
+    if model is None:
+      if not config.model_path:
+        raise ValueError("config has no model_path and no model was given")
+      model = load_delf_model(config.model_path)
+    self.model = model
+    if backend not in BACKENDS:
+      raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
+    self._run_level = BACKENDS[backend](model)
+    self.pca = None
+    if local.use_pca:
+      params = local.pca_parameters
+      self.pca = pca_lib.load_pca(params.mean_path, params.projection_matrix_path,
+                                  params.pca_variances_path if params.use_whitening else None)
+      if params.pca_dim > self.pca.projection.shape[0]:
+        raise ValueError(f"pca_dim {params.pca_dim} exceeds the "
+                         f"{self.pca.projection.shape[0]} components in the PCA files")
+
+  def extract_raw(self, image: np.ndarray) -> SelectedFeatures:
+    """Selected raw conv4 features of an RGB uint8 image [H, W, 3], by decreasing attention."""
+    height, width = image.shape[:2]
+    outputs = []
+    for scale, total, size in pyramid_levels(height, width, self.config):
+      features, attention = self._run_level(image, size)
+      outputs.append(ScaleOutput(features, attention, scale, total))
+    local = self.config.delf_local_config
+    return select_features(outputs, local.score_threshold, local.max_feature_num, self.field)
+
+  def extract(self, image: np.ndarray) -> LocalFeatures:
+    """Final features: selection, L2 norm, PCA (+ whitening), L2 norm."""
+    raw = self.extract_raw(image)
+    descriptors = pca_lib.l2_normalize(raw.descriptors)
+    if self.pca is not None:
+      params = self.config.delf_local_config.pca_parameters
+      descriptors = pca_lib.apply_pca(descriptors, self.pca, params.pca_dim, params.use_whitening)
+    return LocalFeatures(locations=raw.locations, scales=raw.scales, descriptors=descriptors,
+                         attention=raw.attention,
+                         orientations=np.zeros(raw.attention.shape[0], np.float32))
+
+  def extract_file(self, path: str | os.PathLike) -> LocalFeatures:
+    """Reads an image file (see delf_ret.images) and extracts its features."""
+    return self.extract(load_image(path, max_pixels=self.config.max_image_pixels))

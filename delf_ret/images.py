@@ -1,0 +1,104 @@
+"""Reading images from disk into RGB uint8 arrays, the same way every time.
+
+Every input mode is converted by one rule:
+* EXIF orientation is applied first (the array is what a viewer shows);
+* 16-bit and 32-bit integer images are rescaled to 8 bits (value / 257 for
+  16-bit, clipped to [0, 65535] first for 32-bit); float images are taken to be
+  in [0, 1];
+* grayscale is replicated to three channels; palette and CMYK images go through
+  Pillow's RGB conversion;
+* an alpha channel is composited over white (transparent pixels become white).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class ImageReadError(Exception):
+  """An image file could not be read; the message names the file and the reason."""
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = 178956970) -> np.ndarray:
+  """Reads an image file as RGB.
+
+  Args:
+    path: image file (any format Pillow reads).
+    max_pixels: larger images are rejected before decoding.
+
+  Returns:
+    uint8 array [H, W, 3].
+
+  Raises:
+    ImageReadError: missing, empty, truncated, corrupt, not an image, too many
+      pixels, or zero-sized.
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise ImageReadError(f"{path}: file not found")
+  if path.is_dir():
+    raise ImageReadError(f"{path}: is a folder, not an image file")
+  if path.stat().st_size == 0:
+    raise ImageReadError(f"{path}: file is empty (0 bytes)")
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+      if width * height > max_pixels:
+        raise ImageReadError(
+            f"{path}: image too large ({width}x{height} = {width * height} pixels, "
+            f"limit {max_pixels})")
+      image.load()
+      image = ImageOps.exif_transpose(image)
+      return _to_rgb_array(image)
+  except ImageReadError:
+    raise
+  except UnidentifiedImageError:
+    raise ImageReadError(f"{path}: not an image file (format not recognised)") from None
+  except Image.DecompressionBombError as error:
+    raise ImageReadError(f"{path}: image too large ({error})") from None
+  except (OSError, SyntaxError, ValueError) as error:
+    reason = str(error) or type(error).__name__
+    if "truncated" in reason.lower():
+      reason = f"truncated file ({reason})"
+    raise ImageReadError(f"{path}: corrupt or unreadable image: {reason}") from None
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+  """Converts a decoded Pillow image to uint8 [H, W, 3] by the module's rule."""
+  if image.width == 0 or image.height == 0:
+    raise ImageReadError(f"image has zero size ({image.width}x{image.height})")
+  mode = image.mode
+  if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    values = np.asarray(image, dtype=np.float64)
+    gray = np.clip(values, 0, 65535) / 257.0
+    return _gray_to_rgb(np.round(gray).astype(np.uint8))
+  if mode == "F":
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    return _gray_to_rgb(np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8))
+  if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
+  if mode == "L":
+    return _gray_to_rgb(np.asarray(image, dtype=np.uint8))
+  return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+  return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
+  """Image files (by suffix, case-insensitive) directly inside ``folder``, sorted."""
+  folder = pathlib.Path(folder)
+  if not folder.is_dir():
+    raise FileNotFoundError(f"{folder}: not a folder")
+  return sorted(p for p in folder.iterdir()
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

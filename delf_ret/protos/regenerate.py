@@ -1,0 +1,29 @@
+"""Regenerates the ``*_pb2.py`` modules from ``protos/*.proto`` with grpcio-tools.
+
+Usage: ``python -m delf_ret.protos.regenerate [OUTPUT_DIR]`` (default: this
+package's folder). Needs the ``grpcio-tools`` package (``pip install -e .[dev]``).
+"""
+
+import pathlib
+import sys
+
+PROTO_NAMES = ("delf_config.proto", "delf_features.proto")
+PROTO_DIR = pathlib.Path(__file__).resolve().parents[2] / "protos"
+
+
+def regenerate(output_dir: pathlib.Path) -> list[pathlib.Path]:
+  """Runs protoc on every .proto file; returns the written module paths."""
+  from grpc_tools import protoc  # Only needed by developers.
+
+  output_dir.mkdir(parents=True, exist_ok=True)
+  args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={output_dir}"]
+  args += [str(PROTO_DIR / name) for name in PROTO_NAMES]
+  if protoc.main(args) != 0:
+    raise RuntimeError(f"protoc failed on {PROTO_NAMES} in {PROTO_DIR}")
+  return [output_dir / name.replace(".proto", "_pb2.py") for name in PROTO_NAMES]
+
+
+if __name__ == "__main__":
+  target = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else pathlib.Path(__file__).parent
+  for path in regenerate(target):
+    print(path)
