@@ -40,7 +40,7 @@ def receptive_field_for_layer(layer_name: str) -> ReceptiveField:
     ) from None
 
 
-def keypoint_centers(cell_indices: np.ndarray, scale: float,
+def keypoint_centers(cell_indices: np.ndarray, scale: float | tuple[float, float],
                      field: ReceptiveField = RESNET50_CONV4) -> np.ndarray:
   """Maps feature-map cell indices to keypoint centres in original-image pixels.
 
@@ -49,13 +49,15 @@ def keypoint_centers(cell_indices: np.ndarray, scale: float,
   Args:
     cell_indices: integer array [N, 2] of (row, column) cell indices.
     scale: factor by which the original image was resized before the network
-      ran (e.g. 0.5 for a half-size pyramid level).
+      ran (e.g. 0.5 for a half-size pyramid level), one number or a (y, x)
+      pair when the two axes were resized by slightly different factors.
     field: receptive field of the feature map.
 
   Returns:
     float32 array [N, 2] of (y, x) centres in original-image pixels.
   """
-  if scale <= 0:
+  scale = np.asarray(scale, dtype=np.float64)
+  if np.any(scale <= 0):
     raise ValueError(f"scale must be positive, got {scale}")
   indices = np.asarray(cell_indices, dtype=np.float64).reshape(-1, 2)
   centres = field.stride * indices - field.padding + (field.size - 1) / 2.0

@@ -16,6 +16,7 @@ import numpy as np
 from delf_ret.atomic import atomic_write
 
 WHITENING_EPSILON = 1e-12
+PCA_FILE_NAMES = ("pca_mean.npy", "pca_projection.npy", "pca_variances.npy")
 
 
 @dataclasses.dataclass
@@ -67,6 +68,12 @@ def save_pca(model: PcaModel, mean_path: str | os.PathLike, projection_path: str
                       (model.variances, variances_path)):
     with atomic_write(path) as handle:
       np.save(handle, array)
+
+
+def pca_paths(folder: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+  """Standard (mean, projection, variances) file paths inside ``folder``."""
+  folder = pathlib.Path(folder)
+  return tuple(folder / name for name in PCA_FILE_NAMES)
 
 
 def load_pca(mean_path: str | os.PathLike, projection_path: str | os.PathLike,

@@ -29,8 +29,12 @@ def base_resize_factor(height: int, width: int, max_image_size: int, min_image_s
   return 1.0
 
 
-def pyramid_levels(height: int, width: int, config: DelfConfig) -> list[tuple[float, float, tuple[int, int]]]:
-  """(pyramid scale, total image scale, (h, w) network input size) for each usable level.
+def pyramid_levels(height: int, width: int,
+                   config: DelfConfig) -> list[tuple[float, tuple[float, float], tuple[int, int]]]:
+  """(pyramid scale, (y, x) image scale, (h, w) network input size) for each usable level.
+
+  The (y, x) image scale is the level size divided by the original size, so
+  keypoints map back exactly to original pixels despite rounding.
 
   Raises ImageTooSmallError if no level is at least ``min_scaled_side`` on its
   shorter side.
@@ -41,7 +45,7 @@ def pyramid_levels(height: int, width: int, config: DelfConfig) -> list[tuple[fl
     total = factor * scale
     size = (max(1, int(round(height * total))), max(1, int(round(width * total))))
     if min(size) >= config.min_scaled_side:
-      levels.append((float(scale), total, size))
+      levels.append((float(scale), (size[0] / height, size[1] / width), size))
   if not levels:
     raise ImageTooSmallError(
         f"image of {width}x{height} pixels is too small: no pyramid level reaches "
@@ -93,7 +97,10 @@ class DelfExtractor:
 
   def extract(self, image: np.ndarray) -> LocalFeatures:
     """Final features: selection, L2 norm, PCA (+ whitening), L2 norm."""
-    raw = self.extract_raw(image)
+    return self.finalize(self.extract_raw(image))
+
+  def finalize(self, raw: SelectedFeatures) -> LocalFeatures:
+    """L2 norm, PCA (+ whitening) and L2 norm of selected raw features."""
     descriptors = pca_lib.l2_normalize(raw.descriptors)
     if self.pca is not None:
       params = self.config.delf_local_config.pca_parameters

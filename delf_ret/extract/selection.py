@@ -17,13 +17,14 @@ class ScaleOutput:
     features: float32 [h, w, C] feature map.
     attention: float32 [h, w] attention scores.
     scale: pyramid scale of this level.
-    image_scale: total factor from original image to network input
-      (pyramid scale times any max/min image-size resize).
+    image_scale: (y, x) factors from original image to network input: the
+      network input size divided by the original size on each axis (pyramid
+      scale times any max/min image-size resize, after rounding to pixels).
   """
   features: np.ndarray
   attention: np.ndarray
   scale: float
-  image_scale: float
+  image_scale: tuple[float, float]
 
 
 @dataclasses.dataclass

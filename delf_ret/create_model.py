@@ -1,0 +1,49 @@
+"""Writes a new (untrained) DELF model checkpoint.
+
+Usage:
+  python -m delf_ret.create_model --output_path model.keras \
+      --backbone_weights imagenet|random|/path/resnet50_notop.h5 [--seed 0]
+
+"imagenet" uses the standard Keras weight loading (cache or download). The
+attention head and classifiers start random; train them with the training
+tools, or use the checkpoint as is for tests and demos (its features are those
+of an untrained attention head).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output_path", None, "Where to write the .keras checkpoint.")
+flags.DEFINE_string("backbone_weights", "imagenet",
+                    "'imagenet', 'random', or a local ResNet50 (no top) weights file.")
+flags.DEFINE_integer("num_classes", 1, "Number of landmark classes of the classifier heads.")
+flags.DEFINE_integer("seed", 0, "Random seed for the randomly initialised weights.")
+
+
+def main(argv):
+  del argv
+  if not FLAGS.output_path:
+    raise app.UsageError("--output_path is required")
+  from delf_ret.model import BackboneWeightsError, DelfModel, save_delf_model
+
+  weights = None if FLAGS.backbone_weights == "random" else FLAGS.backbone_weights
+  try:
+    model = DelfModel(num_classes=FLAGS.num_classes, backbone_weights=weights, seed=FLAGS.seed)
+  except BackboneWeightsError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  save_delf_model(model, FLAGS.output_path)
+  print(f"wrote {FLAGS.output_path} (backbone: {FLAGS.backbone_weights}, seed {FLAGS.seed})")
+  return 0
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

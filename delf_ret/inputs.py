@@ -1,0 +1,57 @@
+"""Turning command-line inputs (a folder or a list file) into image paths and output names."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from delf_ret.images import list_images
+
+
+class InputError(Exception):
+  """The input folder or list file cannot be used."""
+
+
+def read_image_list(list_path: str | os.PathLike) -> list[pathlib.Path]:
+  """Paths in a text file, one per line; blank lines and '#' comments are skipped.
+
+  Relative paths are taken relative to the list file's folder.
+  """
+  list_path = pathlib.Path(list_path)
+  if not list_path.is_file():
+    raise InputError(f"image list not found: {list_path}")
+  paths = []
+  for line in list_path.read_text().splitlines():
+    line = line.strip()
+    if line and not line.startswith("#"):
+      path = pathlib.Path(line)
+      paths.append(path if path.is_absolute() else list_path.parent / path)
+  if not paths:
+    raise InputError(f"image list {list_path} names no images")
+  return paths
+
+
+def resolve_image_inputs(images_dir: str | None, list_images_path: str | None) -> list[pathlib.Path]:
+  """Image paths from exactly one of a folder or a list file."""
+  if bool(images_dir) == bool(list_images_path):
+    raise InputError("give exactly one of --images_dir and --list_images_path")
+  if list_images_path:
+    return read_image_list(list_images_path)
+  try:
+    paths = list_images(images_dir)
+  except FileNotFoundError as error:
+    raise InputError(str(error)) from None
+  if not paths:
+    raise InputError(f"no image files in {images_dir}")
+  return paths
+
+
+def output_names(paths: list[pathlib.Path], suffix: str) -> list[str]:
+  """One output file name per input (its stem + suffix); raises on two inputs with one name."""
+  names = [path.stem + suffix for path in paths]
+  seen = {}
+  for path, name in zip(paths, names):
+    if name in seen:
+      raise InputError(f"{seen[name]} and {path} would both write {name}; rename one")
+    seen[name] = path
+  return names

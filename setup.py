@@ -1,0 +1,43 @@
+"""delf-ret: landmark image retrieval with DELF-style local features."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+README = pathlib.Path(__file__).parent / "README.md"
+
+setup(
+    name="delf-ret",
+    version="0.1.0",
+    description="Landmark image retrieval with DELF-style local features",
+    long_description=README.read_text() if README.exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["delf_ret", "delf_ret.*"]),
+    package_data={"delf_ret": ["demo_data/*"]},
+    install_requires=[
+        "tensorflow>=2.16",
+        "tensorflow-datasets>=4.9",
+        "scikit-learn>=1.3",
+        "scikit-image>=0.22",
+        "faiss-cpu>=1.8",
+        "numpy>=1.26",
+        "matplotlib>=3.8",
+        "absl-py>=2.0",
+        # The committed *_pb2.py modules were generated for protobuf 7.35.
+        "protobuf>=7.35",
+        "pillow>=10.0",
+    ],
+    extras_require={
+        "test": ["pytest>=7.4", "grpcio-tools>=1.85"],
+        "bench": ["opencv-python-headless>=4.8"],
+    },
+    entry_points={
+        "console_scripts": [
+            "extract_features=delf_ret.extract_features:run",
+            "learn_pca=delf_ret.learn_pca:run",
+            "create_delf_model=delf_ret.create_model:run",
+            "delf_demo=delf_ret.demo:run",
+        ],
+    },
+)

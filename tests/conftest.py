@@ -1,0 +1,99 @@
+"""Shared fixtures: real photos from ../shared/data, a random-weight DELF model, small configs."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get("DELF_RET_SHARED_DATA", REPO.parent / "shared" / "data"))
+BUNDLED_IMAGES = REPO / "delf_ret" / "demo_data"
+
+# Two scales and 256 px keep each extraction well under a second on 2 cores.
+SMALL_CONFIG = """
+model_path: "{model_path}"
+image_scales: [0.5, 1.0]
+delf_local_config {{
+  use_pca: {use_pca}
+  max_feature_num: {max_feature_num}
+  score_threshold: 0.0
+  pca_parameters {{
+    mean_path: "{pca_dir}/pca_mean.npy"
+    projection_matrix_path: "{pca_dir}/pca_projection.npy"
+    pca_variances_path: "{pca_dir}/pca_variances.npy"
+    pca_dim: 40
+    use_whitening: {use_whitening}
+  }}
+}}
+max_image_size: 256
+"""
+
+
+def landmark_images() -> list[pathlib.Path]:
+  folder = SHARED_DATA / "landmarks"
+  if not folder.is_dir():
+    pytest.skip(f"shared data not found at {folder} (set DELF_RET_SHARED_DATA)")
+  return sorted(folder.iterdir())
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"shared data not found at {SHARED_DATA} (set DELF_RET_SHARED_DATA)")
+  return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def delf_model():
+  from delf_ret.model import DelfModel
+  return DelfModel(num_classes=3, seed=0)
+
+
+@pytest.fixture(scope="session")
+def model_path(delf_model, tmp_path_factory) -> pathlib.Path:
+  from delf_ret.model import save_delf_model
+  path = tmp_path_factory.mktemp("model") / "delf_random.keras"
+  save_delf_model(delf_model, path)
+  return path
+
+
+@pytest.fixture(scope="session")
+def pca_dir(delf_model, model_path, tmp_path_factory) -> pathlib.Path:
+  """PCA learned from the raw features of four real landmark photos."""
+  from delf_ret import pca as pca_lib
+  from delf_ret.config import parse_config_text
+  from delf_ret.extract.extractor import DelfExtractor
+  from delf_ret.extract.pca_training import extract_raw_features, stack_normalized
+
+  folder = tmp_path_factory.mktemp("pca")
+  config = parse_config_text(make_config_text(model_path, folder, use_pca=False))
+  raw, failures = extract_raw_features(DelfExtractor(config, model=delf_model),
+                                       landmark_images()[:4], log=lambda line: None)
+  assert not failures
+  pca_lib.save_pca(pca_lib.learn_pca(stack_normalized(raw)), *pca_lib.pca_paths(folder))
+  return folder
+
+
+def make_config_text(model_path, pca_dir, use_pca=True, max_feature_num=1000,
+                     use_whitening=False) -> str:
+  return SMALL_CONFIG.format(model_path=model_path, pca_dir=pca_dir,
+                             use_pca=str(use_pca).lower(), max_feature_num=max_feature_num,
+                             use_whitening=str(use_whitening).lower())
+
+
+@pytest.fixture(scope="session")
+def config_path(model_path, pca_dir, tmp_path_factory) -> pathlib.Path:
+  path = tmp_path_factory.mktemp("config") / "small.pbtxt"
+  path.write_text(make_config_text(model_path, pca_dir))
+  return path
+
+
+def run_cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+  """Runs ``python -m module args`` and returns the completed process (text output)."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                        timeout=timeout, env=env, stdin=subprocess.DEVNULL, cwd=REPO)

@@ -1,0 +1,65 @@
+import pathlib
+
+import pytest
+
+from delf_ret import config as config_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "configs" / "delf_config_example.pbtxt"
+
+
+def test_example_config_has_published_defaults():
+  config = config_lib.load_config(EXAMPLE)
+  assert [round(s, 4) for s in config.image_scales] == list(config_lib.DEFAULT_SCALES)
+  local = config.delf_local_config
+  assert local.max_feature_num == 1000
+  assert local.score_threshold == 100.0
+  assert local.use_pca and local.pca_parameters.pca_dim == 40
+  assert not local.pca_parameters.use_whitening
+  assert local.layer_name == "conv4_block6_out"
+  # Relative paths are resolved against the config's folder.
+  assert config.model_path == str(REPO / "configs" / "../models/delf_model.keras")
+  assert pathlib.Path(local.pca_parameters.mean_path).is_absolute()
+
+
+def test_overrides_scalar_repeated_bool_nested():
+  config = config_lib.load_config(EXAMPLE, [
+      "delf_local_config.max_feature_num=500", "image_scales=0.5, 1.0",
+      "delf_local_config.pca_parameters.use_whitening=true", "max_image_size=-1",
+      "delf_local_config.score_threshold=2.5"])
+  assert config.delf_local_config.max_feature_num == 500
+  assert list(config.image_scales) == [0.5, 1.0]
+  assert config.delf_local_config.pca_parameters.use_whitening
+  assert config.max_image_size == -1
+  assert config.delf_local_config.score_threshold == 2.5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("max_feature_num=5", "unknown field 'max_feature_num'"),
+    ("delf_local_config.max_feature_num", "field.path=value"),
+    ("delf_local_config.max_feature_num=many", "invalid literal"),
+    ("delf_local_config.use_pca=maybe", "not a boolean"),
+    ("model_path.x=1", "no message field 'model_path'"),
+    ("delf_local_config.max_feature_num=0", "must be positive"),
+    ("image_scales=", "image_scales is empty"),
+    ("image_scales=-1", "must be positive"),
+])
+def test_bad_overrides_are_rejected(override, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.load_config(EXAMPLE, [override])
+
+
+def test_bad_files(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match="not found"):
+    config_lib.load_config(tmp_path / "nope.pbtxt")
+  (tmp_path / "bad.pbtxt").write_text("image_scales: [0.5\nfoo: 1")
+  with pytest.raises(config_lib.ConfigError, match="invalid config"):
+    config_lib.load_config(tmp_path / "bad.pbtxt")
+  (tmp_path / "nopca.pbtxt").write_text("image_scales: 1.0 delf_local_config { use_pca: true }")
+  with pytest.raises(config_lib.ConfigError, match="mean_path"):
+    config_lib.load_config(tmp_path / "nopca.pbtxt")
+
+
+def test_text_round_trip():
+  config = config_lib.load_config(EXAMPLE)
+  assert config_lib.parse_config_text(config_lib.to_text(config)) == config

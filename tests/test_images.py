@@ -1,0 +1,99 @@
+"""Every input mode becomes RGB uint8 by one rule; every bad file gives a clear error."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from delf_ret.images import ImageReadError, list_images, load_image
+
+
+@pytest.fixture
+def photo(shared_data):
+  """A real photo, cropped small."""
+  with Image.open(shared_data / "pairs" / "graf1.png") as image:
+    return image.convert("RGB").crop((0, 0, 64, 48))
+
+
+def test_rgb_photo(shared_data):
+  image = load_image(shared_data / "landmarks" / "sacre_coeur_lightglue1.jpg")
+  assert image.dtype == np.uint8 and image.shape == (731, 1024, 3)
+
+
+def test_grayscale_replicated(shared_data):
+  image = load_image(shared_data / "distractors" / "left01.jpg")
+  assert image.shape == (480, 640, 3)
+  assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
+
+
+def test_rgba_composited_over_white(photo, tmp_path):
+  rgba = photo.convert("RGBA")
+  alpha = np.zeros((48, 64), np.uint8)
+  alpha[:, 32:] = 255
+  rgba.putalpha(Image.fromarray(alpha))
+  rgba.save(tmp_path / "a.png")
+  image = load_image(tmp_path / "a.png")
+  assert (image[:, :32] == 255).all()
+  np.testing.assert_array_equal(image[:, 32:], np.asarray(photo)[:, 32:])
+
+
+def test_cmyk_and_palette(photo, tmp_path):
+  photo.convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+  cmyk = load_image(tmp_path / "c.jpg")
+  assert cmyk.shape == (48, 64, 3)
+  assert np.abs(cmyk.astype(int) - np.asarray(photo, int)).mean() < 20
+  photo.convert("P").save(tmp_path / "p.png")
+  assert load_image(tmp_path / "p.png").shape == (48, 64, 3)
+
+
+def test_16bit_scaled_to_8bit(photo, tmp_path):
+  gray8 = np.asarray(photo.convert("L"), np.uint16)
+  Image.fromarray(gray8 * 257).save(tmp_path / "g16.png")
+  with Image.open(tmp_path / "g16.png") as check:
+    assert check.mode.startswith("I")
+  image = load_image(tmp_path / "g16.png")
+  np.testing.assert_array_equal(image[..., 0], gray8)
+
+
+def test_exif_orientation_applied(photo, tmp_path):
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Rotate 90 degrees clockwise to display.
+  photo.save(tmp_path / "r.jpg", exif=exif, quality=95)
+  assert load_image(tmp_path / "r.jpg").shape == (64, 48, 3)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "file not found"),
+    ("empty", "empty"),
+    ("text", "not an image"),
+    ("truncated", "truncated"),
+    ("corrupt", "corrupt"),
+    ("folder", "is a folder"),
+])
+def test_bad_inputs(kind, message, shared_data, tmp_path):
+  path = tmp_path / f"{kind}.jpg"
+  data = (shared_data / "landmarks" / "sacre_coeur_lightglue1.jpg").read_bytes()
+  if kind == "empty":
+    path.write_bytes(b"")
+  elif kind == "text":
+    path.write_text("this is a text file, not a photo\n")
+  elif kind == "truncated":
+    path.write_bytes(data[:len(data) // 2])
+  elif kind == "corrupt":
+    path.write_bytes(data[:400] + bytes(range(256)) * 40)
+  elif kind == "folder":
+    path.mkdir()
+  with pytest.raises(ImageReadError, match=message) as error:
+    load_image(path)
+  assert str(path) in str(error.value)
+
+
+def test_too_many_pixels(shared_data):
+  with pytest.raises(ImageReadError, match="too large"):
+    load_image(shared_data / "landmarks" / "sacre_coeur_lightglue1.jpg", max_pixels=1000)
+
+
+def test_list_images(shared_data, tmp_path):
+  assert len(list_images(shared_data / "landmarks")) == 17
+  assert list_images(tmp_path) == []
+  with pytest.raises(FileNotFoundError):
+    list_images(tmp_path / "nope")

@@ -1,0 +1,24 @@
+"""The committed *_pb2.py modules must be what protoc makes of protos/*.proto."""
+
+import pathlib
+import re
+
+import pytest
+
+from delf_ret.protos import regenerate
+
+PACKAGE = pathlib.Path(regenerate.__file__).parent
+
+
+def _without_version_lines(text: str) -> str:
+  # The protoc version stamp and runtime check vary with grpcio-tools' version.
+  text = re.sub(r"# Protobuf Python Version: .*\n", "", text)
+  return re.sub(r"_runtime_version\.ValidateProtobufRuntimeVersion\([^)]*\)\n", "", text)
+
+
+def test_generated_modules_match_protos(tmp_path):
+  pytest.importorskip("grpc_tools")
+  for path in regenerate.regenerate(tmp_path):
+    committed = (PACKAGE / path.name).read_text()
+    assert _without_version_lines(path.read_text()) == _without_version_lines(committed), (
+        f"{path.name} is stale: run python -m delf_ret.protos.regenerate")
