@@ -1,4 +1,4 @@
-"""Writes a new (untrained) DELF model checkpoint.
+r"""Writes a new (untrained) DELF model checkpoint.
 
 Usage:
   python -m delf_ret.create_model --output_path model.keras \

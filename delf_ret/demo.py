@@ -30,6 +30,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("images_dir", None, "Folder of images (default: shared landmarks or bundled).")
 flags.DEFINE_string("output_dir", "demo_output", "Folder for the model, PCA and feature files.")
 flags.DEFINE_string("config_path", None, "Config (default: configs/delf_demo.pbtxt).")
+flags.DEFINE_multi_string("config_override", [], "Override one config field (repeatable).")
 
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -54,7 +55,7 @@ def main(argv):
     image_paths = resolve_image_inputs(str(images_dir), None)
     names = output_names(image_paths, FEATURE_SUFFIX)
     config = config_lib.load_config(config_path, [
-        "delf_local_config.use_pca=false"])
+        *FLAGS.config_override, "delf_local_config.use_pca=false"])
   except (InputError, config_lib.ConfigError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
@@ -81,7 +82,7 @@ def main(argv):
         f"descriptors -> {paths[0].parent}")
 
   final_config = config_lib.load_config(config_path, [
-      f"model_path={model_path}", "delf_local_config.use_pca=true",
+      *FLAGS.config_override, f"model_path={model_path}", "delf_local_config.use_pca=true",
       f"delf_local_config.pca_parameters.mean_path={paths[0]}",
       f"delf_local_config.pca_parameters.projection_matrix_path={paths[1]}",
       f"delf_local_config.pca_parameters.pca_variances_path={paths[2]}"])

@@ -1,4 +1,4 @@
-"""Extracts DELF features of images into one feature file per image.
+r"""Extracts DELF features of images into one feature file per image.
 
 Usage:
   python -m delf_ret.extract_features --config_path configs/my.pbtxt \

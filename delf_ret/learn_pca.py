@@ -1,4 +1,4 @@
-"""Learns the descriptor PCA (mean, projection, variances) from a set of images.
+r"""Learns the descriptor PCA (mean, projection, variances) from a set of images.
 
 Usage:
   python -m delf_ret.learn_pca --config_path configs/my.pbtxt \
