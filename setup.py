@@ -38,6 +38,7 @@ setup(
             "learn_pca=delf_ret.learn_pca:run",
             "create_delf_model=delf_ret.create_model:run",
             "delf_demo=delf_ret.demo:run",
+            "match_images=delf_ret.match_images:run",
         ],
     },
 )

@@ -1,0 +1,120 @@
+"""Geometric verification of putative matches with RANSAC (scikit-image).
+
+Keypoints come in as (y, x) pixels like everywhere in delf-ret. The fitted
+transform is a 3x3 matrix acting on homogeneous (x, y, 1) columns, mapping
+image A to image B: the convention of scikit-image, OpenCV and published
+ground-truth homographies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import warnings
+
+import numpy as np
+from skimage.measure import ransac
+from skimage.transform import AffineTransform, ProjectiveTransform
+
+from delf_ret.feature_io import LocalFeatures
+from delf_ret.match.putative import DescriptorMatcher
+
+MIN_TRIANGLE_AREA = 1.0  # px^2: a sample with a flatter triangle is degenerate.
+
+TRANSFORMS = {"affine": (AffineTransform, 3), "homography": (ProjectiveTransform, 4)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RansacParams:
+  """Putative matching and RANSAC parameters (defaults of the published DELF example)."""
+  distance_threshold: float = 0.8
+  ratio_threshold: float | None = None
+  mutual: bool = False
+  transform: str = "affine"
+  residual_threshold: float = 20.0   # pixels
+  max_trials: int = 1000
+  seed: int = 0
+
+
+@dataclasses.dataclass
+class Verification:
+  """Result of verifying one pair.
+
+  matches: int64 [M, 2] putative (index in A, index in B).
+  inliers: bool [M], RANSAC inlier mask over ``matches``.
+  transform: float [3, 3] A -> B on (x, y, 1), or None when none was found.
+  """
+  matches: np.ndarray
+  inliers: np.ndarray
+  transform: np.ndarray | None
+
+  @property
+  def num_inliers(self) -> int:
+    return int(self.inliers.sum())
+
+  @property
+  def num_matches(self) -> int:
+    return int(self.matches.shape[0])
+
+
+def _triangle_area(p: np.ndarray, q: np.ndarray, r: np.ndarray) -> float:
+  return 0.5 * abs((q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0]))
+
+
+def non_degenerate_sample(source: np.ndarray, target: np.ndarray) -> bool:
+  """True if no three points of the sample are (nearly) collinear in either image."""
+  for points in (source, target):
+    for i, j, k in itertools.combinations(range(points.shape[0]), 3):
+      if _triangle_area(points[i], points[j], points[k]) < MIN_TRIANGLE_AREA:
+        return False
+  return True
+
+
+def verify_matches(locations_a: np.ndarray, locations_b: np.ndarray, matches: np.ndarray,
+                   params: RansacParams = RansacParams()) -> Verification:
+  """RANSAC on putative matches between keypoints (y, x) [N_A, 2] and [N_B, 2].
+
+  Fewer matches than the transform's minimal sample, or degenerate point sets
+  (collinear, identical), give zero inliers and no transform, never an error.
+  """
+  if params.transform not in TRANSFORMS:
+    raise ValueError(f"transform must be one of {sorted(TRANSFORMS)}, got {params.transform!r}")
+  model_class, min_samples = TRANSFORMS[params.transform]
+  matches = np.asarray(matches, np.int64).reshape(-1, 2)
+  none = Verification(matches, np.zeros(matches.shape[0], bool), None)
+  if matches.shape[0] < min_samples:
+    return none
+  source = np.asarray(locations_a, np.float64)[matches[:, 0]][:, ::-1]  # (x, y)
+  target = np.asarray(locations_b, np.float64)[matches[:, 1]][:, ::-1]
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    try:
+      model, inliers = ransac((source, target), model_class, min_samples=min_samples,
+                              residual_threshold=params.residual_threshold,
+                              max_trials=params.max_trials,
+                              is_data_valid=non_degenerate_sample,
+                              rng=np.random.default_rng(params.seed))
+    except (ValueError, np.linalg.LinAlgError, ZeroDivisionError):
+      return none
+  if model is None or inliers is None or not np.all(np.isfinite(model.params)):
+    return none
+  return Verification(matches, np.asarray(inliers, bool), np.asarray(model.params, np.float64))
+
+
+def verify_pair(features_a: LocalFeatures, features_b: LocalFeatures,
+                params: RansacParams = RansacParams(),
+                matcher: DescriptorMatcher | None = None) -> Verification:
+  """Putative matching then RANSAC for one pair (``matcher`` built on A may be reused)."""
+  if features_a.num_features == 0 or features_b.num_features == 0:
+    return Verification(np.zeros((0, 2), np.int64), np.zeros(0, bool), None)
+  matcher = matcher or DescriptorMatcher(features_a.descriptors)
+  matches = matcher.match(features_b.descriptors, params.distance_threshold,
+                          params.ratio_threshold, params.mutual)
+  return verify_matches(features_a.locations, features_b.locations, matches, params)
+
+
+def verify_candidates(query: LocalFeatures, candidates: list[LocalFeatures],
+                      params: RansacParams = RansacParams()) -> list[Verification]:
+  """Verifies one query against many candidates; the query's search structure is built once."""
+  matcher = DescriptorMatcher(query.descriptors) if query.num_features else None
+  return [verify_pair(query, candidate, params, matcher) for candidate in candidates]

@@ -1,0 +1,45 @@
+"""Match visualisation: two images side by side with inlier correspondences as lines."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from delf_ret.atomic import write_bytes_atomic  # noqa: E402
+
+
+def side_by_side(image_a: np.ndarray, image_b: np.ndarray) -> tuple[np.ndarray, int]:
+  """Both RGB images on one canvas (A left, B right, top-aligned); returns (canvas, x offset of B)."""
+  height = max(image_a.shape[0], image_b.shape[0])
+  canvas = np.full((height, image_a.shape[1] + image_b.shape[1], 3), 255, np.uint8)
+  canvas[:image_a.shape[0], :image_a.shape[1]] = image_a
+  canvas[:image_b.shape[0], image_a.shape[1]:] = image_b
+  return canvas, image_a.shape[1]
+
+
+def draw_matches(path: str | os.PathLike, image_a: np.ndarray, image_b: np.ndarray,
+                 points_a: np.ndarray, points_b: np.ndarray, title: str,
+                 max_lines: int = 500) -> None:
+  """Writes a PNG with lines between corresponding (y, x) points [K, 2] of A and B."""
+  canvas, offset = side_by_side(image_a, image_b)
+  dpi = 100
+  figure = plt.figure(figsize=(canvas.shape[1] / dpi, canvas.shape[0] / dpi + 0.5), dpi=dpi)
+  axes = figure.add_axes([0, 0, 1, canvas.shape[0] / (canvas.shape[0] + 0.5 * dpi)])
+  axes.imshow(canvas)
+  axes.set_axis_off()
+  step = max(1, len(points_a) // max_lines)
+  colours = plt.cm.hsv(np.linspace(0, 1, max(1, len(points_a[::step])), endpoint=False))
+  for (ya, xa), (yb, xb), colour in zip(points_a[::step], points_b[::step], colours):
+    axes.plot([xa, xb + offset], [ya, yb], "-", color=colour, linewidth=0.8)
+    axes.plot([xa, xb + offset], [ya, yb], "o", color=colour, markersize=2)
+  figure.suptitle(title, fontsize=12, y=0.995, va="top")
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=dpi)
+  plt.close(figure)
+  write_bytes_atomic(path, buffer.getvalue())

@@ -1,0 +1,110 @@
+"""Putative matching and RANSAC verification against hand-made data."""
+
+import numpy as np
+import pytest
+
+from delf_ret.feature_io import LocalFeatures
+from delf_ret.match import (DescriptorMatcher, RansacParams, putative_matches, verify_candidates,
+                            verify_matches, verify_pair)
+
+AFFINE_XY = np.array([[1.1, 0.2, 30.0], [-0.1, 0.9, -12.0], [0.0, 0.0, 1.0]])
+
+
+def apply_xy(matrix, points_yx):
+  xy1 = np.c_[points_yx[:, ::-1], np.ones(len(points_yx))] @ matrix.T
+  return (xy1[:, :2] / xy1[:, 2:])[:, ::-1]
+
+
+def test_nearest_neighbours_by_hand():
+  a = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], np.float32)
+  b = np.array([[0.9, 0.1], [0.0, 1.9], [5.0, 5.0]], np.float32)
+  indices, distances = DescriptorMatcher(a).nearest(b, k=2)
+  np.testing.assert_array_equal(indices, [[1, 0], [2, 0], [2, 1]])
+  np.testing.assert_allclose(distances[0], [np.sqrt(0.02), np.sqrt(0.82)], rtol=1e-5)
+  # Distance threshold 0.8 drops the far point; match rows are (index in A, index in B).
+  np.testing.assert_array_equal(putative_matches(a, b), [[1, 0], [2, 1]])
+
+
+def test_ratio_and_mutual_tests():
+  a = np.array([[0.0, 0.0], [0.1, 0.0]], np.float32)
+  b = np.array([[0.04, 0.0], [0.06, 0.0]], np.float32)
+  # Ratio: 0.04 / 0.06 = 0.67 for b0, 0.04 / 0.06 for b1: both fail a 0.5 test.
+  assert putative_matches(a, b, ratio_threshold=0.5).shape == (0, 2)
+  assert putative_matches(a, b).shape == (2, 2)
+  # Mutual: a0's nearest in B is b0, a1's is b1: both mutual.
+  np.testing.assert_array_equal(putative_matches(a, b, mutual=True), [[0, 0], [1, 1]])
+  b2 = np.array([[0.04, 0.0], [0.045, 0.0]], np.float32)  # Both nearest to a0; only b0 mutual.
+  np.testing.assert_array_equal(putative_matches(a, b2, mutual=True), [[0, 0]])
+
+
+def test_dimension_mismatch_raises():
+  with pytest.raises(ValueError, match="dimensions differ"):
+    DescriptorMatcher(np.zeros((3, 40), np.float32)).nearest(np.zeros((2, 128), np.float32))
+
+
+def test_ransac_recovers_affine_with_60_percent_outliers():
+  rng = np.random.default_rng(1)
+  n = 300
+  points_a = rng.uniform(0, 600, (n, 2))
+  points_b = apply_xy(AFFINE_XY, points_a)
+  outliers = rng.permutation(n)[:int(0.6 * n)]
+  points_b[outliers] = rng.uniform(0, 600, (len(outliers), 2))
+  is_true = np.ones(n, bool)
+  is_true[outliers] = False
+  result = verify_matches(points_a, points_b, np.stack([np.arange(n)] * 2, axis=1))
+  found = (result.inliers & is_true).sum()
+  assert found >= 0.95 * is_true.sum()
+  assert (result.inliers & ~is_true).sum() <= 0.05 * n  # Outliers near the model by chance.
+  np.testing.assert_allclose(result.transform, AFFINE_XY, atol=0.05 * np.abs(AFFINE_XY).max())
+  again = verify_matches(points_a, points_b, np.stack([np.arange(n)] * 2, axis=1))
+  np.testing.assert_array_equal(result.inliers, again.inliers)  # Deterministic for a seed.
+
+
+def test_homography_option():
+  homography = np.array([[0.9, 0.1, 20], [0.05, 1.1, -5], [1e-4, 2e-4, 1.0]])
+  rng = np.random.default_rng(2)
+  points_a = rng.uniform(0, 500, (100, 2))
+  result = verify_matches(points_a, apply_xy(homography, points_a),
+                          np.stack([np.arange(100)] * 2, axis=1),
+                          RansacParams(transform="homography", residual_threshold=2.0))
+  assert result.num_inliers == 100
+  np.testing.assert_allclose(result.transform / result.transform[2, 2], homography, atol=1e-3)
+
+
+@pytest.mark.parametrize("n_matches", [0, 1, 2])
+def test_too_few_matches_give_zero_inliers(n_matches):
+  points = np.array([[0.0, 0.0], [10.0, 50.0], [40.0, 3.0]])
+  result = verify_matches(points, points, np.stack([np.arange(n_matches)] * 2, axis=1))
+  assert result.num_inliers == 0 and result.transform is None
+  assert result.inliers.shape == (n_matches,)
+
+
+@pytest.mark.parametrize("points", [
+    np.zeros((12, 2)),                                               # identical
+    np.stack([np.arange(12.0) * 5, np.arange(12.0) * 3 + 1], axis=1),  # collinear
+])
+def test_degenerate_points_give_zero_inliers(points):
+  result = verify_matches(points, points + 7, np.stack([np.arange(12)] * 2, axis=1))
+  assert result.num_inliers == 0 and result.transform is None
+
+
+def features_from(points_yx, descriptors):
+  n = len(points_yx)
+  return LocalFeatures(points_yx, np.ones(n), descriptors, np.ones(n), np.zeros(n))
+
+
+def test_verify_candidates_ranks_true_match_first():
+  rng = np.random.default_rng(3)
+  descriptors = rng.normal(size=(80, 16)).astype(np.float32)
+  descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True)
+  points = rng.uniform(0, 400, (80, 2))
+  query = features_from(points, descriptors)
+  same = features_from(apply_xy(AFFINE_XY, points), descriptors + 0.01)
+  shuffled = features_from(rng.uniform(0, 400, (80, 2)), descriptors)
+  empty = features_from(np.zeros((0, 2)), np.zeros((0, 16)))
+  results = verify_candidates(query, [shuffled, same, empty])
+  assert results[1].num_inliers == 80
+  assert results[0].num_inliers < 10
+  assert results[2].num_inliers == 0
+  single = verify_pair(query, same)
+  np.testing.assert_array_equal(single.inliers, results[1].inliers)
