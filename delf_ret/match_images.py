@@ -39,6 +39,8 @@ flags.DEFINE_boolean("mutual", False, "Keep only mutual nearest neighbours.")
 flags.DEFINE_enum("transform", "affine", ["affine", "homography"], "RANSAC model.")
 flags.DEFINE_float("residual_threshold", 20.0, "RANSAC inlier threshold in pixels.")
 flags.DEFINE_integer("max_trials", 1000, "RANSAC iterations.")
+flags.DEFINE_float("stop_probability", 0.99,
+                   "RANSAC stops early at this confidence (1.0: always max_trials).")
 flags.DEFINE_integer("seed", 0, "RANSAC random seed.")
 
 REPO_DIR = pathlib.Path(__file__).resolve().parent.parent
@@ -78,7 +80,8 @@ def main(argv):
   params = RansacParams(distance_threshold=FLAGS.distance_threshold,
                         ratio_threshold=FLAGS.ratio_threshold or None, mutual=FLAGS.mutual,
                         transform=FLAGS.transform, residual_threshold=FLAGS.residual_threshold,
-                        max_trials=FLAGS.max_trials, seed=FLAGS.seed)
+                        max_trials=FLAGS.max_trials,
+                        stop_probability=FLAGS.stop_probability, seed=FLAGS.seed)
   result = verify_pair(features[0], features[1], params)
   print(f"features: {features[0].num_features} and {features[1].num_features}; "
         f"putative matches: {result.num_matches}; inliers: {result.num_inliers}")

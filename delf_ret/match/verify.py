@@ -33,6 +33,9 @@ class RansacParams:
   transform: str = "affine"
   residual_threshold: float = 20.0   # pixels
   max_trials: int = 1000
+  # Stop once a model with this confidence of being the best was found
+  # (scikit-image's stop_probability, OpenCV's confidence); 1.0 runs all trials.
+  stop_probability: float = 0.99
   seed: int = 0
 
 
@@ -92,6 +95,7 @@ def verify_matches(locations_a: np.ndarray, locations_b: np.ndarray, matches: np
       model, inliers = ransac((source, target), model_class, min_samples=min_samples,
                               residual_threshold=params.residual_threshold,
                               max_trials=params.max_trials,
+                              stop_probability=params.stop_probability,
                               is_data_valid=non_degenerate_sample,
                               rng=np.random.default_rng(params.seed))
     except (ValueError, np.linalg.LinAlgError, ZeroDivisionError):

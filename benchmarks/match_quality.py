@@ -1,0 +1,113 @@
+"""Matching quality on the real image pairs of ../shared/data/pairs.
+
+For each pair: putative matches and RANSAC inliers (delf_ret.match, affine,
+20 px) for
+  * DELF features of the model that is available: a randomly initialised
+    DELF model (seed 0; no pretrained weights exist offline), full 7-scale
+    pyramid, longer side capped at 1024 px, top 1000 by attention, raw 1024-d
+    L2-normalised descriptors; putative matches by the 0.8 distance test
+    (published default) and, as a second variant, by a 0.8 ratio test;
+  * the classical baseline: OpenCV SIFT (1000 features) with the 0.8 ratio
+    test and the same RANSAC.
+For graf1/graf3, the ground-truth homography H1to3p gives the inlier precision
+(share of inliers whose reprojection error is below 10 px) and the number of
+correct inliers.
+
+Usage: python benchmarks/match_quality.py [--output benchmarks/results/match_quality.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PAIRS_DIR = REPO.parent / "shared" / "data" / "pairs"
+PAIRS = [("graf1.png", "graf3.png"), ("leuvenA.jpg", "leuvenB.jpg"), ("aero1.jpg", "aero3.jpg"),
+         ("box.png", "box_in_scene.png"), ("roofs1.jpg", "roofs2.jpg"),
+         ("river1.jpg", "river2.jpg")]
+CONFIG = """
+image_scales: [0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0]
+delf_local_config { use_pca: false max_feature_num: 1000 score_threshold: 0.0 }
+max_image_size: 1024
+"""
+CORRECT_PX = 10.0
+
+
+def read_homography(path: pathlib.Path) -> np.ndarray:
+  import cv2
+  storage = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
+  matrix = storage.getNode("H13").mat()
+  storage.release()
+  return matrix
+
+
+def sift_features(image: np.ndarray):
+  import cv2
+  from delf_ret.feature_io import LocalFeatures
+  gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+  keypoints, descriptors = cv2.SIFT_create(nfeatures=1000).detectAndCompute(gray, None)
+  n = len(keypoints)
+  locations = np.array([(k.pt[1], k.pt[0]) for k in keypoints], np.float32).reshape(n, 2)
+  return LocalFeatures(locations, [k.size for k in keypoints], descriptors, [k.response for k in keypoints],
+                       np.zeros(n))
+
+
+def scores(features_a, features_b, params, homography):
+  from delf_ret.match import verify_pair
+  result = verify_pair(features_a, features_b, params)
+  row = {"features": [features_a.num_features, features_b.num_features],
+         "putative_matches": result.num_matches, "inliers": result.num_inliers}
+  if homography is not None:
+    pairs = result.matches[result.inliers]
+    xy_a = features_a.locations[pairs[:, 0]][:, ::-1]
+    xy_b = features_b.locations[pairs[:, 1]][:, ::-1]
+    projected = np.c_[xy_a, np.ones(len(xy_a))] @ homography.T
+    projected = projected[:, :2] / projected[:, 2:]
+    correct = int((np.linalg.norm(projected - xy_b, axis=1) < CORRECT_PX).sum())
+    row["correct_inliers"] = correct
+    row["inlier_precision"] = round(correct / len(pairs), 4) if len(pairs) else None
+  return row
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--pairs_dir", default=str(PAIRS_DIR))
+  parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "match_quality.json"))
+  args = parser.parse_args()
+
+  from delf_ret.config import parse_config_text
+  from delf_ret.extract.extractor import DelfExtractor
+  from delf_ret.images import load_image
+  from delf_ret.match import RansacParams
+  from delf_ret.model import DelfModel
+
+  pairs_dir = pathlib.Path(args.pairs_dir)
+  extractor = DelfExtractor(parse_config_text(CONFIG), model=DelfModel(num_classes=1, seed=0))
+  delf_distance = RansacParams(distance_threshold=0.8)
+  delf_ratio = RansacParams(distance_threshold=np.inf, ratio_threshold=0.8)
+  sift_ratio = RansacParams(distance_threshold=np.inf, ratio_threshold=0.8)
+  results = {"weights": "DELF: random initialisation, seed 0 (no pretrained weights available)",
+             "ransac": "affine, residual 20 px, max 1000 trials, stop at 0.99, seed 0",
+             "correct_px": CORRECT_PX, "pairs": {}}
+  for name_a, name_b in PAIRS:
+    image_a, image_b = load_image(pairs_dir / name_a), load_image(pairs_dir / name_b)
+    homography = read_homography(pairs_dir / "H1to3p.xml") if name_a == "graf1.png" else None
+    delf_a, delf_b = extractor.extract(image_a), extractor.extract(image_b)
+    sift_a, sift_b = sift_features(image_a), sift_features(image_b)
+    row = {"delf_random_distance_0.8": scores(delf_a, delf_b, delf_distance, homography),
+           "delf_random_ratio_0.8": scores(delf_a, delf_b, delf_ratio, homography),
+           "opencv_sift_ratio_0.8": scores(sift_a, sift_b, sift_ratio, homography)}
+    results["pairs"][f"{name_a}/{name_b}"] = row
+    print(name_a, name_b, json.dumps(row), flush=True)
+  out = pathlib.Path(args.output)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(results, indent=2) + "\n")
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  main()
