@@ -26,6 +26,7 @@ import platform
 import time
 
 import numpy as np
+from results_io import write_result
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "landmarks"
@@ -104,10 +105,7 @@ def main():
       "attention head as two matmuls on the feature map inside the same graph",
       "resize inside the graph",
   ]
-  out = pathlib.Path(args.output)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(results, indent=2) + "\n")
-  print(f"wrote {out}")
+  write_result(args.output, results)
 
 
 if __name__ == "__main__":

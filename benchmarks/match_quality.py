@@ -23,6 +23,7 @@ import json
 import pathlib
 
 import numpy as np
+from results_io import write_result
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAIRS_DIR = REPO.parent / "shared" / "data" / "pairs"
@@ -103,10 +104,7 @@ def main():
            "opencv_sift_ratio_0.8": scores(sift_a, sift_b, sift_ratio, homography)}
     results["pairs"][f"{name_a}/{name_b}"] = row
     print(name_a, name_b, json.dumps(row), flush=True)
-  out = pathlib.Path(args.output)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(results, indent=2) + "\n")
-  print(f"wrote {out}")
+  write_result(args.output, results)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import pathlib
 import time
 
 import numpy as np
+from results_io import write_result
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -87,9 +88,7 @@ def main():
                "OpenCV's is C++. The all-trials figure is scikit-image without early stop."),
   }
   print(json.dumps(result, indent=1))
-  out = pathlib.Path(args.output)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2) + "\n")
+  write_result(args.output, result)
 
 
 if __name__ == "__main__":

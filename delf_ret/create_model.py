@@ -16,6 +16,8 @@ import sys
 
 from absl import app, flags
 
+from delf_ret.cli_flags import require_flags
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_path", None, "Where to write the .keras checkpoint.")
 flags.DEFINE_string("backbone_weights", "imagenet",
@@ -26,8 +28,7 @@ flags.DEFINE_integer("seed", 0, "Random seed for the randomly initialised weight
 
 def main(argv):
   del argv
-  if not FLAGS.output_path:
-    raise app.UsageError("--output_path is required")
+  require_flags(FLAGS, "output_path")
   from delf_ret.model import BackboneWeightsError, DelfModel, save_delf_model
 
   weights = None if FLAGS.backbone_weights == "random" else FLAGS.backbone_weights

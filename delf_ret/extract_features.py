@@ -19,6 +19,7 @@ import time
 from absl import app, flags
 
 from delf_ret import config as config_lib
+from delf_ret.cli_flags import require_flags
 from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError
 from delf_ret.feature_io import FEATURE_SUFFIX, write_features
 from delf_ret.images import ImageReadError
@@ -70,9 +71,7 @@ def extract_all(extractor: DelfExtractor, image_paths: list[pathlib.Path],
 
 def main(argv):
   del argv
-  for name in ("config_path", "output_dir"):
-    if not getattr(FLAGS, name):
-      raise app.UsageError(f"--{name} is required")
+  require_flags(FLAGS, "config_path", "output_dir")
   try:
     config = config_lib.load_config(FLAGS.config_path, FLAGS.config_override)
     image_paths = resolve_image_inputs(FLAGS.images_dir, FLAGS.list_images_path)

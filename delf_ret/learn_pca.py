@@ -18,6 +18,7 @@ import sys
 from absl import app, flags
 
 from delf_ret import config as config_lib
+from delf_ret.cli_flags import require_flags
 from delf_ret import pca as pca_lib
 from delf_ret.extract.extractor import DelfExtractor
 from delf_ret.extract.pca_training import extract_raw_features, stack_normalized, without_pca
@@ -33,9 +34,7 @@ flags.DEFINE_integer("max_images", 0, "Use at most this many images (0: all).")
 
 def main(argv):
   del argv
-  for name in ("config_path", "output_dir"):
-    if not getattr(FLAGS, name):
-      raise app.UsageError(f"--{name} is required")
+  require_flags(FLAGS, "config_path", "output_dir")
   try:
     config = without_pca(config_lib.load_config(FLAGS.config_path, FLAGS.config_override))
     image_paths = resolve_image_inputs(FLAGS.images_dir, FLAGS.list_images_path)

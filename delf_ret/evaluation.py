@@ -1,0 +1,107 @@
+"""Retrieval metrics of the Oxford5k/Paris6k and Revisited ROxford/RParis protocols.
+
+Pure numpy; no TensorFlow. A ranked list is an int array of database image
+indices, best first; a ground truth per query is index arrays of positives and
+of ignored images (junk, and in some splits easy or hard ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+DEFAULT_KS = (1, 5, 10)
+
+
+def positive_ranks(ranked: np.ndarray, positives: np.ndarray, ignored: np.ndarray) -> np.ndarray:
+  """0-based positions of the positives in ``ranked`` after removing ignored images."""
+  ranked = np.asarray(ranked, np.int64)
+  kept = ranked[~np.isin(ranked, np.asarray(ignored, np.int64))]
+  return np.nonzero(np.isin(kept, np.asarray(positives, np.int64)))[0]
+
+
+def average_precision(ranks: np.ndarray, num_positives: int) -> float:
+  """AP with the protocols' trapezoidal interpolation.
+
+  With positives at 0-based positions r_0 < r_1 < ... (ignored images removed):
+  AP = sum_j ((j / r_j, or 1 when r_j = 0) + (j + 1) / (r_j + 1)) / 2 / num_positives.
+  Positives missing from the ranked list add nothing.
+  """
+  if num_positives <= 0:
+    raise ValueError("average precision needs at least one positive")
+  total = 0.0
+  for j, rank in enumerate(np.sort(np.asarray(ranks))):
+    precision_before = 1.0 if rank == 0 else j / rank
+    precision_after = (j + 1) / (rank + 1)
+    total += (precision_before + precision_after) / 2.0
+  return total / num_positives
+
+
+@dataclasses.dataclass
+class SplitMetrics:
+  """Metrics of one split over the queries that have positives in it.
+
+  ap_per_query holds NaN for queries without positives (excluded, as in the
+  Revisited protocol).
+  """
+  mean_ap: float
+  precision_at: dict[int, float]
+  recall_at: dict[int, float]
+  ap_per_query: list[float]
+  num_queries: int
+
+
+def evaluate_split(ranked_lists: list[np.ndarray], positives: list[np.ndarray],
+                   ignored: list[np.ndarray], ks: tuple[int, ...] = DEFAULT_KS) -> SplitMetrics:
+  """mAP, mP@k (positives in the top k / k) and mR@k (positives in the top k / positives)."""
+  aps, precisions, recalls = [], {k: [] for k in ks}, {k: [] for k in ks}
+  for ranked, pos, ign in zip(ranked_lists, positives, ignored):
+    if len(pos) == 0:
+      aps.append(float("nan"))
+      continue
+    ranks = positive_ranks(ranked, pos, ign)
+    aps.append(average_precision(ranks, len(pos)))
+    for k in ks:
+      hits = int((ranks < k).sum())
+      precisions[k].append(hits / k)
+      recalls[k].append(hits / len(pos))
+  valid = [ap for ap in aps if not np.isnan(ap)]
+  mean = lambda values: float(np.mean(values)) if values else float("nan")
+  return SplitMetrics(mean_ap=mean(valid), precision_at={k: mean(v) for k, v in precisions.items()},
+                      recall_at={k: mean(v) for k, v in recalls.items()}, ap_per_query=aps,
+                      num_queries=len(valid))
+
+
+def revisited_splits(gnd: list[dict]) -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:
+  """(positives, ignored) per query for the easy, medium and hard splits.
+
+  easy: positives easy, ignored junk + hard; medium: positives easy + hard,
+  ignored junk; hard: positives hard, ignored junk + easy.
+  """
+  def get(entry, key):
+    return np.asarray(entry.get(key, []), np.int64).reshape(-1)
+  splits = {"easy": ([], []), "medium": ([], []), "hard": ([], [])}
+  for entry in gnd:
+    easy, hard, junk = get(entry, "easy"), get(entry, "hard"), get(entry, "junk")
+    for name, pos, ign in (("easy", easy, np.r_[junk, hard]), ("medium", np.r_[easy, hard], junk),
+                           ("hard", hard, np.r_[junk, easy])):
+      splits[name][0].append(pos)
+      splits[name][1].append(ign)
+  return splits
+
+
+def evaluate_revisited(ranked_lists: list[np.ndarray], gnd: list[dict],
+                       ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, SplitMetrics]:
+  """Easy / medium / hard metrics of the Revisited protocol."""
+  return {name: evaluate_split(ranked_lists, pos, ign, ks)
+          for name, (pos, ign) in revisited_splits(gnd).items()}
+
+
+def evaluate_original(ranked_lists: list[np.ndarray], gnd: list[dict],
+                      ks: tuple[int, ...] = DEFAULT_KS) -> SplitMetrics:
+  """Original Oxford5k/Paris6k protocol: good + ok positive, junk ignored."""
+  positives = [np.r_[np.asarray(e.get("good", []), np.int64), np.asarray(e.get("ok", []), np.int64)]
+               for e in gnd]
+  ignored = [np.asarray(e.get("junk", []), np.int64) for e in gnd]
+  return evaluate_split(ranked_lists, positives, ignored, ks)
