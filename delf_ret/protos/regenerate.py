@@ -5,6 +5,7 @@ package's folder). Needs the ``grpcio-tools`` package (``pip install -e .[dev]``
 """
 
 import pathlib
+import subprocess
 import sys
 
 PROTO_NAMES = ("delf_config.proto", "delf_features.proto")
@@ -12,14 +13,17 @@ PROTO_DIR = pathlib.Path(__file__).resolve().parents[2] / "protos"
 
 
 def regenerate(output_dir: pathlib.Path) -> list[pathlib.Path]:
-  """Runs protoc on every .proto file; returns the written module paths."""
-  from grpc_tools import protoc  # Only needed by developers.
+  """Runs protoc on every .proto file; returns the written module paths.
 
+  protoc runs in a child process: loaded next to TensorFlow's protobuf runtime
+  in one process, grpc_tools' compiler can crash.
+  """
   output_dir.mkdir(parents=True, exist_ok=True)
-  args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={output_dir}"]
+  args = [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={output_dir}"]
   args += [str(PROTO_DIR / name) for name in PROTO_NAMES]
-  if protoc.main(args) != 0:
-    raise RuntimeError(f"protoc failed on {PROTO_NAMES} in {PROTO_DIR}")
+  result = subprocess.run(args, capture_output=True, text=True)
+  if result.returncode != 0:
+    raise RuntimeError(f"protoc failed on {PROTO_NAMES} in {PROTO_DIR}: {result.stderr}")
   return [output_dir / name.replace(".proto", "_pb2.py") for name in PROTO_NAMES]
 
 
