@@ -1,0 +1,249 @@
+"""LocalFeatureIndex: faiss index of local descriptors with per-image add and delete.
+
+Every descriptor gets the faiss id ``slot << KEYPOINT_BITS | keypoint`` where
+``slot`` numbers the database image (in order of adding, never reused) and
+``keypoint`` is the descriptor's row in that image's features. So a search hit
+gives (image, keypoint) without a lookup table, and deleting an image is one
+id-range removal.
+
+Index types:
+* "flat": exact search (IndexFlatL2 in an IndexIDMap2); deletion removes the rows.
+* "ivfpq": IVF with product quantisation, trained once on a sample; images are
+  added and deleted afterwards without retraining (IVF lists support
+  remove_ids).
+* "hnsw": graph index (IndexHNSWFlat), which faiss cannot remove rows from:
+  deleting an image marks its slot deleted, search results of deleted slots
+  are dropped, and ``compact()`` rebuilds the graph without them.
+
+Saving is crash-safe: each save writes a new version folder, fsyncs it, then
+atomically replaces the ``CURRENT`` file that names the live version; the old
+version is removed only afterwards. A crash at any point leaves a loadable index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import faiss
+import numpy as np
+
+FORMAT_VERSION = 1
+KEYPOINT_BITS = 20  # Up to 1,048,576 descriptors per image.
+INDEX_TYPES = ("flat", "ivfpq", "hnsw")
+
+
+class LocalIndexError(Exception):
+  """The index cannot be used as asked (wrong dimension, corrupt files, unknown image...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexParams:
+  """How to build the index.
+
+  nlist: IVF lists; pq_m: PQ sub-quantisers (must divide dim); pq_nbits: bits
+  per sub-quantiser code; hnsw_m: graph degree; nprobe / ef_search: search
+  breadth of IVF / HNSW.
+  """
+  index_type: str = "flat"
+  nlist: int = 1024
+  pq_m: int = 20
+  pq_nbits: int = 8
+  hnsw_m: int = 32
+  nprobe: int = 16
+  ef_search: int = 64
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+class LocalFeatureIndex:
+  """Descriptors [N, dim] of many images; images identified by string ids."""
+
+  def __init__(self, dim: int, params: IndexParams = IndexParams()):
+    if params.index_type not in INDEX_TYPES:
+      raise LocalIndexError(f"index_type must be one of {INDEX_TYPES}, got {params.index_type!r}")
+    self.dim = int(dim)
+    self.params = params
+    self.images: dict[str, int] = {}      # image id -> slot
+    self.slot_names: dict[int, str] = {}  # slot -> image id (live images only)
+    self.deleted_slots: set[int] = set()  # hnsw: slots deleted but still in the graph
+    self.next_slot = 0
+    self.index = self._new_faiss_index()
+
+  def _new_faiss_index(self) -> faiss.Index:
+    p = self.params
+    if p.index_type == "flat":
+      return faiss.IndexIDMap2(faiss.IndexFlatL2(self.dim))
+    if p.index_type == "ivfpq":
+      if self.dim % p.pq_m:
+        raise LocalIndexError(f"pq_m {p.pq_m} must divide the descriptor dimension {self.dim}")
+      quantizer = faiss.IndexFlatL2(self.dim)
+      return faiss.IndexIVFPQ(quantizer, self.dim, p.nlist, p.pq_m, p.pq_nbits)
+    return faiss.IndexIDMap2(faiss.IndexHNSWFlat(self.dim, p.hnsw_m))
+
+  @property
+  def needs_training(self) -> bool:
+    return not self.index.is_trained
+
+  def train(self, sample: np.ndarray) -> None:
+    """Trains an IVF-PQ index on a descriptor sample [S, dim] (no-op for other types)."""
+    sample = self._check(sample)
+    if self.needs_training:
+      self.index.train(sample)
+
+  def _check(self, descriptors: np.ndarray) -> np.ndarray:
+    descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+    if descriptors.ndim != 2 or descriptors.shape[1] != self.dim:
+      raise LocalIndexError(f"descriptors of shape {descriptors.shape} do not fit an index of "
+                        f"dimension {self.dim}")
+    return descriptors
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def __contains__(self, image_id: str) -> bool:
+    return image_id in self.images
+
+  def add(self, image_id: str, descriptors: np.ndarray) -> None:
+    """Adds one image's descriptors [N, dim]; the id must be new."""
+    descriptors = self._check(descriptors)
+    if image_id in self.images:
+      raise LocalIndexError(f"image {image_id!r} is already in the index")
+    if self.needs_training:
+      raise LocalIndexError("the IVF-PQ index must be trained before adding images")
+    if descriptors.shape[0] >= 1 << KEYPOINT_BITS:
+      raise LocalIndexError(f"too many descriptors for one image: {descriptors.shape[0]}")
+    slot = self.next_slot
+    self.next_slot += 1
+    ids = (np.int64(slot) << KEYPOINT_BITS) + np.arange(descriptors.shape[0], dtype=np.int64)
+    if descriptors.shape[0]:
+      self.index.add_with_ids(descriptors, ids)
+    self.images[image_id] = slot
+    self.slot_names[slot] = image_id
+
+  def delete(self, image_id: str) -> None:
+    """Removes one image (see the module docstring for HNSW)."""
+    if image_id not in self.images:
+      raise LocalIndexError(f"image {image_id!r} is not in the index")
+    slot = self.images.pop(image_id)
+    del self.slot_names[slot]
+    if self.params.index_type == "hnsw":
+      self.deleted_slots.add(slot)
+    else:
+      self.index.remove_ids(faiss.IDSelectorRange(slot << KEYPOINT_BITS,
+                                                   (slot + 1) << KEYPOINT_BITS))
+
+  def search(self, descriptors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k nearest database descriptors of each query descriptor [Q, dim].
+
+    Returns (slots [Q, k], keypoints [Q, k], squared L2 distances [Q, k]);
+    missing neighbours (and hits on deleted images) have slot -1.
+    """
+    descriptors = self._check(descriptors)
+    if self.params.index_type == "ivfpq":
+      self.index.nprobe = self.params.nprobe
+    elif self.params.index_type == "hnsw":
+      faiss.downcast_index(self.index.index).hnsw.efSearch = self.params.ef_search
+    fetch = k
+    while True:
+      distances, ids = self.index.search(descriptors, fetch)
+      slots = np.where(ids >= 0, ids >> KEYPOINT_BITS, -1)
+      if self.deleted_slots:
+        dead = np.isin(slots, list(self.deleted_slots))
+        slots[dead], ids[dead], distances[dead] = -1, -1, np.inf
+      live = (slots >= 0).sum(axis=1)
+      # HNSW tombstones take places in the top k: fetch more until k live hits per row.
+      if not self.deleted_slots or live.min(initial=k) >= k or fetch >= self.index.ntotal:
+        break
+      fetch = min(2 * fetch + 16, self.index.ntotal)
+    order = np.argsort(slots < 0, axis=1, kind="stable")[:, :k]  # Live hits first, in order.
+    slots, ids = np.take_along_axis(slots, order, 1), np.take_along_axis(ids, order, 1)
+    distances = np.take_along_axis(distances, order, 1)
+    keypoints = np.where(ids >= 0, ids & ((1 << KEYPOINT_BITS) - 1), -1)
+    return slots, keypoints, distances
+
+  def compact(self) -> None:
+    """HNSW: rebuilds the graph without deleted images (other types: nothing to do)."""
+    if self.params.index_type != "hnsw" or not self.deleted_slots:
+      return
+    old = faiss.downcast_index(self.index.index)
+    id_map = faiss.vector_to_array(self.index.id_map)
+    vectors = old.reconstruct_n(0, old.ntotal) if old.ntotal else np.zeros((0, self.dim), np.float32)
+    keep = ~np.isin(id_map >> KEYPOINT_BITS, list(self.deleted_slots))
+    self.index = self._new_faiss_index()
+    if keep.any():
+      self.index.add_with_ids(vectors[keep], id_map[keep])
+    self.deleted_slots.clear()
+
+  # Persistence ------------------------------------------------------------
+
+  def save(self, folder: str | os.PathLike) -> None:
+    """Writes the index to ``folder`` crash-safely (see the module docstring)."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    version_dir = pathlib.Path(tempfile.mkdtemp(prefix="v-", dir=folder))
+    faiss.write_index(self.index, str(version_dir / "index.faiss"))
+    meta = {"format_version": FORMAT_VERSION, "dim": self.dim,
+            "params": dataclasses.asdict(self.params), "images": self.images,
+            "deleted_slots": sorted(self.deleted_slots), "next_slot": self.next_slot}
+    (version_dir / "meta.json").write_text(json.dumps(meta))
+    for name in ("index.faiss", "meta.json"):
+      with open(version_dir / name, "rb") as handle:
+        os.fsync(handle.fileno())
+    _fsync_dir(version_dir)
+    pointer_tmp = folder / ".CURRENT.tmp"
+    pointer_tmp.write_text(version_dir.name)
+    with open(pointer_tmp, "rb") as handle:
+      os.fsync(handle.fileno())
+    os.replace(pointer_tmp, folder / "CURRENT")
+    _fsync_dir(folder)
+    for stale in folder.glob("v-*"):
+      if stale.name != version_dir.name and stale.is_dir():
+        shutil.rmtree(stale, ignore_errors=True)
+
+  @classmethod
+  def load(cls, folder: str | os.PathLike, expected_dim: int | None = None) -> "LocalFeatureIndex":
+    """Reads an index saved by :meth:`save`; checks format version and dimension."""
+    folder = pathlib.Path(folder)
+    version = _current_version(folder)
+    if version is None:
+      raise LocalIndexError(f"no index in {folder} (CURRENT file missing)")
+    version_dir = folder / version
+    try:
+      meta = json.loads((version_dir / "meta.json").read_text())
+    except (OSError, ValueError) as error:
+      raise LocalIndexError(f"index metadata in {version_dir} unreadable: {error}") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+      raise LocalIndexError(f"index format version {meta.get('format_version')} in {folder}; "
+                        f"this delf-ret reads version {FORMAT_VERSION}")
+    if expected_dim is not None and meta["dim"] != expected_dim:
+      raise LocalIndexError(f"index in {folder} holds {meta['dim']}-d descriptors, "
+                        f"expected {expected_dim}-d")
+    try:
+      faiss_index = faiss.read_index(str(version_dir / "index.faiss"))
+    except RuntimeError as error:
+      raise LocalIndexError(f"index file in {version_dir} is corrupt: {error}") from None
+    if faiss_index.d != meta["dim"]:
+      raise LocalIndexError(f"index file dimension {faiss_index.d} != metadata {meta['dim']}")
+    index = cls(meta["dim"], IndexParams(**meta["params"]))
+    index.index = faiss_index
+    index.images = {name: int(slot) for name, slot in meta["images"].items()}
+    index.slot_names = {slot: name for name, slot in index.images.items()}
+    index.deleted_slots = set(meta["deleted_slots"])
+    index.next_slot = meta["next_slot"]
+    return index
+
+
+def _current_version(folder: pathlib.Path) -> str | None:
+  pointer = folder / "CURRENT"
+  return pointer.read_text().strip() if pointer.is_file() else None

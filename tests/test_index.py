@@ -1,0 +1,111 @@
+"""LocalFeatureIndex: add / delete / search, crash-safe save, clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from delf_ret.index import IndexParams, LocalFeatureIndex, LocalIndexError
+from delf_ret.index import local_index
+
+DIM = 40
+SMALL_IVF = IndexParams(index_type="ivfpq", nlist=8, pq_m=10, pq_nbits=4, nprobe=8)
+
+
+def unit(rng, n):
+  x = rng.normal(size=(n, DIM)).astype(np.float32)
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def build(params, rng):
+  index = LocalFeatureIndex(DIM, params)
+  index.train(unit(rng, 2000))
+  images = {f"img{i}": unit(rng, 50) for i in range(6)}
+  for name, descriptors in images.items():
+    index.add(name, descriptors)
+  return index, images
+
+
+@pytest.mark.parametrize("params", [IndexParams(), SMALL_IVF, IndexParams(index_type="hnsw")],
+                         ids=["flat", "ivfpq", "hnsw"])
+def test_add_delete_search_never_returns_deleted(params):
+  rng = np.random.default_rng(0)
+  index, images = build(params, rng)
+  slots, keypoints, _ = index.search(images["img3"][:10], k=1)
+  if params.index_type != "ivfpq":  # Exact for flat; HNSW finds an exact duplicate.
+    assert (slots[:, 0] == index.images["img3"]).all()
+    np.testing.assert_array_equal(keypoints[:, 0], np.arange(10))
+  index.delete("img3")
+  assert "img3" not in index and len(index) == 5
+  slots, _, _ = index.search(images["img3"], k=20)
+  assert 3 not in set(slots.ravel().tolist())
+  index.add("img3", images["img3"])  # Re-added under a new slot.
+  slots, _, _ = index.search(images["img3"][:5], k=1)
+  expected = {index.images["img3"]} | ({-1} if params.index_type == "ivfpq" else set())
+  assert set(slots[:, 0].tolist()) <= expected
+  index.compact()
+  slots, _, _ = index.search(images["img3"], k=20)
+  assert 3 not in set(slots.ravel().tolist())
+
+
+def test_save_load_round_trip(tmp_path):
+  rng = np.random.default_rng(1)
+  index, images = build(IndexParams(index_type="hnsw"), rng)
+  index.delete("img1")
+  index.save(tmp_path / "idx")
+  loaded = LocalFeatureIndex.load(tmp_path / "idx", expected_dim=DIM)
+  assert loaded.images == index.images and loaded.deleted_slots == {1}
+  query = images["img4"][:7]
+  np.testing.assert_array_equal(loaded.search(query, 3)[0], index.search(query, 3)[0])
+  index.save(tmp_path / "idx")  # A second save leaves one version folder.
+  assert len(list((tmp_path / "idx").glob("v-*"))) == 1
+
+
+def test_interrupted_save_keeps_previous_index(tmp_path, monkeypatch):
+  rng = np.random.default_rng(2)
+  index, images = build(IndexParams(), rng)
+  index.save(tmp_path / "idx")
+  index.add("new", unit(rng, 10))
+
+  def fail(*args, **kwargs):
+    raise OSError("simulated crash after index.faiss was written")
+  monkeypatch.setattr(local_index.json, "dumps", fail)
+  with pytest.raises(OSError, match="simulated crash"):
+    index.save(tmp_path / "idx")
+  monkeypatch.undo()
+  loaded = LocalFeatureIndex.load(tmp_path / "idx")
+  assert "new" not in loaded and len(loaded) == 6
+
+
+def test_dimension_and_corruption_errors(tmp_path):
+  rng = np.random.default_rng(3)
+  index, _ = build(IndexParams(), rng)
+  with pytest.raises(LocalIndexError, match="dimension 40"):
+    index.add("x", np.zeros((3, 128), np.float32))
+  with pytest.raises(LocalIndexError, match="already in the index"):
+    index.add("img0", unit(rng, 2))
+  with pytest.raises(LocalIndexError, match="not in the index"):
+    index.delete("nope")
+  index.save(tmp_path / "idx")
+  with pytest.raises(LocalIndexError, match="holds 40-d descriptors, expected 128-d"):
+    LocalFeatureIndex.load(tmp_path / "idx", expected_dim=128)
+  version = (tmp_path / "idx" / "CURRENT").read_text()
+  meta_path = tmp_path / "idx" / version / "meta.json"
+  meta = json.loads(meta_path.read_text())
+  meta_path.write_text(json.dumps(dict(meta, format_version=99)))
+  with pytest.raises(LocalIndexError, match="format version 99"):
+    LocalFeatureIndex.load(tmp_path / "idx")
+  meta_path.write_text(json.dumps(meta))
+  (tmp_path / "idx" / version / "index.faiss").write_bytes(b"garbage")
+  with pytest.raises(LocalIndexError, match="corrupt"):
+    LocalFeatureIndex.load(tmp_path / "idx")
+  with pytest.raises(LocalIndexError, match="CURRENT file missing"):
+    LocalFeatureIndex.load(tmp_path / "empty")
+
+
+def test_ivfpq_must_be_trained_first():
+  index = LocalFeatureIndex(DIM, SMALL_IVF)
+  with pytest.raises(LocalIndexError, match="trained"):
+    index.add("a", np.zeros((2, DIM), np.float32))
+  with pytest.raises(LocalIndexError, match="must divide"):
+    LocalFeatureIndex(DIM, IndexParams(index_type="ivfpq", pq_m=7))
