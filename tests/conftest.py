@@ -92,6 +92,14 @@ def config_path(model_path, pca_dir, tmp_path_factory) -> pathlib.Path:
   return path
 
 
+def make_features(points_yx, descriptors):
+  """LocalFeatures with the given (y, x) points [N, 2] and descriptors [N, D]; unit scale/score."""
+  import numpy as np
+  from delf_ret.feature_io import LocalFeatures
+  n = len(points_yx)
+  return LocalFeatures(points_yx, np.ones(n), descriptors, np.ones(n), np.zeros(n))
+
+
 def run_cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
   """Runs ``python -m module args`` and returns the completed process (text output)."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from delf_ret.feature_io import LocalFeatures
 from delf_ret.match import (DescriptorMatcher, RansacParams, putative_matches, verify_candidates,
                             verify_matches, verify_pair)
+
+from conftest import make_features
 
 AFFINE_XY = np.array([[1.1, 0.2, 30.0], [-0.1, 0.9, -12.0], [0.0, 0.0, 1.0]])
 
@@ -88,20 +89,16 @@ def test_degenerate_points_give_zero_inliers(points):
   assert result.num_inliers == 0 and result.transform is None
 
 
-def features_from(points_yx, descriptors):
-  n = len(points_yx)
-  return LocalFeatures(points_yx, np.ones(n), descriptors, np.ones(n), np.zeros(n))
-
 
 def test_verify_candidates_ranks_true_match_first():
   rng = np.random.default_rng(3)
   descriptors = rng.normal(size=(80, 16)).astype(np.float32)
   descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True)
   points = rng.uniform(0, 400, (80, 2))
-  query = features_from(points, descriptors)
-  same = features_from(apply_xy(AFFINE_XY, points), descriptors + 0.01)
-  shuffled = features_from(rng.uniform(0, 400, (80, 2)), descriptors)
-  empty = features_from(np.zeros((0, 2)), np.zeros((0, 16)))
+  query = make_features(points, descriptors)
+  same = make_features(apply_xy(AFFINE_XY, points), descriptors + 0.01)
+  shuffled = make_features(rng.uniform(0, 400, (80, 2)), descriptors)
+  empty = make_features(np.zeros((0, 2)), np.zeros((0, 16)))
   results = verify_candidates(query, [shuffled, same, empty])
   assert results[1].num_inliers == 80
   assert results[0].num_inliers < 10

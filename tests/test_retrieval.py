@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from delf_ret.feature_io import LocalFeatures
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.retrieval import RankedImage, aggregate_votes, rank_database, rerank
+
+from conftest import make_features
 
 
 def test_aggregate_votes_by_hand():
@@ -18,23 +19,19 @@ def test_aggregate_votes_by_hand():
     aggregate_votes(slots, distances, "sum")
 
 
-def features(points, descriptors):
-  n = len(points)
-  return LocalFeatures(points, np.ones(n), descriptors, np.ones(n), np.zeros(n))
-
 
 def test_rank_then_rerank_puts_geometrically_consistent_image_first():
   rng = np.random.default_rng(0)
   descriptors = rng.normal(size=(60, 8)).astype(np.float32)
   descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True)
   points = rng.uniform(0, 300, (60, 2))
-  query = features(points, descriptors)
+  query = make_features(points, descriptors)
   database = {
       # Same descriptors, scrambled geometry: many votes, no consistent transform.
-      "decoy": features(rng.uniform(0, 300, (60, 2)), descriptors),
+      "decoy": make_features(rng.uniform(0, 300, (60, 2)), descriptors),
       # Same scene shifted by (10, 20): same descriptors, consistent geometry.
-      "match": features(points[:40] + [10.0, 20.0], descriptors[:40]),
-      "other": features(rng.uniform(0, 300, (30, 2)), rng.normal(size=(30, 8))),
+      "match": make_features(points[:40] + [10.0, 20.0], descriptors[:40]),
+      "other": make_features(rng.uniform(0, 300, (30, 2)), rng.normal(size=(30, 8))),
   }
   index = LocalFeatureIndex(8)
   for name, feats in database.items():
@@ -47,7 +44,7 @@ def test_rank_then_rerank_puts_geometrically_consistent_image_first():
 
 
 def test_rerank_keeps_first_stage_order_below_threshold_and_tail():
-  query = features(np.zeros((0, 2)), np.zeros((0, 8)))
+  query = make_features(np.zeros((0, 2)), np.zeros((0, 8)))
   ranked = [RankedImage(name, score) for name, score in (("a", 5), ("b", 4), ("c", 3))]
   out = rerank(query, ranked, lambda name: query, top_n=2)
   assert [e.image_id for e in out] == ["a", "b", "c"]
