@@ -23,7 +23,7 @@ from absl import app, flags
 
 from delf_ret import config as config_lib
 from delf_ret import pca as pca_lib
-from delf_ret.feature_io import FEATURE_SUFFIX, read_features, write_features
+from delf_ret.feature_io import FEATURE_SUFFIX, write_features
 from delf_ret.inputs import InputError, output_names, resolve_image_inputs
 
 FLAGS = flags.FLAGS
@@ -94,9 +94,8 @@ def main(argv):
   for path, name in zip(image_paths, names):
     if path not in raw:
       continue
-    target = features_dir / name
-    write_features(target, extractor.finalize(raw[path]))
-    features = read_features(target)
+    features = extractor.finalize(raw[path])
+    write_features(features_dir / name, features)
     att, loc = features.attention, features.locations
     print(f"{path.name[:48]:<48} {features.num_features:>8} {features.descriptor_dim:>4} "
           f"{att.min():>9.3f}..{att.max():<8.3f} "

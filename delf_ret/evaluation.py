@@ -14,6 +14,11 @@ import numpy as np
 DEFAULT_KS = (1, 5, 10)
 
 
+def _indices(entry: dict, *keys: str) -> np.ndarray:
+  """The ground-truth index lists ``keys`` of one query, concatenated, as int64 [n]."""
+  return np.concatenate([np.asarray(entry.get(key, []), np.int64).reshape(-1) for key in keys])
+
+
 def positive_ranks(ranked: np.ndarray, positives: np.ndarray, ignored: np.ndarray) -> np.ndarray:
   """0-based positions of the positives in ``ranked`` after removing ignored images."""
   ranked = np.asarray(ranked, np.int64)
@@ -79,16 +84,11 @@ def revisited_splits(gnd: list[dict]) -> dict[str, tuple[list[np.ndarray], list[
   easy: positives easy, ignored junk + hard; medium: positives easy + hard,
   ignored junk; hard: positives hard, ignored junk + easy.
   """
-  def get(entry, key):
-    return np.asarray(entry.get(key, []), np.int64).reshape(-1)
-  splits = {"easy": ([], []), "medium": ([], []), "hard": ([], [])}
-  for entry in gnd:
-    easy, hard, junk = get(entry, "easy"), get(entry, "hard"), get(entry, "junk")
-    for name, pos, ign in (("easy", easy, np.r_[junk, hard]), ("medium", np.r_[easy, hard], junk),
-                           ("hard", hard, np.r_[junk, easy])):
-      splits[name][0].append(pos)
-      splits[name][1].append(ign)
-  return splits
+  rules = {"easy": (("easy",), ("junk", "hard")), "medium": (("easy", "hard"), ("junk",)),
+           "hard": (("hard",), ("junk", "easy"))}
+  return {name: ([_indices(entry, *positive) for entry in gnd],
+                 [_indices(entry, *ignored) for entry in gnd])
+          for name, (positive, ignored) in rules.items()}
 
 
 def evaluate_revisited(ranked_lists: list[np.ndarray], gnd: list[dict],
@@ -101,7 +101,6 @@ def evaluate_revisited(ranked_lists: list[np.ndarray], gnd: list[dict],
 def evaluate_original(ranked_lists: list[np.ndarray], gnd: list[dict],
                       ks: tuple[int, ...] = DEFAULT_KS) -> SplitMetrics:
   """Original Oxford5k/Paris6k protocol: good + ok positive, junk ignored."""
-  positives = [np.r_[np.asarray(e.get("good", []), np.int64), np.asarray(e.get("ok", []), np.int64)]
-               for e in gnd]
-  ignored = [np.asarray(e.get("junk", []), np.int64) for e in gnd]
+  positives = [_indices(entry, "good", "ok") for entry in gnd]
+  ignored = [_indices(entry, "junk") for entry in gnd]
   return evaluate_split(ranked_lists, positives, ignored, ks)

@@ -56,8 +56,6 @@ def extract_all(extractor: DelfExtractor, image_paths: list[pathlib.Path],
       features = extractor.extract_file(path)
     except (ImageReadError, ImageTooSmallError) as error:
       reason = str(error)
-      if not reason.startswith(str(path)):
-        reason = f"{path}: {reason}"
       log(f"[{i}/{total}] ERROR {reason}")
       failures.append((path, reason))
       continue

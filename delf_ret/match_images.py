@@ -62,16 +62,15 @@ def main(argv):
   if len(inputs) != 2:
     raise app.UsageError("give exactly two inputs: images or .delf feature files")
   try:
-    images, features, extractor = [], [], None
+    features, draw_paths, extractor = [], [], None
     for i, path in enumerate(inputs):
       if path.suffix == FEATURE_SUFFIX:
         features.append(read_features(path))
-        images.append(load_image(FLAGS.image_paths[i]) if len(FLAGS.image_paths) == 2 else None)
+        draw_paths.append(FLAGS.image_paths[i] if len(FLAGS.image_paths) == 2 else None)
       else:
-        image = load_image(path)
         extractor = extractor or _extractor()
-        images.append(image)
-        features.append(extractor.extract(image))
+        features.append(extractor.extract_file(path))
+        draw_paths.append(path)
     check_same_dimension(features[0], features[1], str(inputs[0]), str(inputs[1]))
   except (FeatureFileError, ImageReadError, config_lib.ConfigError, FileNotFoundError,
           ValueError) as error:
@@ -87,9 +86,14 @@ def main(argv):
         f"putative matches: {result.num_matches}; inliers: {result.num_inliers}")
   inlier_pairs = result.matches[result.inliers]
   if FLAGS.output_image:
-    if images[0] is None or images[1] is None:
+    if None in draw_paths:
       print("error: --output_image with .delf inputs needs --image_paths=IMAGE1,IMAGE2",
             file=sys.stderr)
+      return 2
+    try:
+      images = [load_image(path) for path in draw_paths]
+    except ImageReadError as error:
+      print(f"error: {error}", file=sys.stderr)
       return 2
     from delf_ret.visualize import draw_matches
     draw_matches(FLAGS.output_image, images[0], images[1],

@@ -13,7 +13,7 @@ import numpy as np
 
 from delf_ret.feature_io import LocalFeatures
 from delf_ret.index import LocalFeatureIndex
-from delf_ret.match import DescriptorMatcher, RansacParams, verify_pair
+from delf_ret.match import RansacParams, verify_candidates
 
 
 @dataclasses.dataclass
@@ -66,14 +66,13 @@ def rerank(query: LocalFeatures, ranked: list[RankedImage],
   Verified candidates with at least ``min_inliers`` inliers come first, by
   decreasing inliers (ties: first-stage score, then the first-stage order);
   then the other top-N candidates in first-stage order; then the rest of the
-  list unchanged. The query's matcher is built once.
+  list unchanged. Candidates are loaded one at a time; the query's matcher is built once.
   """
   head, tail = ranked[:top_n], ranked[top_n:]
-  matcher = DescriptorMatcher(query.descriptors) if query.num_features else None
-  verified = []
-  for position, entry in enumerate(head):
-    inliers = verify_pair(query, load_features(entry.image_id), params, matcher).num_inliers
-    verified.append((position, dataclasses.replace(entry, inliers=inliers)))
+  verifications = verify_candidates(query, (load_features(entry.image_id) for entry in head),
+                                    params)
+  verified = [(position, dataclasses.replace(entry, inliers=verification.num_inliers))
+              for position, (entry, verification) in enumerate(zip(head, verifications))]
   passed = [(p, e) for p, e in verified if e.inliers >= min_inliers]
   failed = [e for p, e in verified if e.inliers < min_inliers]
   passed.sort(key=lambda item: (-item[1].inliers, -item[1].score, item[0]))

@@ -92,6 +92,13 @@ def config_path(model_path, pca_dir, tmp_path_factory) -> pathlib.Path:
   return path
 
 
+def random_unit_descriptors(rng, n: int, dim: int):
+  """float32 [n, dim] Gaussian rows scaled to unit L2 norm."""
+  import numpy as np
+  descriptors = rng.normal(size=(n, dim)).astype(np.float32)
+  return descriptors / np.linalg.norm(descriptors, axis=1, keepdims=True)
+
+
 def make_features(points_yx, descriptors):
   """LocalFeatures with the given (y, x) points [N, 2] and descriptors [N, D]; unit scale/score."""
   import numpy as np

@@ -90,3 +90,13 @@ def test_missing_pca_files_are_reported(model_path, tmp_path, delf_model):
   config = parse_config_text(make_config_text(model_path, tmp_path))
   with pytest.raises(FileNotFoundError, match="PCA mean file not found"):
     DelfExtractor(config, model=delf_model)
+
+
+def test_too_small_image_file_error_names_the_file(extractor, tmp_path):
+  from PIL import Image
+  path = tmp_path / "tiny.png"
+  Image.new("RGB", (8, 8), (10, 200, 10)).save(path)
+  for method in (extractor.extract_file, extractor.extract_raw_file):
+    with pytest.raises(ImageTooSmallError, match="too small") as error:
+      method(path)
+    assert str(error.value).startswith(f"{path}: ")

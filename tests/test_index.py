@@ -8,19 +8,16 @@ import pytest
 from delf_ret.index import IndexParams, LocalFeatureIndex, LocalIndexError
 from delf_ret.index import local_index
 
+from conftest import random_unit_descriptors
+
 DIM = 40
 SMALL_IVF = IndexParams(index_type="ivfpq", nlist=8, pq_m=10, pq_nbits=4, nprobe=8)
 
 
-def unit(rng, n):
-  x = rng.normal(size=(n, DIM)).astype(np.float32)
-  return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def build(params, rng):
   index = LocalFeatureIndex(DIM, params)
-  index.train(unit(rng, 2000))
-  images = {f"img{i}": unit(rng, 50) for i in range(6)}
+  index.train(random_unit_descriptors(rng, 2000, DIM))
+  images = {f"img{i}": random_unit_descriptors(rng, 50, DIM) for i in range(6)}
   for name, descriptors in images.items():
     index.add(name, descriptors)
   return index, images
@@ -65,7 +62,7 @@ def test_interrupted_save_keeps_previous_index(tmp_path, monkeypatch):
   rng = np.random.default_rng(2)
   index, images = build(IndexParams(), rng)
   index.save(tmp_path / "idx")
-  index.add("new", unit(rng, 10))
+  index.add("new", random_unit_descriptors(rng, 10, DIM))
 
   def fail(*args, **kwargs):
     raise OSError("simulated crash after index.faiss was written")
@@ -83,7 +80,7 @@ def test_dimension_and_corruption_errors(tmp_path):
   with pytest.raises(LocalIndexError, match="dimension 40"):
     index.add("x", np.zeros((3, 128), np.float32))
   with pytest.raises(LocalIndexError, match="already in the index"):
-    index.add("img0", unit(rng, 2))
+    index.add("img0", random_unit_descriptors(rng, 2, DIM))
   with pytest.raises(LocalIndexError, match="not in the index"):
     index.delete("nope")
   index.save(tmp_path / "idx")

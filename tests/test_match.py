@@ -6,7 +6,7 @@ import pytest
 from delf_ret.match import (DescriptorMatcher, RansacParams, putative_matches, verify_candidates,
                             verify_matches, verify_pair)
 
-from conftest import make_features
+from conftest import make_features, random_unit_descriptors
 
 AFFINE_XY = np.array([[1.1, 0.2, 30.0], [-0.1, 0.9, -12.0], [0.0, 0.0, 1.0]])
 
@@ -92,8 +92,7 @@ def test_degenerate_points_give_zero_inliers(points):
 
 def test_verify_candidates_ranks_true_match_first():
   rng = np.random.default_rng(3)
-  descriptors = rng.normal(size=(80, 16)).astype(np.float32)
-  descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True)
+  descriptors = random_unit_descriptors(rng, 80, 16)
   points = rng.uniform(0, 400, (80, 2))
   query = make_features(points, descriptors)
   same = make_features(apply_xy(AFFINE_XY, points), descriptors + 0.01)

@@ -6,7 +6,7 @@ import pytest
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.retrieval import RankedImage, aggregate_votes, rank_database, rerank
 
-from conftest import make_features
+from conftest import make_features, random_unit_descriptors
 
 
 def test_aggregate_votes_by_hand():
@@ -22,8 +22,7 @@ def test_aggregate_votes_by_hand():
 
 def test_rank_then_rerank_puts_geometrically_consistent_image_first():
   rng = np.random.default_rng(0)
-  descriptors = rng.normal(size=(60, 8)).astype(np.float32)
-  descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True)
+  descriptors = random_unit_descriptors(rng, 60, 8)
   points = rng.uniform(0, 300, (60, 2))
   query = make_features(points, descriptors)
   database = {

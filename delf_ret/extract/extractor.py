@@ -109,6 +109,17 @@ class DelfExtractor:
                          attention=raw.attention,
                          orientations=np.zeros(raw.attention.shape[0], np.float32))
 
+  def extract_raw_file(self, path: str | os.PathLike) -> SelectedFeatures:
+    """Reads an image file (see delf_ret.images) and selects its raw features.
+
+    Raises ImageReadError or ImageTooSmallError, both naming the file.
+    """
+    image = load_image(path, max_pixels=self.config.max_image_pixels)
+    try:
+      return self.extract_raw(image)
+    except ImageTooSmallError as error:
+      raise ImageTooSmallError(f"{path}: {error}") from None
+
   def extract_file(self, path: str | os.PathLike) -> LocalFeatures:
-    """Reads an image file (see delf_ret.images) and extracts its features."""
-    return self.extract(load_image(path, max_pixels=self.config.max_image_pixels))
+    """Reads an image file and extracts its final features (errors as extract_raw_file)."""
+    return self.finalize(self.extract_raw_file(path))

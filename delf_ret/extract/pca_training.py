@@ -10,7 +10,7 @@ import numpy as np
 from delf_ret.config import DelfConfig
 from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError
 from delf_ret.extract.selection import SelectedFeatures
-from delf_ret.images import ImageReadError, load_image
+from delf_ret.images import ImageReadError
 from delf_ret.pca import l2_normalize
 
 
@@ -27,7 +27,7 @@ def extract_raw_features(extractor: DelfExtractor, image_paths: list[pathlib.Pat
   raw, failures = {}, []
   for i, path in enumerate(image_paths, 1):
     try:
-      raw[path] = extractor.extract_raw(load_image(path, extractor.config.max_image_pixels))
+      raw[path] = extractor.extract_raw_file(path)
     except (ImageReadError, ImageTooSmallError) as error:
       failures.append(str(error))
       log(f"[{i}/{len(image_paths)}] ERROR {error}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import warnings
+from typing import Iterable
 
 import numpy as np
 from skimage.measure import ransac
@@ -117,7 +118,7 @@ def verify_pair(features_a: LocalFeatures, features_b: LocalFeatures,
   return verify_matches(features_a.locations, features_b.locations, matches, params)
 
 
-def verify_candidates(query: LocalFeatures, candidates: list[LocalFeatures],
+def verify_candidates(query: LocalFeatures, candidates: Iterable[LocalFeatures],
                       params: RansacParams = RansacParams()) -> list[Verification]:
   """Verifies one query against many candidates; the query's search structure is built once."""
   matcher = DescriptorMatcher(query.descriptors) if query.num_features else None
