@@ -66,7 +66,7 @@ def main(argv):
   model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
   save_delf_model(model, model_path)
 
-  print(f"2/4 raw features, scales {list(config.image_scales)}, "
+  print(f"2/4 raw features, scales {[round(s, 4) for s in config.image_scales]}, "
         f"max side {config.max_image_size} px")
   start = time.time()
   raw_extractor = DelfExtractor(without_pca(config), model=model)
