@@ -39,6 +39,10 @@ setup(
             "create_delf_model=delf_ret.create_model:run",
             "delf_demo=delf_ret.demo:run",
             "match_images=delf_ret.match_images:run",
+            "build_index=delf_ret.build_index:run",
+            "perform_retrieval=delf_ret.perform_retrieval:run",
+            "query_index=delf_ret.query:run",
+            "download_dataset=delf_ret.download_dataset:run",
         ],
     },
 )

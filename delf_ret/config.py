@@ -139,6 +139,28 @@ def validate(config: DelfConfig) -> None:
   if 0 < config.max_image_size < config.min_image_size:
     raise ConfigError(f"max_image_size {config.max_image_size} < min_image_size "
                       f"{config.min_image_size}")
+  _validate_retrieval(config.retrieval_config)
+
+
+_CHOICES = {"index_type": ("flat", "ivfpq", "hnsw"), "vote_weighting": ("count", "similarity"),
+            "ransac_transform": ("affine", "homography")}
+_POSITIVE = ("nlist", "pq_m", "pq_nbits", "hnsw_m", "nprobe", "ef_search", "train_sample_size",
+             "neighbors_per_descriptor", "ransac_max_trials", "ransac_residual_threshold",
+             "match_distance_threshold")
+
+
+def _validate_retrieval(retrieval) -> None:
+  for name, choices in _CHOICES.items():
+    if getattr(retrieval, name) not in choices:
+      raise ConfigError(f"retrieval_config.{name} must be one of {choices}, "
+                        f"got {getattr(retrieval, name)!r}")
+  for name in _POSITIVE:
+    if getattr(retrieval, name) <= 0:
+      raise ConfigError(f"retrieval_config.{name} must be positive, got {getattr(retrieval, name)}")
+  if retrieval.rerank_top_n < 0 or retrieval.min_inliers < 0:
+    raise ConfigError("retrieval_config.rerank_top_n and min_inliers must not be negative")
+  if any(k <= 0 for k in retrieval.eval_ks):
+    raise ConfigError(f"retrieval_config.eval_ks must be positive, got {list(retrieval.eval_ks)}")
 
 
 def to_text(config: DelfConfig) -> str:

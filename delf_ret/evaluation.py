@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 
 DEFAULT_KS = (1, 5, 10)
+RECALL_LEVELS = tuple(np.linspace(0.0, 1.0, 21).round(2).tolist())
 
 
 def _indices(entry: dict, *keys: str) -> np.ndarray:
@@ -43,30 +44,52 @@ def average_precision(ranks: np.ndarray, num_positives: int) -> float:
   return total / num_positives
 
 
+def interpolated_precision(ranks: np.ndarray, num_positives: int,
+                           recall_levels: tuple[float, ...] = RECALL_LEVELS) -> np.ndarray:
+  """Precision-recall curve of one query, float [len(recall_levels)].
+
+  At each recall level: the highest precision (j + 1) / (r_j + 1) of any cut-off
+  after the j-th positive whose recall (j + 1) / num_positives reaches the
+  level; 0 for levels the ranked list never reaches.
+  """
+  ranks = np.sort(np.asarray(ranks))
+  found = np.arange(1, ranks.size + 1)
+  precision, recall = found / (ranks + 1.0), found / float(num_positives)
+  curve = np.zeros(len(recall_levels))
+  for i, level in enumerate(recall_levels):
+    reached = recall >= level - 1e-12
+    curve[i] = precision[reached].max() if reached.any() else 0.0
+  return curve
+
+
 @dataclasses.dataclass
 class SplitMetrics:
   """Metrics of one split over the queries that have positives in it.
 
   ap_per_query holds NaN for queries without positives (excluded, as in the
-  Revisited protocol).
+  Revisited protocol). pr_curve is the mean interpolated precision at
+  RECALL_LEVELS over those queries.
   """
   mean_ap: float
   precision_at: dict[int, float]
   recall_at: dict[int, float]
   ap_per_query: list[float]
   num_queries: int
+  pr_curve: list[float] = dataclasses.field(default_factory=list)
 
 
 def evaluate_split(ranked_lists: list[np.ndarray], positives: list[np.ndarray],
                    ignored: list[np.ndarray], ks: tuple[int, ...] = DEFAULT_KS) -> SplitMetrics:
   """mAP, mP@k (positives in the top k / k) and mR@k (positives in the top k / positives)."""
   aps, precisions, recalls = [], {k: [] for k in ks}, {k: [] for k in ks}
+  curves = []
   for ranked, pos, ign in zip(ranked_lists, positives, ignored):
     if len(pos) == 0:
       aps.append(float("nan"))
       continue
     ranks = positive_ranks(ranked, pos, ign)
     aps.append(average_precision(ranks, len(pos)))
+    curves.append(interpolated_precision(ranks, len(pos)))
     for k in ks:
       hits = int((ranks < k).sum())
       precisions[k].append(hits / k)
@@ -75,7 +98,8 @@ def evaluate_split(ranked_lists: list[np.ndarray], positives: list[np.ndarray],
   mean = lambda values: float(np.mean(values)) if values else float("nan")
   return SplitMetrics(mean_ap=mean(valid), precision_at={k: mean(v) for k, v in precisions.items()},
                       recall_at={k: mean(v) for k, v in recalls.items()}, ap_per_query=aps,
-                      num_queries=len(valid))
+                      num_queries=len(valid),
+                      pr_curve=np.mean(curves, axis=0).tolist() if curves else [])
 
 
 def revisited_splits(gnd: list[dict]) -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import pathlib
 import sys
-import time
 
 from absl import app, flags
 
 from delf_ret import config as config_lib
 from delf_ret.cli_flags import require_flags
-from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError
-from delf_ret.feature_io import FEATURE_SUFFIX, write_features
-from delf_ret.images import ImageReadError
+from delf_ret.extract.batch import extract_all
+from delf_ret.extract.extractor import DelfExtractor
+from delf_ret.feature_io import FEATURE_SUFFIX
 from delf_ret.inputs import InputError, output_names, resolve_image_inputs
 
 FLAGS = flags.FLAGS
@@ -36,35 +35,6 @@ flags.DEFINE_string("list_images_path", None,
 flags.DEFINE_string("output_dir", None, "Folder for the .delf feature files.")
 flags.DEFINE_enum("backend", "compiled", ["compiled", "eager"],
                   "Network back-end: compiled graph (fast) or eager (baseline).")
-
-
-def extract_all(extractor: DelfExtractor, image_paths: list[pathlib.Path],
-                output_dir: pathlib.Path, log=print) -> list[tuple[pathlib.Path, str]]:
-  """Extracts every image whose output is missing; returns (path, reason) of failures."""
-  output_dir.mkdir(parents=True, exist_ok=True)
-  names = output_names(image_paths, FEATURE_SUFFIX)
-  failures = []
-  total = len(image_paths)
-  start = time.time()
-  done = 0
-  for i, (path, name) in enumerate(zip(image_paths, names), 1):
-    target = output_dir / name
-    if target.exists():
-      log(f"[{i}/{total}] {path.name}: skipped, {target} exists")
-      continue
-    try:
-      features = extractor.extract_file(path)
-    except (ImageReadError, ImageTooSmallError) as error:
-      reason = str(error)
-      log(f"[{i}/{total}] ERROR {reason}")
-      failures.append((path, reason))
-      continue
-    write_features(target, features)
-    done += 1
-    rate = (time.time() - start) / done
-    log(f"[{i}/{total}] {path.name}: {features.num_features} features "
-        f"(dim {features.descriptor_dim}) -> {target} [{rate:.2f} s/image]")
-  return failures
 
 
 def main(argv):

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from delf_ret.feature_io import LocalFeatures
-from delf_ret.index import LocalFeatureIndex
+from delf_ret.index import IndexParams, LocalFeatureIndex
 from delf_ret.match import RansacParams, verify_candidates
 
 
@@ -77,3 +77,40 @@ def rerank(query: LocalFeatures, ranked: list[RankedImage],
   failed = [e for p, e in verified if e.inliers < min_inliers]
   passed.sort(key=lambda item: (-item[1].inliers, -item[1].score, item[0]))
   return [e for _, e in passed] + failed + tail
+
+
+def ransac_params_from_config(retrieval_config) -> RansacParams:
+  """The matching and RANSAC fields of a ``DelfRetrievalConfig`` message."""
+  return RansacParams(distance_threshold=retrieval_config.match_distance_threshold,
+                      transform=retrieval_config.ransac_transform,
+                      residual_threshold=retrieval_config.ransac_residual_threshold,
+                      max_trials=retrieval_config.ransac_max_trials)
+
+
+def use_search_settings(index: LocalFeatureIndex, retrieval_config) -> None:
+  """Sets the search breadth (nprobe, ef_search) of a loaded index from the config."""
+  configured = IndexParams.from_config(retrieval_config)
+  index.params = dataclasses.replace(index.params, nprobe=configured.nprobe,
+                                     ef_search=configured.ef_search)
+
+
+@dataclasses.dataclass
+class RetrievalResult:
+  """First-stage ranked list and the list after RANSAC reranking of its top."""
+  ranked: list[RankedImage]
+  reranked: list[RankedImage]
+
+
+def retrieve(query: LocalFeatures, index: LocalFeatureIndex,
+             load_features: Callable[[str], LocalFeatures], retrieval_config) -> RetrievalResult:
+  """Ranks the database for one query, then verifies the top (settings from the config)."""
+  ranked = rank_database(index, query.descriptors if query.num_features else
+                         np.zeros((0, index.dim), np.float32),
+                         k=retrieval_config.neighbors_per_descriptor,
+                         weighting=retrieval_config.vote_weighting)
+  if retrieval_config.rerank_top_n == 0:
+    return RetrievalResult(ranked, list(ranked))
+  reranked = rerank(query, ranked, load_features, top_n=retrieval_config.rerank_top_n,
+                    min_inliers=retrieval_config.min_inliers,
+                    params=ransac_params_from_config(retrieval_config))
+  return RetrievalResult(ranked, reranked)

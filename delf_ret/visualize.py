@@ -1,4 +1,4 @@
-"""Match visualisation: two images side by side with inlier correspondences as lines."""
+"""Figures as PNG files (matplotlib, no display): matches, precision-recall curves, contact sheets."""
 
 from __future__ import annotations
 
@@ -39,7 +39,48 @@ def draw_matches(path: str | os.PathLike, image_a: np.ndarray, image_b: np.ndarr
     axes.plot([xa, xb + offset], [ya, yb], "-", color=colour, linewidth=0.8)
     axes.plot([xa, xb + offset], [ya, yb], "o", color=colour, markersize=2)
   figure.suptitle(title, fontsize=12, y=0.995, va="top")
+  save_figure(figure, path, dpi)
+
+
+def save_figure(figure, path: str | os.PathLike, dpi: int = 100) -> None:
+  """Writes a matplotlib figure as PNG atomically and closes it."""
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=dpi)
   plt.close(figure)
   write_bytes_atomic(path, buffer.getvalue())
+
+
+def plot_precision_recall(path: str | os.PathLike, recall_levels: list[float],
+                          curves: dict[str, list[float]], title: str) -> None:
+  """Writes a PNG with one precision-recall curve (precision per recall level) per label."""
+  figure, axes = plt.subplots(figsize=(5.5, 4.5), dpi=100)
+  for label, precision in curves.items():
+    if precision:
+      axes.plot(recall_levels, precision, marker="o", markersize=3, label=label)
+  axes.set(xlabel="recall", ylabel="interpolated precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=title)
+  axes.grid(alpha=0.3)
+  if any(curves.values()):
+    axes.legend(loc="lower left")
+  else:
+    axes.text(0.5, 0.5, "no query has positives", ha="center", va="center")
+  figure.tight_layout()
+  save_figure(figure, path)
+
+
+def draw_contact_sheet(path: str | os.PathLike, query: np.ndarray, results: list[np.ndarray],
+                       captions: list[str], query_caption: str = "query",
+                       columns: int = 5) -> None:
+  """Writes a PNG grid: the query image first, then each result image with its caption."""
+  tiles = [query, *results]
+  labels = [query_caption, *captions]
+  rows = -(-len(tiles) // columns)
+  figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.6 * rows), dpi=100,
+                              squeeze=False)
+  for cell, axis in enumerate(axes.flat):
+    axis.set_axis_off()
+    if cell < len(tiles):
+      axis.imshow(tiles[cell])
+      axis.set_title(labels[cell], fontsize=8, color="tab:blue" if cell == 0 else "black")
+  figure.tight_layout()
+  save_figure(figure, path)

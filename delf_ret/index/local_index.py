@@ -57,6 +57,12 @@ class IndexParams:
   nprobe: int = 16
   ef_search: int = 64
 
+  @classmethod
+  def from_config(cls, retrieval_config) -> "IndexParams":
+    """The index fields of a ``DelfRetrievalConfig`` message."""
+    return cls(**{field.name: getattr(retrieval_config, field.name)
+                  for field in dataclasses.fields(cls)})
+
 
 def _fsync_dir(path: pathlib.Path) -> None:
   fd = os.open(path, os.O_RDONLY)

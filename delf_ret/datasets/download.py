@@ -1,0 +1,147 @@
+"""Downloading Oxford5k / Paris6k and the Revisited ground truth from their official URLs.
+
+Layout written under ``<output_dir>/<dataset>/``:
+  jpg/             every image, flattened (``<name>.jpg``);
+  gt/              original ground-truth files (oxford5k, paris6k);
+  gnd_<dataset>.pkl  Revisited ground truth (roxford5k, rparis6k).
+Then ``read_original_gt(<..>/gt, <..>/jpg)`` or
+``read_revisited_gnd(<..>/gnd_<dataset>.pkl, <..>/jpg)`` reads it.
+
+Each file is downloaded to ``downloads/<file>.part`` (resumed with an HTTP
+range request when the server allows it), renamed when complete, unpacked,
+and marked done, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import shutil
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from typing import Callable
+
+OXFORD_URL = "https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/"
+PARIS_URL = "https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/"
+REVISITED_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets/"
+
+
+class DownloadError(Exception):
+  """A dataset file could not be downloaded or unpacked."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFile:
+  """One published file: its URL and where its content goes ("jpg", "gt" or "." for as is)."""
+  url: str
+  target: str
+
+  @property
+  def file_name(self) -> str:
+    return self.url.rsplit("/", 1)[-1]
+
+
+_OXFORD_IMAGES = RemoteFile(OXFORD_URL + "oxbuild_images-v1.tgz", "jpg")
+_PARIS_IMAGES = (RemoteFile(PARIS_URL + "paris_1-v1.tgz", "jpg"),
+                 RemoteFile(PARIS_URL + "paris_2-v1.tgz", "jpg"))
+
+DATASETS: dict[str, tuple[RemoteFile, ...]] = {
+    "oxford5k": (_OXFORD_IMAGES, RemoteFile(OXFORD_URL + "gt_files_170407.tgz", "gt")),
+    "paris6k": (*_PARIS_IMAGES, RemoteFile(PARIS_URL + "paris_120310.tgz", "gt")),
+    "roxford5k": (_OXFORD_IMAGES,
+                  RemoteFile(REVISITED_URL + "roxford5k/gnd_roxford5k.pkl", ".")),
+    "rparis6k": (*_PARIS_IMAGES, RemoteFile(REVISITED_URL + "rparis6k/gnd_rparis6k.pkl", ".")),
+}
+
+_SUFFIXES = {"jpg": (".jpg", ".jpeg"), "gt": (".txt",)}
+
+
+def download_file(url: str, target: pathlib.Path, log: Callable[[str], None] = print,
+                  timeout: float = 60.0, chunk_bytes: int = 1 << 20) -> None:
+  """Downloads ``url`` to ``target`` via ``target.part``; resumes a partial download."""
+  partial = target.with_name(target.name + ".part")
+  target.parent.mkdir(parents=True, exist_ok=True)
+  offset = partial.stat().st_size if partial.exists() else 0
+  request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+  try:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+      resumed = offset and response.status == 206
+      mode = "ab" if resumed else "wb"
+      done = offset if resumed else 0
+      length = response.headers.get("Content-Length")
+      total = done + int(length) if length else None
+      last_report = time.time()
+      with open(partial, mode) as handle:
+        while chunk := response.read(chunk_bytes):
+          handle.write(chunk)
+          done += len(chunk)
+          if time.time() - last_report > 5:
+            last_report = time.time()
+            share = f" ({100 * done / total:.0f}%)" if total else ""
+            log(f"  {target.name}: {done / 2**20:.1f} MiB{share}")
+  except (urllib.error.URLError, OSError) as error:
+    raise DownloadError(f"downloading {url} failed: {error}; run again to resume") from None
+  if total is not None and done != total:
+    raise DownloadError(f"downloading {url}: got {done} of {total} bytes; run again to resume")
+  partial.replace(target)
+
+
+def unpack(archive: pathlib.Path, dataset_dir: pathlib.Path, target: str) -> int:
+  """Puts the archive's files into ``dataset_dir/target``; returns how many.
+
+  "jpg"/"gt" targets take the archive's images / text files flattened by
+  name (the published archives nest them in per-landmark folders); "." copies
+  the file itself.
+  """
+  if target == ".":
+    shutil.copyfile(archive, dataset_dir / archive.name)
+    return 1
+  out_dir = dataset_dir / target
+  out_dir.mkdir(parents=True, exist_ok=True)
+  count = 0
+  try:
+    with tarfile.open(archive) as tar:
+      for member in tar:
+        name = pathlib.PurePosixPath(member.name).name
+        if not member.isfile() or not name.lower().endswith(_SUFFIXES[target]):
+          continue
+        source = tar.extractfile(member)
+        with open(out_dir / name, "wb") as handle:
+          shutil.copyfileobj(source, handle)
+        count += 1
+  except (tarfile.TarError, EOFError, OSError) as error:
+    raise DownloadError(f"{archive}: cannot unpack ({error}); delete it and run again") from None
+  return count
+
+
+def download_dataset(name: str, output_dir: str | pathlib.Path, mirror_url: str | None = None,
+                     keep_archives: bool = False,
+                     log: Callable[[str], None] = print) -> pathlib.Path:
+  """Downloads and unpacks one dataset; returns ``output_dir/name``.
+
+  mirror_url: fetch every file as ``mirror_url/<file name>`` instead of from
+  its official URL (a local mirror).
+  """
+  if name not in DATASETS:
+    raise DownloadError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+  dataset_dir = pathlib.Path(output_dir) / name
+  downloads = dataset_dir / "downloads"
+  downloads.mkdir(parents=True, exist_ok=True)
+  for remote in DATASETS[name]:
+    marker = downloads / f"{remote.file_name}.done"
+    if marker.exists():
+      log(f"{remote.file_name}: already unpacked")
+      continue
+    url = f"{mirror_url.rstrip('/')}/{remote.file_name}" if mirror_url else remote.url
+    archive = downloads / remote.file_name
+    if not archive.exists():
+      log(f"downloading {url}")
+      download_file(url, archive, log)
+    count = unpack(archive, dataset_dir, remote.target)
+    log(f"{remote.file_name}: {count} files -> {dataset_dir / remote.target}")
+    marker.write_text("ok\n")
+    if not keep_archives:
+      archive.unlink()
+  return dataset_dir

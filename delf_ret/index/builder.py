@@ -1,0 +1,134 @@
+"""Building a LocalFeatureIndex from feature files, resumably.
+
+Image ids are the feature file stems (``all_souls_000013.delf`` ->
+``all_souls_000013``). The index is saved every ``save_every`` added images and
+at the end; a rerun loads the saved index and skips the images already in it,
+so an interrupted build resumes, and new feature files can be added later
+without retraining.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Callable
+
+import numpy as np
+
+from delf_ret.feature_io import FEATURE_SUFFIX, FeatureFileError, LocalFeatures, read_features
+from delf_ret.index.local_index import IndexParams, LocalFeatureIndex, LocalIndexError
+
+
+def list_feature_files(features_dir: str | pathlib.Path) -> list[pathlib.Path]:
+  """The .delf files of a folder, sorted; raises LocalIndexError when there are none."""
+  features_dir = pathlib.Path(features_dir)
+  if not features_dir.is_dir():
+    raise LocalIndexError(f"feature folder not found: {features_dir}")
+  paths = sorted(features_dir.glob(f"*{FEATURE_SUFFIX}"))
+  if not paths:
+    raise LocalIndexError(f"no {FEATURE_SUFFIX} feature files in {features_dir}")
+  return paths
+
+
+def image_id(feature_path: pathlib.Path) -> str:
+  """The image id of a feature file: its name without the .delf suffix."""
+  return feature_path.name[:-len(FEATURE_SUFFIX)] if feature_path.name.endswith(
+      FEATURE_SUFFIX) else feature_path.stem
+
+
+def descriptor_dim(paths: list[pathlib.Path]) -> int:
+  """The descriptor dimension of the first feature file that has features."""
+  for path in paths:
+    features = read_features(path)
+    if features.num_features:
+      return features.descriptor_dim
+  raise LocalIndexError("no feature file holds any feature: nothing to index")
+
+
+def training_sample(paths: list[pathlib.Path], size: int, seed: int = 0) -> np.ndarray:
+  """Up to ``size`` descriptors [S, D] from files visited in a seeded random order."""
+  order = np.random.default_rng(seed).permutation(len(paths))
+  chunks, total = [], 0
+  for i in order:
+    try:
+      features = read_features(paths[i])
+    except FeatureFileError:
+      continue  # Reported when the file is added.
+    chunks.append(features.descriptors)
+    total += features.num_features
+    if total >= size:
+      break
+  chunks = [chunk for chunk in chunks if chunk.size]
+  if not chunks:
+    raise LocalIndexError("no descriptors to train the index on")
+  return np.concatenate(chunks)[:size]
+
+
+def open_or_create(index_dir: pathlib.Path, params: IndexParams, dim: int) -> LocalFeatureIndex:
+  """Loads the index saved in ``index_dir`` (checking type and dimension) or makes a new one."""
+  if (index_dir / "CURRENT").is_file():
+    index = LocalFeatureIndex.load(index_dir, expected_dim=dim)
+    if index.params.index_type != params.index_type:
+      raise LocalIndexError(
+          f"{index_dir} holds a {index.params.index_type!r} index but the config asks for "
+          f"{params.index_type!r}; use another --index_dir or the same index_type")
+    return index
+  return LocalFeatureIndex(dim, params)
+
+
+def _descriptors_for(features: LocalFeatures, dim: int, path: pathlib.Path) -> np.ndarray:
+  if features.num_features == 0:
+    return np.zeros((0, dim), np.float32)
+  if features.descriptor_dim != dim:
+    raise FeatureFileError(f"{path}: {features.descriptor_dim}-d descriptors, but the index "
+                           f"holds {dim}-d ones (extracted with other PCA settings?)")
+  return features.descriptors
+
+
+def build_index(feature_paths: list[pathlib.Path], index_dir: str | pathlib.Path,
+                params: IndexParams, train_sample_size: int = 200_000, save_every: int = 500,
+                log: Callable[[str], None] = print
+                ) -> tuple[LocalFeatureIndex, list[tuple[pathlib.Path, str]]]:
+  """Adds every feature file not yet in the index at ``index_dir`` and saves it.
+
+  Returns the index and (path, reason) of the files that could not be added
+  (unreadable, or of another descriptor dimension).
+  """
+  index_dir = pathlib.Path(index_dir)
+  dim = descriptor_dim(feature_paths)
+  index = open_or_create(index_dir, params, dim)
+  if index.needs_training:
+    sample = training_sample(feature_paths, train_sample_size)
+    if sample.shape[0] < max(params.nlist, 2 ** params.pq_nbits):
+      raise LocalIndexError(
+          f"IVF-PQ needs at least max(nlist, 2^pq_nbits) = "
+          f"{max(params.nlist, 2 ** params.pq_nbits)} training descriptors, the feature files "
+          f"hold {sample.shape[0]}: use index_type 'flat' or a smaller nlist")
+    log(f"training the IVF-PQ quantisers on {sample.shape[0]} descriptors")
+    index.train(sample)
+  failures = []
+  total, added, start = len(feature_paths), 0, time.time()
+  unsaved = not (index_dir / "CURRENT").is_file()
+  for i, path in enumerate(feature_paths, 1):
+    name = image_id(path)
+    if name in index:
+      continue
+    try:
+      descriptors = _descriptors_for(read_features(path), dim, path)
+    except FeatureFileError as error:
+      log(f"[{i}/{total}] ERROR {error}")
+      failures.append((path, str(error)))
+      continue
+    index.add(name, descriptors)
+    added += 1
+    unsaved = True
+    if added % save_every == 0:
+      index.save(index_dir)
+      unsaved = False
+    if added % 100 == 0 or i == total:
+      log(f"[{i}/{total}] {added} images added [{(time.time() - start) / added * 1000:.1f} "
+          f"ms/image]")
+  if unsaved:
+    index.save(index_dir)
+  log(f"index at {index_dir}: {len(index)} images ({added} added now)")
+  return index, failures
