@@ -63,3 +63,29 @@ def test_bad_files(tmp_path):
 def test_text_round_trip():
   config = config_lib.load_config(EXAMPLE)
   assert config_lib.parse_config_text(config_lib.to_text(config)) == config
+
+
+def test_retrieval_config_defaults_and_index_params():
+  from delf_ret.index import IndexParams
+  from delf_ret.retrieval import ransac_params_from_config
+  config = config_lib.load_config(EXAMPLE, ["retrieval_config.index_type=ivfpq",
+                                            "retrieval_config.nprobe=32"])
+  retrieval = config.retrieval_config
+  assert (retrieval.rerank_top_n, retrieval.min_inliers, retrieval.neighbors_per_descriptor) == (
+      100, 4, 10)
+  assert IndexParams.from_config(retrieval) == IndexParams(index_type="ivfpq", nprobe=32)
+  ransac = ransac_params_from_config(retrieval)
+  assert (ransac.distance_threshold, ransac.residual_threshold, ransac.max_trials,
+          ransac.transform) == (pytest.approx(0.8), 20.0, 1000, "affine")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("retrieval_config.index_type=lsh", "index_type must be one of"),
+    ("retrieval_config.vote_weighting=sum", "vote_weighting must be one of"),
+    ("retrieval_config.nlist=0", "nlist must be positive"),
+    ("retrieval_config.rerank_top_n=-1", "must not be negative"),
+    ("retrieval_config.eval_ks=1,0", "eval_ks must be positive"),
+])
+def test_bad_retrieval_settings_are_rejected(override, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.load_config(EXAMPLE, [override])

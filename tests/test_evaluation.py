@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from delf_ret import evaluation
 from delf_ret.evaluation import (average_precision, evaluate_original, evaluate_revisited,
                                  evaluate_split, positive_ranks)
 
@@ -55,3 +56,19 @@ def test_original_protocol_good_ok_junk():
   # Junk 3 removed -> 0, 1, 2: positives at ranks 1, 2.
   expected = ((0 / 1 + 1 / 2) / 2 + (1 / 2 + 2 / 3) / 2) / 2
   assert evaluate_original(ranked, gnd).mean_ap == pytest.approx(expected)
+
+
+def test_interpolated_precision_by_hand():
+  # 3 positives at ranks 0, 2, 5: precision 1, 2/3, 1/2 at recall 1/3, 2/3, 1.
+  curve = evaluation.interpolated_precision(np.array([0, 2, 5]), 3, (0.0, 0.3, 0.5, 0.7, 1.0))
+  np.testing.assert_allclose(curve, [1.0, 1.0, 2 / 3, 0.5, 0.5])
+  # A positive never ranked: recall 1 is never reached.
+  curve = evaluation.interpolated_precision(np.array([1]), 2, (0.5, 1.0))
+  np.testing.assert_allclose(curve, [0.5, 0.0])
+
+
+def test_split_metrics_carry_the_mean_pr_curve():
+  metrics = evaluation.evaluate_split([np.array([0, 1]), np.array([1, 0])],
+                                      [np.array([0]), np.array([0])], [np.array([]), np.array([])])
+  assert len(metrics.pr_curve) == len(evaluation.RECALL_LEVELS)
+  np.testing.assert_allclose(metrics.pr_curve, 0.75)  # (1 + 1/2) / 2 at every level.

@@ -48,3 +48,11 @@ def test_rerank_keeps_first_stage_order_below_threshold_and_tail():
   out = rerank(query, ranked, lambda name: query, top_n=2)
   assert [e.image_id for e in out] == ["a", "b", "c"]
   assert [e.inliers for e in out] == [0, 0, None]
+
+
+def test_ranked_indices_put_unvoted_images_last_and_extras_beyond():
+  from delf_ret.dataset_retrieval import ranked_indices
+  from delf_ret.datasets import RetrievalDataset
+  dataset = RetrievalDataset("toy", "revisited", ["a", "b", "c", "d"], ["a"], [{}])
+  entries = [RankedImage("c", 5.0), RankedImage("distractor", 4.0), RankedImage("a", 1.0)]
+  np.testing.assert_array_equal(ranked_indices(entries, dataset), [2, 4, 0, 1, 3])
