@@ -18,6 +18,8 @@ setup(
     install_requires=[
         "tensorflow>=2.16",
         "tensorflow-datasets>=4.9",
+        # tf.summary (training logs) needs TensorBoard installed.
+        "tensorboard>=2.16",
         "scikit-learn>=1.3",
         "scikit-image>=0.22",
         "faiss-cpu>=1.8",
@@ -43,6 +45,8 @@ setup(
             "perform_retrieval=delf_ret.perform_retrieval:run",
             "query_index=delf_ret.query:run",
             "download_dataset=delf_ret.download_dataset:run",
+            "prepare_gldv2=delf_ret.prepare_gldv2:run",
+            "train_delf=delf_ret.train_delf:run",
         ],
     },
 )

@@ -24,6 +24,7 @@ import pathlib
 
 import numpy as np
 from results_io import write_result
+from sift_baseline import sift_features
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAIRS_DIR = REPO.parent / "shared" / "data" / "pairs"
@@ -44,17 +45,6 @@ def read_homography(path: pathlib.Path) -> np.ndarray:
   matrix = storage.getNode("H13").mat()
   storage.release()
   return matrix
-
-
-def sift_features(image: np.ndarray):
-  import cv2
-  from delf_ret.feature_io import LocalFeatures
-  gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-  keypoints, descriptors = cv2.SIFT_create(nfeatures=1000).detectAndCompute(gray, None)
-  n = len(keypoints)
-  locations = np.array([(k.pt[1], k.pt[0]) for k in keypoints], np.float32).reshape(n, 2)
-  return LocalFeatures(locations, [k.size for k in keypoints], descriptors, [k.response for k in keypoints],
-                       np.zeros(n))
 
 
 def scores(features_a, features_b, params, homography):

@@ -14,9 +14,10 @@ from typing import Iterable
 from google.protobuf import descriptor as descriptor_lib
 from google.protobuf import text_format
 
-from delf_ret.protos import delf_config_pb2
+from delf_ret.protos import delf_config_pb2, delf_train_config_pb2
 
 DelfConfig = delf_config_pb2.DelfConfig
+DelfTrainingConfig = delf_train_config_pb2.DelfTrainingConfig
 
 DEFAULT_SCALES = (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
 
@@ -161,6 +162,32 @@ def _validate_retrieval(retrieval) -> None:
     raise ConfigError("retrieval_config.rerank_top_n and min_inliers must not be negative")
   if any(k <= 0 for k in retrieval.eval_ks):
     raise ConfigError(f"retrieval_config.eval_ks must be positive, got {list(retrieval.eval_ks)}")
+
+
+def load_training_config(path: str | os.PathLike | None,
+                         overrides: Iterable[str] = ()) -> DelfTrainingConfig:
+  """Reads a DelfTrainingConfig .pbtxt (None: the published defaults), applies overrides."""
+  config = DelfTrainingConfig()
+  if path is not None:
+    path = pathlib.Path(path)
+    if not path.is_file():
+      raise ConfigError(f"training config file not found: {path}")
+    try:
+      text_format.Parse(path.read_text(), config)
+    except text_format.ParseError as error:
+      raise ConfigError(f"invalid training config {path}: {error}") from None
+    weights = config.backbone_weights
+    if weights not in ("imagenet", "random") and weights and not os.path.isabs(weights):
+      config.backbone_weights = str(path.parent / weights)
+  apply_overrides(config, overrides)
+  for name in ("batch_size", "image_size", "max_steps", "save_every", "max_checkpoints",
+               "summary_every", "shuffle_buffer", "tuning_learning_rate",
+               "attention_learning_rate"):
+    if getattr(config, name) <= 0:
+      raise ConfigError(f"training config: {name} must be positive, got {getattr(config, name)}")
+  if config.image_size < 32:
+    raise ConfigError(f"training config: image_size must be at least 32, got {config.image_size}")
+  return config
 
 
 def to_text(config: DelfConfig) -> str:

@@ -112,3 +112,42 @@ def run_cli(module: str, *args: str, timeout: float = 600) -> subprocess.Complet
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
   return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                         timeout=timeout, env=env, stdin=subprocess.DEVNULL, cwd=REPO)
+
+
+def write_gldv2_layout(root: pathlib.Path, shared_data: pathlib.Path, corrupt: bool = False) -> dict:
+  """A tiny GLDv2-layout copy of the shared landmark photos (landmark names -> ids 10, 20, ...).
+
+  Returns paths ("csv", "train"), "landmark_of" (image id -> landmark id) and,
+  with ``corrupt``, the id of one extra unreadable image ("corrupt_id").
+  """
+  import csv
+  import shutil
+  import zlib
+  with open(shared_data / "labels.csv", newline="") as handle:
+    rows = [row for row in csv.DictReader(handle) if row["landmark"]]
+  names = sorted({row["landmark"] for row in rows})
+  images: dict[int, list[str]] = {}
+  landmark_of = {}
+  train = root / "train"
+  for number, row in enumerate(rows):
+    image_id = f"{number:04x}{zlib.crc32(row['image'].encode()):012x}"
+    landmark = 10 * (names.index(row["landmark"]) + 1)
+    target = train / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shared_data / row["image"], target)
+    images.setdefault(landmark, []).append(image_id)
+    landmark_of[image_id] = landmark
+  layout = {"csv": root / "train_clean.csv", "train": train, "landmark_of": landmark_of}
+  if corrupt:
+    bad = "ffff000000000000"
+    target = train / "f" / "f" / "f" / f"{bad}.jpg"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"\xff\xd8 truncated jpeg")
+    images[10].append(bad)
+    landmark_of[bad] = 10
+    layout["corrupt_id"] = bad
+  with open(layout["csv"], "w") as handle:
+    handle.write("landmark_id,images\n")
+    for landmark, ids in images.items():
+      handle.write(f"{landmark},{' '.join(ids)}\n")
+  return layout

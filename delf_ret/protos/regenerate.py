@@ -8,7 +8,7 @@ import pathlib
 import subprocess
 import sys
 
-PROTO_NAMES = ("delf_config.proto", "delf_features.proto")
+PROTO_NAMES = ("delf_config.proto", "delf_features.proto", "delf_train_config.proto")
 PROTO_DIR = pathlib.Path(__file__).resolve().parents[2] / "protos"
 
 

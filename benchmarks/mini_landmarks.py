@@ -1,0 +1,161 @@
+"""Retrieval quality on real landmark photos: DELF vs the classical SIFT baseline, same pipeline.
+
+Data: ../shared/data/labels.csv (17 photos of 6 landmarks + 15 distractors),
+written in the Revisited layout (easy / hard positives; the hard ones are the
+photos listed in mini_landmarks_hard.txt, labelled by eye with the Revisited
+criteria) and the original Oxford layout (good = easy, ok = hard). Every
+landmark photo is a query (the whole image is its box); its own database copy
+is junk.
+
+Both methods go through the same code: features of every image -> flat index
+(delf_ret.index.builder) -> votes -> RANSAC reranking of the top 100
+(delf_ret.dataset_retrieval with the default retrieval_config) -> evaluation.
+  * DELF: the weights available offline, a randomly initialised model
+    (seed 0; no pretrained or project-trained weights exist yet), 7-scale
+    pyramid, longer side 512 px, top 1000 by attention, PCA to 40-d learned
+    on the database images.
+  * SIFT: OpenCV SIFT, 1000 features at longer side 512 px, L2-normalised
+    128-d descriptors.
+Reports mAP (easy / medium / hard and original protocol) before and after
+reranking, the DELF / SIFT ratio, and seconds per query.
+
+Usage: python benchmarks/mini_landmarks.py [--output benchmarks/results/mini_landmarks.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import time
+
+import numpy as np
+from results_io import write_result
+from sift_baseline import sift_features
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+HARD_FILE = pathlib.Path(__file__).with_name("mini_landmarks_hard.txt")
+MAX_SIDE = 512
+
+
+def read_hard_images() -> frozenset[str]:
+  lines = HARD_FILE.read_text().splitlines()
+  return frozenset(line.split("#")[0].strip() for line in lines if line.split("#")[0].strip())
+
+
+def delf_extractors(config_path: pathlib.Path, images: list[pathlib.Path], work: pathlib.Path):
+  """A DELF extractor function (image -> LocalFeatures) with PCA learned on ``images``."""
+  from delf_ret import config as config_lib
+  from delf_ret import pca as pca_lib
+  from delf_ret.extract.extractor import DelfExtractor
+  from delf_ret.extract.pca_training import extract_raw_features, stack_normalized, without_pca
+  from delf_ret.model import DelfModel
+
+  model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
+  config = config_lib.load_config(config_path, [f"max_image_size={MAX_SIDE}",
+                                                "delf_local_config.use_pca=false"])
+  raw, failures = extract_raw_features(DelfExtractor(without_pca(config), model=model), images,
+                                       log=lambda line: None)
+  assert not failures, failures
+  paths = pca_lib.pca_paths(work / "pca")
+  pca_lib.save_pca(pca_lib.learn_pca(stack_normalized(raw)), *paths)
+  final = config_lib.load_config(config_path, [
+      f"max_image_size={MAX_SIDE}", "delf_local_config.use_pca=true",
+      f"delf_local_config.pca_parameters.mean_path={paths[0]}",
+      f"delf_local_config.pca_parameters.projection_matrix_path={paths[1]}",
+      f"delf_local_config.pca_parameters.pca_variances_path={paths[2]}"])
+  extractor = DelfExtractor(final, model=model)
+  return extractor.extract, {path: extractor.finalize(features) for path, features in raw.items()}
+
+
+def run_method(name, extract, database_features, datasets, retrieval_config, work):
+  from delf_ret import dataset_retrieval as runner
+  from delf_ret.feature_io import write_features
+  from delf_ret.index import IndexParams
+  from delf_ret.index.builder import build_index, list_feature_files
+  from delf_ret.report import write_report
+
+  features_dir = work / name / "features"
+  for path, features in database_features.items():
+    write_features(features_dir / f"{path.stem}.delf", features)
+  index, failures = build_index(list_feature_files(features_dir), work / name / "index",
+                                IndexParams.from_config(retrieval_config), log=lambda line: None)
+  assert not failures, failures
+  revisited, original = datasets
+  order = [original.qimlist.index(query) for query in revisited.qimlist]
+  original = dataclasses.replace(original, qimlist=list(revisited.qimlist),
+                                 gnd=[original.gnd[i] for i in order])
+  start = time.time()
+  results = runner.run_queries(revisited, index, runner.feature_loader(features_dir), extract,
+                               retrieval_config, work / name / "queries", log=print)
+  seconds = (time.time() - start) / len(revisited.qimlist)
+  scored = runner.evaluate_results(revisited, results)
+  original_scored = runner.evaluate_results(original, results)
+  for stage in scored:
+    scored[stage].update(original_scored[stage])
+  write_report(work / name / "report", revisited.name, "revisited + original", revisited.qimlist,
+               scored)
+  mean_features = float(np.mean([f.num_features for f in database_features.values()]))
+  return {"mAP": {stage: {split: round(100 * m.mean_ap, 2) for split, m in splits.items()}
+                  for stage, splits in scored.items()},
+          "queries_per_split": {split: m.num_queries for split, m in scored["reranked"].items()},
+          "seconds_per_query": round(seconds, 2), "mean_features_per_image": round(mean_features),
+          "descriptor_dim": next(iter(database_features.values())).descriptor_dim}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" /
+                                              "mini_landmarks.json"))
+  parser.add_argument("--work_dir", default=str(REPO / "benchmarks" / "output" / "mini_landmarks"))
+  args = parser.parse_args()
+  import shutil
+
+  from delf_ret import config as config_lib
+  from delf_ret.datasets import read_original_gt, read_revisited_gnd
+  from delf_ret.datasets.labelled import write_labelled_benchmark
+  from delf_ret.images import load_image
+
+  work = pathlib.Path(args.work_dir)
+  shutil.rmtree(work, ignore_errors=True)
+  hard = read_hard_images()
+  paths = write_labelled_benchmark(SHARED / "labels.csv", work / "dataset", hard_images=hard)
+  revisited = read_revisited_gnd(paths["gnd_path"], paths["images_dir"])
+  original = read_original_gt(paths["gt_dir"], paths["images_dir"], "mini_landmarks")
+  images = [revisited.image_path(name) for name in revisited.imlist]
+  retrieval_config = config_lib.DelfConfig().retrieval_config  # Defaults.
+
+  print("DELF features ...", flush=True)
+  start = time.time()
+  delf_extract, delf_db = delf_extractors(REPO / "configs" / "delf_demo.pbtxt", images, work)
+  delf_seconds = (time.time() - start) / len(images)
+  print("SIFT features ...", flush=True)
+  sift = lambda image: sift_features(image, unit_descriptors=True, max_side=MAX_SIDE)  # noqa: E731
+  sift_db = {path: sift(load_image(path)) for path in images}
+
+  methods = {}
+  for name, extract, database in (("delf_random_weights", delf_extract, delf_db),
+                                  ("opencv_sift", sift, sift_db)):
+    print(f"{name}: retrieval ...", flush=True)
+    methods[name] = run_method(name, extract, database, (revisited, original),
+                               retrieval_config, work)
+  methods["delf_random_weights"]["extraction_seconds_per_image"] = round(delf_seconds, 2)
+  delf, sift_result = methods["delf_random_weights"]["mAP"], methods["opencv_sift"]["mAP"]
+  ratio = {stage: {split: (round(delf[stage][split] / sift_result[stage][split], 3)
+                           if sift_result[stage][split] else None)
+                   for split in delf[stage]} for stage in delf}
+  write_result(args.output, {
+      "benchmark": "mini_landmarks",
+      "data": "../shared/data/labels.csv: 17 landmark photos (queries), 32 database images",
+      "hard_positives": sorted(hard), "max_image_side": MAX_SIDE,
+      "retrieval": {"index_type": retrieval_config.index_type,
+                    "rerank_top_n": retrieval_config.rerank_top_n,
+                    "min_inliers": retrieval_config.min_inliers,
+                    "vote_weighting": retrieval_config.vote_weighting},
+      "weights": "DELF: random initialisation, seed 0 (no trained weights available)",
+      "methods": methods, "delf_over_sift_mAP": ratio})
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,1 @@
+"""Training data: GLDv2 preparation into TFRecord shards and the tf.data input pipeline."""

@@ -1,0 +1,1 @@
+"""Two-stage DELF training: tuning (backbone + classifier), then attention."""
