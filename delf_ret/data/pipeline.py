@@ -66,14 +66,20 @@ def center_crop(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 def make_dataset(data_dir: str | pathlib.Path, split: str, batch_size: int,
                  image_size: int = 321, training: bool = True, seed: int = 0,
-                 shuffle_buffer: int = 256) -> tf.data.Dataset:
-  """Batches (images float32 [B, S, S, 3], labels int32 [B]) of one split."""
+                 shuffle_buffer: int = 256, num_shards: int = 1,
+                 shard_index: int = 0) -> tf.data.Dataset:
+  """Batches (images float32 [B, S, S, 3], labels int32 [B]) of one split.
+
+  num_shards / shard_index: keep every num_shards-th record (one machine's share).
+  """
   files = shard_files(data_dir, split)
   records = tf.data.Dataset.from_tensor_slices(files)
   if training:
     records = records.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
   records = records.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if num_shards > 1:
+    records = records.shard(num_shards, shard_index)
   if training:
     records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     counted = tf.data.Dataset.zip((records, tf.data.Dataset.counter()))

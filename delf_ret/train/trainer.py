@@ -8,7 +8,9 @@ features (loss scaled by attention_loss_weight).
 
 Everything a run needs to continue lives in ``<output_dir>/checkpoints``
 (tf.train.CheckpointManager): model weights, optimizer state (its step counter
-is the global step) and the input iterator position. Running the same command
+is the global step) and the input iterator position. With several machines,
+each reads its own shard of the records and the other workers keep their
+checkpoints (with their own input position) in ``worker_<i>_checkpoints``. Running the same command
 again resumes at the saved step with the same next batches. TensorBoard logs
 go to ``<output_dir>/tensorboard``; the final model to
 ``<output_dir>/delf_model.keras``.
@@ -20,7 +22,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
 import time
 from typing import Callable
 
@@ -89,6 +90,25 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
                                            "chief" not in resolver.cluster_spec().as_dict())
 
 
+def local_replica_count(strategy: tf.distribute.Strategy) -> int:
+  """Replicas on this machine (1 for the default strategy)."""
+  try:
+    return len(strategy.extended.worker_devices)
+  except RuntimeError:  # The default strategy has no device list.
+    return 1
+
+
+def worker_index_of(strategy: tf.distribute.Strategy) -> int:
+  """0-based index of this machine among the workers (0 without a cluster)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return 0
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  if resolver.task_type == "chief":
+    return 0
+  return resolver.task_id + (1 if has_chief else 0)
+
+
 def num_classes_of(data_dir: pathlib.Path) -> int:
   path = data_dir / SPLIT_FILE
   if not path.is_file():
@@ -129,16 +149,20 @@ def train_stage(stage: str, data_dir: str | os.PathLike, output_dir: str | os.Pa
   if config.batch_size % replicas:
     raise TrainingError(f"batch size {config.batch_size} is not divisible by the "
                         f"{replicas} replicas")
+  # The data order depends on TensorFlow's global seed too: fix it before building anything.
+  keras.utils.set_random_seed(config.seed)
   log(f"{stage}: {replicas} replica(s), global batch {config.batch_size}, per-replica batch "
       f"{config.batch_size // replicas}")
-  dataset = make_dataset(data_dir, "train", config.batch_size, config.image_size, training=True,
-                         seed=config.seed, shuffle_buffer=config.shuffle_buffer)
-  options = tf.data.Options()
-  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-  dataset = dataset.with_options(options)
-  checkpoint_dir = output_dir / "checkpoints"
-  if not chief:  # Other workers save too (collective ops), into a scratch folder.
-    checkpoint_dir = output_dir / f".worker_{strategy.cluster_resolver.task_id}_checkpoints"
+  # Each machine reads its own shard of the records with a plain (checkpointable)
+  # iterator of its share of the global batch; each local replica takes its slice.
+  local_replicas = local_replica_count(strategy)
+  num_workers, worker_index = replicas // local_replicas, worker_index_of(strategy)
+  dataset = make_dataset(data_dir, "train", config.batch_size // num_workers, config.image_size,
+                         training=True, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
+                         num_shards=num_workers, shard_index=worker_index)
+  # Every worker saves (the save is collective); the others into their own folder,
+  # which also keeps their own input position for a resume.
+  checkpoint_dir = output_dir / ("checkpoints" if chief else f"worker_{worker_index}_checkpoints")
 
   with strategy.scope():
     backbone_weights = None
@@ -153,13 +177,13 @@ def train_stage(stage: str, data_dir: str | os.PathLike, output_dir: str | os.Pa
     schedule = keras.optimizers.schedules.PolynomialDecay(initial_lr, config.max_steps, 0.0)
     optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum)
     optimizer.build(variables)
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    iterator = iter(dataset)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, iterator=iterator)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
                                          max_to_keep=config.max_checkpoints)
     if manager.latest_checkpoint:
       checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-      log(f"resumed from {manager.latest_checkpoint} at step {int(optimizer.iterations)}")
+      log(f"resumed from {manager.latest_checkpoint} at step {int(optimizer.iterations.numpy())}")
     elif stage == "attention":
       if init_from is None:
         raise TrainingError("the attention stage needs the tuning output folder (init_from)")
@@ -172,7 +196,12 @@ def train_stage(stage: str, data_dir: str | os.PathLike, output_dir: str | os.Pa
   logits_key = "tuning_logits" if stage == "tuning" else "attention_logits"
   loss_weight = 1.0 if stage == "tuning" else config.attention_loss_weight
 
+  per_replica = config.batch_size // replicas
+
   def step_fn(images, labels):
+    local = tf.distribute.get_replica_context().replica_id_in_sync_group % local_replicas
+    images = images[local * per_replica:(local + 1) * per_replica]
+    labels = labels[local * per_replica:(local + 1) * per_replica]
     with tf.GradientTape() as tape:
       outputs = model(images, training=True)
       per_example = keras.losses.sparse_categorical_crossentropy(
@@ -198,13 +227,13 @@ def train_stage(stage: str, data_dir: str | os.PathLike, output_dir: str | os.Pa
   sample_image = next(iter(dataset.take(1)))[0][:1] if chief else None  # Fixed image summary input.
   writer = (tf.summary.create_file_writer(str(output_dir / "tensorboard" / stage)) if chief
             else tf.summary.create_noop_writer())
-  step = int(optimizer.iterations)
+  step = int(optimizer.iterations.numpy())
   last_step = config.max_steps if num_steps is None else min(config.max_steps, step + num_steps)
   loss = accuracy = float("nan")
   start, start_step = time.time(), step
   while step < last_step:
     loss_tensor, accuracy_tensor = train_step()
-    step = int(optimizer.iterations)
+    step = int(optimizer.iterations.numpy())
     loss, accuracy = float(loss_tensor), float(accuracy_tensor)
     if step % config.summary_every == 0 or step == last_step:
       rate = (time.time() - start) / max(1, step - start_step)
@@ -224,6 +253,4 @@ def train_stage(stage: str, data_dir: str | os.PathLike, output_dir: str | os.Pa
     model_path = output_dir / MODEL_FILE
     save_delf_model(model, model_path)
     log(f"{stage}: step {step}, model saved to {model_path}")
-  else:
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
   return TrainingResult(step, loss, accuracy, model_path)
