@@ -47,6 +47,7 @@ setup(
             "download_dataset=delf_ret.download_dataset:run",
             "prepare_gldv2=delf_ret.prepare_gldv2:run",
             "train_delf=delf_ret.train_delf:run",
+            "export_delf_model=delf_ret.export_model:run",
         ],
     },
 )

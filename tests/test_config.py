@@ -89,3 +89,23 @@ def test_retrieval_config_defaults_and_index_params():
 def test_bad_retrieval_settings_are_rejected(override, message):
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.load_config(EXAMPLE, [override])
+
+
+def test_training_config_file_holds_the_published_defaults(tmp_path):
+  defaults = config_lib.DelfTrainingConfig()
+  config = config_lib.load_training_config(REPO / "configs" / "delf_train.pbtxt")
+  for field in defaults.DESCRIPTOR.fields:
+    assert getattr(config, field.name) == pytest.approx(getattr(defaults, field.name)), field.name
+  assert (config.batch_size, config.image_size, config.save_every) == (32, 321, 2000)
+  assert config.tuning_learning_rate == pytest.approx(0.005)
+  assert config.attention_learning_rate == pytest.approx(0.01)
+  overridden = config_lib.load_training_config(None, ["batch_size=8", "backbone_weights=random"])
+  assert (overridden.batch_size, overridden.backbone_weights) == (8, "random")
+  with pytest.raises(config_lib.ConfigError, match="batch_size must be positive"):
+    config_lib.load_training_config(None, ["batch_size=0"])
+  with pytest.raises(config_lib.ConfigError, match="not found"):
+    config_lib.load_training_config(tmp_path / "none.pbtxt")
+  # A relative backbone weights path is resolved against the config's folder.
+  (tmp_path / "t.pbtxt").write_text('backbone_weights: "weights/resnet50.h5"')
+  assert config_lib.load_training_config(tmp_path / "t.pbtxt").backbone_weights == str(
+      tmp_path / "weights" / "resnet50.h5")

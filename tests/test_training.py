@@ -45,23 +45,61 @@ def test_scripts_print_usage_on_bad_arguments(tmp_path):
     assert result.returncode == 2 and "Usage:" in result.stdout, (name, result.stderr)
 
 
-def test_run_train_both_stages_then_frozen_backbone(shards, tmp_path):
-  from delf_ret.model import load_delf_model
-  result = run_script("run_train.sh", shards, tmp_path / "run", 1, *TINY,
-                      "--config_override=max_steps=3")
+@pytest.fixture(scope="module")
+def trained_run(shards, tmp_path_factory):
+  """Both stages, 3 steps each, through scripts/run_train.sh: (output folder, process result)."""
+  run = tmp_path_factory.mktemp("train") / "run"
+  result = run_script("run_train.sh", shards, run, 1, *TINY, "--config_override=max_steps=3")
   assert result.returncode == 0, result.stderr[-3000:]
+  return run, result
+
+
+def test_run_train_both_stages_then_frozen_backbone(trained_run):
+  from delf_ret.model import load_delf_model
+  run, result = trained_run
   assert "done: tuning at step 3" in result.stdout
   assert "initialised from the tuning checkpoint" in result.stdout
   assert "done: attention at step 3" in result.stdout
   assert "1 replica(s), global batch 4, per-replica batch 4" in result.stdout
-  tuning = load_delf_model(tmp_path / "run" / "tuning" / "delf_model.keras")
-  attention = load_delf_model(tmp_path / "run" / "attention" / "delf_model.keras")
+  tuning = load_delf_model(run / "tuning" / "delf_model.keras")
+  attention = load_delf_model(run / "attention" / "delf_model.keras")
   for a, b in zip(tuning.backbone.weights, attention.backbone.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())  # Backbone frozen in stage 2.
   changed = [not np.array_equal(a.numpy(), b.numpy()) for a, b in
              zip(tuning.attention_conv2.weights, attention.attention_conv2.weights)]
   assert any(changed)  # The attention head was trained.
-  assert list((tmp_path / "run" / "tuning" / "tensorboard" / "tuning").glob("events.out.*"))
+  assert list((run / "tuning" / "tensorboard" / "tuning").glob("events.out.*"))
+
+
+def test_export_gives_the_checkpoint_features_then_compute_pca(trained_run, tmp_path,
+                                                               shared_data):
+  from conftest import make_config_text
+  from delf_ret.config import parse_config_text
+  from delf_ret.extract.extractor import DelfExtractor
+  from delf_ret.images import load_image
+  run, _ = trained_run
+  checkpoint = run / "attention" / "delf_model.keras"
+  result = run_script("export_model.sh", checkpoint, tmp_path / "saved")
+  assert result.returncode == 0, result.stderr[-3000:]
+  image = load_image(shared_data / "landmarks" / "sacre_coeur_lightglue1.jpg")
+  features = []
+  for model_path in (checkpoint, tmp_path / "saved"):
+    config = parse_config_text(make_config_text(model_path, tmp_path / "pca", use_pca=False))
+    features.append(DelfExtractor(config).extract(image))
+  from_checkpoint, from_saved = features
+  assert from_checkpoint.num_features == from_saved.num_features > 0
+  np.testing.assert_allclose(from_saved.locations, from_checkpoint.locations, atol=1e-4)
+  np.testing.assert_array_equal(from_saved.scales, from_checkpoint.scales)
+  np.testing.assert_allclose(from_saved.attention, from_checkpoint.attention, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(from_saved.descriptors, from_checkpoint.descriptors, atol=1e-4)
+  # compute_pca.sh writes the PCA files where the config points, using the SavedModel.
+  config_path = tmp_path / "pca_config.pbtxt"
+  config_path.write_text(make_config_text(tmp_path / "saved", tmp_path / "pca"))
+  result = run_script("compute_pca.sh", tmp_path / "saved", config_path,
+                      shared_data / "landmarks", 3)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(p.name for p in (tmp_path / "pca").iterdir()) == [
+      "pca_mean.npy", "pca_projection.npy", "pca_variances.npy"]
 
 
 def test_killed_run_resumes_at_the_saved_step(shards, tmp_path):

@@ -58,24 +58,32 @@ class DelfExtractor:
 
   Args:
     config: parsed DelfConfig.
-    model: a DelfModel; loaded from ``config.model_path`` when None.
+    model: a DelfModel; when None, loaded from ``config.model_path``: a .keras
+      checkpoint, or a SavedModel folder exported by delf_ret.extract.saved_model
+      (then ``backend`` does not apply).
     backend: "compiled" (default, fast) or "eager" (baseline).
   """
 
   def __init__(self, config: DelfConfig, model=None, backend: str = "compiled"):
     from delf_ret.model.delf import load_delf_model
 
+    from delf_ret.extract.saved_model import SavedModelExtractor, is_saved_model
+
     self.config = config
     local = config.delf_local_config
     self.field = receptive_field_for_layer(local.layer_name)
+    if backend not in BACKENDS:
+      raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
+    self.saved_model = None
     if model is None:
       if not config.model_path:
         raise ValueError("config has no model_path and no model was given")
-      model = load_delf_model(config.model_path)
+      if is_saved_model(config.model_path):
+        self.saved_model = SavedModelExtractor(config.model_path)
+      else:
+        model = load_delf_model(config.model_path)
     self.model = model
-    if backend not in BACKENDS:
-      raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
-    self._run_level = BACKENDS[backend](model)
+    self._run_level = BACKENDS[backend](model) if model is not None else None
     self.pca = None
     if local.use_pca:
       params = local.pca_parameters
@@ -88,11 +96,16 @@ class DelfExtractor:
   def extract_raw(self, image: np.ndarray) -> SelectedFeatures:
     """Selected raw conv4 features of an RGB uint8 image [H, W, 3], by decreasing attention."""
     height, width = image.shape[:2]
+    local = self.config.delf_local_config
+    if self.saved_model is not None:
+      factor = base_resize_factor(height, width, self.config.max_image_size,
+                                  self.config.min_image_size)
+      return self.saved_model.select(image, pyramid_levels(height, width, self.config), factor,
+                                     local.score_threshold, local.max_feature_num)
     outputs = []
     for scale, total, size in pyramid_levels(height, width, self.config):
       features, attention = self._run_level(image, size)
       outputs.append(ScaleOutput(features, attention, scale, total))
-    local = self.config.delf_local_config
     return select_features(outputs, local.score_threshold, local.max_feature_num, self.field)
 
   def extract(self, image: np.ndarray) -> LocalFeatures:

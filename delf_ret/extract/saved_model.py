@@ -1,0 +1,128 @@
+"""DELF as a TensorFlow SavedModel with a self-contained extraction signature.
+
+Signature ``extract`` (also ``serving_default``):
+  inputs:  image uint8 [H, W, 3] (RGB); scales float32 [S] (each level is the
+           image resized to round(H s) x round(W s), bilinear, antialiased);
+           score_threshold float32 []; max_feature_num int32 [].
+  outputs: locations float32 [N, 2] ((y, x) pixels of the input image, centres
+           of the receptive fields), scales float32 [N] (the level's scale),
+           scores float32 [N] (attention), descriptors float32 [N, 1024] (raw
+           conv4 features: L2 norm and PCA are applied afterwards, as for a
+           .keras checkpoint, by delf_ret.extract.DelfExtractor).
+Features are the cells with attention >= score_threshold over all levels, the
+``max_feature_num`` best by attention (ties: level order, then row-major).
+
+A config whose model_path is a SavedModel folder makes the extraction tools use
+it instead of a .keras checkpoint, with the same features.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from delf_ret.extract.inference import resize_image
+from delf_ret.extract.selection import SelectedFeatures
+from delf_ret.geometry import RESNET50_CONV4, ReceptiveField
+
+
+def is_saved_model(path: str | os.PathLike) -> bool:
+  """True for a folder holding a SavedModel (saved_model.pb)."""
+  return (pathlib.Path(path) / "saved_model.pb").is_file()
+
+
+class DelfServingModule(tf.Module):
+  """Wraps a DelfModel with the ``extract`` signature (see the module docstring)."""
+
+  def __init__(self, model, field: ReceptiveField = RESNET50_CONV4):
+    super().__init__()
+    self.model = model
+    self.field = field
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name="image"),
+                                tf.TensorSpec([None], tf.float32, name="scales"),
+                                tf.TensorSpec([], tf.float32, name="score_threshold"),
+                                tf.TensorSpec([], tf.int32, name="max_feature_num")])
+  def extract(self, image, scales, score_threshold, max_feature_num):
+    height = tf.cast(tf.shape(image)[0], tf.float64)
+    width = tf.cast(tf.shape(image)[1], tf.float64)
+    arrays = {name: tf.TensorArray(dtype, size=0, dynamic_size=True, infer_shape=False)
+              for name, dtype in (("locations", tf.float32), ("scales", tf.float32),
+                                  ("scores", tf.float32), ("descriptors", tf.float32))}
+    offset = self.field.padding - (self.field.size - 1) / 2.0
+    for i in tf.range(tf.size(scales)):
+      scale = tf.cast(scales[i], tf.float64)
+      size_y = tf.maximum(tf.constant(1.0, tf.float64), tf.round(height * scale))
+      size_x = tf.maximum(tf.constant(1.0, tf.float64), tf.round(width * scale))
+      resized = resize_image(image, tf.cast(tf.stack([size_y, size_x]), tf.int32))[None]
+      features, attention = self.model.feature_maps(resized, training=False)
+      features, attention = features[0], attention[0]
+      cells = tf.where(attention >= score_threshold)
+      ratio = tf.stack([size_y / height, size_x / width])
+      centres = (self.field.stride * tf.cast(cells, tf.float64) - offset) / ratio
+      count = tf.shape(cells)[0]
+      arrays["locations"] = arrays["locations"].write(i, tf.cast(centres, tf.float32))
+      arrays["scales"] = arrays["scales"].write(i, tf.fill([count], scales[i]))
+      arrays["scores"] = arrays["scores"].write(i, tf.gather_nd(attention, cells))
+      arrays["descriptors"] = arrays["descriptors"].write(i, tf.gather_nd(features, cells))
+    gathered = {name: array.concat() for name, array in arrays.items()}
+    order = tf.argsort(-gathered["scores"], stable=True)[:max_feature_num]
+    return {
+        "locations": tf.reshape(tf.gather(gathered["locations"], order), [-1, 2]),
+        "scales": tf.gather(gathered["scales"], order),
+        "scores": tf.gather(gathered["scores"], order),
+        "descriptors": tf.reshape(tf.gather(gathered["descriptors"], order),
+                                  [-1, self.model.backbone.output.shape[-1]]),
+    }
+
+
+def export_saved_model(model, output_dir: str | os.PathLike) -> pathlib.Path:
+  """Writes the SavedModel to ``output_dir`` (replaced atomically if it exists)."""
+  output_dir = pathlib.Path(output_dir)
+  output_dir.parent.mkdir(parents=True, exist_ok=True)
+  module = DelfServingModule(model)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+  try:
+    tf.saved_model.save(module, str(staging),
+                        signatures={"serving_default": module.extract, "extract": module.extract})
+    if output_dir.exists():
+      old = output_dir.with_name(f".{output_dir.name}.old")
+      shutil.rmtree(old, ignore_errors=True)
+      os.replace(output_dir, old)
+      os.replace(staging, output_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(staging, output_dir)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return output_dir
+
+
+class SavedModelExtractor:
+  """Runs the ``extract`` signature of an exported DELF SavedModel."""
+
+  def __init__(self, path: str | os.PathLike):
+    if not is_saved_model(path):
+      raise FileNotFoundError(f"no SavedModel (saved_model.pb) in {path}")
+    self.loaded = tf.saved_model.load(str(path))
+    self.signature = self.loaded.signatures["extract"]
+
+  def select(self, image: np.ndarray, levels: list[tuple[float, tuple[float, float],
+                                                           tuple[int, int]]],
+             base_factor: float, score_threshold: float, max_feature_num: int
+             ) -> SelectedFeatures:
+    """Selected raw features for the pyramid ``levels`` of delf_ret.extract.pyramid_levels."""
+    totals = np.array([scale * base_factor for scale, _, _ in levels], np.float32)
+    outputs = self.signature(image=tf.constant(image, tf.uint8), scales=tf.constant(totals),
+                             score_threshold=tf.constant(score_threshold, tf.float32),
+                             max_feature_num=tf.constant(max_feature_num, tf.int32))
+    level_of_total = {float(total): scale for total, (scale, _, _) in zip(totals, levels)}
+    scales = np.array([level_of_total[float(s)] for s in outputs["scales"].numpy()], np.float32)
+    return SelectedFeatures(locations=outputs["locations"].numpy(), scales=scales,
+                            descriptors=outputs["descriptors"].numpy(),
+                            attention=outputs["scores"].numpy())
