@@ -24,7 +24,7 @@ import sys
 from absl import app, flags
 
 from delf_ret import config as config_lib
-from delf_ret.cli_flags import require_flags
+from delf_ret.cli_flags import report_failures, require_flags
 from delf_ret.feature_io import FEATURE_SUFFIX, FeatureFileError
 from delf_ret.index import IndexParams, LocalFeatureIndex, LocalIndexError
 from delf_ret.index.builder import build_index, list_feature_files
@@ -96,13 +96,7 @@ def main(argv):
           FileNotFoundError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
-  failures += index_failures
-  if failures:
-    print(f"{len(failures)} inputs failed:", file=sys.stderr)
-    for _, reason in failures:
-      print(f"  {reason}", file=sys.stderr)
-    return 1
-  return 0
+  return report_failures(failures + index_failures, "inputs")
 
 
 def run():

@@ -160,6 +160,9 @@ def _validate_retrieval(retrieval) -> None:
       raise ConfigError(f"retrieval_config.{name} must be positive, got {getattr(retrieval, name)}")
   if retrieval.rerank_top_n < 0 or retrieval.min_inliers < 0:
     raise ConfigError("retrieval_config.rerank_top_n and min_inliers must not be negative")
+  if not 0.0 <= retrieval.match_ratio_threshold < 1.0:
+    raise ConfigError(f"retrieval_config.match_ratio_threshold must be in [0, 1) (0: off), got "
+                      f"{retrieval.match_ratio_threshold}")
   if any(k <= 0 for k in retrieval.eval_ks):
     raise ConfigError(f"retrieval_config.eval_ks must be positive, got {list(retrieval.eval_ks)}")
 

@@ -18,7 +18,7 @@ import sys
 from absl import app, flags
 
 from delf_ret import config as config_lib
-from delf_ret.cli_flags import require_flags
+from delf_ret.cli_flags import report_failures, require_flags
 from delf_ret.extract.batch import extract_all
 from delf_ret.extract.extractor import DelfExtractor
 from delf_ret.feature_io import FEATURE_SUFFIX
@@ -50,10 +50,7 @@ def main(argv):
     return 2
   failures = extract_all(extractor, image_paths, pathlib.Path(FLAGS.output_dir),
                          log=lambda line: print(line, flush=True))
-  if failures:
-    print(f"{len(failures)} of {len(image_paths)} images failed:", file=sys.stderr)
-    for _, reason in failures:
-      print(f"  {reason}", file=sys.stderr)
+  if report_failures(failures, f"of {len(image_paths)} images"):
     return 1
   print(f"done: {len(image_paths)} images, features in {FLAGS.output_dir}")
   return 0

@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from delf_ret.cli_flags import require_flags
+from delf_ret.cli_flags import report_failures, require_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("csv_path", None, "train_clean.csv (columns landmark_id,images).")
@@ -36,10 +36,7 @@ def main(argv):
   except (GldDataError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
-  if failures:
-    print(f"{len(failures)} images skipped:", file=sys.stderr)
-    for _, reason in failures:
-      print(f"  {reason}", file=sys.stderr)
+  if report_failures(failures, "images (skipped)"):
     return 1
   print(f"done: shards in {FLAGS.output_dir}")
   return 0

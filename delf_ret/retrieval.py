@@ -82,6 +82,7 @@ def rerank(query: LocalFeatures, ranked: list[RankedImage],
 def ransac_params_from_config(retrieval_config) -> RansacParams:
   """The matching and RANSAC fields of a ``DelfRetrievalConfig`` message."""
   return RansacParams(distance_threshold=retrieval_config.match_distance_threshold,
+                      ratio_threshold=retrieval_config.match_ratio_threshold or None,
                       transform=retrieval_config.ransac_transform,
                       residual_threshold=retrieval_config.ransac_residual_threshold,
                       max_trials=retrieval_config.ransac_max_trials)

@@ -76,7 +76,10 @@ def test_retrieval_config_defaults_and_index_params():
   assert IndexParams.from_config(retrieval) == IndexParams(index_type="ivfpq", nprobe=32)
   ransac = ransac_params_from_config(retrieval)
   assert (ransac.distance_threshold, ransac.residual_threshold, ransac.max_trials,
-          ransac.transform) == (pytest.approx(0.8), 20.0, 1000, "affine")
+          ransac.transform, ransac.ratio_threshold) == (pytest.approx(0.8), 20.0, 1000, "affine",
+                                                        None)
+  ratio = config_lib.load_config(EXAMPLE, ["retrieval_config.match_ratio_threshold=0.8"])
+  assert ransac_params_from_config(ratio.retrieval_config).ratio_threshold == pytest.approx(0.8)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -85,6 +88,7 @@ def test_retrieval_config_defaults_and_index_params():
     ("retrieval_config.nlist=0", "nlist must be positive"),
     ("retrieval_config.rerank_top_n=-1", "must not be negative"),
     ("retrieval_config.eval_ks=1,0", "eval_ks must be positive"),
+    ("retrieval_config.match_ratio_threshold=1.5", "match_ratio_threshold must be in"),
 ])
 def test_bad_retrieval_settings_are_rejected(override, message):
   with pytest.raises(config_lib.ConfigError, match=message):

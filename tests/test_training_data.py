@@ -94,3 +94,21 @@ def test_pipeline_is_deterministic_and_shaped(tmp_path, shared_data):
   assert labels.dtype == tf.int32
   validation = list(make_dataset(out, "validation", 8, image_size=48, training=False))
   assert sum(int(labels.shape[0]) for _, labels in validation) == 2
+
+
+def test_tfds_builder_reads_the_local_copy_with_the_same_split(tmp_path, shared_data):
+  import tensorflow_datasets as tfds
+  from delf_ret.data.tfds_gldv2 import Gldv2Clean
+  layout = write_gldv2_layout(tmp_path / "gldv2", shared_data, corrupt=True)
+  builder = Gldv2Clean(data_dir=str(tmp_path / "tfds"))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "gldv2")))
+  loaded = tfds.load("gldv2_clean", split="train", data_dir=str(tmp_path / "tfds"))
+  train = {example["image_id"].numpy().decode(): int(example["label"]) for example in loaded}
+  gldv2.prepare_gldv2(layout["csv"], layout["train"], tmp_path / "shards", num_shards=1,
+                      log=lambda line: None)
+  assert train == read_shards(tmp_path / "shards", "train")
+  example = next(iter(loaded))
+  assert example["image"].shape[2] == 3 and example["image"].dtype == tf.uint8
+  assert builder.info.splits["validation"].num_examples == len(
+      read_shards(tmp_path / "shards", "validation"))

@@ -43,11 +43,16 @@ class TrainingError(Exception):
 
 @dataclasses.dataclass
 class TrainingResult:
-  """Where a run stopped: the global step, the last loss and accuracy."""
+  """Where a run stopped: the global step, the last loss and accuracy, the model file.
+
+  ms_per_step: mean wall time of this run's steps after its first (which
+  includes tracing); NaN with fewer than two steps.
+  """
   step: int
   loss: float
   accuracy: float
   model_path: pathlib.Path | None
+  ms_per_step: float = float("nan")
 
 
 def make_strategy(kind: str, num_devices: int = 0) -> tf.distribute.Strategy:
@@ -231,10 +236,13 @@ def train_stage(stage: str, data_dir: str | os.PathLike, output_dir: str | os.Pa
   last_step = config.max_steps if num_steps is None else min(config.max_steps, step + num_steps)
   loss = accuracy = float("nan")
   start, start_step = time.time(), step
+  step_times = []
   while step < last_step:
+    step_start = time.perf_counter()
     loss_tensor, accuracy_tensor = train_step()
     step = int(optimizer.iterations.numpy())
     loss, accuracy = float(loss_tensor), float(accuracy_tensor)
+    step_times.append(time.perf_counter() - step_start)
     if step % config.summary_every == 0 or step == last_step:
       rate = (time.time() - start) / max(1, step - start_step)
       log(f"{stage} step {step}/{config.max_steps}: loss {loss:.4f}, accuracy {accuracy:.3f}, "
@@ -253,4 +261,6 @@ def train_stage(stage: str, data_dir: str | os.PathLike, output_dir: str | os.Pa
     model_path = output_dir / MODEL_FILE
     save_delf_model(model, model_path)
     log(f"{stage}: step {step}, model saved to {model_path}")
-  return TrainingResult(step, loss, accuracy, model_path)
+  ms_per_step = 1000 * sum(step_times[1:]) / (len(step_times) - 1) if len(step_times) > 1 else (
+      float("nan"))
+  return TrainingResult(step, loss, accuracy, model_path, ms_per_step)
