@@ -18,6 +18,9 @@ setup(
     install_requires=[
         "tensorflow>=2.16",
         "tensorflow-datasets>=4.9",
+        # tensorflow_datasets builders import importlib_resources through etils.epath,
+        # which does not declare it for Python >= 3.11.
+        "importlib_resources>=6.0",
         # tf.summary (training logs) needs TensorBoard installed.
         "tensorboard>=2.16",
         "scikit-learn>=1.3",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import pathlib
 
+import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
@@ -55,8 +56,8 @@ class Gldv2Clean(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(encoding_format="jpeg"),
             "image_id": tfds.features.Text(),
-            "landmark_id": tfds.features.Scalar(dtype="int64"),
-            "label": tfds.features.Scalar(dtype="int64"),
+            "landmark_id": tfds.features.Scalar(dtype=np.int64),
+            "label": tfds.features.Scalar(dtype=np.int64),
         }),
         supervised_keys=("image", "label"),
         homepage="https://github.com/cvdfoundation/google-landmark")
