@@ -3,6 +3,7 @@
 import functools
 import http.server
 import io
+import os
 import pickle
 import tarfile
 import threading
@@ -24,6 +25,29 @@ def tgz(path, files):
       tar.addfile(info, io.BytesIO(data))
 
 
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+  """Serves files, honouring "Range: bytes=N-" (206, or 416 past the end) like real servers."""
+
+  def log_message(self, *args):
+    pass
+
+  def do_GET(self):
+    requested = self.headers.get("Range")
+    path = self.translate_path(self.path)
+    if not requested or not os.path.isfile(path):
+      return super().do_GET()
+    data = open(path, "rb").read()
+    start = int(requested.removeprefix("bytes=").rstrip("-"))
+    if start >= len(data):
+      self.send_error(416)
+      return
+    self.send_response(206)
+    self.send_header("Content-Length", str(len(data) - start))
+    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+    self.end_headers()
+    self.wfile.write(data[start:])
+
+
 @pytest.fixture
 def mirror(tmp_path, shared_data):
   """A loopback server holding tiny stand-ins for the Oxford files, under their real names."""
@@ -42,8 +66,7 @@ def mirror(tmp_path, shared_data):
                  "qimlist": ["all_souls_000001"],
                  "gnd": [{"bbx": [10, 20, 300, 400], "easy": [0], "hard": [], "junk": [1]}]},
                 handle)
-  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-  handler.log_message = lambda *args: None
+  handler = functools.partial(RangeHandler, directory=str(root))
   server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
   thread = threading.Thread(target=server.serve_forever, daemon=True)
   thread.start()
@@ -77,11 +100,31 @@ def test_download_unpack_and_read_both_layouts(mirror, tmp_path):
   assert dataset.image_path(dataset.qimlist[0]).is_file()
 
 
-def test_leftover_partial_download_is_replaced(mirror, tmp_path):
+def test_partial_download_is_resumed_with_a_range_request(mirror, tmp_path):
+  from delf_ret.datasets.download import download_file
+  archive = tmp_path / "mirror" / "oxbuild_images-v1.tgz"
+  data = archive.read_bytes()
+  target = tmp_path / "downloads" / archive.name
+  target.parent.mkdir()
+  target.with_name(archive.name + ".part").write_bytes(data[:len(data) // 2])
+  download_file(f"{mirror}/{archive.name}", target, log=lambda line: None)
+  assert target.read_bytes() == data and not target.with_name(archive.name + ".part").exists()
+  # A partial file longer than the remote one (416) is dropped and the file fetched again.
+  target.unlink()
+  target.with_name(archive.name + ".part").write_bytes(data + b"stale tail")
+  download_file(f"{mirror}/{archive.name}", target, log=lambda line: None)
+  assert target.read_bytes() == data
+
+
+def test_stale_partial_download_is_dropped_after_a_failed_unpack(mirror, tmp_path):
   downloads = tmp_path / "data" / "oxford5k" / "downloads"
   downloads.mkdir(parents=True)
   (downloads / "oxbuild_images-v1.tgz.part").write_bytes(b"garbage from a killed run")
-  download_dataset("oxford5k", tmp_path / "data", mirror_url=mirror, log=lambda line: None)
+  quiet = lambda line: None  # noqa: E731
+  with pytest.raises(DownloadError, match="archive was deleted, run again"):
+    download_dataset("oxford5k", tmp_path / "data", mirror_url=mirror, log=quiet)
+  assert not list(downloads.glob("oxbuild_images-v1.tgz*"))
+  download_dataset("oxford5k", tmp_path / "data", mirror_url=mirror, log=quiet)
   assert (tmp_path / "data" / "oxford5k" / "jpg" / "all_souls_000001.jpg").is_file()
 
 

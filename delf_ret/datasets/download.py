@@ -81,6 +81,11 @@ def download_file(url: str, target: pathlib.Path, log: Callable[[str], None] = p
             last_report = time.time()
             share = f" ({100 * done / total:.0f}%)" if total else ""
             log(f"  {target.name}: {done / 2**20:.1f} MiB{share}")
+  except urllib.error.HTTPError as error:
+    if error.code == 416 and offset:  # The partial file is not a prefix the server knows.
+      partial.unlink()
+      return download_file(url, target, log, timeout, chunk_bytes)
+    raise DownloadError(f"downloading {url} failed: {error}") from None
   except (urllib.error.URLError, OSError) as error:
     raise DownloadError(f"downloading {url} failed: {error}; run again to resume") from None
   if total is not None and done != total:
@@ -112,7 +117,9 @@ def unpack(archive: pathlib.Path, dataset_dir: pathlib.Path, target: str) -> int
           shutil.copyfileobj(source, handle)
         count += 1
   except (tarfile.TarError, EOFError, OSError) as error:
-    raise DownloadError(f"{archive}: cannot unpack ({error}); delete it and run again") from None
+    archive.unlink(missing_ok=True)  # E.g. a resumed download whose first part was stale.
+    raise DownloadError(f"{archive}: cannot unpack ({error}); the archive was deleted, run "
+                        f"again to download it afresh") from None
   return count
 
 
