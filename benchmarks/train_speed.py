@@ -14,7 +14,6 @@ Usage: python benchmarks/train_speed.py [--steps 6] [--output benchmarks/results
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import pathlib
 import shutil
@@ -28,16 +27,16 @@ SHARED = REPO.parent / "shared" / "data"
 
 def write_layout(root: pathlib.Path) -> pathlib.Path:
   """GLDv2-layout copy of the shared landmark photos; returns the CSV path."""
-  with open(SHARED / "labels.csv", newline="") as handle:
-    rows = [row for row in csv.DictReader(handle) if row["landmark"]]
-  names = sorted({row["landmark"] for row in rows})
+  from delf_ret.datasets.labelled import read_labels
+  rows = [(path, name) for path, name in read_labels(SHARED / "labels.csv") if name]
+  names = sorted({name for _, name in rows})
   images: dict[int, list[str]] = {}
-  for number, row in enumerate(rows):
+  for number, (path, name) in enumerate(rows):
     image_id = f"{number:016x}"
     target = root / "train" / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(SHARED / row["image"], target)
-    images.setdefault(names.index(row["landmark"]), []).append(image_id)
+    shutil.copy(path, target)
+    images.setdefault(names.index(name), []).append(image_id)
   csv_path = root / "train_clean.csv"
   csv_path.write_text("landmark_id,images\n" + "".join(
       f"{landmark},{' '.join(ids)}\n" for landmark, ids in images.items()))

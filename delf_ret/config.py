@@ -26,13 +26,33 @@ class ConfigError(Exception):
   """A config file or override is invalid."""
 
 
+def _parse_into(text: str, message, label: str) -> None:
+  """Parses pbtxt ``text`` into ``message``; a syntax error becomes 'invalid <label>: ...'."""
+  try:
+    text_format.Parse(text, message)
+  except text_format.ParseError as error:
+    raise ConfigError(f"invalid {label}: {error}") from None
+
+
+def _existing_file(path: str | os.PathLike, label: str) -> pathlib.Path:
+  """``path`` as a Path; raises '<label> file not found' when it is not a file."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ConfigError(f"{label} file not found: {path}")
+  return path
+
+
+def _require_positive(message, names: Iterable[str], prefix: str) -> None:
+  """Raises '<prefix><name> must be positive' for the first named field that is <= 0."""
+  for name in names:
+    if getattr(message, name) <= 0:
+      raise ConfigError(f"{prefix}{name} must be positive, got {getattr(message, name)}")
+
+
 def parse_config_text(text: str, base_dir: str | os.PathLike | None = None) -> DelfConfig:
   """Parses pbtxt text; relative paths are resolved against ``base_dir``."""
   config = DelfConfig()
-  try:
-    text_format.Parse(text, config)
-  except text_format.ParseError as error:
-    raise ConfigError(f"invalid config: {error}") from None
+  _parse_into(text, config, "config")
   if base_dir is not None:
     _resolve_paths(config, pathlib.Path(base_dir))
   return config
@@ -40,9 +60,7 @@ def parse_config_text(text: str, base_dir: str | os.PathLike | None = None) -> D
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> DelfConfig:
   """Reads a .pbtxt config, applies ``field.path=value`` overrides and validates it."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise ConfigError(f"config file not found: {path}")
+  path = _existing_file(path, "config")
   config = parse_config_text(path.read_text(), base_dir=path.parent)
   apply_overrides(config, overrides)
   validate(config)
@@ -155,9 +173,7 @@ def _validate_retrieval(retrieval) -> None:
     if getattr(retrieval, name) not in choices:
       raise ConfigError(f"retrieval_config.{name} must be one of {choices}, "
                         f"got {getattr(retrieval, name)!r}")
-  for name in _POSITIVE:
-    if getattr(retrieval, name) <= 0:
-      raise ConfigError(f"retrieval_config.{name} must be positive, got {getattr(retrieval, name)}")
+  _require_positive(retrieval, _POSITIVE, "retrieval_config.")
   if retrieval.rerank_top_n < 0 or retrieval.min_inliers < 0:
     raise ConfigError("retrieval_config.rerank_top_n and min_inliers must not be negative")
   if not 0.0 <= retrieval.match_ratio_threshold < 1.0:
@@ -172,22 +188,16 @@ def load_training_config(path: str | os.PathLike | None,
   """Reads a DelfTrainingConfig .pbtxt (None: the published defaults), applies overrides."""
   config = DelfTrainingConfig()
   if path is not None:
-    path = pathlib.Path(path)
-    if not path.is_file():
-      raise ConfigError(f"training config file not found: {path}")
-    try:
-      text_format.Parse(path.read_text(), config)
-    except text_format.ParseError as error:
-      raise ConfigError(f"invalid training config {path}: {error}") from None
+    path = _existing_file(path, "training config")
+    _parse_into(path.read_text(), config, f"training config {path}")
     weights = config.backbone_weights
     if weights not in ("imagenet", "random") and weights and not os.path.isabs(weights):
       config.backbone_weights = str(path.parent / weights)
   apply_overrides(config, overrides)
-  for name in ("batch_size", "image_size", "max_steps", "save_every", "max_checkpoints",
-               "summary_every", "shuffle_buffer", "tuning_learning_rate",
-               "attention_learning_rate"):
-    if getattr(config, name) <= 0:
-      raise ConfigError(f"training config: {name} must be positive, got {getattr(config, name)}")
+  _require_positive(config, ("batch_size", "image_size", "max_steps", "save_every",
+                             "max_checkpoints", "summary_every", "shuffle_buffer",
+                             "tuning_learning_rate", "attention_learning_rate"),
+                    "training config: ")
   if config.image_size < 32:
     raise ConfigError(f"training config: image_size must be at least 32, got {config.image_size}")
   return config

@@ -24,7 +24,8 @@ from delf_ret.images import load_image
 from delf_ret.index import LocalFeatureIndex, LocalIndexError
 from delf_ret.retrieval import RankedImage, RetrievalResult, retrieve
 
-STAGES = ("first_stage", "reranked")
+# Report stage name -> the RetrievalResult list it scores.
+STAGES = {"first_stage": "ranked", "reranked": "reranked"}
 
 
 def feature_loader(features_dir: str | pathlib.Path) -> Callable[[str], LocalFeatures]:
@@ -123,9 +124,8 @@ def evaluate_results(dataset: RetrievalDataset, results: list[RetrievalResult],
                      ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, dict[str, SplitMetrics]]:
   """Metrics of both stages by the dataset's protocol: {stage: {split: metrics}}."""
   scored = {}
-  for stage in STAGES:
-    lists = [ranked_indices(getattr(r, "ranked" if stage == "first_stage" else "reranked"),
-                            dataset) for r in results]
+  for stage, attribute in STAGES.items():
+    lists = [ranked_indices(getattr(r, attribute), dataset) for r in results]
     if dataset.protocol == "revisited":
       scored[stage] = evaluate_revisited(lists, dataset.gnd, ks)
     else:

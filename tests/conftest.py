@@ -120,21 +120,22 @@ def write_gldv2_layout(root: pathlib.Path, shared_data: pathlib.Path, corrupt: b
   Returns paths ("csv", "train"), "landmark_of" (image id -> landmark id) and,
   with ``corrupt``, the id of one extra unreadable image ("corrupt_id").
   """
-  import csv
   import shutil
   import zlib
-  with open(shared_data / "labels.csv", newline="") as handle:
-    rows = [row for row in csv.DictReader(handle) if row["landmark"]]
-  names = sorted({row["landmark"] for row in rows})
+
+  from delf_ret.datasets.labelled import read_labels
+  rows = [(path, name) for path, name in read_labels(shared_data / "labels.csv") if name]
+  names = sorted({name for _, name in rows})
   images: dict[int, list[str]] = {}
   landmark_of = {}
   train = root / "train"
-  for number, row in enumerate(rows):
-    image_id = f"{number:04x}{zlib.crc32(row['image'].encode()):012x}"
-    landmark = 10 * (names.index(row["landmark"]) + 1)
+  for number, (path, name) in enumerate(rows):
+    relative = path.relative_to(shared_data).as_posix()
+    image_id = f"{number:04x}{zlib.crc32(relative.encode()):012x}"
+    landmark = 10 * (names.index(name) + 1)
     target = train / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shared_data / row["image"], target)
+    shutil.copy(path, target)
     images.setdefault(landmark, []).append(image_id)
     landmark_of[image_id] = landmark
   layout = {"csv": root / "train_clean.csv", "train": train, "landmark_of": landmark_of}

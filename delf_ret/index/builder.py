@@ -32,8 +32,7 @@ def list_feature_files(features_dir: str | pathlib.Path) -> list[pathlib.Path]:
 
 def image_id(feature_path: pathlib.Path) -> str:
   """The image id of a feature file: its name without the .delf suffix."""
-  return feature_path.name[:-len(FEATURE_SUFFIX)] if feature_path.name.endswith(
-      FEATURE_SUFFIX) else feature_path.stem
+  return feature_path.stem
 
 
 def descriptor_dim(paths: list[pathlib.Path]) -> int:
