@@ -86,11 +86,15 @@ class DelfModel(keras.Model):
   def from_config(cls, config: dict) -> "DelfModel":
     return cls(**config)
 
-  def attention_scores(self, features: tf.Tensor, training: bool = False) -> tf.Tensor:
-    """Attention head on conv4 features [B, h, w, 1024] -> scores [B, h, w]."""
+  def attention_logits(self, features: tf.Tensor, training: bool = False) -> tf.Tensor:
+    """Attention head before its softplus: conv4 features [B, h, w, 1024] -> [B, h, w]."""
     hidden = self.attention_conv1(features)
     hidden = tf.nn.relu(self.attention_bn(hidden, training=training))
-    return tf.squeeze(tf.nn.softplus(self.attention_conv2(hidden)), axis=-1)
+    return tf.squeeze(self.attention_conv2(hidden), axis=-1)
+
+  def attention_scores(self, features: tf.Tensor, training: bool = False) -> tf.Tensor:
+    """Attention head on conv4 features [B, h, w, 1024] -> scores [B, h, w] (softplus, >= 0)."""
+    return tf.nn.softplus(self.attention_logits(features, training=training))
 
   def feature_maps(self, images: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
     """images [B, H, W, 3] RGB 0..255 -> (features [B, h, w, 1024], attention [B, h, w])."""
@@ -125,10 +129,13 @@ def save_delf_model(model: DelfModel, path: str | os.PathLike) -> None:
 
 
 def load_delf_model(path: str | os.PathLike) -> DelfModel:
-  """Loads a model written by :func:`save_delf_model`."""
+  """Loads a model written by :func:`save_delf_model` (.keras) or compact weights (.npz)."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"DELF model file not found: {path}")
+  if path.suffix == ".npz":
+    from delf_ret.model.compact import load_compact_weights
+    return load_compact_weights(path)
   model = keras.models.load_model(path, compile=False)
   if not isinstance(model, DelfModel):
     raise ValueError(f"{path} holds a {type(model).__name__}, not a DELF model")

@@ -1,0 +1,303 @@
+"""The self-supervised stage: DELF local descriptors and attention from unlabelled photos.
+
+Each step takes a batch of view pairs (:mod:`delf_ret.train.selfsup_data`):
+homographic warps of single photos and crops of overlapping real photos with
+verified correspondences. The conv4 cells of both views are L2-normalised and an
+InfoNCE loss (both directions) pulls each cell towards its corresponding cell
+and away from every other cell of the batch's other views. The attention head
+sees the same features with their gradient stopped and learns, with a logistic
+loss, whether each cell's nearest neighbour is its true correspondent: its
+score ranks cells by how reliably they match.
+
+Resuming: a batch is a pure function of (seed, step) and the checkpoint holds
+the model and the optimizer (whose step counter is the global step), so
+running the same command again continues where the last checkpoint left off
+and sees the same batches. TensorBoard logs go to
+``<output_dir>/tensorboard/selfsup``; the final model to
+``<output_dir>/delf_model.keras``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from delf_ret.atomic import atomic_write
+from delf_ret.config import DelfTrainingConfig
+from delf_ret.model import DelfModel, save_delf_model
+from delf_ret.train import selfsup_data
+from delf_ret.train.trainer import (MODEL_FILE, TrainingError, TrainingResult, attention_image,
+                                    is_chief)
+
+REAL_PAIRS_FILE = "real_pairs.npz"
+
+
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warm-up from 0 over ``warmup`` steps, then linear decay to 0 at ``total`` steps."""
+
+  def __init__(self, peak: float, warmup: int, total: int):
+    self.peak, self.warmup, self.total = float(peak), int(warmup), int(total)
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    warm = step / max(1, self.warmup)
+    decay = (self.total - step) / max(1, self.total - self.warmup)
+    return self.peak * tf.clip_by_value(tf.minimum(warm, decay), 0.0, 1.0)
+
+  def get_config(self) -> dict:
+    return {"peak": self.peak, "warmup": self.warmup, "total": self.total}
+
+
+def view_settings(config: DelfTrainingConfig) -> selfsup_data.ViewSettings:
+  """The view-making settings of the config's ``selfsup`` block."""
+  s = config.selfsup
+  return selfsup_data.ViewSettings(
+      crop_size=s.crop_size, min_photo_scale=s.min_photo_scale, max_photo_scale=s.max_photo_scale,
+      max_rotation_deg=s.max_rotation_deg, min_zoom=s.min_zoom, max_zoom=s.max_zoom,
+      max_perspective=s.max_perspective, max_shift=s.max_shift, brightness=s.brightness,
+      contrast=s.contrast, gamma=s.gamma, colour=s.colour, blur_probability=s.blur_probability,
+      noise_std=s.noise_std)
+
+
+def validate_selfsup(config: DelfTrainingConfig) -> None:
+  """Raises TrainingError for values the stage cannot run with."""
+  s = config.selfsup
+  checks = [
+      ("pairs_per_batch", s.pairs_per_batch >= 1), ("crop_size", s.crop_size >= 64 and
+                                                    s.crop_size % 16 == 0),
+      ("real_pair_fraction", 0.0 <= s.real_pair_fraction <= 1.0),
+      ("learning_rate", np.isfinite(s.learning_rate) and s.learning_rate > 0),
+      ("warmup_steps", 0 <= s.warmup_steps < s.max_steps), ("max_steps", s.max_steps >= 1),
+      ("temperature", np.isfinite(s.temperature) and s.temperature > 0),
+      ("attention_loss_weight", np.isfinite(s.attention_loss_weight) and
+       s.attention_loss_weight >= 0),
+      ("photo_max_side", s.photo_max_side >= s.crop_size),
+      ("min_photo_scale", 0 < s.min_photo_scale <= s.max_photo_scale),
+      ("min_zoom", 0 < s.min_zoom <= s.max_zoom),
+      ("max_pair_gap", s.max_pair_gap >= 0), ("min_pair_matches", s.min_pair_matches >= 1),
+  ]
+  for name, ok in checks:
+    if not ok:
+      raise TrainingError(f"selfsup.{name} is out of range: {getattr(s, name)}")
+
+
+def load_real_pairs(photos: list[np.ndarray], paths: list[pathlib.Path], train_root: pathlib.Path,
+                    config: DelfTrainingConfig, cache_dir: pathlib.Path,
+                    log: Callable[[str], None]) -> list[selfsup_data.RealPair]:
+  """Finds (or reads from ``cache_dir``) the overlapping real pairs among the photos."""
+  s = config.selfsup
+  if s.max_pair_gap == 0 or s.real_pair_fraction == 0:
+    return []
+  key = hashlib.sha256(json.dumps({
+      "photos": [str(p) for p in paths], "max_side": s.photo_max_side, "gap": s.max_pair_gap,
+      "min": s.min_pair_matches, "epipolar": s.max_epipolar_px}).encode()).hexdigest()
+  cache = cache_dir / REAL_PAIRS_FILE
+  if cache.is_file():
+    with np.load(cache, allow_pickle=False) as data:
+      if str(data["key"]) == key:
+        offsets = data["offsets"]
+        return [selfsup_data.RealPair(int(a), int(b), data["matches"][offsets[i]:offsets[i + 1]])
+                for i, (a, b) in enumerate(zip(data["index_a"], data["index_b"]))]
+  start = time.time()
+  cameras = selfsup_data.strecha_cameras(paths, photos, train_root)
+  pairs = selfsup_data.find_real_pairs(photos, paths, s.max_pair_gap, s.min_pair_matches, cameras,
+                                       s.max_epipolar_px, log=log)
+  log(f"real pairs: {len(pairs)} found in {time.time() - start:.0f} s "
+      f"({len(cameras)} photos with ground-truth cameras)")
+  offsets = np.cumsum([0] + [len(p.matches) for p in pairs])
+  matches = (np.concatenate([p.matches for p in pairs]) if pairs
+             else np.zeros((0, 4), np.float32))
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  with atomic_write(cache) as handle:
+    np.savez(handle, key=np.array(key), offsets=offsets, matches=matches,
+             index_a=np.array([p.index_a for p in pairs], np.int64),
+             index_b=np.array([p.index_b for p in pairs], np.int64))
+  return pairs
+
+
+def info_nce(features_a: tf.Tensor, features_b: tf.Tensor, targets: tf.Tensor,
+             temperature: float) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """InfoNCE of view-A cells against every view-B cell of the batch.
+
+  Args:
+    features_a: [P, N, D] L2-normalised cells of the A views.
+    features_b: [P, M, D] L2-normalised cells of the B views.
+    targets: int32 [P, N], index of each A cell's corresponding cell in its
+      own B view, or -1 (such cells are ignored).
+    temperature: divides the cosine similarities.
+
+  Returns:
+    (summed loss over cells with a target, float [P, N] 1.0 where the
+    nearest B cell of the whole batch is the target, float [P, N] mask of
+    cells with a target).
+  """
+  pairs, cells_b = tf.shape(features_a)[0], tf.shape(features_b)[1]
+  depth = tf.shape(features_a)[2]
+  logits = tf.matmul(tf.reshape(features_a, [-1, depth]), tf.reshape(features_b, [-1, depth]),
+                     transpose_b=True) / temperature
+  valid = tf.reshape(targets >= 0, [-1])
+  labels = tf.reshape(targets + tf.range(pairs)[:, None] * cells_b, [-1])
+  labels = tf.where(valid, labels, tf.zeros_like(labels))
+  per_cell = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+  mask = tf.cast(valid, tf.float32)
+  correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels),
+                    tf.float32) * mask
+  shape = tf.shape(targets)
+  return tf.reduce_sum(per_cell * mask), tf.reshape(correct, shape), tf.reshape(mask, shape)
+
+
+def reliability_loss(logits: tf.Tensor, correct: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+  """Summed logistic loss of attention logits [P, N] against match correctness, where mask."""
+  per_cell = tf.nn.sigmoid_cross_entropy_with_logits(labels=correct, logits=logits)
+  return tf.reduce_sum(per_cell * mask)
+
+
+def load_training_photos(source: str | os.PathLike, config: DelfTrainingConfig,
+                         log: Callable[[str], None]) -> tuple[list[np.ndarray], list[pathlib.Path]]:
+  """The photos of a folder or list file (plus scikit-image's, if configured)."""
+  s = config.selfsup
+  paths = selfsup_data.list_training_photos(source)
+  photos, kept, skipped = selfsup_data.load_training_photos(paths, s.photo_max_side, s.crop_size)
+  for line in skipped:
+    log(f"skipped: {line}")
+  if not photos:
+    raise TrainingError(f"{source}: no usable training photos")
+  log(f"{len(photos)} training photos from {source}")
+  return photos, kept
+
+
+def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike,
+                  config: DelfTrainingConfig, strategy: tf.distribute.Strategy | None = None,
+                  num_steps: int | None = None,
+                  log: Callable[[str], None] = print) -> TrainingResult:
+  """Runs (or resumes) the self-supervised stage up to selfsup.max_steps (or ``num_steps`` more).
+
+  photo_source: a folder of photos (searched recursively) or a list file.
+  The global batch is generated identically on every machine; each replica
+  trains on its slice of it.
+  """
+  validate_selfsup(config)
+  s = config.selfsup
+  strategy = strategy or tf.distribute.get_strategy()
+  output_dir = pathlib.Path(output_dir)
+  chief = is_chief(strategy)
+  replicas = strategy.num_replicas_in_sync
+  if s.pairs_per_batch % replicas:
+    raise TrainingError(f"selfsup.pairs_per_batch {s.pairs_per_batch} is not divisible by the "
+                        f"{replicas} replicas")
+  per_replica = s.pairs_per_batch // replicas
+  settings = view_settings(config)
+
+  photos, paths = load_training_photos(photo_source, config, log)
+  real_pairs = load_real_pairs(photos, paths, pathlib.Path(photo_source), config, output_dir, log)
+  if s.use_skimage_photos:
+    photos = photos + selfsup_data.skimage_photos(s.photo_max_side)
+  log(f"selfsup: {len(photos)} photos, {len(real_pairs)} real pairs, {replicas} replica(s), "
+      f"{s.pairs_per_batch} pairs of {s.crop_size} px views per step")
+
+  keras.utils.set_random_seed(config.seed)
+  with strategy.scope():
+    weights = None if config.backbone_weights in ("", "random") else config.backbone_weights
+    model = DelfModel(num_classes=1, backbone_weights=weights, seed=config.seed)
+    descriptor_vars = model.backbone.trainable_variables
+    attention_vars = [v for layer in (model.attention_conv1, model.attention_bn,
+                                      model.attention_conv2) for v in layer.trainable_variables]
+    variables = descriptor_vars + attention_vars
+    schedule = WarmupLinearDecay(s.learning_rate, s.warmup_steps, s.max_steps)
+    optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum)
+    optimizer.build(variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, output_dir / "checkpoints",
+                                         max_to_keep=config.max_checkpoints)
+    if manager.latest_checkpoint:
+      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+      log(f"resumed from {manager.latest_checkpoint} at step {int(optimizer.iterations.numpy())}")
+
+  def step_fn(view_a, view_b, targets_ab, targets_ba):
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    part = slice(None)
+    if replicas > 1:
+      part = slice(replica * per_replica, (replica + 1) * per_replica)
+    images = tf.concat([view_a[part], view_b[part]], axis=0)
+    targets_ab, targets_ba = targets_ab[part], targets_ba[part]
+    with tf.GradientTape() as tape:
+      raw, _ = model.feature_maps(images, training=True)
+      cells = tf.shape(raw)[1] * tf.shape(raw)[2]
+      flat = tf.reshape(raw, [tf.shape(raw)[0], cells, raw.shape[-1]])
+      normalized = tf.math.l2_normalize(flat, axis=-1)
+      feats_a, feats_b = normalized[:per_replica], normalized[per_replica:]
+      sum_ab, correct_ab, mask_ab = info_nce(feats_a, feats_b, targets_ab, s.temperature)
+      sum_ba, correct_ba, mask_ba = info_nce(feats_b, feats_a, targets_ba, s.temperature)
+      count = tf.maximum(tf.reduce_sum(mask_ab) + tf.reduce_sum(mask_ba), 1.0)
+      contrastive = (sum_ab + sum_ba) / count
+      logits = tf.reshape(model.attention_logits(tf.stop_gradient(raw), training=True),
+                          [tf.shape(raw)[0], cells])
+      reliability = (reliability_loss(logits[:per_replica], correct_ab, mask_ab) +
+                     reliability_loss(logits[per_replica:], correct_ba, mask_ba)) / count
+      loss = (contrastive + s.attention_loss_weight * reliability) / replicas
+    gradients = tape.gradient(loss, variables)
+    if config.clip_gradient_norm > 0:
+      gradients, _ = tf.clip_by_global_norm(gradients, config.clip_gradient_norm)
+    optimizer.apply_gradients(zip(gradients, variables))
+    accuracy = (tf.reduce_sum(correct_ab) + tf.reduce_sum(correct_ba)) / count
+    return contrastive / replicas, reliability / replicas, accuracy / replicas
+
+  @tf.function
+  def train_step(view_a, view_b, targets_ab, targets_ba):
+    results = strategy.run(step_fn, args=(view_a, view_b, targets_ab, targets_ba))
+    return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
+
+  def batch_of(step: int) -> dict[str, np.ndarray]:
+    return selfsup_data.make_batch(config.seed, step, s.pairs_per_batch, s.real_pair_fraction,
+                                   photos, real_pairs, settings)
+
+  sample = batch_of(2**31 - 1)["view_a"][:2] if chief else None  # Fixed attention-image input.
+  writer = (tf.summary.create_file_writer(str(output_dir / "tensorboard" / "selfsup")) if chief
+            else tf.summary.create_noop_writer())
+  step = int(optimizer.iterations.numpy())
+  last_step = s.max_steps if num_steps is None else min(s.max_steps, step + num_steps)
+  contrastive = reliability = accuracy = float("nan")
+  start, start_step, step_times = time.time(), step, []
+  while step < last_step:
+    step_start = time.perf_counter()
+    batch = batch_of(step)
+    outputs = train_step(batch["view_a"], batch["view_b"], batch["targets_ab"],
+                         batch["targets_ba"])
+    step = int(optimizer.iterations.numpy())
+    contrastive, reliability, accuracy = (float(v) for v in outputs)
+    step_times.append(time.perf_counter() - step_start)
+    if not np.isfinite(contrastive):
+      raise TrainingError(f"selfsup: the loss became {contrastive} at step {step}; lower "
+                          f"selfsup.learning_rate")
+    if step % config.summary_every == 0 or step == last_step:
+      rate = (time.time() - start) / max(1, step - start_step)
+      log(f"selfsup step {step}/{s.max_steps}: contrastive {contrastive:.4f}, reliability "
+          f"{reliability:.4f}, correspondence accuracy {accuracy:.3f}, lr "
+          f"{float(schedule(step)):.5f} [{1000 * rate:.0f} ms/step]")
+      with writer.as_default(step=step):
+        tf.summary.scalar("loss", contrastive + s.attention_loss_weight * reliability)
+        tf.summary.scalar("contrastive_loss", contrastive)
+        tf.summary.scalar("reliability_loss", reliability)
+        tf.summary.scalar("correspondence_accuracy", accuracy)
+        tf.summary.scalar("learning_rate", schedule(step))
+        if chief:
+          tf.summary.image("attention", attention_image(model(sample)["attention"]))
+    if step % config.save_every == 0 or step == last_step:
+      manager.save(checkpoint_number=step)
+  writer.flush()
+  model_path = None
+  if chief:
+    model_path = output_dir / MODEL_FILE
+    save_delf_model(model, model_path)
+    log(f"selfsup: step {step}, model saved to {model_path}")
+  ms_per_step = (1000 * sum(step_times[1:]) / (len(step_times) - 1) if len(step_times) > 1
+                 else float("nan"))
+  return TrainingResult(step, contrastive, accuracy, model_path, ms_per_step)
