@@ -416,26 +416,37 @@ def epipolar_distance(fundamental: np.ndarray, matches: np.ndarray) -> np.ndarra
                 + residual / np.maximum(np.hypot(lines_a[:, 0], lines_a[:, 1]), 1e-12))
 
 
-def sift_matches(photo_a: np.ndarray, photo_b: np.ndarray, ratio: float = 0.8,
+def sift_keypoints(photo: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+  """OpenCV SIFT of an RGB uint8 photo: (x, y) float32 [K, 2] and descriptors [K, 128] or None."""
+  keys, descriptors = cv2.SIFT_create(nfeatures=4000).detectAndCompute(
+      cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY), None)
+  return np.float32([k.pt for k in keys]).reshape(-1, 2), descriptors
+
+
+def sift_matches(sift_a: tuple[np.ndarray, np.ndarray | None],
+                 sift_b: tuple[np.ndarray, np.ndarray | None], ratio: float = 0.8,
                  ransac_px: float = 1.5, seed: int = 0) -> np.ndarray:
-  """SIFT + ratio test + RANSAC fundamental-matrix inliers, float32 [M, 4] (ya, xa, yb, xb)."""
-  cv2.setRNGSeed(seed)
-  sift = cv2.SIFT_create(nfeatures=4000)
-  keys_a, desc_a = sift.detectAndCompute(cv2.cvtColor(photo_a, cv2.COLOR_RGB2GRAY), None)
-  keys_b, desc_b = sift.detectAndCompute(cv2.cvtColor(photo_b, cv2.COLOR_RGB2GRAY), None)
-  if desc_a is None or desc_b is None or len(keys_a) < 8 or len(keys_b) < 8:
+  """Ratio-test matches of two photos' SIFT kept by RANSAC on the fundamental matrix.
+
+  sift_a, sift_b: :func:`sift_keypoints` of each photo. Returns float32
+  [M, 4] (ya, xa, yb, xb).
+  """
+  (xy_a, desc_a), (xy_b, desc_b) = sift_a, sift_b
+  if desc_a is None or desc_b is None or len(xy_a) < 8 or len(xy_b) < 8:
     return np.zeros((0, 4), np.float32)
   pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(desc_a, desc_b, k=2)
   good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < ratio * m[1].distance]
   if len(good) < 8:
     return np.zeros((0, 4), np.float32)
-  xy_a = np.float32([keys_a[m.queryIdx].pt for m in good])
-  xy_b = np.float32([keys_b[m.trainIdx].pt for m in good])
-  _, mask = cv2.findFundamentalMat(xy_a, xy_b, cv2.USAC_MAGSAC, ransac_px, 0.999, 10000)
+  matched_a = xy_a[[m.queryIdx for m in good]]
+  matched_b = xy_b[[m.trainIdx for m in good]]
+  cv2.setRNGSeed(seed)
+  _, mask = cv2.findFundamentalMat(matched_a, matched_b, cv2.USAC_MAGSAC, ransac_px, 0.999, 10000)
   if mask is None:
     return np.zeros((0, 4), np.float32)
   keep = mask.ravel().astype(bool)
-  return np.concatenate([xy_a[keep][:, ::-1], xy_b[keep][:, ::-1]], axis=1).astype(np.float32)
+  return np.concatenate([matched_a[keep][:, ::-1], matched_b[keep][:, ::-1]],
+                        axis=1).astype(np.float32)
 
 
 def find_real_pairs(photos: Sequence[np.ndarray], paths: Sequence[pathlib.Path],
@@ -455,9 +466,10 @@ def find_real_pairs(photos: Sequence[np.ndarray], paths: Sequence[pathlib.Path],
   pairs = []
   for folder, indices in sorted(by_folder.items()):
     kept = 0
+    sift = {index: sift_keypoints(photos[index]) for index in indices}
     for position, index_a in enumerate(indices):
       for index_b in indices[position + 1:position + 1 + max_gap]:
-        matches = sift_matches(photos[index_a], photos[index_b])
+        matches = sift_matches(sift[index_a], sift[index_b])
         projection_a = cameras.get(pathlib.Path(paths[index_a]))
         projection_b = cameras.get(pathlib.Path(paths[index_b]))
         if len(matches) and projection_a is not None and projection_b is not None:

@@ -1,0 +1,366 @@
+"""Figures of the shipped default model beside random initialisation and OpenCV SIFT, one run.
+
+Methods (all through the same matching, index, voting, RANSAC and evaluation code):
+  * default_model: the checkpoint shipped in delf_ret/default_model with its
+    packaged config (delf_ret/default_model/delf_config.pbtxt);
+  * random_init: the same architecture randomly initialised (seed 0), the same
+    config except the attention threshold (0: random attention scores mean
+    nothing, the top features are kept) and a PCA learned the same way (on
+    the same training photos);
+  * opencv_sift: OpenCV SIFT, 1000 features at the same maximum image side,
+    L2-normalised; putative matches by Lowe's ratio test (0.8), its usual rule.
+Benchmarks:
+  * pairs (../shared/data/pairs): putative matches and RANSAC inliers (the
+    config's retrieval_config matching and RANSAC); for graf1/graf3 the inliers
+    whose reprojection error under the ground-truth homography H1to3p is below
+    10 px and below 20 px, and the inlier precision (share below 10 px);
+  * attention ranking (default model, graf1/graf3): share of correct putative
+    matches among the top half of each image's features by attention against
+    random halves (mean of 20 seeded draws);
+  * mini-landmarks (../shared/data/labels.csv, Revisited easy/medium/hard and
+    the original protocol, hard positives of benchmarks/mini_landmarks_hard.txt)
+    and UKBench (../shared/data/ukbench: each image a query, the other 3 of its
+    group the positives; the UKBench score = mean number of the group's 4
+    images in the top 4): mAP of the first stage (votes) and after reranking;
+  * seconds per image of feature extraction (2 cores).
+Results go to benchmarks/results/default_model.json; the tables in README.md and
+delf_ret/default_model/MODEL_CARD.md are rendered from that JSON
+(``--render_only`` re-renders them without running anything).
+
+Usage: python benchmarks/default_model.py [--output ...] [--render_only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import pathlib
+import shutil
+import time
+
+import numpy as np
+from results_io import write_result
+from sift_baseline import sift_features
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+RESULT = REPO / "benchmarks" / "results" / "default_model.json"
+HARD_FILE = pathlib.Path(__file__).with_name("mini_landmarks_hard.txt")
+MODEL_CARD = REPO / "delf_ret" / "default_model" / "MODEL_CARD.md"
+PAIRS = [("graf1.png", "graf3.png"), ("leuvenA.jpg", "leuvenB.jpg"), ("aero1.jpg", "aero3.jpg"),
+         ("box.png", "box_in_scene.png"), ("roofs1.jpg", "roofs2.jpg"),
+         ("river1.jpg", "river2.jpg")]
+METHODS = ("random_init", "default_model", "opencv_sift")
+LABELS = {"random_init": "DELF, random initialisation", "default_model": "DELF, default model",
+          "opencv_sift": "OpenCV SIFT"}
+PCA_TRAINING_PHOTOS = 120
+START, END = "<!-- default_model table: start -->", "<!-- default_model table: end -->"
+
+
+def read_homography(path: pathlib.Path) -> np.ndarray:
+  import cv2
+  storage = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
+  matrix = storage.getNode("H13").mat()
+  storage.release()
+  return matrix
+
+
+def reprojection_errors(features_a, features_b, matches: np.ndarray,
+                        homography: np.ndarray) -> np.ndarray:
+  """Pixel error [M] of (index_a, index_b) matches under a homography on (x, y, 1)."""
+  from delf_ret.train.selfsup_data import apply_homography
+  projected = apply_homography(homography, features_a.locations[matches[:, 0]])
+  errors = np.linalg.norm(projected - features_b.locations[matches[:, 1]], axis=1)
+  return np.where(np.isfinite(errors), errors, np.inf)
+
+
+def pair_row(features_a, features_b, params, homography) -> dict:
+  from delf_ret.match import verify_pair
+  result = verify_pair(features_a, features_b, params)
+  row = {"features": [features_a.num_features, features_b.num_features],
+         "putative_matches": result.num_matches, "inliers": result.num_inliers}
+  if homography is not None:
+    inliers = result.matches[result.inliers]
+    errors = reprojection_errors(features_a, features_b, inliers, homography)
+    row["correct_inliers_10px"] = int((errors < 10).sum())
+    row["correct_inliers_20px"] = int((errors < 20).sum())
+    row["inlier_precision_10px"] = (round(row["correct_inliers_10px"] / len(inliers), 3)
+                                    if len(inliers) else None)
+  return row
+
+
+def attention_ranking(features_a, features_b, params, homography, draws: int = 20) -> dict:
+  """Share of correct (< 10 px) putative matches: top half by attention vs random halves."""
+  from delf_ret.features import LocalFeatures
+  from delf_ret.match import putative_matches
+
+  def subset(features, keep):
+    return LocalFeatures(features.locations[keep], features.scales[keep],
+                         features.descriptors[keep], features.attention[keep],
+                         features.orientations[keep])
+
+  def share(keep_a, keep_b):
+    a, b = subset(features_a, keep_a), subset(features_b, keep_b)
+    matches = putative_matches(a.descriptors, b.descriptors, params.distance_threshold,
+                               params.ratio_threshold, params.mutual)
+    if not len(matches):
+      return 0.0, 0
+    return float((reprojection_errors(a, b, matches, homography) < 10).mean()), len(matches)
+
+  half_a, half_b = features_a.num_features // 2, features_b.num_features // 2
+  top = share(np.argsort(-features_a.attention, kind="stable")[:half_a],
+              np.argsort(-features_b.attention, kind="stable")[:half_b])
+  rng = np.random.default_rng(0)
+  random = [share(rng.permutation(features_a.num_features)[:half_a],
+                  rng.permutation(features_b.num_features)[:half_b]) for _ in range(draws)]
+  return {"top_half_correct_share": round(top[0], 3), "top_half_matches": top[1],
+          "random_half_correct_share": round(float(np.mean([r[0] for r in random])), 3),
+          "random_half_matches": round(float(np.mean([r[1] for r in random])), 1)}
+
+
+class CachedExtractor:
+  """image -> features, remembering images already seen (queries are whole database images)."""
+
+  def __init__(self, extract):
+    self.extract, self.cache, self.seconds, self.count = extract, {}, 0.0, 0
+
+  def __call__(self, image: np.ndarray):
+    key = hashlib.sha256(image.tobytes() + str(image.shape).encode()).hexdigest()
+    if key not in self.cache:
+      start = time.perf_counter()
+      self.cache[key] = self.extract(image)
+      self.seconds += time.perf_counter() - start
+      self.count += 1
+    return self.cache[key]
+
+
+def ukbench_labels(work: pathlib.Path) -> pathlib.Path:
+  """labels.csv in the image,landmark layout for ../shared/data/ukbench (group = landmark)."""
+  rows = [("image", "landmark")]
+  with open(SHARED / "ukbench" / "labels.csv", newline="") as handle:
+    for row in csv.DictReader(handle):
+      rows.append((str((SHARED / "ukbench" / row["image"]).resolve()),
+                   f"group_{int(row['object_group']):03d}"))
+  work.mkdir(parents=True, exist_ok=True)
+  path = work / "ukbench_labels.csv"
+  with open(path, "w", newline="") as handle:
+    csv.writer(handle).writerows(rows)
+  return path
+
+
+def ukbench_score(dataset, results, stage: str) -> float:
+  """Mean number of the query's group (query included) among its top 4 (UKBench's score)."""
+  from delf_ret.retrieval.dataset_runner import ranked_indices
+  total = 0
+  for query, result, gnd in zip(dataset.qimlist, results, dataset.gnd):
+    group = set(gnd["easy"]) | set(gnd["hard"]) | {dataset.imlist.index(query)}
+    ranked = ranked_indices(getattr(result, stage), dataset)[:4]
+    total += sum(int(i) in group for i in ranked)
+  return total / len(dataset.qimlist)
+
+
+def run_retrieval(name, extract, retrieval_config, dataset_dir, labels, hard, work, also_original):
+  from delf_ret.config import DelfConfig
+  from delf_ret.datasets.labelled import write_labelled_benchmark
+  from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
+  from delf_ret.features import feature_file_name, image_id_of, write_features
+  from delf_ret.images import load_image
+  from delf_ret.index import IndexParams
+  from delf_ret.index.builder import build_index, list_feature_files
+  from delf_ret.retrieval.benchmark import run_benchmark
+
+  paths = write_labelled_benchmark(labels, dataset_dir, name=dataset_dir.name, hard_images=hard)
+  revisited = read_revisited_gnd(paths["gnd_path"], paths["images_dir"])
+  others = [read_original_gt(paths["gt_dir"], paths["images_dir"], dataset_dir.name)
+            ] if also_original else []
+  features_dir = work / "features"
+  for image_name in revisited.imlist:
+    path = revisited.image_path(image_name)
+    write_features(features_dir / feature_file_name(image_id_of(path)), extract(load_image(path)))
+  index, failures = build_index(list_feature_files(features_dir), work / "index",
+                                IndexParams.from_config(retrieval_config), log=lambda line: None)
+  assert not failures, failures
+  config = DelfConfig()
+  config.retrieval_config.CopyFrom(retrieval_config)
+  run = run_benchmark(config, revisited, index, features_dir, work / "run", extract=extract,
+                      also_score=others, log=lambda line: None)
+  row = {"mAP": {stage: {split: round(100 * m.mean_ap, 2) for split, m in splits.items()}
+                 for stage, splits in run.metrics.items()},
+         "queries": len(revisited.qimlist), "database_images": len(revisited.imlist),
+         "seconds_per_query": round(run.seconds_per_query, 2)}
+  return row, revisited, run.results
+
+
+def matching_rule(retrieval_config) -> str:
+  rule = []
+  if np.isfinite(retrieval_config.match_distance_threshold):
+    rule.append(f"distance < {retrieval_config.match_distance_threshold:g}")
+  if retrieval_config.match_ratio_threshold:
+    rule.append(f"ratio < {retrieval_config.match_ratio_threshold:g}")
+  return ", ".join(rule)
+
+
+def build_methods(work: pathlib.Path):
+  """{method: (extract function, retrieval_config, description)}."""
+  from delf_ret import config as config_lib
+  from delf_ret.default_model import default_config_path
+  from delf_ret.extract.extractor import DelfExtractor
+  from delf_ret.extract.pca_training import learn_pca_from_images, with_pca
+  from delf_ret.model import DelfModel
+  from delf_ret.train.selfsup_data import list_training_photos
+
+  default_config = config_lib.load_config(default_config_path())
+  default = DelfExtractor(default_config)
+  random_model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
+  random_config = config_lib.load_config(default_config_path(), [
+      "delf_local_config.score_threshold=0", "delf_local_config.use_pca=false"])
+  photos = list_training_photos(SHARED / "train")
+  photos = [photos[i] for i in np.linspace(0, len(photos) - 1, PCA_TRAINING_PHOTOS).astype(int)]
+  learned = learn_pca_from_images(random_config, photos, work / "random_pca", model=random_model,
+                                  log=lambda line: None)
+  random = DelfExtractor(with_pca(random_config, learned.paths), model=random_model)
+  max_side = default_config.max_image_size
+  sift_retrieval = config_lib.DelfConfig().retrieval_config
+  sift_retrieval.CopyFrom(default_config.retrieval_config)
+  config_lib.apply_overrides(sift_retrieval, ["match_distance_threshold=2.0",
+                                              "match_ratio_threshold=0.8"])
+  sift = lambda image: sift_features(image, unit_descriptors=True, max_side=max_side)  # noqa: E731
+  return {
+      "random_init": (random.extract, default_config.retrieval_config,
+                      f"random initialisation (seed 0), attention threshold 0, PCA learned on "
+                      f"{PCA_TRAINING_PHOTOS} training photos"),
+      "default_model": (default.extract, default_config.retrieval_config,
+                        "delf_ret/default_model (float16 weights) with its packaged config"),
+      "opencv_sift": (sift, sift_retrieval, f"OpenCV SIFT, 1000 features, longer side "
+                      f"<= {max_side} px, unit descriptors"),
+  }
+
+
+def run_all(work: pathlib.Path) -> dict:
+  from delf_ret import config as config_lib
+  from delf_ret.default_model import default_config_path
+  from delf_ret.images import load_image
+  from delf_ret.match import RansacParams
+
+  shutil.rmtree(work, ignore_errors=True)
+  config = config_lib.load_config(default_config_path())
+  methods = build_methods(work)
+  hard = frozenset(line.split("#")[0].strip() for line in HARD_FILE.read_text().splitlines()
+                   if line.split("#")[0].strip())
+  homography = read_homography(SHARED / "pairs" / "H1to3p.xml")
+  result = {"benchmark": "default_model", "machine": "2 CPU cores",
+            "config": {"max_image_size": config.max_image_size,
+                       "image_scales": [round(s, 4) for s in config.image_scales],
+                       "max_feature_num": config.delf_local_config.max_feature_num,
+                       "score_threshold": round(config.delf_local_config.score_threshold, 4),
+                       "pca_dim": config.delf_local_config.pca_parameters.pca_dim,
+                       "rerank_top_n": config.retrieval_config.rerank_top_n,
+                       "ransac": f"{config.retrieval_config.ransac_transform}, "
+                                 f"{config.retrieval_config.ransac_residual_threshold:g} px"},
+            "methods": {}, "pairs": {}, "attention_ranking": None,
+            "mini_landmarks": {}, "ukbench": {}}
+  ukbench = ukbench_labels(work)
+  for name, (extract, retrieval_config, description) in methods.items():
+    print(f"{name}: pairs ...", flush=True)
+    cached = CachedExtractor(extract)
+    params = RansacParams.from_config(retrieval_config)
+    result["methods"][name] = {"description": description,
+                               "putative_matches": matching_rule(retrieval_config)}
+    for name_a, name_b in PAIRS:
+      features_a = cached(load_image(SHARED / "pairs" / name_a))
+      features_b = cached(load_image(SHARED / "pairs" / name_b))
+      is_graf = name_a == "graf1.png"
+      result["pairs"].setdefault(f"{name_a}/{name_b}", {})[name] = pair_row(
+          features_a, features_b, params, homography if is_graf else None)
+      if is_graf and name == "default_model":
+        result["attention_ranking"] = attention_ranking(features_a, features_b, params,
+                                                        homography)
+    print(f"{name}: mini-landmarks ...", flush=True)
+    row, _, _ = run_retrieval(name, cached, retrieval_config, work / "mini_landmarks",
+                              SHARED / "labels.csv", hard, work / name / "mini_landmarks", True)
+    result["mini_landmarks"][name] = row
+    print(f"{name}: ukbench ...", flush=True)
+    row, dataset, results = run_retrieval(name, cached, retrieval_config, work / "ukbench",
+                                          ukbench, frozenset(), work / name / "ukbench", False)
+    row["ukbench_score"] = {stage: round(ukbench_score(dataset, results, attribute), 3)
+                            for stage, attribute in (("first_stage", "ranked"),
+                                                     ("reranked", "reranked"))}
+    result["ukbench"][name] = row
+    result["methods"][name]["extraction_seconds_per_image"] = round(
+        cached.seconds / max(1, cached.count), 2)
+    result["methods"][name]["images_extracted"] = cached.count
+    print(json.dumps(result["methods"][name]), flush=True)
+  return result
+
+
+def render_tables(result: dict) -> str:
+  """Markdown tables of a default_model.json result (README and model card)."""
+  lines = ["| | " + " | ".join(LABELS[m] for m in METHODS) + " |",
+           "|---|" + "---|" * len(METHODS)]
+
+  def row(label, values):
+    lines.append(f"| {label} | " + " | ".join(str(v) for v in values) + " |")
+
+  graf = result["pairs"]["graf1.png/graf3.png"]
+  row("graf1/graf3 correct inliers (< 10 px / < 20 px)",
+      [f"{graf[m]['correct_inliers_10px']} / {graf[m]['correct_inliers_20px']}" for m in METHODS])
+  row("graf1/graf3 inliers, precision (< 10 px)",
+      [f"{graf[m]['inliers']}, {graf[m]['inlier_precision_10px']}" for m in METHODS])
+  for pair, rows in result["pairs"].items():
+    if pair != "graf1.png/graf3.png":
+      row(f"{pair} inliers / putative", [f"{rows[m]['inliers']} / {rows[m]['putative_matches']}"
+                                         for m in METHODS])
+  for stage, label in (("first_stage", "votes"), ("reranked", "reranked")):
+    row(f"mini-landmarks mAP easy / medium / hard, {label}",
+        [" / ".join(f"{result['mini_landmarks'][m]['mAP'][stage][s]:.1f}"
+                    for s in ("easy", "medium", "hard")) for m in METHODS])
+  for stage, label in (("first_stage", "votes"), ("reranked", "reranked")):
+    split = next(iter(result["ukbench"][METHODS[0]]["mAP"][stage]))
+    row(f"UKBench mAP / score (of 4), {label}",
+        [f"{result['ukbench'][m]['mAP'][stage][split]:.1f} / "
+         f"{result['ukbench'][m]['ukbench_score'][stage]:.2f}" for m in METHODS])
+  row("putative matches", [result["methods"][m]["putative_matches"] for m in METHODS])
+  row("extraction seconds / image",
+      [result["methods"][m]["extraction_seconds_per_image"] for m in METHODS])
+  ranking = result["attention_ranking"]
+  lines.append("")
+  lines.append(f"Attention ranking (default model, graf1/graf3): the top half of each image's "
+               f"features by attention gives {ranking['top_half_correct_share']:.1%} correct "
+               f"putative matches ({ranking['top_half_matches']} matches), random halves "
+               f"{ranking['random_half_correct_share']:.1%} "
+               f"({ranking['random_half_matches']:g} matches on average).")
+  return "\n".join(lines)
+
+
+def render_into(path: pathlib.Path, table: str) -> None:
+  """Replaces the text between the START and END markers of ``path`` with ``table``."""
+  text = path.read_text()
+  if START not in text or END not in text:
+    raise SystemExit(f"{path} has no {START} ... {END} markers")
+  head, rest = text.split(START, 1)
+  _, tail = rest.split(END, 1)
+  path.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+  print(f"rendered {path}")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--output", default=str(RESULT))
+  parser.add_argument("--work_dir", default=str(REPO / "benchmarks" / "output" / "default_model"))
+  parser.add_argument("--render_only", action="store_true",
+                      help="only re-render the README and model-card tables from --output")
+  args = parser.parse_args()
+  if not args.render_only:
+    start = time.time()
+    result = run_all(pathlib.Path(args.work_dir))
+    result["benchmark_seconds"] = round(time.time() - start)
+    write_result(args.output, result)
+  table = render_tables(json.loads(pathlib.Path(args.output).read_text()))
+  for path in (REPO / "README.md", MODEL_CARD):
+    render_into(path, table)
+
+
+if __name__ == "__main__":
+  main()
