@@ -72,14 +72,14 @@ def delf_extractors(config_path: pathlib.Path, images: list[pathlib.Path], work:
 
 def run_method(name, extract, database_features, datasets, retrieval_config, work):
   from delf_ret import dataset_retrieval as runner
-  from delf_ret.feature_io import write_features
+  from delf_ret.features import feature_file_name, feature_loader, image_id_of, write_features
   from delf_ret.index import IndexParams
   from delf_ret.index.builder import build_index, list_feature_files
   from delf_ret.report import write_report
 
   features_dir = work / name / "features"
   for path, features in database_features.items():
-    write_features(features_dir / f"{path.stem}.delf", features)
+    write_features(features_dir / feature_file_name(image_id_of(path)), features)
   index, failures = build_index(list_feature_files(features_dir), work / name / "index",
                                 IndexParams.from_config(retrieval_config), log=lambda line: None)
   assert not failures, failures
@@ -88,7 +88,7 @@ def run_method(name, extract, database_features, datasets, retrieval_config, wor
   original = dataclasses.replace(original, qimlist=list(revisited.qimlist),
                                  gnd=[original.gnd[i] for i in order])
   start = time.time()
-  results = runner.run_queries(revisited, index, runner.feature_loader(features_dir), extract,
+  results = runner.run_queries(revisited, index, feature_loader(features_dir), extract,
                                retrieval_config, work / name / "queries", log=print)
   seconds = (time.time() - start) / len(revisited.qimlist)
   scored = runner.evaluate_results(revisited, results)

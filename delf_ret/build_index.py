@@ -25,10 +25,11 @@ from absl import app, flags
 
 from delf_ret import config as config_lib
 from delf_ret.cli_flags import report_failures, require_flags
-from delf_ret.feature_io import FEATURE_SUFFIX, FeatureFileError
+from delf_ret.errors import InputError
+from delf_ret.features import FeatureFileError, feature_file_names
 from delf_ret.index import IndexParams, LocalFeatureIndex, LocalIndexError
 from delf_ret.index.builder import build_index, list_feature_files
-from delf_ret.inputs import InputError, output_names, resolve_image_inputs
+from delf_ret.inputs import resolve_image_inputs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config_path", None, "DelfConfig .pbtxt (extraction and retrieval_config).")
@@ -66,7 +67,7 @@ def _feature_paths(config, log) -> tuple[list[pathlib.Path], list[tuple[pathlib.
   from delf_ret.extract.extractor import DelfExtractor
 
   image_paths = resolve_image_inputs(FLAGS.images_dir, FLAGS.list_images_path)
-  names = output_names(image_paths, FEATURE_SUFFIX)
+  names = feature_file_names(image_paths)
   log(f"extracting features of {len(image_paths)} images into {features_dir}")
   failures = extract_all(DelfExtractor(config, backend=FLAGS.backend), image_paths, features_dir,
                          log)

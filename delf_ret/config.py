@@ -14,6 +14,7 @@ from typing import Iterable
 from google.protobuf import descriptor as descriptor_lib
 from google.protobuf import text_format
 
+from delf_ret.errors import DelfRetError
 from delf_ret.protos import delf_config_pb2, delf_train_config_pb2
 
 DelfConfig = delf_config_pb2.DelfConfig
@@ -22,7 +23,7 @@ DelfTrainingConfig = delf_train_config_pb2.DelfTrainingConfig
 DEFAULT_SCALES = (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
 
 
-class ConfigError(Exception):
+class ConfigError(DelfRetError):
   """A config file or override is invalid."""
 
 

@@ -19,19 +19,13 @@ import numpy as np
 from delf_ret.atomic import atomic_write
 from delf_ret.datasets import RetrievalDataset, crop_to_box
 from delf_ret.evaluation import DEFAULT_KS, SplitMetrics, evaluate_original, evaluate_revisited
-from delf_ret.feature_io import FEATURE_SUFFIX, LocalFeatures, read_features, write_features
+from delf_ret.features import LocalFeatures, feature_file_name, read_features, write_features
 from delf_ret.images import load_image
 from delf_ret.index import LocalFeatureIndex, LocalIndexError
 from delf_ret.retrieval import RankedImage, RetrievalResult, retrieve
 
 # Report stage name -> the RetrievalResult list it scores.
 STAGES = {"first_stage": "ranked", "reranked": "reranked"}
-
-
-def feature_loader(features_dir: str | pathlib.Path) -> Callable[[str], LocalFeatures]:
-  """Reads ``features_dir/<image id>.delf`` for an image id."""
-  features_dir = pathlib.Path(features_dir)
-  return lambda image_id: read_features(features_dir / f"{image_id}{FEATURE_SUFFIX}")
 
 
 def check_database_indexed(dataset: RetrievalDataset, index: LocalFeatureIndex) -> None:
@@ -46,7 +40,7 @@ def check_database_indexed(dataset: RetrievalDataset, index: LocalFeatureIndex) 
 def query_features(dataset: RetrievalDataset, query: int, cache_dir: pathlib.Path,
                    extract: Callable[[np.ndarray], LocalFeatures]) -> LocalFeatures:
   """Features of query ``query`` cropped to its box; extracted once, then read from the cache."""
-  path = cache_dir / f"{dataset.qimlist[query]}{FEATURE_SUFFIX}"
+  path = cache_dir / feature_file_name(dataset.qimlist[query])
   if path.exists():
     return read_features(path)
   image = load_image(dataset.image_path(dataset.qimlist[query]))

@@ -23,8 +23,9 @@ from absl import app, flags
 
 from delf_ret import config as config_lib
 from delf_ret import pca as pca_lib
-from delf_ret.feature_io import FEATURE_SUFFIX, write_features
-from delf_ret.inputs import InputError, output_names, resolve_image_inputs
+from delf_ret.errors import InputError
+from delf_ret.features import feature_file_names, write_features
+from delf_ret.inputs import resolve_image_inputs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("images_dir", None, "Folder of images (default: shared landmarks or bundled).")
@@ -53,7 +54,7 @@ def main(argv):
   output_dir = pathlib.Path(FLAGS.output_dir)
   try:
     image_paths = resolve_image_inputs(str(images_dir), None)
-    names = output_names(image_paths, FEATURE_SUFFIX)
+    names = feature_file_names(image_paths)
     config = config_lib.load_config(config_path, [
         *FLAGS.config_override, "delf_local_config.use_pca=false"])
   except (InputError, config_lib.ConfigError) as error:

@@ -21,8 +21,9 @@ from delf_ret import config as config_lib
 from delf_ret.cli_flags import report_failures, require_flags
 from delf_ret.extract.batch import extract_all
 from delf_ret.extract.extractor import DelfExtractor
-from delf_ret.feature_io import FEATURE_SUFFIX
-from delf_ret.inputs import InputError, output_names, resolve_image_inputs
+from delf_ret.errors import InputError
+from delf_ret.features import feature_file_names
+from delf_ret.inputs import resolve_image_inputs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config_path", None, "DelfConfig .pbtxt file.")
@@ -43,7 +44,7 @@ def main(argv):
   try:
     config = config_lib.load_config(FLAGS.config_path, FLAGS.config_override)
     image_paths = resolve_image_inputs(FLAGS.images_dir, FLAGS.list_images_path)
-    output_names(image_paths, FEATURE_SUFFIX)
+    feature_file_names(image_paths)
     extractor = DelfExtractor(config, backend=FLAGS.backend)
   except (config_lib.ConfigError, InputError, FileNotFoundError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)

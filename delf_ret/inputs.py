@@ -1,15 +1,12 @@
-"""Turning command-line inputs (a folder or a list file) into image paths and output names."""
+"""Turning command-line inputs (a folder or a list file) into image paths."""
 
 from __future__ import annotations
 
 import os
 import pathlib
 
+from delf_ret.errors import InputError
 from delf_ret.images import list_images
-
-
-class InputError(Exception):
-  """The input folder or list file cannot be used."""
 
 
 def read_image_list(list_path: str | os.PathLike) -> list[pathlib.Path]:
@@ -45,13 +42,3 @@ def resolve_image_inputs(images_dir: str | None, list_images_path: str | None) -
     raise InputError(f"no image files in {images_dir}")
   return paths
 
-
-def output_names(paths: list[pathlib.Path], suffix: str) -> list[str]:
-  """One output file name per input (its stem + suffix); raises on two inputs with one name."""
-  names = [path.stem + suffix for path in paths]
-  seen = {}
-  for path, name in zip(paths, names):
-    if name in seen:
-      raise InputError(f"{seen[name]} and {path} would both write {name}; rename one")
-    seen[name] = path
-  return names

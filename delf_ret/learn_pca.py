@@ -22,7 +22,8 @@ from delf_ret.cli_flags import require_flags
 from delf_ret import pca as pca_lib
 from delf_ret.extract.extractor import DelfExtractor
 from delf_ret.extract.pca_training import extract_raw_features, stack_normalized, without_pca
-from delf_ret.inputs import InputError, resolve_image_inputs
+from delf_ret.errors import InputError
+from delf_ret.inputs import resolve_image_inputs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config_path", None, "DelfConfig .pbtxt file (its PCA settings are ignored).")

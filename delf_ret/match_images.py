@@ -22,8 +22,8 @@ from absl import app, flags
 
 from delf_ret import config as config_lib
 from delf_ret.atomic import write_bytes_atomic
-from delf_ret.feature_io import (FEATURE_SUFFIX, FeatureFileError, check_same_dimension,
-                                 read_features)
+from delf_ret.features import (FeatureFileError, check_same_dimension, is_feature_file,
+                               read_features)
 from delf_ret.images import ImageReadError, load_image
 from delf_ret.match import RansacParams, verify_pair
 
@@ -64,7 +64,7 @@ def main(argv):
   try:
     features, draw_paths, extractor = [], [], None
     for i, path in enumerate(inputs):
-      if path.suffix == FEATURE_SUFFIX:
+      if is_feature_file(path):
         features.append(read_features(path))
         draw_paths.append(FLAGS.image_paths[i] if len(FLAGS.image_paths) == 2 else None)
       else:

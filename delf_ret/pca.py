@@ -14,9 +14,14 @@ import pathlib
 import numpy as np
 
 from delf_ret.atomic import atomic_write
+from delf_ret.errors import DelfRetError
 
 WHITENING_EPSILON = 1e-12
 PCA_FILE_NAMES = ("pca_mean.npy", "pca_projection.npy", "pca_variances.npy")
+
+
+class PcaError(DelfRetError):
+  """PCA files are missing or inconsistent, or a PCA cannot be learned or applied."""
 
 
 @dataclasses.dataclass
@@ -39,7 +44,7 @@ def learn_pca(descriptors: np.ndarray) -> PcaModel:
 
   descriptors = np.asarray(descriptors, dtype=np.float64)
   if descriptors.ndim != 2 or descriptors.shape[0] < 2:
-    raise ValueError(f"need at least 2 descriptors of shape [N, D], got {descriptors.shape}")
+    raise PcaError(f"need at least 2 descriptors of shape [N, D], got {descriptors.shape}")
   pca = PCA(n_components=min(descriptors.shape), svd_solver="full")
   pca.fit(descriptors)
   return PcaModel(mean=pca.mean_.astype(np.float32),
@@ -51,9 +56,9 @@ def apply_pca(descriptors: np.ndarray, model: PcaModel, dim: int,
               use_whitening: bool = False) -> np.ndarray:
   """Projects descriptors [N, D] to [N, dim], optionally whitens, then L2-normalises."""
   if dim > model.projection.shape[0]:
-    raise ValueError(f"pca_dim {dim} exceeds the {model.projection.shape[0]} learned components")
+    raise PcaError(f"pca_dim {dim} exceeds the {model.projection.shape[0]} learned components")
   if descriptors.shape[1] != model.mean.shape[0]:
-    raise ValueError(f"descriptors have dimension {descriptors.shape[1]}, "
+    raise PcaError(f"descriptors have dimension {descriptors.shape[1]}, "
                      f"the PCA model expects {model.mean.shape[0]}")
   projected = (descriptors - model.mean) @ model.projection[:dim].T
   if use_whitening:
@@ -86,13 +91,13 @@ def load_pca(mean_path: str | os.PathLike, projection_path: str | os.PathLike,
       continue
     path = pathlib.Path(path)
     if not path.is_file():
-      raise FileNotFoundError(f"PCA {name} file not found: {path}")
+      raise PcaError(f"PCA {name} file not found: {path}")
     arrays[name] = np.load(path).astype(np.float32)
   mean, projection = arrays["mean"], arrays["projection"]
   variances = arrays.get("variances", np.full(projection.shape[0], np.nan, np.float32))
   if mean.ndim != 1 or projection.ndim != 2 or projection.shape[1] != mean.shape[0]:
-    raise ValueError(f"PCA files disagree: mean {mean.shape}, projection {projection.shape}")
+    raise PcaError(f"PCA files disagree: mean {mean.shape}, projection {projection.shape}")
   if variances.shape != (projection.shape[0],):
-    raise ValueError(f"PCA variances shape {variances.shape} does not match "
+    raise PcaError(f"PCA variances shape {variances.shape} does not match "
                      f"projection {projection.shape}")
   return PcaModel(mean=mean, projection=projection, variances=variances)

@@ -25,7 +25,7 @@ from delf_ret.cli_flags import require_flags
 from delf_ret.datasets import read_original_gt, read_revisited_gnd
 from delf_ret.datasets.ground_truth import GroundTruthError
 from delf_ret.evaluation import DEFAULT_KS
-from delf_ret.feature_io import FeatureFileError
+from delf_ret.features import FeatureFileError, feature_loader
 from delf_ret.images import ImageReadError
 from delf_ret.index import LocalFeatureIndex, LocalIndexError
 
@@ -77,7 +77,7 @@ def main(argv):
         extractor = DelfExtractor(config, backend=FLAGS.backend)
       return extractor.extract(image)
 
-    results = runner.run_queries(dataset, index, runner.feature_loader(FLAGS.features_dir),
+    results = runner.run_queries(dataset, index, feature_loader(FLAGS.features_dir),
                                  extract, config.retrieval_config, output_dir, log)
   except (config_lib.ConfigError, GroundTruthError, LocalIndexError, FeatureFileError,
           ImageReadError, ValueError) as error:

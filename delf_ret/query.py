@@ -21,7 +21,7 @@ from delf_ret import config as config_lib
 from delf_ret.atomic import atomic_write
 from delf_ret.cli_flags import require_flags
 from delf_ret.datasets.ground_truth import GroundTruthError, crop_to_box
-from delf_ret.feature_io import FeatureFileError
+from delf_ret.features import FeatureFileError, feature_loader
 from delf_ret.images import ImageReadError, list_images, load_image
 from delf_ret.index import LocalFeatureIndex, LocalIndexError
 
@@ -65,7 +65,6 @@ def main(argv):
   require_flags(FLAGS, "config_path", "image", "index_dir", "features_dir")
   if FLAGS.contact_sheet:
     require_flags(FLAGS, "database_images_dir")
-  from delf_ret.dataset_retrieval import feature_loader
   from delf_ret.extract.extractor import DelfExtractor
   from delf_ret.retrieval import retrieve, use_search_settings
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from delf_ret.feature_io import LocalFeatures
+from delf_ret.features import LocalFeatures
 from delf_ret.index import IndexParams, LocalFeatureIndex
 from delf_ret.match import RansacParams, verify_candidates
 

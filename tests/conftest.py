@@ -102,7 +102,7 @@ def random_unit_descriptors(rng, n: int, dim: int):
 def make_features(points_yx, descriptors):
   """LocalFeatures with the given (y, x) points [N, 2] and descriptors [N, D]; unit scale/score."""
   import numpy as np
-  from delf_ret.feature_io import LocalFeatures
+  from delf_ret.features import LocalFeatures
   n = len(points_yx)
   return LocalFeatures(points_yx, np.ones(n), descriptors, np.ones(n), np.zeros(n))
 

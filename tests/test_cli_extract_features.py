@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from delf_ret.feature_io import read_features
+from delf_ret.features import read_features
 
 from conftest import REPO, landmark_images, run_cli
 

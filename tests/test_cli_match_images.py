@@ -5,7 +5,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from delf_ret.feature_io import LocalFeatures, write_features
+from delf_ret.features import LocalFeatures, write_features
 
 from conftest import run_cli
 

@@ -7,6 +7,7 @@ from delf_ret.config import load_config, parse_config_text
 from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError, pyramid_levels
 from delf_ret.images import load_image
 from delf_ret.model import load_delf_model
+from delf_ret.pca import PcaError
 
 from conftest import landmark_images, make_config_text
 
@@ -88,7 +89,7 @@ def test_pyramid_levels_and_tiny_images(config_path, extractor):
 
 def test_missing_pca_files_are_reported(model_path, tmp_path, delf_model):
   config = parse_config_text(make_config_text(model_path, tmp_path))
-  with pytest.raises(FileNotFoundError, match="PCA mean file not found"):
+  with pytest.raises(PcaError, match="PCA mean file not found"):
     DelfExtractor(config, model=delf_model)
 
 

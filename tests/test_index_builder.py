@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from delf_ret.feature_io import write_features
+from delf_ret.features import write_features
 from delf_ret.index import IndexParams, LocalFeatureIndex, LocalIndexError
 from delf_ret.index.builder import build_index, list_feature_files
 

@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from delf_ret.model import (BackboneWeightsError, DelfModel, build_backbone, load_delf_model,
-                            save_delf_model)
+from delf_ret.model import (BackboneWeightsError, DelfModel, ModelFileError, build_backbone,
+                            load_delf_model, save_delf_model)
 
 
 def test_output_shapes_and_stride(delf_model):
@@ -42,7 +42,7 @@ def test_local_backbone_weights_file(tmp_path):
 def test_missing_weights_and_checkpoint(tmp_path):
   with pytest.raises(BackboneWeightsError, match="not found"):
     DelfModel(backbone_weights=str(tmp_path / "missing.h5"))
-  with pytest.raises(FileNotFoundError):
+  with pytest.raises(ModelFileError, match="not found"):
     load_delf_model(tmp_path / "missing.keras")
-  with pytest.raises(ValueError, match=".keras"):
+  with pytest.raises(ModelFileError, match=".keras"):
     save_delf_model(DelfModel(seed=1), tmp_path / "model.h5")

@@ -21,9 +21,9 @@ def test_apply_pca_by_hand():
 
 
 def test_apply_pca_rejects_bad_dimensions():
-  with pytest.raises(ValueError, match="exceeds"):
+  with pytest.raises(pca_lib.PcaError, match="exceeds"):
     pca_lib.apply_pca(np.zeros((1, 2), np.float32), hand_model(), 3)
-  with pytest.raises(ValueError, match="dimension 3"):
+  with pytest.raises(pca_lib.PcaError, match="dimension 3"):
     pca_lib.apply_pca(np.zeros((1, 3), np.float32), hand_model(), 1)
 
 
@@ -42,11 +42,11 @@ def test_learn_pca_recovers_main_direction(tmp_path):
 
 
 def test_load_pca_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match="mean"):
+  with pytest.raises(pca_lib.PcaError, match="mean"):
     pca_lib.load_pca(tmp_path / "missing.npy", tmp_path / "p.npy")
   np.save(tmp_path / "m.npy", np.zeros(3, np.float32))
   np.save(tmp_path / "p.npy", np.zeros((2, 4), np.float32))
-  with pytest.raises(ValueError, match="disagree"):
+  with pytest.raises(pca_lib.PcaError, match="disagree"):
     pca_lib.load_pca(tmp_path / "m.npy", tmp_path / "p.npy")
 
 

@@ -31,12 +31,13 @@ import numpy as np
 from PIL import Image
 
 from delf_ret.atomic import atomic_write
+from delf_ret.errors import DelfRetError
 
 LABEL_MAP_FILE = "label_map.csv"
 SPLIT_FILE = "split.json"
 
 
-class GldDataError(Exception):
+class GldDataError(DelfRetError):
   """The GLDv2 files are missing or do not follow the published layout."""
 
 
@@ -88,7 +89,7 @@ def stratified_split(images: list[TrainImage], validation_share: float = 0.2,
   A landmark keeps at least one training image.
   """
   if not 0.0 <= validation_share < 1.0:
-    raise ValueError(f"validation share must be in [0, 1), got {validation_share}")
+    raise GldDataError(f"validation share must be in [0, 1), got {validation_share}")
   rng = np.random.default_rng(seed)
   by_label: dict[int, list[TrainImage]] = {}
   for image in images:
@@ -171,7 +172,7 @@ def prepare_gldv2(csv_path: str | os.PathLike, train_dir: str | os.PathLike,
                   log: Callable[[str], None] = print) -> list[tuple[pathlib.Path, str]]:
   """The whole preparation (see the module docstring); returns the skipped images."""
   if num_shards <= 0:
-    raise ValueError(f"num_shards must be positive, got {num_shards}")
+    raise GldDataError(f"num_shards must be positive, got {num_shards}")
   output_dir = pathlib.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
   images = read_train_csv(csv_path, train_dir)

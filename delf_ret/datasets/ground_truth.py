@@ -24,8 +24,10 @@ import pickle
 
 import numpy as np
 
+from delf_ret.errors import DelfRetError
 
-class GroundTruthError(Exception):
+
+class GroundTruthError(DelfRetError):
   """Ground-truth files are missing or do not follow the published layout."""
 
 

@@ -11,7 +11,7 @@ from delf_ret.config import DelfConfig
 from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError
 from delf_ret.extract.selection import SelectedFeatures
 from delf_ret.images import ImageReadError
-from delf_ret.pca import l2_normalize
+from delf_ret.pca import PcaError, l2_normalize
 
 
 def without_pca(config: DelfConfig) -> DelfConfig:
@@ -40,5 +40,5 @@ def stack_normalized(raw: dict[pathlib.Path, SelectedFeatures]) -> np.ndarray:
   """All raw descriptors, L2-normalised, as float32 [N, 1024]."""
   rows = [features.descriptors for features in raw.values() if features.descriptors.shape[0]]
   if not rows:
-    raise ValueError("no descriptors were extracted: lower score_threshold or add images")
+    raise PcaError("no descriptors were extracted: lower score_threshold or add images")
   return l2_normalize(np.concatenate(rows))

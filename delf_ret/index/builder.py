@@ -1,7 +1,7 @@
 """Building a LocalFeatureIndex from feature files, resumably.
 
 Image ids are the feature file stems (``all_souls_000013.delf`` ->
-``all_souls_000013``). The index is saved every ``save_every`` added images and
+``all_souls_000013``; delf_ret.features). The index is saved every ``save_every`` added images and
 at the end; a rerun loads the saved index and skips the images already in it,
 so an interrupted build resumes, and new feature files can be added later
 without retraining.
@@ -15,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from delf_ret.feature_io import FEATURE_SUFFIX, FeatureFileError, LocalFeatures, read_features
+from delf_ret.features import (FEATURE_SUFFIX, FeatureFileError, LocalFeatures, image_id_of,
+                               read_features)
 from delf_ret.index.local_index import IndexParams, LocalFeatureIndex, LocalIndexError
 
 
@@ -28,11 +29,6 @@ def list_feature_files(features_dir: str | pathlib.Path) -> list[pathlib.Path]:
   if not paths:
     raise LocalIndexError(f"no {FEATURE_SUFFIX} feature files in {features_dir}")
   return paths
-
-
-def image_id(feature_path: pathlib.Path) -> str:
-  """The image id of a feature file: its name without the .delf suffix."""
-  return feature_path.stem
 
 
 def descriptor_dim(paths: list[pathlib.Path]) -> int:
@@ -109,7 +105,7 @@ def build_index(feature_paths: list[pathlib.Path], index_dir: str | pathlib.Path
   total, added, start = len(feature_paths), 0, time.time()
   unsaved = not (index_dir / "CURRENT").is_file()
   for i, path in enumerate(feature_paths, 1):
-    name = image_id(path)
+    name = image_id_of(path)
     if name in index:
       continue
     try:

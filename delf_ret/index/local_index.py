@@ -32,12 +32,14 @@ import tempfile
 import faiss
 import numpy as np
 
+from delf_ret.errors import DelfRetError
+
 FORMAT_VERSION = 1
 KEYPOINT_BITS = 20  # Up to 1,048,576 descriptors per image.
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 
 
-class LocalIndexError(Exception):
+class LocalIndexError(DelfRetError):
   """The index cannot be used as asked (wrong dimension, corrupt files, unknown image...)."""
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from skimage.measure import ransac
 from skimage.transform import AffineTransform, ProjectiveTransform
 
-from delf_ret.feature_io import LocalFeatures
+from delf_ret.features import LocalFeatures
 from delf_ret.match.putative import DescriptorMatcher
 
 MIN_TRIANGLE_AREA = 1.0  # px^2: a sample with a flatter triangle is degenerate.

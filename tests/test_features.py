@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from delf_ret.feature_io import (FeatureFileError, LocalFeatures, check_same_dimension,
+from delf_ret.features import (FeatureFileError, LocalFeatures, check_same_dimension,
                                  read_features, write_features)
 
 

@@ -1,7 +1,11 @@
-"""Reading and writing DELF feature files (``DelfFeatures`` protobuf, published layout).
+"""Local features of an image: in memory, on disk, and the file-name rule.
 
 In memory the features of one image are a :class:`LocalFeatures`; on disk each
-feature is a ``DelfFeature`` message with its descriptor as a ``DatumProto``.
+feature is a ``DelfFeature`` message with its descriptor as a ``DatumProto``
+(``DelfFeatures`` protobuf, published layout). The features of the image with id
+``<id>`` are in ``<id>.delf``, and an image's id is its file stem
+(``photos/all_souls_000013.jpg`` -> ``all_souls_000013`` ->
+``all_souls_000013.delf``); this module is the one place that rule is written.
 """
 
 from __future__ import annotations
@@ -9,18 +13,52 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+from typing import Callable
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
 from delf_ret.atomic import write_bytes_atomic
+from delf_ret.errors import DelfRetError, InputError
 from delf_ret.protos import delf_features_pb2
 
 FEATURE_SUFFIX = ".delf"
 
 
-class FeatureFileError(Exception):
+class FeatureFileError(DelfRetError):
   """A feature file is missing, corrupt or inconsistent."""
+
+
+def image_id_of(path: str | os.PathLike) -> str:
+  """The image id of an image or feature file: its file name without the suffix."""
+  return pathlib.Path(path).stem
+
+
+def feature_file_name(image_id: str) -> str:
+  """The feature file name of an image id: ``<id>.delf``."""
+  return f"{image_id}{FEATURE_SUFFIX}"
+
+
+def is_feature_file(path: str | os.PathLike) -> bool:
+  """True for a path with the feature file suffix."""
+  return pathlib.Path(path).suffix == FEATURE_SUFFIX
+
+
+def feature_file_names(image_paths: list[pathlib.Path]) -> list[str]:
+  """The feature file name of each image; raises InputError on two images with one id."""
+  names = [feature_file_name(image_id_of(path)) for path in image_paths]
+  seen = {}
+  for path, name in zip(image_paths, names):
+    if name in seen:
+      raise InputError(f"{seen[name]} and {path} would both write {name}; rename one")
+    seen[name] = path
+  return names
+
+
+def feature_loader(features_dir: str | os.PathLike) -> Callable[[str], LocalFeatures]:
+  """A function reading ``features_dir/<image id>.delf`` for an image id."""
+  features_dir = pathlib.Path(features_dir)
+  return lambda image_id: read_features(features_dir / feature_file_name(image_id))
 
 
 @dataclasses.dataclass
