@@ -9,7 +9,7 @@ is junk.
 
 Both methods go through the same code: features of every image -> flat index
 (delf_ret.index.builder) -> votes -> RANSAC reranking of the top 100
-(delf_ret.dataset_retrieval with the default retrieval_config) -> evaluation.
+(delf_ret.retrieval.dataset_runner with the default retrieval_config) -> evaluation.
   * DELF: the weights available offline, a randomly initialised model
     (seed 0; no pretrained or project-trained weights exist yet), 7-scale
     pyramid, longer side 512 px, top 1000 by attention, PCA to 40-d learned
@@ -48,7 +48,7 @@ def read_hard_images() -> frozenset[str]:
 def delf_extractors(config_path: pathlib.Path, images: list[pathlib.Path], work: pathlib.Path):
   """A DELF extractor function (image -> LocalFeatures) with PCA learned on ``images``."""
   from delf_ret import config as config_lib
-  from delf_ret import pca as pca_lib
+  from delf_ret.extract import pca as pca_lib
   from delf_ret.extract.extractor import DelfExtractor
   from delf_ret.extract.pca_training import extract_raw_features, stack_normalized, without_pca
   from delf_ret.model import DelfModel
@@ -71,11 +71,11 @@ def delf_extractors(config_path: pathlib.Path, images: list[pathlib.Path], work:
 
 
 def run_method(name, extract, database_features, datasets, retrieval_config, work):
-  from delf_ret import dataset_retrieval as runner
+  from delf_ret.retrieval.ranking import dataset_runner as runner
   from delf_ret.features import feature_file_name, feature_loader, image_id_of, write_features
   from delf_ret.index import IndexParams
   from delf_ret.index.builder import build_index, list_feature_files
-  from delf_ret.report import write_report
+  from delf_ret.evaluation.report import write_report
 
   features_dir = work / name / "features"
   for path, features in database_features.items():
@@ -114,7 +114,7 @@ def main():
   import shutil
 
   from delf_ret import config as config_lib
-  from delf_ret.datasets import read_original_gt, read_revisited_gnd
+  from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
   from delf_ret.datasets.labelled import write_labelled_benchmark
   from delf_ret.images import load_image
 

@@ -22,7 +22,7 @@ import time
 from absl import app, flags
 
 from delf_ret import config as config_lib
-from delf_ret import pca as pca_lib
+from delf_ret.extract import pca as pca_lib
 from delf_ret.errors import InputError
 from delf_ret.features import feature_file_names, write_features
 from delf_ret.inputs import resolve_image_inputs

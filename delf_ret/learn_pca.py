@@ -19,7 +19,7 @@ from absl import app, flags
 
 from delf_ret import config as config_lib
 from delf_ret.cli_flags import require_flags
-from delf_ret import pca as pca_lib
+from delf_ret.extract import pca as pca_lib
 from delf_ret.extract.extractor import DelfExtractor
 from delf_ret.extract.pca_training import extract_raw_features, stack_normalized, without_pca
 from delf_ret.errors import InputError

@@ -95,7 +95,7 @@ def main(argv):
     except ImageReadError as error:
       print(f"error: {error}", file=sys.stderr)
       return 2
-    from delf_ret.visualize import draw_matches
+    from delf_ret.evaluation.visualize import draw_matches
     draw_matches(FLAGS.output_image, images[0], images[1],
                  features[0].locations[inlier_pairs[:, 0]],
                  features[1].locations[inlier_pairs[:, 1]],

@@ -22,9 +22,9 @@ from absl import app, flags
 
 from delf_ret import config as config_lib
 from delf_ret.cli_flags import require_flags
-from delf_ret.datasets import read_original_gt, read_revisited_gnd
-from delf_ret.datasets.ground_truth import GroundTruthError
-from delf_ret.evaluation import DEFAULT_KS
+from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
+from delf_ret.evaluation.ground_truth import GroundTruthError
+from delf_ret.evaluation.metrics import DEFAULT_KS
 from delf_ret.features import FeatureFileError, feature_loader
 from delf_ret.images import ImageReadError
 from delf_ret.index import LocalFeatureIndex, LocalIndexError
@@ -54,9 +54,9 @@ def load_dataset():
 def main(argv):
   del argv
   require_flags(FLAGS, "config_path", "images_dir", "index_dir", "features_dir", "output_dir")
-  from delf_ret import dataset_retrieval as runner
-  from delf_ret.report import write_report
-  from delf_ret.retrieval import use_search_settings
+  from delf_ret.retrieval.ranking import dataset_runner as runner
+  from delf_ret.evaluation.report import write_report
+  from delf_ret.retrieval.ranking import use_search_settings
 
   log = lambda line: print(line, flush=True)  # noqa: E731
   output_dir = pathlib.Path(FLAGS.output_dir)

@@ -28,7 +28,7 @@ flags.DEFINE_integer("seed", 0, "Seed of the split.")
 def main(argv):
   del argv
   require_flags(FLAGS, "csv_path", "train_dir", "output_dir")
-  from delf_ret.data.gldv2 import GldDataError, prepare_gldv2
+  from delf_ret.train.gldv2 import GldDataError, prepare_gldv2
   try:
     failures = prepare_gldv2(FLAGS.csv_path, FLAGS.train_dir, FLAGS.output_dir, FLAGS.num_shards,
                              FLAGS.validation_share, FLAGS.seed,

@@ -20,7 +20,7 @@ from absl import app, flags
 from delf_ret import config as config_lib
 from delf_ret.atomic import atomic_write
 from delf_ret.cli_flags import require_flags
-from delf_ret.datasets.ground_truth import GroundTruthError, crop_to_box
+from delf_ret.evaluation.ground_truth import GroundTruthError, crop_to_box
 from delf_ret.features import FeatureFileError, feature_loader
 from delf_ret.images import ImageReadError, list_images, load_image
 from delf_ret.index import LocalFeatureIndex, LocalIndexError
@@ -48,7 +48,7 @@ def _box(values: list[str]) -> tuple[float, ...] | None:
 
 
 def _contact_sheet(path: str, query_image, top) -> None:
-  from delf_ret.visualize import draw_contact_sheet
+  from delf_ret.evaluation.visualize import draw_contact_sheet
   by_id = {p.stem: p for p in list_images(FLAGS.database_images_dir)}
   images, captions = [], []
   for rank, entry in enumerate(top, 1):
@@ -66,7 +66,7 @@ def main(argv):
   if FLAGS.contact_sheet:
     require_flags(FLAGS, "database_images_dir")
   from delf_ret.extract.extractor import DelfExtractor
-  from delf_ret.retrieval import retrieve, use_search_settings
+  from delf_ret.retrieval.ranking import retrieve, use_search_settings
 
   try:
     config = config_lib.load_config(FLAGS.config_path, FLAGS.config_override)

@@ -38,7 +38,7 @@ flags.DEFINE_integer("num_steps", None, "Stop after this many more steps (defaul
 def main(argv):
   del argv
   require_flags(FLAGS, "stage", "data_dir", "output_dir")
-  from delf_ret.data.gldv2 import GldDataError
+  from delf_ret.train.gldv2 import GldDataError
   from delf_ret.model import BackboneWeightsError
   from delf_ret.train.trainer import TrainingError, make_strategy, train_stage
 

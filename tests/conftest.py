@@ -64,7 +64,7 @@ def model_path(delf_model, tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def pca_dir(delf_model, model_path, tmp_path_factory) -> pathlib.Path:
   """PCA learned from the raw features of four real landmark photos."""
-  from delf_ret import pca as pca_lib
+  from delf_ret.extract import pca as pca_lib
   from delf_ret.config import parse_config_text
   from delf_ret.extract.extractor import DelfExtractor
   from delf_ret.extract.pca_training import extract_raw_features, stack_normalized

@@ -67,7 +67,7 @@ def test_text_round_trip():
 
 def test_retrieval_config_defaults_and_index_params():
   from delf_ret.index import IndexParams
-  from delf_ret.retrieval import ransac_params_from_config
+  from delf_ret.retrieval.ranking import ransac_params_from_config
   config = config_lib.load_config(EXAMPLE, ["retrieval_config.index_type=ivfpq",
                                             "retrieval_config.nprobe=32"])
   retrieval = config.retrieval_config

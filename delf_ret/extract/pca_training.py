@@ -11,7 +11,7 @@ from delf_ret.config import DelfConfig
 from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError
 from delf_ret.extract.selection import SelectedFeatures
 from delf_ret.images import ImageReadError
-from delf_ret.pca import PcaError, l2_normalize
+from delf_ret.extract.pca import PcaError, l2_normalize
 
 
 def without_pca(config: DelfConfig) -> DelfConfig:

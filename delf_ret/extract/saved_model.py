@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from delf_ret.extract.inference import resize_image
 from delf_ret.extract.selection import SelectedFeatures
-from delf_ret.geometry import RESNET50_CONV4, ReceptiveField
+from delf_ret.extract.geometry import RESNET50_CONV4, ReceptiveField
 from delf_ret.model.delf import ModelFileError
 
 

@@ -12,7 +12,7 @@ import math
 import pathlib
 
 from delf_ret.atomic import atomic_write
-from delf_ret.evaluation import RECALL_LEVELS, SplitMetrics
+from delf_ret.evaluation.metrics import RECALL_LEVELS, SplitMetrics
 
 Results = dict[str, dict[str, SplitMetrics]]
 
@@ -60,7 +60,7 @@ def metrics_dict(dataset: str, protocol: str, query_names: list[str], results: R
 def write_report(output_dir: str | pathlib.Path, dataset: str, protocol: str,
                  query_names: list[str], results: Results) -> list[pathlib.Path]:
   """Writes mAP.txt, metrics.json and pr_<split>.png (one curve per stage); returns the paths."""
-  from delf_ret.visualize import plot_precision_recall
+  from delf_ret.evaluation.visualize import plot_precision_recall
 
   output_dir = pathlib.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from delf_ret import evaluation
-from delf_ret.evaluation import (average_precision, evaluate_original, evaluate_revisited,
+from delf_ret.evaluation import metrics as evaluation
+from delf_ret.evaluation.metrics import (average_precision, evaluate_original, evaluate_revisited,
                                  evaluate_split, positive_ranks)
 
 

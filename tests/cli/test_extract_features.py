@@ -118,7 +118,7 @@ def test_interrupted_run_resumes_to_same_files(config_path, tmp_path):
 
 
 def test_learn_pca_cli_writes_loadable_files(config_path, tmp_path, shared_data):
-  from delf_ret.pca import load_pca, pca_paths
+  from delf_ret.extract.pca import load_pca, pca_paths
   out = tmp_path / "pca"
   result = run_cli("delf_ret.learn_pca", f"--config_path={config_path}",
                    f"--images_dir={shared_data / 'pairs'}", "--max_images=3",

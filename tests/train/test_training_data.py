@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from delf_ret.data import gldv2
-from delf_ret.data.pipeline import make_dataset
+from delf_ret.train import gldv2
+from delf_ret.train.pipeline import make_dataset
 
 from conftest import write_gldv2_layout
 
@@ -98,7 +98,7 @@ def test_pipeline_is_deterministic_and_shaped(tmp_path, shared_data):
 
 def test_tfds_builder_reads_the_local_copy_with_the_same_split(tmp_path, shared_data):
   import tensorflow_datasets as tfds
-  from delf_ret.data.tfds_gldv2 import Gldv2Clean
+  from delf_ret.train.tfds_gldv2 import Gldv2Clean
   layout = write_gldv2_layout(tmp_path / "gldv2", shared_data, corrupt=True)
   builder = Gldv2Clean(data_dir=str(tmp_path / "tfds"))
   builder.download_and_prepare(

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from delf_ret.geometry import (RESNET50_CONV4, ReceptiveField, keypoint_centers,
+from delf_ret.extract.geometry import (RESNET50_CONV4, ReceptiveField, keypoint_centers,
                                receptive_field_for_layer)
 
 

@@ -4,8 +4,8 @@ import pickle
 
 import pytest
 
-from delf_ret.datasets import read_original_gt, read_revisited_gnd
-from delf_ret.datasets.ground_truth import GroundTruthError
+from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
+from delf_ret.evaluation.ground_truth import GroundTruthError
 from delf_ret.datasets.labelled import write_labelled_benchmark
 
 HARD = "piazza_san_marco_15148634_5228701572"

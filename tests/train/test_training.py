@@ -23,7 +23,7 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, shared_data):
-  from delf_ret.data.gldv2 import prepare_gldv2
+  from delf_ret.train.gldv2 import prepare_gldv2
   root = tmp_path_factory.mktemp("gldv2")
   layout = write_gldv2_layout(root / "gldv2", shared_data)
   prepare_gldv2(layout["csv"], layout["train"], root / "shards", num_shards=2,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from delf_ret import pca as pca_lib
+from delf_ret.extract import pca as pca_lib
 
 
 def hand_model():

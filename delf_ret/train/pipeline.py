@@ -1,4 +1,4 @@
-"""tf.data input pipeline over the TFRecord shards written by delf_ret.data.gldv2.
+"""tf.data input pipeline over the TFRecord shards written by delf_ret.train.gldv2.
 
 Training: shards in a seeded shuffled order, records shuffled in a buffer,
 repeated forever; each image gets a random resized crop (area 5%-100%, aspect

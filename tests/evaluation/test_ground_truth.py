@@ -5,9 +5,9 @@ import pickle
 import numpy as np
 import pytest
 
-from delf_ret.datasets import crop_to_box, read_original_gt, read_revisited_gnd
-from delf_ret.datasets.ground_truth import GroundTruthError
-from delf_ret.evaluation import evaluate_revisited
+from delf_ret.evaluation.ground_truth import crop_to_box, read_original_gt, read_revisited_gnd
+from delf_ret.evaluation.ground_truth import GroundTruthError
+from delf_ret.evaluation.metrics import evaluate_revisited
 
 
 @pytest.fixture

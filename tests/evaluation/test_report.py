@@ -3,8 +3,8 @@
 import json
 import math
 
-from delf_ret.evaluation import RECALL_LEVELS, SplitMetrics
-from delf_ret.report import write_report
+from delf_ret.evaluation.metrics import RECALL_LEVELS, SplitMetrics
+from delf_ret.evaluation.report import write_report
 
 
 def metrics(mean_ap, queries, aps):

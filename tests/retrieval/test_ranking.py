@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from delf_ret.index import LocalFeatureIndex
-from delf_ret.retrieval import RankedImage, aggregate_votes, rank_database, rerank
+from delf_ret.retrieval.ranking import RankedImage, aggregate_votes, rank_database, rerank
 
 from conftest import make_features, random_unit_descriptors
 
@@ -51,8 +51,8 @@ def test_rerank_keeps_first_stage_order_below_threshold_and_tail():
 
 
 def test_ranked_indices_put_unvoted_images_last_and_extras_beyond():
-  from delf_ret.dataset_retrieval import ranked_indices
-  from delf_ret.datasets import RetrievalDataset
+  from delf_ret.retrieval.dataset_runner import ranked_indices
+  from delf_ret.evaluation.ground_truth import RetrievalDataset
   dataset = RetrievalDataset("toy", "revisited", ["a", "b", "c", "d"], ["a"], [{}])
   entries = [RankedImage("c", 5.0), RankedImage("distractor", 4.0), RankedImage("a", 1.0)]
   np.testing.assert_array_equal(ranked_indices(entries, dataset), [2, 4, 0, 1, 3])

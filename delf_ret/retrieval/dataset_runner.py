@@ -17,12 +17,12 @@ from typing import Callable
 import numpy as np
 
 from delf_ret.atomic import atomic_write
-from delf_ret.datasets import RetrievalDataset, crop_to_box
-from delf_ret.evaluation import DEFAULT_KS, SplitMetrics, evaluate_original, evaluate_revisited
+from delf_ret.evaluation.ground_truth import RetrievalDataset, crop_to_box
+from delf_ret.evaluation.metrics import DEFAULT_KS, SplitMetrics, evaluate_original, evaluate_revisited
 from delf_ret.features import LocalFeatures, feature_file_name, read_features, write_features
 from delf_ret.images import load_image
 from delf_ret.index import LocalFeatureIndex, LocalIndexError
-from delf_ret.retrieval import RankedImage, RetrievalResult, retrieve
+from delf_ret.retrieval.ranking import RankedImage, RetrievalResult, retrieve
 
 # Report stage name -> the RetrievalResult list it scores.
 STAGES = {"first_stage": "ranked", "reranked": "reranked"}

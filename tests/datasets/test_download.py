@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from delf_ret.datasets import read_original_gt, read_revisited_gnd
+from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
 from delf_ret.datasets.download import DATASETS, DownloadError, download_dataset
 
 from conftest import run_cli

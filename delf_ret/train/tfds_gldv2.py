@@ -1,11 +1,11 @@
 """A tensorflow_datasets builder for a local copy of GLDv2 (clean), "gldv2_clean".
 
 The data cannot be downloaded by the builder: put ``train_clean.csv`` and the
-``train/`` image tree (published layout, see delf_ret.data.gldv2) in a folder
+``train/`` image tree (published layout, see delf_ret.train.gldv2) in a folder
 and pass it as the manual folder::
 
   import tensorflow_datasets as tfds
-  from delf_ret.data.tfds_gldv2 import Gldv2Clean  # registers the builder
+  from delf_ret.train.tfds_gldv2 import Gldv2Clean  # registers the builder
   builder = Gldv2Clean(data_dir="tfds_data")
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir="gldv2/"))
@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from delf_ret.data.gldv2 import TrainImage, read_train_csv, stratified_split
+from delf_ret.train.gldv2 import TrainImage, read_train_csv, stratified_split
 
 VALIDATION_SHARE = 0.2
 SEED = 0
