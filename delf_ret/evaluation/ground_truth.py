@@ -100,6 +100,39 @@ def read_original_gt(gt_dir: str | os.PathLike, images_dir: str | os.PathLike,
   return RetrievalDataset(name, "original", imlist, qimlist, gnd, images_dir)
 
 
+def load_dataset(gnd_path: str | os.PathLike | None = None,
+                 gt_dir: str | os.PathLike | None = None,
+                 images_dir: str | os.PathLike | None = None,
+                 name: str | None = None) -> RetrievalDataset:
+  """A benchmark from exactly one of a Revisited ``gnd_*.pkl`` file and an original gt folder.
+
+  name: the dataset's name in reports (default: from the pkl file name, or the
+  gt folder's name).
+  """
+  if bool(gnd_path) == bool(gt_dir):
+    raise GroundTruthError("give exactly one of a Revisited gnd_<dataset>.pkl file "
+                           "(--dataset_gnd_path) and an original ground-truth folder "
+                           "(--dataset_gt_dir)")
+  if gnd_path:
+    return read_revisited_gnd(gnd_path, images_dir, name)
+  if images_dir is None:
+    raise GroundTruthError("the original protocol needs the images folder (--images_dir)")
+  return read_original_gt(gt_dir, images_dir, name or pathlib.Path(gt_dir).name)
+
+
+def in_query_order(dataset: RetrievalDataset, qimlist: list[str]) -> RetrievalDataset:
+  """``dataset`` with its queries (and their ground truth) reordered to ``qimlist``.
+
+  Scores one run's results (in ``qimlist`` order) under a second protocol of
+  the same queries. Raises GroundTruthError if the query names differ.
+  """
+  if sorted(dataset.qimlist) != sorted(qimlist):
+    raise GroundTruthError(f"{dataset.name} has other queries than the run to score")
+  order = [dataset.qimlist.index(query) for query in qimlist]
+  return dataclasses.replace(dataset, qimlist=list(qimlist),
+                             gnd=[dataset.gnd[i] for i in order])
+
+
 def read_revisited_gnd(pkl_path: str | os.PathLike, images_dir: str | os.PathLike | None = None,
                        name: str | None = None) -> RetrievalDataset:
   """Reads a Revisited gnd_<dataset>.pkl file."""

@@ -81,19 +81,20 @@ def _descriptors_for(features: LocalFeatures, dim: int, path: pathlib.Path) -> n
 
 
 def build_index(feature_paths: list[pathlib.Path], index_dir: str | pathlib.Path,
-                params: IndexParams, train_sample_size: int = 200_000, save_every: int = 500,
-                log: Callable[[str], None] = print
+                params: IndexParams, save_every: int = 500, log: Callable[[str], None] = print
                 ) -> tuple[LocalFeatureIndex, list[tuple[pathlib.Path, str]]]:
   """Adds every feature file not yet in the index at ``index_dir`` and saves it.
 
-  Returns the index and (path, reason) of the files that could not be added
-  (unreadable, or of another descriptor dimension).
+  ``params`` come from the config (IndexParams.from_config); an IVF-PQ index is
+  trained on up to ``params.train_sample_size`` descriptors first. Returns the
+  index and (path, reason) of the files that could not be added (unreadable,
+  or of another descriptor dimension).
   """
   index_dir = pathlib.Path(index_dir)
   dim = descriptor_dim(feature_paths)
   index = open_or_create(index_dir, params, dim)
   if index.needs_training:
-    sample = training_sample(feature_paths, train_sample_size)
+    sample = training_sample(feature_paths, params.train_sample_size)
     if sample.shape[0] < max(params.nlist, 2 ** params.pq_nbits):
       raise LocalIndexError(
           f"IVF-PQ needs at least max(nlist, 2^pq_nbits) = "
@@ -127,3 +128,22 @@ def build_index(feature_paths: list[pathlib.Path], index_dir: str | pathlib.Path
     index.save(index_dir)
   log(f"index at {index_dir}: {len(index)} images ({added} added now)")
   return index, failures
+
+
+def remove_images(index_dir: str | pathlib.Path, image_ids: list[str],
+                  log: Callable[[str], None] = print) -> LocalFeatureIndex:
+  """Deletes images by id from the index at ``index_dir``, compacts it and saves it.
+
+  Raises LocalIndexError naming the ids that are not in the index (nothing is removed then).
+  """
+  index_dir = pathlib.Path(index_dir)
+  index = LocalFeatureIndex.load(index_dir)
+  unknown = [name for name in image_ids if name not in index]
+  if unknown:
+    raise LocalIndexError(f"not in the index: {', '.join(unknown)}")
+  for name in image_ids:
+    index.delete(name)
+  index.compact()
+  index.save(index_dir)
+  log(f"removed {len(image_ids)} images; {len(index)} images left in {index_dir}")
+  return index

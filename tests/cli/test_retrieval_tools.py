@@ -32,7 +32,7 @@ def workspace(tmp_path_factory, shared_data, config_path):
   config.write_text(config_path.read_text() + RETRIEVAL)
   paths = write_labelled_benchmark(shared_data / "labels.csv", root / "mini",
                                    hard_images={"piazza_san_marco_15148634_5228701572"})
-  result = run_cli("delf_ret.build_index", f"--config_path={config}",
+  result = run_cli("delf_ret.cli.build_index", f"--config_path={config}",
                    f"--images_dir={paths['images_dir']}", f"--features_dir={root / 'features'}",
                    f"--index_dir={root / 'index'}", "--save_every=10")
   assert result.returncode == 0, result.stderr
@@ -46,16 +46,16 @@ def retrieval_args(ws, output, *dataset_args):
 
 
 def test_help_of_each_tool():
-  for module, flag in (("delf_ret.build_index", "--remove_images"),
-                       ("delf_ret.perform_retrieval", "--dataset_gnd_path"),
-                       ("delf_ret.query", "--contact_sheet")):
+  for module, flag in (("delf_ret.cli.build_index", "--remove_images"),
+                       ("delf_ret.cli.perform_retrieval", "--dataset_gnd_path"),
+                       ("delf_ret.cli.query_index", "--contact_sheet")):
     assert flag in run_cli(module, "--help").stdout
 
 
 def test_build_index_indexes_every_image_and_resumes(workspace):
   index = LocalFeatureIndex.load(workspace["root"] / "index")
   assert len(index) == 32 and index.dim == 40
-  result = run_cli("delf_ret.build_index", f"--config_path={workspace['config']}",
+  result = run_cli("delf_ret.cli.build_index", f"--config_path={workspace['config']}",
                    f"--images_dir={workspace['images_dir']}",
                    f"--features_dir={workspace['root'] / 'features'}",
                    f"--index_dir={workspace['root'] / 'index'}")
@@ -67,7 +67,7 @@ def test_build_index_indexes_every_image_and_resumes(workspace):
 def test_perform_retrieval_revisited_writes_report_and_resumes(workspace):
   output = workspace["root"] / "revisited"
   args = retrieval_args(workspace, output, f"--dataset_gnd_path={workspace['gnd_path']}")
-  result = run_cli("delf_ret.perform_retrieval", *args)
+  result = run_cli("delf_ret.cli.perform_retrieval", *args)
   assert result.returncode == 0, result.stderr
   lines = (output / "mAP.txt").read_text().splitlines()
   for stage in ("[first_stage]", "[reranked]"):
@@ -87,7 +87,7 @@ def test_perform_retrieval_revisited_writes_report_and_resumes(workspace):
   for split in ("easy", "medium", "hard"):
     assert (output / f"pr_{split}.png").is_file()
   # A rerun reuses the cached queries and writes the same report.
-  again = run_cli("delf_ret.perform_retrieval", *args)
+  again = run_cli("delf_ret.cli.perform_retrieval", *args)
   assert again.returncode == 0, again.stderr
   assert "/17]" not in again.stdout
   assert json.loads((output / "metrics.json").read_text()) == metrics
@@ -95,7 +95,7 @@ def test_perform_retrieval_revisited_writes_report_and_resumes(workspace):
 
 def test_perform_retrieval_original_protocol(workspace):
   output = workspace["root"] / "original"
-  result = run_cli("delf_ret.perform_retrieval",
+  result = run_cli("delf_ret.cli.perform_retrieval",
                    *retrieval_args(workspace, output, f"--dataset_gt_dir={workspace['gt_dir']}"))
   assert result.returncode == 0, result.stderr
   assert "original protocol" in (output / "mAP.txt").read_text()
@@ -104,21 +104,29 @@ def test_perform_retrieval_original_protocol(workspace):
 
 
 def test_perform_retrieval_bad_inputs(workspace, tmp_path):
-  no_dataset = run_cli("delf_ret.perform_retrieval", *retrieval_args(workspace, tmp_path / "o"))
+  no_dataset = run_cli("delf_ret.cli.perform_retrieval", *retrieval_args(workspace, tmp_path / "o"))
   assert no_dataset.returncode == 2 and "exactly one of" in no_dataset.stderr
   (tmp_path / "index").mkdir()
   args = list(retrieval_args(workspace, tmp_path / "o",
                              f"--dataset_gnd_path={workspace['gnd_path']}"))
   args[2] = f"--index_dir={tmp_path / 'index'}"
-  no_index = run_cli("delf_ret.perform_retrieval", *args)
+  no_index = run_cli("delf_ret.cli.perform_retrieval", *args)
   assert no_index.returncode == 2 and "no index in" in no_index.stderr
+  # A missing model or PCA file is one error line, not a traceback.
+  for field in ("model_path", "delf_local_config.pca_parameters.mean_path"):
+    args = retrieval_args(workspace, tmp_path / field, f"--dataset_gnd_path={workspace['gnd_path']}",
+                          f"--config_override={field}={tmp_path / 'missing'}")
+    missing = run_cli("delf_ret.cli.perform_retrieval", *args)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert f"{tmp_path / 'missing'}" in missing.stderr and "not found" in missing.stderr
 
 
 def test_query_then_remove_image(workspace, tmp_path):
   base = (f"--config_path={workspace['config']}", f"--index_dir={workspace['root'] / 'index'}",
           f"--features_dir={workspace['root'] / 'features'}",
           f"--image={workspace['images_dir'] / (QUERY_IMAGE + '.jpg')}", "--num_results=4")
-  result = run_cli("delf_ret.query", *base, f"--output_json={tmp_path / 'top.json'}",
+  result = run_cli("delf_ret.cli.query_index", *base, f"--output_json={tmp_path / 'top.json'}",
                    f"--contact_sheet={tmp_path / 'top.png'}",
                    f"--database_images_dir={workspace['images_dir']}")
   assert result.returncode == 0, result.stderr
@@ -131,10 +139,10 @@ def test_query_then_remove_image(workspace, tmp_path):
   import shutil
   index_copy = tmp_path / "index"
   shutil.copytree(workspace["root"] / "index", index_copy)
-  removed = run_cli("delf_ret.build_index", f"--config_path={workspace['config']}",
+  removed = run_cli("delf_ret.cli.build_index", f"--config_path={workspace['config']}",
                     f"--index_dir={index_copy}", f"--remove_images={QUERY_IMAGE}")
   assert removed.returncode == 0, removed.stderr
-  result = run_cli("delf_ret.query", *base[:1], f"--index_dir={index_copy}", *base[2:],
+  result = run_cli("delf_ret.cli.query_index", *base[:1], f"--index_dir={index_copy}", *base[2:],
                    f"--output_json={tmp_path / 'after.json'}")
   assert result.returncode == 0, result.stderr
   after = json.loads((tmp_path / "after.json").read_text())["results"]

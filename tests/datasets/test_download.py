@@ -141,8 +141,8 @@ def test_errors_are_clear(mirror, tmp_path):
 
 
 def test_cli(mirror, tmp_path):
-  result = run_cli("delf_ret.download_dataset", "--dataset=roxford5k",
+  result = run_cli("delf_ret.cli.download_dataset", "--dataset=roxford5k",
                    f"--output_dir={tmp_path}", f"--mirror_url={mirror}")
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "roxford5k" / "gnd_roxford5k.pkl").is_file()
-  assert "--mirror_url" in run_cli("delf_ret.download_dataset", "--help").stdout
+  assert "--mirror_url" in run_cli("delf_ret.cli.download_dataset", "--help").stdout

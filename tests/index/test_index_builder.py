@@ -68,7 +68,8 @@ def test_ivfpq_trained_on_a_sample(tmp_path):
   rng = np.random.default_rng(3)
   features = tmp_path / "features"
   write_images(features, [f"img{i}" for i in range(10)], rng, n=100)
-  params = IndexParams(index_type="ivfpq", nlist=4, pq_m=4, pq_nbits=4, nprobe=4)
+  params = IndexParams(index_type="ivfpq", nlist=4, pq_m=4, pq_nbits=4, nprobe=4,
+                       train_sample_size=500)
   index, failures = build_index(list_feature_files(features), tmp_path / "index", params,
-                                train_sample_size=500, log=lambda line: None)
+                                log=lambda line: None)
   assert not failures and len(index) == 10 and index.index.ntotal == 1000

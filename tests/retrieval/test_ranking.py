@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from delf_ret.config import DelfRetrievalConfig
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.retrieval.ranking import RankedImage, aggregate_votes, rank_database, rerank
 
@@ -12,7 +13,7 @@ from conftest import make_features, random_unit_descriptors
 def test_aggregate_votes_by_hand():
   slots = np.array([[0, 0, 1], [1, -1, 2]])
   distances = np.array([[0.0, 0.1, 1.0], [0.5, np.inf, 3.0]])
-  assert aggregate_votes(slots, distances) == {0: 1.0, 1: 2.0, 2: 1.0}
+  assert aggregate_votes(slots, distances, "count") == {0: 1.0, 1: 2.0, 2: 1.0}
   # Similarity 1 - d2/2: slot 0 -> 1.0; slot 1 -> 0.5 + 0.75; slot 2 -> max(0, -0.5) = 0.
   assert aggregate_votes(slots, distances, "similarity") == pytest.approx({0: 1.0, 1: 1.25, 2: 0.0})
   with pytest.raises(ValueError):
@@ -35,9 +36,11 @@ def test_rank_then_rerank_puts_geometrically_consistent_image_first():
   index = LocalFeatureIndex(8)
   for name, feats in database.items():
     index.add(name, feats.descriptors)
-  ranked = rank_database(index, query.descriptors, k=2)
+  ranked = rank_database(index, query.descriptors,
+                         DelfRetrievalConfig(neighbors_per_descriptor=2, vote_weighting="count"))
   assert [entry.image_id for entry in ranked[:2]] == ["decoy", "match"]
-  reranked = rerank(query, ranked, database.__getitem__, top_n=10, min_inliers=10)
+  reranked = rerank(query, ranked, database.__getitem__,
+                    DelfRetrievalConfig(rerank_top_n=10, min_inliers=10))
   assert reranked[0].image_id == "match" and reranked[0].inliers == 40
   assert reranked[1].image_id == "decoy" and reranked[1].inliers < 10
 
@@ -45,7 +48,7 @@ def test_rank_then_rerank_puts_geometrically_consistent_image_first():
 def test_rerank_keeps_first_stage_order_below_threshold_and_tail():
   query = make_features(np.zeros((0, 2)), np.zeros((0, 8)))
   ranked = [RankedImage(name, score) for name, score in (("a", 5), ("b", 4), ("c", 3))]
-  out = rerank(query, ranked, lambda name: query, top_n=2)
+  out = rerank(query, ranked, lambda name: query, DelfRetrievalConfig(rerank_top_n=2))
   assert [e.image_id for e in out] == ["a", "b", "c"]
   assert [e.inliers for e in out] == [0, 0, None]
 

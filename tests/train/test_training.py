@@ -104,7 +104,7 @@ def test_export_gives_the_checkpoint_features_then_compute_pca(trained_run, tmp_
 
 def test_killed_run_resumes_at_the_saved_step(shards, tmp_path):
   out = tmp_path / "tuning"
-  command = [sys.executable, "-m", "delf_ret.train_delf", "--stage=tuning",
+  command = [sys.executable, "-m", "delf_ret.cli.train_delf", "--stage=tuning",
              f"--data_dir={shards}", f"--output_dir={out}", *TINY,
              "--config_override=max_steps=50"]
   process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -163,7 +163,7 @@ def test_multi_worker_on_two_local_processes(shards, tmp_path):
   for index in range(2):
     tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
     processes.append(subprocess.Popen(
-        [sys.executable, "-m", "delf_ret.train_delf", "--stage=tuning", f"--data_dir={shards}",
+        [sys.executable, "-m", "delf_ret.cli.train_delf", "--stage=tuning", f"--data_dir={shards}",
          f"--output_dir={tmp_path / 'run'}", "--strategy=multi_worker", *TINY,
          "--config_override=max_steps=2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,

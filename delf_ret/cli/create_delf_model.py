@@ -1,7 +1,7 @@
 r"""Writes a new (untrained) DELF model checkpoint.
 
 Usage:
-  python -m delf_ret.create_model --output_path model.keras \
+  create_delf_model --output_path model.keras \
       --backbone_weights imagenet|random|/path/resnet50_notop.h5 [--seed 0]
 
 "imagenet" uses the standard Keras weight loading (cache or download). The
@@ -12,11 +12,9 @@ of an untrained attention head).
 
 from __future__ import annotations
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
-from delf_ret.cli_flags import require_flags
+from delf_ret.cli.common import require_flags, run_tool
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_path", None, "Where to write the .keras checkpoint.")
@@ -26,24 +24,20 @@ flags.DEFINE_integer("num_classes", 1, "Number of landmark classes of the classi
 flags.DEFINE_integer("seed", 0, "Random seed for the randomly initialised weights.")
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "output_path")
-  from delf_ret.model import BackboneWeightsError, DelfModel, save_delf_model
+  from delf_ret.model import DelfModel, save_delf_model
 
   weights = None if FLAGS.backbone_weights == "random" else FLAGS.backbone_weights
-  try:
-    model = DelfModel(num_classes=FLAGS.num_classes, backbone_weights=weights, seed=FLAGS.seed)
-  except BackboneWeightsError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+  model = DelfModel(num_classes=FLAGS.num_classes, backbone_weights=weights, seed=FLAGS.seed)
   save_delf_model(model, FLAGS.output_path)
   print(f"wrote {FLAGS.output_path} (backbone: {FLAGS.backbone_weights}, seed {FLAGS.seed})")
   return 0
 
 
-def run():
-  app.run(main)
+def run() -> None:
+  run_tool(main)
 
 
 if __name__ == "__main__":

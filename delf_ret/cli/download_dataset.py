@@ -9,12 +9,10 @@ command is run again. --mirror_url fetches the same file names from a mirror.
 
 from __future__ import annotations
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
-from delf_ret.cli_flags import require_flags
-from delf_ret.datasets.download import DATASETS, DownloadError, download_dataset
+from delf_ret.cli.common import log, require_flags, run_tool
+from delf_ret.datasets.download import DATASETS, download_dataset
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, sorted(DATASETS), "Dataset to download.")
@@ -23,21 +21,17 @@ flags.DEFINE_string("mirror_url", None, "Base URL of a mirror holding the same f
 flags.DEFINE_boolean("keep_archives", False, "Keep the downloaded archives after unpacking.")
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "dataset", "output_dir")
-  try:
-    dataset_dir = download_dataset(FLAGS.dataset, FLAGS.output_dir, FLAGS.mirror_url,
-                                   FLAGS.keep_archives, log=lambda line: print(line, flush=True))
-  except DownloadError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 1
+  dataset_dir = download_dataset(FLAGS.dataset, FLAGS.output_dir, FLAGS.mirror_url,
+                                 FLAGS.keep_archives, log=log)
   print(f"done: {dataset_dir}")
   return 0
 
 
-def run():
-  app.run(main)
+def run() -> None:
+  run_tool(main)
 
 
 if __name__ == "__main__":

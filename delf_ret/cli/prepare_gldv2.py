@@ -10,11 +10,9 @@ images are listed and skipped; the exit status is then 1.
 
 from __future__ import annotations
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
-from delf_ret.cli_flags import report_failures, require_flags
+from delf_ret.cli.common import log, report_failures, require_flags, run_tool
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("csv_path", None, "train_clean.csv (columns landmark_id,images).")
@@ -25,25 +23,20 @@ flags.DEFINE_float("validation_share", 0.2, "Share of each landmark's images for
 flags.DEFINE_integer("seed", 0, "Seed of the split.")
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "csv_path", "train_dir", "output_dir")
-  from delf_ret.train.gldv2 import GldDataError, prepare_gldv2
-  try:
-    failures = prepare_gldv2(FLAGS.csv_path, FLAGS.train_dir, FLAGS.output_dir, FLAGS.num_shards,
-                             FLAGS.validation_share, FLAGS.seed,
-                             log=lambda line: print(line, flush=True))
-  except (GldDataError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+  from delf_ret.train.gldv2 import prepare_gldv2
+  failures = prepare_gldv2(FLAGS.csv_path, FLAGS.train_dir, FLAGS.output_dir, FLAGS.num_shards,
+                           FLAGS.validation_share, FLAGS.seed, log=log)
   if report_failures(failures, "images (skipped)"):
     return 1
   print(f"done: shards in {FLAGS.output_dir}")
   return 0
 
 
-def run():
-  app.run(main)
+def run() -> None:
+  run_tool(main)
 
 
 if __name__ == "__main__":

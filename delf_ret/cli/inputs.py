@@ -5,8 +5,26 @@ from __future__ import annotations
 import os
 import pathlib
 
+from absl import flags
+
 from delf_ret.errors import InputError
 from delf_ret.images import list_images
+
+FLAGS = flags.FLAGS
+# Flags defined here belong to the tool that asks for them (and show in its --help).
+flags.disclaim_key_flags()
+
+
+def define_image_flags(what: str = "images") -> None:
+  """Defines --images_dir and --list_images_path (exactly one is given; see image_paths_from_flags)."""
+  flags.DEFINE_string("images_dir", None, f"Folder of {what} (not recursive).")
+  flags.DEFINE_string("list_images_path", None,
+                      f"Text file with one path per line of {what} (relative to the file).")
+
+
+def image_paths_from_flags() -> list[pathlib.Path]:
+  """The image paths named by --images_dir or --list_images_path."""
+  return resolve_image_inputs(FLAGS.images_dir, FLAGS.list_images_path)
 
 
 def read_image_list(list_path: str | os.PathLike) -> list[pathlib.Path]:

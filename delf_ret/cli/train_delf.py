@@ -14,19 +14,16 @@ many more steps (the learning-rate schedule still spans max_steps).
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags
+from absl import flags
 
 from delf_ret import config as config_lib
-from delf_ret.cli_flags import require_flags
+from delf_ret.cli.common import define_config_flags, log, require_flags, run_tool
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("stage", None, ["tuning", "attention"], "Training stage.")
 flags.DEFINE_string("data_dir", None, "Folder of TFRecord shards written by prepare_gldv2.")
 flags.DEFINE_string("output_dir", None, "Folder for checkpoints, TensorBoard logs and the model.")
-flags.DEFINE_string("config_path", None, "DelfTrainingConfig .pbtxt (default: published values).")
-flags.DEFINE_multi_string("config_override", [], "Override one config field (repeatable).")
+define_config_flags("DelfTrainingConfig .pbtxt (default: published values).")
 flags.DEFINE_string("init_from", None, "Attention stage: the tuning stage's output folder.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "Distribution: one device, all local devices, or workers from TF_CONFIG.")
@@ -35,29 +32,21 @@ flags.DEFINE_integer("num_devices", 0, "Local devices for --strategy mirrored (0
 flags.DEFINE_integer("num_steps", None, "Stop after this many more steps (default: max_steps).")
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "stage", "data_dir", "output_dir")
-  from delf_ret.train.gldv2 import GldDataError
-  from delf_ret.model import BackboneWeightsError
-  from delf_ret.train.trainer import TrainingError, make_strategy, train_stage
+  from delf_ret.train.trainer import make_strategy, train_stage
 
-  try:
-    config = config_lib.load_training_config(FLAGS.config_path, FLAGS.config_override)
-    strategy = make_strategy(FLAGS.strategy, FLAGS.num_devices)
-    result = train_stage(FLAGS.stage, FLAGS.data_dir, FLAGS.output_dir, config, strategy,
-                         init_from=FLAGS.init_from, num_steps=FLAGS.num_steps,
-                         log=lambda line: print(line, flush=True))
-  except (config_lib.ConfigError, TrainingError, GldDataError, BackboneWeightsError,
-          FileNotFoundError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+  config = config_lib.load_training_config(FLAGS.config_path, FLAGS.config_override)
+  strategy = make_strategy(FLAGS.strategy, FLAGS.num_devices)
+  result = train_stage(FLAGS.stage, FLAGS.data_dir, FLAGS.output_dir, config, strategy,
+                       init_from=FLAGS.init_from, num_steps=FLAGS.num_steps, log=log)
   print(f"done: {FLAGS.stage} at step {result.step}, loss {result.loss:.4f}")
   return 0
 
 
-def run():
-  app.run(main)
+def run() -> None:
+  run_tool(main)
 
 
 if __name__ == "__main__":

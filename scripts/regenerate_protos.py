@@ -1,7 +1,8 @@
-"""Regenerates the ``*_pb2.py`` modules from ``protos/*.proto`` with grpcio-tools.
+"""Regenerates the ``delf_ret/protos/*_pb2.py`` modules from ``protos/*.proto`` with grpcio-tools.
 
-Usage: ``python -m delf_ret.protos.regenerate [OUTPUT_DIR]`` (default: this
-package's folder). Needs the ``grpcio-tools`` package (``pip install -e .[dev]``).
+Usage: ``python scripts/regenerate_protos.py [OUTPUT_DIR]`` (default:
+delf_ret/protos of this repository). Needs the ``grpcio-tools`` package
+(``pip install -e '.[test]'``). A repository tool, not part of the package.
 """
 
 import pathlib
@@ -9,7 +10,9 @@ import subprocess
 import sys
 
 PROTO_NAMES = ("delf_config.proto", "delf_features.proto", "delf_train_config.proto")
-PROTO_DIR = pathlib.Path(__file__).resolve().parents[2] / "protos"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PROTO_DIR = REPO / "protos"
+PACKAGE_DIR = REPO / "delf_ret" / "protos"
 
 
 def regenerate(output_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -28,6 +31,6 @@ def regenerate(output_dir: pathlib.Path) -> list[pathlib.Path]:
 
 
 if __name__ == "__main__":
-  target = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else pathlib.Path(__file__).parent
+  target = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else PACKAGE_DIR
   for path in regenerate(target):
     print(path)

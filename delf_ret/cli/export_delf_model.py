@@ -11,34 +11,28 @@ to extract with it (same features as the checkpoint).
 
 from __future__ import annotations
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
-from delf_ret.cli_flags import require_flags
+from delf_ret.cli.common import require_flags, run_tool
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_path", None, "DELF .keras checkpoint (train_delf's delf_model.keras).")
 flags.DEFINE_string("output_dir", None, "SavedModel folder to write (replaced if it exists).")
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "model_path", "output_dir")
   from delf_ret.extract.saved_model import export_saved_model
   from delf_ret.model import load_delf_model
-  try:
-    model = load_delf_model(FLAGS.model_path)
-  except (FileNotFoundError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+  model = load_delf_model(FLAGS.model_path)
   path = export_saved_model(model, FLAGS.output_dir)
   print(f"done: SavedModel with signatures 'extract' and 'serving_default' in {path}")
   return 0
 
 
-def run():
-  app.run(main)
+def run() -> None:
+  run_tool(main)
 
 
 if __name__ == "__main__":
