@@ -9,7 +9,7 @@ is junk.
 
 Both methods go through the same code: features of every image -> flat index
 (delf_ret.index.builder) -> votes -> RANSAC reranking of the top 100
-(delf_ret.dataset_retrieval with the default retrieval_config) -> evaluation.
+(delf_ret.retrieval.dataset_runner with the default retrieval_config) -> evaluation.
   * DELF: the weights available offline, a randomly initialised model
     (seed 0; no pretrained or project-trained weights exist yet), 7-scale
     pyramid, longer side 512 px, top 1000 by attention, PCA to 40-d learned
@@ -26,7 +26,6 @@ Usage: python benchmarks/mini_landmarks.py [--output benchmarks/results/mini_lan
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
 import time
 
@@ -48,60 +47,45 @@ def read_hard_images() -> frozenset[str]:
 def delf_extractors(config_path: pathlib.Path, images: list[pathlib.Path], work: pathlib.Path):
   """A DELF extractor function (image -> LocalFeatures) with PCA learned on ``images``."""
   from delf_ret import config as config_lib
-  from delf_ret import pca as pca_lib
   from delf_ret.extract.extractor import DelfExtractor
-  from delf_ret.extract.pca_training import extract_raw_features, stack_normalized, without_pca
+  from delf_ret.extract.pca_training import learn_pca_from_images, with_pca
   from delf_ret.model import DelfModel
 
   model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
   config = config_lib.load_config(config_path, [f"max_image_size={MAX_SIDE}",
                                                 "delf_local_config.use_pca=false"])
-  raw, failures = extract_raw_features(DelfExtractor(without_pca(config), model=model), images,
-                                       log=lambda line: None)
-  assert not failures, failures
-  paths = pca_lib.pca_paths(work / "pca")
-  pca_lib.save_pca(pca_lib.learn_pca(stack_normalized(raw)), *paths)
-  final = config_lib.load_config(config_path, [
-      f"max_image_size={MAX_SIDE}", "delf_local_config.use_pca=true",
-      f"delf_local_config.pca_parameters.mean_path={paths[0]}",
-      f"delf_local_config.pca_parameters.projection_matrix_path={paths[1]}",
-      f"delf_local_config.pca_parameters.pca_variances_path={paths[2]}"])
-  extractor = DelfExtractor(final, model=model)
-  return extractor.extract, {path: extractor.finalize(features) for path, features in raw.items()}
+  learned = learn_pca_from_images(config, images, work / "pca", model=model,
+                                  log=lambda line: None)
+  assert not learned.failures, learned.failures
+  extractor = DelfExtractor(with_pca(config, learned.paths), model=model)
+  return extractor.extract, {path: extractor.finalize(raw) for path, raw in learned.raw.items()}
 
 
 def run_method(name, extract, database_features, datasets, retrieval_config, work):
-  from delf_ret import dataset_retrieval as runner
-  from delf_ret.feature_io import write_features
+  from delf_ret.config import DelfConfig
+  from delf_ret.features import feature_file_name, image_id_of, write_features
   from delf_ret.index import IndexParams
   from delf_ret.index.builder import build_index, list_feature_files
-  from delf_ret.report import write_report
+  from delf_ret.retrieval.benchmark import run_benchmark
 
   features_dir = work / name / "features"
   for path, features in database_features.items():
-    write_features(features_dir / f"{path.stem}.delf", features)
+    write_features(features_dir / feature_file_name(image_id_of(path)), features)
   index, failures = build_index(list_feature_files(features_dir), work / name / "index",
                                 IndexParams.from_config(retrieval_config), log=lambda line: None)
   assert not failures, failures
   revisited, original = datasets
-  order = [original.qimlist.index(query) for query in revisited.qimlist]
-  original = dataclasses.replace(original, qimlist=list(revisited.qimlist),
-                                 gnd=[original.gnd[i] for i in order])
-  start = time.time()
-  results = runner.run_queries(revisited, index, runner.feature_loader(features_dir), extract,
-                               retrieval_config, work / name / "queries", log=print)
-  seconds = (time.time() - start) / len(revisited.qimlist)
-  scored = runner.evaluate_results(revisited, results)
-  original_scored = runner.evaluate_results(original, results)
-  for stage in scored:
-    scored[stage].update(original_scored[stage])
-  write_report(work / name / "report", revisited.name, "revisited + original", revisited.qimlist,
-               scored)
+  config = DelfConfig()
+  config.retrieval_config.CopyFrom(retrieval_config)
+  run = run_benchmark(config, revisited, index, features_dir, work / name / "run", extract=extract,
+                      also_score=[original], log=print)
   mean_features = float(np.mean([f.num_features for f in database_features.values()]))
   return {"mAP": {stage: {split: round(100 * m.mean_ap, 2) for split, m in splits.items()}
-                  for stage, splits in scored.items()},
-          "queries_per_split": {split: m.num_queries for split, m in scored["reranked"].items()},
-          "seconds_per_query": round(seconds, 2), "mean_features_per_image": round(mean_features),
+                  for stage, splits in run.metrics.items()},
+          "queries_per_split": {split: m.num_queries
+                                for split, m in run.metrics["reranked"].items()},
+          "seconds_per_query": round(run.seconds_per_query, 2),
+          "mean_features_per_image": round(mean_features),
           "descriptor_dim": next(iter(database_features.values())).descriptor_dim}
 
 
@@ -114,7 +98,7 @@ def main():
   import shutil
 
   from delf_ret import config as config_lib
-  from delf_ret.datasets import read_original_gt, read_revisited_gnd
+  from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
   from delf_ret.datasets.labelled import write_labelled_benchmark
   from delf_ret.images import load_image
 
@@ -134,7 +118,8 @@ def main():
 
   print("DELF features ...", flush=True)
   start = time.time()
-  delf_extract, delf_db = delf_extractors(REPO / "configs" / "delf_demo.pbtxt", images, work)
+  delf_extract, delf_db = delf_extractors(
+      config_lib.packaged_config_path(config_lib.DEMO_CONFIG), images, work)
   delf_seconds = (time.time() - start) / len(images)
   print("SIFT features ...", flush=True)
   sift = lambda image: sift_features(image, unit_descriptors=True, max_side=MAX_SIDE)  # noqa: E731

@@ -15,7 +15,7 @@ def sift_features(image: np.ndarray, num_features: int = 1000, unit_descriptors:
   """
   import cv2
 
-  from delf_ret.feature_io import LocalFeatures
+  from delf_ret.features import LocalFeatures
   gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
   factor = 1.0
   if max_side and max(gray.shape) > max_side:

@@ -1,7 +1,7 @@
 """Training speed: milliseconds per step of both stages at batch 8, 321 px crops.
 
 Data: the 17 landmark photos of ../shared/data, written in the GLDv2 layout and
-prepared into TFRecord shards (delf_ret.data.gldv2); the backbone starts from
+prepared into TFRecord shards (delf_ret.train.gldv2); the backbone starts from
 random weights (speed does not depend on them). For each stage it runs
 delf_ret.train.trainer.train_stage for --steps steps, timing the steps after
 the first (which includes tracing), with the compiled training step
@@ -52,7 +52,7 @@ def main():
   import tensorflow as tf
 
   from delf_ret.config import load_training_config
-  from delf_ret.data.gldv2 import prepare_gldv2
+  from delf_ret.train.gldv2 import prepare_gldv2
   from delf_ret.train.trainer import train_stage
 
   work = pathlib.Path(tempfile.mkdtemp(prefix="train_speed_"))

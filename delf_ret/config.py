@@ -2,11 +2,16 @@
 
 One config object is parsed once and passed down; nothing reads global state.
 Relative paths in the file (model, PCA files) are resolved against the folder
-holding the config file.
+holding the config file. The defaults of every setting are the .proto
+defaults (protos/delf_config.proto); library code takes them from the parsed
+message, never restates them. Configs shipped with the package (the demo's,
+the example with the published defaults) are package data in delf_ret/configs:
+``packaged_config_path(name)``.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import pathlib
 from typing import Iterable
@@ -14,15 +19,19 @@ from typing import Iterable
 from google.protobuf import descriptor as descriptor_lib
 from google.protobuf import text_format
 
+from delf_ret.errors import DelfRetError
 from delf_ret.protos import delf_config_pb2, delf_train_config_pb2
 
 DelfConfig = delf_config_pb2.DelfConfig
+DelfRetrievalConfig = delf_config_pb2.DelfRetrievalConfig
 DelfTrainingConfig = delf_train_config_pb2.DelfTrainingConfig
 
-DEFAULT_SCALES = (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
+# Configs shipped in delf_ret/configs (package data).
+DEMO_CONFIG = "delf_demo.pbtxt"
+EXAMPLE_CONFIG = "delf_config_example.pbtxt"
 
 
-class ConfigError(Exception):
+class ConfigError(DelfRetError):
   """A config file or override is invalid."""
 
 
@@ -47,6 +56,19 @@ def _require_positive(message, names: Iterable[str], prefix: str) -> None:
   for name in names:
     if getattr(message, name) <= 0:
       raise ConfigError(f"{prefix}{name} must be positive, got {getattr(message, name)}")
+
+
+def packaged_config_path(name: str) -> pathlib.Path:
+  """The path of a config shipped with the package (e.g. DEMO_CONFIG, EXAMPLE_CONFIG).
+
+  Raises ConfigError naming the available configs when there is no such file.
+  """
+  folder = importlib.resources.files("delf_ret") / "configs"
+  path = pathlib.Path(str(folder / name))
+  if not path.is_file():
+    available = sorted(item.name for item in folder.iterdir() if item.name.endswith(".pbtxt"))
+    raise ConfigError(f"no packaged config {name!r}; the package holds {available}")
+  return path
 
 
 def parse_config_text(text: str, base_dir: str | os.PathLike | None = None) -> DelfConfig:
@@ -150,7 +172,7 @@ def validate(config: DelfConfig) -> None:
     pca = local.pca_parameters
     if not (pca.mean_path and pca.projection_matrix_path):
       raise ConfigError("use_pca is true but pca_parameters.mean_path / projection_matrix_path "
-                        "are not set (learn them with delf_learn_pca)")
+                        "are not set (learn them with learn_pca)")
     if pca.pca_dim <= 0:
       raise ConfigError(f"pca_dim must be positive, got {pca.pca_dim}")
     if pca.use_whitening and not pca.pca_variances_path:
@@ -179,6 +201,9 @@ def _validate_retrieval(retrieval) -> None:
   if not 0.0 <= retrieval.match_ratio_threshold < 1.0:
     raise ConfigError(f"retrieval_config.match_ratio_threshold must be in [0, 1) (0: off), got "
                       f"{retrieval.match_ratio_threshold}")
+  if not 0.0 < retrieval.ransac_stop_probability <= 1.0:
+    raise ConfigError(f"retrieval_config.ransac_stop_probability must be in (0, 1], got "
+                      f"{retrieval.ransac_stop_probability}")
   if any(k <= 0 for k in retrieval.eval_ks):
     raise ConfigError(f"retrieval_config.eval_ks must be positive, got {list(retrieval.eval_ks)}")
 

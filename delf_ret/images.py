@@ -18,8 +18,10 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from delf_ret.errors import DelfRetError
 
-class ImageReadError(Exception):
+
+class ImageReadError(DelfRetError):
   """An image file could not be read; the message names the file and the reason."""
 
 

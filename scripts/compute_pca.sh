@@ -27,5 +27,5 @@ if not mean:
 print(pathlib.Path(mean).parent)
 PY
 )
-exec python -m delf_ret.learn_pca --config_path="$config" --config_override="model_path=$model" \
+exec python -m delf_ret.cli.learn_pca --config_path="$config" --config_override="model_path=$model" \
   --images_dir="$images" --output_dir="$pca_dir" --max_images="$sample"

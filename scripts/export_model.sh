@@ -9,4 +9,4 @@ set -euo pipefail
 usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [[ $# -ne 2 ]] && usage
 [[ -f $1 ]] || { echo "error: model not found: $1" >&2; usage; }
-exec python -m delf_ret.export_model --model_path="$1" --output_dir="$2"
+exec python -m delf_ret.cli.export_delf_model --model_path="$1" --output_dir="$2"

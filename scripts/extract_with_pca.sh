@@ -19,10 +19,10 @@ config=${4:-"$(dirname "$0")/../configs/delf_config_example.pbtxt"}
 
 pca="$output/pca"
 if [[ ! -f $pca/pca_variances.npy ]]; then
-  python -m delf_ret.learn_pca --config_path="$config" --config_override="model_path=$model" \
+  python -m delf_ret.cli.learn_pca --config_path="$config" --config_override="model_path=$model" \
     --images_dir="$images" --output_dir="$pca"
 fi
-python -m delf_ret.extract_features --config_path="$config" \
+python -m delf_ret.cli.extract_features --config_path="$config" \
   --config_override="model_path=$model" \
   --config_override="delf_local_config.pca_parameters.mean_path=$pca/pca_mean.npy" \
   --config_override="delf_local_config.pca_parameters.projection_matrix_path=$pca/pca_projection.npy" \

@@ -22,5 +22,5 @@ if [[ $# -gt 0 && $1 != -* ]]; then devices=$1; shift; fi
 
 strategy=default
 [[ $devices -gt 1 ]] && strategy=mirrored
-exec python -m delf_ret.train_delf --stage=attention --data_dir="$data" --output_dir="$output" \
+exec python -m delf_ret.cli.train_delf --stage=attention --data_dir="$data" --output_dir="$output" \
   --init_from="$tuning" --strategy="$strategy" --num_devices="$devices" "$@"

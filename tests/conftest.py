@@ -64,17 +64,14 @@ def model_path(delf_model, tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def pca_dir(delf_model, model_path, tmp_path_factory) -> pathlib.Path:
   """PCA learned from the raw features of four real landmark photos."""
-  from delf_ret import pca as pca_lib
   from delf_ret.config import parse_config_text
-  from delf_ret.extract.extractor import DelfExtractor
-  from delf_ret.extract.pca_training import extract_raw_features, stack_normalized
+  from delf_ret.extract.pca_training import learn_pca_from_images
 
   folder = tmp_path_factory.mktemp("pca")
   config = parse_config_text(make_config_text(model_path, folder, use_pca=False))
-  raw, failures = extract_raw_features(DelfExtractor(config, model=delf_model),
-                                       landmark_images()[:4], log=lambda line: None)
-  assert not failures
-  pca_lib.save_pca(pca_lib.learn_pca(stack_normalized(raw)), *pca_lib.pca_paths(folder))
+  learned = learn_pca_from_images(config, landmark_images()[:4], folder, model=delf_model,
+                                  log=lambda line: None)
+  assert not learned.failures
   return folder
 
 
@@ -102,7 +99,7 @@ def random_unit_descriptors(rng, n: int, dim: int):
 def make_features(points_yx, descriptors):
   """LocalFeatures with the given (y, x) points [N, 2] and descriptors [N, D]; unit scale/score."""
   import numpy as np
-  from delf_ret.feature_io import LocalFeatures
+  from delf_ret.features import LocalFeatures
   n = len(points_yx)
   return LocalFeatures(points_yx, np.ones(n), descriptors, np.ones(n), np.zeros(n))
 

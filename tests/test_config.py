@@ -5,12 +5,24 @@ import pytest
 from delf_ret import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "configs" / "delf_config_example.pbtxt"
+EXAMPLE = config_lib.packaged_config_path(config_lib.EXAMPLE_CONFIG)
+PUBLISHED_SCALES = [0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0]
+
+
+def test_packaged_configs():
+  assert EXAMPLE.parent.name == "configs" and EXAMPLE.parent.parent.name == "delf_ret"
+  # The repository's configs/ links to the packaged example: one file.
+  assert (REPO / "configs" / config_lib.EXAMPLE_CONFIG).resolve() == EXAMPLE.resolve()
+  demo = config_lib.load_config(config_lib.packaged_config_path(config_lib.DEMO_CONFIG),
+                                ["delf_local_config.use_pca=false"])
+  assert [round(s, 4) for s in demo.image_scales] == PUBLISHED_SCALES
+  with pytest.raises(config_lib.ConfigError, match="delf_demo.pbtxt"):
+    config_lib.packaged_config_path("nope.pbtxt")
 
 
 def test_example_config_has_published_defaults():
   config = config_lib.load_config(EXAMPLE)
-  assert [round(s, 4) for s in config.image_scales] == list(config_lib.DEFAULT_SCALES)
+  assert [round(s, 4) for s in config.image_scales] == PUBLISHED_SCALES
   local = config.delf_local_config
   assert local.max_feature_num == 1000
   assert local.score_threshold == 100.0
@@ -18,7 +30,7 @@ def test_example_config_has_published_defaults():
   assert not local.pca_parameters.use_whitening
   assert local.layer_name == "conv4_block6_out"
   # Relative paths are resolved against the config's folder.
-  assert config.model_path == str(REPO / "configs" / "../models/delf_model.keras")
+  assert config.model_path == str(EXAMPLE.parent / "../models/delf_model.keras")
   assert pathlib.Path(local.pca_parameters.mean_path).is_absolute()
 
 
@@ -67,22 +79,35 @@ def test_text_round_trip():
 
 def test_retrieval_config_defaults_and_index_params():
   from delf_ret.index import IndexParams
-  from delf_ret.retrieval import ransac_params_from_config
+  from delf_ret.match import RansacParams
   config = config_lib.load_config(EXAMPLE, ["retrieval_config.index_type=ivfpq",
                                             "retrieval_config.nprobe=32"])
   retrieval = config.retrieval_config
   assert (retrieval.rerank_top_n, retrieval.min_inliers, retrieval.neighbors_per_descriptor) == (
       100, 4, 10)
   assert IndexParams.from_config(retrieval) == IndexParams(index_type="ivfpq", nprobe=32)
-  ransac = ransac_params_from_config(retrieval)
+  ransac = RansacParams.from_config(retrieval)
   assert (ransac.distance_threshold, ransac.residual_threshold, ransac.max_trials,
-          ransac.transform, ransac.ratio_threshold) == (pytest.approx(0.8), 20.0, 1000, "affine",
-                                                        None)
+          ransac.transform, ransac.ratio_threshold, ransac.stop_probability, ransac.seed) == (
+              pytest.approx(0.8), 20.0, 1000, "affine", None, 0.99, 0)
   ratio = config_lib.load_config(EXAMPLE, ["retrieval_config.match_ratio_threshold=0.8"])
-  assert ransac_params_from_config(ratio.retrieval_config).ratio_threshold == pytest.approx(0.8)
+  assert RansacParams.from_config(ratio.retrieval_config).ratio_threshold == pytest.approx(0.8)
+
+
+def test_example_retrieval_block_lists_the_proto_defaults():
+  """The example's retrieval_config restates nothing that disagrees with the .proto defaults."""
+  from delf_ret.evaluation.metrics import DEFAULT_KS
+  listed = config_lib.load_config(EXAMPLE).retrieval_config
+  defaults = config_lib.DelfRetrievalConfig()
+  for field in defaults.DESCRIPTOR.fields:
+    if field.name == "eval_ks":
+      assert tuple(listed.eval_ks) == DEFAULT_KS
+    elif listed.HasField(field.name):
+      assert getattr(listed, field.name) == getattr(defaults, field.name), field.name
 
 
 @pytest.mark.parametrize("override, message", [
+    ("retrieval_config.ransac_stop_probability=0", "ransac_stop_probability must be in"),
     ("retrieval_config.index_type=lsh", "index_type must be one of"),
     ("retrieval_config.vote_weighting=sum", "vote_weighting must be one of"),
     ("retrieval_config.nlist=0", "nlist must be positive"),

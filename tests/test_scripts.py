@@ -4,7 +4,7 @@ import os
 import shutil
 import subprocess
 
-from delf_ret.feature_io import read_features
+from delf_ret.features import read_features
 
 from conftest import REPO, landmark_images
 

@@ -23,12 +23,14 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
+from delf_ret.errors import DelfRetError
+
 OXFORD_URL = "https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/"
 PARIS_URL = "https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/"
 REVISITED_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets/"
 
 
-class DownloadError(Exception):
+class DownloadError(DelfRetError):
   """A dataset file could not be downloaded or unpacked."""
 
 

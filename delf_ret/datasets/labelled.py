@@ -25,7 +25,7 @@ import shutil
 
 from PIL import Image
 
-from delf_ret.datasets.ground_truth import GroundTruthError
+from delf_ret.evaluation.ground_truth import GroundTruthError
 
 
 def read_labels(csv_path: str | os.PathLike) -> list[tuple[pathlib.Path, str]]:

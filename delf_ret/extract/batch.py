@@ -7,9 +7,8 @@ import time
 from typing import Callable
 
 from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError
-from delf_ret.feature_io import FEATURE_SUFFIX, write_features
+from delf_ret.features import feature_file_names, write_features
 from delf_ret.images import ImageReadError
-from delf_ret.inputs import output_names
 
 
 def extract_all(extractor: DelfExtractor, image_paths: list[pathlib.Path],
@@ -22,7 +21,7 @@ def extract_all(extractor: DelfExtractor, image_paths: list[pathlib.Path],
   Returns (path, reason) of each failed image.
   """
   output_dir.mkdir(parents=True, exist_ok=True)
-  names = output_names(image_paths, FEATURE_SUFFIX)
+  names = feature_file_names(image_paths)
   failures = []
   total = len(image_paths)
   start = time.time()

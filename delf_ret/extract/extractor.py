@@ -6,16 +6,17 @@ import os
 
 import numpy as np
 
-from delf_ret import pca as pca_lib
-from delf_ret.config import DelfConfig
+from delf_ret.extract import pca as pca_lib
+from delf_ret.config import ConfigError, DelfConfig
+from delf_ret.errors import DelfRetError
 from delf_ret.extract.inference import BACKENDS
 from delf_ret.extract.selection import ScaleOutput, SelectedFeatures, select_features
-from delf_ret.feature_io import LocalFeatures
-from delf_ret.geometry import receptive_field_for_layer
+from delf_ret.features import LocalFeatures
+from delf_ret.extract.geometry import receptive_field_for_layer
 from delf_ret.images import load_image
 
 
-class ImageTooSmallError(ValueError):
+class ImageTooSmallError(DelfRetError):
   """The image is smaller than the smallest side extraction works with."""
 
 
@@ -71,13 +72,16 @@ class DelfExtractor:
 
     self.config = config
     local = config.delf_local_config
-    self.field = receptive_field_for_layer(local.layer_name)
+    try:
+      self.field = receptive_field_for_layer(local.layer_name)
+    except ValueError as error:
+      raise ConfigError(str(error)) from None
     if backend not in BACKENDS:
       raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
     self.saved_model = None
     if model is None:
       if not config.model_path:
-        raise ValueError("config has no model_path and no model was given")
+        raise ConfigError("config has no model_path and no model was given")
       if is_saved_model(config.model_path):
         self.saved_model = SavedModelExtractor(config.model_path)
       else:
@@ -90,7 +94,7 @@ class DelfExtractor:
       self.pca = pca_lib.load_pca(params.mean_path, params.projection_matrix_path,
                                   params.pca_variances_path if params.use_whitening else None)
       if params.pca_dim > self.pca.projection.shape[0]:
-        raise ValueError(f"pca_dim {params.pca_dim} exceeds the "
+        raise ConfigError(f"pca_dim {params.pca_dim} exceeds the "
                          f"{self.pca.projection.shape[0]} components in the PCA files")
 
   def extract_raw(self, image: np.ndarray) -> SelectedFeatures:

@@ -28,7 +28,8 @@ import tensorflow as tf
 
 from delf_ret.extract.inference import resize_image
 from delf_ret.extract.selection import SelectedFeatures
-from delf_ret.geometry import RESNET50_CONV4, ReceptiveField
+from delf_ret.extract.geometry import RESNET50_CONV4, ReceptiveField
+from delf_ret.model.delf import ModelFileError
 
 
 def is_saved_model(path: str | os.PathLike) -> bool:
@@ -108,7 +109,7 @@ class SavedModelExtractor:
 
   def __init__(self, path: str | os.PathLike):
     if not is_saved_model(path):
-      raise FileNotFoundError(f"no SavedModel (saved_model.pb) in {path}")
+      raise ModelFileError(f"no SavedModel (saved_model.pb) in {path}")
     self.loaded = tf.saved_model.load(str(path))
     self.signature = self.loaded.signatures["extract"]
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from delf_ret.geometry import ReceptiveField, keypoint_centers
+from delf_ret.extract.geometry import ReceptiveField, keypoint_centers
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
 """Building a LocalFeatureIndex from feature files, resumably.
 
 Image ids are the feature file stems (``all_souls_000013.delf`` ->
-``all_souls_000013``). The index is saved every ``save_every`` added images and
+``all_souls_000013``; delf_ret.features). The index is saved every ``save_every`` added images and
 at the end; a rerun loads the saved index and skips the images already in it,
 so an interrupted build resumes, and new feature files can be added later
 without retraining.
@@ -15,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from delf_ret.feature_io import FEATURE_SUFFIX, FeatureFileError, LocalFeatures, read_features
+from delf_ret.features import (FEATURE_SUFFIX, FeatureFileError, LocalFeatures, image_id_of,
+                               read_features)
 from delf_ret.index.local_index import IndexParams, LocalFeatureIndex, LocalIndexError
 
 
@@ -28,11 +29,6 @@ def list_feature_files(features_dir: str | pathlib.Path) -> list[pathlib.Path]:
   if not paths:
     raise LocalIndexError(f"no {FEATURE_SUFFIX} feature files in {features_dir}")
   return paths
-
-
-def image_id(feature_path: pathlib.Path) -> str:
-  """The image id of a feature file: its name without the .delf suffix."""
-  return feature_path.stem
 
 
 def descriptor_dim(paths: list[pathlib.Path]) -> int:
@@ -85,19 +81,20 @@ def _descriptors_for(features: LocalFeatures, dim: int, path: pathlib.Path) -> n
 
 
 def build_index(feature_paths: list[pathlib.Path], index_dir: str | pathlib.Path,
-                params: IndexParams, train_sample_size: int = 200_000, save_every: int = 500,
-                log: Callable[[str], None] = print
+                params: IndexParams, save_every: int = 500, log: Callable[[str], None] = print
                 ) -> tuple[LocalFeatureIndex, list[tuple[pathlib.Path, str]]]:
   """Adds every feature file not yet in the index at ``index_dir`` and saves it.
 
-  Returns the index and (path, reason) of the files that could not be added
-  (unreadable, or of another descriptor dimension).
+  ``params`` come from the config (IndexParams.from_config); an IVF-PQ index is
+  trained on up to ``params.train_sample_size`` descriptors first. Returns the
+  index and (path, reason) of the files that could not be added (unreadable,
+  or of another descriptor dimension).
   """
   index_dir = pathlib.Path(index_dir)
   dim = descriptor_dim(feature_paths)
   index = open_or_create(index_dir, params, dim)
   if index.needs_training:
-    sample = training_sample(feature_paths, train_sample_size)
+    sample = training_sample(feature_paths, params.train_sample_size)
     if sample.shape[0] < max(params.nlist, 2 ** params.pq_nbits):
       raise LocalIndexError(
           f"IVF-PQ needs at least max(nlist, 2^pq_nbits) = "
@@ -109,7 +106,7 @@ def build_index(feature_paths: list[pathlib.Path], index_dir: str | pathlib.Path
   total, added, start = len(feature_paths), 0, time.time()
   unsaved = not (index_dir / "CURRENT").is_file()
   for i, path in enumerate(feature_paths, 1):
-    name = image_id(path)
+    name = image_id_of(path)
     if name in index:
       continue
     try:
@@ -131,3 +128,22 @@ def build_index(feature_paths: list[pathlib.Path], index_dir: str | pathlib.Path
     index.save(index_dir)
   log(f"index at {index_dir}: {len(index)} images ({added} added now)")
   return index, failures
+
+
+def remove_images(index_dir: str | pathlib.Path, image_ids: list[str],
+                  log: Callable[[str], None] = print) -> LocalFeatureIndex:
+  """Deletes images by id from the index at ``index_dir``, compacts it and saves it.
+
+  Raises LocalIndexError naming the ids that are not in the index (nothing is removed then).
+  """
+  index_dir = pathlib.Path(index_dir)
+  index = LocalFeatureIndex.load(index_dir)
+  unknown = [name for name in image_ids if name not in index]
+  if unknown:
+    raise LocalIndexError(f"not in the index: {', '.join(unknown)}")
+  for name in image_ids:
+    index.delete(name)
+  index.compact()
+  index.save(index_dir)
+  log(f"removed {len(image_ids)} images; {len(index)} images left in {index_dir}")
+  return index

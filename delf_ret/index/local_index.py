@@ -32,33 +32,42 @@ import tempfile
 import faiss
 import numpy as np
 
+from delf_ret.errors import DelfRetError
+from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
+
 FORMAT_VERSION = 1
 KEYPOINT_BITS = 20  # Up to 1,048,576 descriptors per image.
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 
 
-class LocalIndexError(Exception):
+class LocalIndexError(DelfRetError):
   """The index cannot be used as asked (wrong dimension, corrupt files, unknown image...)."""
+
+
+# The config's index defaults (protos/delf_config.proto), the only place they are set.
+_DEFAULTS = DelfRetrievalConfig()
 
 
 @dataclasses.dataclass(frozen=True)
 class IndexParams:
-  """How to build the index.
+  """How to build the index; built from a config by :meth:`from_config`.
 
   nlist: IVF lists; pq_m: PQ sub-quantisers (must divide dim); pq_nbits: bits
   per sub-quantiser code; hnsw_m: graph degree; nprobe / ef_search: search
-  breadth of IVF / HNSW.
+  breadth of IVF / HNSW; train_sample_size: at most this many descriptors
+  train the IVF-PQ quantisers. Field defaults: the retrieval_config defaults.
   """
-  index_type: str = "flat"
-  nlist: int = 1024
-  pq_m: int = 20
-  pq_nbits: int = 8
-  hnsw_m: int = 32
-  nprobe: int = 16
-  ef_search: int = 64
+  index_type: str = _DEFAULTS.index_type
+  nlist: int = _DEFAULTS.nlist
+  pq_m: int = _DEFAULTS.pq_m
+  pq_nbits: int = _DEFAULTS.pq_nbits
+  hnsw_m: int = _DEFAULTS.hnsw_m
+  nprobe: int = _DEFAULTS.nprobe
+  ef_search: int = _DEFAULTS.ef_search
+  train_sample_size: int = _DEFAULTS.train_sample_size
 
   @classmethod
-  def from_config(cls, retrieval_config) -> "IndexParams":
+  def from_config(cls, retrieval_config: DelfRetrievalConfig) -> "IndexParams":
     """The index fields of a ``DelfRetrievalConfig`` message."""
     return cls(**{field.name: getattr(retrieval_config, field.name)
                   for field in dataclasses.fields(cls)})

@@ -17,27 +17,48 @@ import numpy as np
 from skimage.measure import ransac
 from skimage.transform import AffineTransform, ProjectiveTransform
 
-from delf_ret.feature_io import LocalFeatures
+from delf_ret.features import LocalFeatures
 from delf_ret.match.putative import DescriptorMatcher
+from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
 
 MIN_TRIANGLE_AREA = 1.0  # px^2: a sample with a flatter triangle is degenerate.
 
 TRANSFORMS = {"affine": (AffineTransform, 3), "homography": (ProjectiveTransform, 4)}
 
+# The config's matching and RANSAC defaults (protos/delf_config.proto), the only place they are set.
+_DEFAULTS = DelfRetrievalConfig()
+
 
 @dataclasses.dataclass(frozen=True)
 class RansacParams:
-  """Putative matching and RANSAC parameters (defaults of the published DELF example)."""
-  distance_threshold: float = 0.8
-  ratio_threshold: float | None = None
-  mutual: bool = False
-  transform: str = "affine"
-  residual_threshold: float = 20.0   # pixels
-  max_trials: int = 1000
-  # Stop once a model with this confidence of being the best was found
-  # (scikit-image's stop_probability, OpenCV's confidence); 1.0 runs all trials.
-  stop_probability: float = 0.99
-  seed: int = 0
+  """Putative matching and RANSAC parameters.
+
+  Built from a config by :meth:`from_config`; the field defaults are the
+  retrieval_config defaults (the published DELF example): L2 distance below
+  0.8, no ratio test, affine, 20 px, 1000 trials, early stop at 0.99
+  confidence (scikit-image's stop_probability, OpenCV's confidence; 1.0 runs
+  all trials), seed 0.
+  """
+  distance_threshold: float = _DEFAULTS.match_distance_threshold
+  ratio_threshold: float | None = _DEFAULTS.match_ratio_threshold or None
+  mutual: bool = _DEFAULTS.match_mutual
+  transform: str = _DEFAULTS.ransac_transform
+  residual_threshold: float = _DEFAULTS.ransac_residual_threshold   # pixels
+  max_trials: int = _DEFAULTS.ransac_max_trials
+  stop_probability: float = _DEFAULTS.ransac_stop_probability
+  seed: int = _DEFAULTS.ransac_seed
+
+  @classmethod
+  def from_config(cls, retrieval_config: DelfRetrievalConfig) -> "RansacParams":
+    """The matching and RANSAC fields of a ``DelfRetrievalConfig`` (ratio 0 means no ratio test)."""
+    return cls(distance_threshold=retrieval_config.match_distance_threshold,
+               ratio_threshold=retrieval_config.match_ratio_threshold or None,
+               mutual=retrieval_config.match_mutual,
+               transform=retrieval_config.ransac_transform,
+               residual_threshold=retrieval_config.ransac_residual_threshold,
+               max_trials=retrieval_config.ransac_max_trials,
+               stop_probability=retrieval_config.ransac_stop_probability,
+               seed=retrieval_config.ransac_seed)
 
 
 @dataclasses.dataclass

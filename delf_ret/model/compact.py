@@ -15,12 +15,13 @@ import pathlib
 import numpy as np
 
 from delf_ret.atomic import atomic_write
+from delf_ret.model.delf import ModelFileError
 
 FLOAT16_MIN_SIZE = 4096
 FORMAT_VERSION = 1
 
 
-class CompactWeightsError(ValueError):
+class CompactWeightsError(ModelFileError):
   """A compact weights file is missing, damaged or does not fit the DELF architecture."""
 
 
@@ -39,7 +40,6 @@ def save_compact_weights(model, path: str | os.PathLike) -> None:
 def load_compact_weights(path: str | os.PathLike):
   """Rebuilds a DelfModel from a file written by :func:`save_compact_weights`."""
   from delf_ret.model.delf import DelfModel
-
   path = pathlib.Path(path)
   if not path.is_file():
     raise CompactWeightsError(f"{path}: weights file not found")

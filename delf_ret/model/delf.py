@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import pathlib
+import zipfile
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from delf_ret.errors import DelfRetError
 
 BACKBONE_LAYER = "conv4_block6_out"
 BACKBONE_CHANNELS = 1024
@@ -20,8 +23,12 @@ ATTENTION_HIDDEN = 512
 _BGR_MEAN = (103.939, 116.779, 123.68)
 
 
-class BackboneWeightsError(Exception):
+class BackboneWeightsError(DelfRetError):
   """Backbone weights could not be loaded."""
+
+
+class ModelFileError(DelfRetError):
+  """A DELF model file is missing, not a .keras file, unreadable or not a DELF model."""
 
 
 def build_backbone(weights: str | None = None) -> keras.Model:
@@ -118,7 +125,7 @@ def save_delf_model(model: DelfModel, path: str | os.PathLike) -> None:
   """Saves the whole model (architecture + weights) to a .keras file, atomically."""
   path = pathlib.Path(path)
   if path.suffix != ".keras":
-    raise ValueError(f"DELF checkpoints are .keras files, got {path}")
+    raise ModelFileError(f"DELF checkpoints are .keras files, got {path}")
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp_path = path.with_name(f".{path.stem}.tmp.keras")
   try:
@@ -132,11 +139,14 @@ def load_delf_model(path: str | os.PathLike) -> DelfModel:
   """Loads a model written by :func:`save_delf_model` (.keras) or compact weights (.npz)."""
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"DELF model file not found: {path}")
+    raise ModelFileError(f"DELF model file not found: {path}")
   if path.suffix == ".npz":
     from delf_ret.model.compact import load_compact_weights
     return load_compact_weights(path)
-  model = keras.models.load_model(path, compile=False)
+  try:
+    model = keras.models.load_model(path, compile=False)
+  except (OSError, ValueError, TypeError, zipfile.BadZipFile) as error:
+    raise ModelFileError(f"{path}: not a readable DELF model ({error})") from None
   if not isinstance(model, DelfModel):
-    raise ValueError(f"{path} holds a {type(model).__name__}, not a DELF model")
+    raise ModelFileError(f"{path} holds a {type(model).__name__}, not a DELF model")
   return model

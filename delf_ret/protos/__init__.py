@@ -1,5 +1,5 @@
-"""Generated protobuf modules (from the .proto files in the top-level ``protos/``).
+"""Generated protobuf modules (from the .proto files in the repository's top-level ``protos/``).
 
-Regenerate with ``python -m delf_ret.protos.regenerate``; a test fails if the
+Regenerate with ``python scripts/regenerate_protos.py``; a test fails if the
 committed modules differ from what the .proto files generate.
 """

@@ -30,7 +30,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from delf_ret.geometry import RESNET50_CONV4, ReceptiveField, keypoint_centers
+from delf_ret.extract.geometry import RESNET50_CONV4, ReceptiveField, keypoint_centers
+from delf_ret.errors import DelfRetError
 from delf_ret.images import ImageReadError, load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
@@ -39,7 +40,7 @@ SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins",
                   "grass", "gravel")
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(DelfRetError):
   """The training photos cannot be read or are too few."""
 
 

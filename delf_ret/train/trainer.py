@@ -29,15 +29,16 @@ import keras
 import tensorflow as tf
 
 from delf_ret.config import DelfTrainingConfig
-from delf_ret.data.gldv2 import SPLIT_FILE
-from delf_ret.data.pipeline import make_dataset
+from delf_ret.errors import DelfRetError
+from delf_ret.train.gldv2 import SPLIT_FILE
+from delf_ret.train.pipeline import make_dataset
 from delf_ret.model import DelfModel, save_delf_model
 
 STAGES = ("tuning", "attention")
 MODEL_FILE = "delf_model.keras"
 
 
-class TrainingError(Exception):
+class TrainingError(DelfRetError):
   """Training cannot start (missing data, missing tuning checkpoint...)."""
 
 

@@ -1,0 +1,62 @@
+"""Turning command-line inputs (a folder or a list file) into image paths."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from absl import flags
+
+from delf_ret.errors import InputError
+from delf_ret.images import list_images
+
+FLAGS = flags.FLAGS
+# Flags defined here belong to the tool that asks for them (and show in its --help).
+flags.disclaim_key_flags()
+
+
+def define_image_flags(what: str = "images") -> None:
+  """Defines --images_dir and --list_images_path (exactly one is given; see image_paths_from_flags)."""
+  flags.DEFINE_string("images_dir", None, f"Folder of {what} (not recursive).")
+  flags.DEFINE_string("list_images_path", None,
+                      f"Text file with one path per line of {what} (relative to the file).")
+
+
+def image_paths_from_flags() -> list[pathlib.Path]:
+  """The image paths named by --images_dir or --list_images_path."""
+  return resolve_image_inputs(FLAGS.images_dir, FLAGS.list_images_path)
+
+
+def read_image_list(list_path: str | os.PathLike) -> list[pathlib.Path]:
+  """Paths in a text file, one per line; blank lines and '#' comments are skipped.
+
+  Relative paths are taken relative to the list file's folder.
+  """
+  list_path = pathlib.Path(list_path)
+  if not list_path.is_file():
+    raise InputError(f"image list not found: {list_path}")
+  paths = []
+  for line in list_path.read_text().splitlines():
+    line = line.strip()
+    if line and not line.startswith("#"):
+      path = pathlib.Path(line)
+      paths.append(path if path.is_absolute() else list_path.parent / path)
+  if not paths:
+    raise InputError(f"image list {list_path} names no images")
+  return paths
+
+
+def resolve_image_inputs(images_dir: str | None, list_images_path: str | None) -> list[pathlib.Path]:
+  """Image paths from exactly one of a folder or a list file."""
+  if bool(images_dir) == bool(list_images_path):
+    raise InputError("give exactly one of --images_dir and --list_images_path")
+  if list_images_path:
+    return read_image_list(list_images_path)
+  try:
+    paths = list_images(images_dir)
+  except FileNotFoundError as error:
+    raise InputError(str(error)) from None
+  if not paths:
+    raise InputError(f"no image files in {images_dir}")
+  return paths
+

@@ -1,0 +1,137 @@
+r"""Matches two images (or two DELF feature files) and verifies the matches with RANSAC.
+
+Usage:
+  match_images IMAGE_OR_FEATURES_1 IMAGE_OR_FEATURES_2 --output_image matches.png \
+      [--config_path my.pbtxt] [--output_json matches.json] [--distance_threshold 0.7]
+
+Images are read and their features extracted with --config_path. Without a
+config, a demo model is used: randomly initialised weights (seed 0; no
+pretrained weights are bundled), raw 1024-d descriptors, the packaged demo
+config (delf_ret/configs/delf_demo.pbtxt) otherwise. For .delf inputs, pass the
+images to draw with --image_paths. Matching and RANSAC settings are the
+config's retrieval_config (its defaults without a config); each flag below
+overrides one of its fields. Prints the number of putative matches and RANSAC
+inliers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+from absl import app, flags
+
+from delf_ret import config as config_lib
+from delf_ret.atomic import write_bytes_atomic
+from delf_ret.cli.common import define_config_flags, load_config_from_flags, print_error, run_tool
+from delf_ret.features import check_same_dimension, is_feature_file, read_features
+from delf_ret.images import load_image
+from delf_ret.match import RansacParams, verify_pair
+
+FLAGS = flags.FLAGS
+define_config_flags("DelfConfig for extracting features of image inputs, and matching settings.")
+flags.DEFINE_string("output_image", None, "PNG to write: both images and the inlier lines.")
+flags.DEFINE_string("output_json", None, "JSON to write: matches, inlier mask and transform.")
+flags.DEFINE_list("image_paths", [], "Images to draw when the inputs are .delf feature files.")
+
+# Flag -> the retrieval_config field it overrides (unset flags keep the config's value).
+MATCH_FLAGS = {
+    "distance_threshold": "match_distance_threshold",
+    "ratio_threshold": "match_ratio_threshold",
+    "mutual": "match_mutual",
+    "transform": "ransac_transform",
+    "residual_threshold": "ransac_residual_threshold",
+    "max_trials": "ransac_max_trials",
+    "stop_probability": "ransac_stop_probability",
+    "seed": "ransac_seed",
+}
+flags.DEFINE_float("distance_threshold", None, "Max descriptor L2 distance of a putative match.")
+flags.DEFINE_float("ratio_threshold", None, "Lowe ratio test threshold (0: off).")
+flags.DEFINE_boolean("mutual", None, "Keep only mutual nearest neighbours.")
+flags.DEFINE_enum("transform", None, ["affine", "homography"], "RANSAC model.")
+flags.DEFINE_float("residual_threshold", None, "RANSAC inlier threshold in pixels.")
+flags.DEFINE_integer("max_trials", None, "RANSAC iterations.")
+flags.DEFINE_float("stop_probability", None,
+                   "RANSAC stops early at this confidence (1.0: always max_trials).")
+flags.DEFINE_integer("seed", None, "RANSAC random seed.")
+for _flag, _field in MATCH_FLAGS.items():
+  FLAGS[_flag].help += f" Default: the config's retrieval_config.{_field}."
+
+
+def match_overrides() -> list[str]:
+  """``retrieval_config.<field>=<value>`` for each matching flag given on the command line."""
+  return [f"retrieval_config.{field}={getattr(FLAGS, flag)}"
+          for flag, field in MATCH_FLAGS.items() if getattr(FLAGS, flag) is not None]
+
+
+def load_match_config() -> config_lib.DelfConfig:
+  """--config_path (or the packaged demo config, PCA off) with the overrides and matching flags."""
+  if FLAGS.config_path:
+    return load_config_from_flags(extra_overrides=match_overrides())
+  return load_config_from_flags(config_lib.packaged_config_path(config_lib.DEMO_CONFIG),
+                                ["delf_local_config.use_pca=false", *match_overrides()])
+
+
+def _extractor(config: config_lib.DelfConfig):
+  from delf_ret.extract.extractor import DelfExtractor
+  if FLAGS.config_path:
+    return DelfExtractor(config)
+  from delf_ret.model import DelfModel
+  print("no --config_path: using a randomly initialised DELF model (seed 0), raw descriptors")
+  return DelfExtractor(config, model=DelfModel(num_classes=1, seed=0))
+
+
+def main(argv: list[str]) -> int:
+  inputs = [pathlib.Path(arg) for arg in argv[1:]]
+  if len(inputs) != 2:
+    raise app.UsageError("give exactly two inputs: images or .delf feature files")
+  config = load_match_config()
+  features, draw_paths, extractor = [], [], None
+  for i, path in enumerate(inputs):
+    if is_feature_file(path):
+      features.append(read_features(path))
+      draw_paths.append(FLAGS.image_paths[i] if len(FLAGS.image_paths) == 2 else None)
+    else:
+      extractor = extractor or _extractor(config)
+      features.append(extractor.extract_file(path))
+      draw_paths.append(path)
+  check_same_dimension(features[0], features[1], str(inputs[0]), str(inputs[1]))
+  if FLAGS.output_image and None in draw_paths:
+    return print_error("--output_image with .delf inputs needs --image_paths=IMAGE1,IMAGE2")
+  params = RansacParams.from_config(config.retrieval_config)
+  result = verify_pair(features[0], features[1], params)
+  print(f"features: {features[0].num_features} and {features[1].num_features}; "
+        f"putative matches: {result.num_matches}; inliers: {result.num_inliers}")
+  inlier_pairs = result.matches[result.inliers]
+  if FLAGS.output_image:
+    images = [load_image(path) for path in draw_paths]
+    from delf_ret.evaluation.visualize import draw_matches
+    draw_matches(FLAGS.output_image, images[0], images[1],
+                 features[0].locations[inlier_pairs[:, 0]],
+                 features[1].locations[inlier_pairs[:, 1]],
+                 f"{inputs[0].name} - {inputs[1].name}: {result.num_inliers} inliers "
+                 f"of {result.num_matches} putative matches ({params.transform})")
+    print(f"wrote {FLAGS.output_image}")
+  if FLAGS.output_json:
+    report = {
+        "inputs": [str(p) for p in inputs],
+        "num_features": [features[0].num_features, features[1].num_features],
+        "num_putative_matches": result.num_matches, "num_inliers": result.num_inliers,
+        "matches": result.matches.tolist(), "inliers": result.inliers.tolist(),
+        "transform_xy": None if result.transform is None else result.transform.tolist(),
+        "locations_yx": [features[0].locations[result.matches[:, 0]].tolist(),
+                         features[1].locations[result.matches[:, 1]].tolist()],
+        "params": dataclasses.asdict(params),
+    }
+    write_bytes_atomic(FLAGS.output_json, json.dumps(report, indent=1).encode())
+    print(f"wrote {FLAGS.output_json}")
+  return 0
+
+
+def run() -> None:
+  run_tool(main)
+
+
+if __name__ == "__main__":
+  run()

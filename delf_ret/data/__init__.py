@@ -1,1 +1,0 @@
-"""Training data: GLDv2 preparation into TFRecord shards and the tf.data input pipeline."""

@@ -1,0 +1,26 @@
+"""The package's error base class.
+
+Every error delf-ret raises for input it cannot use (a missing, corrupt or
+inconsistent file, an invalid setting) derives from :class:`DelfRetError`, and
+its message names the file or setting and the reason. A command-line tool
+catches this one type (see delf_ret.cli.common) and prints ``error: <message>``;
+anything else is a bug and keeps its traceback.
+
+The subclasses live beside the code that raises them: ConfigError
+(delf_ret.config), ImageReadError (delf_ret.images), FeatureFileError
+(delf_ret.features), ImageTooSmallError (delf_ret.extract.extractor),
+PcaFileError (delf_ret.extract.pca), ModelFileError and BackboneWeightsError
+(delf_ret.model), LocalIndexError (delf_ret.index), GroundTruthError
+(delf_ret.evaluation.ground_truth), DownloadError (delf_ret.datasets.download),
+GldDataError (delf_ret.train.gldv2), TrainingError (delf_ret.train.trainer).
+"""
+
+from __future__ import annotations
+
+
+class DelfRetError(Exception):
+  """Base class of every error the package raises for unusable input."""
+
+
+class InputError(DelfRetError):
+  """The input images (a folder, a list file, their names) cannot be used."""

@@ -1,0 +1,163 @@
+"""Reading retrieval ground truth in the published layouts.
+
+(a) Original Oxford5k / Paris6k: a folder of ``<landmark>_<n>_query.txt``
+    (one line: query image name and its box x1 y1 x2 y2; Oxford names carry an
+    ``oxc1_`` prefix), ``_good.txt``, ``_ok.txt`` and ``_junk.txt`` (image names
+    without extension, one per line). The database is every image of the
+    images folder.
+(b) Revisited ROxford5k / RParis6k: ``gnd_<dataset>.pkl``, a dict with
+    ``imlist`` and ``qimlist`` (names without extension) and ``gnd``, one dict
+    per query with ``bbx`` (x1, y1, x2, y2) and 0-based index lists ``easy``,
+    ``hard``, ``junk``.
+
+Both become a RetrievalDataset whose ``gnd`` entries hold 0-based database
+indices (``good``/``ok``/``junk`` for (a), ``easy``/``hard``/``junk`` for (b))
+and ``bbx``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import pickle
+
+import numpy as np
+
+from delf_ret.errors import DelfRetError
+
+
+class GroundTruthError(DelfRetError):
+  """Ground-truth files are missing or do not follow the published layout."""
+
+
+@dataclasses.dataclass
+class RetrievalDataset:
+  """Database and query image names, with per-query ground truth.
+
+  protocol: "original" (good/ok/junk) or "revisited" (easy/hard/junk).
+  """
+  name: str
+  protocol: str
+  imlist: list[str]
+  qimlist: list[str]
+  gnd: list[dict]
+  images_dir: pathlib.Path | None = None
+  extension: str = ".jpg"
+
+  def image_path(self, name: str) -> pathlib.Path:
+    if self.images_dir is None:
+      raise GroundTruthError("the dataset has no images folder")
+    return self.images_dir / f"{name}{self.extension}"
+
+
+def crop_to_box(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+  """Crops [H, W, 3] to the query box (x1, y1, x2, y2) in pixels, rounded outwards, clipped."""
+  x1, y1, x2, y2 = (float(v) for v in box)
+  height, width = image.shape[:2]
+  left, top = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
+  right, bottom = min(width, int(np.ceil(x2))), min(height, int(np.ceil(y2)))
+  if right <= left or bottom <= top:
+    raise GroundTruthError(f"query box {box} is empty inside a {width}x{height} image")
+  return image[top:bottom, left:right]
+
+
+def _read_names(path: pathlib.Path) -> list[str]:
+  return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_original_gt(gt_dir: str | os.PathLike, images_dir: str | os.PathLike,
+                     name: str = "oxford5k") -> RetrievalDataset:
+  """Reads an original Oxford5k/Paris6k ground-truth folder."""
+  gt_dir, images_dir = pathlib.Path(gt_dir), pathlib.Path(images_dir)
+  query_files = sorted(gt_dir.glob("*_query.txt"))
+  if not query_files:
+    raise GroundTruthError(f"no *_query.txt files in {gt_dir}")
+  if not images_dir.is_dir():
+    raise GroundTruthError(f"images folder not found: {images_dir}")
+  imlist = sorted(p.stem for p in images_dir.glob("*.jpg"))
+  index = {image: i for i, image in enumerate(imlist)}
+  qimlist, gnd = [], []
+  for query_file in query_files:
+    prefix = query_file.name[:-len("_query.txt")]
+    fields = query_file.read_text().split()
+    if len(fields) != 5:
+      raise GroundTruthError(f"{query_file}: expected 'name x1 y1 x2 y2', got {fields}")
+    query_name = fields[0][5:] if fields[0].startswith("oxc1_") else fields[0]
+    entry = {"bbx": np.array([float(v) for v in fields[1:]])}
+    for kind in ("good", "ok", "junk"):
+      path = gt_dir / f"{prefix}_{kind}.txt"
+      if not path.is_file():
+        raise GroundTruthError(f"missing ground-truth file {path}")
+      names = _read_names(path)
+      unknown = [n for n in names if n not in index]
+      if unknown:
+        raise GroundTruthError(f"{path}: {len(unknown)} images not in {images_dir}, "
+                               f"e.g. {unknown[0]}")
+      entry[kind] = np.array([index[n] for n in names], np.int64)
+    qimlist.append(query_name)
+    gnd.append(entry)
+  return RetrievalDataset(name, "original", imlist, qimlist, gnd, images_dir)
+
+
+def load_dataset(gnd_path: str | os.PathLike | None = None,
+                 gt_dir: str | os.PathLike | None = None,
+                 images_dir: str | os.PathLike | None = None,
+                 name: str | None = None) -> RetrievalDataset:
+  """A benchmark from exactly one of a Revisited ``gnd_*.pkl`` file and an original gt folder.
+
+  name: the dataset's name in reports (default: from the pkl file name, or the
+  gt folder's name).
+  """
+  if bool(gnd_path) == bool(gt_dir):
+    raise GroundTruthError("give exactly one of a Revisited gnd_<dataset>.pkl file "
+                           "(--dataset_gnd_path) and an original ground-truth folder "
+                           "(--dataset_gt_dir)")
+  if gnd_path:
+    return read_revisited_gnd(gnd_path, images_dir, name)
+  if images_dir is None:
+    raise GroundTruthError("the original protocol needs the images folder (--images_dir)")
+  return read_original_gt(gt_dir, images_dir, name or pathlib.Path(gt_dir).name)
+
+
+def in_query_order(dataset: RetrievalDataset, qimlist: list[str]) -> RetrievalDataset:
+  """``dataset`` with its queries (and their ground truth) reordered to ``qimlist``.
+
+  Scores one run's results (in ``qimlist`` order) under a second protocol of
+  the same queries. Raises GroundTruthError if the query names differ.
+  """
+  if sorted(dataset.qimlist) != sorted(qimlist):
+    raise GroundTruthError(f"{dataset.name} has other queries than the run to score")
+  order = [dataset.qimlist.index(query) for query in qimlist]
+  return dataclasses.replace(dataset, qimlist=list(qimlist),
+                             gnd=[dataset.gnd[i] for i in order])
+
+
+def read_revisited_gnd(pkl_path: str | os.PathLike, images_dir: str | os.PathLike | None = None,
+                       name: str | None = None) -> RetrievalDataset:
+  """Reads a Revisited gnd_<dataset>.pkl file."""
+  pkl_path = pathlib.Path(pkl_path)
+  if not pkl_path.is_file():
+    raise GroundTruthError(f"ground-truth file not found: {pkl_path}")
+  try:
+    with open(pkl_path, "rb") as handle:
+      data = pickle.load(handle)
+  except (pickle.UnpicklingError, EOFError, ValueError) as error:
+    raise GroundTruthError(f"{pkl_path}: not a readable pickle ({error})") from None
+  missing = [key for key in ("imlist", "qimlist", "gnd") if key not in data]
+  if missing:
+    raise GroundTruthError(f"{pkl_path}: missing keys {missing}")
+  if len(data["gnd"]) != len(data["qimlist"]):
+    raise GroundTruthError(f"{pkl_path}: {len(data['gnd'])} gnd entries for "
+                           f"{len(data['qimlist'])} queries")
+  gnd = []
+  for entry in data["gnd"]:
+    converted = {"bbx": np.asarray(entry.get("bbx", []), np.float64).reshape(-1)}
+    for kind in ("easy", "hard", "junk"):
+      converted[kind] = np.asarray(entry.get(kind, []), np.int64).reshape(-1)
+      if converted[kind].size and converted[kind].max() >= len(data["imlist"]):
+        raise GroundTruthError(f"{pkl_path}: {kind} index out of range")
+    gnd.append(converted)
+  dataset_name = name or pkl_path.stem.removeprefix("gnd_")
+  return RetrievalDataset(dataset_name, "revisited", list(data["imlist"]), list(data["qimlist"]),
+                          gnd, pathlib.Path(images_dir) if images_dir else None)

@@ -1,0 +1,103 @@
+"""PCA of local descriptors: learning (scikit-learn), applying (numpy), files (.npy).
+
+Descriptor arrays are float32 [N, D]. A PCA model is three arrays:
+mean [D], projection [K, D] (rows = principal directions by decreasing
+variance) and variances [K].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+import numpy as np
+
+from delf_ret.atomic import atomic_write
+from delf_ret.errors import DelfRetError
+
+WHITENING_EPSILON = 1e-12
+PCA_FILE_NAMES = ("pca_mean.npy", "pca_projection.npy", "pca_variances.npy")
+
+
+class PcaError(DelfRetError):
+  """PCA files are missing or inconsistent, or a PCA cannot be learned or applied."""
+
+
+@dataclasses.dataclass
+class PcaModel:
+  mean: np.ndarray         # [D]
+  projection: np.ndarray   # [K, D]
+  variances: np.ndarray    # [K]
+
+
+def l2_normalize(vectors: np.ndarray, epsilon: float = 1e-12) -> np.ndarray:
+  """Row-wise L2 normalisation of [N, D]; zero rows stay zero."""
+  vectors = np.asarray(vectors, dtype=np.float32)
+  norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+  return vectors / np.maximum(norms, epsilon)
+
+
+def learn_pca(descriptors: np.ndarray) -> PcaModel:
+  """Fits a full PCA to descriptors [N, D] (N >= 2) with scikit-learn."""
+  from sklearn.decomposition import PCA
+
+  descriptors = np.asarray(descriptors, dtype=np.float64)
+  if descriptors.ndim != 2 or descriptors.shape[0] < 2:
+    raise PcaError(f"need at least 2 descriptors of shape [N, D], got {descriptors.shape}")
+  pca = PCA(n_components=min(descriptors.shape), svd_solver="full")
+  pca.fit(descriptors)
+  return PcaModel(mean=pca.mean_.astype(np.float32),
+                  projection=pca.components_.astype(np.float32),
+                  variances=pca.explained_variance_.astype(np.float32))
+
+
+def apply_pca(descriptors: np.ndarray, model: PcaModel, dim: int,
+              use_whitening: bool = False) -> np.ndarray:
+  """Projects descriptors [N, D] to [N, dim], optionally whitens, then L2-normalises."""
+  if dim > model.projection.shape[0]:
+    raise PcaError(f"pca_dim {dim} exceeds the {model.projection.shape[0]} learned components")
+  if descriptors.shape[1] != model.mean.shape[0]:
+    raise PcaError(f"descriptors have dimension {descriptors.shape[1]}, "
+                     f"the PCA model expects {model.mean.shape[0]}")
+  projected = (descriptors - model.mean) @ model.projection[:dim].T
+  if use_whitening:
+    projected = projected / np.sqrt(model.variances[:dim] + WHITENING_EPSILON)
+  return l2_normalize(projected)
+
+
+def save_pca(model: PcaModel, mean_path: str | os.PathLike, projection_path: str | os.PathLike,
+             variances_path: str | os.PathLike) -> None:
+  """Writes the three arrays as .npy files, each atomically."""
+  for array, path in ((model.mean, mean_path), (model.projection, projection_path),
+                      (model.variances, variances_path)):
+    with atomic_write(path) as handle:
+      np.save(handle, array)
+
+
+def pca_paths(folder: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+  """Standard (mean, projection, variances) file paths inside ``folder``."""
+  folder = pathlib.Path(folder)
+  return tuple(folder / name for name in PCA_FILE_NAMES)
+
+
+def load_pca(mean_path: str | os.PathLike, projection_path: str | os.PathLike,
+             variances_path: str | os.PathLike | None = None) -> PcaModel:
+  """Reads a PCA model; variances may be absent (no whitening possible)."""
+  arrays = {}
+  for name, path in (("mean", mean_path), ("projection", projection_path),
+                     ("variances", variances_path)):
+    if name == "variances" and not path:
+      continue
+    path = pathlib.Path(path)
+    if not path.is_file():
+      raise PcaError(f"PCA {name} file not found: {path}")
+    arrays[name] = np.load(path).astype(np.float32)
+  mean, projection = arrays["mean"], arrays["projection"]
+  variances = arrays.get("variances", np.full(projection.shape[0], np.nan, np.float32))
+  if mean.ndim != 1 or projection.ndim != 2 or projection.shape[1] != mean.shape[0]:
+    raise PcaError(f"PCA files disagree: mean {mean.shape}, projection {projection.shape}")
+  if variances.shape != (projection.shape[0],):
+    raise PcaError(f"PCA variances shape {variances.shape} does not match "
+                     f"projection {projection.shape}")
+  return PcaModel(mean=mean, projection=projection, variances=variances)

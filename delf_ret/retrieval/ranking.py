@@ -1,0 +1,124 @@
+"""Ranking database images for a query: descriptor votes, then RANSAC reranking.
+
+Data flow: query features -> index search -> ranked list -> verified list.
+Reranking calls delf_ret.match; matching never calls back. Every setting comes
+from the config's ``retrieval_config`` (a ``DelfRetrievalConfig`` message; a
+default-constructed one holds the defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import numpy as np
+
+from delf_ret.config import DelfRetrievalConfig
+from delf_ret.features import LocalFeatures
+from delf_ret.index import IndexParams, LocalFeatureIndex
+from delf_ret.match import RansacParams, verify_candidates
+
+
+@dataclasses.dataclass
+class RankedImage:
+  """One entry of a ranked list: image id, first-stage score, inliers (None: not verified)."""
+  image_id: str
+  score: float
+  inliers: int | None = None
+
+
+def aggregate_votes(slots: np.ndarray, distances: np.ndarray, weighting: str) -> dict[int, float]:
+  """Scores per database slot from the k-NN hits [Q, k] of Q query descriptors.
+
+  Each query descriptor votes at most once per image (its closest hit there):
+  ``weighting`` (retrieval_config.vote_weighting) "count" adds 1, "similarity"
+  adds the cosine similarity 1 - d^2 / 2 of unit descriptors (d^2 = squared L2
+  distance, as the index returns it), floored at 0.
+  """
+  if weighting not in ("count", "similarity"):
+    raise ValueError(f"weighting must be 'count' or 'similarity', got {weighting!r}")
+  scores: dict[int, float] = {}
+  for row_slots, row_distances in zip(slots, distances):
+    seen = set()
+    for slot, distance in zip(row_slots.tolist(), row_distances.tolist()):
+      if slot < 0 or slot in seen:
+        continue
+      seen.add(slot)
+      vote = 1.0 if weighting == "count" else max(0.0, 1.0 - distance / 2.0)
+      scores[slot] = scores.get(slot, 0.0) + vote
+  return scores
+
+
+def rank_database(index: LocalFeatureIndex, query_descriptors: np.ndarray,
+                  retrieval_config: DelfRetrievalConfig) -> list[RankedImage]:
+  """Database images by decreasing vote score (ties: image id order); unvoted images omitted.
+
+  query_descriptors: float32 [Q, D]; each looks up its
+  ``neighbors_per_descriptor`` nearest database descriptors and votes by
+  ``vote_weighting`` (see aggregate_votes).
+  """
+  if query_descriptors.shape[0] == 0 or len(index) == 0:
+    return []
+  slots, _, distances = index.search(query_descriptors, retrieval_config.neighbors_per_descriptor)
+  scores = aggregate_votes(slots, distances, retrieval_config.vote_weighting)
+  ranked = [RankedImage(index.slot_names[slot], score) for slot, score in scores.items()
+            if slot in index.slot_names]
+  return sorted(ranked, key=lambda entry: (-entry.score, entry.image_id))
+
+
+def rerank(query: LocalFeatures, ranked: list[RankedImage],
+           load_features: Callable[[str], LocalFeatures],
+           retrieval_config: DelfRetrievalConfig) -> list[RankedImage]:
+  """Verifies the top ``rerank_top_n`` candidates and reorders them by inlier count.
+
+  Matching and RANSAC settings: RansacParams.from_config(retrieval_config).
+  Verified candidates with at least ``min_inliers`` inliers come first, by
+  decreasing inliers (ties: first-stage score, then the first-stage order);
+  then the other top-N candidates in first-stage order; then the rest of the
+  list unchanged. Candidates are loaded one at a time; the query's matcher is built once.
+  """
+  top_n, min_inliers = retrieval_config.rerank_top_n, retrieval_config.min_inliers
+  head, tail = ranked[:top_n], ranked[top_n:]
+  verifications = verify_candidates(query, (load_features(entry.image_id) for entry in head),
+                                    RansacParams.from_config(retrieval_config))
+  verified = [(position, dataclasses.replace(entry, inliers=verification.num_inliers))
+              for position, (entry, verification) in enumerate(zip(head, verifications))]
+  passed = [(p, e) for p, e in verified if e.inliers >= min_inliers]
+  failed = [e for p, e in verified if e.inliers < min_inliers]
+  passed.sort(key=lambda item: (-item[1].inliers, -item[1].score, item[0]))
+  return [e for _, e in passed] + failed + tail
+
+
+def use_search_settings(index: LocalFeatureIndex, retrieval_config: DelfRetrievalConfig) -> None:
+  """Sets the search breadth (nprobe, ef_search) of a loaded index from the config."""
+  configured = IndexParams.from_config(retrieval_config)
+  index.params = dataclasses.replace(index.params, nprobe=configured.nprobe,
+                                     ef_search=configured.ef_search)
+
+
+def load_index(index: LocalFeatureIndex | str | os.PathLike,
+               retrieval_config: DelfRetrievalConfig) -> LocalFeatureIndex:
+  """The index (loaded from its folder unless already loaded) with the config's search breadth."""
+  if not isinstance(index, LocalFeatureIndex):
+    index = LocalFeatureIndex.load(index)
+  use_search_settings(index, retrieval_config)
+  return index
+
+
+@dataclasses.dataclass
+class RetrievalResult:
+  """First-stage ranked list and the list after RANSAC reranking of its top."""
+  ranked: list[RankedImage]
+  reranked: list[RankedImage]
+
+
+def retrieve(query: LocalFeatures, index: LocalFeatureIndex,
+             load_features: Callable[[str], LocalFeatures],
+             retrieval_config: DelfRetrievalConfig) -> RetrievalResult:
+  """Ranks the database for one query, then verifies the top (settings from the config)."""
+  ranked = rank_database(index, query.descriptors if query.num_features else
+                         np.zeros((0, index.dim), np.float32), retrieval_config)
+  if retrieval_config.rerank_top_n == 0:
+    return RetrievalResult(ranked, list(ranked))
+  return RetrievalResult(ranked, rerank(query, ranked, load_features, retrieval_config))

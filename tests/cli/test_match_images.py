@@ -1,0 +1,83 @@
+"""End-to-end tests of `python -m delf_ret.cli.match_images` on the real graffiti pair."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from delf_ret.features import LocalFeatures, write_features
+
+from conftest import run_cli
+
+
+def test_images_to_png_and_json(config_path, shared_data, tmp_path):
+  png, report = tmp_path / "m.png", tmp_path / "m.json"
+  result = run_cli("delf_ret.cli.match_images", str(shared_data / "pairs" / "graf1.png"),
+                   str(shared_data / "pairs" / "graf3.png"), f"--config_path={config_path}",
+                   f"--output_image={png}", f"--output_json={report}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "putative matches:" in result.stdout and "inliers:" in result.stdout
+  with Image.open(png) as image:
+    assert image.format == "PNG" and image.width > 2 * 256
+  data = json.loads(report.read_text())
+  assert len(data["inliers"]) == data["num_putative_matches"] == len(data["matches"])
+  assert sum(data["inliers"]) == data["num_inliers"]
+
+
+def test_feature_files_of_different_dimensions(tmp_path):
+  def write(name, dim):
+    n = 5
+    features = LocalFeatures(np.zeros((n, 2)), np.ones(n), np.ones((n, dim)), np.ones(n),
+                             np.zeros(n))
+    write_features(tmp_path / name, features)
+    return str(tmp_path / name)
+  result = run_cli("delf_ret.cli.match_images", write("a.delf", 40), write("b.delf", 128))
+  assert result.returncode == 2
+  assert "descriptor dimensions differ" in result.stderr and "40" in result.stderr
+
+
+def test_feature_files_need_images_to_draw(tmp_path, shared_data):
+  rng = np.random.default_rng(0)
+  points = rng.uniform(0, 400, (30, 2))
+  descriptors = rng.normal(size=(30, 8))
+  for name in ("a.delf", "b.delf"):
+    write_features(tmp_path / name, LocalFeatures(points, np.ones(30), descriptors, np.ones(30),
+                                                  np.zeros(30)))
+  args = [str(tmp_path / "a.delf"), str(tmp_path / "b.delf"), f"--output_image={tmp_path / 'x.png'}"]
+  result = run_cli("delf_ret.cli.match_images", *args)
+  assert result.returncode == 2 and "--image_paths" in result.stderr
+  pair = shared_data / "pairs"
+  result = run_cli("delf_ret.cli.match_images", *args,
+                   f"--image_paths={pair / 'box.png'},{pair / 'box_in_scene.png'}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "putative matches: 30; inliers: 30" in result.stdout
+  assert (tmp_path / "x.png").stat().st_size > 0
+
+
+def test_settings_come_from_retrieval_config_and_flags_override_fields(tmp_path):
+  rng = np.random.default_rng(1)
+  points, descriptors = rng.uniform(0, 400, (20, 2)), rng.normal(size=(20, 8))
+  for name in ("a.delf", "b.delf"):
+    write_features(tmp_path / name, LocalFeatures(points, np.ones(20), descriptors, np.ones(20),
+                                                  np.zeros(20)))
+  config = tmp_path / "c.pbtxt"
+  config.write_text("image_scales: 1.0 delf_local_config { use_pca: false }\n"
+                    "retrieval_config { ransac_residual_threshold: 5.0 ransac_max_trials: 50 }")
+  inputs = [str(tmp_path / "a.delf"), str(tmp_path / "b.delf")]
+  report = tmp_path / "m.json"
+  result = run_cli("delf_ret.cli.match_images", *inputs, f"--config_path={config}", "--seed=3",
+                   "--max_trials=70", "--transform=homography", f"--output_json={report}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  params = json.loads(report.read_text())["params"]
+  assert (params["residual_threshold"], params["max_trials"], params["seed"],
+          params["transform"]) == (5.0, 70, 3, "homography")
+  assert params["distance_threshold"] == pytest.approx(0.8)  # The .proto default.
+  assert params["stop_probability"] == 0.99 and params["mutual"] is False
+  bad = run_cli("delf_ret.cli.match_images", *inputs, "--residual_threshold=-1")
+  assert bad.returncode == 2 and "ransac_residual_threshold must be positive" in bad.stderr
+
+
+def test_wrong_number_of_inputs():
+  result = run_cli("delf_ret.cli.match_images", "only_one.png")
+  assert result.returncode != 0 and "exactly two inputs" in result.stderr + result.stdout

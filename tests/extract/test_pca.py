@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from delf_ret.extract import pca as pca_lib
+
+
+def hand_model():
+  return pca_lib.PcaModel(mean=np.array([1.0, 1.0], np.float32),
+                          projection=np.array([[0.0, 1.0], [1.0, 0.0]], np.float32),
+                          variances=np.array([4.0, 1.0], np.float32))
+
+
+def test_apply_pca_by_hand():
+  model = hand_model()
+  descriptors = np.array([[4.0, 5.0]], np.float32)  # centred: (3, 4); projected: (4, 3).
+  np.testing.assert_allclose(pca_lib.apply_pca(descriptors, model, 2), [[0.8, 0.6]], atol=1e-6)
+  # Whitened: (4 / 2, 3 / 1) = (2, 3) -> normalised.
+  np.testing.assert_allclose(pca_lib.apply_pca(descriptors, model, 2, use_whitening=True),
+                             [[2 / np.sqrt(13), 3 / np.sqrt(13)]], atol=1e-6)
+  np.testing.assert_allclose(pca_lib.apply_pca(descriptors, model, 1), [[1.0]])
+
+
+def test_apply_pca_rejects_bad_dimensions():
+  with pytest.raises(pca_lib.PcaError, match="exceeds"):
+    pca_lib.apply_pca(np.zeros((1, 2), np.float32), hand_model(), 3)
+  with pytest.raises(pca_lib.PcaError, match="dimension 3"):
+    pca_lib.apply_pca(np.zeros((1, 3), np.float32), hand_model(), 1)
+
+
+def test_learn_pca_recovers_main_direction(tmp_path):
+  rng = np.random.default_rng(0)
+  data = np.outer(rng.normal(size=500), [3.0, 4.0]) / 5 + 0.01 * rng.normal(size=(500, 2)) + 7
+  model = pca_lib.learn_pca(data)
+  assert abs(abs(model.projection[0] @ np.array([0.6, 0.8])) - 1) < 1e-3
+  np.testing.assert_allclose(model.mean, data.mean(0), rtol=1e-5)
+  assert model.variances[0] > model.variances[1]
+  paths = pca_lib.pca_paths(tmp_path)
+  pca_lib.save_pca(model, *paths)
+  loaded = pca_lib.load_pca(*paths)
+  np.testing.assert_array_equal(loaded.projection, model.projection)
+  np.testing.assert_array_equal(loaded.variances, model.variances)
+
+
+def test_load_pca_errors(tmp_path):
+  with pytest.raises(pca_lib.PcaError, match="mean"):
+    pca_lib.load_pca(tmp_path / "missing.npy", tmp_path / "p.npy")
+  np.save(tmp_path / "m.npy", np.zeros(3, np.float32))
+  np.save(tmp_path / "p.npy", np.zeros((2, 4), np.float32))
+  with pytest.raises(pca_lib.PcaError, match="disagree"):
+    pca_lib.load_pca(tmp_path / "m.npy", tmp_path / "p.npy")
+
+
+def test_l2_normalize_keeps_zero_rows():
+  out = pca_lib.l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
+  np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])

@@ -1,0 +1,48 @@
+import keras
+import numpy as np
+import pytest
+
+from delf_ret.model import (BackboneWeightsError, DelfModel, ModelFileError, build_backbone,
+                            load_delf_model, save_delf_model)
+
+
+def test_output_shapes_and_stride(delf_model):
+  outputs = delf_model(np.zeros((2, 160, 96, 3), np.float32))
+  assert outputs["features"].shape == (2, 10, 6, 1024)
+  assert outputs["attention"].shape == (2, 10, 6)
+  assert outputs["tuning_logits"].shape == (2, 3)
+  assert outputs["attention_logits"].shape == (2, 3)
+  assert float(np.min(outputs["attention"])) >= 0.0  # softplus.
+
+
+def test_backbone_ends_at_conv4():
+  backbone = build_backbone(None)
+  assert backbone.layers[-1].name == "conv4_block6_out"
+  assert not any(layer.name.startswith("conv5") for layer in backbone.layers)
+
+
+def test_checkpoint_round_trip_is_exact(delf_model, model_path):
+  loaded = load_delf_model(model_path)
+  images = np.random.default_rng(0).uniform(0, 255, (1, 64, 80, 3)).astype(np.float32)
+  before, after = delf_model(images), loaded(images)
+  for name in before:
+    np.testing.assert_array_equal(before[name], after[name])
+  assert loaded.num_classes == 3
+
+
+def test_local_backbone_weights_file(tmp_path):
+  resnet = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(None, None, 3))
+  path = tmp_path / "resnet50_notop.weights.h5"
+  resnet.save_weights(path)
+  backbone = build_backbone(str(path))
+  expected = resnet.get_layer("conv4_block6_3_conv").kernel.numpy()
+  np.testing.assert_array_equal(backbone.get_layer("conv4_block6_3_conv").kernel.numpy(), expected)
+
+
+def test_missing_weights_and_checkpoint(tmp_path):
+  with pytest.raises(BackboneWeightsError, match="not found"):
+    DelfModel(backbone_weights=str(tmp_path / "missing.h5"))
+  with pytest.raises(ModelFileError, match="not found"):
+    load_delf_model(tmp_path / "missing.keras")
+  with pytest.raises(ModelFileError, match=".keras"):
+    save_delf_model(DelfModel(seed=1), tmp_path / "model.h5")

@@ -1,0 +1,61 @@
+"""Vote aggregation, ranking and reranking on hand-made data."""
+
+import numpy as np
+import pytest
+
+from delf_ret.config import DelfRetrievalConfig
+from delf_ret.index import LocalFeatureIndex
+from delf_ret.retrieval.ranking import RankedImage, aggregate_votes, rank_database, rerank
+
+from conftest import make_features, random_unit_descriptors
+
+
+def test_aggregate_votes_by_hand():
+  slots = np.array([[0, 0, 1], [1, -1, 2]])
+  distances = np.array([[0.0, 0.1, 1.0], [0.5, np.inf, 3.0]])
+  assert aggregate_votes(slots, distances, "count") == {0: 1.0, 1: 2.0, 2: 1.0}
+  # Similarity 1 - d2/2: slot 0 -> 1.0; slot 1 -> 0.5 + 0.75; slot 2 -> max(0, -0.5) = 0.
+  assert aggregate_votes(slots, distances, "similarity") == pytest.approx({0: 1.0, 1: 1.25, 2: 0.0})
+  with pytest.raises(ValueError):
+    aggregate_votes(slots, distances, "sum")
+
+
+
+def test_rank_then_rerank_puts_geometrically_consistent_image_first():
+  rng = np.random.default_rng(0)
+  descriptors = random_unit_descriptors(rng, 60, 8)
+  points = rng.uniform(0, 300, (60, 2))
+  query = make_features(points, descriptors)
+  database = {
+      # Same descriptors, scrambled geometry: many votes, no consistent transform.
+      "decoy": make_features(rng.uniform(0, 300, (60, 2)), descriptors),
+      # Same scene shifted by (10, 20): same descriptors, consistent geometry.
+      "match": make_features(points[:40] + [10.0, 20.0], descriptors[:40]),
+      "other": make_features(rng.uniform(0, 300, (30, 2)), rng.normal(size=(30, 8))),
+  }
+  index = LocalFeatureIndex(8)
+  for name, feats in database.items():
+    index.add(name, feats.descriptors)
+  ranked = rank_database(index, query.descriptors,
+                         DelfRetrievalConfig(neighbors_per_descriptor=2, vote_weighting="count"))
+  assert [entry.image_id for entry in ranked[:2]] == ["decoy", "match"]
+  reranked = rerank(query, ranked, database.__getitem__,
+                    DelfRetrievalConfig(rerank_top_n=10, min_inliers=10))
+  assert reranked[0].image_id == "match" and reranked[0].inliers == 40
+  assert reranked[1].image_id == "decoy" and reranked[1].inliers < 10
+
+
+def test_rerank_keeps_first_stage_order_below_threshold_and_tail():
+  query = make_features(np.zeros((0, 2)), np.zeros((0, 8)))
+  ranked = [RankedImage(name, score) for name, score in (("a", 5), ("b", 4), ("c", 3))]
+  out = rerank(query, ranked, lambda name: query, DelfRetrievalConfig(rerank_top_n=2))
+  assert [e.image_id for e in out] == ["a", "b", "c"]
+  assert [e.inliers for e in out] == [0, 0, None]
+
+
+def test_ranked_indices_put_unvoted_images_last_and_extras_beyond():
+  from delf_ret.retrieval.dataset_runner import ranked_indices
+  from delf_ret.evaluation.ground_truth import RetrievalDataset
+  dataset = RetrievalDataset("toy", "revisited", ["a", "b", "c", "d"], ["a"], [{}])
+  entries = [RankedImage("c", 5.0), RankedImage("distractor", 4.0), RankedImage("a", 1.0)]
+  np.testing.assert_array_equal(ranked_indices(entries, dataset), [2, 4, 0, 1, 3])
