@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import zipfile
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def load_compact_weights(path: str | os.PathLike):
   try:
     with np.load(path, allow_pickle=False) as data:
       arrays = {name: data[name] for name in data.files}
-  except (OSError, ValueError, EOFError) as error:
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
     raise CompactWeightsError(f"{path}: not a readable weights file ({error})") from None
   if int(arrays.pop("format_version", -1)) != FORMAT_VERSION:
     raise CompactWeightsError(f"{path}: not a delf-ret compact weights file (format version)")

@@ -6,13 +6,18 @@ verified correspondences. The conv4 cells of both views are L2-normalised and an
 InfoNCE loss (both directions) pulls each cell towards its corresponding cell
 and away from every other cell of the batch's other views. The attention head
 sees the same features with their gradient stopped and learns, with a logistic
-loss, whether each cell's nearest neighbour is its true correspondent: its
-score ranks cells by how reliably they match.
+loss, whether each cell's nearest neighbour is its true correspondent. Then,
+for ``attention_steps`` more steps, the backbone is frozen (batch norms in
+inference mode, as at extraction) and the attention head alone learns whether
+each cell's nearest neighbour in the other view lies within
+``attention_neighbourhood`` cells of its correspondent: its score ranks cells
+by how reliably they match.
 
 Resuming: a batch is a pure function of (seed, step) and the checkpoint holds
 the model and the optimizer (whose step counter is the global step), so
 running the same command again continues where the last checkpoint left off
-and sees the same batches. TensorBoard logs go to
+and sees the same batches; the global step is the sum of both phases'
+optimizer steps. TensorBoard logs go to
 ``<output_dir>/tensorboard/selfsup``; the final model to
 ``<output_dir>/delf_model.keras``.
 """
@@ -33,6 +38,7 @@ import tensorflow as tf
 from delf_ret.atomic import atomic_write
 from delf_ret.config import DelfTrainingConfig
 from delf_ret.model import DelfModel, save_delf_model
+from delf_ret.model.delf import caffe_preprocess
 from delf_ret.train import selfsup_data
 from delf_ret.train.trainer import (MODEL_FILE, TrainingError, TrainingResult, attention_image,
                                     is_chief)
@@ -160,6 +166,24 @@ def reliability_loss(logits: tf.Tensor, correct: tf.Tensor, mask: tf.Tensor) -> 
   return tf.reduce_sum(per_cell * mask)
 
 
+def near_matches(features_a: tf.Tensor, features_b: tf.Tensor, targets: tf.Tensor, side: int,
+                 neighbourhood: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """Whether each A cell's nearest cell in its own B view is within ``neighbourhood`` cells
+  (Chebyshev distance on the grid) of its target.
+
+  features_a, features_b: [P, side * side, D] L2-normalised; targets: int32
+  [P, side * side] (-1: none). Returns (float [P, N] 1.0 where near, float
+  [P, N] mask of cells with a target).
+  """
+  nearest = tf.argmax(tf.einsum("pnd,pmd->pnm", features_a, features_b), axis=-1,
+                      output_type=tf.int32)
+  valid = targets >= 0
+  safe = tf.where(valid, targets, tf.zeros_like(targets))
+  distance = tf.maximum(tf.abs(nearest // side - safe // side), tf.abs(nearest % side - safe % side))
+  mask = tf.cast(valid, tf.float32)
+  return tf.cast(distance <= neighbourhood, tf.float32) * mask, mask
+
+
 def load_training_photos(source: str | os.PathLike, config: DelfTrainingConfig,
                          log: Callable[[str], None]) -> tuple[list[np.ndarray], list[pathlib.Path]]:
   """The photos of a folder or list file (plus scikit-image's, if configured)."""
@@ -214,12 +238,21 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
     schedule = WarmupLinearDecay(s.learning_rate, s.warmup_steps, s.max_steps)
     optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum)
     optimizer.build(variables)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    attention_schedule = keras.optimizers.schedules.PolynomialDecay(
+        s.attention_learning_rate, max(1, s.attention_steps), 0.0)
+    attention_optimizer = keras.optimizers.Adam(attention_schedule)
+    attention_optimizer.build(attention_vars)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                     attention_optimizer=attention_optimizer)
     manager = tf.train.CheckpointManager(checkpoint, output_dir / "checkpoints",
                                          max_to_keep=config.max_checkpoints)
     if manager.latest_checkpoint:
-      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-      log(f"resumed from {manager.latest_checkpoint} at step {int(optimizer.iterations.numpy())}")
+      # The model must match; an optimizer of a phase not reached yet may be absent.
+      tf.train.Checkpoint(model=model).restore(
+          manager.latest_checkpoint).assert_existing_objects_matched()
+      checkpoint.restore(manager.latest_checkpoint).expect_partial()
+      log(f"resumed from {manager.latest_checkpoint} at step "
+          f"{int(optimizer.iterations.numpy()) + int(attention_optimizer.iterations.numpy())}")
 
   def step_fn(view_a, view_b, targets_ab, targets_ba):
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
@@ -255,6 +288,37 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
     results = strategy.run(step_fn, args=(view_a, view_b, targets_ab, targets_ba))
     return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
 
+  side = selfsup_data.grid_side(s.crop_size)
+
+  def attention_step_fn(view_a, view_b, targets_ab, targets_ba):
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    part = slice(None)
+    if replicas > 1:
+      part = slice(replica * per_replica, (replica + 1) * per_replica)
+    images = tf.concat([view_a[part], view_b[part]], axis=0)
+    raw = model.backbone(caffe_preprocess(tf.cast(images, tf.float32)), training=False)
+    cells = side * side
+    normalized = tf.math.l2_normalize(tf.reshape(raw, [-1, cells, raw.shape[-1]]), axis=-1)
+    near_ab, mask_ab = near_matches(normalized[:per_replica], normalized[per_replica:],
+                                    targets_ab[part], side, s.attention_neighbourhood)
+    near_ba, mask_ba = near_matches(normalized[per_replica:], normalized[:per_replica],
+                                    targets_ba[part], side, s.attention_neighbourhood)
+    count = tf.maximum(tf.reduce_sum(mask_ab) + tf.reduce_sum(mask_ba), 1.0)
+    with tf.GradientTape() as tape:
+      logits = tf.reshape(model.attention_logits(raw, training=True), [-1, cells])
+      reliability = (reliability_loss(logits[:per_replica], near_ab, mask_ab) +
+                     reliability_loss(logits[per_replica:], near_ba, mask_ba)) / count
+      loss = reliability / replicas
+    gradients = tape.gradient(loss, attention_vars)
+    attention_optimizer.apply_gradients(zip(gradients, attention_vars))
+    accuracy = (tf.reduce_sum(near_ab) + tf.reduce_sum(near_ba)) / count
+    return tf.zeros(()), reliability / replicas, accuracy / replicas
+
+  @tf.function
+  def attention_step(view_a, view_b, targets_ab, targets_ba):
+    results = strategy.run(attention_step_fn, args=(view_a, view_b, targets_ab, targets_ba))
+    return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
+
   def batch_of(step: int) -> dict[str, np.ndarray]:
     return selfsup_data.make_batch(config.seed, step, s.pairs_per_batch, s.real_pair_fraction,
                                    photos, real_pairs, settings)
@@ -262,35 +326,49 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
   sample = batch_of(2**31 - 1)["view_a"][:2] if chief else None  # Fixed attention-image input.
   writer = (tf.summary.create_file_writer(str(output_dir / "tensorboard" / "selfsup")) if chief
             else tf.summary.create_noop_writer())
-  step = int(optimizer.iterations.numpy())
-  last_step = s.max_steps if num_steps is None else min(s.max_steps, step + num_steps)
+  def global_step() -> int:
+    return int(optimizer.iterations.numpy()) + int(attention_optimizer.iterations.numpy())
+
+  total_steps = s.max_steps + s.attention_steps
+  step = global_step()
+  last_step = total_steps if num_steps is None else min(total_steps, step + num_steps)
   contrastive = reliability = accuracy = float("nan")
   start, start_step, step_times = time.time(), step, []
   while step < last_step:
     step_start = time.perf_counter()
     batch = batch_of(step)
-    outputs = train_step(batch["view_a"], batch["view_b"], batch["targets_ab"],
-                         batch["targets_ba"])
-    step = int(optimizer.iterations.numpy())
+    phase_one = step < s.max_steps
+    run_step = train_step if phase_one else attention_step
+    outputs = run_step(batch["view_a"], batch["view_b"], batch["targets_ab"],
+                       batch["targets_ba"])
+    step = global_step()
     contrastive, reliability, accuracy = (float(v) for v in outputs)
     step_times.append(time.perf_counter() - step_start)
-    if not np.isfinite(contrastive):
-      raise TrainingError(f"selfsup: the loss became {contrastive} at step {step}; lower "
-                          f"selfsup.learning_rate")
+    if not np.isfinite(contrastive) or not np.isfinite(reliability):
+      raise TrainingError(f"selfsup: the loss became {contrastive}, {reliability} at step "
+                          f"{step}; lower selfsup.learning_rate or attention_learning_rate")
     if step % config.summary_every == 0 or step == last_step:
       rate = (time.time() - start) / max(1, step - start_step)
-      log(f"selfsup step {step}/{s.max_steps}: contrastive {contrastive:.4f}, reliability "
-          f"{reliability:.4f}, correspondence accuracy {accuracy:.3f}, lr "
-          f"{float(schedule(step)):.5f} [{1000 * rate:.0f} ms/step]")
+      if phase_one:
+        what = (f"contrastive {contrastive:.4f}, reliability {reliability:.4f}, correspondence "
+                f"accuracy {accuracy:.3f}, lr {float(schedule(step)):.5f}")
+      else:
+        what = (f"attention: reliability {reliability:.4f}, near matches {accuracy:.3f}, lr "
+                f"{float(attention_schedule(step - s.max_steps)):.6f}")
+      log(f"selfsup step {step}/{total_steps}: {what} [{1000 * rate:.0f} ms/step]")
       with writer.as_default(step=step):
-        tf.summary.scalar("loss", contrastive + s.attention_loss_weight * reliability)
-        tf.summary.scalar("contrastive_loss", contrastive)
+        if phase_one:
+          tf.summary.scalar("loss", contrastive + s.attention_loss_weight * reliability)
+          tf.summary.scalar("contrastive_loss", contrastive)
+          tf.summary.scalar("correspondence_accuracy", accuracy)
+          tf.summary.scalar("learning_rate", schedule(step))
+        else:
+          tf.summary.scalar("near_match_accuracy", accuracy)
+          tf.summary.scalar("attention_learning_rate", attention_schedule(step - s.max_steps))
         tf.summary.scalar("reliability_loss", reliability)
-        tf.summary.scalar("correspondence_accuracy", accuracy)
-        tf.summary.scalar("learning_rate", schedule(step))
         if chief:
           tf.summary.image("attention", attention_image(model(sample)["attention"]))
-    if step % config.save_every == 0 or step == last_step:
+    if step % config.save_every == 0 or step == last_step or step == s.max_steps:
       manager.save(checkpoint_number=step)
   writer.flush()
   model_path = None

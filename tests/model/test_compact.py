@@ -1,0 +1,48 @@
+"""Compact float16 weights (the shipped default model's format)."""
+
+import numpy as np
+import pytest
+
+from delf_ret.model import load_delf_model
+from delf_ret.model.compact import (CompactWeightsError, load_compact_weights,
+                                    save_compact_weights)
+
+
+def test_round_trip_keeps_the_outputs_to_float16_precision(delf_model, tmp_path):
+  path = tmp_path / "weights.npz"
+  save_compact_weights(delf_model, path)
+  loaded = load_delf_model(path)  # dispatched on the .npz suffix
+  assert loaded.num_classes == delf_model.num_classes
+  with np.load(path) as data:
+    kernels = [name for name in data.files if data[name].dtype == np.float16]
+    statistics = [name for name in data.files if "moving_variance" in name]
+    assert kernels and statistics
+    assert all(data[name].dtype == np.float32 for name in statistics)
+  images = np.random.default_rng(0).uniform(0, 255, (1, 96, 64, 3)).astype(np.float32)
+  before, after = delf_model(images), loaded(images)
+  scale = float(np.abs(before["features"]).max())
+  np.testing.assert_allclose(after["features"], before["features"], atol=0.02 * scale)
+  np.testing.assert_allclose(after["attention"], before["attention"], rtol=0.05, atol=0.02)
+
+
+def test_damaged_or_foreign_files_give_the_package_error(delf_model, tmp_path):
+  with pytest.raises(CompactWeightsError, match="not found"):
+    load_compact_weights(tmp_path / "missing.npz")
+  broken = tmp_path / "broken.npz"
+  broken.write_bytes(b"PK\x03\x04 not really a zip")
+  with pytest.raises(CompactWeightsError, match="not a readable"):
+    load_compact_weights(broken)
+  foreign = tmp_path / "foreign.npz"
+  np.savez(foreign, a=np.zeros(3))
+  with pytest.raises(CompactWeightsError, match="format version"):
+    load_compact_weights(foreign)
+  good = tmp_path / "good.npz"
+  save_compact_weights(delf_model, good)
+  with np.load(good) as data:
+    arrays = {name: data[name] for name in data.files}
+  first = sorted(name for name in arrays if name.startswith("w"))[0]
+  arrays[first] = arrays[first][..., :1]
+  wrong_shape = tmp_path / "wrong_shape.npz"
+  np.savez(wrong_shape, **arrays)
+  with pytest.raises(CompactWeightsError, match="shape"):
+    load_compact_weights(wrong_shape)
