@@ -15,7 +15,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["delf_ret", "delf_ret.*"]),
     # Default configs and the demo photos ship with the package; nothing reads the repository.
-    package_data={"delf_ret": ["configs/*.pbtxt", "demo_data/*"]},
+    package_data={"delf_ret": ["configs/*.pbtxt", "demo_data/*", "default_model/*.npz",
+                              "default_model/*.npy", "default_model/*.pbtxt",
+                              "default_model/*.md"]},
     install_requires=[
         "tensorflow>=2.16",
         "tensorflow-datasets>=4.9",
@@ -33,10 +35,11 @@ setup(
         # The committed *_pb2.py modules were generated for protobuf 7.35.
         "protobuf>=7.35",
         "pillow>=10.0",
+        # Self-supervised training views, SIFT-verified real pairs, demo pictures.
+        "opencv-python-headless>=4.8",
     ],
     extras_require={
         "test": ["pytest>=7.4", "grpcio-tools>=1.85"],
-        "bench": ["opencv-python-headless>=4.8"],
     },
     entry_points={
         "console_scripts": [

@@ -1,10 +1,16 @@
-r"""Trains one DELF stage on prepared GLDv2 shards (see prepare_gldv2).
+r"""Trains one DELF stage: on prepared GLDv2 shards (see prepare_gldv2), or self-supervised.
 
 Usage:
   train_delf --stage tuning --data_dir shards/ --output_dir runs/tuning \
       [--config_path configs/delf_train.pbtxt] [--strategy mirrored --num_devices 2]
   train_delf --stage attention --data_dir shards/ --output_dir runs/attention \
       --init_from runs/tuning
+  train_delf --stage selfsup --photos my_photos/ --output_dir runs/selfsup \
+      [--config_path configs/delf_default_model.pbtxt]
+
+The selfsup stage needs no labels: --photos is a folder of photos (searched
+recursively; a cameras.csv in the Strecha layout adds epipolar checks) or a
+list file; see delf_ret/train/selfsup.py and the config's ``selfsup`` block.
 
 Hyper-parameters come from a DelfTrainingConfig .pbtxt (published defaults
 when none is given; single fields with --config_override). Running the same
@@ -20,8 +26,11 @@ from delf_ret import config as config_lib
 from delf_ret.cli.common import define_config_flags, log, require_flags, run_tool
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("stage", None, ["tuning", "attention"], "Training stage.")
-flags.DEFINE_string("data_dir", None, "Folder of TFRecord shards written by prepare_gldv2.")
+flags.DEFINE_enum("stage", None, ["tuning", "attention", "selfsup"], "Training stage.")
+flags.DEFINE_string("data_dir", None, "tuning/attention: folder of TFRecord shards written by "
+                    "prepare_gldv2.")
+flags.DEFINE_string("photos", None, "selfsup: folder of unlabelled photos (searched "
+                    "recursively) or a list file of photo paths.")
 flags.DEFINE_string("output_dir", None, "Folder for checkpoints, TensorBoard logs and the model.")
 define_config_flags("DelfTrainingConfig .pbtxt (default: published values).")
 flags.DEFINE_string("init_from", None, "Attention stage: the tuning stage's output folder.")
@@ -34,13 +43,19 @@ flags.DEFINE_integer("num_steps", None, "Stop after this many more steps (defaul
 
 def main(argv: list[str]) -> int:
   del argv
-  require_flags(FLAGS, "stage", "data_dir", "output_dir")
+  require_flags(FLAGS, "stage", "photos" if FLAGS.stage == "selfsup" else "data_dir",
+                "output_dir")
   from delf_ret.train.trainer import make_strategy, train_stage
 
   config = config_lib.load_training_config(FLAGS.config_path, FLAGS.config_override)
   strategy = make_strategy(FLAGS.strategy, FLAGS.num_devices)
-  result = train_stage(FLAGS.stage, FLAGS.data_dir, FLAGS.output_dir, config, strategy,
-                       init_from=FLAGS.init_from, num_steps=FLAGS.num_steps, log=log)
+  if FLAGS.stage == "selfsup":
+    from delf_ret.train.selfsup import train_selfsup
+    result = train_selfsup(FLAGS.photos, FLAGS.output_dir, config, strategy,
+                           num_steps=FLAGS.num_steps, log=log)
+  else:
+    result = train_stage(FLAGS.stage, FLAGS.data_dir, FLAGS.output_dir, config, strategy,
+                         init_from=FLAGS.init_from, num_steps=FLAGS.num_steps, log=log)
   print(f"done: {FLAGS.stage} at step {result.step}, loss {result.loss:.4f}")
   return 0
 

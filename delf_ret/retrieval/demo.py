@@ -1,0 +1,228 @@
+"""The demo pipeline end to end on a small labelled photo set (what ``delf_demo`` runs).
+
+image -> features (one .delf file per photo, reused by a second run) -> index ->
+ranked list of every labelled query -> RANSAC-verified list -> report (mAP.txt,
+metrics.json, pr_<split>.png, ranked_lists.json), plus pictures a person can
+check: a contact sheet of the top results of three queries and the verified
+matches of two image pairs.
+
+Data: a labels CSV (``image,landmark``; an empty landmark marks a distractor):
+each photo of a landmark is a query, the other photos of its landmark are its
+positives (written in the Revisited layout by delf_ret.datasets.labelled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import time
+from typing import Callable
+
+import numpy as np
+
+from delf_ret.config import DelfConfig
+from delf_ret.datasets.labelled import write_labelled_benchmark
+from delf_ret.errors import InputError
+from delf_ret.evaluation.ground_truth import read_revisited_gnd
+from delf_ret.evaluation.visualize import draw_contact_sheet, draw_matches
+from delf_ret.features import LocalFeatures, feature_file_name, feature_loader, image_id_of
+from delf_ret.images import load_image
+from delf_ret.index import IndexParams
+from delf_ret.index.builder import build_index, list_feature_files
+from delf_ret.match import RansacParams, verify_pair
+from delf_ret.retrieval.benchmark import BenchmarkRun, run_benchmark
+
+CONTACT_SHEET_QUERIES = 3
+CONTACT_SHEET_RESULTS = 4
+# The longest side of the pictures the demo draws (pixels).
+PICTURE_SIDE = 640
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoData:
+  """A labelled photo set and the image pairs whose matches the demo draws.
+
+  labels_csv: ``image,landmark`` rows, image paths relative to the CSV's folder.
+  match_pairs: (image A, image B, name) for the match pictures.
+  """
+  name: str
+  labels_csv: pathlib.Path
+  match_pairs: tuple[tuple[pathlib.Path, pathlib.Path, str], ...]
+
+
+def shared_demo_data(shared_dir: str | os.PathLike) -> DemoData:
+  """The shared evaluation photos: landmarks + distractors (labels.csv), graf1/graf3."""
+  shared_dir = pathlib.Path(shared_dir)
+  return DemoData("shared landmarks and distractors", shared_dir / "labels.csv", (
+      (shared_dir / "pairs" / "graf1.png", shared_dir / "pairs" / "graf3.png", "graf1_graf3"),
+      (shared_dir / "landmarks" / "sacre_coeur_lightglue1.jpg",
+       shared_dir / "landmarks" / "sacre_coeur_lightglue2.jpg", "sacre_coeur")))
+
+
+def bundled_demo_data(bundle_dir: str | os.PathLike) -> DemoData:
+  """The photo set bundled in the package (delf_ret/demo_data, see its README)."""
+  bundle_dir = pathlib.Path(bundle_dir)
+  return DemoData("bundled demo photos", bundle_dir / "labels.csv", (
+      (bundle_dir / "graffiti_1.jpg", bundle_dir / "graffiti_3.jpg", "graffiti_1_3"),
+      (bundle_dir / "sacre_coeur_1.jpg", bundle_dir / "sacre_coeur_2.jpg", "sacre_coeur")))
+
+
+@dataclasses.dataclass
+class DemoSummary:
+  """What a demo run measured and wrote.
+
+  mean_ap: {stage: {split: mAP in percent}}; seconds: wall time per step;
+  pictures: the PNG files written (contact sheet, match pictures).
+  """
+  run: BenchmarkRun
+  mean_ap: dict[str, dict[str, float]]
+  seconds: dict[str, float]
+  pictures: list[pathlib.Path]
+  match_inliers: dict[str, tuple[int, int]]
+
+
+class ContentCache:
+  """image -> features, reusing the features of images already extracted (same pixels).
+
+  The labelled queries are whole database photos: their features are the
+  database features, so the demo extracts each photo once.
+  """
+
+  def __init__(self, extract: Callable[[np.ndarray], LocalFeatures]):
+    self._extract, self._cache = extract, {}
+
+  @staticmethod
+  def key(image: np.ndarray) -> str:
+    return hashlib.sha256(str(image.shape).encode() + image.tobytes()).hexdigest()
+
+  def add(self, image: np.ndarray, features: LocalFeatures) -> None:
+    self._cache[self.key(image)] = features
+
+  def __call__(self, image: np.ndarray) -> LocalFeatures:
+    key = self.key(image)
+    if key not in self._cache:
+      self._cache[key] = self._extract(image)
+    return self._cache[key]
+
+
+def _picture_size(image: np.ndarray) -> tuple[np.ndarray, float]:
+  """The image shrunk so its longer side is at most PICTURE_SIDE, and the factor used."""
+  import cv2
+  factor = min(1.0, PICTURE_SIDE / max(image.shape[:2]))
+  if factor == 1.0:
+    return image, 1.0
+  size = (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor)))
+  return cv2.resize(image, size, interpolation=cv2.INTER_AREA), factor
+
+
+def run_demo(config: DelfConfig, data: DemoData, output_dir: str | os.PathLike,
+             extractor=None, log: Callable[[str], None] = print) -> DemoSummary:
+  """Runs the whole pipeline on ``data`` into ``output_dir`` (see the module docstring).
+
+  extractor: a DelfExtractor (default: one built from ``config``).
+  A second run reuses the feature files, the index and the per-query caches.
+  """
+  from delf_ret.extract.extractor import DelfExtractor
+
+  output_dir = pathlib.Path(output_dir)
+  seconds = {}
+  paths = write_labelled_benchmark(data.labels_csv, output_dir / "dataset", name="demo")
+  dataset = read_revisited_gnd(paths["gnd_path"], paths["images_dir"])
+  extractor = extractor or DelfExtractor(config)
+  cache = ContentCache(extractor.extract)
+
+  start = time.time()
+  features_dir = output_dir / "features"
+  features_dir.mkdir(parents=True, exist_ok=True)
+  extracted = 0
+  for number, image_name in enumerate(dataset.imlist, 1):
+    path = dataset.image_path(image_name)
+    target = features_dir / feature_file_name(image_id_of(path))
+    image = load_image(path, max_pixels=config.max_image_pixels)
+    if target.exists():
+      cache.add(image, feature_loader(features_dir)(image_id_of(path)))
+      continue
+    from delf_ret.features import write_features
+    features = cache(image)
+    write_features(target, features)
+    extracted += 1
+    log(f"[{number}/{len(dataset.imlist)}] {path.name}: {features.num_features} features")
+  seconds["extraction"] = time.time() - start
+  log(f"features: {extracted} photos extracted, {len(dataset.imlist) - extracted} reused "
+      f"({seconds['extraction']:.0f} s) -> {features_dir}")
+
+  start = time.time()
+  index, failures = build_index(list_feature_files(features_dir), output_dir / "index",
+                                IndexParams.from_config(config.retrieval_config),
+                                log=lambda line: None)
+  if failures:
+    raise InputError(f"{failures[0][0]}: {failures[0][1]}")
+  seconds["index"] = time.time() - start
+  log(f"index: {len(index)} images -> {output_dir / 'index'}")
+
+  start = time.time()
+  run = run_benchmark(config, dataset, index, features_dir, output_dir / "retrieval",
+                      extract=cache, log=log)
+  seconds["retrieval"] = time.time() - start
+  mean_ap = {stage: {split: round(100 * metrics.mean_ap, 2) for split, metrics in splits.items()}
+             for stage, splits in run.metrics.items()}
+
+  start = time.time()
+  pictures = [_contact_sheet(output_dir / "top_results.png", dataset, run)]
+  match_inliers = {}
+  params = RansacParams.from_config(config.retrieval_config)
+  for path_a, path_b, name in data.match_pairs:
+    image_a = load_image(path_a, max_pixels=config.max_image_pixels)
+    image_b = load_image(path_b, max_pixels=config.max_image_pixels)
+    features_a, features_b = cache(image_a), cache(image_b)
+    result = verify_pair(features_a, features_b, params)
+    inliers = result.matches[result.inliers]
+    picture_a, factor_a = _picture_size(image_a)
+    picture_b, factor_b = _picture_size(image_b)
+    target = output_dir / f"matches_{name}.png"
+    draw_matches(target, picture_a, picture_b, features_a.locations[inliers[:, 0]] * factor_a,
+                 features_b.locations[inliers[:, 1]] * factor_b,
+                 f"{path_a.name} - {path_b.name}: {result.num_inliers} RANSAC inliers of "
+                 f"{result.num_matches} putative matches")
+    match_inliers[name] = (result.num_inliers, result.num_matches)
+    pictures.append(target)
+  seconds["pictures"] = time.time() - start
+  return DemoSummary(run, mean_ap, seconds, pictures, match_inliers)
+
+
+def _contact_sheet(path: pathlib.Path, dataset, run: BenchmarkRun) -> pathlib.Path:
+  """One row per query (three queries of different landmarks): the query, then its top
+  reranked results with their inliers and whether they show the same place."""
+  import cv2
+
+  positives = [set(g["easy"]) | set(g["hard"]) for g in dataset.gnd]
+  chosen, covered = [], set()  # Queries of different landmarks: none a positive of another.
+  for number, query in enumerate(dataset.qimlist):
+    if dataset.imlist.index(query) not in covered:
+      chosen.append(number)
+      covered |= positives[number] | {dataset.imlist.index(query)}
+    if len(chosen) == CONTACT_SHEET_QUERIES:
+      break
+  tiles, captions = [], []
+  for number in chosen:
+    query = dataset.qimlist[number]
+    tiles.append(_thumbnail(load_image(dataset.image_path(query)), cv2))
+    captions.append(f"query {query}")
+    top = [entry for entry in run.results[number].reranked if entry.image_id != query]
+    for rank, entry in enumerate(top[:CONTACT_SHEET_RESULTS], 1):
+      tiles.append(_thumbnail(load_image(dataset.image_path(entry.image_id)), cv2))
+      correct = dataset.imlist.index(entry.image_id) in positives[number]
+      inliers = "-" if entry.inliers is None else entry.inliers
+      captions.append(f"{rank}. {entry.image_id}\n{inliers} inliers, "
+                      f"{'same place' if correct else 'other'}")
+  draw_contact_sheet(path, tiles[0], tiles[1:], captions[1:], query_caption=captions[0],
+                     columns=CONTACT_SHEET_RESULTS + 1)
+  return path
+
+
+def _thumbnail(image: np.ndarray, cv2) -> np.ndarray:
+  factor = 256 / max(image.shape[:2])
+  return cv2.resize(image, (max(1, round(image.shape[1] * factor)),
+                            max(1, round(image.shape[0] * factor))), interpolation=cv2.INTER_AREA)
