@@ -64,7 +64,7 @@ def _feature_paths(config: DelfConfig) -> tuple[list[pathlib.Path], list[tuple[p
 
 def main(argv: list[str]) -> int:
   del argv
-  require_flags(FLAGS, "config_path", "index_dir")
+  require_flags(FLAGS, "index_dir")
   config = load_config_from_flags()
   if FLAGS.remove_images:
     remove_images(FLAGS.index_dir, FLAGS.remove_images, log=log)

@@ -26,8 +26,16 @@ flags.disclaim_key_flags()
 EXIT_UNUSABLE_INPUT = 2
 
 
-def define_config_flags(help_text: str = "DelfConfig .pbtxt file.") -> None:
-  """Defines --config_path (with ``help_text``) and the repeatable --config_override."""
+def define_config_flags(help_text: str = "DelfConfig .pbtxt file.",
+                        default_model: bool = True) -> None:
+  """Defines --config_path (with ``help_text``) and the repeatable --config_override.
+
+  default_model: the tool falls back to the shipped default model's config
+  (say so in the help).
+  """
+  if default_model:
+    help_text += (" Default: the shipped default model's config "
+                  "(delf_ret/default_model/delf_config.pbtxt).")
   flags.DEFINE_string("config_path", None, help_text)
   flags.DEFINE_multi_string("config_override", [],
                             "Override one config field, e.g. "
@@ -42,8 +50,10 @@ def define_backend_flag() -> None:
 
 def load_config_from_flags(path: str | None = None,
                            extra_overrides: Iterable[str] = ()) -> config_lib.DelfConfig:
-  """The DelfConfig at --config_path (or ``path``), with --config_override then ``extra_overrides``."""
-  return config_lib.load_config(path or FLAGS.config_path,
+  """The DelfConfig at ``path`` or --config_path, else the shipped default model's config;
+  with --config_override then ``extra_overrides`` applied."""
+  from delf_ret.default_model import default_config_path
+  return config_lib.load_config(path or FLAGS.config_path or default_config_path(),
                                 [*FLAGS.config_override, *extra_overrides])
 
 

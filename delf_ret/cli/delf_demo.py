@@ -1,19 +1,21 @@
-"""Demo: DELF features of real landmark photos, with a per-image summary.
+"""Demo: the whole retrieval pipeline with the default model, offline, on real photos.
 
 Usage:
-  delf_demo [--images_dir DIR] [--output_dir demo_output]
+  delf_demo [--output_dir demo_output] [--data_dir ../shared/data] [--config_path my.pbtxt]
 
-Images: --images_dir, else the landmark photos of the shared data
-($DELF_RET_SHARED_DATA/landmarks, or ../shared/data/landmarks from the
-current folder) when present, else the photos bundled in delf_ret/demo_data.
-Steps:
-1. create a DELF model with a randomly initialised backbone (seed 0: no
-   pretrained weights are available offline; the features show the pipeline,
-   not trained retrieval quality);
-2. extract raw descriptors over the 7-scale pyramid (the packaged
-   delf_ret/configs/delf_demo.pbtxt);
-3. learn the PCA from them (pca_dim of the config);
-4. write one .delf feature file per image and print a summary.
+Data: the labelled landmark photos and distractors of the shared data folder
+(--data_dir, else $DELF_RET_SHARED_DATA, else ../shared/data from the current
+folder) when it holds labels.csv, else the labelled photos bundled with the
+package (delf_ret/demo_data: 7 places with 2 photos each and 6 distractors).
+Model: the default model shipped in delf_ret/default_model (see its
+MODEL_CARD.md), or --config_path.
+
+Steps, all written to --output_dir: features of every photo (features/, reused
+by a second run) -> index (index/) -> every labelled photo as a query, ranked by
+descriptor votes, then RANSAC-reranked (retrieval/: ranked_lists.json, mAP.txt,
+metrics.json, pr_<split>.png) -> top_results.png (three queries and their top
+results) -> matches_<pair>.png (verified matches of two image pairs). Prints the
+mAP before and after reranking, the seconds per step and the output folder.
 """
 
 from __future__ import annotations
@@ -21,76 +23,55 @@ from __future__ import annotations
 import importlib.resources
 import os
 import pathlib
-import time
 
 from absl import flags
 
-from delf_ret import config as config_lib
-from delf_ret.cli.common import define_config_flags, load_config_from_flags, run_tool
-from delf_ret.cli.inputs import resolve_image_inputs
-from delf_ret.features import feature_file_names, write_features
+from delf_ret.cli.common import (define_backend_flag, define_config_flags, load_config_from_flags,
+                                 log, run_tool)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("images_dir", None, "Folder of images (default: shared landmarks or bundled).")
-flags.DEFINE_string("output_dir", "demo_output", "Folder for the model, PCA and feature files.")
-define_config_flags("Config (default: the packaged delf_ret/configs/delf_demo.pbtxt).")
+flags.DEFINE_string("output_dir", "demo_output", "Folder for every file the demo writes.")
+flags.DEFINE_string("data_dir", None, "Shared data folder with labels.csv (default: "
+                    "$DELF_RET_SHARED_DATA or ../shared/data when present, else the bundled "
+                    "photos).")
+define_config_flags("DelfConfig .pbtxt.")
+define_backend_flag()
 
-BUNDLED_IMAGES = pathlib.Path(str(importlib.resources.files("delf_ret") / "demo_data"))
 
-
-def default_images_dir() -> pathlib.Path:
-  """The shared landmark photos when present (user data, see the module docstring), else the bundled ones."""
-  shared = pathlib.Path(os.environ.get("DELF_RET_SHARED_DATA", "../shared/data")) / "landmarks"
-  return shared if shared.is_dir() else BUNDLED_IMAGES
+def _data():
+  from delf_ret.retrieval.demo import bundled_demo_data, shared_demo_data
+  folder = FLAGS.data_dir or os.environ.get("DELF_RET_SHARED_DATA", "../shared/data")
+  if (pathlib.Path(folder) / "labels.csv").is_file():
+    return shared_demo_data(folder)
+  if FLAGS.data_dir:
+    raise FileNotFoundError(f"{folder}: no labels.csv (image,landmark) in this folder")
+  return bundled_demo_data(str(importlib.resources.files("delf_ret") / "demo_data"))
 
 
 def main(argv: list[str]) -> int:
   del argv
   from delf_ret.extract.extractor import DelfExtractor
-  from delf_ret.extract.pca_training import learn_pca_from_images, with_pca
-  from delf_ret.model import DelfModel, save_delf_model
+  from delf_ret.retrieval.demo import run_demo
 
-  images_dir = pathlib.Path(FLAGS.images_dir) if FLAGS.images_dir else default_images_dir()
-  config_path = FLAGS.config_path or config_lib.packaged_config_path(config_lib.DEMO_CONFIG)
+  config = load_config_from_flags()
+  data = _data()
   output_dir = pathlib.Path(FLAGS.output_dir)
-  image_paths = resolve_image_inputs(str(images_dir), None)
-  names = feature_file_names(image_paths)
-  config = load_config_from_flags(config_path, ["delf_local_config.use_pca=false"])
-  print(f"images: {len(image_paths)} from {images_dir}")
-
-  model_path = output_dir / "delf_random_seed0.keras"
-  print(f"1/4 model: ResNet50 conv4 + attention, random weights (seed 0) -> {model_path}")
-  model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
-  save_delf_model(model, model_path)
-
-  print(f"2/4 raw features, scales {[round(s, 4) for s in config.image_scales]}, "
-        f"max side {config.max_image_size} px")
-  start = time.time()
-  learned = learn_pca_from_images(config, image_paths, output_dir / "pca", model=model,
-                                  log=lambda line: print("   ", line, flush=True))
-  seconds = (time.time() - start) / max(1, len(image_paths))
-  pca_dim = config.delf_local_config.pca_parameters.pca_dim
-  print(f"3/4 PCA learned from {learned.num_descriptors} descriptors -> {learned.paths[0].parent}")
-
-  final_config = with_pca(config, learned.paths)
-  final_config.model_path = str(model_path)
-  extractor = DelfExtractor(final_config, model=model)
-  features_dir = output_dir / "features"
-  print(f"4/4 features ({pca_dim}-d) -> {features_dir}")
-  header = f"{'image':<48} {'features':>8} {'dim':>4} {'attention':>19} {'y range':>12} {'x range':>12}"
-  print(header)
-  for path, name in zip(image_paths, names):
-    if path not in learned.raw:
-      continue
-    features = extractor.finalize(learned.raw[path])
-    write_features(features_dir / name, features)
-    att, loc = features.attention, features.locations
-    print(f"{path.name[:48]:<48} {features.num_features:>8} {features.descriptor_dim:>4} "
-          f"{att.min():>9.3f}..{att.max():<8.3f} "
-          f"{loc[:, 0].min():>5.0f}..{loc[:, 0].max():<5.0f} {loc[:, 1].min():>5.0f}..{loc[:, 1].max():<5.0f}")
-  print(f"{seconds:.2f} s per image for the pyramid (and PCA) on this machine; "
-        f"{len(learned.raw)} images done, {len(learned.failures)} failed")
-  return 1 if learned.failures else 0
+  log(f"data: {data.name} ({data.labels_csv})")
+  log(f"model: {config.model_path}")
+  summary = run_demo(config, data, output_dir, DelfExtractor(config, backend=FLAGS.backend),
+                     log=log)
+  print("\nmAP (%)              " + "  ".join(f"{split:>8}" for split in
+                                              summary.mean_ap["first_stage"]))
+  for stage, label in (("first_stage", "votes"), ("reranked", "after RANSAC reranking")):
+    print(f"  {label:<22}" + "  ".join(f"{value:8.2f}" for value in
+                                       summary.mean_ap[stage].values()))
+  for name, (inliers, matches) in summary.match_inliers.items():
+    print(f"matches {name}: {inliers} RANSAC inliers of {matches} putative matches")
+  print("seconds: " + ", ".join(f"{step} {value:.0f}" for step, value in summary.seconds.items())
+        + f" ({summary.run.seconds_per_query:.1f} s per query)")
+  print("pictures: " + ", ".join(str(path) for path in summary.pictures))
+  print(f"output folder: {output_dir.resolve()}")
+  return 0
 
 
 def run() -> None:

@@ -30,7 +30,7 @@ define_backend_flag()
 
 def main(argv: list[str]) -> int:
   del argv
-  require_flags(FLAGS, "config_path", "output_dir")
+  require_flags(FLAGS, "output_dir")
   config = load_config_from_flags()
   image_paths = image_paths_from_flags()
   feature_file_names(image_paths)  # Two images with one id are refused before any work.

@@ -30,7 +30,7 @@ define_backend_flag()
 
 def main(argv: list[str]) -> int:
   del argv
-  require_flags(FLAGS, "config_path", "output_dir")
+  require_flags(FLAGS, "output_dir")
   from delf_ret.extract.pca_training import learn_pca_from_images, without_pca
 
   config = without_pca(load_config_from_flags())

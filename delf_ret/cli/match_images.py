@@ -4,13 +4,12 @@ Usage:
   match_images IMAGE_OR_FEATURES_1 IMAGE_OR_FEATURES_2 --output_image matches.png \
       [--config_path my.pbtxt] [--output_json matches.json] [--distance_threshold 0.7]
 
-Images are read and their features extracted with --config_path. Without a
-config, a demo model is used: randomly initialised weights (seed 0; no
-pretrained weights are bundled), raw 1024-d descriptors, the packaged demo
-config (delf_ret/configs/delf_demo.pbtxt) otherwise. For .delf inputs, pass the
-images to draw with --image_paths. Matching and RANSAC settings are the
-config's retrieval_config (its defaults without a config); each flag below
-overrides one of its fields. Prints the number of putative matches and RANSAC
+Images are read and their features extracted with --config_path, by default
+the shipped default model's config (delf_ret/default_model: a model trained
+by delf-ret's self-supervised stage, see its MODEL_CARD.md). For .delf
+inputs, pass the images to draw with --image_paths. Matching and RANSAC
+settings are the config's retrieval_config; each flag below overrides one of
+its fields. Prints the number of putative matches and RANSAC
 inliers.
 """
 
@@ -66,20 +65,13 @@ def match_overrides() -> list[str]:
 
 
 def load_match_config() -> config_lib.DelfConfig:
-  """--config_path (or the packaged demo config, PCA off) with the overrides and matching flags."""
-  if FLAGS.config_path:
-    return load_config_from_flags(extra_overrides=match_overrides())
-  return load_config_from_flags(config_lib.packaged_config_path(config_lib.DEMO_CONFIG),
-                                ["delf_local_config.use_pca=false", *match_overrides()])
+  """--config_path (or the default model's config) with the overrides and matching flags."""
+  return load_config_from_flags(extra_overrides=match_overrides())
 
 
 def _extractor(config: config_lib.DelfConfig):
   from delf_ret.extract.extractor import DelfExtractor
-  if FLAGS.config_path:
-    return DelfExtractor(config)
-  from delf_ret.model import DelfModel
-  print("no --config_path: using a randomly initialised DELF model (seed 0), raw descriptors")
-  return DelfExtractor(config, model=DelfModel(num_classes=1, seed=0))
+  return DelfExtractor(config)
 
 
 def main(argv: list[str]) -> int:

@@ -37,7 +37,7 @@ define_backend_flag()
 
 def main(argv: list[str]) -> int:
   del argv
-  require_flags(FLAGS, "config_path", "images_dir", "index_dir", "features_dir", "output_dir")
+  require_flags(FLAGS, "images_dir", "index_dir", "features_dir", "output_dir")
   from delf_ret.evaluation.ground_truth import load_dataset
   from delf_ret.retrieval.benchmark import run_benchmark
 

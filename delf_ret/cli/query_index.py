@@ -63,7 +63,7 @@ def _contact_sheet(path: str, query_image: np.ndarray, top: list) -> None:
 
 def main(argv: list[str]) -> int:
   del argv
-  require_flags(FLAGS, "config_path", "image", "index_dir", "features_dir")
+  require_flags(FLAGS, "image", "index_dir", "features_dir")
   if FLAGS.contact_sheet:
     require_flags(FLAGS, "database_images_dir")
   from delf_ret.evaluation.ground_truth import crop_to_box

@@ -32,7 +32,8 @@ flags.DEFINE_string("data_dir", None, "tuning/attention: folder of TFRecord shar
 flags.DEFINE_string("photos", None, "selfsup: folder of unlabelled photos (searched "
                     "recursively) or a list file of photo paths.")
 flags.DEFINE_string("output_dir", None, "Folder for checkpoints, TensorBoard logs and the model.")
-define_config_flags("DelfTrainingConfig .pbtxt (default: published values).")
+define_config_flags("DelfTrainingConfig .pbtxt (default: published values).",
+                    default_model=False)
 flags.DEFINE_string("init_from", None, "Attention stage: the tuning stage's output folder.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "Distribution: one device, all local devices, or workers from TF_CONFIG.")
