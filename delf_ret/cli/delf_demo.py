@@ -63,8 +63,8 @@ def main(argv: list[str]) -> int:
   print("\nmAP (%)              " + "  ".join(f"{split:>8}" for split in
                                               summary.mean_ap["first_stage"]))
   for stage, label in (("first_stage", "votes"), ("reranked", "after RANSAC reranking")):
-    print(f"  {label:<22}" + "  ".join(f"{value:8.2f}" for value in
-                                       summary.mean_ap[stage].values()))
+    print(f"  {label:<22}" + "  ".join(f"{value:8.2f}" if value == value else f"{'n/a':>8}"
+                                       for value in summary.mean_ap[stage].values()))
   for name, (inliers, matches) in summary.match_inliers.items():
     print(f"matches {name}: {inliers} RANSAC inliers of {matches} putative matches")
   print("seconds: " + ", ".join(f"{step} {value:.0f}" for step, value in summary.seconds.items())
