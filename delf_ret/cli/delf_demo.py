@@ -12,7 +12,7 @@ Steps:
    not trained retrieval quality);
 2. extract raw descriptors over the 7-scale pyramid (the packaged
    delf_ret/configs/delf_demo.pbtxt);
-3. learn the PCA from them (pca_dim of the config);
+3. learn the 40-d PCA from them;
 4. write one .delf feature file per image and print a summary.
 """
 
@@ -69,10 +69,11 @@ def main(argv: list[str]) -> int:
   learned = learn_pca_from_images(config, image_paths, output_dir / "pca", model=model,
                                   log=lambda line: print("   ", line, flush=True))
   seconds = (time.time() - start) / max(1, len(image_paths))
+  raw, failures, paths = learned.raw, learned.failures, learned.paths
   pca_dim = config.delf_local_config.pca_parameters.pca_dim
-  print(f"3/4 PCA learned from {learned.num_descriptors} descriptors -> {learned.paths[0].parent}")
+  print(f"3/4 PCA learned from {learned.num_descriptors} descriptors -> {paths[0].parent}")
 
-  final_config = with_pca(config, learned.paths)
+  final_config = with_pca(config, paths)
   final_config.model_path = str(model_path)
   extractor = DelfExtractor(final_config, model=model)
   features_dir = output_dir / "features"
@@ -80,17 +81,17 @@ def main(argv: list[str]) -> int:
   header = f"{'image':<48} {'features':>8} {'dim':>4} {'attention':>19} {'y range':>12} {'x range':>12}"
   print(header)
   for path, name in zip(image_paths, names):
-    if path not in learned.raw:
+    if path not in raw:
       continue
-    features = extractor.finalize(learned.raw[path])
+    features = extractor.finalize(raw[path])
     write_features(features_dir / name, features)
     att, loc = features.attention, features.locations
     print(f"{path.name[:48]:<48} {features.num_features:>8} {features.descriptor_dim:>4} "
           f"{att.min():>9.3f}..{att.max():<8.3f} "
           f"{loc[:, 0].min():>5.0f}..{loc[:, 0].max():<5.0f} {loc[:, 1].min():>5.0f}..{loc[:, 1].max():<5.0f}")
   print(f"{seconds:.2f} s per image for the pyramid (and PCA) on this machine; "
-        f"{len(learned.raw)} images done, {len(learned.failures)} failed")
-  return 1 if learned.failures else 0
+        f"{len(raw)} images done, {len(failures)} failed")
+  return 1 if failures else 0
 
 
 def run() -> None:
