@@ -58,7 +58,7 @@ class DescriptorMatcher:
           np.maximum(np.take_along_axis(part_values, order, axis=1), 0.0))
     return indices, distances
 
-  def match(self, descriptors_b: np.ndarray, distance_threshold: float = 0.8,
+  def match(self, descriptors_b: np.ndarray, distance_threshold: float,
             ratio_threshold: float | None = None, mutual: bool = False) -> np.ndarray:
     """Putative matches as int64 [M, 2] rows of (index in A, index in B).
 
@@ -83,7 +83,7 @@ class DescriptorMatcher:
 
 
 def putative_matches(descriptors_a: np.ndarray, descriptors_b: np.ndarray,
-                     distance_threshold: float = 0.8, ratio_threshold: float | None = None,
+                     distance_threshold: float, ratio_threshold: float | None = None,
                      mutual: bool = False) -> np.ndarray:
   """One-off form of DescriptorMatcher(descriptors_a).match(descriptors_b, ...)."""
   return DescriptorMatcher(descriptors_a).match(descriptors_b, distance_threshold,

@@ -25,6 +25,16 @@ MIN_TRIANGLE_AREA = 1.0  # px^2: a sample with a flatter triangle is degenerate.
 
 TRANSFORMS = {"affine": (AffineTransform, 3), "homography": (ProjectiveTransform, 4)}
 
+
+
+def _decimal(value: float) -> float:
+  """A float32 config value as the shortest decimal that reads back to it (0.8, not 0.800000011920929).
+
+  Descriptor distances are float32, so comparisons with either value agree.
+  """
+  return float(str(np.float32(value)))
+
+
 # The config's matching and RANSAC defaults (protos/delf_config.proto), the only place they are set.
 _DEFAULTS = DelfRetrievalConfig()
 
@@ -39,11 +49,11 @@ class RansacParams:
   confidence (scikit-image's stop_probability, OpenCV's confidence; 1.0 runs
   all trials), seed 0.
   """
-  distance_threshold: float = _DEFAULTS.match_distance_threshold
-  ratio_threshold: float | None = _DEFAULTS.match_ratio_threshold or None
+  distance_threshold: float = _decimal(_DEFAULTS.match_distance_threshold)
+  ratio_threshold: float | None = _decimal(_DEFAULTS.match_ratio_threshold) or None
   mutual: bool = _DEFAULTS.match_mutual
   transform: str = _DEFAULTS.ransac_transform
-  residual_threshold: float = _DEFAULTS.ransac_residual_threshold   # pixels
+  residual_threshold: float = _decimal(_DEFAULTS.ransac_residual_threshold)   # pixels
   max_trials: int = _DEFAULTS.ransac_max_trials
   stop_probability: float = _DEFAULTS.ransac_stop_probability
   seed: int = _DEFAULTS.ransac_seed
@@ -51,11 +61,11 @@ class RansacParams:
   @classmethod
   def from_config(cls, retrieval_config: DelfRetrievalConfig) -> "RansacParams":
     """The matching and RANSAC fields of a ``DelfRetrievalConfig`` (ratio 0 means no ratio test)."""
-    return cls(distance_threshold=retrieval_config.match_distance_threshold,
-               ratio_threshold=retrieval_config.match_ratio_threshold or None,
+    return cls(distance_threshold=_decimal(retrieval_config.match_distance_threshold),
+               ratio_threshold=_decimal(retrieval_config.match_ratio_threshold) or None,
                mutual=retrieval_config.match_mutual,
                transform=retrieval_config.ransac_transform,
-               residual_threshold=retrieval_config.ransac_residual_threshold,
+               residual_threshold=_decimal(retrieval_config.ransac_residual_threshold),
                max_trials=retrieval_config.ransac_max_trials,
                stop_probability=retrieval_config.ransac_stop_probability,
                seed=retrieval_config.ransac_seed)

@@ -23,19 +23,19 @@ def test_nearest_neighbours_by_hand():
   np.testing.assert_array_equal(indices, [[1, 0], [2, 0], [2, 1]])
   np.testing.assert_allclose(distances[0], [np.sqrt(0.02), np.sqrt(0.82)], rtol=1e-5)
   # Distance threshold 0.8 drops the far point; match rows are (index in A, index in B).
-  np.testing.assert_array_equal(putative_matches(a, b), [[1, 0], [2, 1]])
+  np.testing.assert_array_equal(putative_matches(a, b, 0.8), [[1, 0], [2, 1]])
 
 
 def test_ratio_and_mutual_tests():
   a = np.array([[0.0, 0.0], [0.1, 0.0]], np.float32)
   b = np.array([[0.04, 0.0], [0.06, 0.0]], np.float32)
   # Ratio: 0.04 / 0.06 = 0.67 for b0, 0.04 / 0.06 for b1: both fail a 0.5 test.
-  assert putative_matches(a, b, ratio_threshold=0.5).shape == (0, 2)
-  assert putative_matches(a, b).shape == (2, 2)
+  assert putative_matches(a, b, 0.8, ratio_threshold=0.5).shape == (0, 2)
+  assert putative_matches(a, b, 0.8).shape == (2, 2)
   # Mutual: a0's nearest in B is b0, a1's is b1: both mutual.
-  np.testing.assert_array_equal(putative_matches(a, b, mutual=True), [[0, 0], [1, 1]])
+  np.testing.assert_array_equal(putative_matches(a, b, 0.8, mutual=True), [[0, 0], [1, 1]])
   b2 = np.array([[0.04, 0.0], [0.045, 0.0]], np.float32)  # Both nearest to a0; only b0 mutual.
-  np.testing.assert_array_equal(putative_matches(a, b2, mutual=True), [[0, 0]])
+  np.testing.assert_array_equal(putative_matches(a, b2, 0.8, mutual=True), [[0, 0]])
 
 
 def test_dimension_mismatch_raises():
