@@ -44,6 +44,7 @@ MATCH_FLAGS = {
     "max_trials": "ransac_max_trials",
     "stop_probability": "ransac_stop_probability",
     "seed": "ransac_seed",
+    "ransac_backend": "ransac_backend",
 }
 flags.DEFINE_float("distance_threshold", None, "Max descriptor L2 distance of a putative match.")
 flags.DEFINE_float("ratio_threshold", None, "Lowe ratio test threshold (0: off).")
@@ -54,6 +55,8 @@ flags.DEFINE_integer("max_trials", None, "RANSAC iterations.")
 flags.DEFINE_float("stop_probability", None,
                    "RANSAC stops early at this confidence (1.0: always max_trials).")
 flags.DEFINE_integer("seed", None, "RANSAC random seed.")
+flags.DEFINE_enum("ransac_backend", None, ["opencv", "skimage"],
+                  "RANSAC implementation: OpenCV (fast) or scikit-image (as the official code).")
 for _flag, _field in MATCH_FLAGS.items():
   FLAGS[_flag].help += f" Default: the config's retrieval_config.{_field}."
 

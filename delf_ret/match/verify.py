@@ -1,4 +1,4 @@
-"""Geometric verification of putative matches with RANSAC (scikit-image).
+"""Geometric verification of putative matches with RANSAC (OpenCV or scikit-image).
 
 Keypoints come in as (y, x) pixels like everywhere in delf-ret. The fitted
 transform is a 3x3 matrix acting on homogeneous (x, y, 1) columns, mapping
@@ -57,6 +57,7 @@ class RansacParams:
   max_trials: int = _DEFAULTS.ransac_max_trials
   stop_probability: float = _DEFAULTS.ransac_stop_probability
   seed: int = _DEFAULTS.ransac_seed
+  backend: str = _DEFAULTS.ransac_backend
 
   @classmethod
   def from_config(cls, retrieval_config: DelfRetrievalConfig) -> "RansacParams":
@@ -68,7 +69,7 @@ class RansacParams:
                residual_threshold=_decimal(retrieval_config.ransac_residual_threshold),
                max_trials=retrieval_config.ransac_max_trials,
                stop_probability=retrieval_config.ransac_stop_probability,
-               seed=retrieval_config.ransac_seed)
+               seed=retrieval_config.ransac_seed, backend=retrieval_config.ransac_backend)
 
 
 @dataclasses.dataclass
@@ -105,22 +106,17 @@ def non_degenerate_sample(source: np.ndarray, target: np.ndarray) -> bool:
   return True
 
 
-def verify_matches(locations_a: np.ndarray, locations_b: np.ndarray, matches: np.ndarray,
-                   params: RansacParams = RansacParams()) -> Verification:
-  """RANSAC on putative matches between keypoints (y, x) [N_A, 2] and [N_B, 2].
+def _spans_a_plane(points: np.ndarray) -> bool:
+  """True if (x, y) points [K, 2] are not all (nearly) on one line or one spot."""
+  if points.shape[0] < 3:
+    return False
+  singular = np.linalg.svd(points - points.mean(axis=0), compute_uv=False)
+  return bool(singular[-1] > 1.0)  # pixels (root-sum-square spread across the best line)
 
-  Fewer matches than the transform's minimal sample, or degenerate point sets
-  (collinear, identical), give zero inliers and no transform, never an error.
-  """
-  if params.transform not in TRANSFORMS:
-    raise ValueError(f"transform must be one of {sorted(TRANSFORMS)}, got {params.transform!r}")
+
+def _skimage_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams):
+  """(3x3 transform, inlier mask) or (None, None) with scikit-image's RANSAC."""
   model_class, min_samples = TRANSFORMS[params.transform]
-  matches = np.asarray(matches, np.int64).reshape(-1, 2)
-  none = Verification(matches, np.zeros(matches.shape[0], bool), None)
-  if matches.shape[0] < min_samples:
-    return none
-  source = np.asarray(locations_a, np.float64)[matches[:, 0]][:, ::-1]  # (x, y)
-  target = np.asarray(locations_b, np.float64)[matches[:, 1]][:, ::-1]
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     try:
@@ -131,10 +127,66 @@ def verify_matches(locations_a: np.ndarray, locations_b: np.ndarray, matches: np
                               is_data_valid=non_degenerate_sample,
                               rng=np.random.default_rng(params.seed))
     except (ValueError, np.linalg.LinAlgError, ZeroDivisionError):
-      return none
-  if model is None or inliers is None or not np.all(np.isfinite(model.params)):
+      return None, None
+  if model is None or inliers is None:
+    return None, None
+  return np.asarray(model.params, np.float64), np.asarray(inliers, bool)
+
+
+def _opencv_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams):
+  """(3x3 transform, inlier mask) or (None, None) with OpenCV's RANSAC (seeded)."""
+  import cv2
+  cv2.setRNGSeed(params.seed)
+  src, dst = source.astype(np.float32), target.astype(np.float32)
+  try:
+    if params.transform == "affine":
+      model, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC,
+                                         ransacReprojThreshold=params.residual_threshold,
+                                         maxIters=params.max_trials,
+                                         confidence=params.stop_probability, refineIters=10)
+      matrix = None if model is None else np.vstack([model, [0.0, 0.0, 1.0]])
+    else:
+      matrix, mask = cv2.findHomography(src, dst, cv2.RANSAC, params.residual_threshold,
+                                        maxIters=params.max_trials,
+                                        confidence=params.stop_probability)
+  except cv2.error:
+    return None, None
+  if matrix is None or mask is None:
+    return None, None
+  inliers = mask.ravel().astype(bool)
+  # OpenCV can return a model of a degenerate (collinear, repeated) inlier set.
+  if not (_spans_a_plane(source[inliers]) and _spans_a_plane(target[inliers])):
+    return None, None
+  return np.asarray(matrix, np.float64), inliers
+
+
+RANSAC_BACKENDS = {"opencv": _opencv_ransac, "skimage": _skimage_ransac}
+
+
+def verify_matches(locations_a: np.ndarray, locations_b: np.ndarray, matches: np.ndarray,
+                   params: RansacParams = RansacParams()) -> Verification:
+  """RANSAC on putative matches between keypoints (y, x) [N_A, 2] and [N_B, 2].
+
+  Fewer matches than the transform's minimal sample, or degenerate point sets
+  (collinear, identical), give zero inliers and no transform, never an error.
+  The backend (params.backend) is OpenCV or scikit-image.
+  """
+  if params.transform not in TRANSFORMS:
+    raise ValueError(f"transform must be one of {sorted(TRANSFORMS)}, got {params.transform!r}")
+  if params.backend not in RANSAC_BACKENDS:
+    raise ValueError(f"RANSAC backend must be one of {sorted(RANSAC_BACKENDS)}, got "
+                     f"{params.backend!r}")
+  _, min_samples = TRANSFORMS[params.transform]
+  matches = np.asarray(matches, np.int64).reshape(-1, 2)
+  none = Verification(matches, np.zeros(matches.shape[0], bool), None)
+  if matches.shape[0] < min_samples:
     return none
-  return Verification(matches, np.asarray(inliers, bool), np.asarray(model.params, np.float64))
+  source = np.asarray(locations_a, np.float64)[matches[:, 0]][:, ::-1]  # (x, y)
+  target = np.asarray(locations_b, np.float64)[matches[:, 1]][:, ::-1]
+  transform, inliers = RANSAC_BACKENDS[params.backend](source, target, params)
+  if transform is None or not np.all(np.isfinite(transform)):
+    return none
+  return Verification(matches, inliers, transform)
 
 
 def verify_pair(features_a: LocalFeatures, features_b: LocalFeatures,

@@ -43,7 +43,8 @@ def test_dimension_mismatch_raises():
     DescriptorMatcher(np.zeros((3, 40), np.float32)).nearest(np.zeros((2, 128), np.float32))
 
 
-def test_ransac_recovers_affine_with_60_percent_outliers():
+@pytest.mark.parametrize("backend", ["opencv", "skimage"])
+def test_ransac_recovers_affine_with_60_percent_outliers(backend):
   rng = np.random.default_rng(1)
   n = 300
   points_a = rng.uniform(0, 600, (n, 2))
@@ -52,13 +53,33 @@ def test_ransac_recovers_affine_with_60_percent_outliers():
   points_b[outliers] = rng.uniform(0, 600, (len(outliers), 2))
   is_true = np.ones(n, bool)
   is_true[outliers] = False
-  result = verify_matches(points_a, points_b, np.stack([np.arange(n)] * 2, axis=1))
+  params = RansacParams(backend=backend)
+  result = verify_matches(points_a, points_b, np.stack([np.arange(n)] * 2, axis=1), params)
   found = (result.inliers & is_true).sum()
   assert found >= 0.95 * is_true.sum()
   assert (result.inliers & ~is_true).sum() <= 0.05 * n  # Outliers near the model by chance.
   np.testing.assert_allclose(result.transform, AFFINE_XY, atol=0.05 * np.abs(AFFINE_XY).max())
-  again = verify_matches(points_a, points_b, np.stack([np.arange(n)] * 2, axis=1))
+  again = verify_matches(points_a, points_b, np.stack([np.arange(n)] * 2, axis=1), params)
   np.testing.assert_array_equal(result.inliers, again.inliers)  # Deterministic for a seed.
+
+
+def test_opencv_and_skimage_backends_agree_on_affine_with_outliers():
+  rng = np.random.default_rng(5)
+  n = 400
+  points_a = rng.uniform(0, 800, (n, 2))
+  points_b = apply_xy(AFFINE_XY, points_a) + rng.normal(0, 1.0, (n, 2))
+  outliers = rng.permutation(n)[:int(0.7 * n)]
+  points_b[outliers] = rng.uniform(0, 800, (len(outliers), 2))
+  matches = np.stack([np.arange(n)] * 2, axis=1)
+  fast = verify_matches(points_a, points_b, matches, RansacParams(backend="opencv"))
+  reference = verify_matches(points_a, points_b, matches,
+                             RansacParams(backend="skimage", stop_probability=1.0))
+  assert abs(fast.num_inliers - reference.num_inliers) <= 0.05 * reference.num_inliers
+  assert (fast.inliers == reference.inliers).mean() >= 0.97
+  np.testing.assert_allclose(fast.transform, reference.transform,
+                             atol=0.02 * np.abs(AFFINE_XY).max())
+  with pytest.raises(ValueError, match="backend"):
+    verify_matches(points_a, points_b, matches, RansacParams(backend="magic"))
 
 
 def test_homography_option():
@@ -72,10 +93,12 @@ def test_homography_option():
   np.testing.assert_allclose(result.transform / result.transform[2, 2], homography, atol=1e-3)
 
 
+@pytest.mark.parametrize("backend", ["opencv", "skimage"])
 @pytest.mark.parametrize("n_matches", [0, 1, 2])
-def test_too_few_matches_give_zero_inliers(n_matches):
+def test_too_few_matches_give_zero_inliers(n_matches, backend):
   points = np.array([[0.0, 0.0], [10.0, 50.0], [40.0, 3.0]])
-  result = verify_matches(points, points, np.stack([np.arange(n_matches)] * 2, axis=1))
+  result = verify_matches(points, points, np.stack([np.arange(n_matches)] * 2, axis=1),
+                          RansacParams(backend=backend))
   assert result.num_inliers == 0 and result.transform is None
   assert result.inliers.shape == (n_matches,)
 
@@ -84,8 +107,10 @@ def test_too_few_matches_give_zero_inliers(n_matches):
     np.zeros((12, 2)),                                               # identical
     np.stack([np.arange(12.0) * 5, np.arange(12.0) * 3 + 1], axis=1),  # collinear
 ])
-def test_degenerate_points_give_zero_inliers(points):
-  result = verify_matches(points, points + 7, np.stack([np.arange(12)] * 2, axis=1))
+@pytest.mark.parametrize("backend", ["opencv", "skimage"])
+def test_degenerate_points_give_zero_inliers(points, backend):
+  result = verify_matches(points, points + 7, np.stack([np.arange(12)] * 2, axis=1),
+                          RansacParams(backend=backend))
   assert result.num_inliers == 0 and result.transform is None
 
 

@@ -1,0 +1,43 @@
+"""delf_demo end to end through its console script, on the photos bundled with the package."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO
+
+# Smaller images and a shallower reranking keep the test short; the pipeline is the same.
+FAST = ["--config_override=max_image_size=320", "--config_override=retrieval_config.rerank_top_n=4",
+        "--config_override=retrieval_config.ransac_max_trials=200"]
+
+
+def run_demo(*args, cwd):
+  script = shutil.which("delf_demo")
+  if script is None:
+    pytest.skip("the delf_demo console script is not installed (pip install -e .)")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", DELF_RET_SHARED_DATA=str(cwd / "no_shared"))
+  return subprocess.run([script, *args], capture_output=True, text=True, env=env, cwd=cwd,
+                        stdin=subprocess.DEVNULL, timeout=900)
+
+
+def test_demo_runs_the_whole_pipeline_on_the_bundled_photos_then_reuses_features(tmp_path):
+  output = tmp_path / "demo_output"
+  first = run_demo(*FAST, cwd=tmp_path)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "data: bundled demo photos" in first.stdout
+  assert "delf_ret/default_model/delf_default.npz" in first.stdout
+  assert len(list((output / "features").glob("*.delf"))) == 20
+  for name in ("retrieval/mAP.txt", "retrieval/metrics.json", "retrieval/ranked_lists.json",
+               "top_results.png", "matches_graffiti_1_3.png", "matches_sacre_coeur.png"):
+    assert (output / name).is_file(), name
+  assert "after RANSAC reranking" in first.stdout and f"output folder: {output}" in first.stdout
+  second = run_demo(*FAST, cwd=tmp_path)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "features: 0 photos extracted, 20 reused" in second.stdout
+
+
+def test_demo_names_a_data_folder_without_labels(tmp_path):
+  result = run_demo(f"--data_dir={tmp_path}", cwd=tmp_path)
+  assert result.returncode == 2 and "no labels.csv" in result.stderr

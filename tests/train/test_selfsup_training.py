@@ -1,0 +1,68 @@
+"""The self-supervised stage from its script: killed, resumed at the saved step, packaged."""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+
+from conftest import REPO
+
+TINY = ["--config_override=selfsup.crop_size=64", "--config_override=selfsup.pairs_per_batch=2",
+        "--config_override=selfsup.max_steps=6", "--config_override=selfsup.attention_steps=2",
+        "--config_override=selfsup.warmup_steps=1", "--config_override=selfsup.photo_max_side=256",
+        "--config_override=selfsup.use_skimage_photos=false", "--config_override=save_every=2",
+        "--config_override=summary_every=1"]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+SCRIPT = REPO / "scripts" / "train_default_model.sh"
+
+
+def test_usage_on_bad_arguments(tmp_path):
+  result = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "missing"), str(tmp_path)],
+                          capture_output=True, text=True, env=ENV, stdin=subprocess.DEVNULL)
+  assert result.returncode == 2 and "Usage:" in result.stdout
+  assert "photo folder not found" in result.stderr
+
+
+def test_killed_run_resumes_at_the_saved_step_and_packages_a_loadable_model(tmp_path,
+                                                                             shared_data):
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for name in ("0000.jpg", "0001.jpg", "0002.jpg", "0003.jpg"):  # Overlapping views.
+    shutil.copyfile(shared_data / "train" / "strecha" / "fountain-P11" / name, photos / name)
+  out = tmp_path / "run"
+  command = ["bash", str(SCRIPT), str(photos), str(out), *TINY]
+  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, env=ENV, start_new_session=True)
+  checkpoints = out / "selfsup" / "checkpoints"
+  deadline = time.time() + 600
+  while not (checkpoints / "ckpt-2.index").exists():
+    assert process.poll() is None and time.time() < deadline, "no checkpoint was written"
+    time.sleep(0.5)
+  os.killpg(process.pid, signal.SIGKILL)
+  process.wait()
+  import tensorflow as tf
+  saved_step = int(tf.train.latest_checkpoint(str(checkpoints)).rsplit("-", 1)[1])
+  assert 2 <= saved_step < 8
+  result = subprocess.run(command, capture_output=True, text=True, env=ENV,
+                          stdin=subprocess.DEVNULL, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"at step {saved_step}" in result.stdout  # "resumed from ... at step N"
+  assert "selfsup step 8/8: attention" in result.stdout  # The attention phase ran.
+  assert "done: selfsup at step 8" in result.stdout
+
+  from delf_ret.config import load_config
+  from delf_ret.extract.extractor import DelfExtractor
+  from delf_ret.images import load_image
+  model_dir = out / "default_model"
+  assert sorted(p.name for p in model_dir.iterdir()) == [
+      "delf_config.pbtxt", "delf_default.npz", "pca_mean.npy", "pca_projection.npy",
+      "pca_variances.npy"]
+  extractor = DelfExtractor(load_config(model_dir / "delf_config.pbtxt",
+                                        ["max_image_size=256",
+                                         "delf_local_config.score_threshold=0"]))
+  features = extractor.extract(load_image(photos / "0000.jpg"))
+  assert features.num_features > 0 and features.descriptor_dim == 40
+  assert np.isfinite(features.descriptors).all()
