@@ -68,6 +68,10 @@ def main() -> None:
   config = config_lib.load_config(config_path)
   extractor = DelfExtractor(config)
   positives, negatives = training_pairs(pathlib.Path(args.train_dir), args.pairs)
+  if not positives or not negatives:
+    print(f"best: none (calibration skipped: {len(positives)} overlapping and {len(negatives)} "
+          f"unrelated training pairs; the config keeps its matching rule)")
+    return
   cache = {}
 
   def features(path):

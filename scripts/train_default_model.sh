@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Retrains delf-ret's shipped default model (delf_ret/default_model) from unlabelled
-# photos: the self-supervised stage, compact float16 export, PCA on every third photo.
+# photos: the self-supervised stage, compact float16 export, PCA on every third photo,
+# the putative-matching rule chosen on training pairs (scripts/calibrate_matching.py).
 #
 # Usage: scripts/train_default_model.sh TRAIN_DIR OUTPUT_DIR [--config_override=FIELD=VALUE ...]
 #   TRAIN_DIR   photos (searched recursively), e.g. ../shared/data/train
@@ -47,4 +48,6 @@ PY
 python -m delf_ret.cli.learn_pca --config_path="$out/default_model/delf_config.pbtxt" \
   --config_override=delf_local_config.use_pca=false --list_images_path="$out/pca_photos.txt" \
   --output_dir="$out/default_model" | grep -v "^\["
+python "$repo/scripts/calibrate_matching.py" "$out/default_model/delf_config.pbtxt" "$train_dir" \
+  2>&1 | grep -E "^(distance|ratio|best|wrote)"
 echo "done: default model in $out/default_model ($(( $(date +%s) - start )) s)"
