@@ -17,7 +17,7 @@ setup(
     # Default configs and the demo photos ship with the package; nothing reads the repository.
     package_data={"delf_ret": ["configs/*.pbtxt", "demo_data/*", "default_model/*.npz",
                               "default_model/*.npy", "default_model/*.pbtxt",
-                              "default_model/*.md"]},
+                              "default_model/*.md", "default_model/*.json"]},
     install_requires=[
         "tensorflow>=2.16",
         "tensorflow-datasets>=4.9",

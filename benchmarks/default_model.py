@@ -55,7 +55,8 @@ PAIRS = [("graf1.png", "graf3.png"), ("leuvenA.jpg", "leuvenB.jpg"), ("aero1.jpg
 METHODS = ("random_init", "default_model", "opencv_sift")
 LABELS = {"random_init": "DELF, random initialisation", "default_model": "DELF, default model",
           "opencv_sift": "OpenCV SIFT"}
-PCA_TRAINING_PHOTOS = 120
+# Photos (evenly spaced over the sorted training photos) the random model's PCA is learned on.
+PCA_TRAINING_PHOTOS = 40
 START, END = "<!-- default_model table: start -->", "<!-- default_model table: end -->"
 
 
@@ -186,7 +187,8 @@ def run_retrieval(name, extract, retrieval_config, dataset_dir, labels, hard, wo
   config.retrieval_config.CopyFrom(retrieval_config)
   run = run_benchmark(config, revisited, index, features_dir, work / "run", extract=extract,
                       also_score=others, log=lambda line: None)
-  row = {"mAP": {stage: {split: round(100 * m.mean_ap, 2) for split, m in splits.items()}
+  row = {"mAP": {stage: {split: (round(100 * m.mean_ap, 2) if np.isfinite(m.mean_ap) else None)
+                         for split, m in splits.items()}
                  for stage, splits in run.metrics.items()},
          "queries": len(revisited.qimlist), "database_images": len(revisited.imlist),
          "seconds_per_query": round(run.seconds_per_query, 2)}
@@ -261,6 +263,9 @@ def run_all(work: pathlib.Path) -> dict:
                                  f"{config.retrieval_config.ransac_residual_threshold:g} px"},
             "methods": {}, "pairs": {}, "attention_ranking": None,
             "mini_landmarks": {}, "ukbench": {}}
+  from delf_ret.default_model import default_model_dir
+  facts = default_model_dir() / "TRAINING.json"
+  result["training"] = json.loads(facts.read_text()) if facts.is_file() else None
   ukbench = ukbench_labels(work)
   for name, (extract, retrieval_config, description) in methods.items():
     print(f"{name}: pairs ...", flush=True)
@@ -334,14 +339,27 @@ def render_tables(result: dict) -> str:
   return "\n".join(lines)
 
 
-def render_into(path: pathlib.Path, table: str) -> None:
-  """Replaces the text between the START and END markers of ``path`` with ``table``."""
+def render_training(result: dict) -> str:
+  """One paragraph of training facts (delf_ret/default_model/TRAINING.json, copied into the result)."""
+  facts = result.get("training")
+  if not facts:
+    return "No TRAINING.json was shipped with the model."
+  minutes = facts["training_wall_seconds"] / 60
+  return (f"Training: {facts['training_steps']} steps in {minutes:.0f} minutes of wall time "
+          f"on {facts['cpu_cores']} CPU cores ({facts['machine']}), finished "
+          f"{facts['finished']}; the last run of the recipe script took "
+          f"{facts['script_wall_seconds_this_run'] / 60:.0f} minutes (resumed training, export, "
+          f"PCA, matching calibration).")
+
+
+def render_into(path: pathlib.Path, text_block: str, start: str = START, end: str = END) -> None:
+  """Replaces the text between the ``start`` and ``end`` markers of ``path``."""
   text = path.read_text()
-  if START not in text or END not in text:
-    raise SystemExit(f"{path} has no {START} ... {END} markers")
-  head, rest = text.split(START, 1)
-  _, tail = rest.split(END, 1)
-  path.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+  if start not in text or end not in text:
+    raise SystemExit(f"{path} has no {start} ... {end} markers")
+  head, rest = text.split(start, 1)
+  _, tail = rest.split(end, 1)
+  path.write_text(f"{head}{start}\n{text_block}\n{end}{tail}")
   print(f"rendered {path}")
 
 
@@ -357,9 +375,12 @@ def main():
     result = run_all(pathlib.Path(args.work_dir))
     result["benchmark_seconds"] = round(time.time() - start)
     write_result(args.output, result)
-  table = render_tables(json.loads(pathlib.Path(args.output).read_text()))
+  result = json.loads(pathlib.Path(args.output).read_text())
+  table = render_tables(result)
   for path in (REPO / "README.md", MODEL_CARD):
     render_into(path, table)
+  render_into(MODEL_CARD, render_training(result), "<!-- training facts: start -->",
+              "<!-- training facts: end -->")
 
 
 if __name__ == "__main__":

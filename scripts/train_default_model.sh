@@ -50,4 +50,15 @@ python -m delf_ret.cli.learn_pca --config_path="$out/default_model/delf_config.p
   --output_dir="$out/default_model" | grep -v "^\["
 python "$repo/scripts/calibrate_matching.py" "$out/default_model/delf_config.pbtxt" "$train_dir" \
   2>&1 | grep -E "^(distance|ratio|best|wrote)"
+python - "$out" "$(( $(date +%s) - start ))" "$train_dir" <<'PY'
+import json, os, pathlib, platform, sys, time
+out, seconds, train_dir = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+timing = json.loads((out / "selfsup" / "selfsup_time.json").read_text())
+facts = {"training_steps": timing["step"], "training_wall_seconds": timing["seconds"],
+         "script_wall_seconds_this_run": seconds, "cpu_cores": os.cpu_count(),
+         "machine": platform.machine(), "finished": time.strftime("%Y-%m-%d"),
+         "train_dir": pathlib.Path(train_dir).name}
+(out / "default_model" / "TRAINING.json").write_text(json.dumps(facts, indent=2) + "\n")
+print(json.dumps(facts))
+PY
 echo "done: default model in $out/default_model ($(( $(date +%s) - start )) s)"

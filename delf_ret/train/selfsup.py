@@ -44,6 +44,8 @@ from delf_ret.train.trainer import (MODEL_FILE, TrainingError, TrainingResult, a
                                     is_chief)
 
 REAL_PAIRS_FILE = "real_pairs.npz"
+# Training wall time over all runs of an output folder (resumes included), updated at each save.
+TIME_FILE = "selfsup_time.json"
 
 
 class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -333,6 +335,8 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
   step = global_step()
   last_step = total_steps if num_steps is None else min(total_steps, step + num_steps)
   contrastive = reliability = accuracy = float("nan")
+  time_file = output_dir / TIME_FILE
+  spent_before = (json.loads(time_file.read_text())["seconds"] if time_file.is_file() else 0.0)
   start, start_step, step_times = time.time(), step, []
   while step < last_step:
     step_start = time.perf_counter()
@@ -370,6 +374,10 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
           tf.summary.image("attention", attention_image(model(sample)["attention"]))
     if step % config.save_every == 0 or step == last_step or step == s.max_steps:
       manager.save(checkpoint_number=step)
+      if chief:
+        with atomic_write(time_file, "w") as handle:
+          json.dump({"step": step, "seconds": round(spent_before + time.time() - start, 1)},
+                    handle)
   writer.flush()
   model_path = None
   if chief:

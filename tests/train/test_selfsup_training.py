@@ -1,5 +1,6 @@
 """The self-supervised stage from its script: killed, resumed at the saved step, packaged."""
 
+import json
 import os
 import shutil
 import signal
@@ -58,8 +59,10 @@ def test_killed_run_resumes_at_the_saved_step_and_packages_a_loadable_model(tmp_
   from delf_ret.images import load_image
   model_dir = out / "default_model"
   assert sorted(p.name for p in model_dir.iterdir()) == [
-      "delf_config.pbtxt", "delf_default.npz", "pca_mean.npy", "pca_projection.npy",
-      "pca_variances.npy"]
+      "TRAINING.json", "delf_config.pbtxt", "delf_default.npz", "pca_mean.npy",
+      "pca_projection.npy", "pca_variances.npy"]
+  facts = json.loads((model_dir / "TRAINING.json").read_text())
+  assert facts["training_steps"] == 8 and facts["training_wall_seconds"] > 0
   extractor = DelfExtractor(load_config(model_dir / "delf_config.pbtxt",
                                         ["max_image_size=256",
                                          "delf_local_config.score_threshold=0"]))
