@@ -37,10 +37,10 @@ import tensorflow as tf
 
 from delf_ret.atomic import atomic_write
 from delf_ret.config import DelfTrainingConfig
-from delf_ret.model import DelfModel, save_delf_model
+from delf_ret.model import DelfModel
 from delf_ret.model.delf import caffe_preprocess
 from delf_ret.train import selfsup_data
-from delf_ret.train.trainer import (MODEL_FILE, TrainingError, TrainingResult, attention_image,
+from delf_ret.train.trainer import (TrainingError, TrainingResult, attention_image, finish_run,
                                     is_chief)
 
 REAL_PAIRS_FILE = "real_pairs.npz"
@@ -256,11 +256,15 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
       log(f"resumed from {manager.latest_checkpoint} at step "
           f"{int(optimizer.iterations.numpy()) + int(attention_optimizer.iterations.numpy())}")
 
-  def step_fn(view_a, view_b, targets_ab, targets_ba):
+  def replica_part() -> slice:
+    """This replica's slice of the global batch (called inside strategy.run)."""
+    if replicas == 1:
+      return slice(None)
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-    part = slice(None)
-    if replicas > 1:
-      part = slice(replica * per_replica, (replica + 1) * per_replica)
+    return slice(replica * per_replica, (replica + 1) * per_replica)
+
+  def step_fn(view_a, view_b, targets_ab, targets_ba):
+    part = replica_part()
     images = tf.concat([view_a[part], view_b[part]], axis=0)
     targets_ab, targets_ba = targets_ab[part], targets_ba[part]
     with tf.GradientTape() as tape:
@@ -293,10 +297,7 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
   side = selfsup_data.grid_side(s.crop_size)
 
   def attention_step_fn(view_a, view_b, targets_ab, targets_ba):
-    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-    part = slice(None)
-    if replicas > 1:
-      part = slice(replica * per_replica, (replica + 1) * per_replica)
+    part = replica_part()
     images = tf.concat([view_a[part], view_b[part]], axis=0)
     raw = model.backbone(caffe_preprocess(tf.cast(images, tf.float32)), training=False)
     cells = side * side
@@ -379,11 +380,5 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
           json.dump({"step": step, "seconds": round(spent_before + time.time() - start, 1)},
                     handle)
   writer.flush()
-  model_path = None
-  if chief:
-    model_path = output_dir / MODEL_FILE
-    save_delf_model(model, model_path)
-    log(f"selfsup: step {step}, model saved to {model_path}")
-  ms_per_step = (1000 * sum(step_times[1:]) / (len(step_times) - 1) if len(step_times) > 1
-                 else float("nan"))
+  model_path, ms_per_step = finish_run(model, output_dir, chief, "selfsup", step, step_times, log)
   return TrainingResult(step, contrastive, accuracy, model_path, ms_per_step)

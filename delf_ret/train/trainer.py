@@ -137,6 +137,24 @@ def attention_image(attention: tf.Tensor) -> tf.Tensor:
   return (attention / tf.maximum(peak, 1e-12))[..., None]
 
 
+def finish_run(model: DelfModel, output_dir: pathlib.Path, chief: bool, stage: str, step: int,
+               step_times: list[float],
+               log: Callable[[str], None]) -> tuple[pathlib.Path | None, float]:
+  """Saves the final model (chief only); returns (its path or None, mean ms per step).
+
+  The mean leaves out the run's first step, which includes tracing (NaN with
+  fewer than two steps).
+  """
+  model_path = None
+  if chief:
+    model_path = output_dir / MODEL_FILE
+    save_delf_model(model, model_path)
+    log(f"{stage}: step {step}, model saved to {model_path}")
+  ms_per_step = (1000 * sum(step_times[1:]) / (len(step_times) - 1) if len(step_times) > 1
+                 else float("nan"))
+  return model_path, ms_per_step
+
+
 def train_stage(stage: str, data_dir: str | os.PathLike, output_dir: str | os.PathLike,
                 config: DelfTrainingConfig, strategy: tf.distribute.Strategy | None = None,
                 init_from: str | os.PathLike | None = None, num_steps: int | None = None,
@@ -257,11 +275,5 @@ def train_stage(stage: str, data_dir: str | os.PathLike, output_dir: str | os.Pa
     if step % config.save_every == 0 or step == last_step:
       manager.save(checkpoint_number=step)
   writer.flush()
-  model_path = None
-  if chief:
-    model_path = output_dir / MODEL_FILE
-    save_delf_model(model, model_path)
-    log(f"{stage}: step {step}, model saved to {model_path}")
-  ms_per_step = 1000 * sum(step_times[1:]) / (len(step_times) - 1) if len(step_times) > 1 else (
-      float("nan"))
+  model_path, ms_per_step = finish_run(model, output_dir, chief, stage, step, step_times, log)
   return TrainingResult(step, loss, accuracy, model_path, ms_per_step)
