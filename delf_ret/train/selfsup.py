@@ -223,7 +223,9 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
   settings = view_settings(config)
 
   photos, paths = load_training_photos(photo_source, config, log)
-  real_pairs = load_real_pairs(photos, paths, pathlib.Path(photo_source), config, output_dir, log)
+  root = pathlib.Path(photo_source)  # Where cameras.csv files are looked for.
+  real_pairs = load_real_pairs(photos, paths, root if root.is_dir() else root.parent, config,
+                               output_dir, log)
   if s.use_skimage_photos:
     photos = photos + selfsup_data.skimage_photos(s.photo_max_side)
   log(f"selfsup: {len(photos)} photos, {len(real_pairs)} real pairs, {replicas} replica(s), "
