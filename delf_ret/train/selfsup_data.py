@@ -498,8 +498,9 @@ def strecha_cameras(paths: Sequence[pathlib.Path], photos: Sequence[np.ndarray],
   for table in sorted(pathlib.Path(train_root).rglob("cameras.csv")):
     with open(table, newline="") as handle:
       for row in csv.DictReader(handle):
-        image = (table.parent.parent / row["image"]).resolve()
-        camera_file = table.parent.parent / row["camera_file"]
+        base = pathlib.Path(os.path.dirname(table.parent))  # The folder above the CSV's.
+        image = (base / row["image"]).resolve()
+        camera_file = base / row["camera_file"]
         if image not in wanted or not camera_file.is_file():
           continue
         width = _camera_rows(camera_file)[8][0]
