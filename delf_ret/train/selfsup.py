@@ -383,4 +383,6 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
                     handle)
   writer.flush()
   model_path, ms_per_step = finish_run(model, output_dir, chief, "selfsup", step, step_times, log)
-  return TrainingResult(step, contrastive, accuracy, model_path, ms_per_step)
+  # The loss of the phase the run ended in: contrastive, or the attention head's reliability.
+  loss = contrastive if step <= s.max_steps else reliability
+  return TrainingResult(step, loss, accuracy, model_path, ms_per_step)
