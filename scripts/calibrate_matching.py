@@ -25,7 +25,7 @@ import numpy as np
 # (label, match_distance_threshold, match_ratio_threshold); 2.0 turns the distance test off
 # for unit descriptors.
 RULES = [("distance 0.8", 0.8, 0.0), ("distance 0.7", 0.7, 0.0), ("distance 0.6", 0.6, 0.0),
-         ("distance 0.5", 0.5, 0.0),
+         ("distance 0.5", 0.5, 0.0), ("distance 0.4", 0.4, 0.0),
          ("ratio 0.9", 2.0, 0.9), ("ratio 0.8", 2.0, 0.8)]
 
 
@@ -90,17 +90,20 @@ def main() -> None:
     separation = float(np.median(counts["positive"]) /
                        (np.percentile(counts["negative"], 95) + 1.0))
     results[label] = {"distance": distance, "ratio": ratio, "separation": round(separation, 3),
-                      "positive_median": float(np.median(counts["positive"])),
-                      "negative_p95": float(np.percentile(counts["negative"], 95))}
+                      "positive_median": round(float(np.median(counts["positive"])), 1),
+                      "negative_p95": round(float(np.percentile(counts["negative"], 95)), 1)}
     print(label, json.dumps(results[label]), flush=True)
   best = max(results, key=lambda label: results[label]["separation"])
   print(f"best: {best}")
   if args.dry_run:
     return
   text = config_path.read_text()
+  table = "".join(f"  #   {label}: median inliers {r['positive_median']:g} (overlapping), 95th "
+                  f"percentile {r['negative_p95']:g} (unrelated), ratio {r['separation']:g}\n"
+                  for label, r in results.items())
   block = (f"retrieval_config {{\n  # Chosen by scripts/calibrate_matching.py on training photos: "
-           f"{best}\n  # separates {len(positives)} overlapping from {len(negatives)} unrelated "
-           f"training pairs best ({json.dumps(results)}).\n"
+           f"{best} separates\n  # {len(positives)} overlapping from {len(negatives)} unrelated "
+           f"training pairs best:\n{table}"
            f"  match_distance_threshold: {results[best]['distance']}\n"
            f"  match_ratio_threshold: {results[best]['ratio']}\n}}\n")
   text = re.sub(r"retrieval_config \{.*?\n\}\n", lambda _: block, text, flags=re.S)
