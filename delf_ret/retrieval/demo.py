@@ -53,12 +53,13 @@ class DemoData:
 
 
 def shared_demo_data(shared_dir: str | os.PathLike) -> DemoData:
-  """The shared evaluation photos: landmarks + distractors (labels.csv), graf1/graf3."""
+  """The shared evaluation photos: landmarks + distractors (labels.csv), graf1/graf3 and
+  two photos of one landmark for the match pictures."""
   shared_dir = pathlib.Path(shared_dir)
   return DemoData("shared landmarks and distractors", shared_dir / "labels.csv", (
       (shared_dir / "pairs" / "graf1.png", shared_dir / "pairs" / "graf3.png", "graf1_graf3"),
-      (shared_dir / "landmarks" / "sacre_coeur_lightglue1.jpg",
-       shared_dir / "landmarks" / "sacre_coeur_lightglue2.jpg", "sacre_coeur")))
+      (shared_dir / "landmarks" / "campus_building_DSC_0410.jpg",
+       shared_dir / "landmarks" / "campus_building_DSC_0411.jpg", "campus_building")))
 
 
 def bundled_demo_data(bundle_dir: str | os.PathLike) -> DemoData:
@@ -66,7 +67,8 @@ def bundled_demo_data(bundle_dir: str | os.PathLike) -> DemoData:
   bundle_dir = pathlib.Path(bundle_dir)
   return DemoData("bundled demo photos", bundle_dir / "labels.csv", (
       (bundle_dir / "graffiti_1.jpg", bundle_dir / "graffiti_3.jpg", "graffiti_1_3"),
-      (bundle_dir / "sacre_coeur_1.jpg", bundle_dir / "sacre_coeur_2.jpg", "sacre_coeur")))
+      (bundle_dir / "campus_building_1.jpg", bundle_dir / "campus_building_2.jpg",
+       "campus_building")))
 
 
 @dataclasses.dataclass
