@@ -11,8 +11,14 @@ import dataclasses
 
 import numpy as np
 
+from delf_ret.errors import DelfRetError
+
 DEFAULT_KS = (1, 5, 10)
 RECALL_LEVELS = tuple(np.linspace(0.0, 1.0, 21).round(2).tolist())
+
+
+class RankingError(DelfRetError):
+  """Ranked lists that do not fit the ground truth (count, shape, type) or a bad k."""
 
 
 def _indices(entry: dict, *keys: str) -> np.ndarray:
@@ -78,12 +84,46 @@ class SplitMetrics:
   pr_curve: list[float] = dataclasses.field(default_factory=list)
 
 
+def precision_at_k(ranks: np.ndarray, k: int) -> float:
+  """mP@k of one query as revisitop's compute_map and the official DELF code compute it.
+
+  With the positives' 1-based positions p (ignored images removed) and
+  kq = min(max(p), k): positives within the first kq / kq. A perfect ranking
+  scores 1 even when the query has fewer than k positives; no positive
+  retrieved scores 0.
+  """
+  positions = np.asarray(ranks, np.int64) + 1
+  if positions.size == 0:
+    return 0.0
+  kq = min(int(positions.max()), k)
+  return float((positions <= kq).sum()) / kq
+
+
+def check_rankings(ranked_lists: list[np.ndarray], num_queries: int, ks: tuple[int, ...]) -> None:
+  """Raises RankingError unless there is one 1-d integer ranked list per query and every k >= 1."""
+  if len(ranked_lists) != num_queries:
+    raise RankingError(f"{len(ranked_lists)} ranked lists for {num_queries} queries (one list "
+                       f"per query, best first; a transposed matrix gives this)")
+  for number, ranked in enumerate(ranked_lists):
+    ranked = np.asarray(ranked)
+    if ranked.ndim != 1 or (ranked.size and not np.issubdtype(ranked.dtype, np.integer)):
+      raise RankingError(f"ranked list {number} must be a 1-d array of database indices, got "
+                         f"shape {ranked.shape} of {ranked.dtype}")
+  if not ks or any(int(k) < 1 for k in ks):
+    raise RankingError(f"every k of mP@k / mR@k must be at least 1, got {list(ks)}")
+
+
 def evaluate_split(ranked_lists: list[np.ndarray], positives: list[np.ndarray],
                    ignored: list[np.ndarray], ks: tuple[int, ...] = DEFAULT_KS) -> SplitMetrics:
-  """mAP, mP@k (positives in the top k / k) and mR@k (positives in the top k / positives)."""
+  """mAP, mP@k (revisitop's, see precision_at_k) and mR@k (positives in the top k / positives).
+
+  An image listed twice among a query's positives (or ignored images) counts once.
+  """
+  check_rankings(ranked_lists, len(positives), ks)
   aps, precisions, recalls = [], {k: [] for k in ks}, {k: [] for k in ks}
   curves = []
   for ranked, pos, ign in zip(ranked_lists, positives, ignored):
+    pos, ign = np.unique(np.asarray(pos, np.int64)), np.unique(np.asarray(ign, np.int64))
     if len(pos) == 0:
       aps.append(float("nan"))
       continue
@@ -91,9 +131,8 @@ def evaluate_split(ranked_lists: list[np.ndarray], positives: list[np.ndarray],
     aps.append(average_precision(ranks, len(pos)))
     curves.append(interpolated_precision(ranks, len(pos)))
     for k in ks:
-      hits = int((ranks < k).sum())
-      precisions[k].append(hits / k)
-      recalls[k].append(hits / len(pos))
+      precisions[k].append(precision_at_k(ranks, k))
+      recalls[k].append(int((ranks < k).sum()) / len(pos))
   valid = [ap for ap in aps if not np.isnan(ap)]
   mean = lambda values: float(np.mean(values)) if values else float("nan")
   return SplitMetrics(mean_ap=mean(valid), precision_at={k: mean(v) for k, v in precisions.items()},

@@ -72,3 +72,36 @@ def test_split_metrics_carry_the_mean_pr_curve():
                                       [np.array([0]), np.array([0])], [np.array([]), np.array([])])
   assert len(metrics.pr_curve) == len(evaluation.RECALL_LEVELS)
   np.testing.assert_allclose(metrics.pr_curve, 0.75)  # (1 + 1/2) / 2 at every level.
+
+
+def test_precision_at_k_as_revisitop_computes_it():
+  # Perfect ranking of 3 positives: kq = min(3, k) -> 1.0 for every k (positives / k gives 0.6
+  # at k = 5).
+  perfect = evaluate_split([np.array([0, 1, 2, 3, 4])], [np.array([0, 1, 2])], [np.array([])],
+                           ks=(1, 3, 5))
+  assert perfect.precision_at == {1: 1.0, 3: 1.0, 5: 1.0}
+  # Positives at 1-based positions 2 and 4: k=1 -> kq 1 -> 0; k=3 -> kq 3 -> 1/3;
+  # k=5 -> kq 4 -> 2/4.
+  assert evaluation.precision_at_k(np.array([1, 3]), 1) == 0.0
+  assert evaluation.precision_at_k(np.array([1, 3]), 3) == pytest.approx(1 / 3)
+  assert evaluation.precision_at_k(np.array([1, 3]), 5) == 0.5
+  assert evaluation.precision_at_k(np.array([], np.int64), 5) == 0.0
+
+
+def test_an_image_listed_twice_counts_once():
+  # all_souls_1_good.txt lists all_souls_000091 twice: 2 positives, not 3.
+  ranked = [np.array([4, 7, 0, 1])]
+  result = evaluate_original(ranked, [{"good": [4, 7, 4], "ok": [], "junk": []}])
+  assert result.mean_ap == pytest.approx(1.0)
+  assert result.recall_at[1] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("ranked, ks, message", [
+    ([np.array([0, 1]), np.array([1, 0])], (1,), "2 ranked lists for 1 queries"),
+    ([np.array([[0, 1], [1, 0]])], (1,), "1-d array"),
+    ([np.array([0.5, 1.0])], (1,), "1-d array"),
+    ([np.array([0, 1])], (0,), "at least 1"),
+])
+def test_bad_rankings_give_clear_errors(ranked, ks, message):
+  with pytest.raises(evaluation.RankingError, match=message):
+    evaluate_split(ranked, [np.array([0])], [np.array([])], ks=ks)
