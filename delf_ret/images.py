@@ -18,7 +18,7 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from delf_ret.errors import DelfRetError
+from delf_ret.errors import DelfRetError, InputError
 
 
 class ImageReadError(DelfRetError):
@@ -95,6 +95,42 @@ def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def read_image_list(list_path: str | os.PathLike) -> list[pathlib.Path]:
+  """Paths in a text file, one per line; blank lines and '#' comments are skipped.
+
+  Relative paths are taken relative to the list file's folder. Raises
+  InputError for a missing list or one that names no image.
+  """
+  list_path = pathlib.Path(list_path)
+  if not list_path.is_file():
+    raise InputError(f"image list not found: {list_path}")
+  paths = []
+  for line in list_path.read_text().splitlines():
+    line = line.strip()
+    if line and not line.startswith("#"):
+      path = pathlib.Path(line)
+      paths.append(path if path.is_absolute() else list_path.parent / path)
+  if not paths:
+    raise InputError(f"image list {list_path} names no images")
+  return paths
+
+
+def shrink_to_max_side(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+  """An image [H, W, C] shrunk (area filter) so its longer side is at most ``max_side`` pixels.
+
+  Returns (image, factor applied); images already small enough come back as
+  they are with factor 1.
+  """
+  import cv2
+
+  height, width = image.shape[:2]
+  factor = max_side / max(height, width)
+  if factor >= 1.0:
+    return image, 1.0
+  size = (max(1, round(width * factor)), max(1, round(height * factor)))
+  return cv2.resize(image, size, interpolation=cv2.INTER_AREA), factor
 
 
 def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:

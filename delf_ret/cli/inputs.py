@@ -8,7 +8,7 @@ import pathlib
 from absl import flags
 
 from delf_ret.errors import InputError
-from delf_ret.images import list_images
+from delf_ret.images import list_images, read_image_list
 
 FLAGS = flags.FLAGS
 # Flags defined here belong to the tool that asks for them (and show in its --help).
@@ -25,25 +25,6 @@ def define_image_flags(what: str = "images") -> None:
 def image_paths_from_flags() -> list[pathlib.Path]:
   """The image paths named by --images_dir or --list_images_path."""
   return resolve_image_inputs(FLAGS.images_dir, FLAGS.list_images_path)
-
-
-def read_image_list(list_path: str | os.PathLike) -> list[pathlib.Path]:
-  """Paths in a text file, one per line; blank lines and '#' comments are skipped.
-
-  Relative paths are taken relative to the list file's folder.
-  """
-  list_path = pathlib.Path(list_path)
-  if not list_path.is_file():
-    raise InputError(f"image list not found: {list_path}")
-  paths = []
-  for line in list_path.read_text().splitlines():
-    line = line.strip()
-    if line and not line.startswith("#"):
-      path = pathlib.Path(line)
-      paths.append(path if path.is_absolute() else list_path.parent / path)
-  if not paths:
-    raise InputError(f"image list {list_path} names no images")
-  return paths
 
 
 def resolve_image_inputs(images_dir: str | None, list_images_path: str | None) -> list[pathlib.Path]:

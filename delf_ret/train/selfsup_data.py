@@ -32,9 +32,9 @@ import numpy as np
 
 from delf_ret.extract.geometry import RESNET50_CONV4, ReceptiveField, keypoint_centers
 from delf_ret.errors import DelfRetError
-from delf_ret.images import ImageReadError, load_image
+from delf_ret.images import (IMAGE_SUFFIXES, ImageReadError, load_image, read_image_list,
+                             shrink_to_max_side)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 # Natural photos that ship inside scikit-image and load without a network.
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "brick",
                   "grass", "gravel")
@@ -110,35 +110,20 @@ def list_training_photos(source: str | os.PathLike) -> list[pathlib.Path]:
   """Photo paths of a folder (searched recursively, sorted) or a list file.
 
   A list file holds one path per line, relative to the list file's folder
-  unless absolute. Raises TrainingDataError for a missing source or no photos.
+  unless absolute (delf_ret.images.read_image_list). Raises TrainingDataError
+  for a missing source or a folder without photos.
   """
   source = pathlib.Path(source)
-  if source.is_dir():
-    paths = sorted(p for p in source.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(source).parts))
-  elif source.is_file():
-    paths = []
-    for line in source.read_text().splitlines():
-      line = line.strip()
-      if line and not line.startswith("#"):
-        path = pathlib.Path(line)
-        paths.append(path if path.is_absolute() else source.parent / path)
-  else:
+  if source.is_file():
+    return read_image_list(source)
+  if not source.is_dir():
     raise TrainingDataError(f"{source}: training photos not found (a folder or a list file)")
+  paths = sorted(p for p in source.rglob("*")
+                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                 and not any(part.startswith(".") for part in p.relative_to(source).parts))
   if not paths:
     raise TrainingDataError(f"{source}: no photos found")
   return paths
-
-
-def resize_to_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
-  """Shrinks an image [H, W, 3] so its longer side is at most ``max_side`` (area filter)."""
-  height, width = image.shape[:2]
-  factor = max_side / max(height, width)
-  if factor >= 1.0:
-    return image
-  size = (max(1, round(width * factor)), max(1, round(height * factor)))
-  return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def load_training_photos(paths: Sequence[pathlib.Path], max_side: int,
@@ -150,7 +135,7 @@ def load_training_photos(paths: Sequence[pathlib.Path], max_side: int,
   photos, kept, skipped = [], [], []
   for path in paths:
     try:
-      image = resize_to_max_side(load_image(path), max_side)
+      image, _ = shrink_to_max_side(load_image(path), max_side)
     except ImageReadError as error:
       skipped.append(str(error))
       continue
@@ -171,8 +156,8 @@ def skimage_photos(max_side: int) -> list[np.ndarray]:
     image = np.asarray(getattr(skimage.data, name)())
     if image.ndim == 2:
       image = np.repeat(image[..., None], 3, axis=2)
-    photos.append(resize_to_max_side(np.ascontiguousarray(image[..., :3].astype(np.uint8)),
-                                     max_side))
+    photos.append(shrink_to_max_side(np.ascontiguousarray(image[..., :3].astype(np.uint8)),
+                                     max_side)[0])
   return photos
 
 
