@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import hashlib
 import json
 import pathlib
 import shutil
@@ -122,20 +121,19 @@ def attention_ranking(features_a, features_b, params, homography, draws: int = 2
           "random_half_matches": round(float(np.mean([r[1] for r in random])), 1)}
 
 
-class CachedExtractor:
-  """image -> features, remembering images already seen (queries are whole database images)."""
+class TimedExtractor:
+  """image -> features, counting the calls and their seconds (wrapped in a ContentCache, so
+  each distinct image is extracted once: queries are whole database images)."""
 
   def __init__(self, extract):
-    self.extract, self.cache, self.seconds, self.count = extract, {}, 0.0, 0
+    self.extract, self.seconds, self.count = extract, 0.0, 0
 
   def __call__(self, image: np.ndarray):
-    key = hashlib.sha256(image.tobytes() + str(image.shape).encode()).hexdigest()
-    if key not in self.cache:
-      start = time.perf_counter()
-      self.cache[key] = self.extract(image)
-      self.seconds += time.perf_counter() - start
-      self.count += 1
-    return self.cache[key]
+    start = time.perf_counter()
+    features = self.extract(image)
+    self.seconds += time.perf_counter() - start
+    self.count += 1
+    return features
 
 
 def ukbench_labels(work: pathlib.Path) -> pathlib.Path:
@@ -270,7 +268,9 @@ def run_all(work: pathlib.Path) -> dict:
   ukbench = ukbench_labels(work)
   for name, (extract, retrieval_config, description) in methods.items():
     print(f"{name}: pairs ...", flush=True)
-    cached = CachedExtractor(extract)
+    from delf_ret.retrieval.demo import ContentCache
+    timed = TimedExtractor(extract)
+    cached = ContentCache(timed)
     params = RansacParams.from_config(retrieval_config)
     result["methods"][name] = {"description": description,
                                "putative_matches": matching_rule(retrieval_config)}
@@ -301,8 +301,8 @@ def run_all(work: pathlib.Path) -> dict:
                                                      ("reranked", "reranked"))}
     result["ukbench"][name] = row
     result["methods"][name]["extraction_seconds_per_image"] = round(
-        cached.seconds / max(1, cached.count), 2)
-    result["methods"][name]["images_extracted"] = cached.count
+        timed.seconds / max(1, timed.count), 2)
+    result["methods"][name]["images_extracted"] = timed.count
     print(json.dumps(result["methods"][name]), flush=True)
   return result
 

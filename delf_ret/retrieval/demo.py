@@ -27,8 +27,8 @@ from delf_ret.datasets.labelled import write_labelled_benchmark
 from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import read_revisited_gnd
 from delf_ret.evaluation.visualize import draw_contact_sheet, draw_matches
-from delf_ret.features import LocalFeatures, feature_file_name, feature_loader, image_id_of
-from delf_ret.images import load_image
+from delf_ret.features import LocalFeatures, feature_file_names, feature_loader, image_id_of
+from delf_ret.images import load_image, shrink_to_max_side
 from delf_ret.index import IndexParams
 from delf_ret.index.builder import build_index, list_feature_files
 from delf_ret.match import RansacParams, verify_pair
@@ -36,8 +36,9 @@ from delf_ret.retrieval.benchmark import BenchmarkRun, run_benchmark
 
 CONTACT_SHEET_QUERIES = 3
 CONTACT_SHEET_RESULTS = 4
-# The longest side of the pictures the demo draws (pixels).
+# The longest side of the pictures the demo draws and of contact-sheet tiles (pixels).
 PICTURE_SIDE = 640
+THUMBNAIL_SIDE = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,16 +110,6 @@ class ContentCache:
     return self._cache[key]
 
 
-def _picture_size(image: np.ndarray) -> tuple[np.ndarray, float]:
-  """The image shrunk so its longer side is at most PICTURE_SIDE, and the factor used."""
-  import cv2
-  factor = min(1.0, PICTURE_SIDE / max(image.shape[:2]))
-  if factor == 1.0:
-    return image, 1.0
-  size = (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor)))
-  return cv2.resize(image, size, interpolation=cv2.INTER_AREA), factor
-
-
 def run_demo(config: DelfConfig, data: DemoData, output_dir: str | os.PathLike,
              extractor=None, log: Callable[[str], None] = print) -> DemoSummary:
   """Runs the whole pipeline on ``data`` into ``output_dir`` (see the module docstring).
@@ -126,6 +117,7 @@ def run_demo(config: DelfConfig, data: DemoData, output_dir: str | os.PathLike,
   extractor: a DelfExtractor (default: one built from ``config``).
   A second run reuses the feature files, the index and the per-query caches.
   """
+  from delf_ret.extract.batch import extract_all
   from delf_ret.extract.extractor import DelfExtractor
 
   output_dir = pathlib.Path(output_dir)
@@ -137,22 +129,18 @@ def run_demo(config: DelfConfig, data: DemoData, output_dir: str | os.PathLike,
 
   start = time.time()
   features_dir = output_dir / "features"
-  features_dir.mkdir(parents=True, exist_ok=True)
-  extracted = 0
-  for number, image_name in enumerate(dataset.imlist, 1):
-    path = dataset.image_path(image_name)
-    target = features_dir / feature_file_name(image_id_of(path))
-    image = load_image(path, max_pixels=config.max_image_pixels)
-    if target.exists():
-      cache.add(image, feature_loader(features_dir)(image_id_of(path)))
-      continue
-    from delf_ret.features import write_features
-    features = cache(image)
-    write_features(target, features)
-    extracted += 1
-    log(f"[{number}/{len(dataset.imlist)}] {path.name}: {features.num_features} features")
+  image_paths = [dataset.image_path(name) for name in dataset.imlist]
+  missing = sum(not (features_dir / name).exists() for name in feature_file_names(image_paths))
+  failures = extract_all(extractor, image_paths, features_dir, log=log)
+  if failures:
+    raise InputError(f"{len(failures)} photos could not be used, e.g. {failures[0][1]}")
+  # The queries are whole database photos: they reuse these features instead of re-extracting.
+  load_features = feature_loader(features_dir)
+  for path in image_paths:
+    cache.add(load_image(path, max_pixels=config.max_image_pixels),
+              load_features(image_id_of(path)))
   seconds["extraction"] = time.time() - start
-  log(f"features: {extracted} photos extracted, {len(dataset.imlist) - extracted} reused "
+  log(f"features: {missing} photos extracted, {len(image_paths) - missing} reused "
       f"({seconds['extraction']:.0f} s) -> {features_dir}")
 
   start = time.time()
@@ -181,8 +169,8 @@ def run_demo(config: DelfConfig, data: DemoData, output_dir: str | os.PathLike,
     features_a, features_b = cache(image_a), cache(image_b)
     result = verify_pair(features_a, features_b, params)
     inliers = result.matches[result.inliers]
-    picture_a, factor_a = _picture_size(image_a)
-    picture_b, factor_b = _picture_size(image_b)
+    picture_a, factor_a = shrink_to_max_side(image_a, PICTURE_SIDE)
+    picture_b, factor_b = shrink_to_max_side(image_b, PICTURE_SIDE)
     target = output_dir / f"matches_{name}.png"
     draw_matches(target, picture_a, picture_b, features_a.locations[inliers[:, 0]] * factor_a,
                  features_b.locations[inliers[:, 1]] * factor_b,
@@ -197,8 +185,6 @@ def run_demo(config: DelfConfig, data: DemoData, output_dir: str | os.PathLike,
 def _contact_sheet(path: pathlib.Path, dataset, run: BenchmarkRun) -> pathlib.Path:
   """One row per query (three queries of different landmarks): the query, then its top
   reranked results with their inliers and whether they show the same place."""
-  import cv2
-
   positives = [set(g["easy"]) | set(g["hard"]) for g in dataset.gnd]
   chosen, covered = [], set()  # Queries of different landmarks: none a positive of another.
   for number, query in enumerate(dataset.qimlist):
@@ -210,11 +196,12 @@ def _contact_sheet(path: pathlib.Path, dataset, run: BenchmarkRun) -> pathlib.Pa
   tiles, captions = [], []
   for number in chosen:
     query = dataset.qimlist[number]
-    tiles.append(_thumbnail(load_image(dataset.image_path(query)), cv2))
+    tiles.append(shrink_to_max_side(load_image(dataset.image_path(query)), THUMBNAIL_SIDE)[0])
     captions.append(f"query {query}")
     top = [entry for entry in run.results[number].reranked if entry.image_id != query]
     for rank, entry in enumerate(top[:CONTACT_SHEET_RESULTS], 1):
-      tiles.append(_thumbnail(load_image(dataset.image_path(entry.image_id)), cv2))
+      tiles.append(shrink_to_max_side(load_image(dataset.image_path(entry.image_id)),
+                                      THUMBNAIL_SIDE)[0])
       correct = dataset.imlist.index(entry.image_id) in positives[number]
       inliers = "-" if entry.inliers is None else entry.inliers
       captions.append(f"{rank}. {entry.image_id}\n{inliers} inliers, "
@@ -222,9 +209,3 @@ def _contact_sheet(path: pathlib.Path, dataset, run: BenchmarkRun) -> pathlib.Pa
   draw_contact_sheet(path, tiles[0], tiles[1:], captions[1:], query_caption=captions[0],
                      columns=CONTACT_SHEET_RESULTS + 1)
   return path
-
-
-def _thumbnail(image: np.ndarray, cv2) -> np.ndarray:
-  factor = 256 / max(image.shape[:2])
-  return cv2.resize(image, (max(1, round(image.shape[1] * factor)),
-                            max(1, round(image.shape[0] * factor))), interpolation=cv2.INTER_AREA)

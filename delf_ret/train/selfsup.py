@@ -291,11 +291,6 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
     accuracy = (tf.reduce_sum(correct_ab) + tf.reduce_sum(correct_ba)) / count
     return contrastive / replicas, reliability / replicas, accuracy / replicas
 
-  @tf.function
-  def train_step(view_a, view_b, targets_ab, targets_ba):
-    results = strategy.run(step_fn, args=(view_a, view_b, targets_ab, targets_ba))
-    return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
-
   side = selfsup_data.grid_side(s.crop_size)
 
   def attention_step_fn(view_a, view_b, targets_ab, targets_ba):
@@ -319,10 +314,15 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
     accuracy = (tf.reduce_sum(near_ab) + tf.reduce_sum(near_ba)) / count
     return tf.zeros(()), reliability / replicas, accuracy / replicas
 
-  @tf.function
-  def attention_step(view_a, view_b, targets_ab, targets_ba):
-    results = strategy.run(attention_step_fn, args=(view_a, view_b, targets_ab, targets_ba))
-    return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
+  def distributed(replica_fn):
+    """A compiled step running ``replica_fn`` on every replica and summing its outputs."""
+    @tf.function
+    def run(view_a, view_b, targets_ab, targets_ba):
+      results = strategy.run(replica_fn, args=(view_a, view_b, targets_ab, targets_ba))
+      return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
+    return run
+
+  train_step, attention_step = distributed(step_fn), distributed(attention_step_fn)
 
   def batch_of(step: int) -> dict[str, np.ndarray]:
     return selfsup_data.make_batch(config.seed, step, s.pairs_per_batch, s.real_pair_fraction,
