@@ -25,7 +25,8 @@ import numpy as np
 # (label, match_distance_threshold, match_ratio_threshold); 2.0 turns the distance test off
 # for unit descriptors.
 RULES = [("distance 0.8", 0.8, 0.0), ("distance 0.7", 0.7, 0.0), ("distance 0.6", 0.6, 0.0),
-         ("distance 0.5", 0.5, 0.0), ("distance 0.4", 0.4, 0.0),
+         ("distance 0.5", 0.5, 0.0), ("distance 0.4", 0.4, 0.0), ("distance 0.35", 0.35, 0.0),
+         ("distance 0.3", 0.3, 0.0),
          ("ratio 0.9", 2.0, 0.9), ("ratio 0.8", 2.0, 0.8)]
 
 
