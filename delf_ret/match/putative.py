@@ -1,16 +1,15 @@
-"""Putative correspondences by nearest neighbour in descriptor space (exact, L2).
+"""Putative correspondences by nearest neighbour in descriptor space (exact, L2, through faiss).
 
-The query side (A) is prepared once in a DescriptorMatcher; each other set (B)
-is matched against it: for every descriptor of B, its nearest neighbour in A.
-This is the direction of the published DELF example (a tree on image 1,
-queried with the descriptors of image 2).
+The query side (A) is prepared once in a DescriptorMatcher (a faiss flat
+index); each other set (B) is matched against it: for every descriptor of B,
+its nearest neighbour in A. This is the direction of the published DELF
+example (a tree on image 1, queried with the descriptors of image 2).
 """
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
-
-_CHUNK = 4096  # Rows of B per distance block (bounds memory to CHUNK x N_A floats).
 
 
 class DescriptorMatcher:
@@ -20,43 +19,32 @@ class DescriptorMatcher:
     self.descriptors = np.ascontiguousarray(descriptors_a, dtype=np.float32)
     if self.descriptors.ndim != 2:
       raise ValueError(f"descriptors must be [N, D], got shape {self.descriptors.shape}")
-    self._transposed = np.ascontiguousarray(self.descriptors.T)
-    self._squared_norms = np.einsum("ij,ij->i", self.descriptors, self.descriptors)
+    self._index = faiss.IndexFlatL2(self.descriptors.shape[1])
+    if self.descriptors.shape[0]:
+      self._index.add(self.descriptors)
 
   @property
   def dim(self) -> int:
     return self.descriptors.shape[1]
 
   def nearest(self, descriptors_b: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest A rows of each B row: (indices [N_B, k] int64, L2 distances [N_B, k]).
+    """k nearest A rows of each B row: (indices [N_B, k] int64, L2 distances [N_B, k] float32).
 
-    Where A has fewer than k rows, the missing neighbours have index -1 and
-    distance inf.
+    Exact search (faiss IndexFlatL2). Where A has fewer than k rows, the
+    missing neighbours have index -1 and distance inf.
     """
-    descriptors_b = np.asarray(descriptors_b, dtype=np.float32)
+    descriptors_b = np.ascontiguousarray(descriptors_b, dtype=np.float32)
     if descriptors_b.ndim != 2 or (descriptors_b.shape[0] and descriptors_b.shape[1] != self.dim):
       raise ValueError(f"descriptor dimensions differ: A has {self.dim}, B has shape "
                        f"{descriptors_b.shape}")
     n_b, n_a = descriptors_b.shape[0], self.descriptors.shape[0]
-    indices = np.full((n_b, k), -1, np.int64)
-    distances = np.full((n_b, k), np.inf, np.float32)
-    kk = min(k, n_a)
-    if kk == 0 or n_b == 0:
-      return indices, distances
-    for start in range(0, n_b, _CHUNK):
-      block = descriptors_b[start:start + _CHUNK]
-      squared = (self._squared_norms[None, :] - 2.0 * (block @ self._transposed)
-                 + np.einsum("ij,ij->i", block, block)[:, None])
-      if kk < n_a:
-        part = np.argpartition(squared, kk - 1, axis=1)[:, :kk]
-      else:
-        part = np.broadcast_to(np.arange(n_a), (block.shape[0], n_a))
-      part_values = np.take_along_axis(squared, part, axis=1)
-      order = np.argsort(part_values, axis=1, kind="stable")
-      indices[start:start + block.shape[0], :kk] = np.take_along_axis(part, order, axis=1)
-      distances[start:start + block.shape[0], :kk] = np.sqrt(
-          np.maximum(np.take_along_axis(part_values, order, axis=1), 0.0))
-    return indices, distances
+    if k < 1 or n_a == 0 or n_b == 0:
+      return np.full((n_b, max(k, 0)), -1, np.int64), np.full((n_b, max(k, 0)), np.inf, np.float32)
+    squared, indices = self._index.search(descriptors_b, k)
+    missing = indices < 0
+    distances = np.sqrt(np.maximum(squared, 0.0)).astype(np.float32)
+    distances[missing] = np.inf
+    return indices.astype(np.int64), distances
 
   def match(self, descriptors_b: np.ndarray, distance_threshold: float,
             ratio_threshold: float | None = None, mutual: bool = False) -> np.ndarray:

@@ -28,26 +28,41 @@ class RankedImage:
   inliers: int | None = None
 
 
-def aggregate_votes(slots: np.ndarray, distances: np.ndarray, weighting: str) -> dict[int, float]:
-  """Scores per database slot from the k-NN hits [Q, k] of Q query descriptors.
+def vote_totals(slots: np.ndarray, distances: np.ndarray,
+                weighting: str) -> tuple[np.ndarray, np.ndarray]:
+  """Scores per database slot from the k-NN hits [Q, k] of Q query descriptors, without loops.
 
   Each query descriptor votes at most once per image (its closest hit there):
   ``weighting`` (retrieval_config.vote_weighting) "count" adds 1, "similarity"
   adds the cosine similarity 1 - d^2 / 2 of unit descriptors (d^2 = squared L2
-  distance, as the index returns it), floored at 0.
+  distance, as the index returns it), floored at 0. Slots < 0 (no hit) are
+  ignored. Returns (slots int64 [S] ascending, scores float64 [S]) for every
+  slot hit at least once.
   """
   if weighting not in ("count", "similarity"):
     raise ValueError(f"weighting must be 'count' or 'similarity', got {weighting!r}")
-  scores: dict[int, float] = {}
-  for row_slots, row_distances in zip(slots, distances):
-    seen = set()
-    for slot, distance in zip(row_slots.tolist(), row_distances.tolist()):
-      if slot < 0 or slot in seen:
-        continue
-      seen.add(slot)
-      vote = 1.0 if weighting == "count" else max(0.0, 1.0 - distance / 2.0)
-      scores[slot] = scores.get(slot, 0.0) + vote
-  return scores
+  slots, distances = np.asarray(slots), np.asarray(distances, np.float64)
+  valid = slots >= 0
+  rows = np.nonzero(valid)[0]
+  hit_slots, hit_distances = slots[valid].astype(np.int64), distances[valid]
+  # Sort by (query row, slot, distance): the first entry of each (row, slot) run is its closest hit.
+  order = np.lexsort((hit_distances, hit_slots, rows))
+  rows, hit_slots, hit_distances = rows[order], hit_slots[order], hit_distances[order]
+  first = np.ones(rows.shape[0], bool)
+  first[1:] = (rows[1:] != rows[:-1]) | (hit_slots[1:] != hit_slots[:-1])
+  hit_slots, hit_distances = hit_slots[first], hit_distances[first]
+  if weighting == "count":
+    votes = np.ones(hit_slots.shape[0])
+  else:
+    votes = np.maximum(0.0, 1.0 - hit_distances / 2.0)
+  unique_slots, inverse = np.unique(hit_slots, return_inverse=True)
+  return unique_slots, np.bincount(inverse, weights=votes, minlength=unique_slots.shape[0])
+
+
+def aggregate_votes(slots: np.ndarray, distances: np.ndarray, weighting: str) -> dict[int, float]:
+  """vote_totals as a dict {slot: score}."""
+  unique_slots, scores = vote_totals(slots, distances, weighting)
+  return dict(zip(unique_slots.tolist(), scores.tolist()))
 
 
 def rank_database(index: LocalFeatureIndex, query_descriptors: np.ndarray,
@@ -56,14 +71,15 @@ def rank_database(index: LocalFeatureIndex, query_descriptors: np.ndarray,
 
   query_descriptors: float32 [Q, D]; each looks up its
   ``neighbors_per_descriptor`` nearest database descriptors and votes by
-  ``vote_weighting`` (see aggregate_votes).
+  ``vote_weighting`` (see vote_totals).
   """
   if query_descriptors.shape[0] == 0 or len(index) == 0:
     return []
   slots, _, distances = index.search(query_descriptors, retrieval_config.neighbors_per_descriptor)
-  scores = aggregate_votes(slots, distances, retrieval_config.vote_weighting)
-  ranked = [RankedImage(index.slot_names[slot], score) for slot, score in scores.items()
-            if slot in index.slot_names]
+  unique_slots, scores = vote_totals(slots, distances, retrieval_config.vote_weighting)
+  names = index.slot_names
+  ranked = [RankedImage(names[slot], score) for slot, score in
+            zip(unique_slots.tolist(), scores.tolist()) if slot in names]
   return sorted(ranked, key=lambda entry: (-entry.score, entry.image_id))
 
 

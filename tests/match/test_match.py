@@ -26,6 +26,23 @@ def test_nearest_neighbours_by_hand():
   np.testing.assert_array_equal(putative_matches(a, b, 0.8), [[1, 0], [2, 1]])
 
 
+def test_nearest_matches_brute_force_and_pads_missing_neighbours():
+  rng = np.random.default_rng(3)
+  a, b = random_unit_descriptors(rng, 200, 40), random_unit_descriptors(rng, 150, 40)
+  squared = ((b[:, None, :].astype(np.float64) - a[None, :, :]) ** 2).sum(-1)
+  expected = np.argsort(squared, axis=1, kind="stable")[:, :3]
+  indices, distances = DescriptorMatcher(a).nearest(b, k=3)
+  np.testing.assert_array_equal(indices, expected)
+  np.testing.assert_allclose(distances, np.sqrt(np.take_along_axis(squared, expected, 1)),
+                             atol=1e-5)
+  # A has 2 rows, k = 3: the third neighbour is missing.
+  indices, distances = DescriptorMatcher(a[:2]).nearest(b[:4], k=3)
+  assert (indices[:, 2] == -1).all() and np.isinf(distances[:, 2]).all()
+  assert (indices[:, :2] >= 0).all() and np.isfinite(distances[:, :2]).all()
+  empty_indices, _ = DescriptorMatcher(np.zeros((0, 40), np.float32)).nearest(b[:4], k=1)
+  np.testing.assert_array_equal(empty_indices, [[-1]] * 4)
+
+
 def test_ratio_and_mutual_tests():
   a = np.array([[0.0, 0.0], [0.1, 0.0]], np.float32)
   b = np.array([[0.04, 0.0], [0.06, 0.0]], np.float32)

@@ -21,6 +21,22 @@ def test_aggregate_votes_by_hand():
 
 
 
+def test_vectorised_votes_equal_a_per_descriptor_loop():
+  rng = np.random.default_rng(5)
+  slots = rng.integers(-1, 12, size=(300, 10))
+  distances = np.sort(rng.uniform(0.0, 2.5, size=(300, 10)), axis=1)
+  for weighting in ("count", "similarity"):
+    expected = {}
+    for row_slots, row_distances in zip(slots, distances):
+      seen = set()
+      for slot, distance in zip(row_slots, row_distances):
+        if slot >= 0 and slot not in seen:
+          seen.add(slot)
+          vote = 1.0 if weighting == "count" else max(0.0, 1.0 - distance / 2.0)
+          expected[int(slot)] = expected.get(int(slot), 0.0) + vote
+    assert aggregate_votes(slots, distances, weighting) == pytest.approx(expected)
+
+
 def test_rank_then_rerank_puts_geometrically_consistent_image_first():
   rng = np.random.default_rng(0)
   descriptors = random_unit_descriptors(rng, 60, 8)
