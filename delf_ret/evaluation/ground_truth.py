@@ -52,13 +52,19 @@ class RetrievalDataset:
 
 
 def crop_to_box(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-  """Crops [H, W, 3] to the query box (x1, y1, x2, y2) in pixels, rounded outwards, clipped."""
-  x1, y1, x2, y2 = (float(v) for v in box)
+  """Crops [H, W, 3] to the query box (x1, y1, x2, y2) in pixels, as the official code does.
+
+  Each coordinate is rounded to the nearest integer (Python's round, halves to
+  even), then rows y1..y2-1 and columns x1..x2-1 are kept: the crop of the
+  official DELF/DELG query extraction (``int(round(b))`` then a PIL crop,
+  whose right and lower edges are exclusive). Unlike PIL, parts of a box
+  outside the image are clipped instead of padded with black.
+  """
+  x1, y1, x2, y2 = (int(round(float(v))) for v in box)
   height, width = image.shape[:2]
-  left, top = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
-  right, bottom = min(width, int(np.ceil(x2))), min(height, int(np.ceil(y2)))
+  left, top, right, bottom = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
   if right <= left or bottom <= top:
-    raise GroundTruthError(f"query box {box} is empty inside a {width}x{height} image")
+    raise GroundTruthError(f"query box {tuple(box)} is empty inside a {width}x{height} image")
   return image[top:bottom, left:right]
 
 
