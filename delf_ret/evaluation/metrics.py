@@ -99,8 +99,13 @@ def precision_at_k(ranks: np.ndarray, k: int) -> float:
   return float((positions <= kq).sum()) / kq
 
 
-def check_rankings(ranked_lists: list[np.ndarray], num_queries: int, ks: tuple[int, ...]) -> None:
-  """Raises RankingError unless there is one 1-d integer ranked list per query and every k >= 1."""
+def check_rankings(ranked_lists: list[np.ndarray], num_queries: int, ks: tuple[int, ...],
+                   num_database: int | None = None) -> None:
+  """Raises RankingError unless the rankings can be scored.
+
+  There must be one 1-d integer ranked list per query, every id in it a
+  database index (>= 0, and < ``num_database`` when given), and every k >= 1.
+  """
   if len(ranked_lists) != num_queries:
     raise RankingError(f"{len(ranked_lists)} ranked lists for {num_queries} queries (one list "
                        f"per query, best first; a transposed matrix gives this)")
@@ -109,17 +114,26 @@ def check_rankings(ranked_lists: list[np.ndarray], num_queries: int, ks: tuple[i
     if ranked.ndim != 1 or (ranked.size and not np.issubdtype(ranked.dtype, np.integer)):
       raise RankingError(f"ranked list {number} must be a 1-d array of database indices, got "
                          f"shape {ranked.shape} of {ranked.dtype}")
+    if ranked.size:
+      outside = ranked[(ranked < 0) | (ranked >= (num_database if num_database is not None
+                                                    else np.iinfo(np.int64).max))]
+      if outside.size:
+        limit = f"0..{num_database - 1}" if num_database is not None else "0 or more"
+        raise RankingError(f"ranked list {number} holds {outside.size} ids outside the database "
+                           f"(ids must be {limit}), e.g. {int(outside[0])}")
   if not ks or any(int(k) < 1 for k in ks):
     raise RankingError(f"every k of mP@k / mR@k must be at least 1, got {list(ks)}")
 
 
 def evaluate_split(ranked_lists: list[np.ndarray], positives: list[np.ndarray],
-                   ignored: list[np.ndarray], ks: tuple[int, ...] = DEFAULT_KS) -> SplitMetrics:
+                   ignored: list[np.ndarray], ks: tuple[int, ...] = DEFAULT_KS,
+                   num_database: int | None = None) -> SplitMetrics:
   """mAP, mP@k (revisitop's, see precision_at_k) and mR@k (positives in the top k / positives).
 
   An image listed twice among a query's positives (or ignored images) counts once.
+  With ``num_database``, ranked ids must be below it (see check_rankings).
   """
-  check_rankings(ranked_lists, len(positives), ks)
+  check_rankings(ranked_lists, len(positives), ks, num_database)
   aps, precisions, recalls = [], {k: [] for k in ks}, {k: [] for k in ks}
   curves = []
   for ranked, pos, ign in zip(ranked_lists, positives, ignored):
@@ -154,16 +168,24 @@ def revisited_splits(gnd: list[dict]) -> dict[str, tuple[list[np.ndarray], list[
           for name, (positive, ignored) in rules.items()}
 
 
-def evaluate_revisited(ranked_lists: list[np.ndarray], gnd: list[dict],
-                       ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, SplitMetrics]:
-  """Easy / medium / hard metrics of the Revisited protocol."""
-  return {name: evaluate_split(ranked_lists, pos, ign, ks)
+def evaluate_revisited(ranked_lists: list[np.ndarray] | dict[str, list[np.ndarray]],
+                       gnd: list[dict], ks: tuple[int, ...] = DEFAULT_KS,
+                       num_database: int | None = None) -> dict[str, SplitMetrics]:
+  """Easy / medium / hard metrics of the Revisited protocol.
+
+  ranked_lists: one list per query for every split, or {split: lists} where
+  the splits were ranked separately (reranking that skips each split's junk).
+  """
+  lists_of = (ranked_lists.__getitem__ if isinstance(ranked_lists, dict)
+              else lambda name: ranked_lists)
+  return {name: evaluate_split(lists_of(name), pos, ign, ks, num_database)
           for name, (pos, ign) in revisited_splits(gnd).items()}
 
 
 def evaluate_original(ranked_lists: list[np.ndarray], gnd: list[dict],
-                      ks: tuple[int, ...] = DEFAULT_KS) -> SplitMetrics:
+                      ks: tuple[int, ...] = DEFAULT_KS,
+                      num_database: int | None = None) -> SplitMetrics:
   """Original Oxford5k/Paris6k protocol: good + ok positive, junk ignored."""
   positives = [_indices(entry, "good", "ok") for entry in gnd]
   ignored = [_indices(entry, "junk") for entry in gnd]
-  return evaluate_split(ranked_lists, positives, ignored, ks)
+  return evaluate_split(ranked_lists, positives, ignored, ks, num_database)

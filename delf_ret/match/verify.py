@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 import warnings
 from typing import Iterable
 
@@ -189,20 +190,40 @@ def verify_matches(locations_a: np.ndarray, locations_b: np.ndarray, matches: np
   return Verification(matches, inliers, transform)
 
 
+def _add_seconds(timings: dict[str, float] | None, stage: str, start: float) -> None:
+  if timings is not None:
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
 def verify_pair(features_a: LocalFeatures, features_b: LocalFeatures,
                 params: RansacParams = RansacParams(),
-                matcher: DescriptorMatcher | None = None) -> Verification:
-  """Putative matching then RANSAC for one pair (``matcher`` built on A may be reused)."""
+                matcher: DescriptorMatcher | None = None,
+                timings: dict[str, float] | None = None) -> Verification:
+  """Putative matching then RANSAC for one pair (``matcher`` built on A may be reused).
+
+  timings: if given, the seconds spent are added to its "matching" and "ransac" entries.
+  """
   if features_a.num_features == 0 or features_b.num_features == 0:
     return Verification(np.zeros((0, 2), np.int64), np.zeros(0, bool), None)
+  start = time.perf_counter()
   matcher = matcher or DescriptorMatcher(features_a.descriptors)
   matches = matcher.match(features_b.descriptors, params.distance_threshold,
                           params.ratio_threshold, params.mutual)
-  return verify_matches(features_a.locations, features_b.locations, matches, params)
+  _add_seconds(timings, "matching", start)
+  start = time.perf_counter()
+  verification = verify_matches(features_a.locations, features_b.locations, matches, params)
+  _add_seconds(timings, "ransac", start)
+  return verification
 
 
 def verify_candidates(query: LocalFeatures, candidates: Iterable[LocalFeatures],
-                      params: RansacParams = RansacParams()) -> list[Verification]:
-  """Verifies one query against many candidates; the query's search structure is built once."""
+                      params: RansacParams = RansacParams(),
+                      timings: dict[str, float] | None = None) -> list[Verification]:
+  """Verifies one query against many candidates; the query's search structure is built once.
+
+  timings: as in verify_pair, summed over the candidates.
+  """
+  start = time.perf_counter()
   matcher = DescriptorMatcher(query.descriptors) if query.num_features else None
-  return [verify_pair(query, candidate, params, matcher) for candidate in candidates]
+  _add_seconds(timings, "matching", start)
+  return [verify_pair(query, candidate, params, matcher, timings) for candidate in candidates]

@@ -27,7 +27,7 @@ from delf_ret.evaluation.report import write_report
 from delf_ret.features import LocalFeatures, feature_loader
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.retrieval.dataset_runner import (check_database_indexed, evaluate_results,
-                                               run_queries, write_ranked_lists)
+                                               mean_seconds, run_queries, write_ranked_lists)
 from delf_ret.retrieval.ranking import RetrievalResult, load_index
 
 RANKED_LISTS_FILE = "ranked_lists.json"
@@ -42,12 +42,15 @@ class BenchmarkRun:
   written: ranked_lists.json, mAP.txt, metrics.json and the pr_<split>.png files.
   seconds_per_query: wall time of the query loop (extraction, votes,
     verification; cached queries are fast) divided by the number of queries.
+  stage_seconds: mean seconds per query of each stage when it was computed
+    (extraction, search, loading, matching, ransac, total), as in metrics.json.
   """
   dataset: RetrievalDataset
   results: list[RetrievalResult]
   metrics: dict[str, dict[str, SplitMetrics]]
   written: list[pathlib.Path]
   seconds_per_query: float
+  stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def delf_query_extractor(config: DelfConfig,
@@ -102,12 +105,17 @@ def run_benchmark(config: DelfConfig, dataset: RetrievalDataset,
   seconds = (time.time() - start) / max(1, len(dataset.qimlist))
   write_ranked_lists(output_dir / RANKED_LISTS_FILE, dataset, results)
   ks = tuple(retrieval_config.eval_ks) or DEFAULT_KS
-  metrics = evaluate_results(dataset, results, ks)
+  stage_seconds = mean_seconds(results)
+  if stage_seconds:
+    log("seconds per query: " + ", ".join(f"{stage} {value:.3f}"
+                                          for stage, value in stage_seconds.items()))
+  metrics = evaluate_results(dataset, results, ks, log)
   for other in also_score:
     for stage, splits in evaluate_results(in_query_order(other, dataset.qimlist), results,
-                                          ks).items():
+                                          ks, log).items():
       metrics[stage].update(splits)
   protocol = " + ".join([dataset.protocol, *(other.protocol for other in also_score)])
-  written = write_report(output_dir, dataset.name, protocol, dataset.qimlist, metrics)
+  written = write_report(output_dir, dataset.name, protocol, dataset.qimlist, metrics,
+                         stage_seconds)
   return BenchmarkRun(dataset, results, metrics, [output_dir / RANKED_LISTS_FILE, *written],
-                      seconds)
+                      seconds, stage_seconds)

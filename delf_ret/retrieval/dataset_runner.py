@@ -15,14 +15,16 @@ import time
 from typing import Callable
 
 import numpy as np
+from google.protobuf import text_format
 
 from delf_ret.atomic import atomic_write
-from delf_ret.evaluation.ground_truth import RetrievalDataset, crop_to_box
-from delf_ret.evaluation.metrics import DEFAULT_KS, SplitMetrics, evaluate_original, evaluate_revisited
+from delf_ret.evaluation.ground_truth import GroundTruthError, RetrievalDataset, crop_to_box
+from delf_ret.evaluation.metrics import (DEFAULT_KS, SplitMetrics, evaluate_original,
+                                         evaluate_revisited, revisited_splits)
 from delf_ret.features import LocalFeatures, feature_file_name, read_features, write_features
 from delf_ret.images import load_image
 from delf_ret.index import LocalFeatureIndex, LocalIndexError
-from delf_ret.retrieval.ranking import RankedImage, RetrievalResult, retrieve
+from delf_ret.retrieval.ranking import RankedImage, RetrievalResult, first_stage, rerank, retrieve
 
 # Report stage name -> the RetrievalResult list it scores.
 STAGES = {"first_stage": "ranked", "reranked": "reranked"}
@@ -35,6 +37,30 @@ def check_database_indexed(dataset: RetrievalDataset, index: LocalFeatureIndex) 
     raise LocalIndexError(f"{len(missing)} of {len(dataset.imlist)} database images of "
                           f"{dataset.name} are not in the index, e.g. {missing[0]}; index them "
                           f"with build_index first")
+
+
+def database_image_paths(dataset: RetrievalDataset) -> list[pathlib.Path]:
+  """The image file of every database image (imlist order); raises GroundTruthError if one is missing."""
+  paths = [dataset.image_path(name) for name in dataset.imlist]
+  missing = [path for path in paths if not path.is_file()]
+  if missing:
+    raise GroundTruthError(f"{len(missing)} of {len(paths)} database images of {dataset.name} "
+                           f"are missing, e.g. {missing[0]}")
+  return paths
+
+
+def database_feature_paths(dataset: RetrievalDataset, features_dir: str | pathlib.Path
+                           ) -> tuple[list[pathlib.Path], list[tuple[pathlib.Path, str]]]:
+  """(feature files of the database images that exist, (path, reason) of the missing ones)."""
+  features_dir = pathlib.Path(features_dir)
+  paths = [features_dir / feature_file_name(name) for name in dataset.imlist]
+  present = [path for path in paths if path.is_file()]
+  missing = [(path, f"{path}: feature file of database image not found") for path in paths
+             if not path.is_file()]
+  if not present:
+    raise GroundTruthError(f"none of the {len(paths)} database feature files of {dataset.name} "
+                           f"is in {features_dir}")
+  return present, missing
 
 
 def query_features(dataset: RetrievalDataset, query: int, cache_dir: pathlib.Path,
@@ -60,30 +86,100 @@ def _entries_from_json(rows: list[list]) -> list[RankedImage]:
   return [RankedImage(image_id, score, inliers) for image_id, score, inliers in rows]
 
 
+def _result_json(name: str, result: RetrievalResult, settings: str) -> dict:
+  return {"query": name, "settings": settings, "ranked": _entries_json(result.ranked),
+          "reranked": _entries_json(result.reranked),
+          "reranked_by_split": {split: _entries_json(entries)
+                                for split, entries in result.reranked_by_split.items()},
+          "seconds": {stage: round(value, 6) for stage, value in result.seconds.items()}}
+
+
+def _result_from_json(data: dict) -> RetrievalResult:
+  return RetrievalResult(_entries_from_json(data["ranked"]), _entries_from_json(data["reranked"]),
+                         {split: _entries_from_json(rows)
+                          for split, rows in data.get("reranked_by_split", {}).items()},
+                         dict(data.get("seconds", {})))
+
+
+def retrieval_settings(retrieval_config) -> str:
+  """The retrieval settings a cached ranked list depends on (every field but eval_ks), as text."""
+  settings = type(retrieval_config)()
+  settings.CopyFrom(retrieval_config)
+  settings.ClearField("eval_ks")
+  return text_format.MessageToString(settings, as_one_line=True)
+
+
+def split_junk_names(dataset: RetrievalDataset) -> list[dict[str, set[str]]] | None:
+  """Per query, {split: names of the images ignored in that split}, for Revisited datasets.
+
+  easy ignores junk + hard, medium junk, hard junk + easy (evaluation.metrics.revisited_splits);
+  None for other protocols.
+  """
+  if dataset.protocol != "revisited":
+    return None
+  per_split = {split: ignored for split, (_, ignored) in revisited_splits(dataset.gnd).items()}
+  return [{split: {dataset.imlist[i] for i in ignored[query].tolist()
+                   if 0 <= i < len(dataset.imlist)}
+           for split, ignored in per_split.items()} for query in range(len(dataset.qimlist))]
+
+
+def retrieve_for_splits(query: LocalFeatures, index: LocalFeatureIndex,
+                        load_features: Callable[[str], LocalFeatures], retrieval_config,
+                        junk: dict[str, set[str]]) -> RetrievalResult:
+  """First stage, then one reranked list per split, each skipping that split's junk images.
+
+  Every (query, image) pair is verified at most once across the splits (a
+  shared cache), as the official DELG evaluation does not. ``reranked`` is
+  the medium split's list (its ignored images are the junk ones only).
+  """
+  seconds: dict[str, float] = {}
+  ranked = first_stage(query, index, retrieval_config, seconds)
+  verified: dict[str, int] = {}
+  by_split = {split: rerank(query, ranked, load_features, retrieval_config, skip=names,
+                            verified=verified, timings=seconds)
+              for split, names in junk.items()}
+  return RetrievalResult(ranked, by_split.get("medium", next(iter(by_split.values()))),
+                         by_split, seconds)
+
+
 def run_queries(dataset: RetrievalDataset, index: LocalFeatureIndex,
                 load_features: Callable[[str], LocalFeatures],
                 extract: Callable[[np.ndarray], LocalFeatures], retrieval_config,
                 work_dir: str | pathlib.Path,
                 log: Callable[[str], None] = print) -> list[RetrievalResult]:
-  """Ranked and reranked list of every query, in qimlist order (cached in ``work_dir``)."""
+  """Ranked and reranked lists of every query, in qimlist order (cached in ``work_dir``).
+
+  Revisited datasets with ``retrieval_config.rerank_skip_junk`` get one
+  reranked list per split (retrieve_for_splits). A cached list made with
+  other retrieval settings is recomputed. Each result's ``seconds`` holds the
+  wall time per stage, extraction included (0 for a cached query image).
+  """
   work_dir = pathlib.Path(work_dir)
   features_dir, ranked_dir = work_dir / "query_features", work_dir / "ranked"
   features_dir.mkdir(parents=True, exist_ok=True)
   ranked_dir.mkdir(parents=True, exist_ok=True)
+  settings = retrieval_settings(retrieval_config)
+  junk = (split_junk_names(dataset) if retrieval_config.rerank_skip_junk
+          and retrieval_config.rerank_top_n > 0 else None)
   results, start, computed = [], time.time(), 0
   total = len(dataset.qimlist)
   for i, name in enumerate(dataset.qimlist):
     cached = ranked_dir / f"{name}.json"
     if cached.exists():
       data = json.loads(cached.read_text())
-      results.append(RetrievalResult(_entries_from_json(data["ranked"]),
-                                     _entries_from_json(data["reranked"])))
-      continue
+      if data.get("settings") == settings:
+        results.append(_result_from_json(data))
+        continue
+    extraction_start = time.perf_counter()
     query = query_features(dataset, i, features_dir, extract)
-    result = retrieve(query, index, load_features, retrieval_config)
+    extraction = time.perf_counter() - extraction_start
+    if junk is None:
+      result = retrieve(query, index, load_features, retrieval_config)
+    else:
+      result = retrieve_for_splits(query, index, load_features, retrieval_config, junk[i])
+    result.seconds = {"extraction": extraction, **result.seconds}
     with atomic_write(cached, "w") as handle:
-      json.dump({"query": name, "ranked": _entries_json(result.ranked),
-                 "reranked": _entries_json(result.reranked)}, handle)
+      json.dump(_result_json(name, result, settings), handle)
     results.append(result)
     computed += 1
     top = result.reranked[0] if result.reranked else None
@@ -93,46 +189,85 @@ def run_queries(dataset: RetrievalDataset, index: LocalFeatureIndex,
   return results
 
 
-def ranked_indices(entries: list[RankedImage], dataset: RetrievalDataset) -> np.ndarray:
-  """A complete ranked list of database indices for scoring, int64 [>= len(imlist)].
+def mean_seconds(results: list[RetrievalResult]) -> dict[str, float]:
+  """Mean seconds per query of each stage over the results that recorded it, plus their total."""
+  stages = ("extraction", "search", "loading", "matching", "ransac")
+  means = {stage: float(np.mean([r.seconds.get(stage, 0.0) for r in results]))
+           for stage in stages if any(stage in r.seconds for r in results)}
+  if means:
+    means["total"] = sum(means.values())
+  return means
 
-  The ranked images first (ids not in the dataset, e.g. extra distractors,
-  get indices from len(imlist) up: always negatives), then the database images
-  that got no vote, in imlist order.
+
+def not_in_database(entries: list[RankedImage], dataset: RetrievalDataset) -> list[str]:
+  """Ids of ranked images that are not in the dataset's database list (imlist)."""
+  database = set(dataset.imlist)
+  return [e.image_id for e in entries if e.image_id not in database]
+
+
+def ranked_indices(entries: list[RankedImage], dataset: RetrievalDataset) -> np.ndarray:
+  """A complete ranked list of database indices for scoring, int64 [len(imlist)].
+
+  The ranked images in the dataset's database list first, then the database
+  images that got no vote, in imlist order. Ranked ids outside the database
+  list (for example query images that were indexed although the Revisited
+  database excludes them) are dropped; evaluate_results reports them.
   """
   position = {name: i for i, name in enumerate(dataset.imlist)}
-  extra = len(dataset.imlist)
-  ranked, seen = [], set()
-  for entry in entries:
-    index = position.get(entry.image_id)
-    if index is None:
-      index, extra = extra, extra + 1
-    else:
-      seen.add(index)
-    ranked.append(index)
+  ranked = list(dict.fromkeys(position[e.image_id] for e in entries if e.image_id in position))
+  seen = set(ranked)
   ranked += [i for i in range(len(dataset.imlist)) if i not in seen]
   return np.asarray(ranked, np.int64)
 
 
+def _split_lists(results: list[RetrievalResult], dataset: RetrievalDataset,
+                 attribute: str) -> list[np.ndarray] | dict[str, list[np.ndarray]]:
+  if attribute == "reranked" and results and all(r.reranked_by_split for r in results):
+    splits = results[0].reranked_by_split
+    return {split: [ranked_indices(r.reranked_by_split[split], dataset) for r in results]
+            for split in splits}
+  return [ranked_indices(getattr(r, attribute), dataset) for r in results]
+
+
 def evaluate_results(dataset: RetrievalDataset, results: list[RetrievalResult],
-                     ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, dict[str, SplitMetrics]]:
-  """Metrics of both stages by the dataset's protocol: {stage: {split: metrics}}."""
-  scored = {}
+                     ks: tuple[int, ...] = DEFAULT_KS,
+                     log: Callable[[str], None] = print) -> dict[str, dict[str, SplitMetrics]]:
+  """Metrics of both stages by the dataset's protocol: {stage: {split: metrics}}.
+
+  Reranked lists made per split (reranked_by_split) score their own split.
+  Ranked images outside the database list are dropped, with one log line.
+  """
+  outside = sorted({name for r in results for entries in (r.ranked, r.reranked)
+                    for name in not_in_database(entries, dataset)})
+  if outside:
+    log(f"dropped {len(outside)} ranked images that are not in {dataset.name}'s database list "
+        f"before scoring (e.g. {outside[0]}); build the index from the database list "
+        f"(build_index --dataset_gnd_path / --dataset_gt_dir) to avoid it")
+  scored, size = {}, len(dataset.imlist)
   for stage, attribute in STAGES.items():
-    lists = [ranked_indices(getattr(r, attribute), dataset) for r in results]
+    lists = _split_lists(results, dataset, attribute)
     if dataset.protocol == "revisited":
-      scored[stage] = evaluate_revisited(lists, dataset.gnd, ks)
+      scored[stage] = evaluate_revisited(lists, dataset.gnd, ks, size)
     else:
-      scored[stage] = {"original": evaluate_original(lists, dataset.gnd, ks)}
+      if isinstance(lists, dict):
+        lists = lists.get("medium", next(iter(lists.values())))
+      scored[stage] = {"original": evaluate_original(lists, dataset.gnd, ks, size)}
   return scored
 
 
 def write_ranked_lists(path: str | pathlib.Path, dataset: RetrievalDataset,
                        results: list[RetrievalResult]) -> None:
-  """One JSON file with every query's first-stage and reranked list ([image id, score, inliers])."""
-  payload = {"dataset": dataset.name, "queries": {
-      name: {"ranked": _entries_json(r.ranked), "reranked": _entries_json(r.reranked)}
-      for name, r in zip(dataset.qimlist, results)}}
-  with atomic_write(path, "w") as handle:
-    json.dump(payload, handle)
+  """One JSON file with every query's lists ([image id, score, inliers]) and stage seconds.
 
+  Per query: "ranked" (first stage), "reranked", and where splits were
+  reranked separately "reranked_by_split".
+  """
+  queries = {}
+  for name, r in zip(dataset.qimlist, results):
+    queries[name] = {"ranked": _entries_json(r.ranked), "reranked": _entries_json(r.reranked)}
+    if r.reranked_by_split:
+      queries[name]["reranked_by_split"] = {split: _entries_json(entries)
+                                            for split, entries in r.reranked_by_split.items()}
+    queries[name]["seconds"] = {stage: round(v, 6) for stage, v in r.seconds.items()}
+  with atomic_write(path, "w") as handle:
+    json.dump({"dataset": dataset.name, "queries": queries}, handle)

@@ -9,8 +9,10 @@ default-constructed one holds the defaults).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
-from typing import Callable
+import time
+from typing import Callable, Collection, Iterator
 
 import numpy as np
 
@@ -83,27 +85,55 @@ def rank_database(index: LocalFeatureIndex, query_descriptors: np.ndarray,
   return sorted(ranked, key=lambda entry: (-entry.score, entry.image_id))
 
 
+def _timed_loads(image_ids: list[str], load_features: Callable[[str], LocalFeatures],
+                 timings: dict[str, float] | None) -> Iterator[LocalFeatures]:
+  """Features of each image id, loaded one at a time; seconds added to timings["loading"]."""
+  for image_id in image_ids:
+    start = time.perf_counter()
+    features = load_features(image_id)
+    if timings is not None:
+      timings["loading"] = timings.get("loading", 0.0) + time.perf_counter() - start
+    yield features
+
+
 def rerank(query: LocalFeatures, ranked: list[RankedImage],
            load_features: Callable[[str], LocalFeatures],
-           retrieval_config: DelfRetrievalConfig) -> list[RankedImage]:
+           retrieval_config: DelfRetrievalConfig, skip: Collection[str] = frozenset(),
+           verified: dict[str, int] | None = None,
+           timings: dict[str, float] | None = None) -> list[RankedImage]:
   """Verifies the top ``rerank_top_n`` candidates and reorders them by inlier count.
 
-  Matching and RANSAC settings: RansacParams.from_config(retrieval_config).
-  Verified candidates with at least ``min_inliers`` inliers come first, by
-  decreasing inliers (ties: first-stage score, then the first-stage order);
-  then the other top-N candidates in first-stage order; then the rest of the
-  list unchanged. Candidates are loaded one at a time; the query's matcher is built once.
+  The candidates are the first ``rerank_top_n`` entries of ``ranked`` whose
+  id is not in ``skip`` (the official DELG reranking skips a split's junk
+  images this way). Matching and RANSAC settings:
+  RansacParams.from_config(retrieval_config). Verified candidates with at
+  least ``min_inliers`` inliers come first, by decreasing inliers (ties:
+  first-stage score, then first-stage order); then every other entry in
+  first-stage order (verified ones carry their inliers, the others None).
+
+  verified: {image id: inliers} of pairs already verified for this query;
+    only the missing candidates are loaded and verified, and their counts
+    are added to it (so several splits verify each pair once).
+  timings: seconds added to its "loading", "matching" and "ransac" entries.
   """
   top_n, min_inliers = retrieval_config.rerank_top_n, retrieval_config.min_inliers
-  head, tail = ranked[:top_n], ranked[top_n:]
-  verifications = verify_candidates(query, (load_features(entry.image_id) for entry in head),
-                                    RansacParams.from_config(retrieval_config))
-  verified = [(position, dataclasses.replace(entry, inliers=verification.num_inliers))
-              for position, (entry, verification) in enumerate(zip(head, verifications))]
-  passed = [(p, e) for p, e in verified if e.inliers >= min_inliers]
-  failed = [e for p, e in verified if e.inliers < min_inliers]
+  verified = {} if verified is None else verified
+  selected = list(itertools.islice((e for e in ranked if e.image_id not in skip), top_n))
+  missing = list(dict.fromkeys(e.image_id for e in selected if e.image_id not in verified))
+  verifications = verify_candidates(query, _timed_loads(missing, load_features, timings),
+                                    RansacParams.from_config(retrieval_config), timings)
+  verified.update(zip(missing, (v.num_inliers for v in verifications)))
+  selected_ids = {e.image_id for e in selected}
+  passed, others = [], []
+  for position, entry in enumerate(ranked):
+    if entry.image_id in selected_ids:
+      entry = dataclasses.replace(entry, inliers=verified[entry.image_id])
+      if entry.inliers >= min_inliers:
+        passed.append((position, entry))
+        continue
+    others.append(entry)
   passed.sort(key=lambda item: (-item[1].inliers, -item[1].score, item[0]))
-  return [e for _, e in passed] + failed + tail
+  return [e for _, e in passed] + others
 
 
 def use_search_settings(index: LocalFeatureIndex, retrieval_config: DelfRetrievalConfig) -> None:
@@ -124,17 +154,38 @@ def load_index(index: LocalFeatureIndex | str | os.PathLike,
 
 @dataclasses.dataclass
 class RetrievalResult:
-  """First-stage ranked list and the list after RANSAC reranking of its top."""
+  """First-stage ranked list and the list after RANSAC reranking of its top.
+
+  reranked_by_split: where splits of a protocol were reranked separately
+    (each skipping its own junk images), {split: reranked list}; empty otherwise.
+  seconds: wall time of this query per stage ("extraction", "search",
+    "loading", "matching", "ransac"), as far as measured.
+  """
   ranked: list[RankedImage]
   reranked: list[RankedImage]
+  reranked_by_split: dict[str, list[RankedImage]] = dataclasses.field(default_factory=dict)
+  seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def first_stage(query: LocalFeatures, index: LocalFeatureIndex,
+                retrieval_config: DelfRetrievalConfig,
+                timings: dict[str, float] | None = None) -> list[RankedImage]:
+  """rank_database for a query's features (none: an empty list); seconds in timings["search"]."""
+  start = time.perf_counter()
+  ranked = rank_database(index, query.descriptors if query.num_features else
+                         np.zeros((0, index.dim), np.float32), retrieval_config)
+  if timings is not None:
+    timings["search"] = timings.get("search", 0.0) + time.perf_counter() - start
+  return ranked
 
 
 def retrieve(query: LocalFeatures, index: LocalFeatureIndex,
              load_features: Callable[[str], LocalFeatures],
              retrieval_config: DelfRetrievalConfig) -> RetrievalResult:
   """Ranks the database for one query, then verifies the top (settings from the config)."""
-  ranked = rank_database(index, query.descriptors if query.num_features else
-                         np.zeros((0, index.dim), np.float32), retrieval_config)
+  seconds: dict[str, float] = {}
+  ranked = first_stage(query, index, retrieval_config, seconds)
   if retrieval_config.rerank_top_n == 0:
-    return RetrievalResult(ranked, list(ranked))
-  return RetrievalResult(ranked, rerank(query, ranked, load_features, retrieval_config))
+    return RetrievalResult(ranked, list(ranked), seconds=seconds)
+  return RetrievalResult(ranked, rerank(query, ranked, load_features, retrieval_config,
+                                        timings=seconds), seconds=seconds)

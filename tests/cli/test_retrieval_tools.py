@@ -86,11 +86,25 @@ def test_perform_retrieval_revisited_writes_report_and_resumes(workspace):
   assert len(verified) == 5
   for split in ("easy", "medium", "hard"):
     assert (output / f"pr_{split}.png").is_file()
+  # Splits reranked separately (each skipping its own junk), seconds per stage reported.
+  assert set(ranked[QUERY_IMAGE]["reranked_by_split"]) == {"easy", "medium", "hard"}
+  assert ranked[QUERY_IMAGE]["reranked_by_split"]["medium"] == ranked[QUERY_IMAGE]["reranked"]
+  seconds = metrics["seconds_per_query"]
+  assert set(seconds) == {"extraction", "search", "loading", "matching", "ransac", "total"}
+  assert seconds["extraction"] > 0 and seconds["total"] >= seconds["matching"] > 0
+  assert "seconds per query: extraction" in result.stdout
   # A rerun reuses the cached queries and writes the same report.
   again = run_cli("delf_ret.cli.perform_retrieval", *args)
   assert again.returncode == 0, again.stderr
   assert "/17]" not in again.stdout
   assert json.loads((output / "metrics.json").read_text()) == metrics
+  # Other retrieval settings: the cached lists are recomputed, not reported again.
+  other = run_cli("delf_ret.cli.perform_retrieval", *args,
+                  "--config_override=retrieval_config.rerank_top_n=3")
+  assert other.returncode == 0, other.stderr
+  assert "[17/17]" in other.stdout
+  ranked = json.loads((output / "ranked_lists.json").read_text())["queries"]
+  assert len([e for e in ranked[QUERY_IMAGE]["reranked"] if e[2] is not None]) == 3
 
 
 def test_perform_retrieval_original_protocol(workspace):
@@ -147,3 +161,45 @@ def test_query_then_remove_image(workspace, tmp_path):
   assert result.returncode == 0, result.stderr
   after = json.loads((tmp_path / "after.json").read_text())["results"]
   assert QUERY_IMAGE not in [entry["image_id"] for entry in after]
+
+
+def test_build_index_from_a_dataset_indexes_exactly_its_database_list(tmp_path):
+  """Revisited layout: the query image has a feature file too but is not in imlist."""
+  import os
+  import pickle
+  import shutil
+  import subprocess
+  import sys
+
+  import numpy as np
+
+  from delf_ret.features import write_features
+  from conftest import make_features, random_unit_descriptors
+
+  rng = np.random.default_rng(0)
+  features_dir = tmp_path / "features"
+  for name in ("db_a", "db_b", "db_c", "query_q"):
+    write_features(features_dir / f"{name}.delf",
+                   make_features(rng.uniform(0, 200, (30, 2)), random_unit_descriptors(rng, 30, 40)))
+  gnd = {"imlist": ["db_a", "db_b", "db_c"], "qimlist": ["query_q"],
+         "gnd": [{"bbx": [0, 0, 10, 10], "easy": [0], "hard": [], "junk": []}]}
+  (tmp_path / "gnd_toy.pkl").write_bytes(pickle.dumps(gnd))
+  script = shutil.which("build_index", path=os.path.dirname(sys.executable)) or shutil.which(
+      "build_index")
+  assert script, "the build_index console script is not installed"
+  result = subprocess.run([script, f"--dataset_gnd_path={tmp_path / 'gnd_toy.pkl'}",
+                           f"--features_dir={features_dir}", f"--index_dir={tmp_path / 'index'}"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert "indexing its 3 database images" in result.stdout
+  index = LocalFeatureIndex.load(tmp_path / "index")
+  assert sorted(index.slot_names.values()) == ["db_a", "db_b", "db_c"]
+  # The folder-wide build indexes the query image too, and the dataset build then warns.
+  result = subprocess.run([script, f"--features_dir={features_dir}",
+                           f"--index_dir={tmp_path / 'all'}"], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=300)
+  assert result.returncode == 0 and len(LocalFeatureIndex.load(tmp_path / "all")) == 4
+  result = subprocess.run([script, f"--dataset_gnd_path={tmp_path / 'gnd_toy.pkl'}",
+                           f"--features_dir={features_dir}", f"--index_dir={tmp_path / 'all'}"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+  assert result.returncode == 0 and "outside toy's database list (e.g. query_q)" in result.stdout

@@ -101,7 +101,9 @@ def test_an_image_listed_twice_counts_once():
     ([np.array([[0, 1], [1, 0]])], (1,), "1-d array"),
     ([np.array([0.5, 1.0])], (1,), "1-d array"),
     ([np.array([0, 1])], (0,), "at least 1"),
+    ([np.array([0, 1, 3])], (1,), r"outside the database \(ids must be 0..2\), e.g. 3"),
+    ([np.array([0, -1, 2])], (1,), "outside the database .* e.g. -1"),
 ])
 def test_bad_rankings_give_clear_errors(ranked, ks, message):
   with pytest.raises(evaluation.RankingError, match=message):
-    evaluate_split(ranked, [np.array([0])], [np.array([])], ks=ks)
+    evaluate_split(ranked, [np.array([0])], [np.array([])], ks=ks, num_database=3)

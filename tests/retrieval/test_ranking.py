@@ -69,9 +69,66 @@ def test_rerank_keeps_first_stage_order_below_threshold_and_tail():
   assert [e.inliers for e in out] == [0, 0, None]
 
 
-def test_ranked_indices_put_unvoted_images_last_and_extras_beyond():
-  from delf_ret.retrieval.dataset_runner import ranked_indices
+def test_ranked_indices_put_unvoted_images_last_and_drop_ids_outside_the_database():
+  from delf_ret.retrieval.dataset_runner import not_in_database, ranked_indices
   from delf_ret.evaluation.ground_truth import RetrievalDataset
-  dataset = RetrievalDataset("toy", "revisited", ["a", "b", "c", "d"], ["a"], [{}])
-  entries = [RankedImage("c", 5.0), RankedImage("distractor", 4.0), RankedImage("a", 1.0)]
-  np.testing.assert_array_equal(ranked_indices(entries, dataset), [2, 4, 0, 1, 3])
+  dataset = RetrievalDataset("toy", "revisited", ["a", "b", "c", "d"], ["q"], [{}])
+  entries = [RankedImage("c", 5.0), RankedImage("q", 4.0), RankedImage("a", 1.0)]
+  np.testing.assert_array_equal(ranked_indices(entries, dataset), [2, 0, 1, 3])
+  assert not_in_database(entries, dataset) == ["q"]
+
+
+def _counting_loader(features):
+  loaded = []
+
+  def load(name):
+    loaded.append(name)
+    return features
+  return load, loaded
+
+
+def test_junk_skipping_changes_which_candidates_are_verified_and_pairs_are_verified_once():
+  rng = np.random.default_rng(1)
+  query = make_features(rng.uniform(0, 300, (30, 2)), random_unit_descriptors(rng, 30, 8))
+  ranked = [RankedImage(name, score) for name, score in (("j", 9), ("a", 8), ("b", 7), ("c", 6))]
+  config = DelfRetrievalConfig(rerank_top_n=2)
+  load, loaded = _counting_loader(query)  # Every candidate is the query itself: 30 inliers.
+  plain = rerank(query, ranked, load, config)
+  assert loaded == ["j", "a"]
+  assert [(e.image_id, e.inliers) for e in plain] == [("j", 30), ("a", 30), ("b", None),
+                                                       ("c", None)]
+  load, loaded = _counting_loader(query)
+  verified = {}
+  skipped = rerank(query, ranked, load, config, skip={"j"}, verified=verified)
+  assert loaded == ["a", "b"]  # j is junk for this split: a and b are the top 2 verified.
+  assert [(e.image_id, e.inliers) for e in skipped] == [("a", 30), ("b", 30), ("j", None),
+                                                         ("c", None)]
+  # Another split with other junk reuses the verified pairs: only c is new.
+  again = rerank(query, ranked, load, config, skip={"j", "a"}, verified=verified)
+  assert loaded == ["a", "b", "c"] and verified == {"a": 30, "b": 30, "c": 30}
+  assert [e.image_id for e in again[:2]] == ["b", "c"]
+
+
+def test_splits_reranked_separately_are_scored_each_by_its_own_list():
+  from delf_ret.evaluation.ground_truth import RetrievalDataset
+  from delf_ret.retrieval.dataset_runner import evaluate_results
+  from delf_ret.retrieval.ranking import RetrievalResult
+  gnd = [{"easy": np.array([1]), "hard": np.array([2]), "junk": np.array([], np.int64)}]
+  dataset = RetrievalDataset("toy", "revisited", ["a", "b", "c", "d"], ["q"], gnd)
+  entries = lambda *names: [RankedImage(n, 1.0) for n in names]
+  result = RetrievalResult(entries("a", "b", "c", "d"), entries("a", "b", "c", "d"),
+                           {"easy": entries("b", "a", "c", "d"), "medium": entries("a", "b", "c"),
+                            "hard": entries("c", "a", "b", "d")}, {})
+  lines = []
+  scored = evaluate_results(dataset, [result], log=lines.append)
+  assert scored["reranked"]["easy"].mean_ap == pytest.approx(1.0)   # b first.
+  assert scored["reranked"]["hard"].mean_ap == pytest.approx(1.0)   # c first.
+  # Medium: b and c at ranks 2 and 3; revisitop's trapezoid AP = (0 + 1/2) / 4 + (1/2 + 2/3) / 4.
+  assert scored["reranked"]["medium"].mean_ap == pytest.approx(5 / 12)
+  # First stage, easy: b at rank 2 (c, hard, ignored): (0 + 1/2) / 2.
+  assert scored["first_stage"]["easy"].mean_ap == pytest.approx(1 / 4)
+  assert lines == []
+  outside = RetrievalResult(entries("q", "b", "c"), entries("q", "b", "c"))
+  scored = evaluate_results(dataset, [outside], log=lines.append)
+  assert scored["first_stage"]["medium"].mean_ap == pytest.approx(1.0)  # q dropped, not negative.
+  assert len(lines) == 1 and "dropped 1 ranked images" in lines[0] and "q" in lines[0]
