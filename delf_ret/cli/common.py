@@ -10,6 +10,7 @@ errors (the usage text, exit status 1). Library modules never import this one.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Callable, Iterable
 
@@ -87,6 +88,9 @@ def run_tool(main: Callable[[list[str]], int]) -> None:
   _help_from_tool_module(main.__module__)
 
   def guarded(argv: list[str]) -> int:
+    # faiss announces its CPU build at INFO level on every start; absl would print it.
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
       return main(argv)
     except (DelfRetError, OSError) as error:

@@ -89,8 +89,18 @@ def read_original_gt(gt_dir: str | os.PathLike, images_dir: str | os.PathLike,
     fields = query_file.read_text().split()
     if len(fields) != 5:
       raise GroundTruthError(f"{query_file}: expected 'name x1 y1 x2 y2', got {fields}")
-    query_name = fields[0][5:] if fields[0].startswith("oxc1_") else fields[0]
-    entry = {"bbx": np.array([float(v) for v in fields[1:]])}
+    query_name = check_image_name(fields[0][5:] if fields[0].startswith("oxc1_") else fields[0],
+                                  str(query_file))
+    if query_name in qimlist:
+      raise GroundTruthError(f"{query_file}: query image {query_name} is already the query of "
+                             f"another *_query.txt file")
+    try:
+      box = np.array([float(v) for v in fields[1:]])
+    except ValueError:
+      box = np.array([np.nan])
+    if not np.all(np.isfinite(box)):
+      raise GroundTruthError(f"{query_file}: the box must be 4 finite numbers, got {fields[1:]}")
+    entry = {"bbx": box}
     for kind in ("good", "ok", "junk"):
       path = gt_dir / f"{prefix}_{kind}.txt"
       if not path.is_file():
@@ -139,6 +149,51 @@ def in_query_order(dataset: RetrievalDataset, qimlist: list[str]) -> RetrievalDa
                              gnd=[dataset.gnd[i] for i in order])
 
 
+# The only globals a published gnd_<dataset>.pkl may name: numpy arrays and their parts.
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _GroundTruthUnpickler(pickle.Unpickler):
+  """Builds only containers, strings, numbers and numpy arrays; any other global is refused.
+
+  A pickle can name any importable callable (os.system, builtins.exec, ...)
+  and have it called while loading; the published ground-truth files hold
+  dicts, lists, strings, numbers and numpy arrays only.
+  """
+
+  def find_class(self, module: str, name: str):
+    if (module, name) in _PICKLE_GLOBALS:
+      return super().find_class(module, name)
+    raise pickle.UnpicklingError(f"refused to load {module}.{name}: a ground-truth file holds "
+                                 f"only lists, dicts, strings, numbers and numpy arrays")
+
+
+def load_ground_truth_pickle(path: str | os.PathLike) -> object:
+  """The object in a ground-truth pickle, read with _GroundTruthUnpickler (never runs code)."""
+  with open(path, "rb") as handle:
+    return _GroundTruthUnpickler(handle, encoding="latin1").load()
+
+
+_BAD_NAME_PARTS = ("/", "\\", "\0")
+
+
+def check_image_name(name: object, source: str) -> str:
+  """An image name from a ground-truth file, refused if it could leave its folder.
+
+  Names become file names (``<name>.jpg``, ``<name>.delf``): a separator, a
+  leading dot-dot, an absolute path or an empty name raises GroundTruthError.
+  """
+  if not isinstance(name, str) or not name or name in (".", "..") or any(
+      part in name for part in _BAD_NAME_PARTS) or os.path.isabs(name) or name.startswith(".."):
+    raise GroundTruthError(f"{source}: image name {name!r} is not a plain file name (no folder "
+                           f"separators, no '..', not absolute)")
+  return name
+
+
 def read_revisited_gnd(pkl_path: str | os.PathLike, images_dir: str | os.PathLike | None = None,
                        name: str | None = None) -> RetrievalDataset:
   """Reads a Revisited gnd_<dataset>.pkl file."""
@@ -146,24 +201,49 @@ def read_revisited_gnd(pkl_path: str | os.PathLike, images_dir: str | os.PathLik
   if not pkl_path.is_file():
     raise GroundTruthError(f"ground-truth file not found: {pkl_path}")
   try:
-    with open(pkl_path, "rb") as handle:
-      data = pickle.load(handle)
-  except (pickle.UnpicklingError, EOFError, ValueError) as error:
-    raise GroundTruthError(f"{pkl_path}: not a readable pickle ({error})") from None
+    data = load_ground_truth_pickle(pkl_path)
+  except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
+          IndexError, KeyError, MemoryError, OverflowError) as error:
+    raise GroundTruthError(f"{pkl_path}: not a readable ground-truth pickle ({error})") from None
+  if not isinstance(data, dict):
+    raise GroundTruthError(f"{pkl_path}: expected a dict with imlist, qimlist and gnd, got "
+                           f"{type(data).__name__}")
   missing = [key for key in ("imlist", "qimlist", "gnd") if key not in data]
   if missing:
     raise GroundTruthError(f"{pkl_path}: missing keys {missing}")
-  if len(data["gnd"]) != len(data["qimlist"]):
+  for key in ("imlist", "qimlist", "gnd"):
+    if not isinstance(data[key], (list, tuple)):
+      raise GroundTruthError(f"{pkl_path}: {key} must be a list, got {type(data[key]).__name__}")
+  imlist = [check_image_name(n, str(pkl_path)) for n in data["imlist"]]
+  qimlist = [check_image_name(n, str(pkl_path)) for n in data["qimlist"]]
+  for names, what in ((imlist, "imlist"), (qimlist, "qimlist")):
+    if len(set(names)) != len(names):
+      duplicate = next(n for i, n in enumerate(names) if n in names[:i])
+      raise GroundTruthError(f"{pkl_path}: {what} lists {duplicate!r} twice")
+  if len(data["gnd"]) != len(qimlist):
     raise GroundTruthError(f"{pkl_path}: {len(data['gnd'])} gnd entries for "
-                           f"{len(data['qimlist'])} queries")
+                           f"{len(qimlist)} queries")
   gnd = []
-  for entry in data["gnd"]:
-    converted = {"bbx": np.asarray(entry.get("bbx", []), np.float64).reshape(-1)}
+  for number, entry in enumerate(data["gnd"]):
+    if not isinstance(entry, dict):
+      raise GroundTruthError(f"{pkl_path}: gnd entry {number} must be a dict, got "
+                             f"{type(entry).__name__}")
+    try:
+      converted = {"bbx": np.asarray(entry.get("bbx", []), np.float64).reshape(-1)}
+      for kind in ("easy", "hard", "junk"):
+        converted[kind] = np.asarray(entry.get(kind, []), np.int64).reshape(-1)
+    except (TypeError, ValueError) as error:
+      raise GroundTruthError(f"{pkl_path}: gnd entry {number} is malformed ({error})") from None
+    box = converted["bbx"]
+    if box.size not in (0, 4) or not np.all(np.isfinite(box)):
+      raise GroundTruthError(f"{pkl_path}: gnd entry {number} bbx must be 4 finite numbers "
+                             f"(x1, y1, x2, y2), got {box.tolist()}")
     for kind in ("easy", "hard", "junk"):
-      converted[kind] = np.asarray(entry.get(kind, []), np.int64).reshape(-1)
-      if converted[kind].size and converted[kind].max() >= len(data["imlist"]):
-        raise GroundTruthError(f"{pkl_path}: {kind} index out of range")
+      ids = converted[kind]
+      if ids.size and (ids.min() < 0 or ids.max() >= len(imlist)):
+        raise GroundTruthError(f"{pkl_path}: gnd entry {number} {kind} index out of range "
+                               f"(0..{len(imlist) - 1})")
     gnd.append(converted)
   dataset_name = name or pkl_path.stem.removeprefix("gnd_")
-  return RetrievalDataset(dataset_name, "revisited", list(data["imlist"]), list(data["qimlist"]),
-                          gnd, pathlib.Path(images_dir) if images_dir else None)
+  return RetrievalDataset(dataset_name, "revisited", imlist, qimlist, gnd,
+                          pathlib.Path(images_dir) if images_dir else None)

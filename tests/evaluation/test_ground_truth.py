@@ -67,7 +67,7 @@ def test_revisited_errors(tmp_path):
   with pytest.raises(GroundTruthError, match="not found"):
     read_revisited_gnd(tmp_path / "gnd_x.pkl")
   (tmp_path / "bad.pkl").write_bytes(b"garbage")
-  with pytest.raises(GroundTruthError, match="not a readable pickle"):
+  with pytest.raises(GroundTruthError, match="not a readable ground-truth pickle"):
     read_revisited_gnd(tmp_path / "bad.pkl")
   (tmp_path / "keys.pkl").write_bytes(pickle.dumps({"imlist": []}))
   with pytest.raises(GroundTruthError, match="missing keys"):
