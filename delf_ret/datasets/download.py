@@ -8,13 +8,17 @@ Then ``read_original_gt(<..>/gt, <..>/jpg)`` or
 ``read_revisited_gnd(<..>/gnd_<dataset>.pkl, <..>/jpg)`` reads it.
 
 Each file is downloaded to ``downloads/<file>.part`` (resumed with an HTTP
-range request when the server allows it), renamed when complete, unpacked,
-and marked done, so an interrupted run resumes where it stopped.
+range request when the server allows it), renamed when complete, checked
+against its SHA-256 where the digest is known (the table below, or given by
+the caller), unpacked, and marked done, so an interrupted run resumes where it
+stopped. A file whose digest does not match is deleted and the run fails.
+Every URL is https.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pathlib
 import shutil
 import tarfile
@@ -27,7 +31,7 @@ from delf_ret.errors import DelfRetError
 
 OXFORD_URL = "https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/"
 PARIS_URL = "https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/"
-REVISITED_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets/"
+REVISITED_URL = "https://cmp.felk.cvut.cz/revisitop/data/datasets/"
 
 
 class DownloadError(DelfRetError):
@@ -36,9 +40,11 @@ class DownloadError(DelfRetError):
 
 @dataclasses.dataclass(frozen=True)
 class RemoteFile:
-  """One published file: its URL and where its content goes ("jpg", "gt" or "." for as is)."""
+  """One published file: its URL, where its content goes ("jpg", "gt" or "." for as is) and,
+  where known, the SHA-256 hex digest of the published file."""
   url: str
   target: str
+  sha256: str | None = None
 
   @property
   def file_name(self) -> str:
@@ -52,9 +58,12 @@ _PARIS_IMAGES = (RemoteFile(PARIS_URL + "paris_1-v1.tgz", "jpg"),
 DATASETS: dict[str, tuple[RemoteFile, ...]] = {
     "oxford5k": (_OXFORD_IMAGES, RemoteFile(OXFORD_URL + "gt_files_170407.tgz", "gt")),
     "paris6k": (*_PARIS_IMAGES, RemoteFile(PARIS_URL + "paris_120310.tgz", "gt")),
-    "roxford5k": (_OXFORD_IMAGES,
-                  RemoteFile(REVISITED_URL + "roxford5k/gnd_roxford5k.pkl", ".")),
-    "rparis6k": (*_PARIS_IMAGES, RemoteFile(REVISITED_URL + "rparis6k/gnd_rparis6k.pkl", ".")),
+    "roxford5k": (_OXFORD_IMAGES, RemoteFile(
+        REVISITED_URL + "roxford5k/gnd_roxford5k.pkl", ".",
+        "ba7967754bd2d7d2210a5799f9c45ad5835e269a80ef9d3eba44caa35816c471")),
+    "rparis6k": (*_PARIS_IMAGES, RemoteFile(
+        REVISITED_URL + "rparis6k/gnd_rparis6k.pkl", ".",
+        "d2e729a5293dda7dda8a15c8383424a42e4964a2c4cfea2f32fa85d11d2df499")),
 }
 
 _SUFFIXES = {"jpg": (".jpg", ".jpeg"), "gt": (".txt",)}
@@ -95,6 +104,33 @@ def download_file(url: str, target: pathlib.Path, log: Callable[[str], None] = p
   partial.replace(target)
 
 
+def sha256_of(path: pathlib.Path, chunk_bytes: int = 1 << 20) -> str:
+  """The SHA-256 hex digest of a file's bytes."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as handle:
+    while chunk := handle.read(chunk_bytes):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def verify_digest(path: pathlib.Path, expected: str | None,
+                  log: Callable[[str], None] = print) -> None:
+  """Checks a downloaded file against its SHA-256; a mismatching file is deleted (DownloadError).
+
+  expected None: nothing to check against; the file's digest is logged so the
+  user can compare it with a trusted source (and pass it with --sha256 next time).
+  """
+  actual = sha256_of(path)
+  if expected is None:
+    log(f"{path.name}: no known SHA-256 to check (it is {actual})")
+    return
+  if actual != expected.lower():
+    path.unlink()
+    raise DownloadError(f"{path.name}: SHA-256 {actual} differs from the expected {expected}; "
+                        f"the file was deleted (a wrong or tampered mirror?)")
+  log(f"{path.name}: SHA-256 verified")
+
+
 def unpack(archive: pathlib.Path, dataset_dir: pathlib.Path, target: str) -> int:
   """Puts the archive's files into ``dataset_dir/target``; returns how many.
 
@@ -107,13 +143,17 @@ def unpack(archive: pathlib.Path, dataset_dir: pathlib.Path, target: str) -> int
     return 1
   out_dir = dataset_dir / target
   out_dir.mkdir(parents=True, exist_ok=True)
-  count = 0
+  count, seen = 0, {}
   try:
     with tarfile.open(archive) as tar:
       for member in tar:
         name = pathlib.PurePosixPath(member.name).name
         if not member.isfile() or not name.lower().endswith(_SUFFIXES[target]):
           continue
+        if name in seen:
+          raise DownloadError(f"{archive}: members {seen[name]} and {member.name} would both "
+                              f"become {target}/{name}")
+        seen[name] = member.name
         source = tar.extractfile(member)
         with open(out_dir / name, "wb") as handle:
           shutil.copyfileobj(source, handle)
@@ -126,13 +166,16 @@ def unpack(archive: pathlib.Path, dataset_dir: pathlib.Path, target: str) -> int
 
 
 def download_dataset(name: str, output_dir: str | pathlib.Path, mirror_url: str | None = None,
-                     keep_archives: bool = False,
-                     log: Callable[[str], None] = print) -> pathlib.Path:
+                     keep_archives: bool = False, log: Callable[[str], None] = print,
+                     sha256: dict[str, str] | None = None) -> pathlib.Path:
   """Downloads and unpacks one dataset; returns ``output_dir/name``.
 
   mirror_url: fetch every file as ``mirror_url/<file name>`` instead of from
-  its official URL (a local mirror).
+    its official URL (a local mirror); digests are checked all the same.
+  sha256: {file name: SHA-256 hex digest} for files the table does not know
+    (or to override it).
   """
+  sha256 = dict(sha256 or {})
   if name not in DATASETS:
     raise DownloadError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
   dataset_dir = pathlib.Path(output_dir) / name
@@ -148,6 +191,7 @@ def download_dataset(name: str, output_dir: str | pathlib.Path, mirror_url: str 
     if not archive.exists():
       log(f"downloading {url}")
       download_file(url, archive, log)
+    verify_digest(archive, sha256.get(remote.file_name, remote.sha256), log)
     count = unpack(archive, dataset_dir, remote.target)
     log(f"{remote.file_name}: {count} files -> {dataset_dir / remote.target}")
     marker.write_text("ok\n")

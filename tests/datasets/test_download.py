@@ -79,7 +79,8 @@ def test_official_file_names():
   assert names["oxford5k"] == ["oxbuild_images-v1.tgz", "gt_files_170407.tgz"]
   assert names["rparis6k"] == ["paris_1-v1.tgz", "paris_2-v1.tgz", "gnd_rparis6k.pkl"]
   assert DATASETS["roxford5k"][1].url == (
-      "http://cmp.felk.cvut.cz/revisitop/data/datasets/roxford5k/gnd_roxford5k.pkl")
+      "https://cmp.felk.cvut.cz/revisitop/data/datasets/roxford5k/gnd_roxford5k.pkl")
+  assert all(f.url.startswith("https://") for files in DATASETS.values() for f in files)
 
 
 def test_download_unpack_and_read_both_layouts(mirror, tmp_path):
@@ -95,7 +96,12 @@ def test_download_unpack_and_read_both_layouts(mirror, tmp_path):
   lines.clear()
   download_dataset("oxford5k", out, mirror_url=mirror, log=lines.append)
   assert all("already unpacked" in line for line in lines)
-  folder = download_dataset("roxford5k", out, mirror_url=mirror, log=lines.append)
+  # The mirror's stand-in pkl is not the published file: its digest is given instead.
+  from delf_ret.datasets.download import sha256_of
+  stand_in = sha256_of(tmp_path / "mirror" / "gnd_roxford5k.pkl")
+  folder = download_dataset("roxford5k", out, mirror_url=mirror, log=lines.append,
+                            sha256={"gnd_roxford5k.pkl": stand_in})
+  assert "gnd_roxford5k.pkl: SHA-256 verified" in lines
   dataset = read_revisited_gnd(folder / "gnd_roxford5k.pkl", folder / "jpg")
   assert dataset.image_path(dataset.qimlist[0]).is_file()
 
@@ -141,8 +147,11 @@ def test_errors_are_clear(mirror, tmp_path):
 
 
 def test_cli(mirror, tmp_path):
+  from delf_ret.datasets.download import sha256_of
+  stand_in = sha256_of(tmp_path / "mirror" / "gnd_roxford5k.pkl")
   result = run_cli("delf_ret.cli.download_dataset", "--dataset=roxford5k",
-                   f"--output_dir={tmp_path}", f"--mirror_url={mirror}")
+                   f"--output_dir={tmp_path}", f"--mirror_url={mirror}",
+                   f"--sha256=gnd_roxford5k.pkl={stand_in}")
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "roxford5k" / "gnd_roxford5k.pkl").is_file()
   assert "--mirror_url" in run_cli("delf_ret.cli.download_dataset", "--help").stdout
