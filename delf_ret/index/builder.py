@@ -67,6 +67,12 @@ def open_or_create(index_dir: pathlib.Path, params: IndexParams, dim: int) -> Lo
       raise LocalIndexError(
           f"{index_dir} holds a {index.params.index_type!r} index but the config asks for "
           f"{params.index_type!r}; use another --index_dir or the same index_type")
+    if params.index_type == "ivfpq":
+      for name in ("pq_fast_scan", "coarse_quantizer"):
+        saved, asked = getattr(index.params, name), getattr(params, name)
+        if saved != asked:
+          raise LocalIndexError(f"{index_dir} holds an ivfpq index with {name} {saved!r} but the "
+                                f"config asks for {asked!r}; use another --index_dir")
     return index
   return LocalFeatureIndex(dim, params)
 

@@ -10,7 +10,12 @@ Index types:
 * "flat": exact search (IndexFlatL2 in an IndexIDMap2); deletion removes the rows.
 * "ivfpq": IVF with product quantisation, trained once on a sample; images are
   added and deleted afterwards without retraining (IVF lists support
-  remove_ids).
+  remove_ids). With ``pq_fast_scan`` the 4-bit codes are kept in faiss'
+  fast-scan layout (IndexIVFPQFastScan, SIMD scanning, codes not relative to
+  the list centroid; deletion works around a faiss bug, see
+  ``_remove_from_fast_scan``); with ``coarse_quantizer`` "hnsw" the nearest lists are
+  found through an HNSW graph of the centroids instead of exhaustively (built
+  from the k-means centroids; searched with breadth max(ef_search, 2 nprobe)).
 * "hnsw": graph index (IndexHNSWFlat), which faiss cannot remove rows from:
   deleting an image marks its slot deleted, search results of deleted slots
   are dropped, and ``compact()`` rebuilds the graph without them.
@@ -38,6 +43,7 @@ from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
 FORMAT_VERSION = 1
 KEYPOINT_BITS = 20  # Up to 1,048,576 descriptors per image.
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
+COARSE_QUANTIZERS = ("flat", "hnsw")
 
 
 class LocalIndexError(DelfRetError):
@@ -55,7 +61,10 @@ class IndexParams:
   nlist: IVF lists; pq_m: PQ sub-quantisers (must divide dim); pq_nbits: bits
   per sub-quantiser code; hnsw_m: graph degree; nprobe / ef_search: search
   breadth of IVF / HNSW; train_sample_size: at most this many descriptors
-  train the IVF-PQ quantisers. Field defaults: the retrieval_config defaults.
+  train the IVF-PQ quantisers; pq_fast_scan: IVF-PQ codes in faiss' 4-bit
+  fast-scan layout (needs pq_nbits 4); coarse_quantizer: "flat" or "hnsw" (an
+  HNSW graph of the IVF centroids with hnsw_m neighbours). Field defaults: the
+  retrieval_config defaults.
   """
   index_type: str = _DEFAULTS.index_type
   nlist: int = _DEFAULTS.nlist
@@ -65,6 +74,8 @@ class IndexParams:
   nprobe: int = _DEFAULTS.nprobe
   ef_search: int = _DEFAULTS.ef_search
   train_sample_size: int = _DEFAULTS.train_sample_size
+  pq_fast_scan: bool = _DEFAULTS.pq_fast_scan
+  coarse_quantizer: str = _DEFAULTS.coarse_quantizer
 
   @classmethod
   def from_config(cls, retrieval_config: DelfRetrievalConfig) -> "IndexParams":
@@ -100,11 +111,31 @@ class LocalFeatureIndex:
     if p.index_type == "flat":
       return faiss.IndexIDMap2(faiss.IndexFlatL2(self.dim))
     if p.index_type == "ivfpq":
-      if self.dim % p.pq_m:
-        raise LocalIndexError(f"pq_m {p.pq_m} must divide the descriptor dimension {self.dim}")
-      quantizer = faiss.IndexFlatL2(self.dim)
-      return faiss.IndexIVFPQ(quantizer, self.dim, p.nlist, p.pq_m, p.pq_nbits)
+      return self._new_ivfpq()
     return faiss.IndexIDMap2(faiss.IndexHNSWFlat(self.dim, p.hnsw_m))
+
+  def _new_ivfpq(self) -> faiss.Index:
+    p = self.params
+    if self.dim % p.pq_m:
+      raise LocalIndexError(f"pq_m {p.pq_m} must divide the descriptor dimension {self.dim}")
+    if p.coarse_quantizer not in COARSE_QUANTIZERS:
+      raise LocalIndexError(f"coarse_quantizer must be one of {COARSE_QUANTIZERS}, got "
+                            f"{p.coarse_quantizer!r}")
+    if p.pq_fast_scan and p.pq_nbits != 4:
+      raise LocalIndexError(f"pq_fast_scan needs pq_nbits 4, got {p.pq_nbits}")
+    if p.coarse_quantizer == "hnsw":
+      quantizer = faiss.IndexHNSWFlat(self.dim, p.hnsw_m)
+    else:
+      quantizer = faiss.IndexFlatL2(self.dim)
+    if p.pq_fast_scan:
+      index = faiss.IndexIVFPQFastScan(quantizer, self.dim, p.nlist, p.pq_m, p.pq_nbits)
+      # Codes of the vectors themselves: one lookup table per query, not per visited list.
+      index.by_residual = False
+    else:
+      index = faiss.IndexIVFPQ(quantizer, self.dim, p.nlist, p.pq_m, p.pq_nbits)
+    if p.coarse_quantizer == "hnsw":
+      index.quantizer_trains_alone = 2  # k-means with exact assignment, then the graph.
+    return index
 
   @property
   def needs_training(self) -> bool:
@@ -155,8 +186,11 @@ class LocalFeatureIndex:
     if self.params.index_type == "hnsw":
       self.deleted_slots.add(slot)
     else:
-      self.index.remove_ids(faiss.IDSelectorRange(slot << KEYPOINT_BITS,
-                                                   (slot + 1) << KEYPOINT_BITS))
+      selector = faiss.IDSelectorRange(slot << KEYPOINT_BITS, (slot + 1) << KEYPOINT_BITS)
+      if isinstance(self.index, faiss.IndexIVFFastScan):
+        _remove_from_fast_scan(self.index, selector)
+      else:
+        self.index.remove_ids(selector)
 
   def search(self, descriptors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """k nearest database descriptors of each query descriptor [Q, dim].
@@ -167,6 +201,9 @@ class LocalFeatureIndex:
     descriptors = self._check(descriptors)
     if self.params.index_type == "ivfpq":
       self.index.nprobe = self.params.nprobe
+      if self.params.coarse_quantizer == "hnsw":
+        faiss.downcast_index(self.index.quantizer).hnsw.efSearch = max(self.params.ef_search,
+                                                                     2 * self.params.nprobe)
     elif self.params.index_type == "hnsw":
       faiss.downcast_index(self.index.index).hnsw.efSearch = self.params.ef_search
     fetch = k
@@ -257,6 +294,34 @@ class LocalFeatureIndex:
     index.deleted_slots = set(meta["deleted_slots"])
     index.next_slot = meta["next_slot"]
     return index
+
+
+def _list_sizes(invlists: faiss.InvertedLists) -> np.ndarray:
+  return np.array([invlists.list_size(i) for i in range(invlists.nlist)], np.int64)
+
+
+def _remove_from_fast_scan(index: faiss.IndexIVFFastScan, selector: faiss.IDSelector) -> None:
+  """remove_ids for fast-scan IVF lists, clearing the codes it leaves behind.
+
+  faiss (1.15) removes by moving the last entries of a list into the freed
+  places and shrinking the list, but leaves the moved-away 4-bit codes in the
+  list's last 32-code block; a later add ORs new codes into those places
+  (pq4_pack_codes_range assumes zeros), so descriptors added after a deletion
+  got wrong codes. Here the freed places of each shrunk list's last block are
+  overwritten with zero codes.
+  """
+  invlists = faiss.downcast_InvertedLists(index.invlists)
+  before = _list_sizes(invlists)
+  index.remove_ids(selector)
+  after = _list_sizes(invlists)
+  packer, per_block = invlists.packer, invlists.n_per_block
+  zero_code = np.zeros(packer.code_size, np.uint8)
+  for list_no in np.flatnonzero(after < before).tolist():
+    kept = int(after[list_no])
+    block_end = -(-kept // per_block) * per_block  # End of the block holding the last entry.
+    codes = invlists.get_codes(list_no)
+    for offset in range(kept, min(int(before[list_no]), block_end)):
+      packer.pack_1_c(faiss.swig_ptr(zero_code), offset, codes)
 
 
 def _current_version(folder: pathlib.Path) -> str | None:

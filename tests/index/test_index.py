@@ -2,16 +2,31 @@
 
 import json
 
+import faiss
 import numpy as np
 import pytest
 
 from delf_ret.index import IndexParams, LocalFeatureIndex, LocalIndexError
 from delf_ret.index import local_index
+from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
 
 from conftest import random_unit_descriptors
 
 DIM = 40
 SMALL_IVF = IndexParams(index_type="ivfpq", nlist=8, pq_m=10, pq_nbits=4, nprobe=8)
+# Fast-scan 4-bit PQ (one sub-quantiser per dimension) with an HNSW coarse quantiser.
+FAST_IVF = IndexParams(index_type="ivfpq", nlist=16, pq_m=DIM, pq_nbits=4, nprobe=16,
+                       pq_fast_scan=True, coarse_quantizer="hnsw", hnsw_m=8)
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+  """Trains and searches these tiny indexes on one thread: on a busy machine faiss' OpenMP
+  threads spin-wait for each other, which made the IVF tests 20x slower."""
+  threads = faiss.omp_get_max_threads()
+  faiss.omp_set_num_threads(1)
+  yield
+  faiss.omp_set_num_threads(threads)
 
 
 def build(params, rng):
@@ -23,8 +38,9 @@ def build(params, rng):
   return index, images
 
 
-@pytest.mark.parametrize("params", [IndexParams(), SMALL_IVF, IndexParams(index_type="hnsw")],
-                         ids=["flat", "ivfpq", "hnsw"])
+@pytest.mark.parametrize("params", [IndexParams(), SMALL_IVF, FAST_IVF,
+                                    IndexParams(index_type="hnsw")],
+                         ids=["flat", "ivfpq", "ivfpq_fast_scan", "hnsw"])
 def test_add_delete_search_never_returns_deleted(params):
   rng = np.random.default_rng(0)
   index, images = build(params, rng)
@@ -106,3 +122,62 @@ def test_ivfpq_must_be_trained_first():
     index.add("a", np.zeros((2, DIM), np.float32))
   with pytest.raises(LocalIndexError, match="must divide"):
     LocalFeatureIndex(DIM, IndexParams(index_type="ivfpq", pq_m=7))
+
+
+def test_fast_scan_ivf_add_delete_save_load_without_retraining(tmp_path):
+  rng = np.random.default_rng(4)
+  index, images = build(FAST_IVF, rng)
+  assert isinstance(index.index, faiss.IndexIVFPQFastScan)
+  assert isinstance(faiss.downcast_index(index.index.quantizer), faiss.IndexHNSWFlat)
+  for name, descriptors in images.items():  # All lists probed: each descriptor finds itself.
+    slots, keypoints, _ = index.search(descriptors, k=2)
+    assert (slots[:, 0] == index.images[name]).all()
+    np.testing.assert_array_equal(keypoints[:, 0], np.arange(50))
+  index.delete("img2")
+  assert index.index.ntotal == 250
+  slots, _, _ = index.search(images["img2"], k=10)
+  assert 2 not in set(slots.ravel().tolist()) and (slots >= 0).all()
+  index.save(tmp_path / "idx")
+  loaded = LocalFeatureIndex.load(tmp_path / "idx", expected_dim=DIM)
+  assert loaded.params == FAST_IVF and not loaded.needs_training
+  assert isinstance(loaded.index, faiss.IndexIVFPQFastScan)
+  query = images["img4"][:20]
+  np.testing.assert_array_equal(loaded.search(query, 5)[0], index.search(query, 5)[0])
+  # Per-image delete and add keep working on the loaded index, with no retraining
+  # (an add after a delete is the case that faiss' fast-scan removal got wrong).
+  extra = random_unit_descriptors(rng, 30, DIM)
+  loaded.delete("img0")
+  loaded.add("extra", extra)
+  assert loaded.index.ntotal == 250 - 50 + 30
+  slots, _, _ = loaded.search(extra, k=1)
+  assert (slots[:, 0] == loaded.images["extra"]).all()
+  slots, _, _ = loaded.search(images["img0"], k=10)
+  assert 0 not in set(slots.ravel().tolist())
+
+
+def test_fast_scan_settings_from_config_and_errors():
+  retrieval = DelfRetrievalConfig(index_type="ivfpq", pq_m=40, pq_nbits=4, pq_fast_scan=True,
+                                  coarse_quantizer="hnsw")
+  params = IndexParams.from_config(retrieval)
+  assert params.pq_fast_scan and params.coarse_quantizer == "hnsw" and params.pq_nbits == 4
+  assert IndexParams() == IndexParams(pq_fast_scan=False, coarse_quantizer="flat")
+  with pytest.raises(LocalIndexError, match="pq_fast_scan needs pq_nbits 4"):
+    LocalFeatureIndex(DIM, IndexParams(index_type="ivfpq", pq_fast_scan=True, pq_nbits=8))
+  with pytest.raises(LocalIndexError, match="coarse_quantizer must be one of"):
+    LocalFeatureIndex(DIM, IndexParams(index_type="ivfpq", coarse_quantizer="lsh"))
+
+
+def test_index_saved_before_the_fast_scan_fields_loads(tmp_path):
+  rng = np.random.default_rng(5)
+  index, images = build(SMALL_IVF, rng)
+  index.save(tmp_path / "idx")
+  version = (tmp_path / "idx" / "CURRENT").read_text()
+  meta_path = tmp_path / "idx" / version / "meta.json"
+  meta = json.loads(meta_path.read_text())
+  for name in ("pq_fast_scan", "coarse_quantizer"):
+    del meta["params"][name]
+  meta_path.write_text(json.dumps(meta))
+  loaded = LocalFeatureIndex.load(tmp_path / "idx")
+  assert loaded.params == SMALL_IVF
+  loaded.delete("img1")
+  assert loaded.index.ntotal == 250

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from delf_ret.features import write_features
+from delf_ret.features import read_features, write_features
 from delf_ret.index import IndexParams, LocalFeatureIndex, LocalIndexError
 from delf_ret.index.builder import build_index, list_feature_files
 
@@ -73,3 +73,38 @@ def test_ivfpq_trained_on_a_sample(tmp_path):
   index, failures = build_index(list_feature_files(features), tmp_path / "index", params,
                                 log=lambda line: None)
   assert not failures and len(index) == 10 and index.index.ntotal == 1000
+
+
+def test_fast_scan_build_remove_and_resume(tmp_path):
+  import faiss
+  threads = faiss.omp_get_max_threads()
+  faiss.omp_set_num_threads(1)  # Tiny index: no OpenMP spin-waiting on a busy machine.
+  try:
+    _fast_scan_build_remove_and_resume(tmp_path)
+  finally:
+    faiss.omp_set_num_threads(threads)
+
+
+def _fast_scan_build_remove_and_resume(tmp_path):
+  from delf_ret.index.builder import remove_images
+  rng = np.random.default_rng(4)
+  features, index_dir = tmp_path / "features", tmp_path / "index"
+  write_images(features, [f"img{i}" for i in range(8)], rng, n=60)
+  params = IndexParams(index_type="ivfpq", nlist=4, pq_m=16, pq_nbits=4, nprobe=4,
+                       pq_fast_scan=True, train_sample_size=400)
+  index, failures = build_index(list_feature_files(features), index_dir, params,
+                                log=lambda line: None)
+  assert not failures and index.index.ntotal == 480
+  index = remove_images(index_dir, ["img3"], log=lambda line: None)
+  assert "img3" not in index and index.index.ntotal == 420
+  (features / "img3.delf").unlink()
+  write_images(features, ["new"], rng, n=60)  # Added to the saved index without retraining.
+  index, _ = build_index(list_feature_files(features), index_dir, params, log=lambda line: None)
+  assert sorted(index.images) == sorted([f"img{i}" for i in range(8) if i != 3] + ["new"])
+  assert index.index.ntotal == 480
+  slots, _, _ = index.search(read_features(features / "new.delf").descriptors, k=1)
+  assert (slots[:, 0] == index.images["new"]).all()
+  with pytest.raises(LocalIndexError, match="pq_fast_scan True but the config asks for False"):
+    build_index(list_feature_files(features), index_dir,
+                IndexParams(index_type="ivfpq", nlist=4, pq_m=16, pq_nbits=4),
+                log=lambda line: None)
