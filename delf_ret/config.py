@@ -12,9 +12,10 @@ the example with the published defaults) are package data in delf_ret/configs:
 from __future__ import annotations
 
 import importlib.resources
+import math
 import os
 import pathlib
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from google.protobuf import descriptor as descriptor_lib
 from google.protobuf import text_format
@@ -159,8 +160,30 @@ def _convert(field: descriptor_lib.FieldDescriptor, text: str):
   raise ValueError(f"field {field.name} cannot be set from the command line")
 
 
+def _non_finite_fields(message, prefix: str = "") -> Iterator[tuple[str, float]]:
+  """(field path, value) of every float field of ``message`` (set or default) that is NaN or inf."""
+  for field in message.DESCRIPTOR.fields:
+    value = getattr(message, field.name)
+    path = f"{prefix}{field.name}"
+    if field.type == descriptor_lib.FieldDescriptor.TYPE_MESSAGE:
+      if not field.is_repeated:
+        yield from _non_finite_fields(value, f"{path}.")
+    elif field.type in (descriptor_lib.FieldDescriptor.TYPE_FLOAT,
+                        descriptor_lib.FieldDescriptor.TYPE_DOUBLE):
+      values = list(value) if field.is_repeated else [value]
+      yield from ((path, v) for v in values if not math.isfinite(v))
+
+
 def validate(config: DelfConfig) -> None:
-  """Raises ConfigError for values extraction cannot work with."""
+  """Raises ConfigError (naming the field) for values extraction or retrieval cannot work with."""
+  for path, value in _non_finite_fields(config):
+    raise ConfigError(f"{path} must be a finite number, got {value}")
+  for name in ("max_image_size", "min_image_size"):
+    if getattr(config, name) != -1 and getattr(config, name) <= 0:
+      raise ConfigError(f"{name} must be positive or -1 (off), got {getattr(config, name)}")
+  if config.min_scaled_side < 1 or config.max_image_pixels < 1:
+    raise ConfigError(f"min_scaled_side and max_image_pixels must be positive, got "
+                      f"{config.min_scaled_side} and {config.max_image_pixels}")
   if not config.image_scales:
     raise ConfigError("image_scales is empty: give at least one scale")
   if any(scale <= 0 for scale in config.image_scales):
@@ -204,6 +227,9 @@ def _validate_retrieval(retrieval) -> None:
   if not 0.0 < retrieval.ransac_stop_probability <= 1.0:
     raise ConfigError(f"retrieval_config.ransac_stop_probability must be in (0, 1], got "
                       f"{retrieval.ransac_stop_probability}")
+  if retrieval.ransac_seed < 0:
+    raise ConfigError(f"retrieval_config.ransac_seed must not be negative, got "
+                      f"{retrieval.ransac_seed}")
   if any(k <= 0 for k in retrieval.eval_ks):
     raise ConfigError(f"retrieval_config.eval_ks must be positive, got {list(retrieval.eval_ks)}")
 

@@ -62,6 +62,9 @@ def apply_pca(descriptors: np.ndarray, model: PcaModel, dim: int,
                      f"the PCA model expects {model.mean.shape[0]}")
   projected = (descriptors - model.mean) @ model.projection[:dim].T
   if use_whitening:
+    if not np.all(np.isfinite(model.variances[:dim])) or np.any(model.variances[:dim] < 0):
+      raise PcaError("whitening needs the PCA variances (finite, not negative); the model has "
+                     "none or bad ones")
     projected = projected / np.sqrt(model.variances[:dim] + WHITENING_EPSILON)
   return l2_normalize(projected)
 
@@ -92,7 +95,12 @@ def load_pca(mean_path: str | os.PathLike, projection_path: str | os.PathLike,
     path = pathlib.Path(path)
     if not path.is_file():
       raise PcaError(f"PCA {name} file not found: {path}")
-    arrays[name] = np.load(path).astype(np.float32)
+    try:
+      arrays[name] = np.load(path, allow_pickle=False).astype(np.float32)
+    except (ValueError, OSError, EOFError, TypeError) as error:
+      raise PcaError(f"PCA {name} file {path} is not a readable .npy array ({error})") from None
+    if not np.all(np.isfinite(arrays[name])):
+      raise PcaError(f"PCA {name} file {path} holds NaN or infinite values")
   mean, projection = arrays["mean"], arrays["projection"]
   variances = arrays.get("variances", np.full(projection.shape[0], np.nan, np.float32))
   if mean.ndim != 1 or projection.ndim != 2 or projection.shape[1] != mean.shape[0]:
@@ -100,4 +108,6 @@ def load_pca(mean_path: str | os.PathLike, projection_path: str | os.PathLike,
   if variances.shape != (projection.shape[0],):
     raise PcaError(f"PCA variances shape {variances.shape} does not match "
                      f"projection {projection.shape}")
+  if variances_path and np.any(variances < 0):
+    raise PcaError(f"PCA variances file {variances_path} holds negative variances")
   return PcaModel(mean=mean, projection=projection, variances=variances)

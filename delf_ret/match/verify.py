@@ -22,6 +22,7 @@ from delf_ret.features import LocalFeatures
 from delf_ret.match.putative import DescriptorMatcher
 from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
 
+_ALL_TRIALS_CONFIDENCE = 1.0 - 1e-12
 MIN_TRIANGLE_AREA = 1.0  # px^2: a sample with a flatter triangle is degenerate.
 
 TRANSFORMS = {"affine": (AffineTransform, 3), "homography": (ProjectiveTransform, 4)}
@@ -139,17 +140,20 @@ def _opencv_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams)
   import cv2
   cv2.setRNGSeed(params.seed)
   src, dst = source.astype(np.float32), target.astype(np.float32)
+  # OpenCV needs a confidence below 1; this close to 1 it runs all max_trials iterations, which
+  # is what stop_probability 1 means (scikit-image's default, the official DELF setting).
+  confidence = min(params.stop_probability, _ALL_TRIALS_CONFIDENCE)
   try:
     if params.transform == "affine":
       model, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC,
                                          ransacReprojThreshold=params.residual_threshold,
                                          maxIters=params.max_trials,
-                                         confidence=params.stop_probability, refineIters=10)
+                                         confidence=confidence, refineIters=10)
       matrix = None if model is None else np.vstack([model, [0.0, 0.0, 1.0]])
     else:
       matrix, mask = cv2.findHomography(src, dst, cv2.RANSAC, params.residual_threshold,
                                         maxIters=params.max_trials,
-                                        confidence=params.stop_probability)
+                                        confidence=confidence)
   except cv2.error:
     return None, None
   if matrix is None or mask is None:
@@ -218,12 +222,33 @@ def verify_pair(features_a: LocalFeatures, features_b: LocalFeatures,
 
 def verify_candidates(query: LocalFeatures, candidates: Iterable[LocalFeatures],
                       params: RansacParams = RansacParams(),
-                      timings: dict[str, float] | None = None) -> list[Verification]:
-  """Verifies one query against many candidates; the query's search structure is built once.
+                      timings: dict[str, float] | None = None,
+                      batch_size: int = 32) -> list[Verification]:
+  """Verifies one query against many candidates; same results as verify_pair on each.
 
-  timings: as in verify_pair, summed over the candidates.
+  The query's search structure is built once, and the putative matches of
+  ``batch_size`` candidates at a time come from one search (candidates are
+  taken from the iterable one batch at a time). timings: as in verify_pair,
+  summed over the candidates.
   """
   start = time.perf_counter()
   matcher = DescriptorMatcher(query.descriptors) if query.num_features else None
   _add_seconds(timings, "matching", start)
-  return [verify_pair(query, candidate, params, matcher, timings) for candidate in candidates]
+  results = []
+  iterator = iter(candidates)
+  while batch := list(itertools.islice(iterator, batch_size)):
+    if matcher is None:
+      results += [verify_pair(query, candidate, params) for candidate in batch]
+      continue
+    start = time.perf_counter()
+    all_matches = matcher.match_many([c.descriptors for c in batch], params.distance_threshold,
+                                     params.ratio_threshold, params.mutual)
+    _add_seconds(timings, "matching", start)
+    for candidate, matches in zip(batch, all_matches):
+      start = time.perf_counter()
+      if candidate.num_features == 0:
+        results.append(Verification(np.zeros((0, 2), np.int64), np.zeros(0, bool), None))
+      else:
+        results.append(verify_matches(query.locations, candidate.locations, matches, params))
+      _add_seconds(timings, "ransac", start)
+  return results

@@ -60,8 +60,9 @@ def test_dimension_mismatch_raises():
     DescriptorMatcher(np.zeros((3, 40), np.float32)).nearest(np.zeros((2, 128), np.float32))
 
 
-@pytest.mark.parametrize("backend", ["opencv", "skimage"])
-def test_ransac_recovers_affine_with_60_percent_outliers(backend):
+@pytest.mark.parametrize("backend, stop_probability", [("opencv", 0.99), ("skimage", 0.99),
+                                                       ("opencv", 1.0)])
+def test_ransac_recovers_affine_with_60_percent_outliers(backend, stop_probability):
   rng = np.random.default_rng(1)
   n = 300
   points_a = rng.uniform(0, 600, (n, 2))
@@ -70,7 +71,8 @@ def test_ransac_recovers_affine_with_60_percent_outliers(backend):
   points_b[outliers] = rng.uniform(0, 600, (len(outliers), 2))
   is_true = np.ones(n, bool)
   is_true[outliers] = False
-  params = RansacParams(backend=backend)
+  # stop_probability 1 (all trials, the official setting) is valid for OpenCV too.
+  params = RansacParams(backend=backend, stop_probability=stop_probability)
   result = verify_matches(points_a, points_b, np.stack([np.arange(n)] * 2, axis=1), params)
   found = (result.inliers & is_true).sum()
   assert found >= 0.95 * is_true.sum()
@@ -146,3 +148,30 @@ def test_verify_candidates_ranks_true_match_first():
   assert results[2].num_inliers == 0
   single = verify_pair(query, same)
   np.testing.assert_array_equal(single.inliers, results[1].inliers)
+
+
+@pytest.mark.parametrize("ratio, mutual", [(None, False), (0.9, False), (None, True)])
+def test_batched_candidates_match_exactly_as_pairs_one_by_one(ratio, mutual):
+  rng = np.random.default_rng(4)
+  descriptors = random_unit_descriptors(rng, 60, 16)
+  points = rng.uniform(0, 400, (60, 2))
+  query = make_features(points, descriptors)
+  candidates = []
+  for number in range(37):  # More than two batches of 16.
+    if number == 5:
+      candidates.append(make_features(np.zeros((0, 2)), np.zeros((0, 16))))
+      continue
+    keep = rng.permutation(60)[:rng.integers(10, 60)]
+    noisy = descriptors[keep] + rng.normal(0, 0.02, (keep.size, 16))
+    candidates.append(make_features(apply_xy(AFFINE_XY, points[keep]) + rng.normal(0, 1, (keep.size, 2)),
+                                    np.vstack([noisy, random_unit_descriptors(rng, 20, 16)])[:keep.size]))
+  params = RansacParams(distance_threshold=0.5, ratio_threshold=ratio, mutual=mutual)
+  timings = {}
+  batched = verify_candidates(query, iter(candidates), params, timings, batch_size=16)
+  assert set(timings) == {"matching", "ransac"}
+  assert len(batched) == len(candidates)
+  for candidate, result in zip(candidates, batched):
+    alone = verify_pair(query, candidate, params)
+    np.testing.assert_array_equal(result.matches, alone.matches)
+    np.testing.assert_array_equal(result.inliers, alone.inliers)
+  assert sum(r.num_inliers > 5 for r in batched) > 20
