@@ -25,6 +25,7 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from delf_ret.extract.inference import resize_image
 from delf_ret.extract.selection import SelectedFeatures
@@ -104,12 +105,25 @@ def export_saved_model(model, output_dir: str | os.PathLike) -> pathlib.Path:
   return output_dir
 
 
+TRUST_WARNING = ("{path} is a SavedModel: loading it runs the TensorFlow graph it holds, which "
+                 "can read and write files; load only SavedModels from a source you trust")
+
+
 class SavedModelExtractor:
-  """Runs the ``extract`` signature of an exported DELF SavedModel."""
+  """Runs the ``extract`` signature of an exported DELF SavedModel.
+
+  A SavedModel is code: its graph runs with the user's rights (it can read and
+  write files). Loading one logs TRUST_WARNING once per path.
+  """
+
+  _warned: set[str] = set()
 
   def __init__(self, path: str | os.PathLike):
     if not is_saved_model(path):
       raise ModelFileError(f"no SavedModel (saved_model.pb) in {path}")
+    if str(path) not in SavedModelExtractor._warned:
+      SavedModelExtractor._warned.add(str(path))
+      logging.warning(TRUST_WARNING.format(path=path))
     self.loaded = tf.saved_model.load(str(path))
     self.signature = self.loaded.signatures["extract"]
 
