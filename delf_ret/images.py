@@ -25,12 +25,13 @@ class ImageReadError(DelfRetError):
   """An image file could not be read; the message names the file and the reason."""
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = 178956970) -> np.ndarray:
+def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
   """Reads an image file as RGB.
 
   Args:
     path: image file (any format Pillow reads).
-    max_pixels: larger images are rejected before decoding.
+    max_pixels: larger images are rejected before decoding; None: the config
+      default (DelfConfig.max_image_pixels).
 
   Returns:
     uint8 array [H, W, 3].
@@ -40,6 +41,9 @@ def load_image(path: str | os.PathLike, max_pixels: int = 178956970) -> np.ndarr
       pixels, or zero-sized.
   """
   path = pathlib.Path(path)
+  if max_pixels is None:
+    from delf_ret.protos.delf_config_pb2 import DelfConfig
+    max_pixels = DelfConfig().max_image_pixels
   if not path.exists():
     raise ImageReadError(f"{path}: file not found")
   if path.is_dir():

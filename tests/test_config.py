@@ -89,7 +89,7 @@ def test_retrieval_config_defaults_and_index_params():
   ransac = RansacParams.from_config(retrieval)
   assert (ransac.distance_threshold, ransac.residual_threshold, ransac.max_trials,
           ransac.transform, ransac.ratio_threshold, ransac.stop_probability, ransac.seed) == (
-              pytest.approx(0.8), 20.0, 1000, "affine", None, 0.99, 0)
+              pytest.approx(0.8), 20.0, 1000, "affine", None, 1.0, 0)
   ratio = config_lib.load_config(EXAMPLE, ["retrieval_config.match_ratio_threshold=0.8"])
   assert RansacParams.from_config(ratio.retrieval_config).ratio_threshold == pytest.approx(0.8)
 

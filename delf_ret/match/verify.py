@@ -47,9 +47,9 @@ class RansacParams:
 
   Built from a config by :meth:`from_config`; the field defaults are the
   retrieval_config defaults (the published DELF example): L2 distance below
-  0.8, no ratio test, affine, 20 px, 1000 trials, early stop at 0.99
-  confidence (scikit-image's stop_probability, OpenCV's confidence; 1.0 runs
-  all trials), seed 0.
+  0.8, no ratio test, affine, 20 px, 1000 trials with no early stop (stop
+  probability 1; a value below 1 stops at that confidence: scikit-image's
+  stop_probability, OpenCV's confidence), seed 0.
   """
   distance_threshold: float = _decimal(_DEFAULTS.match_distance_threshold)
   ratio_threshold: float | None = _decimal(_DEFAULTS.match_ratio_threshold) or None
