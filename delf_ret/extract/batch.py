@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import pathlib
+import tempfile
 import time
 from typing import Callable
 
+from delf_ret.errors import InputError
 from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError
 from delf_ret.features import feature_file_names, write_features
 from delf_ret.images import ImageReadError
+
+# Write errors that concern the output folder itself (every later write would fail too).
+_LOCATION_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
+                    errno.ENOTDIR)
+
+
+def prepare_output_dir(output_dir: pathlib.Path) -> None:
+  """Creates ``output_dir`` and checks that files can be written into it.
+
+  Raises InputError with one line naming the folder when it is a file, cannot
+  be created, or is not writable.
+  """
+  if output_dir.exists() and not output_dir.is_dir():
+    raise InputError(f"output folder {output_dir} is a file, not a folder")
+  try:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write_test_"):
+      pass
+  except OSError as error:
+    raise InputError(f"cannot write into the output folder {output_dir}: "
+                     f"{error.strerror or error}") from None
 
 
 def extract_all(extractor: DelfExtractor, image_paths: list[pathlib.Path],
@@ -17,10 +42,13 @@ def extract_all(extractor: DelfExtractor, image_paths: list[pathlib.Path],
   """Writes OUTPUT_DIR/<image stem>.delf for every image whose file is missing.
 
   Files are written atomically, so a rerun after an interruption skips the
-  finished images. Unreadable or too small images are logged and skipped.
-  Returns (path, reason) of each failed image.
+  finished images. Unreadable or too small images, and feature files that
+  cannot be written (e.g. a name too long for the file system), are logged and
+  skipped. A folder that cannot be written into (missing rights, full or
+  read-only disk) stops the run with InputError. Returns (path, reason) of
+  each failed image.
   """
-  output_dir.mkdir(parents=True, exist_ok=True)
+  prepare_output_dir(output_dir)
   names = feature_file_names(image_paths)
   failures = []
   total = len(image_paths)
@@ -28,7 +56,14 @@ def extract_all(extractor: DelfExtractor, image_paths: list[pathlib.Path],
   done = 0
   for i, (path, name) in enumerate(zip(image_paths, names), 1):
     target = output_dir / name
-    if target.exists():
+    try:
+      finished = target.exists()
+    except OSError as error:  # E.g. a file name too long for the file system.
+      reason = f"{path}: cannot write {target.name}: {error.strerror or error}"
+      log(f"[{i}/{total}] ERROR {reason}")
+      failures.append((path, reason))
+      continue
+    if finished:
       log(f"[{i}/{total}] {path.name}: skipped, {target} exists")
       continue
     try:
@@ -38,7 +73,16 @@ def extract_all(extractor: DelfExtractor, image_paths: list[pathlib.Path],
       log(f"[{i}/{total}] ERROR {reason}")
       failures.append((path, reason))
       continue
-    write_features(target, features)
+    try:
+      write_features(target, features)
+    except OSError as error:
+      if error.errno in _LOCATION_ERRORS:
+        raise InputError(f"cannot write {target}: {error.strerror or error}; stopped after "
+                         f"{done} new feature files") from None
+      reason = f"{path}: cannot write {target.name}: {error.strerror or error}"
+      log(f"[{i}/{total}] ERROR {reason}")
+      failures.append((path, reason))
+      continue
     done += 1
     rate = (time.time() - start) / done
     log(f"[{i}/{total}] {path.name}: {features.num_features} features "
