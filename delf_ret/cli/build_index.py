@@ -47,6 +47,8 @@ flags.DEFINE_string("dataset_gnd_path", None,
 flags.DEFINE_string("dataset_gt_dir", None,
                     "Original Oxford5k/Paris6k ground-truth folder: index exactly its database "
                     "images (needs --images_dir).")
+flags.DEFINE_boolean("overwrite", False, "Delete and recompute feature files of --features_dir "
+                     "that were made with other settings (otherwise such a folder is refused).")
 flags.DEFINE_list("remove_images", [], "Image ids to remove from the index (nothing is added).")
 flags.DEFINE_integer("save_every", 500, "Save the index after every this many added images.")
 define_backend_flag()
@@ -76,7 +78,7 @@ def _feature_paths(config: DelfConfig, dataset
   names = feature_file_names(image_paths)
   log(f"extracting features of {len(image_paths)} images into {features_dir}")
   failures = extract_all(DelfExtractor(config, backend=FLAGS.backend), image_paths, features_dir,
-                         log)
+                         log, overwrite=FLAGS.overwrite)
   failed = {path for path, _ in failures}
   paths = [features_dir / name for path, name in zip(image_paths, names) if path not in failed]
   if not paths:

@@ -25,6 +25,8 @@ FLAGS = flags.FLAGS
 define_config_flags()
 define_image_flags()
 flags.DEFINE_string("output_dir", None, "Folder for the .delf feature files.")
+flags.DEFINE_boolean("overwrite", False, "Delete and recompute feature files of --output_dir "
+                     "that were made with other settings (otherwise such a folder is refused).")
 define_backend_flag()
 
 
@@ -37,7 +39,8 @@ def main(argv: list[str]) -> int:
   from delf_ret.extract.batch import extract_all
   from delf_ret.extract.extractor import DelfExtractor
   extractor = DelfExtractor(config, backend=FLAGS.backend)
-  failures = extract_all(extractor, image_paths, pathlib.Path(FLAGS.output_dir), log=log)
+  failures = extract_all(extractor, image_paths, pathlib.Path(FLAGS.output_dir), log=log,
+                         overwrite=FLAGS.overwrite)
   if report_failures(failures, f"of {len(image_paths)} images"):
     return 1
   print(f"done: {len(image_paths)} images, features in {FLAGS.output_dir}")

@@ -11,6 +11,7 @@ from typing import Callable
 
 from delf_ret.errors import InputError
 from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError
+from delf_ret.extract.settings import check_feature_folder, extraction_settings
 from delf_ret.features import feature_file_names, write_features
 from delf_ret.images import ImageReadError
 
@@ -37,18 +38,22 @@ def prepare_output_dir(output_dir: pathlib.Path) -> None:
 
 
 def extract_all(extractor: DelfExtractor, image_paths: list[pathlib.Path],
-                output_dir: pathlib.Path,
-                log: Callable[[str], None] = print) -> list[tuple[pathlib.Path, str]]:
+                output_dir: pathlib.Path, log: Callable[[str], None] = print,
+                overwrite: bool = False) -> list[tuple[pathlib.Path, str]]:
   """Writes OUTPUT_DIR/<image stem>.delf for every image whose file is missing.
 
   Files are written atomically, so a rerun after an interruption skips the
   finished images. Unreadable or too small images, and feature files that
   cannot be written (e.g. a name too long for the file system), are logged and
   skipped. A folder that cannot be written into (missing rights, full or
-  read-only disk) stops the run with InputError. Returns (path, reason) of
-  each failed image.
+  read-only disk) stops the run with InputError. The folder records the
+  extraction settings (delf_ret.extract.settings): feature files made with
+  other settings are refused, or deleted and recomputed with ``overwrite``.
+  Returns (path, reason) of each failed image.
   """
   prepare_output_dir(output_dir)
+  check_feature_folder(output_dir, extraction_settings(
+      extractor.config, getattr(extractor, "model_file", None)), overwrite, log)
   names = feature_file_names(image_paths)
   failures = []
   total = len(image_paths)

@@ -71,6 +71,8 @@ class DelfExtractor:
     from delf_ret.extract.saved_model import SavedModelExtractor, is_saved_model
 
     self.config = config
+    # The model file the features depend on (None: a model object given by the caller).
+    self.model_file = config.model_path if model is None else None
     local = config.delf_local_config
     try:
       self.field = receptive_field_for_layer(local.layer_name)

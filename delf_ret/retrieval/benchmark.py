@@ -98,10 +98,15 @@ def run_benchmark(config: DelfConfig, dataset: RetrievalDataset,
   check_database_indexed(dataset, index)
   log(f"{dataset.name} ({dataset.protocol} protocol): {len(dataset.qimlist)} queries, "
       f"{len(dataset.imlist)} database images; index of {len(index)} images")
+  features_settings = None
+  if extract is None:  # Queries extracted with the config: database features must match it.
+    from delf_ret.extract.settings import check_database_features, extraction_settings
+    features_settings = extraction_settings(config, config.model_path)
+    check_database_features(features_dir, features_settings)
   start = time.time()
   results = run_queries(dataset, index, feature_loader(features_dir),
                         extract or delf_query_extractor(config, backend), retrieval_config,
-                        output_dir, log)
+                        output_dir, log, features_settings)
   seconds = (time.time() - start) / max(1, len(dataset.qimlist))
   write_ranked_lists(output_dir / RANKED_LISTS_FILE, dataset, results)
   ks = tuple(retrieval_config.eval_ks) or DEFAULT_KS

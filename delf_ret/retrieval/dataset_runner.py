@@ -145,20 +145,27 @@ def retrieve_for_splits(query: LocalFeatures, index: LocalFeatureIndex,
 def run_queries(dataset: RetrievalDataset, index: LocalFeatureIndex,
                 load_features: Callable[[str], LocalFeatures],
                 extract: Callable[[np.ndarray], LocalFeatures], retrieval_config,
-                work_dir: str | pathlib.Path,
-                log: Callable[[str], None] = print) -> list[RetrievalResult]:
+                work_dir: str | pathlib.Path, log: Callable[[str], None] = print,
+                features_settings: dict | None = None) -> list[RetrievalResult]:
   """Ranked and reranked lists of every query, in qimlist order (cached in ``work_dir``).
 
   Revisited datasets with ``retrieval_config.rerank_skip_junk`` get one
   reranked list per split (retrieve_for_splits). A cached list made with
-  other retrieval settings is recomputed. Each result's ``seconds`` holds the
-  wall time per stage, extraction included (0 for a cached query image).
+  other retrieval settings is recomputed. features_settings: what the query
+  features are extracted with (delf_ret.extract.settings.extraction_settings);
+  cached query features and lists made with other ones are recomputed. Each
+  result's ``seconds`` holds the wall time per stage, extraction included (0
+  for a cached query image).
   """
   work_dir = pathlib.Path(work_dir)
   features_dir, ranked_dir = work_dir / "query_features", work_dir / "ranked"
   features_dir.mkdir(parents=True, exist_ok=True)
   ranked_dir.mkdir(parents=True, exist_ok=True)
+  from delf_ret.extract.settings import check_feature_folder
+  check_feature_folder(features_dir, features_settings, overwrite=True, log=log)
   settings = retrieval_settings(retrieval_config)
+  if features_settings is not None:
+    settings += " " + json.dumps(features_settings, sort_keys=True)
   junk = (split_junk_names(dataset) if retrieval_config.rerank_skip_junk
           and retrieval_config.rerank_top_n > 0 else None)
   results, start, computed = [], time.time(), 0

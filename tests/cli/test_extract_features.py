@@ -59,7 +59,8 @@ def test_bad_inputs_reported_and_others_extracted(mixed_folder, config_path, tmp
     matching = [line for line in lines if "ERROR" in line and stem in line]
     assert len(matching) == 1, (stem, result.stdout)
     assert reason in matching[0]
-  assert sorted(p.name for p in out.iterdir()) == ["good1.delf", "good2_gray.delf"]
+  assert sorted(p.name for p in out.iterdir()) == ["extraction_settings.json", "good1.delf",
+                                                  "good2_gray.delf"]
   assert read_features(out / "good1.delf").descriptor_dim == 40
 
 
@@ -71,7 +72,7 @@ def test_missing_file_in_list_is_reported(config_path, tmp_path, shared_data):
                    f"--list_images_path={listing}", f"--output_dir={out}")
   assert result.returncode == 1
   assert "missing_photo.jpg: file not found" in result.stdout
-  assert [p.name for p in out.iterdir()] == ["graf1.delf"]
+  assert sorted(p.name for p in out.iterdir()) == ["extraction_settings.json", "graf1.delf"]
 
 
 def test_empty_folder_and_bad_config(config_path, tmp_path):

@@ -73,7 +73,7 @@ def test_settings_come_from_retrieval_config_and_flags_override_fields(tmp_path)
   assert (params["residual_threshold"], params["max_trials"], params["seed"],
           params["transform"]) == (5.0, 70, 3, "homography")
   assert params["distance_threshold"] == pytest.approx(0.8)  # The .proto default.
-  assert params["stop_probability"] == 0.99 and params["mutual"] is False
+  assert params["stop_probability"] == 1.0 and params["mutual"] is False
   bad = run_cli("delf_ret.cli.match_images", *inputs, "--residual_threshold=-1")
   assert bad.returncode == 2 and "ransac_residual_threshold must be positive" in bad.stderr
 

@@ -1,0 +1,138 @@
+"""What a folder of feature files was made with, so that other settings never reuse it silently.
+
+A folder of ``.delf`` files gets ``extraction_settings.json``: the extraction
+fields of the config (every field but ``retrieval_config`` and file paths) and
+the SHA-256 of the model and PCA files. A later run with other settings
+refuses the folder (or, asked to overwrite, deletes its feature files first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from typing import Callable
+
+from google.protobuf import text_format
+
+from delf_ret.atomic import atomic_write
+from delf_ret.errors import InputError
+from delf_ret.features import FEATURE_SUFFIX
+from delf_ret.protos.delf_config_pb2 import DelfConfig
+
+SETTINGS_FILE = "extraction_settings.json"
+
+
+def _digest(path: str | os.PathLike, role: str) -> str:
+  """SHA-256 of a file, or of every file of a folder (names and contents, sorted).
+
+  role: what the file is, for the error when it is missing (InputError).
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise InputError(f"{role} file not found: {path}")
+  digest = hashlib.sha256()
+  files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+  for file in files:
+    if path.is_dir():
+      digest.update(str(file.relative_to(path)).encode())
+    with open(file, "rb") as handle:
+      while chunk := handle.read(1 << 20):
+        digest.update(chunk)
+  return digest.hexdigest()
+
+
+def extraction_settings(config: DelfConfig, model_file: str | None) -> dict | None:
+  """{"config": extraction fields as text, "files": {role: SHA-256}}; None if unidentifiable.
+
+  model_file: the model the features come from (None: a model object whose
+  origin is unknown, so no settings can be recorded).
+  """
+  if not model_file:
+    return None
+  settings = DelfConfig()
+  settings.CopyFrom(config)
+  settings.ClearField("retrieval_config")
+  settings.ClearField("model_path")
+  pca = settings.delf_local_config.pca_parameters
+  files = {"model": _digest(model_file, "model")}
+  if config.delf_local_config.use_pca:
+    source = config.delf_local_config.pca_parameters
+    files["pca_mean"] = _digest(source.mean_path, "PCA mean")
+    files["pca_projection"] = _digest(source.projection_matrix_path, "PCA projection")
+    if source.use_whitening:
+      files["pca_variances"] = _digest(source.pca_variances_path, "PCA variances")
+  for field in ("mean_path", "projection_matrix_path", "pca_variances_path"):
+    pca.ClearField(field)
+  return {"config": text_format.MessageToString(settings), "files": files}
+
+
+def _differences(old: dict, new: dict) -> str:
+  old_lines = set(str(old.get("config", "")).splitlines())
+  new_lines = set(str(new.get("config", "")).splitlines())
+  changed = sorted(line.strip() for line in old_lines ^ new_lines)
+  changed += [f"{role} file" for role in sorted(set(old.get("files", {})) | set(new["files"]))
+              if old.get("files", {}).get(role) != new["files"].get(role)]
+  return ", ".join(changed[:6]) or "unknown"
+
+
+def check_feature_folder(folder: str | os.PathLike, settings: dict | None, overwrite: bool,
+                         log: Callable[[str], None] = print) -> None:
+  """Makes sure the feature files in ``folder`` were made with ``settings``, then records them.
+
+  Other recorded settings: InputError naming what differs, unless ``overwrite``
+  (the folder's feature files are then deleted). Feature files without a
+  record are reused with a warning (or deleted with ``overwrite``).
+  settings None (unidentifiable model): nothing is checked or recorded.
+  """
+  folder = pathlib.Path(folder)
+  if settings is None:
+    return
+  record = folder / SETTINGS_FILE
+  features = sorted(folder.glob(f"*{FEATURE_SUFFIX}")) if folder.is_dir() else []
+  stale = False
+  if record.is_file():
+    try:
+      old = json.loads(record.read_text())
+    except (ValueError, OSError):
+      old = {}
+    if old == settings:
+      return
+    if features and not overwrite:
+      raise InputError(f"{folder} holds {len(features)} feature files made with other settings "
+                       f"({_differences(old, settings)}); use another folder, or --overwrite to "
+                       f"delete and recompute them")
+    stale = bool(features)
+  elif features:
+    if not overwrite:
+      log(f"warning: {len(features)} feature files in {folder} have no record of the settings "
+          f"that made them; they are reused as they are (--overwrite recomputes them)")
+    stale = overwrite
+  if stale:
+    log(f"deleting {len(features)} feature files of other settings in {folder}")
+    for path in features:
+      path.unlink()
+  folder.mkdir(parents=True, exist_ok=True)
+  with atomic_write(record, "w") as handle:
+    json.dump(settings, handle, indent=2)
+    handle.write("\n")
+
+
+def check_database_features(folder: str | os.PathLike, settings: dict | None) -> None:
+  """Raises InputError if ``folder`` records other extraction settings than ``settings``.
+
+  For feature files that are only read (e.g. the database features that
+  reranking compares query features with).
+  """
+  record = pathlib.Path(folder) / SETTINGS_FILE
+  if settings is None or not record.is_file():
+    return
+  try:
+    old = json.loads(record.read_text())
+  except (ValueError, OSError):
+    return
+  if old != settings:
+    raise InputError(f"the feature files in {folder} were made with other settings than this "
+                     f"config ({_differences(old, settings)}); query and database features "
+                     f"would not be comparable")
