@@ -6,7 +6,44 @@ import contextlib
 import os
 import pathlib
 import tempfile
-from typing import IO, Iterator
+import time
+from typing import IO, Callable, Iterator
+
+LEFTOVER_AGE_SECONDS = 60.0  # A temporary file untouched this long belongs to a dead run.
+
+
+def current_umask() -> int:
+  """The process's file-mode creation mask (read without changing it for long)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def respect_umask(path: str | os.PathLike, directory: bool = False) -> None:
+  """Gives a file made by mkstemp (0600) or a folder made by mkdtemp (0700) the usual
+  permissions: 0666 (files) or 0777 (folders) minus the umask, as open() and mkdir() would."""
+  os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def remove_leftovers(folder: str | os.PathLike, log: Callable[[str], None] | None = None,
+                     min_age_seconds: float = LEFTOVER_AGE_SECONDS) -> int:
+  """Deletes temporary files (``.<name>.<random>.tmp``) of atomic writes that a killed run left.
+
+  Only files untouched for ``min_age_seconds`` are removed, so a write in
+  progress elsewhere is left alone. Returns how many were removed.
+  """
+  folder = pathlib.Path(folder)
+  if not folder.is_dir():
+    return 0
+  now, removed = time.time(), 0
+  for path in folder.glob(".*.tmp"):
+    with contextlib.suppress(OSError):
+      if path.is_file() and now - path.stat().st_mtime >= min_age_seconds:
+        path.unlink()
+        removed += 1
+  if removed and log is not None:
+    log(f"removed {removed} temporary files left by an interrupted run in {folder}")
+  return removed
 
 
 @contextlib.contextmanager
@@ -21,6 +58,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600 files; others may read ours.
     with os.fdopen(fd, mode) as handle:
       yield handle
       handle.flush()

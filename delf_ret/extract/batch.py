@@ -9,6 +9,7 @@ import tempfile
 import time
 from typing import Callable
 
+from delf_ret.atomic import remove_leftovers
 from delf_ret.errors import InputError
 from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError
 from delf_ret.extract.settings import check_feature_folder, extraction_settings
@@ -52,6 +53,7 @@ def extract_all(extractor: DelfExtractor, image_paths: list[pathlib.Path],
   Returns (path, reason) of each failed image.
   """
   prepare_output_dir(output_dir)
+  remove_leftovers(output_dir, log)
   check_feature_folder(output_dir, extraction_settings(
       extractor.config, getattr(extractor, "model_file", None)), overwrite, log)
   names = feature_file_names(image_paths)

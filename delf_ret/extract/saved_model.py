@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from delf_ret.atomic import respect_umask
 from delf_ret.extract.inference import resize_image
 from delf_ret.extract.selection import SelectedFeatures
 from delf_ret.extract.geometry import RESNET50_CONV4, ReceptiveField
@@ -89,6 +90,7 @@ def export_saved_model(model, output_dir: str | os.PathLike) -> pathlib.Path:
   output_dir.parent.mkdir(parents=True, exist_ok=True)
   module = DelfServingModule(model)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+  respect_umask(staging, directory=True)
   try:
     tf.saved_model.save(module, str(staging),
                         signatures={"serving_default": module.extract, "extract": module.extract})

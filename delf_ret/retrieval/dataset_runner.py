@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from google.protobuf import text_format
 
-from delf_ret.atomic import atomic_write
+from delf_ret.atomic import atomic_write, remove_leftovers
 from delf_ret.evaluation.ground_truth import GroundTruthError, RetrievalDataset, crop_to_box
 from delf_ret.evaluation.metrics import (DEFAULT_KS, SplitMetrics, evaluate_original,
                                          evaluate_revisited, revisited_splits)
@@ -161,6 +161,8 @@ def run_queries(dataset: RetrievalDataset, index: LocalFeatureIndex,
   features_dir, ranked_dir = work_dir / "query_features", work_dir / "ranked"
   features_dir.mkdir(parents=True, exist_ok=True)
   ranked_dir.mkdir(parents=True, exist_ok=True)
+  for folder in (work_dir, features_dir, ranked_dir):
+    remove_leftovers(folder, log)
   from delf_ret.extract.settings import check_feature_folder
   check_feature_folder(features_dir, features_settings, overwrite=True, log=log)
   settings = retrieval_settings(retrieval_config)
