@@ -23,10 +23,27 @@ def side_by_side(image_a: np.ndarray, image_b: np.ndarray) -> tuple[np.ndarray, 
   return canvas, image_a.shape[1]
 
 
+MAX_CANVAS_SIDE = 2400  # pixels: match pictures stay a few MB whatever the image sizes.
+
+
 def draw_matches(path: str | os.PathLike, image_a: np.ndarray, image_b: np.ndarray,
                  points_a: np.ndarray, points_b: np.ndarray, title: str,
-                 max_lines: int = 500) -> None:
-  """Writes a PNG with lines between corresponding (y, x) points [K, 2] of A and B."""
+                 max_lines: int = 500, max_side: int = MAX_CANVAS_SIDE) -> None:
+  """Writes a PNG with lines between corresponding (y, x) points [K, 2] of A and B.
+
+  Both images are shrunk by one factor (points with them) so that the picture's
+  longer side is at most ``max_side`` pixels: memory and file size stay bounded.
+  """
+  from delf_ret.images import shrink_to_max_side
+
+  width = image_a.shape[1] + image_b.shape[1]
+  height = max(image_a.shape[0], image_b.shape[0])
+  factor = min(1.0, max_side / max(width, height))
+  if factor < 1.0:
+    image_a = shrink_to_max_side(image_a, max(1, round(max(image_a.shape[:2]) * factor)))[0]
+    image_b = shrink_to_max_side(image_b, max(1, round(max(image_b.shape[:2]) * factor)))[0]
+    points_a = np.asarray(points_a, np.float64) * factor
+    points_b = np.asarray(points_b, np.float64) * factor
   canvas, offset = side_by_side(image_a, image_b)
   dpi = 100
   figure = plt.figure(figsize=(canvas.shape[1] / dpi, canvas.shape[0] / dpi + 0.5), dpi=dpi)
