@@ -137,17 +137,30 @@ def write_shards(images: list[TrainImage], output_dir: pathlib.Path, split: str,
                  log: Callable[[str], None] = print) -> list[tuple[pathlib.Path, str]]:
   """Writes the images round-robin into ``num_shards`` shards; skips finished shards.
 
-  Returns (path, reason) of each skipped unreadable image.
+  Returns (path, reason) of each skipped unreadable image, including those of
+  shards finished by an earlier run (each shard records its skipped images in
+  ``<shard>.skipped.json``).
   """
   import tensorflow as tf
   failures = []
   start = time.time()
   for shard in range(num_shards):
     target = output_dir / shard_name(split, shard, num_shards)
+    skipped_record = target.with_name(f"{target.name}.skipped.json")
     if target.exists():
-      log(f"{target.name}: exists, kept")
+      earlier = []
+      if skipped_record.is_file():
+        try:
+          earlier = [(pathlib.Path(path), reason)
+                     for path, reason in json.loads(skipped_record.read_text())]
+        except (ValueError, TypeError):
+          log(f"warning: {skipped_record} is unreadable; its skipped images are not listed")
+      failures += earlier
+      log(f"{target.name}: exists, kept" + (f" ({len(earlier)} images skipped when it was "
+                                             f"written)" if earlier else ""))
       continue
     members = images[shard::num_shards]
+    failed_before = len(failures)
     tmp = target.with_name(f".{target.name}.tmp")
     written = 0
     with tf.io.TFRecordWriter(str(tmp)) as writer:
@@ -161,6 +174,8 @@ def write_shards(images: list[TrainImage], output_dir: pathlib.Path, split: str,
           log(f"ERROR {reason} (skipped)")
     with open(tmp, "rb") as handle:
       os.fsync(handle.fileno())
+    with atomic_write(skipped_record, "w") as handle:  # A resumed run lists them again.
+      json.dump([(str(path), reason) for path, reason in failures[failed_before:]], handle)
     os.replace(tmp, target)
     log(f"{target.name}: {written} images [{time.time() - start:.0f} s]")
   return failures
