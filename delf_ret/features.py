@@ -162,3 +162,36 @@ def check_same_dimension(first: LocalFeatures, second: LocalFeatures,
         f"descriptor dimensions differ: {first_name} has {first.descriptor_dim}, "
         f"{second_name} has {second.descriptor_dim} (were they extracted with the same "
         f"PCA settings?)")
+
+
+DATUM_SUFFIX = ".datum"
+
+
+def write_datum(path: str | os.PathLike, array: np.ndarray) -> None:
+  """Writes a float array of any shape as an official DELF ``.datum`` file (DatumProto), atomically."""
+  array = np.asarray(array, np.float32)
+  datum = delf_features_pb2.DatumProto()
+  datum.shape.dim.extend(int(d) for d in array.shape)
+  datum.float_list.value.extend(array.reshape(-1).tolist())
+  write_bytes_atomic(path, datum.SerializeToString())
+
+
+def read_datum(path: str | os.PathLike) -> np.ndarray:
+  """Reads an official DELF ``.datum`` file: float32 array of the stored shape.
+
+  Raises FeatureFileError naming the file if it is missing, not a DatumProto,
+  or its values do not fill its shape.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FeatureFileError(f"{path}: file not found")
+  datum = delf_features_pb2.DatumProto()
+  try:
+    datum.ParseFromString(path.read_bytes())
+  except (DecodeError, ValueError, RuntimeError) as error:
+    raise FeatureFileError(f"{path}: not a .datum file ({error})") from None
+  shape = tuple(int(d) for d in datum.shape.dim)
+  values = np.asarray(datum.float_list.value, np.float32)
+  if any(d < 0 for d in shape) or int(np.prod(shape)) != values.size:
+    raise FeatureFileError(f"{path}: {values.size} values do not fill the shape {shape}")
+  return values.reshape(shape)

@@ -15,6 +15,7 @@ import numpy as np
 
 from delf_ret.atomic import atomic_write
 from delf_ret.errors import DelfRetError
+from delf_ret.features import DATUM_SUFFIX, FeatureFileError, read_datum, write_datum
 
 WHITENING_EPSILON = 1e-12
 PCA_FILE_NAMES = ("pca_mean.npy", "pca_projection.npy", "pca_variances.npy")
@@ -69,13 +70,35 @@ def apply_pca(descriptors: np.ndarray, model: PcaModel, dim: int,
   return l2_normalize(projected)
 
 
+def read_array(path: str | os.PathLike) -> np.ndarray:
+  """A float32 array from a ``.npy`` file or an official DELF ``.datum`` file (by extension)."""
+  path = pathlib.Path(path)
+  if path.suffix == DATUM_SUFFIX:
+    try:
+      return read_datum(path)
+    except FeatureFileError as error:
+      raise PcaError(str(error)) from None
+  try:
+    return np.load(path, allow_pickle=False).astype(np.float32)
+  except (ValueError, OSError, EOFError, TypeError) as error:
+    raise PcaError(f"{path} is not a readable .npy array ({error})") from None
+
+
+def write_array(path: str | os.PathLike, array: np.ndarray) -> None:
+  """Writes ``array`` atomically as ``.datum`` (official DELF format) or ``.npy``, by extension."""
+  if pathlib.Path(path).suffix == DATUM_SUFFIX:
+    write_datum(path, array)
+    return
+  with atomic_write(path) as handle:
+    np.save(handle, np.asarray(array, np.float32))
+
+
 def save_pca(model: PcaModel, mean_path: str | os.PathLike, projection_path: str | os.PathLike,
              variances_path: str | os.PathLike) -> None:
-  """Writes the three arrays as .npy files, each atomically."""
+  """Writes the three arrays, each atomically, as .npy or official .datum files (by extension)."""
   for array, path in ((model.mean, mean_path), (model.projection, projection_path),
                       (model.variances, variances_path)):
-    with atomic_write(path) as handle:
-      np.save(handle, array)
+    write_array(path, array)
 
 
 def pca_paths(folder: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
@@ -86,7 +109,10 @@ def pca_paths(folder: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path, pa
 
 def load_pca(mean_path: str | os.PathLike, projection_path: str | os.PathLike,
              variances_path: str | os.PathLike | None = None) -> PcaModel:
-  """Reads a PCA model; variances may be absent (no whitening possible)."""
+  """Reads a PCA model from .npy or official .datum files; variances may be absent (no whitening).
+
+  Shapes: mean [D], projection [K, D] (rows: principal directions), variances [K].
+  """
   arrays = {}
   for name, path in (("mean", mean_path), ("projection", projection_path),
                      ("variances", variances_path)):
@@ -96,9 +122,9 @@ def load_pca(mean_path: str | os.PathLike, projection_path: str | os.PathLike,
     if not path.is_file():
       raise PcaError(f"PCA {name} file not found: {path}")
     try:
-      arrays[name] = np.load(path, allow_pickle=False).astype(np.float32)
-    except (ValueError, OSError, EOFError, TypeError) as error:
-      raise PcaError(f"PCA {name} file {path} is not a readable .npy array ({error})") from None
+      arrays[name] = read_array(path)
+    except PcaError as error:
+      raise PcaError(f"PCA {name} file: {error}") from None
     if not np.all(np.isfinite(arrays[name])):
       raise PcaError(f"PCA {name} file {path} holds NaN or infinite values")
   mean, projection = arrays["mean"], arrays["projection"]

@@ -53,3 +53,47 @@ def test_load_pca_errors(tmp_path):
 def test_l2_normalize_keeps_zero_rows():
   out = pca_lib.l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
   np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
+
+
+def test_official_datum_files_round_trip_and_equal_the_npy_path(tmp_path):
+  from delf_ret.extract.pca import apply_pca, learn_pca, load_pca, save_pca
+  from delf_ret.features import read_datum
+  from delf_ret.protos.delf_features_pb2 import DatumProto
+  rng = np.random.default_rng(0)
+  model = learn_pca(rng.normal(size=(300, 24)).astype(np.float32))
+  npy = [tmp_path / f"pca_{n}.npy" for n in ("mean", "projection", "variances")]
+  datum = [tmp_path / f"pca_{n}.datum" for n in ("mean", "projection", "variances")]
+  save_pca(model, *npy)
+  save_pca(model, *datum)
+  # The .datum file is a DatumProto: shape, then row-major float values.
+  proto = DatumProto()
+  proto.ParseFromString(datum[1].read_bytes())
+  assert list(proto.shape.dim) == [24, 24]
+  np.testing.assert_array_equal(np.asarray(proto.float_list.value).reshape(24, 24),
+                                model.projection)
+  np.testing.assert_array_equal(read_datum(datum[0]), model.mean)
+  from_npy, from_datum = load_pca(*npy), load_pca(*datum)
+  descriptors = rng.normal(size=(7, 24)).astype(np.float32)
+  np.testing.assert_array_equal(apply_pca(descriptors, from_npy, 8, use_whitening=True),
+                                apply_pca(descriptors, from_datum, 8, use_whitening=True))
+  # Mixed formats and a hand-written file of the official layout load too.
+  hand = DatumProto()
+  hand.shape.dim.extend([24])
+  hand.float_list.value.extend(model.mean.tolist())
+  (tmp_path / "official_mean.datum").write_bytes(hand.SerializeToString())
+  mixed = load_pca(tmp_path / "official_mean.datum", npy[1], datum[2])
+  np.testing.assert_array_equal(mixed.mean, model.mean)
+
+
+def test_bad_datum_files_give_pca_errors(tmp_path):
+  from delf_ret.extract.pca import PcaError, load_pca, read_array
+  from delf_ret.protos.delf_features_pb2 import DatumProto
+  (tmp_path / "garbage.datum").write_bytes(b"\xff\xff\xff garbage")
+  with pytest.raises(PcaError, match="not a .datum file"):
+    read_array(tmp_path / "garbage.datum")
+  short = DatumProto()
+  short.shape.dim.extend([3, 4])
+  short.float_list.value.extend([1.0] * 5)
+  (tmp_path / "short.datum").write_bytes(short.SerializeToString())
+  with pytest.raises(PcaError, match="5 values do not fill the shape"):
+    load_pca(tmp_path / "short.datum", tmp_path / "short.datum")
