@@ -3,6 +3,10 @@ r"""Matches two images (or two DELF feature files) and verifies the matches with
 Usage:
   match_images IMAGE_OR_FEATURES_1 IMAGE_OR_FEATURES_2 --output_image matches.png \
       [--config_path my.pbtxt] [--output_json matches.json] [--distance_threshold 0.7]
+  # The official DELF example's flags work too:
+  match_images --image_1_path a.jpg --image_2_path b.jpg \
+      --features_1_path a.delf --features_2_path b.delf --output_image matches.png
+  (without --features_*_path, the two images are extracted with the config).
 
 Images are read and their features extracted with --config_path, by default
 the shipped default model's config (delf_ret/default_model: a model trained
@@ -33,6 +37,13 @@ define_config_flags("DelfConfig for extracting features of image inputs, and mat
 flags.DEFINE_string("output_image", None, "PNG to write: both images and the inlier lines.")
 flags.DEFINE_string("output_json", None, "JSON to write: matches, inlier mask and transform.")
 flags.DEFINE_list("image_paths", [], "Images to draw when the inputs are .delf feature files.")
+flags.DEFINE_string("image_1_path", None, "Official DELF flag: first image (drawn; extracted "
+                    "when --features_1_path is not given). Instead of the positional inputs.")
+flags.DEFINE_string("image_2_path", None, "Official DELF flag: second image.")
+flags.DEFINE_string("features_1_path", None, "Official DELF flag: .delf features of the first "
+                    "image.")
+flags.DEFINE_string("features_2_path", None, "Official DELF flag: .delf features of the second "
+                    "image.")
 
 # Flag -> the retrieval_config field it overrides (unset flags keep the config's value).
 MATCH_FLAGS = {
@@ -77,8 +88,34 @@ def _extractor(config: config_lib.DelfConfig):
   return DelfExtractor(config)
 
 
+def official_inputs(positional: list[str]) -> tuple[list[str], list[str]]:
+  """(inputs, images to draw) from the official flags, or (positional, --image_paths).
+
+  The official example's flags name the images (--image_1_path, --image_2_path)
+  and optionally their feature files (--features_1_path, --features_2_path).
+  """
+  official = [FLAGS.image_1_path, FLAGS.image_2_path, FLAGS.features_1_path,
+              FLAGS.features_2_path]
+  if not any(official):
+    return positional, list(FLAGS.image_paths)
+  if positional:
+    raise app.UsageError("give the inputs either as two arguments or with --image_1_path/"
+                         "--image_2_path (and --features_1_path/--features_2_path), not both")
+  images, features = official[:2], official[2:]
+  if any(features):
+    if not all(features):
+      raise app.UsageError("give both --features_1_path and --features_2_path")
+    if any(images) and not all(images):
+      raise app.UsageError("give both --image_1_path and --image_2_path")
+    return features, [path for path in images if path]
+  if not all(images):
+    raise app.UsageError("give both --image_1_path and --image_2_path")
+  return images, []
+
+
 def main(argv: list[str]) -> int:
-  inputs = [pathlib.Path(arg) for arg in argv[1:]]
+  names, image_paths = official_inputs(argv[1:])
+  inputs = [pathlib.Path(arg) for arg in names]
   if len(inputs) != 2:
     raise app.UsageError("give exactly two inputs: images or .delf feature files")
   config = load_match_config()
@@ -86,14 +123,15 @@ def main(argv: list[str]) -> int:
   for i, path in enumerate(inputs):
     if is_feature_file(path):
       features.append(read_features(path))
-      draw_paths.append(FLAGS.image_paths[i] if len(FLAGS.image_paths) == 2 else None)
+      draw_paths.append(image_paths[i] if len(image_paths) == 2 else None)
     else:
       extractor = extractor or _extractor(config)
       features.append(extractor.extract_file(path))
       draw_paths.append(path)
   check_same_dimension(features[0], features[1], str(inputs[0]), str(inputs[1]))
   if FLAGS.output_image and None in draw_paths:
-    return print_error("--output_image with .delf inputs needs --image_paths=IMAGE1,IMAGE2")
+    return print_error("--output_image with .delf inputs needs the images: --image_paths=IMAGE1,"
+                       "IMAGE2 (or --image_1_path and --image_2_path)")
   params = RansacParams.from_config(config.retrieval_config)
   result = verify_pair(features[0], features[1], params)
   print(f"features: {features[0].num_features} and {features[1].num_features}; "

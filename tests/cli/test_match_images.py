@@ -81,3 +81,41 @@ def test_settings_come_from_retrieval_config_and_flags_override_fields(tmp_path)
 def test_wrong_number_of_inputs():
   result = run_cli("delf_ret.cli.match_images", "only_one.png")
   assert result.returncode != 0 and "exactly two inputs" in result.stderr + result.stdout
+
+
+def test_official_flags_through_the_installed_script(tmp_path, shared_data):
+  """The official DELF example's command line: --image_*_path and --features_*_path."""
+  import os
+  import shutil
+  import subprocess
+  import sys
+  script = shutil.which("match_images", path=os.path.dirname(sys.executable)) or shutil.which(
+      "match_images")
+  assert script
+  rng = np.random.default_rng(1)
+  points = rng.uniform(0, 300, (25, 2))
+  descriptors = rng.normal(size=(25, 8))
+  for name in ("a.delf", "b.delf"):
+    write_features(tmp_path / name, LocalFeatures(points, np.ones(25), descriptors, np.ones(25),
+                                                  np.zeros(25)))
+  pair = shared_data / "pairs"
+  run = lambda *args: subprocess.run([script, *args], capture_output=True, text=True,  # noqa: E731
+                                     stdin=subprocess.DEVNULL, timeout=600)
+  official = run(f"--image_1_path={pair / 'box.png'}", f"--image_2_path={pair / 'box_in_scene.png'}",
+                 f"--features_1_path={tmp_path / 'a.delf'}",
+                 f"--features_2_path={tmp_path / 'b.delf'}",
+                 f"--output_image={tmp_path / 'official.png'}")
+  assert official.returncode == 0, official.stderr[-2000:]
+  assert "putative matches: 25; inliers: 25" in official.stdout
+  with Image.open(tmp_path / "official.png") as image:
+    assert image.format == "PNG"
+  # Images only: extracted with the default model, as positional inputs would be.
+  images_only = run(f"--image_1_path={pair / 'graf1.png'}", f"--image_2_path={pair / 'graf3.png'}",
+                    f"--output_image={tmp_path / 'extracted.png'}")
+  assert images_only.returncode == 0, images_only.stderr[-2000:]
+  assert (tmp_path / "extracted.png").is_file()
+  both = run(str(pair / "graf1.png"), str(pair / "graf3.png"),
+             f"--image_1_path={pair / 'graf1.png'}", f"--image_2_path={pair / 'graf3.png'}")
+  assert both.returncode != 0 and "not both" in both.stderr
+  half = run(f"--image_1_path={pair / 'graf1.png'}")
+  assert half.returncode != 0 and "--image_2_path" in half.stderr
