@@ -17,6 +17,7 @@ import os
 import pathlib
 from typing import Iterable, Iterator
 
+from absl import logging
 from google.protobuf import descriptor as descriptor_lib
 from google.protobuf import text_format
 
@@ -87,7 +88,37 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> DelfC
   config = parse_config_text(path.read_text(), base_dir=path.parent)
   apply_overrides(config, overrides)
   validate(config)
+  for message in unsupported_settings(config):
+    logging.warning(f"{path}: {message}")
   return config
+
+
+def unsupported_settings(config: DelfConfig) -> list[str]:
+  """One line per official-config setting that delf-ret does not act on, naming the field.
+
+  Only settings that would make the official code behave differently are
+  listed (e.g. iou_threshold 1.0, no suppression, is what delf-ret does anyway).
+  """
+  local = config.delf_local_config
+  lines = []
+  if local.iou_threshold < 1.0:
+    lines.append(f"delf_local_config.iou_threshold {local.iou_threshold:g} is ignored: "
+                 f"non-maximum suppression is not implemented, every selected feature is kept")
+  if local.use_resized_coordinates:
+    lines.append("delf_local_config.use_resized_coordinates is ignored: keypoints are always "
+                 "in pixels of the original image")
+  if local.layer_name in OFFICIAL_LAYER_NAMES:
+    lines.append(f"delf_local_config.layer_name {local.layer_name!r} is read as "
+                 f"{OFFICIAL_LAYER_NAMES[local.layer_name]!r}: the same ResNet50 stage, which "
+                 f"delf-ret's network ends at stride 16 (the official TF1 one at 32)")
+  if config.use_square_images:
+    lines.append("use_square_images is ignored: images keep their aspect ratio")
+  if not config.use_local_features:
+    lines.append("use_local_features false is ignored: delf-ret extracts local features")
+  if config.use_global_features or config.HasField("delf_global_config"):
+    lines.append("use_global_features / delf_global_config: global (DELG) features are not "
+                 "supported yet; only local features are extracted")
+  return lines
 
 
 _PATH_FIELDS = ("model_path", "delf_local_config.pca_parameters.mean_path",
@@ -160,6 +191,10 @@ def _convert(field: descriptor_lib.FieldDescriptor, text: str):
   raise ValueError(f"field {field.name} cannot be set from the command line")
 
 
+# Official DELF layer names -> the delf-ret layer of the same network stage.
+OFFICIAL_LAYER_NAMES = {"resnet_v1_50/block3": "conv4_block6_out"}
+
+
 def _non_finite_fields(message, prefix: str = "") -> Iterator[tuple[str, float]]:
   """(field path, value) of every float field of ``message`` (set or default) that is NaN or inf."""
   for field in message.DESCRIPTOR.fields:
@@ -184,6 +219,9 @@ def validate(config: DelfConfig) -> None:
   if config.min_scaled_side < 1 or config.max_image_pixels < 1:
     raise ConfigError(f"min_scaled_side and max_image_pixels must be positive, got "
                       f"{config.min_scaled_side} and {config.max_image_pixels}")
+  if not 0.0 <= config.delf_local_config.iou_threshold <= 1.0:
+    raise ConfigError(f"delf_local_config.iou_threshold must be in [0, 1], got "
+                      f"{config.delf_local_config.iou_threshold}")
   if not config.image_scales:
     raise ConfigError("image_scales is empty: give at least one scale")
   if any(scale <= 0 for scale in config.image_scales):

@@ -27,7 +27,9 @@ class ReceptiveField:
 # ResNet50 cut at conv4_block6_out (stride 16), as used by DELF.
 RESNET50_CONV4 = ReceptiveField(size=291, stride=16, padding=145)
 
-RECEPTIVE_FIELDS = {"conv4_block6_out": RESNET50_CONV4}
+# "resnet_v1_50/block3" is the official name of the same ResNet50 stage (delf_ret.config
+# reports, when a config uses it, that delf-ret's network ends it at stride 16).
+RECEPTIVE_FIELDS = {"conv4_block6_out": RESNET50_CONV4, "resnet_v1_50/block3": RESNET50_CONV4}
 
 
 def receptive_field_for_layer(layer_name: str) -> ReceptiveField:
