@@ -104,8 +104,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 def read_image_list(list_path: str | os.PathLike) -> list[pathlib.Path]:
   """Paths in a text file, one per line; blank lines and '#' comments are skipped.
 
-  Relative paths are taken relative to the list file's folder. Raises
-  InputError for a missing list or one that names no image.
+  A relative path is taken relative to the list file's folder; where no file
+  is there but one is relative to the working directory (how the official
+  DELF tools read their lists), that one is used. Raises InputError for a
+  missing list or one that names no image.
   """
   list_path = pathlib.Path(list_path)
   if not list_path.is_file():
@@ -115,7 +117,10 @@ def read_image_list(list_path: str | os.PathLike) -> list[pathlib.Path]:
     line = line.strip()
     if line and not line.startswith("#"):
       path = pathlib.Path(line)
-      paths.append(path if path.is_absolute() else list_path.parent / path)
+      if not path.is_absolute():
+        beside_list = list_path.parent / path
+        path = path if not beside_list.exists() and path.exists() else beside_list
+      paths.append(path)
   if not paths:
     raise InputError(f"image list {list_path} names no images")
   return paths

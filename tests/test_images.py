@@ -1,5 +1,7 @@
 """Every input mode becomes RGB uint8 by one rule; every bad file gives a clear error."""
 
+import pathlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -97,3 +99,17 @@ def test_list_images(shared_data, tmp_path):
   assert list_images(tmp_path) == []
   with pytest.raises(FileNotFoundError):
     list_images(tmp_path / "nope")
+
+
+def test_image_lists_read_paths_beside_the_list_or_as_official_tools_do(tmp_path, monkeypatch):
+  from delf_ret.images import read_image_list
+  lists, work = tmp_path / "lists", tmp_path / "work"
+  (lists / "photos").mkdir(parents=True)
+  (work / "data").mkdir(parents=True)
+  (lists / "photos" / "a.jpg").write_bytes(b"x")
+  (work / "data" / "b.jpg").write_bytes(b"x")
+  (lists / "images.txt").write_text("# comment\nphotos/a.jpg\n\ndata/b.jpg\nmissing.jpg\n")
+  monkeypatch.chdir(work)
+  paths = read_image_list(lists / "images.txt")
+  # Beside the list; relative to the working directory (official reading); neither: beside.
+  assert paths == [lists / "photos" / "a.jpg", pathlib.Path("data/b.jpg"), lists / "missing.jpg"]

@@ -19,7 +19,9 @@ def define_image_flags(what: str = "images") -> None:
   """Defines --images_dir and --list_images_path (exactly one is given; see image_paths_from_flags)."""
   flags.DEFINE_string("images_dir", None, f"Folder of {what} (not recursive).")
   flags.DEFINE_string("list_images_path", None,
-                      f"Text file with one path per line of {what} (relative to the file).")
+                      f"Text file with one path per line of {what}. Relative paths are "
+                      f"relative to the list file's folder; a path found only relative to the "
+                      f"working directory (the official DELF tools' reading) is used too.")
 
 
 def image_paths_from_flags() -> list[pathlib.Path]:
