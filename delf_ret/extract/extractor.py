@@ -107,7 +107,8 @@ class DelfExtractor:
       factor = base_resize_factor(height, width, self.config.max_image_size,
                                   self.config.min_image_size)
       return self.saved_model.select(image, pyramid_levels(height, width, self.config), factor,
-                                     local.score_threshold, local.max_feature_num)
+                                     local.score_threshold, local.max_feature_num,
+                                     list(self.config.delf_global_config.image_scales_ind))
     outputs = []
     for scale, total, size in pyramid_levels(height, width, self.config):
       features, attention = self._run_level(image, size)

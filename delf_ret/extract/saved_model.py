@@ -14,6 +14,17 @@ Features are the cells with attention >= score_threshold over all levels, the
 
 A config whose model_path is a SavedModel folder makes the extraction tools use
 it instead of a .keras checkpoint, with the same features.
+
+Published models of the official DELF/DELG code load too: their serving
+signature takes ``input_image`` uint8 [H, W, 3], ``input_scales`` float [S],
+``input_max_feature_num`` int, ``input_abs_thres`` float (DELG also
+``input_global_scales_ind`` int [G]) and returns ``boxes`` [N, 4] (ymin, xmin,
+ymax, xmax receptive-field boxes in pixels of the input image), ``features``
+[N, D] (raw descriptors), ``scales`` [N] and ``scores`` [N] or [N, 1] (DELG also
+``global_descriptors``, unused). The image is shrunk to ``max_image_size`` first
+and keypoints are the box centres mapped back to the original image, as the
+official extractor computes them. ``export_official_signature`` writes such a
+model from a delf-ret model (for tests and for tools that expect that layout).
 """
 
 from __future__ import annotations
@@ -84,6 +95,59 @@ class DelfServingModule(tf.Module):
     }
 
 
+OFFICIAL_INPUTS = ("input_image", "input_scales", "input_max_feature_num", "input_abs_thres")
+
+
+class OfficialSignatureModule(tf.Module):
+  """A delf-ret model behind the official DELF (or, with ``delg``, DELG) serving signature."""
+
+  def __init__(self, model, field: ReceptiveField = RESNET50_CONV4, delg: bool = False):
+    super().__init__()
+    self.inner = DelfServingModule(model, field)
+    self.field = field
+    specs = [tf.TensorSpec([None, None, 3], tf.uint8, name="input_image"),
+             tf.TensorSpec([None], tf.float32, name="input_scales"),
+             tf.TensorSpec([], tf.int32, name="input_max_feature_num"),
+             tf.TensorSpec([], tf.float32, name="input_abs_thres")]
+    if delg:
+      specs.append(tf.TensorSpec([None], tf.int32, name="input_global_scales_ind"))
+      self.serve = tf.function(self._serve_delg, input_signature=specs)
+    else:
+      self.serve = tf.function(self._serve_delf, input_signature=specs)
+
+  def _local(self, image, scales, max_feature_num, threshold):
+    out = self.inner.extract(image, scales, threshold, max_feature_num)
+    half = (self.field.size - 1) / 2.0  # Box = centre -/+ half the receptive field / scale.
+    extent = half / out["scales"][:, None]
+    boxes = tf.concat([out["locations"] - extent, out["locations"] + extent], axis=1)
+    return {"boxes": boxes, "features": out["descriptors"], "scales": out["scales"],
+            "scores": out["scores"][:, None]}
+
+  def _serve_delf(self, input_image, input_scales, input_max_feature_num, input_abs_thres):
+    return self._local(input_image, input_scales, input_max_feature_num, input_abs_thres)
+
+  def _serve_delg(self, input_image, input_scales, input_max_feature_num, input_abs_thres,
+                  input_global_scales_ind):
+    outputs = self._local(input_image, input_scales, input_max_feature_num, input_abs_thres)
+    pooled = tf.reduce_mean(outputs["features"], axis=0, keepdims=True)  # Stand-in global output.
+    outputs["global_descriptors"] = tf.math.l2_normalize(pooled, axis=1)
+    return outputs
+
+
+def export_official_signature(model, output_dir: str | os.PathLike,
+                              delg: bool = False) -> pathlib.Path:
+  """Writes ``model`` as a SavedModel with the official DELF (or DELG) serving signature.
+
+  Boxes are the receptive fields of the selected cells scaled back to the
+  input image; their centres are delf-ret's keypoints, so extraction through
+  this model gives the features of the model itself.
+  """
+  output_dir = pathlib.Path(output_dir)
+  module = OfficialSignatureModule(model, delg=delg)
+  tf.saved_model.save(module, str(output_dir), signatures={"serving_default": module.serve})
+  return output_dir
+
+
 def export_saved_model(model, output_dir: str | os.PathLike) -> pathlib.Path:
   """Writes the SavedModel to ``output_dir`` (replaced atomically if it exists)."""
   output_dir = pathlib.Path(output_dir)
@@ -127,13 +191,32 @@ class SavedModelExtractor:
       SavedModelExtractor._warned.add(str(path))
       logging.warning(TRUST_WARNING.format(path=path))
     self.loaded = tf.saved_model.load(str(path))
-    self.signature = self.loaded.signatures["extract"]
+    self.path = path
+    signatures = dict(self.loaded.signatures)
+    self.official = None
+    if "extract" in signatures:
+      self.signature = signatures["extract"]
+    else:
+      for name, function in signatures.items():
+        inputs = set(function.structured_input_signature[1])
+        if set(OFFICIAL_INPUTS) <= inputs:
+          self.signature, self.official = function, inputs
+          break
+      else:
+        found = "; ".join(f"{name}({', '.join(sorted(function.structured_input_signature[1]))})"
+                          for name, function in signatures.items()) or "none"
+        raise ModelFileError(f"{path}: no usable signature: expected delf-ret's 'extract' or the "
+                             f"official DELF one with inputs {', '.join(OFFICIAL_INPUTS)}; "
+                             f"found {found}")
 
   def select(self, image: np.ndarray, levels: list[tuple[float, tuple[float, float],
                                                            tuple[int, int]]],
-             base_factor: float, score_threshold: float, max_feature_num: int
-             ) -> SelectedFeatures:
+             base_factor: float, score_threshold: float, max_feature_num: int,
+             global_scales_ind: list[int] | None = None) -> SelectedFeatures:
     """Selected raw features for the pyramid ``levels`` of delf_ret.extract.pyramid_levels."""
+    if self.official is not None:
+      return self._select_official(image, levels, base_factor, score_threshold, max_feature_num,
+                                   global_scales_ind)
     totals = np.array([scale * base_factor for scale, _, _ in levels], np.float32)
     outputs = self.signature(image=tf.constant(image, tf.uint8), scales=tf.constant(totals),
                              score_threshold=tf.constant(score_threshold, tf.float32),
@@ -143,3 +226,31 @@ class SavedModelExtractor:
     return SelectedFeatures(locations=outputs["locations"].numpy(), scales=scales,
                             descriptors=outputs["descriptors"].numpy(),
                             attention=outputs["scores"].numpy())
+
+  def _select_official(self, image, levels, base_factor, score_threshold, max_feature_num,
+                       global_scales_ind):
+    """The official extractor's steps: shrink to max_image_size, run, box centres back."""
+    height, width = image.shape[:2]
+    resized_image = image
+    ratio = np.ones(2)
+    if base_factor != 1.0:
+      size = (max(1, int(round(height * base_factor))), max(1, int(round(width * base_factor))))
+      resized_image = tf.cast(tf.round(resize_image(image, size)), tf.uint8).numpy()
+      ratio = np.array([size[0] / height, size[1] / width])
+    inputs = {"input_image": tf.constant(resized_image, tf.uint8),
+              "input_scales": tf.constant([scale for scale, _, _ in levels], tf.float32),
+              "input_max_feature_num": tf.constant(max_feature_num, tf.int32),
+              "input_abs_thres": tf.constant(score_threshold, tf.float32)}
+    if "input_global_scales_ind" in self.official:
+      inputs["input_global_scales_ind"] = tf.constant(
+          list(global_scales_ind or range(len(levels))), tf.int32)
+    outputs = self.signature(**inputs)
+    missing = {"boxes", "features", "scales", "scores"} - set(outputs)
+    if missing:
+      raise ModelFileError(f"{self.path}: the serving signature lacks outputs {sorted(missing)}")
+    boxes = outputs["boxes"].numpy().reshape(-1, 4)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0 / ratio  # (y, x) in original pixels.
+    return SelectedFeatures(locations=centres.astype(np.float32),
+                            scales=outputs["scales"].numpy().reshape(-1).astype(np.float32),
+                            descriptors=outputs["features"].numpy().reshape(boxes.shape[0], -1),
+                            attention=outputs["scores"].numpy().reshape(-1).astype(np.float32))
