@@ -1,0 +1,37 @@
+"""Every installed console script prints its own usage and flags with their help texts."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SCRIPTS = re.findall(r'"(\w+)=delf_ret\.cli\.(\w+):run"', (REPO / "setup.py").read_text())
+# One flag of each tool and a word of its help text.
+OWN_FLAG = {"build_index": "--dataset_gnd_path", "create_delf_model": "--backbone_weights",
+            "delf_demo": "--output_dir", "download_dataset": "--sha256",
+            "export_delf_model": "--compact_path", "extract_features": "--overwrite",
+            "learn_pca": "--max_images", "match_images": "--image_1_path",
+            "perform_retrieval": "--dataset_gnd_path", "prepare_gldv2": "--num_shards",
+            "query_index": "--contact_sheet", "train_delf": "--stage"}
+
+
+@pytest.mark.parametrize("script", [name for name, _ in SCRIPTS])
+def test_help_of_the_installed_script_lists_its_flags(script):
+  path = shutil.which(script, path=os.path.dirname(sys.executable)) or shutil.which(script)
+  assert path, f"console script {script} is not installed"
+  result = subprocess.run([path, "--help"], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=300)
+  assert result.returncode in (0, 1), result.stderr[-2000:]  # absl's --help exits with 1.
+  assert "Traceback" not in result.stderr
+  assert f"{script}:" in result.stdout or "Usage" in result.stdout
+  pattern = re.compile(r"--(\[no\])?" + re.escape(OWN_FLAG[script].lstrip("-")) + r":")
+  assert pattern.search(result.stdout), result.stdout[:2000]
+  # A flag line is followed by its help text, not just the usage line.
+  lines = result.stdout.splitlines()
+  flag_line = next(i for i, line in enumerate(lines) if pattern.search(line))
+  assert len(" ".join(lines[flag_line:flag_line + 2]).split(":", 1)[-1].strip()) > 10
