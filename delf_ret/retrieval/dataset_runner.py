@@ -191,8 +191,9 @@ def run_queries(dataset: RetrievalDataset, index: LocalFeatureIndex,
       json.dump(_result_json(name, result, settings), handle)
     results.append(result)
     computed += 1
-    top = result.reranked[0] if result.reranked else None
-    best = f"top {top.image_id} ({top.inliers} inliers)" if top else "no result"
+    # The best verified image (the list may start with ignored images that are never verified).
+    top = next((e for e in result.reranked if e.inliers is not None), None)
+    best = f"top {top.image_id} ({top.inliers} inliers)" if top else "nothing verified"
     log(f"[{i + 1}/{total}] {name}: {query.num_features} features, {best} "
         f"[{(time.time() - start) / computed:.1f} s/query]")
   return results
