@@ -101,9 +101,11 @@ def main(argv: list[str]) -> int:
       raise InputError("give the images of a dataset with --images_dir, not --list_images_path")
     dataset = load_dataset(FLAGS.dataset_gnd_path, FLAGS.dataset_gt_dir, FLAGS.images_dir)
   paths, failures = _feature_paths(config, dataset)
+  local = config.delf_local_config
+  dim = local.pca_parameters.pca_dim if local.use_pca else None  # The config fixes it with PCA.
   index, index_failures = build_index(paths, FLAGS.index_dir,
                                       IndexParams.from_config(config.retrieval_config),
-                                      save_every=FLAGS.save_every, log=log)
+                                      save_every=FLAGS.save_every, log=log, dim=dim)
   if dataset is not None:
     database = set(dataset.imlist)
     outside = sorted(name for name in index.slot_names.values() if name not in database)

@@ -17,7 +17,8 @@ import numpy as np
 
 from delf_ret.features import (FEATURE_SUFFIX, FeatureFileError, LocalFeatures, image_id_of,
                                read_features)
-from delf_ret.index.local_index import IndexParams, LocalFeatureIndex, LocalIndexError
+from delf_ret.index.local_index import (IndexParams, LocalFeatureIndex, LocalIndexError,
+                                       remove_leftover_versions)
 
 
 def list_feature_files(features_dir: str | pathlib.Path) -> list[pathlib.Path]:
@@ -32,12 +33,19 @@ def list_feature_files(features_dir: str | pathlib.Path) -> list[pathlib.Path]:
 
 
 def descriptor_dim(paths: list[pathlib.Path]) -> int:
-  """The descriptor dimension of the first feature file that has features."""
+  """The descriptor dimension of the first readable feature file that has features.
+
+  Only for configs that do not fix the dimension (no PCA); unreadable files are
+  skipped here and reported when they are added.
+  """
   for path in paths:
-    features = read_features(path)
+    try:
+      features = read_features(path)
+    except FeatureFileError:
+      continue
     if features.num_features:
       return features.descriptor_dim
-  raise LocalIndexError("no feature file holds any feature: nothing to index")
+  raise LocalIndexError("no readable feature file holds any feature: nothing to index")
 
 
 def training_sample(paths: list[pathlib.Path], size: int, seed: int = 0) -> np.ndarray:
@@ -60,7 +68,11 @@ def training_sample(paths: list[pathlib.Path], size: int, seed: int = 0) -> np.n
 
 
 def open_or_create(index_dir: pathlib.Path, params: IndexParams, dim: int) -> LocalFeatureIndex:
-  """Loads the index saved in ``index_dir`` (checking type and dimension) or makes a new one."""
+  """Loads the index saved in ``index_dir`` (checking type and dimension) or makes a new one.
+
+  Version folders that a killed save left behind are removed first.
+  """
+  remove_leftover_versions(index_dir)
   if (index_dir / "CURRENT").is_file():
     index = LocalFeatureIndex.load(index_dir, expected_dim=dim)
     if index.params.index_type != params.index_type:
@@ -87,17 +99,19 @@ def _descriptors_for(features: LocalFeatures, dim: int, path: pathlib.Path) -> n
 
 
 def build_index(feature_paths: list[pathlib.Path], index_dir: str | pathlib.Path,
-                params: IndexParams, save_every: int = 500, log: Callable[[str], None] = print
+                params: IndexParams, save_every: int = 500, log: Callable[[str], None] = print,
+                dim: int | None = None
                 ) -> tuple[LocalFeatureIndex, list[tuple[pathlib.Path, str]]]:
   """Adds every feature file not yet in the index at ``index_dir`` and saves it.
 
   ``params`` come from the config (IndexParams.from_config); an IVF-PQ index is
   trained on up to ``params.train_sample_size`` descriptors first. Returns the
   index and (path, reason) of the files that could not be added (unreadable,
-  or of another descriptor dimension).
+  or of another descriptor dimension). ``dim``: the descriptor dimension the
+  config fixes (its pca_dim); without it, that of the first readable file.
   """
   index_dir = pathlib.Path(index_dir)
-  dim = descriptor_dim(feature_paths)
+  dim = dim or descriptor_dim(feature_paths)
   index = open_or_create(index_dir, params, dim)
   if index.needs_training:
     sample = training_sample(feature_paths, params.train_sample_size)

@@ -31,12 +31,15 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
+import time
 
 import faiss
 import numpy as np
 
+from delf_ret.atomic import respect_umask
 from delf_ret.errors import DelfRetError
 from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
 
@@ -244,6 +247,7 @@ class LocalFeatureIndex:
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     version_dir = pathlib.Path(tempfile.mkdtemp(prefix="v-", dir=folder))
+    respect_umask(version_dir, directory=True)  # mkdtemp makes 0700 folders.
     faiss.write_index(self.index, str(version_dir / "index.faiss"))
     meta = {"format_version": FORMAT_VERSION, "dim": self.dim,
             "params": dataclasses.asdict(self.params), "images": self.images,
@@ -270,30 +274,63 @@ class LocalFeatureIndex:
     version = _current_version(folder)
     if version is None:
       raise LocalIndexError(f"no index in {folder} (CURRENT file missing)")
+    if not re.fullmatch(r"v-[A-Za-z0-9_]+", version):
+      raise LocalIndexError(f"index in {folder} is damaged: CURRENT names {version[:80]!r}, not "
+                            f"a version folder")
     version_dir = folder / version
     try:
       meta = json.loads((version_dir / "meta.json").read_text())
     except (OSError, ValueError) as error:
       raise LocalIndexError(f"index metadata in {version_dir} unreadable: {error}") from None
+    if not isinstance(meta, dict):
+      raise LocalIndexError(f"index metadata in {version_dir} is damaged (not a JSON object)")
     if meta.get("format_version") != FORMAT_VERSION:
       raise LocalIndexError(f"index format version {meta.get('format_version')} in {folder}; "
                         f"this delf-ret reads version {FORMAT_VERSION}")
-    if expected_dim is not None and meta["dim"] != expected_dim:
-      raise LocalIndexError(f"index in {folder} holds {meta['dim']}-d descriptors, "
+    try:
+      dim, params = meta["dim"], IndexParams(**meta["params"])
+      images = {str(name): int(slot) for name, slot in dict(meta["images"]).items()}
+      deleted_slots = {int(slot) for slot in meta["deleted_slots"]}
+      next_slot = int(meta["next_slot"])
+      if not isinstance(dim, int) or dim <= 0 or next_slot < 0 or any(
+          slot < 0 or slot >= next_slot for slot in images.values()):
+        raise ValueError("dimension or slots out of range")
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+      raise LocalIndexError(f"index metadata in {version_dir} is damaged ({error!r})") from None
+    if expected_dim is not None and dim != expected_dim:
+      raise LocalIndexError(f"index in {folder} holds {dim}-d descriptors, "
                         f"expected {expected_dim}-d")
     try:
       faiss_index = faiss.read_index(str(version_dir / "index.faiss"))
-    except RuntimeError as error:
+    except (RuntimeError, MemoryError, ValueError, OverflowError, TypeError) as error:
       raise LocalIndexError(f"index file in {version_dir} is corrupt: {error}") from None
-    if faiss_index.d != meta["dim"]:
-      raise LocalIndexError(f"index file dimension {faiss_index.d} != metadata {meta['dim']}")
-    index = cls(meta["dim"], IndexParams(**meta["params"]))
+    if faiss_index.d != dim:
+      raise LocalIndexError(f"index file dimension {faiss_index.d} != metadata {dim}")
+    index = cls(dim, params)
     index.index = faiss_index
-    index.images = {name: int(slot) for name, slot in meta["images"].items()}
-    index.slot_names = {slot: name for name, slot in index.images.items()}
-    index.deleted_slots = set(meta["deleted_slots"])
-    index.next_slot = meta["next_slot"]
+    index.images = images
+    index.slot_names = {slot: name for name, slot in images.items()}
+    index.deleted_slots = deleted_slots
+    index.next_slot = next_slot
     return index
+
+
+def remove_leftover_versions(folder: str | os.PathLike, min_age_seconds: float = 60.0) -> int:
+  """Deletes version folders a killed save left (not named by CURRENT, untouched for a minute).
+
+  Returns how many were removed. Called by writers before they save.
+  """
+  folder = pathlib.Path(folder)
+  current = _current_version(folder) if folder.is_dir() else None
+  removed, now = 0, time.time()
+  for path in folder.glob("v-*") if folder.is_dir() else []:
+    if path.name != current and path.is_dir() and now - path.stat().st_mtime >= min_age_seconds:
+      shutil.rmtree(path, ignore_errors=True)
+      removed += 1
+  stale_pointer = folder / ".CURRENT.tmp"
+  if stale_pointer.is_file() and now - stale_pointer.stat().st_mtime >= min_age_seconds:
+    stale_pointer.unlink(missing_ok=True)
+  return removed
 
 
 def _list_sizes(invlists: faiss.InvertedLists) -> np.ndarray:
@@ -325,5 +362,11 @@ def _remove_from_fast_scan(index: faiss.IndexIVFFastScan, selector: faiss.IDSele
 
 
 def _current_version(folder: pathlib.Path) -> str | None:
+  """The version folder name in ``CURRENT`` (None: no index); LocalIndexError if unreadable."""
   pointer = folder / "CURRENT"
-  return pointer.read_text().strip() if pointer.is_file() else None
+  if not pointer.is_file():
+    return None
+  try:
+    return pointer.read_text().strip()
+  except (OSError, UnicodeDecodeError) as error:
+    raise LocalIndexError(f"index in {folder} is damaged: CURRENT unreadable ({error})") from None

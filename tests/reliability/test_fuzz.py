@@ -1,0 +1,103 @@
+"""Bounded, seeded fuzzing of the readers of untrusted files: every mutation gives a result or
+the package's own error (DelfRetError), never another exception or a crash."""
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from delf_ret.errors import DelfRetError
+from delf_ret.features import read_features, write_features
+from delf_ret.images import load_image
+
+from conftest import make_features, random_unit_descriptors
+
+MUTATIONS = 300
+
+
+def mutations(data: bytes, seed: int, count: int = MUTATIONS):
+  """Seeded byte flips, overwrites, truncations, insertions and duplications of ``data``."""
+  rng = np.random.default_rng(seed)
+  for _ in range(count):
+    mutated = bytearray(data)
+    kind = rng.integers(5)
+    if kind == 0:  # Flip a few bits.
+      for position in rng.integers(0, len(mutated), rng.integers(1, 8)):
+        mutated[position] ^= 1 << int(rng.integers(8))
+    elif kind == 1:  # Overwrite a run with random bytes.
+      start = int(rng.integers(0, len(mutated)))
+      length = int(rng.integers(1, 16))
+      mutated[start:start + length] = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
+    elif kind == 2:  # Truncate.
+      mutated = mutated[:int(rng.integers(0, len(mutated)))]
+    elif kind == 3:  # Insert random bytes.
+      start = int(rng.integers(0, len(mutated)))
+      mutated[start:start] = rng.integers(0, 256, int(rng.integers(1, 32)), dtype=np.uint8).tobytes()
+    else:  # Set a run to 0xff (huge lengths and counts).
+      start = int(rng.integers(0, len(mutated)))
+      mutated[start:start + int(rng.integers(1, 9))] = b"\xff" * 8
+    yield bytes(mutated)
+
+
+def test_fuzzed_feature_files(tmp_path):
+  rng = np.random.default_rng(0)
+  path = tmp_path / "a.delf"
+  write_features(path, make_features(rng.uniform(0, 500, (40, 2)),
+                                     random_unit_descriptors(rng, 40, 40)))
+  original = path.read_bytes()
+  outcomes = {"read": 0, "refused": 0}
+  for number, data in enumerate(mutations(original, seed=1)):
+    path.write_bytes(data)
+    try:
+      features = read_features(path)
+    except DelfRetError:
+      outcomes["refused"] += 1
+      continue
+    assert features.locations.shape[0] == features.descriptors.shape[0], number
+    outcomes["read"] += 1
+  assert outcomes["refused"] > 0 and sum(outcomes.values()) == MUTATIONS
+
+
+def test_fuzzed_images(tmp_path, shared_data):
+  with Image.open(shared_data / "pairs" / "box.png") as image:
+    small = image.convert("RGB").resize((64, 48))
+  originals = {}
+  for fmt in ("PNG", "JPEG"):
+    buffer = io.BytesIO()
+    small.save(buffer, format=fmt)
+    originals[fmt] = buffer.getvalue()
+  for seed, (fmt, data) in enumerate(originals.items()):
+    path = tmp_path / f"image.{fmt.lower()}"
+    for number, mutated in enumerate(mutations(data, seed=10 + seed, count=MUTATIONS // 2)):
+      path.write_bytes(mutated)
+      try:
+        image = load_image(path, max_pixels=10_000_000)
+      except DelfRetError:
+        continue
+      assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, (fmt, number)
+
+
+def test_fuzzed_index_files(tmp_path):
+  from delf_ret.index import LocalFeatureIndex
+  rng = np.random.default_rng(2)
+  index = LocalFeatureIndex(8)
+  for name in ("a", "b", "c"):
+    index.add(name, random_unit_descriptors(rng, 20, 8))
+  index.save(tmp_path / "index")
+  saved = sorted(p for p in (tmp_path / "index").rglob("*") if p.is_file())
+  targets = [p for p in saved if p.name != "CURRENT"] + [p for p in saved if p.name == "CURRENT"]
+  assert targets
+  per_file = max(1, MUTATIONS // len(targets))
+  for seed, target in enumerate(targets):
+    original = target.read_bytes()
+    for number, data in enumerate(mutations(original, seed=20 + seed, count=per_file)):
+      target.write_bytes(data)
+      try:
+        loaded = LocalFeatureIndex.load(tmp_path / "index")
+      except DelfRetError:
+        continue
+      assert loaded.dim == 8, (target.name, number)
+    target.write_bytes(original)
+  assert len(LocalFeatureIndex.load(tmp_path / "index")) == 3
