@@ -32,3 +32,17 @@ def test_readme_and_model_card_tables_are_rendered_from_the_json():
   card = benchmark.MODEL_CARD.read_text()
   assert between(card, "<!-- training facts: start -->", "<!-- training facts: end -->") == (
       benchmark.render_training(result))
+
+
+def test_readme_rerank_speed_table_is_rendered_from_its_json():
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  try:
+    spec = importlib.util.spec_from_file_location("rerank_speed_benchmark",
+                                                  REPO / "benchmarks" / "rerank_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(str(REPO / "benchmarks"))
+  result = json.loads((REPO / "benchmarks" / "results" / "rerank_speed.json").read_text())
+  assert between((REPO / "README.md").read_text(), module.START, module.END) == (
+      module.render_table(result))
