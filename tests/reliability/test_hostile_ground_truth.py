@@ -109,3 +109,12 @@ def test_original_query_files_with_paths_or_bad_boxes_are_refused(tmp_path, line
   gt, images = _original(tmp_path, line)
   with pytest.raises(GroundTruthError, match=message):
     read_original_gt(gt, images)
+
+
+def test_two_query_files_with_one_query_image_are_refused(tmp_path):
+  gt, images = _original(tmp_path, "oxc1_a 0 0 10 10")
+  (gt / "x_2_query.txt").write_text("oxc1_a 1 1 9 9\n")
+  for kind in ("good", "ok", "junk"):
+    (gt / f"x_2_{kind}.txt").write_text("b\n" if kind == "good" else "\n")
+  with pytest.raises(GroundTruthError, match="already the query of another"):
+    read_original_gt(gt, images)
