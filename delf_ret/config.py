@@ -245,7 +245,8 @@ def validate(config: DelfConfig) -> None:
 
 
 _CHOICES = {"index_type": ("flat", "ivfpq", "hnsw"), "vote_weighting": ("count", "similarity"),
-            "ransac_transform": ("affine", "homography"), "ransac_backend": ("opencv", "skimage")}
+            "ransac_transform": ("affine", "homography"), "ransac_backend": ("opencv", "skimage"),
+            "coarse_quantizer": ("flat", "hnsw")}
 _POSITIVE = ("nlist", "pq_m", "pq_nbits", "hnsw_m", "nprobe", "ef_search", "train_sample_size",
              "neighbors_per_descriptor", "ransac_max_trials", "ransac_residual_threshold",
              "match_distance_threshold")
