@@ -4,10 +4,12 @@ Positive pairs: overlapping photos of the training set (neighbours in a
 sequence with ground-truth cameras, e.g. the Strecha photos); negative pairs:
 photos of unrelated folders (e.g. COCO scenes against the building sequences).
 For each candidate rule (the published 0.8 distance test, tighter distance
-tests, Lowe's ratio test), features of the config are matched and verified with
-the config's RANSAC; the rule that best separates the two kinds of pair
-(median inliers of positives over the 95th percentile of negatives, plus one)
-is written into the config's retrieval_config. Never run it on evaluation sets.
+tests, Lowe's ratio test) and RANSAC stopping rule (all trials, as the official
+code, or an early stop at 0.99 confidence), features of the config are matched
+and verified with the config's RANSAC otherwise; the combination that best
+separates the two kinds of pair (median inliers of positives over the 95th
+percentile of negatives, plus one) is written into the config's
+retrieval_config. Never run it on evaluation sets.
 
 Usage: python scripts/calibrate_matching.py CONFIG.pbtxt TRAIN_DIR [--pairs 24] [--dry_run]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import pathlib
 import re
@@ -23,11 +26,13 @@ import re
 import numpy as np
 
 # (label, match_distance_threshold, match_ratio_threshold); 2.0 turns the distance test off
-# for unit descriptors.
+# for unit descriptors. Each is tried with every RANSAC stopping rule of STOPS.
 RULES = [("distance 0.8", 0.8, 0.0), ("distance 0.7", 0.7, 0.0), ("distance 0.6", 0.6, 0.0),
          ("distance 0.5", 0.5, 0.0), ("distance 0.4", 0.4, 0.0), ("distance 0.35", 0.35, 0.0),
          ("distance 0.3", 0.3, 0.0),
          ("ratio 0.9", 2.0, 0.9), ("ratio 0.8", 2.0, 0.8)]
+# (label, ransac_stop_probability): all trials (the official code) or OpenCV's early stop.
+STOPS = [("all trials", 1.0), ("early stop 0.99", 0.99)]
 
 
 def training_pairs(train_dir: pathlib.Path, count: int) -> tuple[list, list]:
@@ -81,16 +86,19 @@ def main() -> None:
     return cache[path]
 
   results = {}
-  for label, distance, ratio in RULES:
+  for (rule, distance, ratio), (stop_label, stop) in itertools.product(RULES, STOPS):
+    label = f"{rule}, {stop_label}"
     retrieval = config_lib.DelfConfig().retrieval_config
     retrieval.CopyFrom(config.retrieval_config)
     retrieval.match_distance_threshold, retrieval.match_ratio_threshold = distance, ratio
+    retrieval.ransac_stop_probability = stop
     params = RansacParams.from_config(retrieval)
     counts = {kind: [verify_pair(features(a), features(b), params).num_inliers for a, b in pairs]
               for kind, pairs in (("positive", positives), ("negative", negatives))}
     separation = float(np.median(counts["positive"]) /
                        (np.percentile(counts["negative"], 95) + 1.0))
-    results[label] = {"distance": distance, "ratio": ratio, "separation": round(separation, 3),
+    results[label] = {"distance": distance, "ratio": ratio, "stop_probability": stop,
+                      "separation": round(separation, 3),
                       "positive_median": round(float(np.median(counts["positive"])), 1),
                       "negative_p95": round(float(np.percentile(counts["negative"], 95)), 1)}
     print(label, json.dumps(results[label]), flush=True)
@@ -106,7 +114,8 @@ def main() -> None:
            f"{best} separates\n  # {len(positives)} overlapping from {len(negatives)} unrelated "
            f"training pairs best:\n{table}"
            f"  match_distance_threshold: {results[best]['distance']}\n"
-           f"  match_ratio_threshold: {results[best]['ratio']}\n}}\n")
+           f"  match_ratio_threshold: {results[best]['ratio']}\n"
+           f"  ransac_stop_probability: {results[best]['stop_probability']}\n}}\n")
   text = re.sub(r"retrieval_config \{.*?\n\}\n", lambda _: block, text, flags=re.S)
   config_path.write_text(text)
   print(f"wrote {config_path}")
