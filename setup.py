@@ -37,6 +37,8 @@ setup(
         "pillow>=10.0",
         # Self-supervised training views, SIFT-verified real pairs, demo pictures.
         "opencv-python-headless>=4.8",
+        # Progress bars of the command-line tools.
+        "tqdm>=4.60",
     ],
     extras_require={
         "test": ["pytest>=7.4", "grpcio-tools>=1.85"],

@@ -26,7 +26,8 @@ import pathlib
 
 from absl import flags
 
-from delf_ret.cli.common import (define_backend_flag, define_config_flags, load_config_from_flags,
+from delf_ret.cli.common import (define_backend_flag, define_progress_flag,
+                                 define_config_flags, load_config_from_flags,
                                  log, report_failures, require_flags, run_tool)
 from delf_ret.cli.inputs import define_image_flags, image_paths_from_flags
 from delf_ret.config import DelfConfig
@@ -52,6 +53,7 @@ flags.DEFINE_boolean("overwrite", False, "Delete and recompute feature files of 
 flags.DEFINE_list("remove_images", [], "Image ids to remove from the index (nothing is added).")
 flags.DEFINE_integer("save_every", 500, "Save the index after every this many added images.")
 define_backend_flag()
+define_progress_flag()
 
 
 def _feature_paths(config: DelfConfig, dataset

@@ -11,6 +11,7 @@ errors (the usage text, exit status 1). Library modules never import this one.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Callable, Iterable
 
@@ -58,9 +59,56 @@ def load_config_from_flags(path: str | None = None,
                                 [*FLAGS.config_override, *extra_overrides])
 
 
-def log(line: str) -> None:
-  """Prints one progress line at once (the tools' ``log`` callback)."""
-  print(line, flush=True)
+def define_progress_flag() -> None:
+  """Defines --progress: a progress bar on stderr for long jobs (default: when it is a terminal)."""
+  flags.DEFINE_boolean("progress", None, "Show a progress bar (tqdm, on stderr) while the job "
+                       "runs; --noprogress silences it. Default: shown when stderr is a terminal.")
+
+
+class ProgressLog:
+  """The tools' ``log`` callback: prints each line at once, and drives a progress bar.
+
+  Library code reports long loops with lines starting ``[i/total]``; when the
+  tool has --progress (or, by default, stderr is a terminal) those lines also
+  move a tqdm bar on stderr. Other lines are printed as they are.
+  """
+
+  _STEP = re.compile(r"^\[(\d+)/(\d+)\]")
+
+  def __init__(self):
+    self.bar = None
+
+  def _wanted(self) -> bool:
+    if "progress" not in FLAGS or not FLAGS.is_parsed():
+      return False
+    return sys.stderr.isatty() if FLAGS.progress is None else FLAGS.progress
+
+  def __call__(self, line: str) -> None:
+    step = self._STEP.match(line)
+    if step and self._wanted():
+      from tqdm import tqdm
+      done, total = int(step[1]), int(step[2])
+      if self.bar is None or self.bar.total != total or done < self.bar.n:
+        self.close()
+        self.bar = tqdm(total=total, file=sys.stderr, unit="item", dynamic_ncols=True)
+      self.bar.update(done - self.bar.n)
+      tqdm.write(line, file=sys.stdout)
+      if done == total:
+        self.close()
+      return
+    if self.bar is not None:
+      from tqdm import tqdm
+      tqdm.write(line, file=sys.stdout)
+    else:
+      print(line, flush=True)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
+
+
+log = ProgressLog()
 
 
 def print_error(message: object) -> int:

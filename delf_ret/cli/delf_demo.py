@@ -26,7 +26,8 @@ import pathlib
 
 from absl import flags
 
-from delf_ret.cli.common import (define_backend_flag, define_config_flags, load_config_from_flags,
+from delf_ret.cli.common import (define_backend_flag, define_progress_flag,
+                                 define_config_flags, load_config_from_flags,
                                  log, run_tool)
 
 FLAGS = flags.FLAGS
@@ -36,6 +37,7 @@ flags.DEFINE_string("data_dir", None, "Shared data folder with labels.csv (defau
                     "photos).")
 define_config_flags("DelfConfig .pbtxt.")
 define_backend_flag()
+define_progress_flag()
 
 
 def _data():

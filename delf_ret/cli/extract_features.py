@@ -16,7 +16,8 @@ import pathlib
 
 from absl import flags
 
-from delf_ret.cli.common import (define_backend_flag, define_config_flags, load_config_from_flags,
+from delf_ret.cli.common import (define_backend_flag, define_progress_flag,
+                                 define_config_flags, load_config_from_flags,
                                  log, report_failures, require_flags, run_tool)
 from delf_ret.cli.inputs import define_image_flags, image_paths_from_flags
 from delf_ret.features import feature_file_names
@@ -28,6 +29,7 @@ flags.DEFINE_string("output_dir", None, "Folder for the .delf feature files.")
 flags.DEFINE_boolean("overwrite", False, "Delete and recompute feature files of --output_dir "
                      "that were made with other settings (otherwise such a folder is refused).")
 define_backend_flag()
+define_progress_flag()
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,8 @@ import sys
 
 from absl import flags
 
-from delf_ret.cli.common import (define_backend_flag, define_config_flags, load_config_from_flags,
+from delf_ret.cli.common import (define_backend_flag, define_progress_flag,
+                                 define_config_flags, load_config_from_flags,
                                  log, require_flags, run_tool)
 from delf_ret.cli.inputs import define_image_flags, image_paths_from_flags
 
@@ -26,6 +27,7 @@ define_image_flags()
 flags.DEFINE_string("output_dir", None, "Folder for the PCA .npy files.")
 flags.DEFINE_integer("max_images", 0, "Use at most this many images (0: all).")
 define_backend_flag()
+define_progress_flag()
 
 
 def main(argv: list[str]) -> int:

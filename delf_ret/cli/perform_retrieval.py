@@ -20,7 +20,8 @@ import pathlib
 
 from absl import flags
 
-from delf_ret.cli.common import (define_backend_flag, define_config_flags, load_config_from_flags,
+from delf_ret.cli.common import (define_backend_flag, define_progress_flag,
+                                 define_config_flags, load_config_from_flags,
                                  log, require_flags, run_tool)
 
 FLAGS = flags.FLAGS
@@ -33,6 +34,7 @@ flags.DEFINE_string("index_dir", None, "Index of the database images (build_inde
 flags.DEFINE_string("features_dir", None, "Feature files of the database images.")
 flags.DEFINE_string("output_dir", None, "Folder for ranked lists, caches and the report.")
 define_backend_flag()
+define_progress_flag()
 
 
 def main(argv: list[str]) -> int:

@@ -35,3 +35,24 @@ def test_help_of_the_installed_script_lists_its_flags(script):
   lines = result.stdout.splitlines()
   flag_line = next(i for i, line in enumerate(lines) if pattern.search(line))
   assert len(" ".join(lines[flag_line:flag_line + 2]).split(":", 1)[-1].strip()) > 10
+
+
+def test_progress_bar_on_request_and_silenced_with_noprogress(tmp_path, shared_data):
+  from PIL import Image
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for name in ("graf1.png", "box.png"):
+    with Image.open(shared_data / "pairs" / name) as image:
+      image.convert("RGB").resize((160, 120)).save(photos / name)
+  script = shutil.which("extract_features", path=os.path.dirname(sys.executable)) or shutil.which(
+      "extract_features")
+  run = lambda out, flag: subprocess.run(  # noqa: E731
+      [script, f"--images_dir={photos}", f"--output_dir={tmp_path / out}", flag],
+      capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+  shown = run("a", "--progress")
+  assert shown.returncode == 0, shown.stderr[-2000:]
+  assert "2/2" in shown.stderr and "100%" in shown.stderr  # tqdm's bar, on stderr.
+  assert "[2/2] graf1.png" in shown.stdout  # The per-image lines stay on stdout.
+  quiet = run("b", "--noprogress")
+  assert quiet.returncode == 0 and "100%" not in quiet.stderr
+  assert "[2/2] graf1.png" in quiet.stdout
