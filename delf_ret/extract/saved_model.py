@@ -203,11 +203,35 @@ class SavedModelExtractor:
           self.signature, self.official = function, inputs
           break
       else:
-        found = "; ".join(f"{name}({', '.join(sorted(function.structured_input_signature[1]))})"
-                          for name, function in signatures.items()) or "none"
-        raise ModelFileError(f"{path}: no usable signature: expected delf-ret's 'extract' or the "
-                             f"official DELF one with inputs {', '.join(OFFICIAL_INPUTS)}; "
-                             f"found {found}")
+        self.signature = self._tf1_tensors()
+        if self.signature is None:
+          found = "; ".join(
+              f"{name}({', '.join(sorted(function.structured_input_signature[1]))})"
+              for name, function in signatures.items()) or "none"
+          raise ModelFileError(f"{path}: no usable signature: expected delf-ret's 'extract' or "
+                               f"the official DELF one with inputs {', '.join(OFFICIAL_INPUTS)} "
+                               f"(or a TF1 graph with tensors of those names); found {found}")
+        self.official = set(OFFICIAL_INPUTS)
+
+  def _tf1_tensors(self):
+    """A function over the TF1 graph's tensors ``input_image:0`` ... -> ``boxes:0`` ..., or None.
+
+    The official TF1 DELF module has no signature; its tensors carry the same
+    names as the TF2 signature's inputs and outputs.
+    """
+    if not hasattr(self.loaded, "prune"):
+      return None
+    outputs = ("boxes", "features", "scales", "scores")
+    try:
+      pruned = self.loaded.prune([f"{name}:0" for name in OFFICIAL_INPUTS],
+                                 [f"{name}:0" for name in outputs])
+    except (KeyError, ValueError, TypeError):
+      return None
+
+    def run(input_image, input_scales, input_max_feature_num, input_abs_thres, **unused):
+      return dict(zip(outputs, pruned(input_image, input_scales, input_max_feature_num,
+                                      input_abs_thres)))
+    return run
 
   def select(self, image: np.ndarray, levels: list[tuple[float, tuple[float, float],
                                                            tuple[int, int]]],

@@ -68,3 +68,33 @@ def test_unknown_signature_is_a_clear_error(tmp_path):
   tf.saved_model.save(module, str(tmp_path / "other"), signatures={"serving_default": module.predict})
   with pytest.raises(ModelFileError, match=r"no usable signature.*found serving_default\(pixels\)"):
     SavedModelExtractor(tmp_path / "other")
+
+
+def test_tf1_graph_with_the_official_tensor_names(tmp_path):
+  """The official TF1 DELF module: no signature, tensors named input_image:0 ... boxes:0 ..."""
+  from delf_ret.extract.extractor import DelfExtractor
+  graph = tf.Graph()
+  with graph.as_default():
+    image = tf.compat.v1.placeholder(tf.uint8, [None, None, 3], name="input_image")
+    scales = tf.compat.v1.placeholder(tf.float32, [None], name="input_scales")
+    tf.compat.v1.placeholder(tf.int32, [], name="input_max_feature_num")
+    tf.compat.v1.placeholder(tf.float32, [], name="input_abs_thres")
+    # Two features whose boxes are centred at (y, x) = (10, 20) and at the image centre.
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    centres = tf.stack([tf.constant([10.0, 20.0]), size / 2.0])
+    tf.identity(tf.concat([centres - 8.0, centres + 8.0], axis=1), name="boxes")
+    tf.identity(tf.ones([2, 6]) * tf.reduce_mean(scales), name="features")
+    tf.identity(tf.stack([scales[0], scales[-1]]), name="scales")
+    tf.identity(tf.constant([[5.0], [3.0]]), name="scores")
+    with tf.compat.v1.Session(graph=graph) as session:
+      builder = tf.compat.v1.saved_model.Builder(str(tmp_path / "tf1"))
+      builder.add_meta_graph_and_variables(session, [tf.compat.v1.saved_model.SERVING])
+      builder.save()
+  config = _config(tmp_path / "tf1")
+  config.max_image_size = 100  # A 200 x 300 image is shrunk to 67 x 100 first.
+  features = DelfExtractor(config).extract(np.zeros((200, 300, 3), np.uint8))
+  assert features.num_features == 2
+  ratio = np.array([67 / 200, 100 / 300])
+  np.testing.assert_allclose(features.locations[0], np.array([10.0, 20.0]) / ratio, rtol=1e-5)
+  np.testing.assert_allclose(features.locations[1], [100.0, 150.0], atol=1.5)
+  np.testing.assert_allclose(features.attention, [5.0, 3.0])
