@@ -104,6 +104,25 @@ def make_features(points_yx, descriptors):
   return LocalFeatures(points_yx, np.ones(n), descriptors, np.ones(n), np.zeros(n))
 
 
+def installed_script(name: str) -> str:
+  """Path of an installed console script (beside this Python first); fails the test if missing."""
+  import shutil
+  found = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
+  assert found, f"console script {name} is not installed"
+  return found
+
+
+def tgz(path: pathlib.Path, files: dict[str, bytes]) -> None:
+  """A .tgz with ``files`` {member path: bytes}."""
+  import io
+  import tarfile
+  with tarfile.open(path, "w:gz") as tar:
+    for name, data in files.items():
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+
+
 def run_cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
   """Runs ``python -m module args`` and returns the completed process (text output)."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))

@@ -7,11 +7,12 @@ import sys
 from conftest import REPO
 
 
-def load_benchmark():
+def load_benchmark(name: str = "default_model"):
+  """The module benchmarks/<name>.py (which imports its neighbours from that folder)."""
   sys.path.insert(0, str(REPO / "benchmarks"))
   try:
-    spec = importlib.util.spec_from_file_location("default_model_benchmark",
-                                                  REPO / "benchmarks" / "default_model.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark",
+                                                  REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -35,14 +36,7 @@ def test_readme_and_model_card_tables_are_rendered_from_the_json():
 
 
 def test_readme_rerank_speed_table_is_rendered_from_its_json():
-  sys.path.insert(0, str(REPO / "benchmarks"))
-  try:
-    spec = importlib.util.spec_from_file_location("rerank_speed_benchmark",
-                                                  REPO / "benchmarks" / "rerank_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-  finally:
-    sys.path.remove(str(REPO / "benchmarks"))
+  module = load_benchmark("rerank_speed")
   result = json.loads((REPO / "benchmarks" / "results" / "rerank_speed.json").read_text())
   assert between((REPO / "README.md").read_text(), module.START, module.END) == (
       module.render_table(result))

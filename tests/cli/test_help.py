@@ -1,14 +1,11 @@
 """Every installed console script prints its own usage and flags with their help texts."""
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, installed_script
 
 SCRIPTS = re.findall(r'"(\w+)=delf_ret\.cli\.(\w+):run"', (REPO / "setup.py").read_text())
 # One flag of each tool and a word of its help text.
@@ -22,8 +19,7 @@ OWN_FLAG = {"build_index": "--dataset_gnd_path", "create_delf_model": "--backbon
 
 @pytest.mark.parametrize("script", [name for name, _ in SCRIPTS])
 def test_help_of_the_installed_script_lists_its_flags(script):
-  path = shutil.which(script, path=os.path.dirname(sys.executable)) or shutil.which(script)
-  assert path, f"console script {script} is not installed"
+  path = installed_script(script)
   result = subprocess.run([path, "--help"], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, timeout=300)
   assert result.returncode in (0, 1), result.stderr[-2000:]  # absl's --help exits with 1.
@@ -44,8 +40,7 @@ def test_progress_bar_on_request_and_silenced_with_noprogress(tmp_path, shared_d
   for name in ("graf1.png", "box.png"):
     with Image.open(shared_data / "pairs" / name) as image:
       image.convert("RGB").resize((160, 120)).save(photos / name)
-  script = shutil.which("extract_features", path=os.path.dirname(sys.executable)) or shutil.which(
-      "extract_features")
+  script = installed_script("extract_features")
   run = lambda out, flag: subprocess.run(  # noqa: E731
       [script, f"--images_dir={photos}", f"--output_dir={tmp_path / out}", flag],
       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)

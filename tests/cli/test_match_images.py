@@ -8,7 +8,7 @@ from PIL import Image
 
 from delf_ret.features import LocalFeatures, write_features
 
-from conftest import run_cli
+from conftest import installed_script, run_cli
 
 
 def test_images_to_png_and_json(config_path, shared_data, tmp_path):
@@ -85,13 +85,8 @@ def test_wrong_number_of_inputs():
 
 def test_official_flags_through_the_installed_script(tmp_path, shared_data):
   """The official DELF example's command line: --image_*_path and --features_*_path."""
-  import os
-  import shutil
   import subprocess
-  import sys
-  script = shutil.which("match_images", path=os.path.dirname(sys.executable)) or shutil.which(
-      "match_images")
-  assert script
+  script = installed_script("match_images")
   rng = np.random.default_rng(1)
   points = rng.uniform(0, 300, (25, 2))
   descriptors = rng.normal(size=(25, 8))

@@ -11,7 +11,7 @@ import pytest
 
 from delf_ret.index import LocalFeatureIndex
 
-from conftest import run_cli
+from conftest import installed_script, run_cli
 
 # Reranking settings kept small so that the suite stays fast.
 RETRIEVAL = """
@@ -165,11 +165,8 @@ def test_query_then_remove_image(workspace, tmp_path):
 
 def test_build_index_from_a_dataset_indexes_exactly_its_database_list(tmp_path):
   """Revisited layout: the query image has a feature file too but is not in imlist."""
-  import os
   import pickle
-  import shutil
   import subprocess
-  import sys
 
   import numpy as np
 
@@ -184,9 +181,7 @@ def test_build_index_from_a_dataset_indexes_exactly_its_database_list(tmp_path):
   gnd = {"imlist": ["db_a", "db_b", "db_c"], "qimlist": ["query_q"],
          "gnd": [{"bbx": [0, 0, 10, 10], "easy": [0], "hard": [], "junk": []}]}
   (tmp_path / "gnd_toy.pkl").write_bytes(pickle.dumps(gnd))
-  script = shutil.which("build_index", path=os.path.dirname(sys.executable)) or shutil.which(
-      "build_index")
-  assert script, "the build_index console script is not installed"
+  script = installed_script("build_index")
   result = subprocess.run([script, f"--dataset_gnd_path={tmp_path / 'gnd_toy.pkl'}",
                            f"--features_dir={features_dir}", f"--index_dir={tmp_path / 'index'}"],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)

@@ -2,10 +2,8 @@
 
 import functools
 import http.server
-import io
 import os
 import pickle
-import tarfile
 import threading
 
 import pytest
@@ -13,16 +11,9 @@ import pytest
 from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
 from delf_ret.datasets.download import DATASETS, DownloadError, download_dataset
 
-from conftest import run_cli
+from conftest import run_cli, tgz
 
 
-def tgz(path, files):
-  """A .tgz with ``files`` {member path: bytes}, nested like the published archives."""
-  with tarfile.open(path, "w:gz") as tar:
-    for name, data in files.items():
-      info = tarfile.TarInfo(name)
-      info.size = len(data)
-      tar.addfile(info, io.BytesIO(data))
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):

@@ -2,10 +2,8 @@
 the package's own error (DelfRetError), never another exception or a crash."""
 
 import io
-import shutil
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from delf_ret.errors import DelfRetError

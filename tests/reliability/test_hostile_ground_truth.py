@@ -2,15 +2,15 @@
 
 import os
 import pickle
-import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from delf_ret.evaluation.ground_truth import (GroundTruthError, read_original_gt,
                                               read_revisited_gnd)
+
+from conftest import installed_script
 
 
 class _WritesAFile:
@@ -49,9 +49,7 @@ def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
 def test_perform_retrieval_refuses_a_hostile_pickle_with_one_line(tmp_path):
   marker = tmp_path / "pwned"
   (tmp_path / "gnd_evil.pkl").write_bytes(pickle.dumps(_gnd(imlist=[_WritesAFile(marker)])))
-  script = shutil.which("perform_retrieval", path=os.path.dirname(sys.executable)) or shutil.which(
-      "perform_retrieval")
-  assert script
+  script = installed_script("perform_retrieval")
   result = subprocess.run([script, f"--dataset_gnd_path={tmp_path / 'gnd_evil.pkl'}",
                            f"--images_dir={tmp_path}", f"--index_dir={tmp_path / 'index'}",
                            f"--features_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}"],

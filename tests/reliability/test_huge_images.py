@@ -1,18 +1,13 @@
 """Huge images: refused before decoding above the pixel limit, extracted in bounded memory below it."""
 
-import os
-import resource
-import shutil
 import subprocess
 import sys
 
 from PIL import Image
 
+from conftest import installed_script
 
-def _script(name):
-  found = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
-  assert found, f"console script {name} not installed"
-  return found
+
 
 
 def _peak_child_rss_gb(command):
@@ -33,7 +28,7 @@ def test_a_12000x9000_jpeg_is_refused_before_decoding(tmp_path):
   Image.new("RGB", (12000, 9000), (90, 120, 150)).save(photos / "huge.jpg", quality=50)
   Image.new("RGB", (320, 240), (20, 60, 90)).save(photos / "small.png")
   result, stdout, peak = _peak_child_rss_gb(
-      [_script("extract_features"), f"--images_dir={photos}", f"--output_dir={tmp_path / 'f'}"])
+      [installed_script("extract_features"), f"--images_dir={photos}", f"--output_dir={tmp_path / 'f'}"])
   assert result.returncode == 1, result.stderr[-2000:]  # One image failed, the other extracted.
   assert "huge.jpg: image too large (12000x9000" in result.stderr
   assert (tmp_path / "f" / "small.delf").is_file()
@@ -45,7 +40,7 @@ def test_an_image_just_under_the_pixel_limit_extracts_in_bounded_memory(tmp_path
   photos.mkdir()
   Image.new("RGB", (10000, 8900), (90, 120, 150)).save(photos / "big.png")  # 89.0 megapixels.
   result, stdout, peak = _peak_child_rss_gb(
-      [_script("extract_features"), f"--images_dir={photos}", f"--output_dir={tmp_path / 'f'}"])
+      [installed_script("extract_features"), f"--images_dir={photos}", f"--output_dir={tmp_path / 'f'}"])
   assert result.returncode == 0, result.stderr[-2000:]
   assert (tmp_path / "f" / "big.delf").is_file()
   assert peak < 4.0, f"peak memory {peak:.2f} GB"  # README: about 3 GB at the pixel limit.

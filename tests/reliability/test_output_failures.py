@@ -1,17 +1,13 @@
 """Per-image write failures are reported and the batch goes on; a bad output folder stops it."""
 
 import os
-import shutil
 import subprocess
-import sys
 
 import pytest
 
+from conftest import installed_script
 
-def _script(name):
-  found = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
-  assert found, f"console script {name} not installed"
-  return found
+
 
 
 def _run(*args):
@@ -33,7 +29,7 @@ def photos(tmp_path_factory, shared_data):
 
 def test_a_name_too_long_fails_alone_and_the_batch_goes_on(photos, tmp_path):
   out = tmp_path / "features"
-  result = _run(_script("extract_features"), f"--images_dir={photos}", f"--output_dir={out}")
+  result = _run(installed_script("extract_features"), f"--images_dir={photos}", f"--output_dir={out}")
   assert result.returncode == 1, result.stderr
   assert "cannot write" in result.stderr and "Traceback" not in result.stderr
   assert (out / "box.delf").is_file()
@@ -52,7 +48,7 @@ def test_an_unusable_output_folder_stops_with_one_line(photos, tmp_path, kind):
     else:
       out.mkdir()
       out.chmod(0o500)
-  result = _run(_script("extract_features"), f"--images_dir={photos}", f"--output_dir={out}")
+  result = _run(installed_script("extract_features"), f"--images_dir={photos}", f"--output_dir={out}")
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("error:") and message in result.stderr
   assert "Traceback" not in result.stderr

@@ -1,20 +1,15 @@
 """Feature folders remember their settings: other settings are refused or recomputed, never reused."""
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 
 import pytest
 
 from delf_ret.features import read_features
 
+from conftest import installed_script
 
-def _script(name):
-  found = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
-  assert found, f"console script {name} not installed"
-  return found
+
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +25,7 @@ def photos(tmp_path_factory, shared_data):
 def test_features_of_other_settings_are_refused_then_recomputed_with_overwrite(photos, tmp_path):
   out = tmp_path / "features"
   run = lambda *extra: subprocess.run(  # noqa: E731
-      [_script("extract_features"), f"--images_dir={photos}", f"--output_dir={out}", *extra],
+      [installed_script("extract_features"), f"--images_dir={photos}", f"--output_dir={out}", *extra],
       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
   first = run("--config_override=delf_local_config.max_feature_num=50")
   assert first.returncode == 0, first.stderr

@@ -1,9 +1,6 @@
 """Values that used to pass validation and give silent wrong results: each is refused by name."""
 
-import os
-import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +8,8 @@ import pytest
 from delf_ret.config import ConfigError, load_config
 from delf_ret.default_model import default_config_path
 from delf_ret.extract.pca import PcaError, apply_pca, learn_pca, load_pca, save_pca
+
+from conftest import installed_script
 
 
 @pytest.mark.parametrize("override, message", [
@@ -40,9 +39,7 @@ def test_bad_numbers_are_refused_with_the_field_named(override, message):
 ])
 def test_match_images_refuses_bad_ransac_flags_instead_of_printing_zero_inliers(
     flag, message, shared_data, tmp_path):
-  script = shutil.which("match_images", path=os.path.dirname(sys.executable)) or shutil.which(
-      "match_images")
-  assert script
+  script = installed_script("match_images")
   pairs = shared_data / "pairs"
   result = subprocess.run([script, str(pairs / "graf1.png"), str(pairs / "graf3.png"), flag],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)

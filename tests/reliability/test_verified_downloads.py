@@ -1,28 +1,18 @@
 """Downloads are checked against known SHA-256 digests; archives cannot overwrite their own files."""
 
 import functools
-import hashlib
 import http.server
-import io
-import os
 import pickle
-import shutil
 import subprocess
-import sys
-import tarfile
 import threading
 
 import pytest
 
 from delf_ret.datasets.download import DATASETS, DownloadError, download_dataset, unpack
 
+from conftest import installed_script, tgz
 
-def _tgz(path, files):
-  with tarfile.open(path, "w:gz") as tar:
-    for name, data in files.items():
-      info = tarfile.TarInfo(name)
-      info.size = len(data)
-      tar.addfile(info, io.BytesIO(data))
+
 
 
 @pytest.fixture
@@ -30,7 +20,7 @@ def tampered_mirror(tmp_path):
   """A loopback server whose gnd_roxford5k.pkl is not the published file."""
   root = tmp_path / "mirror"
   root.mkdir()
-  _tgz(root / "oxbuild_images-v1.tgz", {"oxbuild_images/all_souls_000001.jpg": b"\xff\xd8jpeg"})
+  tgz(root / "oxbuild_images-v1.tgz", {"oxbuild_images/all_souls_000001.jpg": b"\xff\xd8jpeg"})
   (root / "gnd_roxford5k.pkl").write_bytes(pickle.dumps({"imlist": [], "qimlist": [], "gnd": []}))
   handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
   handler.log_message = lambda *args: None
@@ -63,9 +53,7 @@ def test_a_tampered_file_is_deleted_and_the_run_fails(tampered_mirror, tmp_path)
 
 def test_cli_checks_given_digests_and_exits_2(tampered_mirror, tmp_path):
   url, root = tampered_mirror
-  script = shutil.which("download_dataset", path=os.path.dirname(sys.executable)) or shutil.which(
-      "download_dataset")
-  assert script
+  script = installed_script("download_dataset")
   wrong = "0" * 64
   result = subprocess.run([script, "--dataset=oxford5k", f"--output_dir={tmp_path / 'data'}",
                            f"--mirror_url={url}", f"--sha256=oxbuild_images-v1.tgz={wrong}"],
@@ -81,6 +69,6 @@ def test_cli_checks_given_digests_and_exits_2(tampered_mirror, tmp_path):
 
 def test_archive_members_with_one_base_name_are_an_error(tmp_path):
   archive = tmp_path / "images.tgz"
-  _tgz(archive, {"a/x.jpg": b"1", "b/x.jpg": b"2"})
+  tgz(archive, {"a/x.jpg": b"1", "b/x.jpg": b"2"})
   with pytest.raises(DownloadError, match="a/x.jpg and b/x.jpg would both become jpg/x.jpg"):
     unpack(archive, tmp_path / "out", "jpg")
