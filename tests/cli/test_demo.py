@@ -6,8 +6,6 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
-
 # Smaller images and a shallower reranking keep the test short; the pipeline is the same.
 FAST = ["--config_override=max_image_size=320", "--config_override=retrieval_config.rerank_top_n=4",
         "--config_override=retrieval_config.ransac_max_trials=200"]

@@ -1,7 +1,5 @@
 """Mini benchmark layouts written from a labels CSV of real photos."""
 
-import pickle
-
 import pytest
 
 from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd

@@ -6,7 +6,6 @@ import pytest
 from delf_ret.config import load_config, parse_config_text
 from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError, pyramid_levels
 from delf_ret.images import load_image
-from delf_ret.model import load_delf_model
 from delf_ret.extract.pca import PcaError
 
 from conftest import landmark_images, make_config_text

@@ -1,6 +1,5 @@
 """GLDv2 preparation (published layout -> TFRecord shards) and the tf.data input pipeline."""
 
-import csv
 import json
 
 import numpy as np
