@@ -17,6 +17,7 @@ and ``bbx``.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import pathlib
@@ -217,8 +218,9 @@ def read_revisited_gnd(pkl_path: str | os.PathLike, images_dir: str | os.PathLik
   imlist = [check_image_name(n, str(pkl_path)) for n in data["imlist"]]
   qimlist = [check_image_name(n, str(pkl_path)) for n in data["qimlist"]]
   for names, what in ((imlist, "imlist"), (qimlist, "qimlist")):
-    if len(set(names)) != len(names):
-      duplicate = next(n for i, n in enumerate(names) if n in names[:i])
+    duplicates = [name for name, count in collections.Counter(names).items() if count > 1]
+    if duplicates:
+      duplicate = duplicates[0]
       raise GroundTruthError(f"{pkl_path}: {what} lists {duplicate!r} twice")
   if len(data["gnd"]) != len(qimlist):
     raise GroundTruthError(f"{pkl_path}: {len(data['gnd'])} gnd entries for "

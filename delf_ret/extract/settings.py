@@ -77,6 +77,16 @@ def _differences(old: dict, new: dict) -> str:
   return ", ".join(changed[:6]) or "unknown"
 
 
+def _recorded(record: pathlib.Path) -> dict | None:
+  """The settings recorded in ``record`` ({} if unreadable); None if there is no record."""
+  if not record.is_file():
+    return None
+  try:
+    return json.loads(record.read_text())
+  except (ValueError, OSError):
+    return {}
+
+
 def check_feature_folder(folder: str | os.PathLike, settings: dict | None, overwrite: bool,
                          log: Callable[[str], None] = print) -> None:
   """Makes sure the feature files in ``folder`` were made with ``settings``, then records them.
@@ -92,11 +102,8 @@ def check_feature_folder(folder: str | os.PathLike, settings: dict | None, overw
   record = folder / SETTINGS_FILE
   features = sorted(folder.glob(f"*{FEATURE_SUFFIX}")) if folder.is_dir() else []
   stale = False
-  if record.is_file():
-    try:
-      old = json.loads(record.read_text())
-    except (ValueError, OSError):
-      old = {}
+  old = _recorded(record)
+  if old is not None:
     if old == settings:
       return
     if features and not overwrite:
@@ -125,12 +132,8 @@ def check_database_features(folder: str | os.PathLike, settings: dict | None) ->
   For feature files that are only read (e.g. the database features that
   reranking compares query features with).
   """
-  record = pathlib.Path(folder) / SETTINGS_FILE
-  if settings is None or not record.is_file():
-    return
-  try:
-    old = json.loads(record.read_text())
-  except (ValueError, OSError):
+  old = _recorded(pathlib.Path(folder) / SETTINGS_FILE)
+  if settings is None or not old:  # No record, or an unreadable one: nothing to compare.
     return
   if old != settings:
     raise InputError(f"the feature files in {folder} were made with other settings than this "

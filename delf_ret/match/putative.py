@@ -64,8 +64,8 @@ class DescriptorMatcher:
     Same results as calling ``match`` on each set; one large search is faster
     than many small ones.
     """
-    sets = [np.asarray(b, np.float32).reshape(-1, self.dim) if np.asarray(b).size == 0
-            else np.asarray(b, np.float32) for b in descriptor_sets]
+    sets = [np.asarray(b, np.float32) for b in descriptor_sets]
+    sets = [b.reshape(-1, self.dim) if b.size == 0 else b for b in sets]  # Empty: any shape.
     offsets = np.cumsum([0] + [b.shape[0] for b in sets])
     k = 2 if ratio_threshold is not None else 1
     indices, distances = self.nearest(np.concatenate(sets) if sets else

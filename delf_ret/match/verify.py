@@ -86,6 +86,12 @@ class Verification:
   inliers: np.ndarray
   transform: np.ndarray | None
 
+  @classmethod
+  def empty(cls, matches: np.ndarray | None = None) -> "Verification":
+    """No inliers and no transform (for ``matches``, or none)."""
+    matches = np.zeros((0, 2), np.int64) if matches is None else matches
+    return cls(matches, np.zeros(matches.shape[0], bool), None)
+
   @property
   def num_inliers(self) -> int:
     return int(self.inliers.sum())
@@ -183,7 +189,7 @@ def verify_matches(locations_a: np.ndarray, locations_b: np.ndarray, matches: np
                      f"{params.backend!r}")
   _, min_samples = TRANSFORMS[params.transform]
   matches = np.asarray(matches, np.int64).reshape(-1, 2)
-  none = Verification(matches, np.zeros(matches.shape[0], bool), None)
+  none = Verification.empty(matches)
   if matches.shape[0] < min_samples:
     return none
   source = np.asarray(locations_a, np.float64)[matches[:, 0]][:, ::-1]  # (x, y)
@@ -194,7 +200,8 @@ def verify_matches(locations_a: np.ndarray, locations_b: np.ndarray, matches: np
   return Verification(matches, inliers, transform)
 
 
-def _add_seconds(timings: dict[str, float] | None, stage: str, start: float) -> None:
+def add_seconds(timings: dict[str, float] | None, stage: str, start: float) -> None:
+  """Adds the seconds since ``start`` (time.perf_counter) to ``timings[stage]`` (None: nothing)."""
   if timings is not None:
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
@@ -208,15 +215,15 @@ def verify_pair(features_a: LocalFeatures, features_b: LocalFeatures,
   timings: if given, the seconds spent are added to its "matching" and "ransac" entries.
   """
   if features_a.num_features == 0 or features_b.num_features == 0:
-    return Verification(np.zeros((0, 2), np.int64), np.zeros(0, bool), None)
+    return Verification.empty()
   start = time.perf_counter()
   matcher = matcher or DescriptorMatcher(features_a.descriptors)
   matches = matcher.match(features_b.descriptors, params.distance_threshold,
                           params.ratio_threshold, params.mutual)
-  _add_seconds(timings, "matching", start)
+  add_seconds(timings, "matching", start)
   start = time.perf_counter()
   verification = verify_matches(features_a.locations, features_b.locations, matches, params)
-  _add_seconds(timings, "ransac", start)
+  add_seconds(timings, "ransac", start)
   return verification
 
 
@@ -233,7 +240,7 @@ def verify_candidates(query: LocalFeatures, candidates: Iterable[LocalFeatures],
   """
   start = time.perf_counter()
   matcher = DescriptorMatcher(query.descriptors) if query.num_features else None
-  _add_seconds(timings, "matching", start)
+  add_seconds(timings, "matching", start)
   results = []
   iterator = iter(candidates)
   while batch := list(itertools.islice(iterator, batch_size)):
@@ -243,12 +250,12 @@ def verify_candidates(query: LocalFeatures, candidates: Iterable[LocalFeatures],
     start = time.perf_counter()
     all_matches = matcher.match_many([c.descriptors for c in batch], params.distance_threshold,
                                      params.ratio_threshold, params.mutual)
-    _add_seconds(timings, "matching", start)
+    add_seconds(timings, "matching", start)
     for candidate, matches in zip(batch, all_matches):
       start = time.perf_counter()
       if candidate.num_features == 0:
-        results.append(Verification(np.zeros((0, 2), np.int64), np.zeros(0, bool), None))
+        results.append(Verification.empty())
       else:
         results.append(verify_matches(query.locations, candidate.locations, matches, params))
-      _add_seconds(timings, "ransac", start)
+      add_seconds(timings, "ransac", start)
   return results

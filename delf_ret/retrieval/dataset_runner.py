@@ -86,12 +86,17 @@ def _entries_from_json(rows: list[list]) -> list[RankedImage]:
   return [RankedImage(image_id, score, inliers) for image_id, score, inliers in rows]
 
 
-def _result_json(name: str, result: RetrievalResult, settings: str) -> dict:
-  return {"query": name, "settings": settings, "ranked": _entries_json(result.ranked),
-          "reranked": _entries_json(result.reranked),
-          "reranked_by_split": {split: _entries_json(entries)
-                                for split, entries in result.reranked_by_split.items()},
-          "seconds": {stage: round(value, 6) for stage, value in result.seconds.items()}}
+def _lists_json(result: RetrievalResult) -> dict:
+  """A result's lists ([image id, score, inliers]) and stage seconds, JSON-ready.
+
+  "reranked_by_split" only where splits were reranked separately.
+  """
+  lists = {"ranked": _entries_json(result.ranked), "reranked": _entries_json(result.reranked)}
+  if result.reranked_by_split:
+    lists["reranked_by_split"] = {split: _entries_json(entries)
+                                  for split, entries in result.reranked_by_split.items()}
+  lists["seconds"] = {stage: round(value, 6) for stage, value in result.seconds.items()}
+  return lists
 
 
 def _result_from_json(data: dict) -> RetrievalResult:
@@ -188,7 +193,7 @@ def run_queries(dataset: RetrievalDataset, index: LocalFeatureIndex,
       result = retrieve_for_splits(query, index, load_features, retrieval_config, junk[i])
     result.seconds = {"extraction": extraction, **result.seconds}
     with atomic_write(cached, "w") as handle:
-      json.dump(_result_json(name, result, settings), handle)
+      json.dump({"query": name, "settings": settings, **_lists_json(result)}, handle)
     results.append(result)
     computed += 1
     # The best verified image (the list may start with ignored images that are never verified).
@@ -272,12 +277,6 @@ def write_ranked_lists(path: str | pathlib.Path, dataset: RetrievalDataset,
   Per query: "ranked" (first stage), "reranked", and where splits were
   reranked separately "reranked_by_split".
   """
-  queries = {}
-  for name, r in zip(dataset.qimlist, results):
-    queries[name] = {"ranked": _entries_json(r.ranked), "reranked": _entries_json(r.reranked)}
-    if r.reranked_by_split:
-      queries[name]["reranked_by_split"] = {split: _entries_json(entries)
-                                            for split, entries in r.reranked_by_split.items()}
-    queries[name]["seconds"] = {stage: round(v, 6) for stage, v in r.seconds.items()}
+  queries = {name: _lists_json(r) for name, r in zip(dataset.qimlist, results)}
   with atomic_write(path, "w") as handle:
     json.dump({"dataset": dataset.name, "queries": queries}, handle)

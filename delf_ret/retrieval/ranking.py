@@ -19,7 +19,7 @@ import numpy as np
 from delf_ret.config import DelfRetrievalConfig
 from delf_ret.features import LocalFeatures
 from delf_ret.index import IndexParams, LocalFeatureIndex
-from delf_ret.match import RansacParams, verify_candidates
+from delf_ret.match import RansacParams, add_seconds, verify_candidates
 
 
 @dataclasses.dataclass
@@ -91,8 +91,7 @@ def _timed_loads(image_ids: list[str], load_features: Callable[[str], LocalFeatu
   for image_id in image_ids:
     start = time.perf_counter()
     features = load_features(image_id)
-    if timings is not None:
-      timings["loading"] = timings.get("loading", 0.0) + time.perf_counter() - start
+    add_seconds(timings, "loading", start)
     yield features
 
 
@@ -174,8 +173,7 @@ def first_stage(query: LocalFeatures, index: LocalFeatureIndex,
   start = time.perf_counter()
   ranked = rank_database(index, query.descriptors if query.num_features else
                          np.zeros((0, index.dim), np.float32), retrieval_config)
-  if timings is not None:
-    timings["search"] = timings.get("search", 0.0) + time.perf_counter() - start
+  add_seconds(timings, "search", start)
   return ranked
 
 

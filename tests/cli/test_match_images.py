@@ -37,13 +37,18 @@ def test_feature_files_of_different_dimensions(tmp_path):
   assert "descriptor dimensions differ" in result.stderr and "40" in result.stderr
 
 
-def test_feature_files_need_images_to_draw(tmp_path, shared_data):
-  rng = np.random.default_rng(0)
-  points = rng.uniform(0, 400, (30, 2))
-  descriptors = rng.normal(size=(30, 8))
+def write_identical_pair(folder, n: int, seed: int, extent: float) -> None:
+  """a.delf and b.delf with the same n features: every putative match is an inlier."""
+  rng = np.random.default_rng(seed)
+  points = rng.uniform(0, extent, (n, 2))
+  descriptors = rng.normal(size=(n, 8))
   for name in ("a.delf", "b.delf"):
-    write_features(tmp_path / name, LocalFeatures(points, np.ones(30), descriptors, np.ones(30),
-                                                  np.zeros(30)))
+    write_features(folder / name, LocalFeatures(points, np.ones(n), descriptors, np.ones(n),
+                                                np.zeros(n)))
+
+
+def test_feature_files_need_images_to_draw(tmp_path, shared_data):
+  write_identical_pair(tmp_path, 30, seed=0, extent=400)
   args = [str(tmp_path / "a.delf"), str(tmp_path / "b.delf"), f"--output_image={tmp_path / 'x.png'}"]
   result = run_cli("delf_ret.cli.match_images", *args)
   assert result.returncode == 2 and "--image_paths" in result.stderr
@@ -87,12 +92,7 @@ def test_official_flags_through_the_installed_script(tmp_path, shared_data):
   """The official DELF example's command line: --image_*_path and --features_*_path."""
   import subprocess
   script = installed_script("match_images")
-  rng = np.random.default_rng(1)
-  points = rng.uniform(0, 300, (25, 2))
-  descriptors = rng.normal(size=(25, 8))
-  for name in ("a.delf", "b.delf"):
-    write_features(tmp_path / name, LocalFeatures(points, np.ones(25), descriptors, np.ones(25),
-                                                  np.zeros(25)))
+  write_identical_pair(tmp_path, 25, seed=1, extent=300)
   pair = shared_data / "pairs"
   run = lambda *args: subprocess.run([script, *args], capture_output=True, text=True,  # noqa: E731
                                      stdin=subprocess.DEVNULL, timeout=600)
