@@ -24,7 +24,7 @@ from delf_ret.evaluation.metrics import (DEFAULT_KS, SplitMetrics, evaluate_orig
 from delf_ret.features import LocalFeatures, feature_file_name, read_features, write_features
 from delf_ret.images import load_image
 from delf_ret.index import LocalFeatureIndex, LocalIndexError
-from delf_ret.retrieval.ranking import RankedImage, RetrievalResult, first_stage, rerank, retrieve
+from delf_ret.retrieval.ranking import RankedImage, RetrievalResult, retrieve
 
 # Report stage name -> the RetrievalResult list it scores.
 STAGES = {"first_stage": "ranked", "reranked": "reranked"}
@@ -128,25 +128,6 @@ def split_junk_names(dataset: RetrievalDataset) -> list[dict[str, set[str]]] | N
            for split, ignored in per_split.items()} for query in range(len(dataset.qimlist))]
 
 
-def retrieve_for_splits(query: LocalFeatures, index: LocalFeatureIndex,
-                        load_features: Callable[[str], LocalFeatures], retrieval_config,
-                        junk: dict[str, set[str]]) -> RetrievalResult:
-  """First stage, then one reranked list per split, each skipping that split's junk images.
-
-  Every (query, image) pair is verified at most once across the splits (a
-  shared cache), as the official DELG evaluation does not. ``reranked`` is
-  the medium split's list (its ignored images are the junk ones only).
-  """
-  seconds: dict[str, float] = {}
-  ranked = first_stage(query, index, retrieval_config, seconds)
-  verified: dict[str, int] = {}
-  by_split = {split: rerank(query, ranked, load_features, retrieval_config, skip=names,
-                            verified=verified, timings=seconds)
-              for split, names in junk.items()}
-  return RetrievalResult(ranked, by_split.get("medium", next(iter(by_split.values()))),
-                         by_split, seconds)
-
-
 def run_queries(dataset: RetrievalDataset, index: LocalFeatureIndex,
                 load_features: Callable[[str], LocalFeatures],
                 extract: Callable[[np.ndarray], LocalFeatures], retrieval_config,
@@ -155,7 +136,7 @@ def run_queries(dataset: RetrievalDataset, index: LocalFeatureIndex,
   """Ranked and reranked lists of every query, in qimlist order (cached in ``work_dir``).
 
   Revisited datasets with ``retrieval_config.rerank_skip_junk`` get one
-  reranked list per split (retrieve_for_splits). A cached list made with
+  reranked list per split (ranking.retrieve). A cached list made with
   other retrieval settings is recomputed. features_settings: what the query
   features are extracted with (delf_ret.extract.settings.extraction_settings);
   cached query features and lists made with other ones are recomputed. Each
@@ -187,10 +168,8 @@ def run_queries(dataset: RetrievalDataset, index: LocalFeatureIndex,
     extraction_start = time.perf_counter()
     query = query_features(dataset, i, features_dir, extract)
     extraction = time.perf_counter() - extraction_start
-    if junk is None:
-      result = retrieve(query, index, load_features, retrieval_config)
-    else:
-      result = retrieve_for_splits(query, index, load_features, retrieval_config, junk[i])
+    result = retrieve(query, index, load_features, retrieval_config,
+                      None if junk is None else junk[i])
     result.seconds = {"extraction": extraction, **result.seconds}
     with atomic_write(cached, "w") as handle:
       json.dump({"query": name, "settings": settings, **_lists_json(result)}, handle)

@@ -179,11 +179,25 @@ def first_stage(query: LocalFeatures, index: LocalFeatureIndex,
 
 def retrieve(query: LocalFeatures, index: LocalFeatureIndex,
              load_features: Callable[[str], LocalFeatures],
-             retrieval_config: DelfRetrievalConfig) -> RetrievalResult:
-  """Ranks the database for one query, then verifies the top (settings from the config)."""
+             retrieval_config: DelfRetrievalConfig,
+             junk_by_split: dict[str, set[str]] | None = None) -> RetrievalResult:
+  """Ranks the database for one query, then verifies the top (settings from the config).
+
+  junk_by_split: {split: junk image ids} of a Revisited query: one reranked
+    list per split, each skipping that split's junk images (as the official
+    DELG evaluation), every (query, image) pair verified at most once across
+    the splits; ``reranked`` is then the medium split's list.
+  """
   seconds: dict[str, float] = {}
   ranked = first_stage(query, index, retrieval_config, seconds)
   if retrieval_config.rerank_top_n == 0:
     return RetrievalResult(ranked, list(ranked), seconds=seconds)
-  return RetrievalResult(ranked, rerank(query, ranked, load_features, retrieval_config,
-                                        timings=seconds), seconds=seconds)
+  if not junk_by_split:
+    return RetrievalResult(ranked, rerank(query, ranked, load_features, retrieval_config,
+                                          timings=seconds), seconds=seconds)
+  verified: dict[str, int] = {}
+  by_split = {split: rerank(query, ranked, load_features, retrieval_config, skip=names,
+                            verified=verified, timings=seconds)
+              for split, names in junk_by_split.items()}
+  return RetrievalResult(ranked, by_split.get("medium", next(iter(by_split.values()))),
+                         by_split, seconds)
