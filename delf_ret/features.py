@@ -138,16 +138,26 @@ def write_features(path: str | os.PathLike, features: LocalFeatures) -> None:
   write_bytes_atomic(path, to_proto(features).SerializeToString())
 
 
+def _parse_file(path: pathlib.Path, message, missing: str, kind: str):
+  """``message`` parsed from the bytes of ``path``; FeatureFileError naming the file otherwise.
+
+  missing / kind: how the error calls a missing file ("<path>: <missing> not found")
+  and what the file should have been ("<path>: not <kind> (<parser's reason>)").
+  """
+  if not path.is_file():
+    raise FeatureFileError(f"{path}: {missing} not found")
+  try:
+    message.ParseFromString(path.read_bytes())
+  except (DecodeError, ValueError, RuntimeError) as error:
+    raise FeatureFileError(f"{path}: not {kind} ({error})") from None
+  return message
+
+
 def read_features(path: str | os.PathLike) -> LocalFeatures:
   """Reads one image's features; raises FeatureFileError on a bad file."""
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise FeatureFileError(f"{path}: feature file not found")
-  message = delf_features_pb2.DelfFeatures()
-  try:
-    message.ParseFromString(path.read_bytes())
-  except DecodeError as error:
-    raise FeatureFileError(f"{path}: not a DELF feature file ({error})") from None
+  message = _parse_file(path, delf_features_pb2.DelfFeatures(), "feature file",
+                        "a DELF feature file")
   try:
     return from_proto(message)
   except FeatureFileError as error:
@@ -183,13 +193,7 @@ def read_datum(path: str | os.PathLike) -> np.ndarray:
   or its values do not fill its shape.
   """
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise FeatureFileError(f"{path}: file not found")
-  datum = delf_features_pb2.DatumProto()
-  try:
-    datum.ParseFromString(path.read_bytes())
-  except (DecodeError, ValueError, RuntimeError) as error:
-    raise FeatureFileError(f"{path}: not a .datum file ({error})") from None
+  datum = _parse_file(path, delf_features_pb2.DatumProto(), "file", "a .datum file")
   shape = tuple(int(d) for d in datum.shape.dim)
   values = np.asarray(datum.float_list.value, np.float32)
   if any(d < 0 for d in shape) or int(np.prod(shape)) != values.size:

@@ -39,7 +39,7 @@ import time
 import faiss
 import numpy as np
 
-from delf_ret.atomic import respect_umask
+from delf_ret.atomic import LEFTOVER_AGE_SECONDS, remove_leftovers, respect_umask
 from delf_ret.errors import DelfRetError
 from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
 
@@ -315,10 +315,12 @@ class LocalFeatureIndex:
     return index
 
 
-def remove_leftover_versions(folder: str | os.PathLike, min_age_seconds: float = 60.0) -> int:
+def remove_leftover_versions(folder: str | os.PathLike,
+                             min_age_seconds: float = LEFTOVER_AGE_SECONDS) -> int:
   """Deletes version folders a killed save left (not named by CURRENT, untouched for a minute).
 
-  Returns how many were removed. Called by writers before they save.
+  Its temporary CURRENT pointer goes too (atomic.remove_leftovers, the same age
+  rule). Returns how many version folders were removed. Called by writers before they save.
   """
   folder = pathlib.Path(folder)
   current = _current_version(folder) if folder.is_dir() else None
@@ -327,9 +329,7 @@ def remove_leftover_versions(folder: str | os.PathLike, min_age_seconds: float =
     if path.name != current and path.is_dir() and now - path.stat().st_mtime >= min_age_seconds:
       shutil.rmtree(path, ignore_errors=True)
       removed += 1
-  stale_pointer = folder / ".CURRENT.tmp"
-  if stale_pointer.is_file() and now - stale_pointer.stat().st_mtime >= min_age_seconds:
-    stale_pointer.unlink(missing_ok=True)
+  remove_leftovers(folder, min_age_seconds=min_age_seconds)
   return removed
 
 
