@@ -91,6 +91,7 @@ def validate_selfsup(config: DelfTrainingConfig) -> None:
       ("min_photo_scale", 0 < s.min_photo_scale <= s.max_photo_scale),
       ("min_zoom", 0 < s.min_zoom <= s.max_zoom),
       ("max_pair_gap", s.max_pair_gap >= 0), ("min_pair_matches", s.min_pair_matches >= 1),
+      ("negative_exclusion_radius", s.negative_exclusion_radius >= 0),
   ]
   for name, ok in checks:
     if not ok:
@@ -131,16 +132,47 @@ def load_real_pairs(photos: list[np.ndarray], paths: list[pathlib.Path], train_r
   return pairs
 
 
+def excluded_negatives(targets: tf.Tensor, side: int, radius: int) -> tf.Tensor:
+  """Which B cells are left out of each A cell's InfoNCE negatives.
+
+  Args:
+    targets: int32 [P, N], index (row * side + column) of each A cell's
+      correspondent in its own side x side B view, or -1 (none).
+    side: cells per side of the square B views.
+    radius: B cells of the A cell's own pair at Chebyshev distance 1 ..
+      radius (cells) from the correspondent are excluded; 0 excludes none.
+
+  Returns:
+    bool [P * N, P * side * side]: row = A cell, column = B cell of the batch
+    (pair-major, as the logits of ``info_nce``).
+  """
+  pairs, cells_a = tf.shape(targets)[0], tf.shape(targets)[1]
+  cells_b = side * side
+  if radius <= 0:
+    return tf.zeros([pairs * cells_a, pairs * cells_b], tf.bool)
+  grid = tf.range(cells_b)
+  safe = tf.where(targets >= 0, targets, tf.zeros_like(targets))[..., None]  # [P, N, 1]
+  distance = tf.maximum(tf.abs(grid // side - safe // side), tf.abs(grid % side - safe % side))
+  near = (distance >= 1) & (distance <= radius) & (targets >= 0)[..., None]  # [P, N, M]
+  own_pair = tf.eye(pairs, dtype=tf.bool)[:, None, :, None]  # [P, 1, P, 1]
+  full = near[:, :, None, :] & own_pair  # [P, N, P, M]
+  return tf.reshape(full, [pairs * cells_a, pairs * cells_b])
+
+
 def info_nce(features_a: tf.Tensor, features_b: tf.Tensor, targets: tf.Tensor,
-             temperature: float) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+             temperature: float, side: int = 0,
+             exclusion_radius: int = 0) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """InfoNCE of view-A cells against every view-B cell of the batch.
 
   Args:
     features_a: [P, N, D] L2-normalised cells of the A views.
-    features_b: [P, M, D] L2-normalised cells of the B views.
+    features_b: [P, M, D] L2-normalised cells of the B views (M = side * side).
     targets: int32 [P, N], index of each A cell's corresponding cell in its
       own B view, or -1 (such cells are ignored).
     temperature: divides the cosine similarities.
+    side: cells per side of the B views (needed when exclusion_radius > 0).
+    exclusion_radius: B cells this close to the correspondent (Chebyshev,
+      cells; see ``excluded_negatives``) are not negatives.
 
   Returns:
     (summed loss over cells with a target, float [P, N] 1.0 where the
@@ -154,7 +186,11 @@ def info_nce(features_a: tf.Tensor, features_b: tf.Tensor, targets: tf.Tensor,
   valid = tf.reshape(targets >= 0, [-1])
   labels = tf.reshape(targets + tf.range(pairs)[:, None] * cells_b, [-1])
   labels = tf.where(valid, labels, tf.zeros_like(labels))
-  per_cell = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+  loss_logits = logits
+  if exclusion_radius > 0:
+    loss_logits = tf.where(excluded_negatives(targets, side, exclusion_radius),
+                           tf.constant(-1e4, logits.dtype), logits)
+  per_cell = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=loss_logits)
   mask = tf.cast(valid, tf.float32)
   correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels),
                     tf.float32) * mask
@@ -265,6 +301,8 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
     return slice(replica * per_replica, (replica + 1) * per_replica)
 
+  side = selfsup_data.grid_side(s.crop_size)
+
   def step_fn(view_a, view_b, targets_ab, targets_ba):
     part = replica_part()
     images = tf.concat([view_a[part], view_b[part]], axis=0)
@@ -275,8 +313,10 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
       flat = tf.reshape(raw, [tf.shape(raw)[0], cells, raw.shape[-1]])
       normalized = tf.math.l2_normalize(flat, axis=-1)
       feats_a, feats_b = normalized[:per_replica], normalized[per_replica:]
-      sum_ab, correct_ab, mask_ab = info_nce(feats_a, feats_b, targets_ab, s.temperature)
-      sum_ba, correct_ba, mask_ba = info_nce(feats_b, feats_a, targets_ba, s.temperature)
+      sum_ab, correct_ab, mask_ab = info_nce(feats_a, feats_b, targets_ab, s.temperature,
+                                             side, s.negative_exclusion_radius)
+      sum_ba, correct_ba, mask_ba = info_nce(feats_b, feats_a, targets_ba, s.temperature,
+                                             side, s.negative_exclusion_radius)
       count = tf.maximum(tf.reduce_sum(mask_ab) + tf.reduce_sum(mask_ba), 1.0)
       contrastive = (sum_ab + sum_ba) / count
       logits = tf.reshape(model.attention_logits(tf.stop_gradient(raw), training=True),
@@ -290,8 +330,6 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
     optimizer.apply_gradients(zip(gradients, variables))
     accuracy = (tf.reduce_sum(correct_ab) + tf.reduce_sum(correct_ba)) / count
     return contrastive / replicas, reliability / replicas, accuracy / replicas
-
-  side = selfsup_data.grid_side(s.crop_size)
 
   def attention_step_fn(view_a, view_b, targets_ab, targets_ba):
     part = replica_part()
