@@ -205,21 +205,44 @@ def reliability_loss(logits: tf.Tensor, correct: tf.Tensor, mask: tf.Tensor) -> 
 
 
 def near_matches(features_a: tf.Tensor, features_b: tf.Tensor, targets: tf.Tensor, side: int,
-                 neighbourhood: int) -> tuple[tf.Tensor, tf.Tensor]:
-  """Whether each A cell's nearest cell in its own B view is within ``neighbourhood`` cells
+                 neighbourhood: int, against_batch: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+  """Whether each A cell's nearest B cell is within ``neighbourhood`` cells
   (Chebyshev distance on the grid) of its target.
 
   features_a, features_b: [P, side * side, D] L2-normalised; targets: int32
-  [P, side * side] (-1: none). Returns (float [P, N] 1.0 where near, float
-  [P, N] mask of cells with a target).
+  [P, side * side] (-1: none). The nearest cell is looked for in the A
+  cell's own B view, or, with ``against_batch``, among the B cells of every
+  pair (a nearest cell in another pair's view is never near). Returns (float
+  [P, N] 1.0 where near, float [P, N] mask of cells with a target).
   """
-  nearest = tf.argmax(tf.einsum("pnd,pmd->pnm", features_a, features_b), axis=-1,
-                      output_type=tf.int32)
+  pairs, cells = tf.shape(features_b)[0], tf.shape(features_b)[1]
+  if against_batch:
+    similarity = tf.einsum("pnd,qmd->pnqm", features_a, features_b)
+    flat = tf.reshape(similarity, [pairs, tf.shape(features_a)[1], pairs * cells])
+    overall = tf.argmax(flat, axis=-1, output_type=tf.int32)
+    nearest = overall % cells
+    own_pair = tf.equal(overall // cells, tf.range(pairs)[:, None])
+  else:
+    nearest = tf.argmax(tf.einsum("pnd,pmd->pnm", features_a, features_b), axis=-1,
+                        output_type=tf.int32)
+    own_pair = tf.ones_like(nearest, tf.bool)
   valid = targets >= 0
   safe = tf.where(valid, targets, tf.zeros_like(targets))
   distance = tf.maximum(tf.abs(nearest // side - safe // side), tf.abs(nearest % side - safe % side))
   mask = tf.cast(valid, tf.float32)
-  return tf.cast(distance <= neighbourhood, tf.float32) * mask, mask
+  return tf.cast((distance <= neighbourhood) & own_pair, tf.float32) * mask, mask
+
+
+def reinitialise_attention_head(model, seed: int) -> None:
+  """Gives the attention head fresh seeded weights (Glorot kernels, zero biases, a new
+  batch norm), as a new DelfModel's head."""
+  for offset, conv in enumerate((model.attention_conv1, model.attention_conv2)):
+    conv.kernel.assign(keras.initializers.GlorotUniform(seed=seed + offset)(conv.kernel.shape))
+    conv.bias.assign(tf.zeros_like(conv.bias))
+  bn = model.attention_bn
+  for variable, value in ((bn.gamma, 1.0), (bn.beta, 0.0), (bn.moving_mean, 0.0),
+                          (bn.moving_variance, 1.0)):
+    variable.assign(tf.fill(variable.shape, value))
 
 
 def load_training_photos(source: str | os.PathLike, config: DelfTrainingConfig,
@@ -338,9 +361,11 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
     cells = side * side
     normalized = tf.math.l2_normalize(tf.reshape(raw, [-1, cells, raw.shape[-1]]), axis=-1)
     near_ab, mask_ab = near_matches(normalized[:per_replica], normalized[per_replica:],
-                                    targets_ab[part], side, s.attention_neighbourhood)
+                                    targets_ab[part], side, s.attention_neighbourhood,
+                                    s.attention_against_batch)
     near_ba, mask_ba = near_matches(normalized[per_replica:], normalized[:per_replica],
-                                    targets_ba[part], side, s.attention_neighbourhood)
+                                    targets_ba[part], side, s.attention_neighbourhood,
+                                    s.attention_against_batch)
     count = tf.maximum(tf.reduce_sum(mask_ab) + tf.reduce_sum(mask_ba), 1.0)
     with tf.GradientTape() as tape:
       logits = tf.reshape(model.attention_logits(raw, training=True), [-1, cells])
@@ -383,6 +408,10 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
     step_start = time.perf_counter()
     batch = batch_of(step)
     phase_one = step < s.max_steps
+    if (not phase_one and s.reinit_attention_head and
+        int(attention_optimizer.iterations.numpy()) == 0):
+      reinitialise_attention_head(model, config.seed)
+      log(f"selfsup: attention head re-initialised for its phase at step {step}")
     run_step = train_step if phase_one else attention_step
     outputs = run_step(batch["view_a"], batch["view_b"], batch["targets_ab"],
                        batch["targets_ba"])

@@ -44,3 +44,42 @@ def test_info_nce_leaves_excluded_cells_out_of_the_denominator():
                                           1.0, side=3, exclusion_radius=1)
   assert float(total) == pytest.approx(np.log(e + 5) - 1, rel=1e-5)
   assert correct.numpy()[0, 0] == 1.0  # argmax over the batch: the target (ties go to the first)
+
+
+def test_near_matches_in_the_own_view_or_against_the_whole_batch():
+  # Two pairs of 2 x 2 views. The one A cell with a target (pair 0, cell 0 -> B cell 0):
+  # its nearest cell in its own B view is cell 1 (one cell from the target), but pair 1's
+  # B cell 0 is nearer still.
+  a = np.zeros((2, 4, 2), np.float32)
+  a[0, 0] = [1.0, 0.0]
+  b = np.tile(np.array([0.0, 1.0], np.float32), (2, 4, 1))
+  b[0, 1] = [0.8, 0.6]
+  b[1, 0] = [1.0, 0.0]
+  targets = np.full((2, 4), -1, np.int32)
+  targets[0, 0] = 0
+  args = (tf.constant(a), tf.constant(b), tf.constant(targets), 2)
+  near, mask = selfsup.near_matches(*args, neighbourhood=1)
+  assert near.numpy()[0, 0] == 1.0 and mask.numpy().sum() == 1
+  near, _ = selfsup.near_matches(*args, neighbourhood=0)
+  assert near.numpy()[0, 0] == 0.0  # cell 1 is not the target itself
+  near, mask = selfsup.near_matches(*args, neighbourhood=1, against_batch=True)
+  assert near.numpy().sum() == 0.0 and mask.numpy().sum() == 1
+
+
+def test_reinitialise_attention_head_is_seeded_and_fresh():
+  from delf_ret.model.delf import DelfModel
+  model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
+  model.feature_maps(tf.zeros([1, 64, 64, 3]))
+  for variable in (model.attention_conv1.bias, model.attention_bn.moving_mean,
+                   model.attention_bn.gamma):
+    variable.assign(variable + 3.0)
+  selfsup.reinitialise_attention_head(model, seed=5)
+  first = model.attention_conv1.kernel.numpy().copy()
+  assert not model.attention_conv1.bias.numpy().any()
+  assert not model.attention_bn.moving_mean.numpy().any()
+  np.testing.assert_array_equal(model.attention_bn.gamma.numpy(), 1.0)
+  np.testing.assert_array_equal(model.attention_bn.moving_variance.numpy(), 1.0)
+  selfsup.reinitialise_attention_head(model, seed=5)
+  np.testing.assert_array_equal(model.attention_conv1.kernel.numpy(), first)
+  selfsup.reinitialise_attention_head(model, seed=6)
+  assert not np.array_equal(model.attention_conv1.kernel.numpy(), first)
