@@ -132,6 +132,13 @@ def load_real_pairs(photos: list[np.ndarray], paths: list[pathlib.Path], train_r
   return pairs
 
 
+def grid_distance(cells: tf.Tensor, targets: tf.Tensor, side: int) -> tf.Tensor:
+  """Chebyshev distance (cells) between grid indices (row * side + column) of a
+  side x side view; ``cells`` and ``targets`` broadcast, targets < 0 count as cell 0."""
+  safe = tf.where(targets >= 0, targets, tf.zeros_like(targets))
+  return tf.maximum(tf.abs(cells // side - safe // side), tf.abs(cells % side - safe % side))
+
+
 def excluded_negatives(targets: tf.Tensor, side: int, radius: int) -> tf.Tensor:
   """Which B cells are left out of each A cell's InfoNCE negatives.
 
@@ -150,9 +157,7 @@ def excluded_negatives(targets: tf.Tensor, side: int, radius: int) -> tf.Tensor:
   cells_b = side * side
   if radius <= 0:
     return tf.zeros([pairs * cells_a, pairs * cells_b], tf.bool)
-  grid = tf.range(cells_b)
-  safe = tf.where(targets >= 0, targets, tf.zeros_like(targets))[..., None]  # [P, N, 1]
-  distance = tf.maximum(tf.abs(grid // side - safe // side), tf.abs(grid % side - safe % side))
+  distance = grid_distance(tf.range(cells_b), targets[..., None], side)  # [P, N, M]
   near = (distance >= 1) & (distance <= radius) & (targets >= 0)[..., None]  # [P, N, M]
   own_pair = tf.eye(pairs, dtype=tf.bool)[:, None, :, None]  # [P, 1, P, 1]
   full = near[:, :, None, :] & own_pair  # [P, N, P, M]
@@ -226,16 +231,14 @@ def near_matches(features_a: tf.Tensor, features_b: tf.Tensor, targets: tf.Tenso
     nearest = tf.argmax(tf.einsum("pnd,pmd->pnm", features_a, features_b), axis=-1,
                         output_type=tf.int32)
     own_pair = tf.ones_like(nearest, tf.bool)
-  valid = targets >= 0
-  safe = tf.where(valid, targets, tf.zeros_like(targets))
-  distance = tf.maximum(tf.abs(nearest // side - safe // side), tf.abs(nearest % side - safe % side))
-  mask = tf.cast(valid, tf.float32)
+  distance = grid_distance(nearest, targets, side)
+  mask = tf.cast(targets >= 0, tf.float32)
   return tf.cast((distance <= neighbourhood) & own_pair, tf.float32) * mask, mask
 
 
 def reinitialise_attention_head(model, seed: int) -> None:
-  """Gives the attention head fresh seeded weights (Glorot kernels, zero biases, a new
-  batch norm), as a new DelfModel's head."""
+  """Gives the attention head fresh seeded weights: Glorot-uniform kernels, zero biases,
+  a batch norm back at its initial state (gamma 1, beta 0, moving mean 0, variance 1)."""
   for offset, conv in enumerate((model.attention_conv1, model.attention_conv2)):
     conv.kernel.assign(keras.initializers.GlorotUniform(seed=seed + offset)(conv.kernel.shape))
     conv.bias.assign(tf.zeros_like(conv.bias))
@@ -408,8 +411,7 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
     step_start = time.perf_counter()
     batch = batch_of(step)
     phase_one = step < s.max_steps
-    if (not phase_one and s.reinit_attention_head and
-        int(attention_optimizer.iterations.numpy()) == 0):
+    if step == s.max_steps and s.reinit_attention_head:  # The attention phase's first step.
       reinitialise_attention_head(model, config.seed)
       log(f"selfsup: attention head re-initialised for its phase at step {step}")
     run_step = train_step if phase_one else attention_step
