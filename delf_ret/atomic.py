@@ -13,7 +13,19 @@ LEFTOVER_AGE_SECONDS = 60.0  # A temporary file untouched this long belongs to a
 
 
 def current_umask() -> int:
-  """The process's file-mode creation mask (read without changing it for long)."""
+  """The process's file-mode creation mask.
+
+  Read from /proc/self/status where the kernel lists it (Linux 4.7 and later), so
+  other threads never see it changed; elsewhere set and restored at once (the only
+  portable way to read it).
+  """
+  try:
+    with open("/proc/self/status", encoding="ascii") as status:
+      for line in status:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
   mask = os.umask(0o022)
   os.umask(mask)
   return mask

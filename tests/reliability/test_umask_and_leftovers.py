@@ -41,6 +41,14 @@ def test_savedmodel_staging_folder_follows_the_umask(umask, tmp_path):
   assert stat.S_IMODE(folder.stat().st_mode) == 0o755
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077, 0o002])
+def test_current_umask_reads_the_mask_without_changing_it(umask, mask):
+  from delf_ret.atomic import current_umask
+  umask(mask)
+  assert current_umask() == mask
+  assert os.umask(mask) == mask  # still set: reading it left it as it was
+
+
 def test_leftover_temporary_files_are_removed_but_fresh_ones_kept(tmp_path):
   old = tmp_path / ".graf1.delf.k2j3h4.tmp"
   fresh = tmp_path / ".box.delf.a8s7d6.tmp"
