@@ -85,6 +85,21 @@ def plot_precision_recall(path: str | os.PathLike, recall_levels: list[float],
   save_figure(figure, path)
 
 
+def fit_caption(text: str, width: int = 30) -> str:
+  """``text`` with every line longer than ``width`` characters broken into lines that
+  fit, after an underscore or a space where one lies in the line's second half, else at
+  ``width``; a contact sheet's long image ids then stay above their own tile."""
+  lines = []
+  for line in text.split("\n"):
+    while len(line) > width:
+      cut = max(line.rfind("_", 0, width), line.rfind(" ", 0, width)) + 1
+      cut = cut if cut > width // 2 else width
+      lines.append(line[:cut].rstrip())
+      line = line[cut:].lstrip()
+    lines.append(line)
+  return "\n".join(lines)
+
+
 def draw_contact_sheet(path: str | os.PathLike, query: np.ndarray, results: list[np.ndarray],
                        captions: list[str], query_caption: str = "query",
                        columns: int = 5) -> None:
@@ -98,6 +113,7 @@ def draw_contact_sheet(path: str | os.PathLike, query: np.ndarray, results: list
     axis.set_axis_off()
     if cell < len(tiles):
       axis.imshow(tiles[cell])
-      axis.set_title(labels[cell], fontsize=8, color="tab:blue" if cell == 0 else "black")
+      axis.set_title(fit_caption(labels[cell]), fontsize=8,
+                     color="tab:blue" if cell == 0 else "black")
   figure.tight_layout()
   save_figure(figure, path)
