@@ -364,8 +364,8 @@ def render_training(result: dict) -> str:
   return (f"Training: {facts['training_steps']} steps in {minutes:.0f} minutes of wall time "
           f"on {facts['cpu_cores']} CPU cores ({facts['machine']}), finished "
           f"{facts['finished']}; the last run of the recipe script took "
-          f"{facts['script_wall_seconds_this_run'] / 60:.0f} minutes (its training, or the part left when it resumed, then "
-          f"export, PCA, matching calibration).")
+          f"{facts['script_wall_seconds_this_run'] / 60:.0f} minutes (its training, or the "
+          f"part left when it resumed, then export, PCA, matching calibration).")
 
 
 def render_into(path: pathlib.Path, text_block: str, start: str = START, end: str = END) -> None:
