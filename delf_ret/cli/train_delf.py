@@ -46,9 +46,10 @@ def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "stage", "photos" if FLAGS.stage == "selfsup" else "data_dir",
                 "output_dir")
-  from delf_ret.train.trainer import make_strategy, train_stage
+  from delf_ret.train.trainer import make_strategy, set_determinism, train_stage
 
   config = config_lib.load_training_config(FLAGS.config_path, FLAGS.config_override)
+  set_determinism(config.deterministic, FLAGS.strategy)
   strategy = make_strategy(FLAGS.strategy, FLAGS.num_devices)
   if FLAGS.stage == "selfsup":
     from delf_ret.train.selfsup import train_selfsup

@@ -56,6 +56,26 @@ class TrainingResult:
   ms_per_step: float = float("nan")
 
 
+def set_determinism(enabled: bool, strategy_kind: str = "default") -> None:
+  """Makes this process's training bit-reproducible (config field ``deterministic``).
+
+  TensorFlow's op determinism plus one inter-op thread: on CPU, ops that run
+  side by side sum into shared buffers in whatever order they finish, so two
+  runs drift apart by rounding within a few steps; one at a time (each still
+  on every core), the same seed, photos, TensorFlow version and core count
+  give the same weights. Call before any other TensorFlow work, i.e. before
+  :func:`make_strategy`. strategy_kind: that function's ``kind``; only
+  "default" (one device) is allowed with ``enabled``.
+  """
+  if not enabled:
+    return
+  if strategy_kind != "default":
+    raise TrainingError(f"deterministic training runs on one device; --strategy {strategy_kind} "
+                        "needs config field deterministic: false")
+  tf.config.experimental.enable_op_determinism()
+  tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
 def make_strategy(kind: str, num_devices: int = 0) -> tf.distribute.Strategy:
   """The distribution strategy of a run.
 
