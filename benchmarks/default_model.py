@@ -265,6 +265,9 @@ def run_all(work: pathlib.Path) -> dict:
   from delf_ret.default_model import default_model_dir
   facts = default_model_dir() / "TRAINING.json"
   result["training"] = json.loads(facts.read_text()) if facts.is_file() else None
+  from delf_ret.model.compact import weights_digest
+  # Tells a bit-identical retraining (deterministic recipe) from a different model.
+  result["weights_sha256"] = weights_digest(default_model_dir() / "delf_default.npz")
   ukbench = ukbench_labels(work)
   for name, (extract, retrieval_config, description) in methods.items():
     print(f"{name}: pairs ...", flush=True)
@@ -365,7 +368,11 @@ def render_training(result: dict) -> str:
           f"on {facts['cpu_cores']} CPU cores ({facts['machine']}), finished "
           f"{facts['finished']}; the last run of the recipe script took "
           f"{facts['script_wall_seconds_this_run'] / 60:.0f} minutes (its training, or the "
-          f"part left when it resumed, then export, PCA, matching calibration).")
+          f"part left when it resumed, then export, PCA, matching calibration)."
+          + (f" Weights digest (`delf_ret.model.compact.weights_digest` of "
+             f"`delf_default.npz`): `{result['weights_sha256'][:16]}`; a deterministic "
+             f"rerun of the recipe on such a machine gives the same."
+             if result.get("weights_sha256") else ""))
 
 
 def render_into(path: pathlib.Path, text_block: str, start: str = START, end: str = END) -> None:

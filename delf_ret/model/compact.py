@@ -9,6 +9,7 @@ casts everything back to float32; no pickles are involved.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import zipfile
@@ -65,3 +66,25 @@ def load_compact_weights(path: str | os.PathLike):
     values.append(value.astype(np.float32))
   model.set_weights(values)
   return model
+
+
+def weights_digest(path: str | os.PathLike) -> str:
+  """SHA-256 (hex) of a compact weights file's tensors: names, dtypes, shapes and values.
+
+  Two files of the same weights give the same digest although their bytes
+  differ (the zip records when it was written): what tells a bit-identical
+  retraining apart.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise CompactWeightsError(f"{path}: weights file not found")
+  digest = hashlib.sha256()
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      for name in sorted(data.files):
+        value = np.ascontiguousarray(data[name])
+        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    raise CompactWeightsError(f"{path}: not a readable weights file ({error})") from None
+  return digest.hexdigest()

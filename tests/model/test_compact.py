@@ -5,7 +5,7 @@ import pytest
 
 from delf_ret.model import load_delf_model
 from delf_ret.model.compact import (CompactWeightsError, load_compact_weights,
-                                    save_compact_weights)
+                                    save_compact_weights, weights_digest)
 
 
 def test_round_trip_keeps_the_outputs_to_float16_precision(delf_model, tmp_path):
@@ -46,3 +46,21 @@ def test_damaged_or_foreign_files_give_the_package_error(delf_model, tmp_path):
   np.savez(wrong_shape, **arrays)
   with pytest.raises(CompactWeightsError, match="shape"):
     load_compact_weights(wrong_shape)
+
+
+def test_weights_digest_follows_the_tensors_not_the_file_bytes(tmp_path):
+  first, second, changed = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
+  np.savez(first, w0000=np.arange(6, dtype=np.float32).reshape(2, 3), format_version=np.array(1))
+  np.savez_compressed(second, format_version=np.array(1),
+                      w0000=np.arange(6, dtype=np.float32).reshape(2, 3))
+  assert first.read_bytes() != second.read_bytes()
+  assert weights_digest(first) == weights_digest(second)
+  values = np.arange(6, dtype=np.float32).reshape(2, 3)
+  values[1, 2] = np.nextafter(values[1, 2], np.float32(10))  # One value, one ulp.
+  np.savez(changed, w0000=values, format_version=np.array(1))
+  assert weights_digest(changed) != weights_digest(first)
+  reshaped = tmp_path / "d.npz"
+  np.savez(reshaped, w0000=np.arange(6, dtype=np.float32).reshape(3, 2), format_version=np.array(1))
+  assert weights_digest(reshaped) != weights_digest(first)
+  with pytest.raises(CompactWeightsError, match="not found"):
+    weights_digest(tmp_path / "missing.npz")
