@@ -27,7 +27,16 @@ Results go to benchmarks/results/default_model.json; the tables in README.md and
 delf_ret/default_model/MODEL_CARD.md are rendered from that JSON
 (``--render_only`` re-renders them without running anything).
 
+A retrained model (the recipe's OUTPUT_DIR/default_model) is benchmarked
+without installing it with ``--model_dir``, its own ``--output`` and, to save
+time, ``--methods default_model``; ``--compare_to`` then prints each of its
+figures beside the committed ones, with their ratio (the recipe's rerun check:
+every figure within 10%).
+
 Usage: python benchmarks/default_model.py [--output ...] [--render_only]
+       python benchmarks/default_model.py --model_dir runs/default/default_model \
+           --methods default_model --output rerun.json \
+           --compare_to benchmarks/results/default_model.json
 """
 
 from __future__ import annotations
@@ -203,19 +212,18 @@ def matching_rule(retrieval_config) -> str:
   return ", ".join(rule)
 
 
-def build_methods(work: pathlib.Path):
-  """{method: (extract function, retrieval_config, description)}."""
+def build_methods(work: pathlib.Path, model_dir: pathlib.Path):
+  """{method: (extract function, retrieval_config, description)}; model_dir: the default model's files."""
   from delf_ret import config as config_lib
-  from delf_ret.default_model import default_config_path
   from delf_ret.extract.extractor import DelfExtractor
   from delf_ret.extract.pca_training import learn_pca_from_images, with_pca
   from delf_ret.model import DelfModel
   from delf_ret.train.selfsup_data import list_training_photos
 
-  default_config = config_lib.load_config(default_config_path())
+  default_config = config_lib.load_config(model_dir / "delf_config.pbtxt")
   default = DelfExtractor(default_config)
   random_model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
-  random_config = config_lib.load_config(default_config_path(), [
+  random_config = config_lib.load_config(model_dir / "delf_config.pbtxt", [
       "delf_local_config.score_threshold=0", "delf_local_config.use_pca=false"])
   photos = list_training_photos(SHARED / "train")
   photos = [photos[i] for i in np.linspace(0, len(photos) - 1, PCA_TRAINING_PHOTOS).astype(int)]
@@ -233,21 +241,33 @@ def build_methods(work: pathlib.Path):
                       f"random initialisation (seed 0), attention threshold 0, PCA learned on "
                       f"{PCA_TRAINING_PHOTOS} training photos"),
       "default_model": (default.extract, default_config.retrieval_config,
-                        "delf_ret/default_model (float16 weights) with its packaged config"),
+                        f"{model_label(model_dir)} (float16 weights) with its packaged config"),
       "opencv_sift": (sift, sift_retrieval, f"OpenCV SIFT, 1000 features, longer side "
                       f"<= {max_side} px, unit descriptors"),
   }
 
 
-def run_all(work: pathlib.Path) -> dict:
+def model_label(model_dir: pathlib.Path) -> str:
+  """How a model folder is named in the JSON: the package's, or the folder given."""
+  from delf_ret.default_model import default_model_dir
+  return ("delf_ret/default_model" if model_dir.resolve() == default_model_dir().resolve()
+          else str(model_dir))
+
+
+def run_all(work: pathlib.Path, model_dir: pathlib.Path | None = None,
+            only: tuple[str, ...] = METHODS) -> dict:
+  """Every benchmark for the methods ``only``; model_dir: the default model's files
+  (default: the shipped ones, delf_ret/default_model)."""
   from delf_ret import config as config_lib
-  from delf_ret.default_model import default_config_path
+  from delf_ret.default_model import default_model_dir
   from delf_ret.images import load_image
   from delf_ret.match import RansacParams
 
+  model_dir = pathlib.Path(model_dir or default_model_dir())
   shutil.rmtree(work, ignore_errors=True)
-  config = config_lib.load_config(default_config_path())
-  methods = build_methods(work)
+  config = config_lib.load_config(model_dir / "delf_config.pbtxt")
+  methods = {name: method for name, method in build_methods(work, model_dir).items()
+             if name in only}
   hard = frozenset(line.split("#")[0].strip() for line in HARD_FILE.read_text().splitlines()
                    if line.split("#")[0].strip())
   homography = read_homography(SHARED / "pairs" / "H1to3p.xml")
@@ -262,12 +282,12 @@ def run_all(work: pathlib.Path) -> dict:
                                  f"{config.retrieval_config.ransac_residual_threshold:g} px"},
             "methods": {}, "pairs": {}, "attention_ranking": None,
             "mini_landmarks": {}, "ukbench": {}}
-  from delf_ret.default_model import default_model_dir
-  facts = default_model_dir() / "TRAINING.json"
+  facts = model_dir / "TRAINING.json"
   result["training"] = json.loads(facts.read_text()) if facts.is_file() else None
   from delf_ret.model.compact import weights_digest
   # Tells a bit-identical retraining (deterministic recipe) from a different model.
-  result["weights_sha256"] = weights_digest(default_model_dir() / "delf_default.npz")
+  result["model_dir"] = model_label(model_dir)
+  result["weights_sha256"] = weights_digest(model_dir / "delf_default.npz")
   ukbench = ukbench_labels(work)
   for name, (extract, retrieval_config, description) in methods.items():
     print(f"{name}: pairs ...", flush=True)
@@ -386,19 +406,77 @@ def render_into(path: pathlib.Path, text_block: str, start: str = START, end: st
   print(f"rendered {path}")
 
 
+def default_model_figures(result: dict) -> dict[str, float]:
+  """The default model's figures of a result JSON, by name (what a rerun is compared on)."""
+  figures = {}
+  graf = result["pairs"]["graf1.png/graf3.png"]["default_model"]
+  figures["graf1/graf3 correct inliers < 10 px"] = graf["correct_inliers_10px"]
+  figures["graf1/graf3 correct inliers < 20 px"] = graf["correct_inliers_20px"]
+  ranking = result["attention_ranking"]
+  figures["attention top half, correct share"] = ranking["top_half_correct_share"]
+  figures["attention random halves, correct share"] = ranking["random_half_correct_share"]
+  for dataset in ("mini_landmarks", "ukbench"):
+    row = result[dataset]["default_model"]
+    for stage in ("first_stage", "reranked"):
+      splits = ("medium",) if dataset == "ukbench" else ("easy", "medium", "hard")
+      for split in splits:
+        figures[f"{dataset} {split} mAP, {stage}"] = row["mAP"][stage][split]
+      if dataset == "ukbench":
+        figures[f"ukbench score, {stage}"] = row["ukbench_score"][stage]
+  return figures
+
+
+def compare_figures(result: dict, reference: dict, tolerance: float = 0.1) -> list[str]:
+  """Lines 'figure: this, reference, ratio' for the default model; the last says whether
+  every figure is within ``tolerance`` (relative) of the reference's."""
+  ours, theirs = default_model_figures(result), default_model_figures(reference)
+  lines, outside = [], []
+  for name, value in ours.items():
+    ratio = value / theirs[name] if theirs[name] else float("inf")
+    if abs(ratio - 1) > tolerance:
+      outside.append(name)
+    lines.append(f"{name}: {value:g} (reference {theirs[name]:g}, ratio {ratio:.3f})")
+  same = result.get("weights_sha256") and result.get("weights_sha256") == reference.get(
+      "weights_sha256")
+  lines.append(("same weights (digest) as the reference; " if same else "") + (
+      f"all {len(ours)} figures within {tolerance:.0%}" if not outside else
+      f"{len(outside)} of {len(ours)} figures outside {tolerance:.0%}: {', '.join(outside)}"))
+  return lines
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--output", default=str(RESULT))
   parser.add_argument("--work_dir", default=str(REPO / "benchmarks" / "output" / "default_model"))
   parser.add_argument("--render_only", action="store_true",
                       help="only re-render the README and model-card tables from --output")
+  parser.add_argument("--model_dir", help="benchmark these default-model files (a recipe's "
+                      "OUTPUT_DIR/default_model) instead of delf_ret/default_model")
+  parser.add_argument("--methods", default=",".join(METHODS),
+                      help=f"comma-separated subset of {','.join(METHODS)}")
+  parser.add_argument("--compare_to", help="a result JSON: print the default model's figures "
+                      "beside its, with ratios")
   args = parser.parse_args()
+  only = tuple(m for m in args.methods.split(",") if m)
+  if set(only) - set(METHODS):
+    parser.error(f"--methods: unknown {sorted(set(only) - set(METHODS))}; known: {METHODS}")
+  if args.compare_to and "default_model" not in only:
+    parser.error("--compare_to compares the default model's figures: keep it in --methods")
+  shipped = args.model_dir is None and set(only) == set(METHODS)
+  if not shipped and pathlib.Path(args.output).resolve() == RESULT.resolve():
+    parser.error(f"--model_dir or --methods: give an --output other than {RESULT.name}, "
+                 "which holds the shipped model's figures")
   if not args.render_only:
     start = time.time()
-    result = run_all(pathlib.Path(args.work_dir))
+    result = run_all(pathlib.Path(args.work_dir), args.model_dir and pathlib.Path(args.model_dir),
+                     only)
     result["benchmark_seconds"] = round(time.time() - start)
     write_result(args.output, result)
   result = json.loads(pathlib.Path(args.output).read_text())
+  if args.compare_to:
+    print("\n".join(compare_figures(result, json.loads(pathlib.Path(args.compare_to).read_text()))))
+  if not shipped:
+    return
   table = render_tables(result)
   for path in (REPO / "README.md", MODEL_CARD):
     render_into(path, table)
