@@ -212,8 +212,9 @@ def matching_rule(retrieval_config) -> str:
   return ", ".join(rule)
 
 
-def build_methods(work: pathlib.Path, model_dir: pathlib.Path):
-  """{method: (extract function, retrieval_config, description)}; model_dir: the default model's files."""
+def build_methods(work: pathlib.Path, model_dir: pathlib.Path, only: tuple[str, ...] = METHODS):
+  """{method: (extract function, retrieval_config, description)} for the methods ``only``;
+  model_dir: the default model's files."""
   from delf_ret import config as config_lib
   from delf_ret.extract.extractor import DelfExtractor
   from delf_ret.extract.pca_training import learn_pca_from_images, with_pca
@@ -221,30 +222,34 @@ def build_methods(work: pathlib.Path, model_dir: pathlib.Path):
   from delf_ret.train.selfsup_data import list_training_photos
 
   default_config = config_lib.load_config(model_dir / "delf_config.pbtxt")
-  default = DelfExtractor(default_config)
-  random_model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
-  random_config = config_lib.load_config(model_dir / "delf_config.pbtxt", [
-      "delf_local_config.score_threshold=0", "delf_local_config.use_pca=false"])
-  photos = list_training_photos(SHARED / "train")
-  photos = [photos[i] for i in np.linspace(0, len(photos) - 1, PCA_TRAINING_PHOTOS).astype(int)]
-  learned = learn_pca_from_images(random_config, photos, work / "random_pca", model=random_model,
-                                  log=lambda line: None)
-  random = DelfExtractor(with_pca(random_config, learned.paths), model=random_model)
+  methods = {}
+  if "random_init" in only:
+    random_model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
+    random_config = config_lib.load_config(model_dir / "delf_config.pbtxt", [
+        "delf_local_config.score_threshold=0", "delf_local_config.use_pca=false"])
+    photos = list_training_photos(SHARED / "train")
+    photos = [photos[i] for i in np.linspace(0, len(photos) - 1, PCA_TRAINING_PHOTOS).astype(int)]
+    learned = learn_pca_from_images(random_config, photos, work / "random_pca",
+                                    model=random_model, log=lambda line: None)
+    random = DelfExtractor(with_pca(random_config, learned.paths), model=random_model)
+    methods["random_init"] = (random.extract, default_config.retrieval_config,
+                              f"random initialisation (seed 0), attention threshold 0, PCA "
+                              f"learned on {PCA_TRAINING_PHOTOS} training photos")
+  if "default_model" in only:
+    methods["default_model"] = (DelfExtractor(default_config).extract,
+                                default_config.retrieval_config,
+                                f"{model_label(model_dir)} (float16 weights) with its packaged "
+                                f"config")
   max_side = default_config.max_image_size
   sift_retrieval = config_lib.DelfConfig().retrieval_config
   sift_retrieval.CopyFrom(default_config.retrieval_config)
   config_lib.apply_overrides(sift_retrieval, ["match_distance_threshold=2.0",
                                               "match_ratio_threshold=0.8"])
   sift = lambda image: sift_features(image, unit_descriptors=True, max_side=max_side)  # noqa: E731
-  return {
-      "random_init": (random.extract, default_config.retrieval_config,
-                      f"random initialisation (seed 0), attention threshold 0, PCA learned on "
-                      f"{PCA_TRAINING_PHOTOS} training photos"),
-      "default_model": (default.extract, default_config.retrieval_config,
-                        f"{model_label(model_dir)} (float16 weights) with its packaged config"),
-      "opencv_sift": (sift, sift_retrieval, f"OpenCV SIFT, 1000 features, longer side "
-                      f"<= {max_side} px, unit descriptors"),
-  }
+  if "opencv_sift" in only:
+    methods["opencv_sift"] = (sift, sift_retrieval, f"OpenCV SIFT, 1000 features, longer side "
+                              f"<= {max_side} px, unit descriptors")
+  return methods
 
 
 def model_label(model_dir: pathlib.Path) -> str:
@@ -266,8 +271,7 @@ def run_all(work: pathlib.Path, model_dir: pathlib.Path | None = None,
   model_dir = pathlib.Path(model_dir or default_model_dir())
   shutil.rmtree(work, ignore_errors=True)
   config = config_lib.load_config(model_dir / "delf_config.pbtxt")
-  methods = {name: method for name, method in build_methods(work, model_dir).items()
-             if name in only}
+  methods = build_methods(work, model_dir, only)
   hard = frozenset(line.split("#")[0].strip() for line in HARD_FILE.read_text().splitlines()
                    if line.split("#")[0].strip())
   homography = read_homography(SHARED / "pairs" / "H1to3p.xml")
@@ -409,6 +413,8 @@ def render_into(path: pathlib.Path, text_block: str, start: str = START, end: st
 def default_model_figures(result: dict) -> dict[str, float]:
   """The default model's figures of a result JSON, by name (what a rerun is compared on)."""
   figures = {}
+  if "default_model" not in result.get("methods", {}) or not result.get("attention_ranking"):
+    raise KeyError("default_model")
   graf = result["pairs"]["graf1.png/graf3.png"]["default_model"]
   figures["graf1/graf3 correct inliers < 10 px"] = graf["correct_inliers_10px"]
   figures["graf1/graf3 correct inliers < 20 px"] = graf["correct_inliers_20px"]
@@ -428,14 +434,20 @@ def default_model_figures(result: dict) -> dict[str, float]:
 
 def compare_figures(result: dict, reference: dict, tolerance: float = 0.1) -> list[str]:
   """Lines 'figure: this, reference, ratio' for the default model; the last says whether
-  every figure is within ``tolerance`` (relative) of the reference's."""
+  every figure is within ``tolerance`` (relative) of the reference's. A figure missing
+  (None) on either side counts as outside. Raises KeyError naming a missing part."""
   ours, theirs = default_model_figures(result), default_model_figures(reference)
   lines, outside = [], []
   for name, value in ours.items():
-    ratio = value / theirs[name] if theirs[name] else float("inf")
-    if abs(ratio - 1) > tolerance:
+    ref = theirs[name]
+    if value is None or ref is None:
       outside.append(name)
-    lines.append(f"{name}: {value:g} (reference {theirs[name]:g}, ratio {ratio:.3f})")
+      lines.append(f"{name}: {value} (reference {ref}, not comparable)")
+      continue
+    if abs(value - ref) > tolerance * abs(ref) + 1e-12:
+      outside.append(name)
+    ratio = f"{value / ref:.3f}" if ref else ("1.000" if value == ref else "n/a")
+    lines.append(f"{name}: {value:g} (reference {ref:g}, ratio {ratio})")
   same = result.get("weights_sha256") and result.get("weights_sha256") == reference.get(
       "weights_sha256")
   lines.append(("same weights (digest) as the reference; " if same else "") + (
@@ -458,6 +470,12 @@ def main():
                       "beside its, with ratios")
   args = parser.parse_args()
   only = tuple(m for m in args.methods.split(",") if m)
+  if not only:
+    parser.error(f"--methods: name at least one of {','.join(METHODS)}")
+  if args.render_only and args.model_dir:
+    parser.error("--render_only renders --output as it is; --model_dir needs a run")
+  if args.compare_to and not pathlib.Path(args.compare_to).is_file():
+    parser.error(f"--compare_to: {args.compare_to}: file not found")
   if set(only) - set(METHODS):
     parser.error(f"--methods: unknown {sorted(set(only) - set(METHODS))}; known: {METHODS}")
   if args.compare_to and "default_model" not in only:
@@ -474,7 +492,11 @@ def main():
     write_result(args.output, result)
   result = json.loads(pathlib.Path(args.output).read_text())
   if args.compare_to:
-    print("\n".join(compare_figures(result, json.loads(pathlib.Path(args.compare_to).read_text()))))
+    try:
+      lines = compare_figures(result, json.loads(pathlib.Path(args.compare_to).read_text()))
+    except KeyError as error:
+      parser.error(f"{args.output} or {args.compare_to}: no default-model figure {error}")
+    print("\n".join(lines))
   if not shipped:
     return
   table = render_tables(result)

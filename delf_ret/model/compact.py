@@ -69,7 +69,8 @@ def load_compact_weights(path: str | os.PathLike):
 
 
 def weights_digest(path: str | os.PathLike) -> str:
-  """SHA-256 (hex) of a compact weights file's tensors: names, dtypes, shapes and values.
+  """SHA-256 (hex) of a compact weights file's tensors as stored (kernels float16-rounded):
+  names, dtypes, shapes and values.
 
   Two files of the same weights give the same digest although their bytes
   differ (the zip records when it was written): what tells a bit-identical

@@ -40,8 +40,8 @@ from delf_ret.config import DelfTrainingConfig
 from delf_ret.model import DelfModel
 from delf_ret.model.delf import caffe_preprocess
 from delf_ret.train import selfsup_data
-from delf_ret.train.trainer import (TrainingError, TrainingResult, attention_image, finish_run,
-                                    is_chief)
+from delf_ret.train.trainer import (TrainingError, TrainingResult, apply_determinism,
+                                    attention_image, finish_run, is_chief)
 
 REAL_PAIRS_FILE = "real_pairs.npz"
 # Training wall time over all runs of an output folder (resumes included), updated at each save.
@@ -282,6 +282,7 @@ def train_selfsup(photo_source: str | os.PathLike, output_dir: str | os.PathLike
     raise TrainingError(f"selfsup.pairs_per_batch {s.pairs_per_batch} is not divisible by the "
                         f"{replicas} replicas")
   per_replica = s.pairs_per_batch // replicas
+  apply_determinism(config, strategy, "selfsup", log)
   settings = view_settings(config)
 
   photos, paths = load_training_photos(photo_source, config, log)

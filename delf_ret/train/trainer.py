@@ -62,18 +62,38 @@ def set_determinism(enabled: bool, strategy_kind: str = "default") -> None:
   TensorFlow's op determinism plus one inter-op thread: on CPU, ops that run
   side by side sum into shared buffers in whatever order they finish, so two
   runs drift apart by rounding within a few steps; one at a time (each still
-  on every core), the same seed, photos, TensorFlow version and core count
-  give the same weights. Call before any other TensorFlow work, i.e. before
-  :func:`make_strategy`. strategy_kind: that function's ``kind``; only
-  "default" (one device) is allowed with ``enabled``.
+  on every core), the same seed, photos, library versions, CPU type and core
+  count give the same weights. Call before any other TensorFlow work, i.e.
+  before :func:`make_strategy` (train_delf does); calling it again is harmless.
+  strategy_kind: that function's ``kind``; only "default" (one device) is
+  allowed with ``enabled``.
   """
   if not enabled:
     return
   if strategy_kind != "default":
-    raise TrainingError(f"deterministic training runs on one device; --strategy {strategy_kind} "
-                        "needs config field deterministic: false")
+    raise TrainingError(f"deterministic training runs on one device: use --strategy default, "
+                        f"or --config_override=deterministic=false for --strategy {strategy_kind}")
+  try:
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+  except RuntimeError:
+    raise TrainingError("config deterministic: true must take effect before TensorFlow starts: "
+                        "call delf_ret.train.trainer.set_determinism first, as train_delf "
+                        "does") from None
   tf.config.experimental.enable_op_determinism()
-  tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def apply_determinism(config: DelfTrainingConfig, strategy: tf.distribute.Strategy,
+                      stage: str, log: Callable[[str], None]) -> None:
+  """The training functions' side of ``config.deterministic``: checks one device, makes
+  sure :func:`set_determinism` took effect and says so in the log."""
+  if not config.deterministic:
+    return
+  if strategy.num_replicas_in_sync > 1:
+    raise TrainingError(f"deterministic training runs on one device, not "
+                        f"{strategy.num_replicas_in_sync} replicas: use "
+                        f"--config_override=deterministic=false")
+  set_determinism(True)
+  log(f"{stage}: deterministic training (TensorFlow op determinism, one inter-op thread)")
 
 
 def make_strategy(kind: str, num_devices: int = 0) -> tf.distribute.Strategy:
@@ -194,6 +214,7 @@ def train_stage(stage: str, data_dir: str | os.PathLike, output_dir: str | os.Pa
     raise TrainingError(f"batch size {config.batch_size} is not divisible by the "
                         f"{replicas} replicas")
   # The data order depends on TensorFlow's global seed too: fix it before building anything.
+  apply_determinism(config, strategy, stage, log)
   keras.utils.set_random_seed(config.seed)
   log(f"{stage}: {replicas} replica(s), global batch {config.batch_size}, per-replica batch "
       f"{config.batch_size // replicas}")

@@ -112,16 +112,30 @@ def test_recipe_reruns_to_the_same_weights(tmp_path, shared_data):
                             timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: selfsup at step 4" in result.stdout
+    assert "selfsup: deterministic training (TensorFlow op determinism" in result.stdout
     runs.append(out / "delf_model.keras")
   assert_same_weights(*runs)
 
 
-def test_deterministic_training_refuses_several_devices(tmp_path, shared_data):
+def test_deterministic_training_refuses_several_devices(tmp_path):
   result = subprocess.run(["train_delf", "--stage=selfsup", f"--photos={tmp_path}",
                            f"--output_dir={tmp_path / 'run'}", f"--config_path={RECIPE}",
                            "--strategy=mirrored", "--num_devices=2"],
                           capture_output=True, text=True, env=ENV, stdin=subprocess.DEVNULL)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: deterministic training runs on one device; --strategy mirrored needs config "
-      "field deterministic: false")
+      "error: deterministic training runs on one device: use --strategy default, or "
+      "--config_override=deterministic=false for --strategy mirrored")
+
+
+def test_determinism_asked_for_after_tensorflow_started_is_a_package_error():
+  import pytest
+  import tensorflow as tf
+  from delf_ret.train.trainer import TrainingError, set_determinism
+  assert float(tf.constant(1.0) + 1.0) == 2.0  # The runtime has started in this process.
+  assert tf.config.threading.get_inter_op_parallelism_threads() != 1
+  with pytest.raises(TrainingError, match="must take effect before TensorFlow starts"):
+    set_determinism(True)
+  from tensorflow.python.framework import config as tf_config  # No public reader in TF 2.21.
+  assert not tf_config.is_op_determinism_enabled()  # Nothing half-set.
+  set_determinism(False)  # Off: nothing to do, no error.
