@@ -481,7 +481,8 @@ def main():
   if args.compare_to and "default_model" not in only:
     parser.error("--compare_to compares the default model's figures: keep it in --methods")
   shipped = args.model_dir is None and set(only) == set(METHODS)
-  if not shipped and pathlib.Path(args.output).resolve() == RESULT.resolve():
+  if (not shipped and not args.render_only
+      and pathlib.Path(args.output).resolve() == RESULT.resolve()):
     parser.error(f"--model_dir or --methods: give an --output other than {RESULT.name}, "
                  "which holds the shipped model's figures")
   if not args.render_only:

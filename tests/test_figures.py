@@ -40,3 +40,29 @@ def test_readme_rerank_speed_table_is_rendered_from_its_json():
   result = json.loads((REPO / "benchmarks" / "results" / "rerank_speed.json").read_text())
   assert between((REPO / "README.md").read_text(), module.START, module.END) == (
       module.render_table(result))
+
+
+def test_rerun_comparison_names_the_figures_outside_the_tolerance():
+  import copy
+  benchmark = load_benchmark()
+  result = json.loads(benchmark.RESULT.read_text())
+  lines = benchmark.compare_figures(result, result)
+  assert len(lines) == 15 and "ratio 1.000" in lines[0]
+  assert lines[-1].endswith("all 14 figures within 10%")
+  assert lines[-1].startswith("same weights (digest) as the reference")
+  rerun = copy.deepcopy(result)
+  rerun["weights_sha256"] = "0" * 64
+  rerun["pairs"]["graf1.png/graf3.png"]["default_model"]["correct_inliers_10px"] = round(
+      1.15 * result["pairs"]["graf1.png/graf3.png"]["default_model"]["correct_inliers_10px"])
+  rerun["ukbench"]["default_model"]["mAP"]["reranked"]["medium"] *= 0.95  # Within 10%.
+  lines = benchmark.compare_figures(rerun, result)
+  assert lines[-1] == "1 of 14 figures outside 10%: graf1/graf3 correct inliers < 10 px"
+  assert "ukbench medium mAP, reranked" in lines[12] and "ratio 0.950" in lines[12]
+
+
+def test_the_json_is_of_the_shipped_weights():
+  from delf_ret.default_model import default_model_dir
+  from delf_ret.model.compact import weights_digest
+  result = json.loads(load_benchmark().RESULT.read_text())
+  assert result["model_dir"] == "delf_ret/default_model"
+  assert result["weights_sha256"] == weights_digest(default_model_dir() / "delf_default.npz")
