@@ -3,7 +3,7 @@
 Data: the 100 evaluation photos of ../shared/data (landmarks/, distractors/,
 pairs/, ukbench/); features extracted once with the shipped default model and
 its config, the attention threshold lowered to 0 so that every photo keeps its
-1000 best features (cached in benchmarks/output/rerank_speed/). The query is
+1000 best features (cached in benchmarks/output/rerank_speed/, per model). The query is
 the first landmark photo; the candidates are the 99 other photos.
 
 Paths verify the same pairs in one run, with the same putative-matching rule
@@ -243,7 +243,12 @@ def main():
 
   shared = pathlib.Path(args.shared)
   paths = photos(shared)
-  features = extract(paths, pathlib.Path(args.work) / "features")
+  from delf_ret.default_model import default_model_dir
+  from delf_ret.model.compact import weights_digest
+  # Cached features belong to the model that made them: one folder per weights digest.
+  digest = weights_digest(default_model_dir() / "delf_default.npz")
+  features_dir = pathlib.Path(args.work) / f"features_{digest[:16]}"
+  features = extract(paths, features_dir)
   names = list(features)
   query_name, candidate_names = names[0], names[1:]
   query, candidates = features[query_name], [features[n] for n in candidate_names]
@@ -252,7 +257,7 @@ def main():
            "published_0.8": dataclasses.replace(config_params, distance_threshold=0.8)}
 
   start = time.perf_counter()
-  loaded = [read_features(pathlib.Path(args.work) / "features" / f"{n}.delf")
+  loaded = [read_features(features_dir / f"{n}.delf")
             for n in candidate_names]
   loading = time.perf_counter() - start
   assert len(loaded) == len(candidates)
@@ -271,6 +276,7 @@ def main():
       "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}",
       "model": "delf_ret/default_model (shipped float16 weights), its config; "
                "delf_local_config.score_threshold=0 so that each photo keeps 1000 features",
+      "weights_sha256": digest,
       "query": query_name, "candidates": len(candidates),
       "features_per_image_mean": round(float(np.mean([f.num_features for f in features.values()])),
                                        1),
