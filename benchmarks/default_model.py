@@ -212,20 +212,21 @@ def matching_rule(retrieval_config) -> str:
   return ", ".join(rule)
 
 
-def build_methods(work: pathlib.Path, model_dir: pathlib.Path, only: tuple[str, ...] = METHODS):
+def build_methods(work: pathlib.Path, model_dir: pathlib.Path, default_config,
+                  only: tuple[str, ...] = METHODS):
   """{method: (extract function, retrieval_config, description)} for the methods ``only``;
-  model_dir: the default model's files."""
+  model_dir: the default model's files, default_config: its config (loaded from them)."""
   from delf_ret import config as config_lib
+  from delf_ret.default_model import CONFIG_FILE
   from delf_ret.extract.extractor import DelfExtractor
   from delf_ret.extract.pca_training import learn_pca_from_images, with_pca
   from delf_ret.model import DelfModel
   from delf_ret.train.selfsup_data import list_training_photos
 
-  default_config = config_lib.load_config(model_dir / "delf_config.pbtxt")
   methods = {}
   if "random_init" in only:
     random_model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
-    random_config = config_lib.load_config(model_dir / "delf_config.pbtxt", [
+    random_config = config_lib.load_config(model_dir / CONFIG_FILE, [
         "delf_local_config.score_threshold=0", "delf_local_config.use_pca=false"])
     photos = list_training_photos(SHARED / "train")
     photos = [photos[i] for i in np.linspace(0, len(photos) - 1, PCA_TRAINING_PHOTOS).astype(int)]
@@ -240,13 +241,13 @@ def build_methods(work: pathlib.Path, model_dir: pathlib.Path, only: tuple[str, 
                                 default_config.retrieval_config,
                                 f"{model_label(model_dir)} (float16 weights) with its packaged "
                                 f"config")
-  max_side = default_config.max_image_size
-  sift_retrieval = config_lib.DelfConfig().retrieval_config
-  sift_retrieval.CopyFrom(default_config.retrieval_config)
-  config_lib.apply_overrides(sift_retrieval, ["match_distance_threshold=2.0",
-                                              "match_ratio_threshold=0.8"])
-  sift = lambda image: sift_features(image, unit_descriptors=True, max_side=max_side)  # noqa: E731
   if "opencv_sift" in only:
+    max_side = default_config.max_image_size
+    sift_retrieval = config_lib.DelfConfig().retrieval_config
+    sift_retrieval.CopyFrom(default_config.retrieval_config)
+    config_lib.apply_overrides(sift_retrieval, ["match_distance_threshold=2.0",
+                                                "match_ratio_threshold=0.8"])
+    sift = lambda image: sift_features(image, unit_descriptors=True, max_side=max_side)  # noqa: E731
     methods["opencv_sift"] = (sift, sift_retrieval, f"OpenCV SIFT, 1000 features, longer side "
                               f"<= {max_side} px, unit descriptors")
   return methods
@@ -264,14 +265,14 @@ def run_all(work: pathlib.Path, model_dir: pathlib.Path | None = None,
   """Every benchmark for the methods ``only``; model_dir: the default model's files
   (default: the shipped ones, delf_ret/default_model)."""
   from delf_ret import config as config_lib
-  from delf_ret.default_model import default_model_dir
+  from delf_ret.default_model import CONFIG_FILE, WEIGHTS_FILE, default_model_dir
   from delf_ret.images import load_image
   from delf_ret.match import RansacParams
 
   model_dir = pathlib.Path(model_dir or default_model_dir())
   shutil.rmtree(work, ignore_errors=True)
-  config = config_lib.load_config(model_dir / "delf_config.pbtxt")
-  methods = build_methods(work, model_dir, only)
+  config = config_lib.load_config(model_dir / CONFIG_FILE)
+  methods = build_methods(work, model_dir, config, only)
   hard = frozenset(line.split("#")[0].strip() for line in HARD_FILE.read_text().splitlines()
                    if line.split("#")[0].strip())
   homography = read_homography(SHARED / "pairs" / "H1to3p.xml")
@@ -291,7 +292,7 @@ def run_all(work: pathlib.Path, model_dir: pathlib.Path | None = None,
   from delf_ret.model.compact import weights_digest
   # Tells a bit-identical retraining (deterministic recipe) from a different model.
   result["model_dir"] = model_label(model_dir)
-  result["weights_sha256"] = weights_digest(model_dir / "delf_default.npz")
+  result["weights_sha256"] = weights_digest(model_dir / WEIGHTS_FILE)
   ukbench = ukbench_labels(work)
   for name, (extract, retrieval_config, description) in methods.items():
     print(f"{name}: pairs ...", flush=True)

@@ -243,10 +243,10 @@ def main():
 
   shared = pathlib.Path(args.shared)
   paths = photos(shared)
-  from delf_ret.default_model import default_model_dir
+  from delf_ret.default_model import WEIGHTS_FILE, default_model_dir
   from delf_ret.model.compact import weights_digest
   # Cached features belong to the model that made them: one folder per weights digest.
-  digest = weights_digest(default_model_dir() / "delf_default.npz")
+  digest = weights_digest(default_model_dir() / WEIGHTS_FILE)
   features_dir = pathlib.Path(args.work) / f"features_{digest[:16]}"
   features = extract(paths, features_dir)
   names = list(features)

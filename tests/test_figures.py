@@ -61,8 +61,8 @@ def test_rerun_comparison_names_the_figures_outside_the_tolerance():
 
 
 def test_the_json_is_of_the_shipped_weights():
-  from delf_ret.default_model import default_model_dir
+  from delf_ret.default_model import WEIGHTS_FILE, default_model_dir
   from delf_ret.model.compact import weights_digest
   result = json.loads(load_benchmark().RESULT.read_text())
   assert result["model_dir"] == "delf_ret/default_model"
-  assert result["weights_sha256"] == weights_digest(default_model_dir() / "delf_default.npz")
+  assert result["weights_sha256"] == weights_digest(default_model_dir() / WEIGHTS_FILE)

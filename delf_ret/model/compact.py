@@ -39,17 +39,22 @@ def save_compact_weights(model, path: str | os.PathLike) -> None:
     np.savez_compressed(handle, **arrays)
 
 
-def load_compact_weights(path: str | os.PathLike):
-  """Rebuilds a DelfModel from a file written by :func:`save_compact_weights`."""
-  from delf_ret.model.delf import DelfModel
-  path = pathlib.Path(path)
+def read_arrays(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """Every array of a .npz weights file by name; CompactWeightsError if missing or unreadable."""
   if not path.is_file():
     raise CompactWeightsError(f"{path}: weights file not found")
   try:
     with np.load(path, allow_pickle=False) as data:
-      arrays = {name: data[name] for name in data.files}
+      return {name: data[name] for name in data.files}
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
     raise CompactWeightsError(f"{path}: not a readable weights file ({error})") from None
+
+
+def load_compact_weights(path: str | os.PathLike):
+  """Rebuilds a DelfModel from a file written by :func:`save_compact_weights`."""
+  from delf_ret.model.delf import DelfModel
+  path = pathlib.Path(path)
+  arrays = read_arrays(path)
   if int(arrays.pop("format_version", -1)) != FORMAT_VERSION:
     raise CompactWeightsError(f"{path}: not a delf-ret compact weights file (format version)")
   model = DelfModel(num_classes=int(arrays.pop("num_classes")))
@@ -76,16 +81,9 @@ def weights_digest(path: str | os.PathLike) -> str:
   differ (the zip records when it was written): what tells a bit-identical
   retraining apart.
   """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise CompactWeightsError(f"{path}: weights file not found")
   digest = hashlib.sha256()
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      for name in sorted(data.files):
-        value = np.ascontiguousarray(data[name])
-        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
-        digest.update(value.tobytes())
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-    raise CompactWeightsError(f"{path}: not a readable weights file ({error})") from None
+  for name, value in sorted(read_arrays(pathlib.Path(path)).items()):
+    value = np.ascontiguousarray(value)
+    digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+    digest.update(value.tobytes())
   return digest.hexdigest()
