@@ -31,8 +31,25 @@ def test_readme_and_model_card_tables_are_rendered_from_the_json():
   for path in (REPO / "README.md", benchmark.MODEL_CARD):
     assert between(path.read_text(), benchmark.START, benchmark.END) == table, path
   card = benchmark.MODEL_CARD.read_text()
+  rerun = json.loads(benchmark.RERUN.read_text()) if benchmark.RERUN.is_file() else None
   assert between(card, "<!-- training facts: start -->", "<!-- training facts: end -->") == (
-      benchmark.render_training(result))
+      benchmark.render_training(result, rerun))
+
+
+def test_training_facts_quote_the_rerun_check():
+  import copy
+  benchmark = load_benchmark()
+  result = json.loads(benchmark.RESULT.read_text())
+  assert "second run" not in benchmark.render_training(result)
+  same = benchmark.render_training(result, result)
+  assert same.endswith(f"`benchmarks/results/{benchmark.RERUN.name}`): same weights (digest) "
+                       "as the reference; all 14 figures within 10%.")
+  rerun = copy.deepcopy(result)
+  rerun["weights_sha256"] = "ab" * 32
+  rerun["attention_ranking"]["top_half_correct_share"] *= 2
+  assert benchmark.render_training(result, rerun).endswith(
+      "other weights (digest `abababababababab`); 1 of 14 figures outside 10%: "
+      "attention top half, correct share.")
 
 
 def test_readme_rerank_speed_table_is_rendered_from_its_json():
@@ -66,3 +83,16 @@ def test_the_json_is_of_the_shipped_weights():
   result = json.loads(load_benchmark().RESULT.read_text())
   assert result["model_dir"] == "delf_ret/default_model"
   assert result["weights_sha256"] == weights_digest(default_model_dir() / WEIGHTS_FILE)
+
+
+def test_benchmark_results_record_the_environment(tmp_path):
+  import numpy as np
+  write_result = load_benchmark("results_io").write_result
+  path = tmp_path / "results" / "x.json"
+  write_result(path, {"figure": 1.5})
+  written = json.loads(path.read_text())
+  assert written["figure"] == 1.5
+  assert written["environment"]["libraries"]["numpy"] == np.__version__
+  assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # No temporary file left.
+  write_result(path, {"figure": 2, "environment": {"cpu_model": "kept"}})
+  assert json.loads(path.read_text())["environment"] == {"cpu_model": "kept"}
