@@ -15,7 +15,8 @@ from delf_ret.errors import DelfRetError
 from conftest import REPO
 
 PACKAGE = pathlib.Path(delf_ret.__file__).parent
-ROOT_MODULES = {"__init__", "atomic", "config", "errors", "features", "images"}
+ROOT_MODULES = {"__init__", "atomic", "config", "errors", "features", "images",
+                "provenance"}
 
 
 def library_files() -> list[pathlib.Path]:
