@@ -394,8 +394,14 @@ def render_training(result: dict, rerun: dict | None = None) -> str:
   if not facts:
     return "No TRAINING.json was shipped with the model."
   minutes = facts["training_wall_seconds"] / 60
+  machine = ", ".join(filter(None, (facts["machine"], facts.get("cpu_model"))))
+  libraries = facts.get("libraries", {})
+  versions = ", ".join(f"{label} {libraries[name]}" for label, name in (
+      ("TensorFlow", "tensorflow"), ("Keras", "keras"), ("NumPy", "numpy"),
+      ("OpenCV", "opencv-python-headless"), ("OpenCV", "opencv-python")) if name in libraries)
   text = (f"Training: {facts['training_steps']} steps in {minutes:.0f} minutes of wall time "
-          f"on {facts['cpu_cores']} CPU cores ({facts['machine']}), finished "
+          f"on {facts['cpu_cores']} CPU cores ({machine}{'; ' + versions if versions else ''}), "
+          f"finished "
           f"{facts['finished']}; the last run of the recipe script took "
           f"{facts['script_wall_seconds_this_run'] / 60:.0f} minutes (its training, or the "
           f"part left when it resumed, then export, PCA, matching calibration).")

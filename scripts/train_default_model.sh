@@ -51,14 +51,17 @@ python -m delf_ret.cli.learn_pca --config_path="$out/default_model/delf_config.p
 python "$repo/scripts/calibrate_matching.py" "$out/default_model/delf_config.pbtxt" "$train_dir" \
   2>&1 | grep -E "^(distance|ratio|best|wrote)"
 python - "$out" "$(( $(date +%s) - start ))" "$train_dir" <<'PY'
-import json, os, pathlib, platform, sys, time
+import json, pathlib, sys, time
+from delf_ret.atomic import write_bytes_atomic
+from delf_ret.provenance import environment
 out, seconds, train_dir = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 timing = json.loads((out / "selfsup" / "selfsup_time.json").read_text())
+# What an exact rerun must match: CPU model, core count, library versions.
 facts = {"training_steps": timing["step"], "training_wall_seconds": timing["seconds"],
-         "script_wall_seconds_this_run": seconds, "cpu_cores": os.cpu_count(),
-         "machine": platform.machine(), "finished": time.strftime("%Y-%m-%d"),
-         "train_dir": pathlib.Path(train_dir).name}
-(out / "default_model" / "TRAINING.json").write_text(json.dumps(facts, indent=2) + "\n")
+         "script_wall_seconds_this_run": seconds, "finished": time.strftime("%Y-%m-%d"),
+         "train_dir": pathlib.Path(train_dir).name, **environment()}
+write_bytes_atomic(out / "default_model" / "TRAINING.json",
+                   (json.dumps(facts, indent=2) + "\n").encode())
 print(json.dumps(facts))
 PY
 echo "done: default model in $out/default_model ($(( $(date +%s) - start )) s)"

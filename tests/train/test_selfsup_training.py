@@ -86,6 +86,8 @@ def test_killed_run_resumes_at_the_saved_step_and_packages_a_loadable_model(tmp_
       "pca_projection.npy", "pca_variances.npy"]
   facts = json.loads((model_dir / "TRAINING.json").read_text())
   assert facts["training_steps"] == 8 and facts["training_wall_seconds"] > 0
+  assert facts["cpu_cores"] == os.cpu_count() and isinstance(facts["cpu_model"], str)
+  assert facts["libraries"]["tensorflow"] == tf.__version__
   extractor = DelfExtractor(load_config(model_dir / "delf_config.pbtxt",
                                         ["max_image_size=256",
                                          "delf_local_config.score_threshold=0"]))
