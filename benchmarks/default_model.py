@@ -413,8 +413,10 @@ def render_training(result: dict, rerun: dict | None = None) -> str:
     verdict = compare_figures(rerun, result)[-1]
     if not verdict.startswith("same weights"):
       verdict = f"other weights (digest `{str(rerun.get('weights_sha256'))[:16]}`); {verdict}"
+    resumed = again.get("script_wall_seconds_this_run", 0) < again.get("training_wall_seconds", 0)
     text += (f" A second run of the recipe from scratch on the same machine (finished "
-             f"{again.get('finished', 'date not recorded')}; its own SIFT pair search, "
+             f"{again.get('finished', 'date not recorded')}"
+             f"{', interrupted and resumed' if resumed else ''}; its own SIFT pair search, "
              f"training and export), benchmarked with `--model_dir` "
              f"(`benchmarks/results/{RERUN.name}`): {verdict}.")
   return text

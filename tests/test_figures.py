@@ -44,7 +44,11 @@ def test_training_facts_quote_the_rerun_check():
   same = benchmark.render_training(result, result)
   assert same.endswith(f"`benchmarks/results/{benchmark.RERUN.name}`): same weights (digest) "
                        "as the reference; all 14 figures within 10%.")
+  assert "interrupted" not in same  # The shipped run's script ran its whole training.
   rerun = copy.deepcopy(result)
+  rerun["training"]["script_wall_seconds_this_run"] = 60
+  assert "(finished 2026-11-24, interrupted and resumed; " in benchmark.render_training(
+      result, rerun)
   rerun["weights_sha256"] = "ab" * 32
   rerun["attention_ranking"]["top_half_correct_share"] *= 2
   assert benchmark.render_training(result, rerun).endswith(
