@@ -396,13 +396,13 @@ def render_training(result: dict, rerun: dict | None = None) -> str:
   minutes = facts["training_wall_seconds"] / 60
   machine = ", ".join(filter(None, (facts["machine"], facts.get("cpu_model"))))
   libraries = facts.get("libraries", {})
-  versions = ", ".join(f"{label} {libraries[name]}" for label, name in (
-      ("TensorFlow", "tensorflow"), ("Keras", "keras"), ("NumPy", "numpy"),
-      ("OpenCV", "opencv-python-headless"), ("OpenCV", "opencv-python")) if name in libraries)
+  opencv = libraries.get("opencv-python-headless") or libraries.get("opencv-python")
+  versions = ", ".join(f"{label} {version}" for label, version in (
+      ("TensorFlow", libraries.get("tensorflow")), ("Keras", libraries.get("keras")),
+      ("NumPy", libraries.get("numpy")), ("OpenCV", opencv)) if version)
   text = (f"Training: {facts['training_steps']} steps in {minutes:.0f} minutes of wall time "
           f"on {facts['cpu_cores']} CPU cores ({machine}{'; ' + versions if versions else ''}), "
-          f"finished "
-          f"{facts['finished']}; the last run of the recipe script took "
+          f"finished {facts['finished']}; the last run of the recipe script took "
           f"{facts['script_wall_seconds_this_run'] / 60:.0f} minutes (its training, or the "
           f"part left when it resumed, then export, PCA, matching calibration).")
   if result.get("weights_sha256"):
@@ -413,11 +413,8 @@ def render_training(result: dict, rerun: dict | None = None) -> str:
     verdict = compare_figures(rerun, result)[-1]
     if not verdict.startswith("same weights"):
       verdict = f"other weights (digest `{str(rerun.get('weights_sha256'))[:16]}`); {verdict}"
-    resumed = again.get("script_wall_seconds_this_run", 0) < again.get("training_wall_seconds", 0)
-    text += (f" A second run of the recipe from scratch on the same machine (finished "
-             f"{again.get('finished', 'date not recorded')}"
-             f"{', interrupted and resumed' if resumed else ''}; its own SIFT pair search, "
-             f"training and export), benchmarked with `--model_dir` "
+    text += (f" A rerun of the recipe ({again.get('training_steps', '?')} steps, finished "
+             f"{again.get('finished', 'date not recorded')}), benchmarked with `--model_dir` "
              f"(`benchmarks/results/{RERUN.name}`): {verdict}.")
   return text
 

@@ -17,8 +17,13 @@ def test_cpu_model_reads_the_model_name_line(tmp_path):
   assert cpu_model(cpuinfo) == "Intel(R) Xeon(R) CPU @ 2.20GHz"
 
 
-def test_cpu_model_without_cpuinfo_falls_back_to_a_string(tmp_path):
-  assert isinstance(cpu_model(tmp_path / "missing"), str)
+def test_cpu_model_without_cpuinfo_asks_platform(tmp_path, monkeypatch):
+  monkeypatch.setattr("platform.processor", lambda: "arm")
+  assert cpu_model(tmp_path / "missing") == "arm"
+  (tmp_path / "no_model_line").write_text("processor\t: 0\n")
+  assert cpu_model(tmp_path / "no_model_line") == "arm"
+  monkeypatch.setattr("platform.processor", lambda: "")
+  assert cpu_model(tmp_path / "missing") == ""
 
 
 def test_library_versions_are_the_installed_ones():
