@@ -280,7 +280,8 @@ def run_all(work: pathlib.Path, model_dir: pathlib.Path | None = None,
   hard = frozenset(line.split("#")[0].strip() for line in HARD_FILE.read_text().splitlines()
                    if line.split("#")[0].strip())
   homography = read_homography(SHARED / "pairs" / "H1to3p.xml")
-  result = {"benchmark": "default_model", "machine": "2 CPU cores",
+  # The machine and library versions are recorded by write_result (``environment``).
+  result = {"benchmark": "default_model",
             "config": {"max_image_size": config.max_image_size,
                        "image_scales": [round(s, 4) for s in config.image_scales],
                        "max_feature_num": config.delf_local_config.max_feature_num,
