@@ -7,56 +7,64 @@ from setuptools import find_packages, setup
 README = pathlib.Path(__file__).parent / "README.md"
 
 setup(
-    name="delf-ret",
-    version="0.1.0",
-    description="Landmark image retrieval with DELF-style local features",
-    long_description=README.read_text() if README.exists() else "",
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    packages=find_packages(include=["delf_ret", "delf_ret.*"]),
-    # Default configs and the demo photos ship with the package; nothing reads the repository.
-    package_data={"delf_ret": ["configs/*.pbtxt", "demo_data/*", "default_model/*.npz",
-                              "default_model/*.npy", "default_model/*.pbtxt",
-                              "default_model/*.md", "default_model/*.json"]},
-    install_requires=[
-        "tensorflow>=2.16",
-        "tensorflow-datasets>=4.9",
-        # tensorflow_datasets builders import importlib_resources through etils.epath,
-        # which does not declare it for Python >= 3.11.
-        "importlib_resources>=6.0",
-        # tf.summary (training logs) needs TensorBoard installed.
-        "tensorboard>=2.16",
-        "scikit-learn>=1.3",
-        "scikit-image>=0.22",
-        "faiss-cpu>=1.8",
-        "numpy>=1.26",
-        "matplotlib>=3.8",
-        "absl-py>=2.0",
-        # The committed *_pb2.py modules were generated for protobuf 7.35.
-        "protobuf>=7.35",
-        "pillow>=10.0",
-        # Self-supervised training views, SIFT-verified real pairs, demo pictures.
-        "opencv-python-headless>=4.8",
-        # Progress bars of the command-line tools.
-        "tqdm>=4.60",
+  name="delf-ret",
+  version="0.1.0",
+  description="Landmark image retrieval with DELF-style local features",
+  long_description=README.read_text() if README.exists() else "",
+  long_description_content_type="text/markdown",
+  python_requires=">=3.10",
+  packages=find_packages(include=["delf_ret", "delf_ret.*"]),
+  # Default configs and the demo photos ship with the package; nothing reads the repository.
+  package_data={
+    "delf_ret": [
+      "configs/*.pbtxt",
+      "demo_data/*",
+      "default_model/*.npz",
+      "default_model/*.npy",
+      "default_model/*.pbtxt",
+      "default_model/*.md",
+      "default_model/*.json",
+    ]
+  },
+  install_requires=[
+    "tensorflow>=2.16",
+    "tensorflow-datasets>=4.9",
+    # tensorflow_datasets builders import importlib_resources through etils.epath,
+    # which does not declare it for Python >= 3.11.
+    "importlib_resources>=6.0",
+    # tf.summary (training logs) needs TensorBoard installed.
+    "tensorboard>=2.16",
+    "scikit-learn>=1.3",
+    "scikit-image>=0.22",
+    "faiss-cpu>=1.8",
+    "numpy>=1.26",
+    "matplotlib>=3.8",
+    "absl-py>=2.0",
+    # The committed *_pb2.py modules were generated for protobuf 7.35.
+    "protobuf>=7.35",
+    "pillow>=10.0",
+    # Self-supervised training views, SIFT-verified real pairs, demo pictures.
+    "opencv-python-headless>=4.8",
+    # Progress bars of the command-line tools.
+    "tqdm>=4.60",
+  ],
+  extras_require={
+    "test": ["pytest>=7.4", "grpcio-tools>=1.85"],
+  },
+  entry_points={
+    "console_scripts": [
+      "extract_features=delf_ret.cli.extract_features:run",
+      "match_images=delf_ret.cli.match_images:run",
+      "build_index=delf_ret.cli.build_index:run",
+      "perform_retrieval=delf_ret.cli.perform_retrieval:run",
+      "query_index=delf_ret.cli.query_index:run",
+      "learn_pca=delf_ret.cli.learn_pca:run",
+      "create_delf_model=delf_ret.cli.create_delf_model:run",
+      "export_delf_model=delf_ret.cli.export_delf_model:run",
+      "download_dataset=delf_ret.cli.download_dataset:run",
+      "prepare_gldv2=delf_ret.cli.prepare_gldv2:run",
+      "train_delf=delf_ret.cli.train_delf:run",
+      "delf_demo=delf_ret.cli.delf_demo:run",
     ],
-    extras_require={
-        "test": ["pytest>=7.4", "grpcio-tools>=1.85"],
-    },
-    entry_points={
-        "console_scripts": [
-            "extract_features=delf_ret.cli.extract_features:run",
-            "match_images=delf_ret.cli.match_images:run",
-            "build_index=delf_ret.cli.build_index:run",
-            "perform_retrieval=delf_ret.cli.perform_retrieval:run",
-            "query_index=delf_ret.cli.query_index:run",
-            "learn_pca=delf_ret.cli.learn_pca:run",
-            "create_delf_model=delf_ret.cli.create_delf_model:run",
-            "export_delf_model=delf_ret.cli.export_delf_model:run",
-            "download_dataset=delf_ret.cli.download_dataset:run",
-            "prepare_gldv2=delf_ret.cli.prepare_gldv2:run",
-            "train_delf=delf_ret.cli.train_delf:run",
-            "delf_demo=delf_ret.cli.delf_demo:run",
-        ],
-    },
+  },
 )

@@ -62,12 +62,20 @@ RESULT = REPO / "benchmarks" / "results" / "default_model.json"
 RERUN = REPO / "benchmarks" / "results" / "default_model_rerun.json"
 HARD_FILE = pathlib.Path(__file__).with_name("mini_landmarks_hard.txt")
 MODEL_CARD = REPO / "delf_ret" / "default_model" / "MODEL_CARD.md"
-PAIRS = [("graf1.png", "graf3.png"), ("leuvenA.jpg", "leuvenB.jpg"), ("aero1.jpg", "aero3.jpg"),
-         ("box.png", "box_in_scene.png"), ("roofs1.jpg", "roofs2.jpg"),
-         ("river1.jpg", "river2.jpg")]
+PAIRS = [
+  ("graf1.png", "graf3.png"),
+  ("leuvenA.jpg", "leuvenB.jpg"),
+  ("aero1.jpg", "aero3.jpg"),
+  ("box.png", "box_in_scene.png"),
+  ("roofs1.jpg", "roofs2.jpg"),
+  ("river1.jpg", "river2.jpg"),
+]
 METHODS = ("random_init", "default_model", "opencv_sift")
-LABELS = {"random_init": "DELF, random initialisation", "default_model": "DELF, default model",
-          "opencv_sift": "OpenCV SIFT"}
+LABELS = {
+  "random_init": "DELF, random initialisation",
+  "default_model": "DELF, default model",
+  "opencv_sift": "OpenCV SIFT",
+}
 # Photos (evenly spaced over the sorted training photos) the random model's PCA is learned on.
 PCA_TRAINING_PHOTOS = 40
 START, END = "<!-- default_model table: start -->", "<!-- default_model table: end -->"
@@ -75,16 +83,19 @@ START, END = "<!-- default_model table: start -->", "<!-- default_model table: e
 
 def read_homography(path: pathlib.Path) -> np.ndarray:
   import cv2
+
   storage = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
   matrix = storage.getNode("H13").mat()
   storage.release()
   return matrix
 
 
-def reprojection_errors(features_a, features_b, matches: np.ndarray,
-                        homography: np.ndarray) -> np.ndarray:
+def reprojection_errors(
+  features_a, features_b, matches: np.ndarray, homography: np.ndarray
+) -> np.ndarray:
   """Pixel error [M] of (index_a, index_b) matches under a homography on (x, y, 1)."""
   from delf_ret.train.selfsup_data import apply_homography
+
   projected = apply_homography(homography, features_a.locations[matches[:, 0]])
   errors = np.linalg.norm(projected - features_b.locations[matches[:, 1]], axis=1)
   return np.where(np.isfinite(errors), errors, np.inf)
@@ -92,16 +103,21 @@ def reprojection_errors(features_a, features_b, matches: np.ndarray,
 
 def pair_row(features_a, features_b, params, homography) -> dict:
   from delf_ret.match import verify_pair
+
   result = verify_pair(features_a, features_b, params)
-  row = {"features": [features_a.num_features, features_b.num_features],
-         "putative_matches": result.num_matches, "inliers": result.num_inliers}
+  row = {
+    "features": [features_a.num_features, features_b.num_features],
+    "putative_matches": result.num_matches,
+    "inliers": result.num_inliers,
+  }
   if homography is not None:
     inliers = result.matches[result.inliers]
     errors = reprojection_errors(features_a, features_b, inliers, homography)
     row["correct_inliers_10px"] = int((errors < 10).sum())
     row["correct_inliers_20px"] = int((errors < 20).sum())
-    row["inlier_precision_10px"] = (round(row["correct_inliers_10px"] / len(inliers), 3)
-                                    if len(inliers) else None)
+    row["inlier_precision_10px"] = (
+      round(row["correct_inliers_10px"] / len(inliers), 3) if len(inliers) else None
+    )
   return row
 
 
@@ -111,27 +127,42 @@ def attention_ranking(features_a, features_b, params, homography, draws: int = 2
   from delf_ret.match import putative_matches
 
   def subset(features, keep):
-    return LocalFeatures(features.locations[keep], features.scales[keep],
-                         features.descriptors[keep], features.attention[keep],
-                         features.orientations[keep])
+    return LocalFeatures(
+      features.locations[keep],
+      features.scales[keep],
+      features.descriptors[keep],
+      features.attention[keep],
+      features.orientations[keep],
+    )
 
   def share(keep_a, keep_b):
     a, b = subset(features_a, keep_a), subset(features_b, keep_b)
-    matches = putative_matches(a.descriptors, b.descriptors, params.distance_threshold,
-                               params.ratio_threshold, params.mutual)
+    matches = putative_matches(
+      a.descriptors, b.descriptors, params.distance_threshold, params.ratio_threshold, params.mutual
+    )
     if not len(matches):
       return 0.0, 0
     return float((reprojection_errors(a, b, matches, homography) < 10).mean()), len(matches)
 
   half_a, half_b = features_a.num_features // 2, features_b.num_features // 2
-  top = share(np.argsort(-features_a.attention, kind="stable")[:half_a],
-              np.argsort(-features_b.attention, kind="stable")[:half_b])
+  top = share(
+    np.argsort(-features_a.attention, kind="stable")[:half_a],
+    np.argsort(-features_b.attention, kind="stable")[:half_b],
+  )
   rng = np.random.default_rng(0)
-  random = [share(rng.permutation(features_a.num_features)[:half_a],
-                  rng.permutation(features_b.num_features)[:half_b]) for _ in range(draws)]
-  return {"top_half_correct_share": round(top[0], 3), "top_half_matches": top[1],
-          "random_half_correct_share": round(float(np.mean([r[0] for r in random])), 3),
-          "random_half_matches": round(float(np.mean([r[1] for r in random])), 1)}
+  random = [
+    share(
+      rng.permutation(features_a.num_features)[:half_a],
+      rng.permutation(features_b.num_features)[:half_b],
+    )
+    for _ in range(draws)
+  ]
+  return {
+    "top_half_correct_share": round(top[0], 3),
+    "top_half_matches": top[1],
+    "random_half_correct_share": round(float(np.mean([r[0] for r in random])), 3),
+    "random_half_matches": round(float(np.mean([r[1] for r in random])), 1),
+  }
 
 
 class TimedExtractor:
@@ -154,8 +185,12 @@ def ukbench_labels(work: pathlib.Path) -> pathlib.Path:
   rows = [("image", "landmark")]
   with open(SHARED / "ukbench" / "labels.csv", newline="") as handle:
     for row in csv.DictReader(handle):
-      rows.append((str((SHARED / "ukbench" / row["image"]).resolve()),
-                   f"group_{int(row['object_group']):03d}"))
+      rows.append(
+        (
+          str((SHARED / "ukbench" / row["image"]).resolve()),
+          f"group_{int(row['object_group']):03d}",
+        )
+      )
   work.mkdir(parents=True, exist_ok=True)
   path = work / "ukbench_labels.csv"
   with open(path, "w", newline="") as handle:
@@ -166,6 +201,7 @@ def ukbench_labels(work: pathlib.Path) -> pathlib.Path:
 def ukbench_score(dataset, results, stage: str) -> float:
   """Mean number of the query's group (query included) among its top 4 (UKBench's score)."""
   from delf_ret.retrieval.dataset_runner import ranked_indices
+
   total = 0
   for query, result, gnd in zip(dataset.qimlist, results, dataset.gnd):
     group = set(gnd["easy"]) | set(gnd["hard"]) | {dataset.imlist.index(query)}
@@ -186,24 +222,46 @@ def run_retrieval(name, extract, retrieval_config, dataset_dir, labels, hard, wo
 
   paths = write_labelled_benchmark(labels, dataset_dir, name=dataset_dir.name, hard_images=hard)
   revisited = read_revisited_gnd(paths["gnd_path"], paths["images_dir"])
-  others = [read_original_gt(paths["gt_dir"], paths["images_dir"], dataset_dir.name)
-            ] if also_original else []
+  others = (
+    [read_original_gt(paths["gt_dir"], paths["images_dir"], dataset_dir.name)]
+    if also_original
+    else []
+  )
   features_dir = work / "features"
   for image_name in revisited.imlist:
     path = revisited.image_path(image_name)
     write_features(features_dir / feature_file_name(image_id_of(path)), extract(load_image(path)))
-  index, failures = build_index(list_feature_files(features_dir), work / "index",
-                                IndexParams.from_config(retrieval_config), log=lambda line: None)
+  index, failures = build_index(
+    list_feature_files(features_dir),
+    work / "index",
+    IndexParams.from_config(retrieval_config),
+    log=lambda line: None,
+  )
   assert not failures, failures
   config = DelfConfig()
   config.retrieval_config.CopyFrom(retrieval_config)
-  run = run_benchmark(config, revisited, index, features_dir, work / "run", extract=extract,
-                      also_score=others, log=lambda line: None)
-  row = {"mAP": {stage: {split: (round(100 * m.mean_ap, 2) if np.isfinite(m.mean_ap) else None)
-                         for split, m in splits.items()}
-                 for stage, splits in run.metrics.items()},
-         "queries": len(revisited.qimlist), "database_images": len(revisited.imlist),
-         "seconds_per_query": round(run.seconds_per_query, 2)}
+  run = run_benchmark(
+    config,
+    revisited,
+    index,
+    features_dir,
+    work / "run",
+    extract=extract,
+    also_score=others,
+    log=lambda line: None,
+  )
+  row = {
+    "mAP": {
+      stage: {
+        split: (round(100 * m.mean_ap, 2) if np.isfinite(m.mean_ap) else None)
+        for split, m in splits.items()
+      }
+      for stage, splits in run.metrics.items()
+    },
+    "queries": len(revisited.qimlist),
+    "database_images": len(revisited.imlist),
+    "seconds_per_query": round(run.seconds_per_query, 2),
+  }
   return row, revisited, run.results
 
 
@@ -216,8 +274,9 @@ def matching_rule(retrieval_config) -> str:
   return ", ".join(rule)
 
 
-def build_methods(work: pathlib.Path, model_dir: pathlib.Path, default_config,
-                  only: tuple[str, ...] = METHODS):
+def build_methods(
+  work: pathlib.Path, model_dir: pathlib.Path, default_config, only: tuple[str, ...] = METHODS
+):
   """{method: (extract function, retrieval_config, description)} for the methods ``only``;
   model_dir: the default model's files, default_config: its config (loaded from them)."""
   from delf_ret import config as config_lib
@@ -230,42 +289,58 @@ def build_methods(work: pathlib.Path, model_dir: pathlib.Path, default_config,
   methods = {}
   if "random_init" in only:
     random_model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
-    random_config = config_lib.load_config(model_dir / CONFIG_FILE, [
-        "delf_local_config.score_threshold=0", "delf_local_config.use_pca=false"])
+    random_config = config_lib.load_config(
+      model_dir / CONFIG_FILE,
+      ["delf_local_config.score_threshold=0", "delf_local_config.use_pca=false"],
+    )
     photos = list_training_photos(SHARED / "train")
     photos = [photos[i] for i in np.linspace(0, len(photos) - 1, PCA_TRAINING_PHOTOS).astype(int)]
-    learned = learn_pca_from_images(random_config, photos, work / "random_pca",
-                                    model=random_model, log=lambda line: None)
+    learned = learn_pca_from_images(
+      random_config, photos, work / "random_pca", model=random_model, log=lambda line: None
+    )
     random = DelfExtractor(with_pca(random_config, learned.paths), model=random_model)
-    methods["random_init"] = (random.extract, default_config.retrieval_config,
-                              f"random initialisation (seed 0), attention threshold 0, PCA "
-                              f"learned on {PCA_TRAINING_PHOTOS} training photos")
+    methods["random_init"] = (
+      random.extract,
+      default_config.retrieval_config,
+      f"random initialisation (seed 0), attention threshold 0, PCA "
+      f"learned on {PCA_TRAINING_PHOTOS} training photos",
+    )
   if "default_model" in only:
-    methods["default_model"] = (DelfExtractor(default_config).extract,
-                                default_config.retrieval_config,
-                                f"{model_label(model_dir)} (float16 weights) with its packaged "
-                                f"config")
+    methods["default_model"] = (
+      DelfExtractor(default_config).extract,
+      default_config.retrieval_config,
+      f"{model_label(model_dir)} (float16 weights) with its packaged config",
+    )
   if "opencv_sift" in only:
     max_side = default_config.max_image_size
     sift_retrieval = config_lib.DelfConfig().retrieval_config
     sift_retrieval.CopyFrom(default_config.retrieval_config)
-    config_lib.apply_overrides(sift_retrieval, ["match_distance_threshold=2.0",
-                                                "match_ratio_threshold=0.8"])
+    config_lib.apply_overrides(
+      sift_retrieval, ["match_distance_threshold=2.0", "match_ratio_threshold=0.8"]
+    )
     sift = lambda image: sift_features(image, unit_descriptors=True, max_side=max_side)  # noqa: E731
-    methods["opencv_sift"] = (sift, sift_retrieval, f"OpenCV SIFT, 1000 features, longer side "
-                              f"<= {max_side} px, unit descriptors")
+    methods["opencv_sift"] = (
+      sift,
+      sift_retrieval,
+      f"OpenCV SIFT, 1000 features, longer side <= {max_side} px, unit descriptors",
+    )
   return methods
 
 
 def model_label(model_dir: pathlib.Path) -> str:
   """How a model folder is named in the JSON: the package's, or the folder given."""
   from delf_ret.default_model import default_model_dir
-  return ("delf_ret/default_model" if model_dir.resolve() == default_model_dir().resolve()
-          else str(model_dir))
+
+  return (
+    "delf_ret/default_model"
+    if model_dir.resolve() == default_model_dir().resolve()
+    else str(model_dir)
+  )
 
 
-def run_all(work: pathlib.Path, model_dir: pathlib.Path | None = None,
-            only: tuple[str, ...] = METHODS) -> dict:
+def run_all(
+  work: pathlib.Path, model_dir: pathlib.Path | None = None, only: tuple[str, ...] = METHODS
+) -> dict:
   """Every benchmark for the methods ``only``; model_dir: the default model's files
   (default: the shipped ones, delf_ret/default_model)."""
   from delf_ret import config as config_lib
@@ -277,24 +352,35 @@ def run_all(work: pathlib.Path, model_dir: pathlib.Path | None = None,
   shutil.rmtree(work, ignore_errors=True)
   config = config_lib.load_config(model_dir / CONFIG_FILE)
   methods = build_methods(work, model_dir, config, only)
-  hard = frozenset(line.split("#")[0].strip() for line in HARD_FILE.read_text().splitlines()
-                   if line.split("#")[0].strip())
+  hard = frozenset(
+    line.split("#")[0].strip()
+    for line in HARD_FILE.read_text().splitlines()
+    if line.split("#")[0].strip()
+  )
   homography = read_homography(SHARED / "pairs" / "H1to3p.xml")
   # The machine and library versions are recorded by write_result (``environment``).
-  result = {"benchmark": "default_model",
-            "config": {"max_image_size": config.max_image_size,
-                       "image_scales": [round(s, 4) for s in config.image_scales],
-                       "max_feature_num": config.delf_local_config.max_feature_num,
-                       "score_threshold": round(config.delf_local_config.score_threshold, 4),
-                       "pca_dim": config.delf_local_config.pca_parameters.pca_dim,
-                       "rerank_top_n": config.retrieval_config.rerank_top_n,
-                       "ransac": f"{config.retrieval_config.ransac_transform}, "
-                                 f"{config.retrieval_config.ransac_residual_threshold:g} px"},
-            "methods": {}, "pairs": {}, "attention_ranking": None,
-            "mini_landmarks": {}, "ukbench": {}}
+  result = {
+    "benchmark": "default_model",
+    "config": {
+      "max_image_size": config.max_image_size,
+      "image_scales": [round(s, 4) for s in config.image_scales],
+      "max_feature_num": config.delf_local_config.max_feature_num,
+      "score_threshold": round(config.delf_local_config.score_threshold, 4),
+      "pca_dim": config.delf_local_config.pca_parameters.pca_dim,
+      "rerank_top_n": config.retrieval_config.rerank_top_n,
+      "ransac": f"{config.retrieval_config.ransac_transform}, "
+      f"{config.retrieval_config.ransac_residual_threshold:g} px",
+    },
+    "methods": {},
+    "pairs": {},
+    "attention_ranking": None,
+    "mini_landmarks": {},
+    "ukbench": {},
+  }
   facts = model_dir / "TRAINING.json"
   result["training"] = json.loads(facts.read_text()) if facts.is_file() else None
   from delf_ret.model.compact import weights_digest
+
   # Tells a bit-identical retraining (deterministic recipe) from a different model.
   result["model_dir"] = model_label(model_dir)
   result["weights_sha256"] = weights_digest(model_dir / WEIGHTS_FILE)
@@ -302,11 +388,14 @@ def run_all(work: pathlib.Path, model_dir: pathlib.Path | None = None,
   for name, (extract, retrieval_config, description) in methods.items():
     print(f"{name}: pairs ...", flush=True)
     from delf_ret.retrieval.demo import ContentCache
+
     timed = TimedExtractor(extract)
     cached = ContentCache(timed)
     params = RansacParams.from_config(retrieval_config)
-    result["methods"][name] = {"description": description,
-                               "putative_matches": matching_rule(retrieval_config)}
+    result["methods"][name] = {
+      "description": description,
+      "putative_matches": matching_rule(retrieval_config),
+    }
     for name_a, name_b in PAIRS:
       features_a = cached(load_image(SHARED / "pairs" / name_a))
       features_b = cached(load_image(SHARED / "pairs" / name_b))
@@ -315,16 +404,23 @@ def run_all(work: pathlib.Path, model_dir: pathlib.Path | None = None,
       if is_graf and name != "opencv_sift":
         # The same DELF features with the published 0.8 distance test instead of the
         # default model's calibrated rule, for a comparison that favours neither.
-        row["published_0.8"] = pair_row(features_a, features_b,
-                                        dataclasses.replace(params, distance_threshold=0.8),
-                                        homography)
+        row["published_0.8"] = pair_row(
+          features_a, features_b, dataclasses.replace(params, distance_threshold=0.8), homography
+        )
       result["pairs"].setdefault(f"{name_a}/{name_b}", {})[name] = row
       if is_graf and name == "default_model":
-        result["attention_ranking"] = attention_ranking(features_a, features_b, params,
-                                                        homography)
+        result["attention_ranking"] = attention_ranking(features_a, features_b, params, homography)
     print(f"{name}: mini-landmarks ...", flush=True)
-    row, _, _ = run_retrieval(name, cached, retrieval_config, work / "mini_landmarks",
-                              SHARED / "labels.csv", hard, work / name / "mini_landmarks", True)
+    row, _, _ = run_retrieval(
+      name,
+      cached,
+      retrieval_config,
+      work / "mini_landmarks",
+      SHARED / "labels.csv",
+      hard,
+      work / name / "mini_landmarks",
+      True,
+    )
     result["mini_landmarks"][name] = row
     print(f"{name}: ukbench ...", flush=True)
     # UKBench's score counts the query image itself among its top 4, so its reranking
@@ -332,14 +428,24 @@ def run_all(work: pathlib.Path, model_dir: pathlib.Path | None = None,
     ukbench_retrieval = config_lib.DelfConfig().retrieval_config
     ukbench_retrieval.CopyFrom(retrieval_config)
     ukbench_retrieval.rerank_skip_junk = False
-    row, dataset, results = run_retrieval(name, cached, ukbench_retrieval, work / "ukbench",
-                                          ukbench, frozenset(), work / name / "ukbench", False)
-    row["ukbench_score"] = {stage: round(ukbench_score(dataset, results, attribute), 3)
-                            for stage, attribute in (("first_stage", "ranked"),
-                                                     ("reranked", "reranked"))}
+    row, dataset, results = run_retrieval(
+      name,
+      cached,
+      ukbench_retrieval,
+      work / "ukbench",
+      ukbench,
+      frozenset(),
+      work / name / "ukbench",
+      False,
+    )
+    row["ukbench_score"] = {
+      stage: round(ukbench_score(dataset, results, attribute), 3)
+      for stage, attribute in (("first_stage", "ranked"), ("reranked", "reranked"))
+    }
     result["ukbench"][name] = row
     result["methods"][name]["extraction_seconds_per_image"] = round(
-        timed.seconds / max(1, timed.count), 2)
+      timed.seconds / max(1, timed.count), 2
+    )
     result["methods"][name]["images_extracted"] = timed.count
     print(json.dumps(result["methods"][name]), flush=True)
   return result
@@ -347,44 +453,70 @@ def run_all(work: pathlib.Path, model_dir: pathlib.Path | None = None,
 
 def render_tables(result: dict) -> str:
   """Markdown tables of a default_model.json result (README and model card)."""
-  lines = ["| | " + " | ".join(LABELS[m] for m in METHODS) + " |",
-           "|---|" + "---|" * len(METHODS)]
+  lines = ["| | " + " | ".join(LABELS[m] for m in METHODS) + " |", "|---|" + "---|" * len(METHODS)]
 
   def row(label, values):
     lines.append(f"| {label} | " + " | ".join(str(v) for v in values) + " |")
 
   graf = result["pairs"]["graf1.png/graf3.png"]
-  row("graf1/graf3 correct inliers (< 10 px / < 20 px)",
-      [f"{graf[m]['correct_inliers_10px']} / {graf[m]['correct_inliers_20px']}" for m in METHODS])
-  row("graf1/graf3 inliers, precision (< 10 px)",
-      [f"{graf[m]['inliers']}, {graf[m]['inlier_precision_10px']}" for m in METHODS])
-  row("graf1/graf3 correct inliers (< 10 px / < 20 px), published 0.8 distance test",
-      [f"{graf[m]['published_0.8']['correct_inliers_10px']} / "
-       f"{graf[m]['published_0.8']['correct_inliers_20px']}" if "published_0.8" in graf[m]
-       else "-" for m in METHODS])
+  row(
+    "graf1/graf3 correct inliers (< 10 px / < 20 px)",
+    [f"{graf[m]['correct_inliers_10px']} / {graf[m]['correct_inliers_20px']}" for m in METHODS],
+  )
+  row(
+    "graf1/graf3 inliers, precision (< 10 px)",
+    [f"{graf[m]['inliers']}, {graf[m]['inlier_precision_10px']}" for m in METHODS],
+  )
+  row(
+    "graf1/graf3 correct inliers (< 10 px / < 20 px), published 0.8 distance test",
+    [
+      f"{graf[m]['published_0.8']['correct_inliers_10px']} / "
+      f"{graf[m]['published_0.8']['correct_inliers_20px']}"
+      if "published_0.8" in graf[m]
+      else "-"
+      for m in METHODS
+    ],
+  )
   for pair, rows in result["pairs"].items():
     if pair != "graf1.png/graf3.png":
-      row(f"{pair} inliers / putative", [f"{rows[m]['inliers']} / {rows[m]['putative_matches']}"
-                                         for m in METHODS])
+      row(
+        f"{pair} inliers / putative",
+        [f"{rows[m]['inliers']} / {rows[m]['putative_matches']}" for m in METHODS],
+      )
   for stage, label in (("first_stage", "votes"), ("reranked", "reranked")):
-    row(f"mini-landmarks mAP easy / medium / hard, {label}",
-        [" / ".join(f"{result['mini_landmarks'][m]['mAP'][stage][s]:.1f}"
-                    for s in ("easy", "medium", "hard")) for m in METHODS])
+    row(
+      f"mini-landmarks mAP easy / medium / hard, {label}",
+      [
+        " / ".join(
+          f"{result['mini_landmarks'][m]['mAP'][stage][s]:.1f}" for s in ("easy", "medium", "hard")
+        )
+        for m in METHODS
+      ],
+    )
   for stage, label in (("first_stage", "votes"), ("reranked", "reranked")):
     split = next(iter(result["ukbench"][METHODS[0]]["mAP"][stage]))
-    row(f"UKBench mAP / score (of 4), {label}",
-        [f"{result['ukbench'][m]['mAP'][stage][split]:.1f} / "
-         f"{result['ukbench'][m]['ukbench_score'][stage]:.2f}" for m in METHODS])
+    row(
+      f"UKBench mAP / score (of 4), {label}",
+      [
+        f"{result['ukbench'][m]['mAP'][stage][split]:.1f} / "
+        f"{result['ukbench'][m]['ukbench_score'][stage]:.2f}"
+        for m in METHODS
+      ],
+    )
   row("putative matches", [result["methods"][m]["putative_matches"] for m in METHODS])
-  row("extraction seconds / image",
-      [result["methods"][m]["extraction_seconds_per_image"] for m in METHODS])
+  row(
+    "extraction seconds / image",
+    [result["methods"][m]["extraction_seconds_per_image"] for m in METHODS],
+  )
   ranking = result["attention_ranking"]
   lines.append("")
-  lines.append(f"Attention ranking (default model, graf1/graf3): the top half of each image's "
-               f"features by attention gives {ranking['top_half_correct_share']:.1%} correct "
-               f"putative matches ({ranking['top_half_matches']} matches), random halves "
-               f"{ranking['random_half_correct_share']:.1%} "
-               f"({ranking['random_half_matches']:g} matches on average).")
+  lines.append(
+    f"Attention ranking (default model, graf1/graf3): the top half of each image's "
+    f"features by attention gives {ranking['top_half_correct_share']:.1%} correct "
+    f"putative matches ({ranking['top_half_matches']} matches), random halves "
+    f"{ranking['random_half_correct_share']:.1%} "
+    f"({ranking['random_half_matches']:g} matches on average)."
+  )
   return "\n".join(lines)
 
 
@@ -398,25 +530,38 @@ def render_training(result: dict, rerun: dict | None = None) -> str:
   machine = ", ".join(filter(None, (facts["machine"], facts.get("cpu_model"))))
   libraries = facts.get("libraries", {})
   opencv = libraries.get("opencv-python-headless") or libraries.get("opencv-python")
-  versions = ", ".join(f"{label} {version}" for label, version in (
-      ("TensorFlow", libraries.get("tensorflow")), ("Keras", libraries.get("keras")),
-      ("NumPy", libraries.get("numpy")), ("OpenCV", opencv)) if version)
-  text = (f"Training: {facts['training_steps']} steps in {minutes:.0f} minutes of wall time "
-          f"on {facts['cpu_cores']} CPU cores ({machine}{'; ' + versions if versions else ''}), "
-          f"finished {facts['finished']}; the last run of the recipe script took "
-          f"{facts['script_wall_seconds_this_run'] / 60:.0f} minutes (its training, or the "
-          f"part left when it resumed, then export, PCA, matching calibration).")
+  versions = ", ".join(
+    f"{label} {version}"
+    for label, version in (
+      ("TensorFlow", libraries.get("tensorflow")),
+      ("Keras", libraries.get("keras")),
+      ("NumPy", libraries.get("numpy")),
+      ("OpenCV", opencv),
+    )
+    if version
+  )
+  text = (
+    f"Training: {facts['training_steps']} steps in {minutes:.0f} minutes of wall time "
+    f"on {facts['cpu_cores']} CPU cores ({machine}{'; ' + versions if versions else ''}), "
+    f"finished {facts['finished']}; the last run of the recipe script took "
+    f"{facts['script_wall_seconds_this_run'] / 60:.0f} minutes (its training, or the "
+    f"part left when it resumed, then export, PCA, matching calibration)."
+  )
   if result.get("weights_sha256"):
-    text += (f" Weights digest (`delf_ret.model.compact.weights_digest` of "
-             f"`delf_default.npz`): `{result['weights_sha256'][:16]}`.")
+    text += (
+      f" Weights digest (`delf_ret.model.compact.weights_digest` of "
+      f"`delf_default.npz`): `{result['weights_sha256'][:16]}`."
+    )
   if rerun:
     again = rerun.get("training") or {}
     verdict = compare_figures(rerun, result)[-1]
     if not verdict.startswith("same weights"):
       verdict = f"other weights (digest `{str(rerun.get('weights_sha256'))[:16]}`); {verdict}"
-    text += (f" A rerun of the recipe ({again.get('training_steps', '?')} steps, finished "
-             f"{again.get('finished', 'date not recorded')}), benchmarked with `--model_dir` "
-             f"(`benchmarks/results/{RERUN.name}`): {verdict}.")
+    text += (
+      f" A rerun of the recipe ({again.get('training_steps', '?')} steps, finished "
+      f"{again.get('finished', 'date not recorded')}), benchmarked with `--model_dir` "
+      f"(`benchmarks/results/{RERUN.name}`): {verdict}."
+    )
   return text
 
 
@@ -470,10 +615,16 @@ def compare_figures(result: dict, reference: dict, tolerance: float = 0.1) -> li
     ratio = f"{value / ref:.3f}" if ref else ("1.000" if value == ref else "n/a")
     lines.append(f"{name}: {value:g} (reference {ref:g}, ratio {ratio})")
   same = result.get("weights_sha256") and result.get("weights_sha256") == reference.get(
-      "weights_sha256")
-  lines.append(("same weights (digest) as the reference; " if same else "") + (
-      f"all {len(ours)} figures within {tolerance:.0%}" if not outside else
-      f"{len(outside)} of {len(ours)} figures outside {tolerance:.0%}: {', '.join(outside)}"))
+    "weights_sha256"
+  )
+  lines.append(
+    ("same weights (digest) as the reference; " if same else "")
+    + (
+      f"all {len(ours)} figures within {tolerance:.0%}"
+      if not outside
+      else f"{len(outside)} of {len(ours)} figures outside {tolerance:.0%}: {', '.join(outside)}"
+    )
+  )
   return lines
 
 
@@ -481,14 +632,22 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--output", default=str(RESULT))
   parser.add_argument("--work_dir", default=str(REPO / "benchmarks" / "output" / "default_model"))
-  parser.add_argument("--render_only", action="store_true",
-                      help="only re-render the README and model-card tables from --output")
-  parser.add_argument("--model_dir", help="benchmark these default-model files (a recipe's "
-                      "OUTPUT_DIR/default_model) instead of delf_ret/default_model")
-  parser.add_argument("--methods", default=",".join(METHODS),
-                      help=f"comma-separated subset of {','.join(METHODS)}")
-  parser.add_argument("--compare_to", help="a result JSON: print the default model's figures "
-                      "beside its, with ratios")
+  parser.add_argument(
+    "--render_only",
+    action="store_true",
+    help="only re-render the README and model-card tables from --output",
+  )
+  parser.add_argument(
+    "--model_dir",
+    help="benchmark these default-model files (a recipe's "
+    "OUTPUT_DIR/default_model) instead of delf_ret/default_model",
+  )
+  parser.add_argument(
+    "--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}"
+  )
+  parser.add_argument(
+    "--compare_to", help="a result JSON: print the default model's figures beside its, with ratios"
+  )
   args = parser.parse_args()
   only = tuple(m for m in args.methods.split(",") if m)
   if not only:
@@ -502,14 +661,18 @@ def main():
   if args.compare_to and "default_model" not in only:
     parser.error("--compare_to compares the default model's figures: keep it in --methods")
   shipped = args.model_dir is None and set(only) == set(METHODS)
-  if (not shipped and not args.render_only
-      and pathlib.Path(args.output).resolve() == RESULT.resolve()):
-    parser.error(f"--model_dir or --methods: give an --output other than {RESULT.name}, "
-                 "which holds the shipped model's figures")
+  if (
+    not shipped and not args.render_only and pathlib.Path(args.output).resolve() == RESULT.resolve()
+  ):
+    parser.error(
+      f"--model_dir or --methods: give an --output other than {RESULT.name}, "
+      "which holds the shipped model's figures"
+    )
   if not args.render_only:
     start = time.time()
-    result = run_all(pathlib.Path(args.work_dir), args.model_dir and pathlib.Path(args.model_dir),
-                     only)
+    result = run_all(
+      pathlib.Path(args.work_dir), args.model_dir and pathlib.Path(args.model_dir), only
+    )
     result["benchmark_seconds"] = round(time.time() - start)
     write_result(args.output, result)
   result = json.loads(pathlib.Path(args.output).read_text())
@@ -525,8 +688,12 @@ def main():
   for path in (REPO / "README.md", MODEL_CARD):
     render_into(path, table)
   rerun = json.loads(RERUN.read_text()) if RERUN.is_file() else None
-  render_into(MODEL_CARD, render_training(result, rerun), "<!-- training facts: start -->",
-              "<!-- training facts: end -->")
+  render_into(
+    MODEL_CARD,
+    render_training(result, rerun),
+    "<!-- training facts: start -->",
+    "<!-- training facts: end -->",
+  )
 
 
 if __name__ == "__main__":

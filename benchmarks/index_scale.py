@@ -57,8 +57,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DIM, PER_IMAGE, K = 40, 1000, 10
 # Issue #12: 1e7 descriptors in under 1 GB, a 1000-descriptor query under 100 ms
 # on 2 cores, recall@1 at least 0.9.
-AIM = {"num_descriptors": 10_000_000, "max_index_bytes": 10**9, "max_query_ms": 100.0,
-       "min_recall_at_1": 0.9}
+AIM = {
+  "num_descriptors": 10_000_000,
+  "max_index_bytes": 10**9,
+  "max_query_ms": 100.0,
+  "min_recall_at_1": 0.9,
+}
 
 
 def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -83,16 +87,24 @@ TYPES = ("flat", "ivfpq", "ivfpq_fs", "ivfpq_fs_hnsw", "hnsw")
 def params_for(type_spec: str, n: int):
   """IndexParams of a type name (see the module docstring), with an optional ``@nlist``."""
   from delf_ret.index import IndexParams
+
   name, _, nlist = type_spec.partition("@")
   if name not in TYPES:
     raise SystemExit(f"unknown index type {name!r}; choose from {TYPES}")
   if name == "ivfpq":
-    return IndexParams("ivfpq", nlist=int(nlist or ivfpq_nlist(n)), pq_m=20, pq_nbits=8,
-                       nprobe=16)
+    return IndexParams("ivfpq", nlist=int(nlist or ivfpq_nlist(n)), pq_m=20, pq_nbits=8, nprobe=16)
   if name in ("ivfpq_fs", "ivfpq_fs_hnsw"):
-    return IndexParams("ivfpq", nlist=int(nlist or fast_scan_nlist(n)), pq_m=DIM, pq_nbits=4,
-                       nprobe=16, pq_fast_scan=True, hnsw_m=32, ef_search=64,
-                       coarse_quantizer="hnsw" if name == "ivfpq_fs_hnsw" else "flat")
+    return IndexParams(
+      "ivfpq",
+      nlist=int(nlist or fast_scan_nlist(n)),
+      pq_m=DIM,
+      pq_nbits=4,
+      nprobe=16,
+      pq_fast_scan=True,
+      hnsw_m=32,
+      ef_search=64,
+      coarse_quantizer="hnsw" if name == "ivfpq_fs_hnsw" else "flat",
+    )
   if name == "hnsw":
     return IndexParams("hnsw", hnsw_m=32, ef_search=64)
   return IndexParams("flat")
@@ -112,8 +124,11 @@ def search_variants(type_spec: str, fs_nprobes: list[int]) -> list[dict]:
 
 def meets_aim(row: dict) -> bool:
   """Memory, speed and recall parts of AIM (the size part is the row's N)."""
-  return (row["index_bytes"] < AIM["max_index_bytes"] and row["query_ms"] < AIM["max_query_ms"]
-          and row["recall_at_1"] >= AIM["min_recall_at_1"])
+  return (
+    row["index_bytes"] < AIM["max_index_bytes"]
+    and row["query_ms"] < AIM["max_query_ms"]
+    and row["recall_at_1"] >= AIM["min_recall_at_1"]
+  )
 
 
 def timed_search(index, query, max_repeats: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -126,12 +141,18 @@ def timed_search(index, query, max_repeats: int) -> tuple[np.ndarray, np.ndarray
   return slots, keypoints, 1000 * float(np.median(times))
 
 
-def measure(type_spec: str, database: np.ndarray, query: np.ndarray, true_nn: np.ndarray,
-            args: argparse.Namespace) -> list[dict]:
+def measure(
+  type_spec: str,
+  database: np.ndarray,
+  query: np.ndarray,
+  true_nn: np.ndarray,
+  args: argparse.Namespace,
+) -> list[dict]:
   """One build, then one result row per search setting of search_variants."""
   import dataclasses
 
   from delf_ret.index import LocalFeatureIndex
+
   n = database.shape[0]
   params = params_for(type_spec, n)
   start = time.perf_counter()
@@ -142,10 +163,13 @@ def measure(type_spec: str, database: np.ndarray, query: np.ndarray, true_nn: np
     sample = database[np.random.default_rng(1).choice(n, sample_size, replace=False)]
     index.index.cp.niter = args.kmeans_iters  # faiss' default is 25.
     index.train(sample)
-    training = {"sample_size": sample_size, "kmeans_iters": args.kmeans_iters,
-                "train_s": round(time.perf_counter() - start, 2)}
+    training = {
+      "sample_size": sample_size,
+      "kmeans_iters": args.kmeans_iters,
+      "train_s": round(time.perf_counter() - start, 2),
+    }
   for image in range(n // PER_IMAGE):
-    index.add(f"img{image:06d}", database[image * PER_IMAGE:(image + 1) * PER_IMAGE])
+    index.add(f"img{image:06d}", database[image * PER_IMAGE : (image + 1) * PER_IMAGE])
   build_s = time.perf_counter() - start
   serialized_bytes = int(faiss.serialize_index(index.index).size)
   rows = []
@@ -156,14 +180,19 @@ def measure(type_spec: str, database: np.ndarray, query: np.ndarray, true_nn: np
     found = slots * PER_IMAGE + keypoints  # Database row of each hit.
     found[slots < 0] = -1
     row = {
-        "index_type": type_spec.partition("@")[0], "num_descriptors": n,
-        "params": dataclasses.asdict(index.params), "build_s": round(build_s, 2),
-        "training": training, "index_bytes": serialized_bytes,
-        "bytes_per_descriptor": round(serialized_bytes / n, 1),
-        "index_mb": round(serialized_bytes / 2**20, 1), "query_ms": round(query_ms, 1),
-        "recall_at_1": round(float((found[:, 0] == true_nn).mean()), 4),
-        "recall_at_10": round(float((found == true_nn[:, None]).any(axis=1).mean()), 4),
-        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+      "index_type": type_spec.partition("@")[0],
+      "num_descriptors": n,
+      "params": dataclasses.asdict(index.params),
+      "build_s": round(build_s, 2),
+      "training": training,
+      "index_bytes": serialized_bytes,
+      "bytes_per_descriptor": round(serialized_bytes / n, 1),
+      "index_mb": round(serialized_bytes / 2**20, 1),
+      "query_ms": round(query_ms, 1),
+      "recall_at_1": round(float((found[:, 0] == true_nn).mean()), 4),
+      "recall_at_10": round(float((found == true_nn[:, None]).any(axis=1).mean()), 4),
+      "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
     row["meets_aim"] = meets_aim(row)
     rows.append(row)
   del index
@@ -182,7 +211,7 @@ def exact_nearest(database: np.ndarray, query: np.ndarray) -> np.ndarray:
   best = np.full(query.shape[0], -np.inf, np.float32)
   best_row = np.zeros(query.shape[0], np.int64)
   for start in range(0, database.shape[0], 1_000_000):
-    scores = query @ database[start:start + 1_000_000].T
+    scores = query @ database[start : start + 1_000_000].T
     arg = scores.argmax(axis=1)
     value = scores[np.arange(query.shape[0]), arg]
     better = value > best
@@ -193,19 +222,33 @@ def exact_nearest(database: np.ndarray, query: np.ndarray) -> np.ndarray:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", default="100000,1000000,10000000")
-  parser.add_argument("--types", default=",".join(TYPES),
-                      help="comma-separated types, each optionally TYPE@NLIST")
+  parser.add_argument(
+    "--types", default=",".join(TYPES), help="comma-separated types, each optionally TYPE@NLIST"
+  )
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--max_hnsw", type=int, default=1_000_000,
-                      help="largest N for which the HNSW index is built")
-  parser.add_argument("--fs_nprobes", default="16,32,48,64,96,128",
-                      help="nprobe values measured for the fast-scan types")
-  parser.add_argument("--train_per_list", type=int, default=64,
-                      help="IVF training sample: this many descriptors per list (at most N)")
-  parser.add_argument("--kmeans_iters", type=int, default=25,
-                      help="k-means iterations of IVF training (faiss' default: 25)")
-  parser.add_argument("--note", action="append", default=[],
-                      help="free text stored in the JSON's notes (repeatable)")
+  parser.add_argument(
+    "--max_hnsw", type=int, default=1_000_000, help="largest N for which the HNSW index is built"
+  )
+  parser.add_argument(
+    "--fs_nprobes",
+    default="16,32,48,64,96,128",
+    help="nprobe values measured for the fast-scan types",
+  )
+  parser.add_argument(
+    "--train_per_list",
+    type=int,
+    default=64,
+    help="IVF training sample: this many descriptors per list (at most N)",
+  )
+  parser.add_argument(
+    "--kmeans_iters",
+    type=int,
+    default=25,
+    help="k-means iterations of IVF training (faiss' default: 25)",
+  )
+  parser.add_argument(
+    "--note", action="append", default=[], help="free text stored in the JSON's notes (repeatable)"
+  )
   parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "index_scale.json"))
   args = parser.parse_args()
   args.fs_nprobes = [int(value) for value in args.fs_nprobes.split(",")]
@@ -224,10 +267,17 @@ def main():
     baseline = None
     for index_type in types:
       if index_type.startswith("hnsw") and n > args.max_hnsw:
-        skipped.append({"index_type": "hnsw", "num_descriptors": n, "reason": (
-            f"not built: above --max_hnsw {args.max_hnsw}; at 440 bytes per descriptor it "
-            f"needs {440 * n / 2**30:.1f} GiB, over the 1 GB aim, and its build time grows "
-            f"faster than linearly (see the 1e6 row)")})
+        skipped.append(
+          {
+            "index_type": "hnsw",
+            "num_descriptors": n,
+            "reason": (
+              f"not built: above --max_hnsw {args.max_hnsw}; at 440 bytes per descriptor it "
+              f"needs {440 * n / 2**30:.1f} GiB, over the 1 GB aim, and its build time grows "
+              f"faster than linearly (see the 1e6 row)"
+            ),
+          }
+        )
         continue
       print(f"N={n:,} {index_type} ...", flush=True)
       for result in measure(index_type, database, query, true_nn, args):
@@ -236,17 +286,31 @@ def main():
         if baseline is not None:
           result["query_speedup_vs_flat"] = round(baseline["query_ms"] / result["query_ms"], 2)
           result["memory_ratio_vs_flat"] = round(
-              result["bytes_per_descriptor"] / baseline["bytes_per_descriptor"], 3)
+            result["bytes_per_descriptor"] / baseline["bytes_per_descriptor"], 3
+          )
         print(f"  {result}", flush=True)
         rows.append(result)
-      write_result(args.output, {
-          "benchmark": "index_scale", "dim": DIM, "descriptors_per_image": PER_IMAGE,
-          "k": K, "query_descriptors": PER_IMAGE, "faiss_threads": faiss.omp_get_max_threads(),
-          "faiss_version": faiss.__version__, "machine": platform.processor() or platform.machine(),
-          "cpu_count": os.cpu_count(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
-          "aim": AIM, "command": command, "notes": args.note,
-          "results": rows, "skipped": skipped,
-          "meeting_aim": [_short(row) for row in rows if row["meets_aim"]]})
+      write_result(
+        args.output,
+        {
+          "benchmark": "index_scale",
+          "dim": DIM,
+          "descriptors_per_image": PER_IMAGE,
+          "k": K,
+          "query_descriptors": PER_IMAGE,
+          "faiss_threads": faiss.omp_get_max_threads(),
+          "faiss_version": faiss.__version__,
+          "machine": platform.processor() or platform.machine(),
+          "cpu_count": os.cpu_count(),
+          "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+          "aim": AIM,
+          "command": command,
+          "notes": args.note,
+          "results": rows,
+          "skipped": skipped,
+          "meeting_aim": [_short(row) for row in rows if row["meets_aim"]],
+        },
+      )
     del database
 
 

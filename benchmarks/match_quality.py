@@ -28,9 +28,14 @@ from sift_baseline import sift_features
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAIRS_DIR = REPO.parent / "shared" / "data" / "pairs"
-PAIRS = [("graf1.png", "graf3.png"), ("leuvenA.jpg", "leuvenB.jpg"), ("aero1.jpg", "aero3.jpg"),
-         ("box.png", "box_in_scene.png"), ("roofs1.jpg", "roofs2.jpg"),
-         ("river1.jpg", "river2.jpg")]
+PAIRS = [
+  ("graf1.png", "graf3.png"),
+  ("leuvenA.jpg", "leuvenB.jpg"),
+  ("aero1.jpg", "aero3.jpg"),
+  ("box.png", "box_in_scene.png"),
+  ("roofs1.jpg", "roofs2.jpg"),
+  ("river1.jpg", "river2.jpg"),
+]
 CONFIG = """
 image_scales: [0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0]
 delf_local_config { use_pca: false max_feature_num: 1000 score_threshold: 0.0 }
@@ -41,6 +46,7 @@ CORRECT_PX = 10.0
 
 def read_homography(path: pathlib.Path) -> np.ndarray:
   import cv2
+
   storage = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
   matrix = storage.getNode("H13").mat()
   storage.release()
@@ -49,9 +55,13 @@ def read_homography(path: pathlib.Path) -> np.ndarray:
 
 def scores(features_a, features_b, params, homography):
   from delf_ret.match import verify_pair
+
   result = verify_pair(features_a, features_b, params)
-  row = {"features": [features_a.num_features, features_b.num_features],
-         "putative_matches": result.num_matches, "inliers": result.num_inliers}
+  row = {
+    "features": [features_a.num_features, features_b.num_features],
+    "putative_matches": result.num_matches,
+    "inliers": result.num_inliers,
+  }
   if homography is not None:
     pairs = result.matches[result.inliers]
     xy_a = features_a.locations[pairs[:, 0]][:, ::-1]
@@ -67,7 +77,9 @@ def scores(features_a, features_b, params, homography):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--pairs_dir", default=str(PAIRS_DIR))
-  parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "match_quality.json"))
+  parser.add_argument(
+    "--output", default=str(REPO / "benchmarks" / "results" / "match_quality.json")
+  )
   args = parser.parse_args()
 
   from delf_ret.config import parse_config_text
@@ -81,17 +93,22 @@ def main():
   delf_distance = RansacParams(distance_threshold=0.8)
   delf_ratio = RansacParams(distance_threshold=np.inf, ratio_threshold=0.8)
   sift_ratio = RansacParams(distance_threshold=np.inf, ratio_threshold=0.8)
-  results = {"weights": "DELF: random initialisation, seed 0 (no pretrained weights available)",
-             "ransac": "affine, residual 20 px, max 1000 trials, stop at 0.99, seed 0",
-             "correct_px": CORRECT_PX, "pairs": {}}
+  results = {
+    "weights": "DELF: random initialisation, seed 0 (no pretrained weights available)",
+    "ransac": "affine, residual 20 px, max 1000 trials, stop at 0.99, seed 0",
+    "correct_px": CORRECT_PX,
+    "pairs": {},
+  }
   for name_a, name_b in PAIRS:
     image_a, image_b = load_image(pairs_dir / name_a), load_image(pairs_dir / name_b)
     homography = read_homography(pairs_dir / "H1to3p.xml") if name_a == "graf1.png" else None
     delf_a, delf_b = extractor.extract(image_a), extractor.extract(image_b)
     sift_a, sift_b = sift_features(image_a), sift_features(image_b)
-    row = {"delf_random_distance_0.8": scores(delf_a, delf_b, delf_distance, homography),
-           "delf_random_ratio_0.8": scores(delf_a, delf_b, delf_ratio, homography),
-           "opencv_sift_ratio_0.8": scores(sift_a, sift_b, sift_ratio, homography)}
+    row = {
+      "delf_random_distance_0.8": scores(delf_a, delf_b, delf_distance, homography),
+      "delf_random_ratio_0.8": scores(delf_a, delf_b, delf_ratio, homography),
+      "opencv_sift_ratio_0.8": scores(sift_a, sift_b, sift_ratio, homography),
+    }
     results["pairs"][f"{name_a}/{name_b}"] = row
     print(name_a, name_b, json.dumps(row), flush=True)
   write_result(args.output, results)

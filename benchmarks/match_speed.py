@@ -69,23 +69,32 @@ def main():
   dst = loc_b[all_matches[:, 1]][:, ::-1].astype(np.float32)
   cv2.setRNGSeed(0)
   (cv_model, cv_inliers), cv_ms = timed(
-      lambda: cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=20.0,
-                                   maxIters=1000, confidence=0.99), args.repeats)
+    lambda: cv2.estimateAffine2D(
+      src, dst, method=cv2.RANSAC, ransacReprojThreshold=20.0, maxIters=1000, confidence=0.99
+    ),
+    args.repeats,
+  )
   result = {
-      "features_per_image": n, "descriptor_dim": dim, "true_correspondences": n_true,
-      "cpus": os.cpu_count(), "repeats_median_of": args.repeats,
-      "nearest_neighbour_ms": round(nn_ms, 3),
-      "putative_matches_at_0.8": int(matches.shape[0]),
-      "ransac_correspondences": int(all_matches.shape[0]),
-      "delf_ret_ransac_ms": round(ours_ms, 3), "delf_ret_ransac_inliers": ours.num_inliers,
-      "delf_ret_ransac_all_1000_trials_ms": round(full_ms, 3),
-      "delf_ret_ransac_all_1000_trials_inliers": full.num_inliers,
-      "opencv_estimateAffine2D_ms": round(cv_ms, 3),
-      "opencv_inliers": int(cv_inliers.sum()) if cv_inliers is not None else 0,
-      "ransac_time_ratio_delf_ret_over_opencv": round(ours_ms / cv_ms, 2),
-      "verified_pair_ms": round(nn_ms + ours_ms, 3),
-      "note": ("both RANSACs stop early at 99% confidence; scikit-image's loop is Python, "
-               "OpenCV's is C++. The all-trials figure is scikit-image without early stop."),
+    "features_per_image": n,
+    "descriptor_dim": dim,
+    "true_correspondences": n_true,
+    "cpus": os.cpu_count(),
+    "repeats_median_of": args.repeats,
+    "nearest_neighbour_ms": round(nn_ms, 3),
+    "putative_matches_at_0.8": int(matches.shape[0]),
+    "ransac_correspondences": int(all_matches.shape[0]),
+    "delf_ret_ransac_ms": round(ours_ms, 3),
+    "delf_ret_ransac_inliers": ours.num_inliers,
+    "delf_ret_ransac_all_1000_trials_ms": round(full_ms, 3),
+    "delf_ret_ransac_all_1000_trials_inliers": full.num_inliers,
+    "opencv_estimateAffine2D_ms": round(cv_ms, 3),
+    "opencv_inliers": int(cv_inliers.sum()) if cv_inliers is not None else 0,
+    "ransac_time_ratio_delf_ret_over_opencv": round(ours_ms / cv_ms, 2),
+    "verified_pair_ms": round(nn_ms + ours_ms, 3),
+    "note": (
+      "both RANSACs stop early at 99% confidence; scikit-image's loop is Python, "
+      "OpenCV's is C++. The all-trials figure is scikit-image without early stop."
+    ),
   }
   print(json.dumps(result, indent=1))
   write_result(args.output, result)

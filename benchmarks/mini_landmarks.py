@@ -52,10 +52,10 @@ def delf_extractors(config_path: pathlib.Path, images: list[pathlib.Path], work:
   from delf_ret.model import DelfModel
 
   model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
-  config = config_lib.load_config(config_path, [f"max_image_size={MAX_SIDE}",
-                                                "delf_local_config.use_pca=false"])
-  learned = learn_pca_from_images(config, images, work / "pca", model=model,
-                                  log=lambda line: None)
+  config = config_lib.load_config(
+    config_path, [f"max_image_size={MAX_SIDE}", "delf_local_config.use_pca=false"]
+  )
+  learned = learn_pca_from_images(config, images, work / "pca", model=model, log=lambda line: None)
   assert not learned.failures, learned.failures
   extractor = DelfExtractor(with_pca(config, learned.paths), model=model)
   return extractor.extract, {path: extractor.finalize(raw) for path, raw in learned.raw.items()}
@@ -71,35 +71,51 @@ def run_method(name, extract, database_features, datasets, retrieval_config, wor
   features_dir = work / name / "features"
   for path, features in database_features.items():
     write_features(features_dir / feature_file_name(image_id_of(path)), features)
-  index, failures = build_index(list_feature_files(features_dir), work / name / "index",
-                                IndexParams.from_config(retrieval_config), log=lambda line: None)
+  index, failures = build_index(
+    list_feature_files(features_dir),
+    work / name / "index",
+    IndexParams.from_config(retrieval_config),
+    log=lambda line: None,
+  )
   assert not failures, failures
   revisited, original = datasets
   config = DelfConfig()
   config.retrieval_config.CopyFrom(retrieval_config)
-  run = run_benchmark(config, revisited, index, features_dir, work / name / "run", extract=extract,
-                      also_score=[original], log=print)
+  run = run_benchmark(
+    config,
+    revisited,
+    index,
+    features_dir,
+    work / name / "run",
+    extract=extract,
+    also_score=[original],
+    log=print,
+  )
   mean_features = float(np.mean([f.num_features for f in database_features.values()]))
-  return {"mAP": {stage: {split: round(100 * m.mean_ap, 2) for split, m in splits.items()}
-                  for stage, splits in run.metrics.items()},
-          "queries_per_split": {split: m.num_queries
-                                for split, m in run.metrics["reranked"].items()},
-          "seconds_per_query": round(run.seconds_per_query, 2),
-          "mean_features_per_image": round(mean_features),
-          "descriptor_dim": next(iter(database_features.values())).descriptor_dim}
+  return {
+    "mAP": {
+      stage: {split: round(100 * m.mean_ap, 2) for split, m in splits.items()}
+      for stage, splits in run.metrics.items()
+    },
+    "queries_per_split": {split: m.num_queries for split, m in run.metrics["reranked"].items()},
+    "seconds_per_query": round(run.seconds_per_query, 2),
+    "mean_features_per_image": round(mean_features),
+    "descriptor_dim": next(iter(database_features.values())).descriptor_dim,
+  }
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" /
-                                              "mini_landmarks.json"))
+  parser.add_argument(
+    "--output", default=str(REPO / "benchmarks" / "results" / "mini_landmarks.json")
+  )
   parser.add_argument("--work_dir", default=str(REPO / "benchmarks" / "output" / "mini_landmarks"))
   args = parser.parse_args()
   import shutil
 
   from delf_ret import config as config_lib
-  from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
   from delf_ret.datasets.labelled import write_labelled_benchmark
+  from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
   from delf_ret.images import load_image
 
   work = pathlib.Path(args.work_dir)
@@ -113,13 +129,15 @@ def main():
   # SIFT matches by its usual rule, Lowe's ratio test at 0.8, instead of DELF's distance test
   # (unrelated unit SIFT descriptors are often closer than 0.8); all else the same.
   sift_retrieval = config_lib.DelfConfig().retrieval_config
-  config_lib.apply_overrides(sift_retrieval, ["match_distance_threshold=2.0",
-                                              "match_ratio_threshold=0.8"])
+  config_lib.apply_overrides(
+    sift_retrieval, ["match_distance_threshold=2.0", "match_ratio_threshold=0.8"]
+  )
 
   print("DELF features ...", flush=True)
   start = time.time()
   delf_extract, delf_db = delf_extractors(
-      config_lib.packaged_config_path(config_lib.DEMO_CONFIG), images, work)
+    config_lib.packaged_config_path(config_lib.DEMO_CONFIG), images, work
+  )
   delf_seconds = (time.time() - start) / len(images)
   print("SIFT features ...", flush=True)
   sift = lambda image: sift_features(image, unit_descriptors=True, max_side=MAX_SIDE)  # noqa: E731
@@ -127,33 +145,55 @@ def main():
 
   methods = {}
   for name, extract, database, retrieval_config in (
-      ("delf_random_weights", delf_extract, delf_db, delf_retrieval),
-      ("opencv_sift", sift, sift_db, sift_retrieval)):
+    ("delf_random_weights", delf_extract, delf_db, delf_retrieval),
+    ("opencv_sift", sift, sift_db, sift_retrieval),
+  ):
     print(f"{name}: retrieval ...", flush=True)
-    methods[name] = run_method(name, extract, database, (revisited, original),
-                               retrieval_config, work)
+    methods[name] = run_method(
+      name, extract, database, (revisited, original), retrieval_config, work
+    )
     methods[name]["putative_matches"] = (
-        f"distance < {retrieval_config.match_distance_threshold:g}" +
-        (f", ratio < {retrieval_config.match_ratio_threshold:g}"
-         if retrieval_config.match_ratio_threshold else ""))
+      f"distance < {retrieval_config.match_distance_threshold:g}"
+      + (
+        f", ratio < {retrieval_config.match_ratio_threshold:g}"
+        if retrieval_config.match_ratio_threshold
+        else ""
+      )
+    )
   methods["delf_random_weights"]["extraction_seconds_per_image"] = round(delf_seconds, 2)
   delf, sift_result = methods["delf_random_weights"]["mAP"], methods["opencv_sift"]["mAP"]
-  ratio = {stage: {split: (round(delf[stage][split] / sift_result[stage][split], 3)
-                           if sift_result[stage][split] else None)
-                   for split in delf[stage]} for stage in delf}
-  write_result(args.output, {
+  ratio = {
+    stage: {
+      split: (
+        round(delf[stage][split] / sift_result[stage][split], 3)
+        if sift_result[stage][split]
+        else None
+      )
+      for split in delf[stage]
+    }
+    for stage in delf
+  }
+  write_result(
+    args.output,
+    {
       "benchmark": "mini_landmarks",
       "data": "../shared/data/labels.csv: 17 landmark photos (queries), 32 database images",
-      "hard_positives": sorted(hard), "max_image_side": MAX_SIDE,
-      "retrieval": {"index_type": delf_retrieval.index_type,
-                    "rerank_top_n": delf_retrieval.rerank_top_n,
-                    "min_inliers": delf_retrieval.min_inliers,
-                    "vote_weighting": delf_retrieval.vote_weighting,
-                    "ransac": f"{delf_retrieval.ransac_transform}, "
-                              f"{delf_retrieval.ransac_residual_threshold:g} px, "
-                              f"{delf_retrieval.ransac_max_trials} trials"},
+      "hard_positives": sorted(hard),
+      "max_image_side": MAX_SIDE,
+      "retrieval": {
+        "index_type": delf_retrieval.index_type,
+        "rerank_top_n": delf_retrieval.rerank_top_n,
+        "min_inliers": delf_retrieval.min_inliers,
+        "vote_weighting": delf_retrieval.vote_weighting,
+        "ransac": f"{delf_retrieval.ransac_transform}, "
+        f"{delf_retrieval.ransac_residual_threshold:g} px, "
+        f"{delf_retrieval.ransac_max_trials} trials",
+      },
       "weights": "DELF: random initialisation, seed 0 (no trained weights available)",
-      "methods": methods, "delf_over_sift_mAP": ratio})
+      "methods": methods,
+      "delf_over_sift_mAP": ratio,
+    },
+  )
 
 
 if __name__ == "__main__":

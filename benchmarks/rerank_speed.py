@@ -43,12 +43,19 @@ from results_io import write_result
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 FOLDERS = ("landmarks", "distractors", "pairs", "ukbench")
-PAIRS = [("graf1", "graf3"), ("leuvenA", "leuvenB"), ("aero1", "aero3"), ("box", "box_in_scene"),
-         ("roofs1", "roofs2"), ("river1", "river2")]
+PAIRS = [
+  ("graf1", "graf3"),
+  ("leuvenA", "leuvenB"),
+  ("aero1", "aero3"),
+  ("box", "box_in_scene"),
+  ("roofs1", "roofs2"),
+  ("river1", "river2"),
+]
 
 
 def photos(shared: pathlib.Path) -> list[pathlib.Path]:
   from delf_ret.images import list_images
+
   return [path for folder in FOLDERS for path in list_images(shared / folder)]
 
 
@@ -96,7 +103,7 @@ def official_style(query, candidates, distance: float, seed: int) -> tuple[list[
     start = time.perf_counter()
     _, indices = tree.query(candidate.descriptors, distance_upper_bound=distance)
     found = indices != query.num_features
-    source = query.locations[indices[found]][:, ::-1]    # (x, y)
+    source = query.locations[indices[found]][:, ::-1]  # (x, y)
     target = candidate.locations[found][:, ::-1]
     seconds["matching"] += time.perf_counter() - start
     start = time.perf_counter()
@@ -104,8 +111,14 @@ def official_style(query, candidates, distance: float, seed: int) -> tuple[list[
     if source.shape[0] >= 3:
       with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _, mask = ransac((source, target), AffineTransform, min_samples=3, residual_threshold=20,
-                         max_trials=1000, rng=np.random.default_rng(seed))
+        _, mask = ransac(
+          (source, target),
+          AffineTransform,
+          min_samples=3,
+          residual_threshold=20,
+          max_trials=1000,
+          rng=np.random.default_rng(seed),
+        )
       count = 0 if mask is None else int(mask.sum())
     seconds["ransac"] += time.perf_counter() - start
     inliers.append(count)
@@ -114,6 +127,7 @@ def official_style(query, candidates, distance: float, seed: int) -> tuple[list[
 
 def delf_ret_default(query, candidates, params) -> tuple[list[int], dict]:
   from delf_ret.match import verify_candidates
+
   seconds: dict[str, float] = {}
   verifications = verify_candidates(query, candidates, params, seconds)
   return [v.num_inliers for v in verifications], seconds
@@ -124,23 +138,32 @@ def agreement(official: list[int], default: list[int], minimum: int = 10) -> dic
   official, default = np.asarray(official, float), np.asarray(default, float)
   real = official >= minimum
   relative = np.abs(default[real] - official[real]) / official[real]
-  return {"pairs": int(official.size), f"pairs_with_official_inliers_>=_{minimum}": int(real.sum()),
-          "total_inliers_official": int(official.sum()), "total_inliers_default": int(default.sum()),
-          "total_ratio_default_over_official": round(float(default.sum() / max(1, official.sum())), 4),
-          "median_relative_difference": round(float(np.median(relative)), 4) if real.any() else None,
-          "share_within_5_percent": round(float(np.mean(relative <= 0.05)), 4) if real.any() else None,
-          "default_more_inliers_share": round(float(np.mean(default[real] > official[real])), 4)
-          if real.any() else None}
+  return {
+    "pairs": int(official.size),
+    f"pairs_with_official_inliers_>=_{minimum}": int(real.sum()),
+    "total_inliers_official": int(official.sum()),
+    "total_inliers_default": int(default.sum()),
+    "total_ratio_default_over_official": round(float(default.sum() / max(1, official.sum())), 4),
+    "median_relative_difference": round(float(np.median(relative)), 4) if real.any() else None,
+    "share_within_5_percent": round(float(np.mean(relative <= 0.05)), 4) if real.any() else None,
+    "default_more_inliers_share": round(float(np.mean(default[real] > official[real])), 4)
+    if real.any()
+    else None,
+  }
 
 
 def timed_paths(query, candidates, candidate_names, params, repeats: int) -> dict:
   """Official-style (once: it is slow and deterministic) and delf-ret (median of ``repeats``)."""
   import dataclasses
-  official_inliers, official_seconds = official_style(query, candidates, params.distance_threshold,
-                                                      params.seed)
+
+  official_inliers, official_seconds = official_style(
+    query, candidates, params.distance_threshold, params.seed
+  )
   rows = {"official_style": (official_inliers, official_seconds)}
-  variants = {"delf_ret_default": params,
-              "delf_ret_early_stop": dataclasses.replace(params, stop_probability=0.99)}
+  variants = {
+    "delf_ret_default": params,
+    "delf_ret_early_stop": dataclasses.replace(params, stop_probability=0.99),
+  }
   for label, variant in variants.items():
     runs = [delf_ret_default(query, candidates, variant) for _ in range(repeats)]
     totals = [sum(seconds.values()) for _, seconds in runs]
@@ -148,40 +171,51 @@ def timed_paths(query, candidates, candidate_names, params, repeats: int) -> dic
   result = {}
   for label, (inliers, seconds) in rows.items():
     result[label] = {
-        "seconds_per_query": {stage: round(value, 4) for stage, value in seconds.items()},
-        "seconds_per_query_total": round(sum(seconds.values()), 4),
-        "seconds_per_100_candidates": round(sum(seconds.values()) * 100 / len(candidates), 4),
-        "inliers": dict(zip(candidate_names, inliers))}
+      "seconds_per_query": {stage: round(value, 4) for stage, value in seconds.items()},
+      "seconds_per_query_total": round(sum(seconds.values()), 4),
+      "seconds_per_100_candidates": round(sum(seconds.values()) * 100 / len(candidates), 4),
+      "inliers": dict(zip(candidate_names, inliers)),
+    }
   for label in variants:
     result[label]["speedup_over_official"] = round(
-        result["official_style"]["seconds_per_query_total"]
-        / result[label]["seconds_per_query_total"], 1)
+      result["official_style"]["seconds_per_query_total"]
+      / result[label]["seconds_per_query_total"],
+      1,
+    )
     result[label]["inliers_vs_official"] = agreement(
-        list(result["official_style"]["inliers"].values()), list(result[label]["inliers"].values()))
+      list(result["official_style"]["inliers"].values()), list(result[label]["inliers"].values())
+    )
   return result
 
 
 def pair_agreement(features, pairs, params) -> dict:
   """Inliers of the three paths on every real matching pair, and how close they are."""
   import dataclasses
+
   rows = {}
   for a, b in pairs:
     official, _ = official_style(features[a], [features[b]], params.distance_threshold, params.seed)
-    reseeded, _ = official_style(features[a], [features[b]], params.distance_threshold,
-                                 params.seed + 1)
+    reseeded, _ = official_style(
+      features[a], [features[b]], params.distance_threshold, params.seed + 1
+    )
     default, _ = delf_ret_default(features[a], [features[b]], params)
-    early, _ = delf_ret_default(features[a], [features[b]],
-                                dataclasses.replace(params, stop_probability=0.99))
-    rows[f"{a}/{b}"] = {"official_style": official[0], "official_style_seed_1": reseeded[0],
-                        "delf_ret_default": default[0], "delf_ret_early_stop": early[0]}
+    early, _ = delf_ret_default(
+      features[a], [features[b]], dataclasses.replace(params, stop_probability=0.99)
+    )
+    rows[f"{a}/{b}"] = {
+      "official_style": official[0],
+      "official_style_seed_1": reseeded[0],
+      "delf_ret_default": default[0],
+      "delf_ret_early_stop": early[0],
+    }
   column = lambda label: [row[label] for row in rows.values()]  # noqa: E731
   # The noise floor: the official path against itself with another RANSAC seed.
-  return {"official_style_seed_1": agreement(column("official_style"),
-                                             column("official_style_seed_1")),
-          "delf_ret_default": agreement(column("official_style"), column("delf_ret_default")),
-          "delf_ret_early_stop": agreement(column("official_style"),
-                                           column("delf_ret_early_stop")),
-          "pairs": rows}
+  return {
+    "official_style_seed_1": agreement(column("official_style"), column("official_style_seed_1")),
+    "delf_ret_default": agreement(column("official_style"), column("delf_ret_default")),
+    "delf_ret_early_stop": agreement(column("official_style"), column("delf_ret_early_stop")),
+    "pairs": rows,
+  }
 
 
 START = "<!-- rerank_speed table: start -->"
@@ -190,12 +224,16 @@ END = "<!-- rerank_speed table: end -->"
 
 def render_table(result: dict) -> str:
   """The README table of this benchmark (every figure from the JSON)."""
-  lines = ["| putative matches | path | matching s | RANSAC s | total s / query | speed-up | "
-           "inliers vs official on real pairs (total ratio, share within 5%) |",
-           "|---|---|---|---|---|---|---|"]
-  names = {"official_style": "official-style (cKDTree + scikit-image, 1000 trials)",
-           "delf_ret_default": "delf-ret default (faiss + OpenCV, all 1000 iterations)",
-           "delf_ret_early_stop": "delf-ret, OpenCV stopping early at 0.99 confidence"}
+  lines = [
+    "| putative matches | path | matching s | RANSAC s | total s / query | speed-up | "
+    "inliers vs official on real pairs (total ratio, share within 5%) |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  names = {
+    "official_style": "official-style (cKDTree + scikit-image, 1000 trials)",
+    "delf_ret_default": "delf-ret default (faiss + OpenCV, all 1000 iterations)",
+    "delf_ret_early_stop": "delf-ret, OpenCV stopping early at 0.99 confidence",
+  }
   for rule in result["rules"].values():
     for label, name in names.items():
       row = rule["paths"][label]
@@ -203,15 +241,21 @@ def render_table(result: dict) -> str:
       speedup = f"{row['speedup_over_official']}x" if label != "official_style" else "1x"
       agree = rule["inliers_matching_pairs"].get(label)
       if agree:
-        close = (f"{agree['total_ratio_default_over_official']:.3f}, "
-                 f"{100 * agree['share_within_5_percent']:.0f}%")
+        close = (
+          f"{agree['total_ratio_default_over_official']:.3f}, "
+          f"{100 * agree['share_within_5_percent']:.0f}%"
+        )
       else:
         noise = rule["inliers_matching_pairs"]["official_style_seed_1"]
-        close = (f"itself with another seed: {noise['total_ratio_default_over_official']:.3f}, "
-                 f"{100 * noise['share_within_5_percent']:.0f}%")
-      lines.append(f"| {rule['putative_matches']} | {name} | {seconds['matching']:.3f} | "
-                   f"{seconds['ransac']:.3f} | {row['seconds_per_query_total']:.3f} | {speedup} | "
-                   f"{close} |")
+        close = (
+          f"itself with another seed: {noise['total_ratio_default_over_official']:.3f}, "
+          f"{100 * noise['share_within_5_percent']:.0f}%"
+        )
+      lines.append(
+        f"| {rule['putative_matches']} | {name} | {seconds['matching']:.3f} | "
+        f"{seconds['ransac']:.3f} | {row['seconds_per_query_total']:.3f} | {speedup} | "
+        f"{close} |"
+      )
   return "\n".join(lines)
 
 
@@ -226,12 +270,17 @@ def render_into(path: pathlib.Path, block: str) -> None:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "rerank_speed.json"))
+  parser.add_argument(
+    "--output", default=str(REPO / "benchmarks" / "results" / "rerank_speed.json")
+  )
   parser.add_argument("--shared", default=str(SHARED))
   parser.add_argument("--work", default=str(REPO / "benchmarks" / "output" / "rerank_speed"))
   parser.add_argument("--repeats", type=int, default=3, help="timed runs of delf-ret (median)")
-  parser.add_argument("--readme", default=str(REPO / "README.md"),
-                      help="README whose table is rendered from the result ('' : none)")
+  parser.add_argument(
+    "--readme",
+    default=str(REPO / "README.md"),
+    help="README whose table is rendered from the result ('' : none)",
+  )
   args = parser.parse_args()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import dataclasses
@@ -245,6 +294,7 @@ def main():
   paths = photos(shared)
   from delf_ret.default_model import WEIGHTS_FILE, default_model_dir
   from delf_ret.model.compact import weights_digest
+
   # Cached features belong to the model that made them: one folder per weights digest.
   digest = weights_digest(default_model_dir() / WEIGHTS_FILE)
   features_dir = pathlib.Path(args.work) / f"features_{digest[:16]}"
@@ -253,12 +303,13 @@ def main():
   query_name, candidate_names = names[0], names[1:]
   query, candidates = features[query_name], [features[n] for n in candidate_names]
   config_params = RansacParams.from_config(load_config(default_config_path()).retrieval_config)
-  rules = {"default_config": config_params,
-           "published_0.8": dataclasses.replace(config_params, distance_threshold=0.8)}
+  rules = {
+    "default_config": config_params,
+    "published_0.8": dataclasses.replace(config_params, distance_threshold=0.8),
+  }
 
   start = time.perf_counter()
-  loaded = [read_features(features_dir / f"{n}.delf")
-            for n in candidate_names]
+  loaded = [read_features(features_dir / f"{n}.delf") for n in candidate_names]
   loading = time.perf_counter() - start
   assert len(loaded) == len(candidates)
   pair_list = [(a, b) for a, b in matching_pairs(shared) if a in features and b in features]
@@ -267,39 +318,44 @@ def main():
   for rule, params in rules.items():
     print(f"{rule}: distance < {params.distance_threshold}")
     rules_result[rule] = {
-        "putative_matches": f"L2 distance < {params.distance_threshold}",
-        "paths": timed_paths(query, candidates, candidate_names, params, args.repeats),
-        "inliers_matching_pairs": pair_agreement(features, pair_list, params)}
+      "putative_matches": f"L2 distance < {params.distance_threshold}",
+      "paths": timed_paths(query, candidates, candidate_names, params, args.repeats),
+      "inliers_matching_pairs": pair_agreement(features, pair_list, params),
+    }
   default = rules_result["default_config"]["paths"]["delf_ret_default"]
   result = {
-      "benchmark": "rerank_speed",
-      "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}",
-      "model": "delf_ret/default_model (shipped float16 weights), its config; "
-               "delf_local_config.score_threshold=0 so that each photo keeps 1000 features",
-      "weights_sha256": digest,
-      "query": query_name, "candidates": len(candidates),
-      "features_per_image_mean": round(float(np.mean([f.num_features for f in features.values()])),
-                                       1),
-      "official_style": "scipy cKDTree (distance_upper_bound) + skimage.measure.ransac("
-                        "AffineTransform, min_samples=3, residual_threshold=20, max_trials=1000, "
-                        "stop_probability=1), as the published DELF example and DELG reranking",
-      "delf_ret_default": f"delf_ret.match.verify_candidates: faiss IndexFlatL2 (32 candidates "
-                          f"per search) + cv2.estimateAffine2D ({config_params.transform}, "
-                          f"{config_params.residual_threshold} px, {config_params.max_trials} "
-                          f"iterations, confidence {config_params.stop_probability}, seed "
-                          f"{config_params.seed})",
-      "delf_ret_early_stop": "the same with stop_probability 0.99 (OpenCV stops early)",
-      "rules": rules_result,
-      "reading_candidate_feature_files_seconds": round(loading, 4),
-      "aim": {"default_under_1_s_per_100_candidates": default["seconds_per_100_candidates"] < 1.0,
-              "default_at_least_50x_faster_default_rule":
-                  default["speedup_over_official"] >= 50,
-              "default_at_least_50x_faster_published_rule":
-                  rules_result["published_0.8"]["paths"]["delf_ret_default"][
-                      "speedup_over_official"] >= 50},
-      "repeats": args.repeats,
-      "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-      "command": "python benchmarks/rerank_speed.py",
+    "benchmark": "rerank_speed",
+    "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}",
+    "model": "delf_ret/default_model (shipped float16 weights), its config; "
+    "delf_local_config.score_threshold=0 so that each photo keeps 1000 features",
+    "weights_sha256": digest,
+    "query": query_name,
+    "candidates": len(candidates),
+    "features_per_image_mean": round(
+      float(np.mean([f.num_features for f in features.values()])), 1
+    ),
+    "official_style": "scipy cKDTree (distance_upper_bound) + skimage.measure.ransac("
+    "AffineTransform, min_samples=3, residual_threshold=20, max_trials=1000, "
+    "stop_probability=1), as the published DELF example and DELG reranking",
+    "delf_ret_default": f"delf_ret.match.verify_candidates: faiss IndexFlatL2 (32 candidates "
+    f"per search) + cv2.estimateAffine2D ({config_params.transform}, "
+    f"{config_params.residual_threshold} px, {config_params.max_trials} "
+    f"iterations, confidence {config_params.stop_probability}, seed "
+    f"{config_params.seed})",
+    "delf_ret_early_stop": "the same with stop_probability 0.99 (OpenCV stops early)",
+    "rules": rules_result,
+    "reading_candidate_feature_files_seconds": round(loading, 4),
+    "aim": {
+      "default_under_1_s_per_100_candidates": default["seconds_per_100_candidates"] < 1.0,
+      "default_at_least_50x_faster_default_rule": default["speedup_over_official"] >= 50,
+      "default_at_least_50x_faster_published_rule": rules_result["published_0.8"]["paths"][
+        "delf_ret_default"
+      ]["speedup_over_official"]
+      >= 50,
+    },
+    "repeats": args.repeats,
+    "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+    "command": "python benchmarks/rerank_speed.py",
   }
   write_result(args.output, result)
   if args.readme:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def sift_features(image: np.ndarray, num_features: int = 1000, unit_descriptors: bool = False,
-                  max_side: int | None = None):
+def sift_features(
+  image: np.ndarray,
+  num_features: int = 1000,
+  unit_descriptors: bool = False,
+  max_side: int | None = None,
+):
   """SIFT features of an RGB uint8 image [H, W, 3] as LocalFeatures ((y, x) original pixels).
 
   unit_descriptors: L2-normalise the 128-d descriptors (for an index of unit
@@ -16,18 +20,28 @@ def sift_features(image: np.ndarray, num_features: int = 1000, unit_descriptors:
   import cv2
 
   from delf_ret.features import LocalFeatures
+
   gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
   factor = 1.0
   if max_side and max(gray.shape) > max_side:
     factor = max_side / max(gray.shape)
-    gray = cv2.resize(gray, (round(gray.shape[1] * factor), round(gray.shape[0] * factor)),
-                      interpolation=cv2.INTER_AREA)
+    gray = cv2.resize(
+      gray,
+      (round(gray.shape[1] * factor), round(gray.shape[0] * factor)),
+      interpolation=cv2.INTER_AREA,
+    )
   keypoints, descriptors = cv2.SIFT_create(nfeatures=num_features).detectAndCompute(gray, None)
   n = len(keypoints)
   locations = np.array([(k.pt[1], k.pt[0]) for k in keypoints], np.float32).reshape(n, 2) / factor
   descriptors = np.zeros((0, 128), np.float32) if descriptors is None else descriptors
   if unit_descriptors and n:
-    descriptors = descriptors / np.maximum(np.linalg.norm(descriptors, axis=1, keepdims=True),
-                                           1e-12)
-  return LocalFeatures(locations, [k.size / factor for k in keypoints], descriptors,
-                       [k.response for k in keypoints], np.zeros(n))
+    descriptors = descriptors / np.maximum(
+      np.linalg.norm(descriptors, axis=1, keepdims=True), 1e-12
+    )
+  return LocalFeatures(
+    locations,
+    [k.size / factor for k in keypoints],
+    descriptors,
+    [k.response for k in keypoints],
+    np.zeros(n),
+  )

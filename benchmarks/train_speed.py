@@ -28,6 +28,7 @@ SHARED = REPO.parent / "shared" / "data"
 def write_layout(root: pathlib.Path) -> pathlib.Path:
   """GLDv2-layout copy of the shared landmark photos; returns the CSV path."""
   from delf_ret.datasets.labelled import read_labels
+
   rows = [(path, name) for path, name in read_labels(SHARED / "labels.csv") if name]
   names = sorted({name for _, name in rows})
   images: dict[int, list[str]] = {}
@@ -38,8 +39,10 @@ def write_layout(root: pathlib.Path) -> pathlib.Path:
     shutil.copy(path, target)
     images.setdefault(names.index(name), []).append(image_id)
   csv_path = root / "train_clean.csv"
-  csv_path.write_text("landmark_id,images\n" + "".join(
-      f"{landmark},{' '.join(ids)}\n" for landmark, ids in images.items()))
+  csv_path.write_text(
+    "landmark_id,images\n"
+    + "".join(f"{landmark},{' '.join(ids)}\n" for landmark, ids in images.items())
+  )
   return csv_path
 
 
@@ -58,29 +61,52 @@ def main():
   work = pathlib.Path(tempfile.mkdtemp(prefix="train_speed_"))
   try:
     csv_path = write_layout(work / "gldv2")
-    prepare_gldv2(csv_path, work / "gldv2" / "train", work / "shards", num_shards=2,
-                  log=lambda line: None)
-    config = load_training_config(None, [f"batch_size={args.batch_size}", "image_size=321",
-                                         "backbone_weights=random", "summary_every=1000",
-                                         "save_every=1000", f"max_steps={args.steps}"])
+    prepare_gldv2(
+      csv_path, work / "gldv2" / "train", work / "shards", num_shards=2, log=lambda line: None
+    )
+    config = load_training_config(
+      None,
+      [
+        f"batch_size={args.batch_size}",
+        "image_size=321",
+        "backbone_weights=random",
+        "summary_every=1000",
+        "save_every=1000",
+        f"max_steps={args.steps}",
+      ],
+    )
     results = {}
     for mode in ("eager", "compiled"):
       tf.config.run_functions_eagerly(mode == "eager")
       out = work / mode
       for stage in ("tuning", "attention"):
-        result = train_stage(stage, work / "shards", out / stage, config,
-                             init_from=out / "tuning", log=lambda line: None)
+        result = train_stage(
+          stage,
+          work / "shards",
+          out / stage,
+          config,
+          init_from=out / "tuning",
+          log=lambda line: None,
+        )
         results.setdefault(stage, {})[f"{mode}_ms_per_step"] = round(result.ms_per_step, 1)
         print(f"{stage} {mode}: {result.ms_per_step:.0f} ms/step", flush=True)
     tf.config.run_functions_eagerly(False)
     for stage in results.values():
       stage["speedup_compiled_vs_eager"] = round(
-          stage["eager_ms_per_step"] / stage["compiled_ms_per_step"], 2)
-    write_result(args.output, {
-        "benchmark": "train_speed", "batch_size": args.batch_size, "image_size": 321,
-        "timed_steps": args.steps - 1, "cpu_cores": os.cpu_count(),
+        stage["eager_ms_per_step"] / stage["compiled_ms_per_step"], 2
+      )
+    write_result(
+      args.output,
+      {
+        "benchmark": "train_speed",
+        "batch_size": args.batch_size,
+        "image_size": 321,
+        "timed_steps": args.steps - 1,
+        "cpu_cores": os.cpu_count(),
         "weights": "random initialisation (speed does not depend on them)",
-        "stages": results})
+        "stages": results,
+      },
+    )
   finally:
     shutil.rmtree(work, ignore_errors=True)
 

@@ -37,8 +37,11 @@ def respect_umask(path: str | os.PathLike, directory: bool = False) -> None:
   os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
-def remove_leftovers(folder: str | os.PathLike, log: Callable[[str], None] | None = None,
-                     min_age_seconds: float = LEFTOVER_AGE_SECONDS) -> int:
+def remove_leftovers(
+  folder: str | os.PathLike,
+  log: Callable[[str], None] | None = None,
+  min_age_seconds: float = LEFTOVER_AGE_SECONDS,
+) -> int:
   """Deletes temporary files (``.<name>.<random>.tmp``) of atomic writes that a killed run left.
 
   Only files untouched for ``min_age_seconds`` are removed, so a write in

@@ -102,28 +102,39 @@ def unsupported_settings(config: DelfConfig) -> list[str]:
   local = config.delf_local_config
   lines = []
   if local.iou_threshold < 1.0:
-    lines.append(f"delf_local_config.iou_threshold {local.iou_threshold:g} is ignored: "
-                 f"non-maximum suppression is not implemented, every selected feature is kept")
+    lines.append(
+      f"delf_local_config.iou_threshold {local.iou_threshold:g} is ignored: "
+      f"non-maximum suppression is not implemented, every selected feature is kept"
+    )
   if local.use_resized_coordinates:
-    lines.append("delf_local_config.use_resized_coordinates is ignored: keypoints are always "
-                 "in pixels of the original image")
+    lines.append(
+      "delf_local_config.use_resized_coordinates is ignored: keypoints are always "
+      "in pixels of the original image"
+    )
   if local.layer_name in OFFICIAL_LAYER_NAMES:
-    lines.append(f"delf_local_config.layer_name {local.layer_name!r} is read as "
-                 f"{OFFICIAL_LAYER_NAMES[local.layer_name]!r}: the same ResNet50 stage, which "
-                 f"delf-ret's network ends at stride 16 (the official TF1 one at 32)")
+    lines.append(
+      f"delf_local_config.layer_name {local.layer_name!r} is read as "
+      f"{OFFICIAL_LAYER_NAMES[local.layer_name]!r}: the same ResNet50 stage, which "
+      f"delf-ret's network ends at stride 16 (the official TF1 one at 32)"
+    )
   if config.use_square_images:
     lines.append("use_square_images is ignored: images keep their aspect ratio")
   if not config.use_local_features:
     lines.append("use_local_features false is ignored: delf-ret extracts local features")
   if config.use_global_features or config.HasField("delf_global_config"):
-    lines.append("use_global_features / delf_global_config: global (DELG) features are not "
-                 "supported yet; only local features are extracted")
+    lines.append(
+      "use_global_features / delf_global_config: global (DELG) features are not "
+      "supported yet; only local features are extracted"
+    )
   return lines
 
 
-_PATH_FIELDS = ("model_path", "delf_local_config.pca_parameters.mean_path",
-                "delf_local_config.pca_parameters.projection_matrix_path",
-                "delf_local_config.pca_parameters.pca_variances_path")
+_PATH_FIELDS = (
+  "model_path",
+  "delf_local_config.pca_parameters.mean_path",
+  "delf_local_config.pca_parameters.projection_matrix_path",
+  "delf_local_config.pca_parameters.pca_variances_path",
+)
 
 
 def _resolve_paths(config: DelfConfig, base_dir: pathlib.Path) -> None:
@@ -159,8 +170,9 @@ def apply_overrides(config: DelfConfig, overrides: Iterable[str]) -> None:
       message = getattr(message, part)
     field = message.DESCRIPTOR.fields_by_name.get(leaf)
     if field is None:
-      raise ConfigError(f"override {override!r}: unknown field {leaf!r} in "
-                        f"{message.DESCRIPTOR.name}")
+      raise ConfigError(
+        f"override {override!r}: unknown field {leaf!r} in {message.DESCRIPTOR.name}"
+      )
     try:
       if field.is_repeated:
         container = getattr(message, leaf)
@@ -181,10 +193,17 @@ def _convert(field: descriptor_lib.FieldDescriptor, text: str):
     if text.lower() in ("false", "0", "no"):
       return False
     raise ValueError(f"not a boolean: {text!r}")
-  if kind in (descriptor_lib.FieldDescriptor.CPPTYPE_FLOAT, descriptor_lib.FieldDescriptor.CPPTYPE_DOUBLE):
+  if kind in (
+    descriptor_lib.FieldDescriptor.CPPTYPE_FLOAT,
+    descriptor_lib.FieldDescriptor.CPPTYPE_DOUBLE,
+  ):
     return float(text)
-  if kind in (descriptor_lib.FieldDescriptor.CPPTYPE_INT32, descriptor_lib.FieldDescriptor.CPPTYPE_INT64,
-              descriptor_lib.FieldDescriptor.CPPTYPE_UINT32, descriptor_lib.FieldDescriptor.CPPTYPE_UINT64):
+  if kind in (
+    descriptor_lib.FieldDescriptor.CPPTYPE_INT32,
+    descriptor_lib.FieldDescriptor.CPPTYPE_INT64,
+    descriptor_lib.FieldDescriptor.CPPTYPE_UINT32,
+    descriptor_lib.FieldDescriptor.CPPTYPE_UINT64,
+  ):
     return int(text)
   if kind == descriptor_lib.FieldDescriptor.CPPTYPE_STRING:
     return text
@@ -203,8 +222,10 @@ def _non_finite_fields(message, prefix: str = "") -> Iterator[tuple[str, float]]
     if field.type == descriptor_lib.FieldDescriptor.TYPE_MESSAGE:
       if not field.is_repeated:
         yield from _non_finite_fields(value, f"{path}.")
-    elif field.type in (descriptor_lib.FieldDescriptor.TYPE_FLOAT,
-                        descriptor_lib.FieldDescriptor.TYPE_DOUBLE):
+    elif field.type in (
+      descriptor_lib.FieldDescriptor.TYPE_FLOAT,
+      descriptor_lib.FieldDescriptor.TYPE_DOUBLE,
+    ):
       values = list(value) if field.is_repeated else [value]
       yield from ((path, v) for v in values if not math.isfinite(v))
 
@@ -217,11 +238,15 @@ def validate(config: DelfConfig) -> None:
     if getattr(config, name) != -1 and getattr(config, name) <= 0:
       raise ConfigError(f"{name} must be positive or -1 (off), got {getattr(config, name)}")
   if config.min_scaled_side < 1 or config.max_image_pixels < 1:
-    raise ConfigError(f"min_scaled_side and max_image_pixels must be positive, got "
-                      f"{config.min_scaled_side} and {config.max_image_pixels}")
+    raise ConfigError(
+      f"min_scaled_side and max_image_pixels must be positive, got "
+      f"{config.min_scaled_side} and {config.max_image_pixels}"
+    )
   if not 0.0 <= config.delf_local_config.iou_threshold <= 1.0:
-    raise ConfigError(f"delf_local_config.iou_threshold must be in [0, 1], got "
-                      f"{config.delf_local_config.iou_threshold}")
+    raise ConfigError(
+      f"delf_local_config.iou_threshold must be in [0, 1], got "
+      f"{config.delf_local_config.iou_threshold}"
+    )
   if not config.image_scales:
     raise ConfigError("image_scales is empty: give at least one scale")
   if any(scale <= 0 for scale in config.image_scales):
@@ -232,49 +257,73 @@ def validate(config: DelfConfig) -> None:
   if local.use_pca:
     pca = local.pca_parameters
     if not (pca.mean_path and pca.projection_matrix_path):
-      raise ConfigError("use_pca is true but pca_parameters.mean_path / projection_matrix_path "
-                        "are not set (learn them with learn_pca)")
+      raise ConfigError(
+        "use_pca is true but pca_parameters.mean_path / projection_matrix_path "
+        "are not set (learn them with learn_pca)"
+      )
     if pca.pca_dim <= 0:
       raise ConfigError(f"pca_dim must be positive, got {pca.pca_dim}")
     if pca.use_whitening and not pca.pca_variances_path:
       raise ConfigError("use_whitening is true but pca_parameters.pca_variances_path is not set")
   if 0 < config.max_image_size < config.min_image_size:
-    raise ConfigError(f"max_image_size {config.max_image_size} < min_image_size "
-                      f"{config.min_image_size}")
+    raise ConfigError(
+      f"max_image_size {config.max_image_size} < min_image_size {config.min_image_size}"
+    )
   _validate_retrieval(config.retrieval_config)
 
 
-_CHOICES = {"index_type": ("flat", "ivfpq", "hnsw"), "vote_weighting": ("count", "similarity"),
-            "ransac_transform": ("affine", "homography"), "ransac_backend": ("opencv", "skimage"),
-            "coarse_quantizer": ("flat", "hnsw")}
-_POSITIVE = ("nlist", "pq_m", "pq_nbits", "hnsw_m", "nprobe", "ef_search", "train_sample_size",
-             "neighbors_per_descriptor", "ransac_max_trials", "ransac_residual_threshold",
-             "match_distance_threshold")
+_CHOICES = {
+  "index_type": ("flat", "ivfpq", "hnsw"),
+  "vote_weighting": ("count", "similarity"),
+  "ransac_transform": ("affine", "homography"),
+  "ransac_backend": ("opencv", "skimage"),
+  "coarse_quantizer": ("flat", "hnsw"),
+}
+_POSITIVE = (
+  "nlist",
+  "pq_m",
+  "pq_nbits",
+  "hnsw_m",
+  "nprobe",
+  "ef_search",
+  "train_sample_size",
+  "neighbors_per_descriptor",
+  "ransac_max_trials",
+  "ransac_residual_threshold",
+  "match_distance_threshold",
+)
 
 
 def _validate_retrieval(retrieval) -> None:
   for name, choices in _CHOICES.items():
     if getattr(retrieval, name) not in choices:
-      raise ConfigError(f"retrieval_config.{name} must be one of {choices}, "
-                        f"got {getattr(retrieval, name)!r}")
+      raise ConfigError(
+        f"retrieval_config.{name} must be one of {choices}, got {getattr(retrieval, name)!r}"
+      )
   _require_positive(retrieval, _POSITIVE, "retrieval_config.")
   if retrieval.rerank_top_n < 0 or retrieval.min_inliers < 0:
     raise ConfigError("retrieval_config.rerank_top_n and min_inliers must not be negative")
   if not 0.0 <= retrieval.match_ratio_threshold < 1.0:
-    raise ConfigError(f"retrieval_config.match_ratio_threshold must be in [0, 1) (0: off), got "
-                      f"{retrieval.match_ratio_threshold}")
+    raise ConfigError(
+      f"retrieval_config.match_ratio_threshold must be in [0, 1) (0: off), got "
+      f"{retrieval.match_ratio_threshold}"
+    )
   if not 0.0 < retrieval.ransac_stop_probability <= 1.0:
-    raise ConfigError(f"retrieval_config.ransac_stop_probability must be in (0, 1], got "
-                      f"{retrieval.ransac_stop_probability}")
+    raise ConfigError(
+      f"retrieval_config.ransac_stop_probability must be in (0, 1], got "
+      f"{retrieval.ransac_stop_probability}"
+    )
   if retrieval.ransac_seed < 0:
-    raise ConfigError(f"retrieval_config.ransac_seed must not be negative, got "
-                      f"{retrieval.ransac_seed}")
+    raise ConfigError(
+      f"retrieval_config.ransac_seed must not be negative, got {retrieval.ransac_seed}"
+    )
   if any(k <= 0 for k in retrieval.eval_ks):
     raise ConfigError(f"retrieval_config.eval_ks must be positive, got {list(retrieval.eval_ks)}")
 
 
-def load_training_config(path: str | os.PathLike | None,
-                         overrides: Iterable[str] = ()) -> DelfTrainingConfig:
+def load_training_config(
+  path: str | os.PathLike | None, overrides: Iterable[str] = ()
+) -> DelfTrainingConfig:
   """Reads a DelfTrainingConfig .pbtxt (None: the published defaults), applies overrides."""
   config = DelfTrainingConfig()
   if path is not None:
@@ -284,10 +333,21 @@ def load_training_config(path: str | os.PathLike | None,
     if weights not in ("imagenet", "random") and weights and not os.path.isabs(weights):
       config.backbone_weights = str(path.parent / weights)
   apply_overrides(config, overrides)
-  _require_positive(config, ("batch_size", "image_size", "max_steps", "save_every",
-                             "max_checkpoints", "summary_every", "shuffle_buffer",
-                             "tuning_learning_rate", "attention_learning_rate"),
-                    "training config: ")
+  _require_positive(
+    config,
+    (
+      "batch_size",
+      "image_size",
+      "max_steps",
+      "save_every",
+      "max_checkpoints",
+      "summary_every",
+      "shuffle_buffer",
+      "tuning_learning_rate",
+      "attention_learning_rate",
+    ),
+    "training config: ",
+  )
   if config.image_size < 32:
     raise ConfigError(f"training config: image_size must be at least 32, got {config.image_size}")
   return config

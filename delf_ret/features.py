@@ -72,6 +72,7 @@ class LocalFeatures:
     attention: float32 [N], attention scores.
     orientations: float32 [N] (radians; 0 for DELF).
   """
+
   locations: np.ndarray
   scales: np.ndarray
   descriptors: np.ndarray
@@ -156,22 +157,28 @@ def _parse_file(path: pathlib.Path, message, missing: str, kind: str):
 def read_features(path: str | os.PathLike) -> LocalFeatures:
   """Reads one image's features; raises FeatureFileError on a bad file."""
   path = pathlib.Path(path)
-  message = _parse_file(path, delf_features_pb2.DelfFeatures(), "feature file",
-                        "a DELF feature file")
+  message = _parse_file(
+    path, delf_features_pb2.DelfFeatures(), "feature file", "a DELF feature file"
+  )
   try:
     return from_proto(message)
   except FeatureFileError as error:
     raise FeatureFileError(f"{path}: {error}") from None
 
 
-def check_same_dimension(first: LocalFeatures, second: LocalFeatures,
-                         first_name: str = "first", second_name: str = "second") -> None:
+def check_same_dimension(
+  first: LocalFeatures,
+  second: LocalFeatures,
+  first_name: str = "first",
+  second_name: str = "second",
+) -> None:
   """Raises FeatureFileError if two non-empty feature sets differ in descriptor dimension."""
   if first.num_features and second.num_features and first.descriptor_dim != second.descriptor_dim:
     raise FeatureFileError(
-        f"descriptor dimensions differ: {first_name} has {first.descriptor_dim}, "
-        f"{second_name} has {second.descriptor_dim} (were they extracted with the same "
-        f"PCA settings?)")
+      f"descriptor dimensions differ: {first_name} has {first.descriptor_dim}, "
+      f"{second_name} has {second.descriptor_dim} (were they extracted with the same "
+      f"PCA settings?)"
+    )
 
 
 DATUM_SUFFIX = ".datum"

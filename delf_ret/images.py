@@ -43,6 +43,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
   path = pathlib.Path(path)
   if max_pixels is None:
     from delf_ret.protos.delf_config_pb2 import DelfConfig
+
     max_pixels = DelfConfig().max_image_pixels
   if not path.exists():
     raise ImageReadError(f"{path}: file not found")
@@ -55,8 +56,9 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
       width, height = image.size
       if width * height > max_pixels:
         raise ImageReadError(
-            f"{path}: image too large ({width}x{height} = {width * height} pixels, "
-            f"limit {max_pixels})")
+          f"{path}: image too large ({width}x{height} = {width * height} pixels, "
+          f"limit {max_pixels})"
+        )
       image.load()
       image = ImageOps.exif_transpose(image)
       return _to_rgb_array(image)
@@ -147,5 +149,4 @@ def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
   folder = pathlib.Path(folder)
   if not folder.is_dir():
     raise FileNotFoundError(f"{folder}: not a folder")
-  return sorted(p for p in folder.iterdir()
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+  return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

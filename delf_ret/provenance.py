@@ -15,8 +15,16 @@ import re
 
 # Libraries whose numerics decide the weights and the figures (Keras ships apart from
 # TensorFlow since Keras 3); the package's other declared dependencies are added to them.
-_NUMERIC_LIBRARIES = ("tensorflow", "keras", "numpy", "opencv-python-headless",
-                      "opencv-python", "faiss-cpu", "scikit-learn", "scikit-image")
+_NUMERIC_LIBRARIES = (
+  "tensorflow",
+  "keras",
+  "numpy",
+  "opencv-python-headless",
+  "opencv-python",
+  "faiss-cpu",
+  "scikit-learn",
+  "scikit-image",
+)
 
 
 def cpu_model(cpuinfo: pathlib.Path = pathlib.Path("/proc/cpuinfo")) -> str:
@@ -53,6 +61,11 @@ def library_versions() -> dict[str, str]:
 def environment() -> dict:
   """Python version, platform, CPU model, core count and library versions (all strings
   but ``cpu_cores``, an int): what a rerun must match to reproduce weights exactly."""
-  return {"python": platform.python_version(), "platform": platform.platform(),
-          "machine": platform.machine(), "cpu_model": cpu_model(),
-          "cpu_cores": os.cpu_count(), "libraries": library_versions()}
+  return {
+    "python": platform.python_version(),
+    "platform": platform.platform(),
+    "machine": platform.machine(),
+    "cpu_model": cpu_model(),
+    "cpu_cores": os.cpu_count(),
+    "libraries": library_versions(),
+  }

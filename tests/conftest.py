@@ -50,12 +50,14 @@ def shared_data() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def delf_model():
   from delf_ret.model import DelfModel
+
   return DelfModel(num_classes=3, seed=0)
 
 
 @pytest.fixture(scope="session")
 def model_path(delf_model, tmp_path_factory) -> pathlib.Path:
   from delf_ret.model import save_delf_model
+
   path = tmp_path_factory.mktemp("model") / "delf_random.keras"
   save_delf_model(delf_model, path)
   return path
@@ -69,17 +71,23 @@ def pca_dir(delf_model, model_path, tmp_path_factory) -> pathlib.Path:
 
   folder = tmp_path_factory.mktemp("pca")
   config = parse_config_text(make_config_text(model_path, folder, use_pca=False))
-  learned = learn_pca_from_images(config, landmark_images()[:4], folder, model=delf_model,
-                                  log=lambda line: None)
+  learned = learn_pca_from_images(
+    config, landmark_images()[:4], folder, model=delf_model, log=lambda line: None
+  )
   assert not learned.failures
   return folder
 
 
-def make_config_text(model_path, pca_dir, use_pca=True, max_feature_num=1000,
-                     use_whitening=False) -> str:
-  return SMALL_CONFIG.format(model_path=model_path, pca_dir=pca_dir,
-                             use_pca=str(use_pca).lower(), max_feature_num=max_feature_num,
-                             use_whitening=str(use_whitening).lower())
+def make_config_text(
+  model_path, pca_dir, use_pca=True, max_feature_num=1000, use_whitening=False
+) -> str:
+  return SMALL_CONFIG.format(
+    model_path=model_path,
+    pca_dir=pca_dir,
+    use_pca=str(use_pca).lower(),
+    max_feature_num=max_feature_num,
+    use_whitening=str(use_whitening).lower(),
+  )
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +100,7 @@ def config_path(model_path, pca_dir, tmp_path_factory) -> pathlib.Path:
 def random_unit_descriptors(rng, n: int, dim: int):
   """float32 [n, dim] Gaussian rows scaled to unit L2 norm."""
   import numpy as np
+
   descriptors = rng.normal(size=(n, dim)).astype(np.float32)
   return descriptors / np.linalg.norm(descriptors, axis=1, keepdims=True)
 
@@ -99,7 +108,9 @@ def random_unit_descriptors(rng, n: int, dim: int):
 def make_features(points_yx, descriptors):
   """LocalFeatures with the given (y, x) points [N, 2] and descriptors [N, D]; unit scale/score."""
   import numpy as np
+
   from delf_ret.features import LocalFeatures
+
   n = len(points_yx)
   return LocalFeatures(points_yx, np.ones(n), descriptors, np.ones(n), np.zeros(n))
 
@@ -107,6 +118,7 @@ def make_features(points_yx, descriptors):
 def installed_script(name: str) -> str:
   """Path of an installed console script (beside this Python first); fails the test if missing."""
   import shutil
+
   found = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
   assert found, f"console script {name} is not installed"
   return found
@@ -116,6 +128,7 @@ def tgz(path: pathlib.Path, files: dict[str, bytes]) -> None:
   """A .tgz with ``files`` {member path: bytes}."""
   import io
   import tarfile
+
   with tarfile.open(path, "w:gz") as tar:
     for name, data in files.items():
       info = tarfile.TarInfo(name)
@@ -126,11 +139,20 @@ def tgz(path: pathlib.Path, files: dict[str, bytes]) -> None:
 def run_cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
   """Runs ``python -m module args`` and returns the completed process (text output)."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                        timeout=timeout, env=env, stdin=subprocess.DEVNULL, cwd=REPO)
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=env,
+    stdin=subprocess.DEVNULL,
+    cwd=REPO,
+  )
 
 
-def write_gldv2_layout(root: pathlib.Path, shared_data: pathlib.Path, corrupt: bool = False) -> dict:
+def write_gldv2_layout(
+  root: pathlib.Path, shared_data: pathlib.Path, corrupt: bool = False
+) -> dict:
   """A tiny GLDv2-layout copy of the shared landmark photos (landmark names -> ids 10, 20, ...).
 
   Returns paths ("csv", "train"), "landmark_of" (image id -> landmark id) and,
@@ -140,6 +162,7 @@ def write_gldv2_layout(root: pathlib.Path, shared_data: pathlib.Path, corrupt: b
   import zlib
 
   from delf_ret.datasets.labelled import read_labels
+
   rows = [(path, name) for path, name in read_labels(shared_data / "labels.csv") if name]
   names = sorted({name for _, name in rows})
   images: dict[int, list[str]] = {}

@@ -13,8 +13,9 @@ def test_packaged_configs():
   assert EXAMPLE.parent.name == "configs" and EXAMPLE.parent.parent.name == "delf_ret"
   # The repository's configs/ links to the packaged example: one file.
   assert (REPO / "configs" / config_lib.EXAMPLE_CONFIG).resolve() == EXAMPLE.resolve()
-  demo = config_lib.load_config(config_lib.packaged_config_path(config_lib.DEMO_CONFIG),
-                                ["delf_local_config.use_pca=false"])
+  demo = config_lib.load_config(
+    config_lib.packaged_config_path(config_lib.DEMO_CONFIG), ["delf_local_config.use_pca=false"]
+  )
   assert [round(s, 4) for s in demo.image_scales] == PUBLISHED_SCALES
   with pytest.raises(config_lib.ConfigError, match="delf_demo.pbtxt"):
     config_lib.packaged_config_path("nope.pbtxt")
@@ -35,10 +36,16 @@ def test_example_config_has_published_defaults():
 
 
 def test_overrides_scalar_repeated_bool_nested():
-  config = config_lib.load_config(EXAMPLE, [
-      "delf_local_config.max_feature_num=500", "image_scales=0.5, 1.0",
-      "delf_local_config.pca_parameters.use_whitening=true", "max_image_size=-1",
-      "delf_local_config.score_threshold=2.5"])
+  config = config_lib.load_config(
+    EXAMPLE,
+    [
+      "delf_local_config.max_feature_num=500",
+      "image_scales=0.5, 1.0",
+      "delf_local_config.pca_parameters.use_whitening=true",
+      "max_image_size=-1",
+      "delf_local_config.score_threshold=2.5",
+    ],
+  )
   assert config.delf_local_config.max_feature_num == 500
   assert list(config.image_scales) == [0.5, 1.0]
   assert config.delf_local_config.pca_parameters.use_whitening
@@ -46,7 +53,9 @@ def test_overrides_scalar_repeated_bool_nested():
   assert config.delf_local_config.score_threshold == 2.5
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     ("max_feature_num=5", "unknown field 'max_feature_num'"),
     ("delf_local_config.max_feature_num", "field.path=value"),
     ("delf_local_config.max_feature_num=many", "invalid literal"),
@@ -55,7 +64,8 @@ def test_overrides_scalar_repeated_bool_nested():
     ("delf_local_config.max_feature_num=0", "must be positive"),
     ("image_scales=", "image_scales is empty"),
     ("image_scales=-1", "must be positive"),
-])
+  ],
+)
 def test_bad_overrides_are_rejected(override, message):
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.load_config(EXAMPLE, [override])
@@ -80,16 +90,27 @@ def test_text_round_trip():
 def test_retrieval_config_defaults_and_index_params():
   from delf_ret.index import IndexParams
   from delf_ret.match import RansacParams
-  config = config_lib.load_config(EXAMPLE, ["retrieval_config.index_type=ivfpq",
-                                            "retrieval_config.nprobe=32"])
+
+  config = config_lib.load_config(
+    EXAMPLE, ["retrieval_config.index_type=ivfpq", "retrieval_config.nprobe=32"]
+  )
   retrieval = config.retrieval_config
   assert (retrieval.rerank_top_n, retrieval.min_inliers, retrieval.neighbors_per_descriptor) == (
-      100, 4, 10)
+    100,
+    4,
+    10,
+  )
   assert IndexParams.from_config(retrieval) == IndexParams(index_type="ivfpq", nprobe=32)
   ransac = RansacParams.from_config(retrieval)
-  assert (ransac.distance_threshold, ransac.residual_threshold, ransac.max_trials,
-          ransac.transform, ransac.ratio_threshold, ransac.stop_probability, ransac.seed) == (
-              pytest.approx(0.8), 20.0, 1000, "affine", None, 1.0, 0)
+  assert (
+    ransac.distance_threshold,
+    ransac.residual_threshold,
+    ransac.max_trials,
+    ransac.transform,
+    ransac.ratio_threshold,
+    ransac.stop_probability,
+    ransac.seed,
+  ) == (pytest.approx(0.8), 20.0, 1000, "affine", None, 1.0, 0)
   ratio = config_lib.load_config(EXAMPLE, ["retrieval_config.match_ratio_threshold=0.8"])
   assert RansacParams.from_config(ratio.retrieval_config).ratio_threshold == pytest.approx(0.8)
 
@@ -97,6 +118,7 @@ def test_retrieval_config_defaults_and_index_params():
 def test_example_retrieval_block_lists_the_proto_defaults():
   """The example's retrieval_config restates nothing that disagrees with the .proto defaults."""
   from delf_ret.evaluation.metrics import DEFAULT_KS
+
   listed = config_lib.load_config(EXAMPLE).retrieval_config
   defaults = config_lib.DelfRetrievalConfig()
   for field in defaults.DESCRIPTOR.fields:
@@ -106,7 +128,9 @@ def test_example_retrieval_block_lists_the_proto_defaults():
       assert getattr(listed, field.name) == getattr(defaults, field.name), field.name
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     ("retrieval_config.ransac_stop_probability=0", "ransac_stop_probability must be in"),
     ("retrieval_config.index_type=lsh", "index_type must be one of"),
     ("retrieval_config.vote_weighting=sum", "vote_weighting must be one of"),
@@ -114,7 +138,8 @@ def test_example_retrieval_block_lists_the_proto_defaults():
     ("retrieval_config.rerank_top_n=-1", "must not be negative"),
     ("retrieval_config.eval_ks=1,0", "eval_ks must be positive"),
     ("retrieval_config.match_ratio_threshold=1.5", "match_ratio_threshold must be in"),
-])
+  ],
+)
 def test_bad_retrieval_settings_are_rejected(override, message):
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.load_config(EXAMPLE, [override])
@@ -137,4 +162,5 @@ def test_training_config_file_holds_the_published_defaults(tmp_path):
   # A relative backbone weights path is resolved against the config's folder.
   (tmp_path / "t.pbtxt").write_text('backbone_weights: "weights/resnet50.h5"')
   assert config_lib.load_training_config(tmp_path / "t.pbtxt").backbone_weights == str(
-      tmp_path / "weights" / "resnet50.h5")
+    tmp_path / "weights" / "resnet50.h5"
+  )

@@ -1,15 +1,24 @@
 import numpy as np
 import pytest
 
-from delf_ret.features import (FeatureFileError, LocalFeatures, check_same_dimension,
-                                 read_features, write_features)
+from delf_ret.features import (
+  FeatureFileError,
+  LocalFeatures,
+  check_same_dimension,
+  read_features,
+  write_features,
+)
 
 
 def random_features(n=50, dim=40, seed=0):
   rng = np.random.default_rng(seed)
-  return LocalFeatures(locations=rng.uniform(0, 1000, (n, 2)), scales=rng.choice([0.5, 1.0], n),
-                       descriptors=rng.normal(size=(n, dim)), attention=rng.uniform(0, 200, n),
-                       orientations=np.zeros(n))
+  return LocalFeatures(
+    locations=rng.uniform(0, 1000, (n, 2)),
+    scales=rng.choice([0.5, 1.0], n),
+    descriptors=rng.normal(size=(n, dim)),
+    attention=rng.uniform(0, 200, n),
+    orientations=np.zeros(n),
+  )
 
 
 def test_round_trip_is_bit_exact(tmp_path):
@@ -30,7 +39,10 @@ def test_empty_feature_set_round_trips(tmp_path):
 
 def test_published_layout_y_then_x(tmp_path):
   from delf_ret.protos import delf_features_pb2
-  write_features(tmp_path / "a.delf", LocalFeatures([[10.0, 20.0]], [0.5], [[1.0, 2.0]], [150.0], [0.0]))
+
+  write_features(
+    tmp_path / "a.delf", LocalFeatures([[10.0, 20.0]], [0.5], [[1.0, 2.0]], [150.0], [0.0])
+  )
   message = delf_features_pb2.DelfFeatures.FromString((tmp_path / "a.delf").read_bytes())
   feature = message.feature[0]
   assert (feature.y, feature.x, feature.scale, feature.strength) == (10.0, 20.0, 0.5, 150.0)

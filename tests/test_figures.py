@@ -11,8 +11,9 @@ def load_benchmark(name: str = "default_model"):
   """The module benchmarks/<name>.py (which imports its neighbours from that folder)."""
   sys.path.insert(0, str(REPO / "benchmarks"))
   try:
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark",
-                                                  REPO / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+      f"{name}_benchmark", REPO / "benchmarks" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,7 +34,8 @@ def test_readme_and_model_card_tables_are_rendered_from_the_json():
   card = benchmark.MODEL_CARD.read_text()
   rerun = json.loads(benchmark.RERUN.read_text()) if benchmark.RERUN.is_file() else None
   assert between(card, "<!-- training facts: start -->", "<!-- training facts: end -->") == (
-      benchmark.render_training(result, rerun))
+    benchmark.render_training(result, rerun)
+  )
 
 
 def test_the_quoted_rerun_is_of_the_shipped_recipe():
@@ -48,29 +50,35 @@ def test_the_quoted_rerun_is_of_the_shipped_recipe():
 
 def test_training_facts_quote_the_rerun_check():
   import copy
+
   benchmark = load_benchmark()
   result = json.loads(benchmark.RESULT.read_text())
   assert "A rerun" not in benchmark.render_training(result)
   same = benchmark.render_training(result, result)
-  assert same.endswith(f"`benchmarks/results/{benchmark.RERUN.name}`): same weights (digest) "
-                       "as the reference; all 14 figures within 10%.")
+  assert same.endswith(
+    f"`benchmarks/results/{benchmark.RERUN.name}`): same weights (digest) "
+    "as the reference; all 14 figures within 10%."
+  )
   rerun = copy.deepcopy(result)
   rerun["weights_sha256"] = "ab" * 32
   rerun["attention_ranking"]["top_half_correct_share"] *= 2
   assert benchmark.render_training(result, rerun).endswith(
-      "other weights (digest `abababababababab`); 1 of 14 figures outside 10%: "
-      "attention top half, correct share.")
+    "other weights (digest `abababababababab`); 1 of 14 figures outside 10%: "
+    "attention top half, correct share."
+  )
 
 
 def test_readme_rerank_speed_table_is_rendered_from_its_json():
   module = load_benchmark("rerank_speed")
   result = json.loads((REPO / "benchmarks" / "results" / "rerank_speed.json").read_text())
   assert between((REPO / "README.md").read_text(), module.START, module.END) == (
-      module.render_table(result))
+    module.render_table(result)
+  )
 
 
 def test_rerun_comparison_names_the_figures_outside_the_tolerance():
   import copy
+
   benchmark = load_benchmark()
   result = json.loads(benchmark.RESULT.read_text())
   lines = benchmark.compare_figures(result, result)
@@ -80,7 +88,8 @@ def test_rerun_comparison_names_the_figures_outside_the_tolerance():
   rerun = copy.deepcopy(result)
   rerun["weights_sha256"] = "0" * 64
   rerun["pairs"]["graf1.png/graf3.png"]["default_model"]["correct_inliers_10px"] = round(
-      1.15 * result["pairs"]["graf1.png/graf3.png"]["default_model"]["correct_inliers_10px"])
+    1.15 * result["pairs"]["graf1.png/graf3.png"]["default_model"]["correct_inliers_10px"]
+  )
   rerun["ukbench"]["default_model"]["mAP"]["reranked"]["medium"] *= 0.95  # Within 10%.
   lines = benchmark.compare_figures(rerun, result)
   assert lines[-1] == "1 of 14 figures outside 10%: graf1/graf3 correct inliers < 10 px"
@@ -90,6 +99,7 @@ def test_rerun_comparison_names_the_figures_outside_the_tolerance():
 def test_the_json_is_of_the_shipped_weights():
   from delf_ret.default_model import WEIGHTS_FILE, default_model_dir
   from delf_ret.model.compact import weights_digest
+
   result = json.loads(load_benchmark().RESULT.read_text())
   assert result["model_dir"] == "delf_ret/default_model"
   assert result["weights_sha256"] == weights_digest(default_model_dir() / WEIGHTS_FILE)
@@ -97,6 +107,7 @@ def test_the_json_is_of_the_shipped_weights():
 
 def test_benchmark_results_record_the_environment(tmp_path):
   import numpy as np
+
   write_result = load_benchmark("results_io").write_result
   path = tmp_path / "results" / "x.json"
   write_result(path, {"figure": 1.5})

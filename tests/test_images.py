@@ -63,14 +63,17 @@ def test_exif_orientation_applied(photo, tmp_path):
   assert load_image(tmp_path / "r.jpg").shape == (64, 48, 3)
 
 
-@pytest.mark.parametrize("kind, message", [
+@pytest.mark.parametrize(
+  "kind, message",
+  [
     ("missing", "file not found"),
     ("empty", "empty"),
     ("text", "not an image"),
     ("truncated", "truncated"),
     ("corrupt", "corrupt"),
     ("folder", "is a folder"),
-])
+  ],
+)
 def test_bad_inputs(kind, message, shared_data, tmp_path):
   path = tmp_path / f"{kind}.jpg"
   data = (shared_data / "landmarks" / "sacre_coeur_lightglue1.jpg").read_bytes()
@@ -79,7 +82,7 @@ def test_bad_inputs(kind, message, shared_data, tmp_path):
   elif kind == "text":
     path.write_text("this is a text file, not a photo\n")
   elif kind == "truncated":
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
   elif kind == "corrupt":
     path.write_bytes(data[:400] + bytes(range(256)) * 40)
   elif kind == "folder":
@@ -103,6 +106,7 @@ def test_list_images(shared_data, tmp_path):
 
 def test_image_lists_read_paths_beside_the_list_or_as_official_tools_do(tmp_path, monkeypatch):
   from delf_ret.images import read_image_list
+
   lists, work = tmp_path / "lists", tmp_path / "work"
   (lists / "photos").mkdir(parents=True)
   (work / "data").mkdir(parents=True)

@@ -7,8 +7,9 @@ import pytest
 
 from conftest import REPO
 
-_SPEC = importlib.util.spec_from_file_location("regenerate_protos",
-                                               REPO / "scripts" / "regenerate_protos.py")
+_SPEC = importlib.util.spec_from_file_location(
+  "regenerate_protos", REPO / "scripts" / "regenerate_protos.py"
+)
 regenerate = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(regenerate)
 
@@ -24,4 +25,5 @@ def test_generated_modules_match_protos(tmp_path):
   for path in regenerate.regenerate(tmp_path):
     committed = (regenerate.PACKAGE_DIR / path.name).read_text()
     assert _without_version_lines(path.read_text()) == _without_version_lines(committed), (
-        f"{path.name} is stale: run python scripts/regenerate_protos.py")
+      f"{path.name} is stale: run python scripts/regenerate_protos.py"
+    )

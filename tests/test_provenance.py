@@ -11,9 +11,11 @@ from delf_ret.provenance import cpu_model, environment, library_versions
 
 def test_cpu_model_reads_the_model_name_line(tmp_path):
   cpuinfo = tmp_path / "cpuinfo"
-  cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
-                     "model name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\nflags\t\t: fpu\n"
-                     "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\n")
+  cpuinfo.write_text(
+    "processor\t: 0\nvendor_id\t: GenuineIntel\n"
+    "model name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\nflags\t\t: fpu\n"
+    "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\n"
+  )
   assert cpu_model(cpuinfo) == "Intel(R) Xeon(R) CPU @ 2.20GHz"
 
 

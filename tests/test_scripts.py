@@ -4,16 +4,20 @@ import os
 import shutil
 import subprocess
 
-from delf_ret.features import read_features
-
 from conftest import REPO, landmark_images
+from delf_ret.features import read_features
 
 
 def run_script(*args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-  return subprocess.run(["bash", str(REPO / "scripts" / "extract_with_pca.sh"), *map(str, args)],
-                        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
-                        timeout=600)
+  return subprocess.run(
+    ["bash", str(REPO / "scripts" / "extract_with_pca.sh"), *map(str, args)],
+    capture_output=True,
+    text=True,
+    env=env,
+    stdin=subprocess.DEVNULL,
+    timeout=600,
+  )
 
 
 def test_usage_on_bad_arguments(tmp_path):
@@ -32,7 +36,10 @@ def test_learns_pca_then_extracts(model_path, config_path, tmp_path):
   result = run_script(model_path, images, out, config_path)
   assert result.returncode == 0, result.stderr[-2000:]
   assert sorted(p.name for p in (out / "pca").iterdir()) == [
-      "pca_mean.npy", "pca_projection.npy", "pca_variances.npy"]
+    "pca_mean.npy",
+    "pca_projection.npy",
+    "pca_variances.npy",
+  ]
   features = sorted((out / "features").glob("*.delf"))
   assert len(features) == 3
   assert read_features(features[0]).descriptor_dim == 40

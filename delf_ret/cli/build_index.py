@@ -26,9 +26,16 @@ import pathlib
 
 from absl import flags
 
-from delf_ret.cli.common import (define_backend_flag, define_progress_flag,
-                                 define_config_flags, load_config_from_flags,
-                                 log, report_failures, require_flags, run_tool)
+from delf_ret.cli.common import (
+  define_backend_flag,
+  define_config_flags,
+  define_progress_flag,
+  load_config_from_flags,
+  log,
+  report_failures,
+  require_flags,
+  run_tool,
+)
 from delf_ret.cli.inputs import define_image_flags, image_paths_from_flags
 from delf_ret.config import DelfConfig
 from delf_ret.errors import InputError
@@ -39,25 +46,37 @@ from delf_ret.index.builder import build_index, list_feature_files, remove_image
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig .pbtxt (extraction and retrieval_config).")
 define_image_flags("database images to extract and index")
-flags.DEFINE_string("features_dir", None,
-                    "Folder of .delf feature files (written here when images are given).")
+flags.DEFINE_string(
+  "features_dir", None, "Folder of .delf feature files (written here when images are given)."
+)
 flags.DEFINE_string("index_dir", None, "Folder of the index (created or extended).")
-flags.DEFINE_string("dataset_gnd_path", None,
-                    "Revisited ground truth gnd_<dataset>.pkl: index exactly its database list "
-                    "(imlist) from --images_dir or, without it, from --features_dir.")
-flags.DEFINE_string("dataset_gt_dir", None,
-                    "Original Oxford5k/Paris6k ground-truth folder: index exactly its database "
-                    "images (needs --images_dir).")
-flags.DEFINE_boolean("overwrite", False, "Delete and recompute feature files of --features_dir "
-                     "that were made with other settings (otherwise such a folder is refused).")
+flags.DEFINE_string(
+  "dataset_gnd_path",
+  None,
+  "Revisited ground truth gnd_<dataset>.pkl: index exactly its database list "
+  "(imlist) from --images_dir or, without it, from --features_dir.",
+)
+flags.DEFINE_string(
+  "dataset_gt_dir",
+  None,
+  "Original Oxford5k/Paris6k ground-truth folder: index exactly its database "
+  "images (needs --images_dir).",
+)
+flags.DEFINE_boolean(
+  "overwrite",
+  False,
+  "Delete and recompute feature files of --features_dir "
+  "that were made with other settings (otherwise such a folder is refused).",
+)
 flags.DEFINE_list("remove_images", [], "Image ids to remove from the index (nothing is added).")
 flags.DEFINE_integer("save_every", 500, "Save the index after every this many added images.")
 define_backend_flag()
 define_progress_flag()
 
 
-def _feature_paths(config: DelfConfig, dataset
-                   ) -> tuple[list[pathlib.Path], list[tuple[pathlib.Path, str]]]:
+def _feature_paths(
+  config: DelfConfig, dataset
+) -> tuple[list[pathlib.Path], list[tuple[pathlib.Path, str]]]:
   """The feature files to index, extracting images first when images are given.
 
   dataset: a RetrievalDataset whose database list is indexed, or None.
@@ -65,8 +84,11 @@ def _feature_paths(config: DelfConfig, dataset
   features_dir = pathlib.Path(FLAGS.features_dir)
   if dataset is not None:
     from delf_ret.retrieval.dataset_runner import database_feature_paths, database_image_paths
-    log(f"{dataset.name}: indexing its {len(dataset.imlist)} database images (its "
-        f"{len(dataset.qimlist)} query images only where the database lists them)")
+
+    log(
+      f"{dataset.name}: indexing its {len(dataset.imlist)} database images (its "
+      f"{len(dataset.qimlist)} query images only where the database lists them)"
+    )
     if not FLAGS.images_dir:
       return database_feature_paths(dataset, features_dir)
     image_paths = database_image_paths(dataset)
@@ -79,8 +101,13 @@ def _feature_paths(config: DelfConfig, dataset
 
   names = feature_file_names(image_paths)
   log(f"extracting features of {len(image_paths)} images into {features_dir}")
-  failures = extract_all(DelfExtractor(config, backend=FLAGS.backend), image_paths, features_dir,
-                         log, overwrite=FLAGS.overwrite)
+  failures = extract_all(
+    DelfExtractor(config, backend=FLAGS.backend),
+    image_paths,
+    features_dir,
+    log,
+    overwrite=FLAGS.overwrite,
+  )
   failed = {path for path, _ in failures}
   paths = [features_dir / name for path, name in zip(image_paths, names) if path not in failed]
   if not paths:
@@ -99,21 +126,29 @@ def main(argv: list[str]) -> int:
   dataset = None
   if FLAGS.dataset_gnd_path or FLAGS.dataset_gt_dir:
     from delf_ret.evaluation.ground_truth import load_dataset
+
     if FLAGS.list_images_path:
       raise InputError("give the images of a dataset with --images_dir, not --list_images_path")
     dataset = load_dataset(FLAGS.dataset_gnd_path, FLAGS.dataset_gt_dir, FLAGS.images_dir)
   paths, failures = _feature_paths(config, dataset)
   local = config.delf_local_config
   dim = local.pca_parameters.pca_dim if local.use_pca else None  # The config fixes it with PCA.
-  index, index_failures = build_index(paths, FLAGS.index_dir,
-                                      IndexParams.from_config(config.retrieval_config),
-                                      save_every=FLAGS.save_every, log=log, dim=dim)
+  index, index_failures = build_index(
+    paths,
+    FLAGS.index_dir,
+    IndexParams.from_config(config.retrieval_config),
+    save_every=FLAGS.save_every,
+    log=log,
+    dim=dim,
+  )
   if dataset is not None:
     database = set(dataset.imlist)
     outside = sorted(name for name in index.slot_names.values() if name not in database)
     if outside:
-      log(f"warning: the index also holds {len(outside)} images outside {dataset.name}'s "
-          f"database list (e.g. {outside[0]}); remove them with --remove_images")
+      log(
+        f"warning: the index also holds {len(outside)} images outside {dataset.name}'s "
+        f"database list (e.g. {outside[0]}); remove them with --remove_images"
+      )
   return report_failures(failures + index_failures, "inputs")
 
 

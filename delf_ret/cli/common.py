@@ -28,41 +28,56 @@ flags.disclaim_key_flags()
 EXIT_UNUSABLE_INPUT = 2
 
 
-def define_config_flags(help_text: str = "DelfConfig .pbtxt file.",
-                        default_model: bool = True) -> None:
+def define_config_flags(
+  help_text: str = "DelfConfig .pbtxt file.", default_model: bool = True
+) -> None:
   """Defines --config_path (with ``help_text``) and the repeatable --config_override.
 
   default_model: the tool falls back to the shipped default model's config
   (say so in the help).
   """
   if default_model:
-    help_text += (" Default: the shipped default model's config "
-                  "(delf_ret/default_model/delf_config.pbtxt).")
+    help_text += (
+      " Default: the shipped default model's config (delf_ret/default_model/delf_config.pbtxt)."
+    )
   flags.DEFINE_string("config_path", None, help_text)
-  flags.DEFINE_multi_string("config_override", [],
-                            "Override one config field, e.g. "
-                            "delf_local_config.max_feature_num=500 (repeatable).")
+  flags.DEFINE_multi_string(
+    "config_override",
+    [],
+    "Override one config field, e.g. delf_local_config.max_feature_num=500 (repeatable).",
+  )
 
 
 def define_backend_flag() -> None:
   """Defines --backend, the extraction network back-end (compiled graph or eager baseline)."""
-  flags.DEFINE_enum("backend", "compiled", ["compiled", "eager"],
-                    "Network back-end: compiled graph (fast) or eager (baseline).")
+  flags.DEFINE_enum(
+    "backend",
+    "compiled",
+    ["compiled", "eager"],
+    "Network back-end: compiled graph (fast) or eager (baseline).",
+  )
 
 
-def load_config_from_flags(path: str | None = None,
-                           extra_overrides: Iterable[str] = ()) -> config_lib.DelfConfig:
+def load_config_from_flags(
+  path: str | None = None, extra_overrides: Iterable[str] = ()
+) -> config_lib.DelfConfig:
   """The DelfConfig at ``path`` or --config_path, else the shipped default model's config;
   with --config_override then ``extra_overrides`` applied."""
   from delf_ret.default_model import default_config_path
-  return config_lib.load_config(path or FLAGS.config_path or default_config_path(),
-                                [*FLAGS.config_override, *extra_overrides])
+
+  return config_lib.load_config(
+    path or FLAGS.config_path or default_config_path(), [*FLAGS.config_override, *extra_overrides]
+  )
 
 
 def define_progress_flag() -> None:
   """Defines --progress: a progress bar on stderr for long jobs (default: when it is a terminal)."""
-  flags.DEFINE_boolean("progress", None, "Show a progress bar (tqdm, on stderr) while the job "
-                       "runs; --noprogress silences it. Default: shown when stderr is a terminal.")
+  flags.DEFINE_boolean(
+    "progress",
+    None,
+    "Show a progress bar (tqdm, on stderr) while the job "
+    "runs; --noprogress silences it. Default: shown when stderr is a terminal.",
+  )
 
 
 class ProgressLog:
@@ -87,6 +102,7 @@ class ProgressLog:
     step = self._STEP.match(line)
     if step and self._wanted():
       from tqdm import tqdm
+
       done, total = int(step[1]), int(step[2])
       if self.bar is None or self.bar.total != total or done < self.bar.n:
         self.close()
@@ -98,6 +114,7 @@ class ProgressLog:
       return
     if self.bar is not None:
       from tqdm import tqdm
+
       tqdm.write(line, file=sys.stdout)
     else:
       print(line, flush=True)

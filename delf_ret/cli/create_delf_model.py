@@ -18,8 +18,9 @@ from delf_ret.cli.common import require_flags, run_tool
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_path", None, "Where to write the .keras checkpoint.")
-flags.DEFINE_string("backbone_weights", "imagenet",
-                    "'imagenet', 'random', or a local ResNet50 (no top) weights file.")
+flags.DEFINE_string(
+  "backbone_weights", "imagenet", "'imagenet', 'random', or a local ResNet50 (no top) weights file."
+)
 flags.DEFINE_integer("num_classes", 1, "Number of landmark classes of the classifier heads.")
 flags.DEFINE_integer("seed", 0, "Random seed for the randomly initialised weights.")
 

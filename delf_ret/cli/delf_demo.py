@@ -26,15 +26,24 @@ import pathlib
 
 from absl import flags
 
-from delf_ret.cli.common import (define_backend_flag, define_progress_flag,
-                                 define_config_flags, load_config_from_flags,
-                                 log, run_tool)
+from delf_ret.cli.common import (
+  define_backend_flag,
+  define_config_flags,
+  define_progress_flag,
+  load_config_from_flags,
+  log,
+  run_tool,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "demo_output", "Folder for every file the demo writes.")
-flags.DEFINE_string("data_dir", None, "Shared data folder with labels.csv (default: "
-                    "$DELF_RET_SHARED_DATA or ../shared/data when present, else the bundled "
-                    "photos).")
+flags.DEFINE_string(
+  "data_dir",
+  None,
+  "Shared data folder with labels.csv (default: "
+  "$DELF_RET_SHARED_DATA or ../shared/data when present, else the bundled "
+  "photos).",
+)
 define_config_flags("DelfConfig .pbtxt.")
 define_backend_flag()
 define_progress_flag()
@@ -42,6 +51,7 @@ define_progress_flag()
 
 def _data():
   from delf_ret.retrieval.demo import bundled_demo_data, shared_demo_data
+
   folder = FLAGS.data_dir or os.environ.get("DELF_RET_SHARED_DATA", "../shared/data")
   if (pathlib.Path(folder) / "labels.csv").is_file():
     return shared_demo_data(folder)
@@ -60,17 +70,27 @@ def main(argv: list[str]) -> int:
   output_dir = pathlib.Path(FLAGS.output_dir)
   log(f"data: {data.name} ({data.labels_csv})")
   log(f"model: {config.model_path}")
-  summary = run_demo(config, data, output_dir, DelfExtractor(config, backend=FLAGS.backend),
-                     log=log)
-  print("\nmAP (%)              " + "  ".join(f"{split:>8}" for split in
-                                              summary.mean_ap["first_stage"]))
+  summary = run_demo(
+    config, data, output_dir, DelfExtractor(config, backend=FLAGS.backend), log=log
+  )
+  print(
+    "\nmAP (%)              " + "  ".join(f"{split:>8}" for split in summary.mean_ap["first_stage"])
+  )
   for stage, label in (("first_stage", "votes"), ("reranked", "after RANSAC reranking")):
-    print(f"  {label:<22}" + "  ".join(f"{value:8.2f}" if value == value else f"{'n/a':>8}"
-                                       for value in summary.mean_ap[stage].values()))
+    print(
+      f"  {label:<22}"
+      + "  ".join(
+        f"{value:8.2f}" if value == value else f"{'n/a':>8}"
+        for value in summary.mean_ap[stage].values()
+      )
+    )
   for name, (inliers, matches) in summary.match_inliers.items():
     print(f"matches {name}: {inliers} RANSAC inliers of {matches} putative matches")
-  print("seconds: " + ", ".join(f"{step} {value:.0f}" for step, value in summary.seconds.items())
-        + f" ({summary.run.seconds_per_query:.1f} s per query)")
+  print(
+    "seconds: "
+    + ", ".join(f"{step} {value:.0f}" for step, value in summary.seconds.items())
+    + f" ({summary.run.seconds_per_query:.1f} s per query)"
+  )
   print("pictures: " + ", ".join(str(path) for path in summary.pictures))
   print(f"output folder: {output_dir.resolve()}")
   return 0

@@ -25,8 +25,12 @@ flags.DEFINE_enum("dataset", None, sorted(DATASETS), "Dataset to download.")
 flags.DEFINE_string("output_dir", None, "Folder that receives <dataset>/.")
 flags.DEFINE_string("mirror_url", None, "Base URL of a mirror holding the same file names.")
 flags.DEFINE_boolean("keep_archives", False, "Keep the downloaded archives after unpacking.")
-flags.DEFINE_multi_string("sha256", [], "FILE=DIGEST: expected SHA-256 of a downloaded file "
-                          "(e.g. oxbuild_images-v1.tgz=<64 hex digits>); repeatable.")
+flags.DEFINE_multi_string(
+  "sha256",
+  [],
+  "FILE=DIGEST: expected SHA-256 of a downloaded file "
+  "(e.g. oxbuild_images-v1.tgz=<64 hex digits>); repeatable.",
+)
 
 
 def main(argv: list[str]) -> int:
@@ -38,8 +42,9 @@ def main(argv: list[str]) -> int:
     if not file_name or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
       raise InputError(f"--sha256 {item!r}: expected FILE=<64 hex digits>")
     digests[file_name] = digest.lower()
-  dataset_dir = download_dataset(FLAGS.dataset, FLAGS.output_dir, FLAGS.mirror_url,
-                                 FLAGS.keep_archives, log=log, sha256=digests)
+  dataset_dir = download_dataset(
+    FLAGS.dataset, FLAGS.output_dir, FLAGS.mirror_url, FLAGS.keep_archives, log=log, sha256=digests
+  )
   print(f"done: {dataset_dir}")
   return 0
 

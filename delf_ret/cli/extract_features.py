@@ -16,9 +16,16 @@ import pathlib
 
 from absl import flags
 
-from delf_ret.cli.common import (define_backend_flag, define_progress_flag,
-                                 define_config_flags, load_config_from_flags,
-                                 log, report_failures, require_flags, run_tool)
+from delf_ret.cli.common import (
+  define_backend_flag,
+  define_config_flags,
+  define_progress_flag,
+  load_config_from_flags,
+  log,
+  report_failures,
+  require_flags,
+  run_tool,
+)
 from delf_ret.cli.inputs import define_image_flags, image_paths_from_flags
 from delf_ret.features import feature_file_names
 
@@ -26,8 +33,12 @@ FLAGS = flags.FLAGS
 define_config_flags()
 define_image_flags()
 flags.DEFINE_string("output_dir", None, "Folder for the .delf feature files.")
-flags.DEFINE_boolean("overwrite", False, "Delete and recompute feature files of --output_dir "
-                     "that were made with other settings (otherwise such a folder is refused).")
+flags.DEFINE_boolean(
+  "overwrite",
+  False,
+  "Delete and recompute feature files of --output_dir "
+  "that were made with other settings (otherwise such a folder is refused).",
+)
 define_backend_flag()
 define_progress_flag()
 
@@ -40,9 +51,11 @@ def main(argv: list[str]) -> int:
   feature_file_names(image_paths)  # Two images with one id are refused before any work.
   from delf_ret.extract.batch import extract_all
   from delf_ret.extract.extractor import DelfExtractor
+
   extractor = DelfExtractor(config, backend=FLAGS.backend)
-  failures = extract_all(extractor, image_paths, pathlib.Path(FLAGS.output_dir), log=log,
-                         overwrite=FLAGS.overwrite)
+  failures = extract_all(
+    extractor, image_paths, pathlib.Path(FLAGS.output_dir), log=log, overwrite=FLAGS.overwrite
+  )
   if report_failures(failures, f"of {len(image_paths)} images"):
     return 1
   print(f"done: {len(image_paths)} images, features in {FLAGS.output_dir}")

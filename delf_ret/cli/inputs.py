@@ -17,10 +17,13 @@ flags.disclaim_key_flags()
 def define_image_flags(what: str = "images") -> None:
   """Defines --images_dir and --list_images_path (exactly one is given; see image_paths_from_flags)."""
   flags.DEFINE_string("images_dir", None, f"Folder of {what} (not recursive).")
-  flags.DEFINE_string("list_images_path", None,
-                      f"Text file with one path per line of {what}. Relative paths are "
-                      f"relative to the list file's folder; a path found only relative to the "
-                      f"working directory (the official DELF tools' reading) is used too.")
+  flags.DEFINE_string(
+    "list_images_path",
+    None,
+    f"Text file with one path per line of {what}. Relative paths are "
+    f"relative to the list file's folder; a path found only relative to the "
+    f"working directory (the official DELF tools' reading) is used too.",
+  )
 
 
 def image_paths_from_flags() -> list[pathlib.Path]:
@@ -28,7 +31,9 @@ def image_paths_from_flags() -> list[pathlib.Path]:
   return resolve_image_inputs(FLAGS.images_dir, FLAGS.list_images_path)
 
 
-def resolve_image_inputs(images_dir: str | None, list_images_path: str | None) -> list[pathlib.Path]:
+def resolve_image_inputs(
+  images_dir: str | None, list_images_path: str | None
+) -> list[pathlib.Path]:
   """Image paths from exactly one of a folder or a list file."""
   if bool(images_dir) == bool(list_images_path):
     raise InputError("give exactly one of --images_dir and --list_images_path")
@@ -41,4 +46,3 @@ def resolve_image_inputs(images_dir: str | None, list_images_path: str | None) -
   if not paths:
     raise InputError(f"no image files in {images_dir}")
   return paths
-

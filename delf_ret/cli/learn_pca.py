@@ -16,9 +16,15 @@ import sys
 
 from absl import flags
 
-from delf_ret.cli.common import (define_backend_flag, define_progress_flag,
-                                 define_config_flags, load_config_from_flags,
-                                 log, require_flags, run_tool)
+from delf_ret.cli.common import (
+  define_backend_flag,
+  define_config_flags,
+  define_progress_flag,
+  load_config_from_flags,
+  log,
+  require_flags,
+  run_tool,
+)
 from delf_ret.cli.inputs import define_image_flags, image_paths_from_flags
 
 FLAGS = flags.FLAGS
@@ -38,17 +44,22 @@ def main(argv: list[str]) -> int:
   config = without_pca(load_config_from_flags())
   image_paths = image_paths_from_flags()
   if FLAGS.max_images > 0:
-    image_paths = image_paths[:FLAGS.max_images]
-  learned = learn_pca_from_images(config, image_paths, FLAGS.output_dir, backend=FLAGS.backend,
-                                  log=log)
+    image_paths = image_paths[: FLAGS.max_images]
+  learned = learn_pca_from_images(
+    config, image_paths, FLAGS.output_dir, backend=FLAGS.backend, log=log
+  )
   mean, projection, variances = learned.paths
   pca = config.delf_local_config.pca_parameters
-  print(f"learned PCA from {learned.num_descriptors} descriptors of {len(learned.raw)} images "
-        f"({learned.model.projection.shape[0]} components)")
+  print(
+    f"learned PCA from {learned.num_descriptors} descriptors of {len(learned.raw)} images "
+    f"({learned.model.projection.shape[0]} components)"
+  )
   print("pca_parameters {")
   print(f'  mean_path: "{mean}"\n  projection_matrix_path: "{projection}"')
-  print(f'  pca_variances_path: "{variances}"\n  pca_dim: {pca.pca_dim}\n'
-        f'  use_whitening: {str(pca.use_whitening).lower()}\n}}')
+  print(
+    f'  pca_variances_path: "{variances}"\n  pca_dim: {pca.pca_dim}\n'
+    f"  use_whitening: {str(pca.use_whitening).lower()}\n}}"
+  )
   if learned.failures:
     print(f"{len(learned.failures)} images failed and were left out", file=sys.stderr)
     return 1

@@ -20,9 +20,15 @@ import pathlib
 
 from absl import flags
 
-from delf_ret.cli.common import (define_backend_flag, define_progress_flag,
-                                 define_config_flags, load_config_from_flags,
-                                 log, require_flags, run_tool)
+from delf_ret.cli.common import (
+  define_backend_flag,
+  define_config_flags,
+  define_progress_flag,
+  load_config_from_flags,
+  log,
+  require_flags,
+  run_tool,
+)
 
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig .pbtxt (extraction and retrieval_config).")
@@ -44,10 +50,18 @@ def main(argv: list[str]) -> int:
   from delf_ret.retrieval.benchmark import run_benchmark
 
   config = load_config_from_flags()
-  dataset = load_dataset(FLAGS.dataset_gnd_path, FLAGS.dataset_gt_dir, FLAGS.images_dir,
-                         FLAGS.dataset_name)
-  benchmark = run_benchmark(config, dataset, FLAGS.index_dir, FLAGS.features_dir,
-                            FLAGS.output_dir, backend=FLAGS.backend, log=log)
+  dataset = load_dataset(
+    FLAGS.dataset_gnd_path, FLAGS.dataset_gt_dir, FLAGS.images_dir, FLAGS.dataset_name
+  )
+  benchmark = run_benchmark(
+    config,
+    dataset,
+    FLAGS.index_dir,
+    FLAGS.features_dir,
+    FLAGS.output_dir,
+    backend=FLAGS.backend,
+    log=log,
+  )
   print((pathlib.Path(FLAGS.output_dir) / "mAP.txt").read_text(), end="")
   log("wrote " + ", ".join(str(path) for path in benchmark.written))
   return 0

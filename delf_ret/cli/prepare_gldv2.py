@@ -27,8 +27,16 @@ def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "csv_path", "train_dir", "output_dir")
   from delf_ret.train.gldv2 import prepare_gldv2
-  failures = prepare_gldv2(FLAGS.csv_path, FLAGS.train_dir, FLAGS.output_dir, FLAGS.num_shards,
-                           FLAGS.validation_share, FLAGS.seed, log=log)
+
+  failures = prepare_gldv2(
+    FLAGS.csv_path,
+    FLAGS.train_dir,
+    FLAGS.output_dir,
+    FLAGS.num_shards,
+    FLAGS.validation_share,
+    FLAGS.seed,
+    log=log,
+  )
   if report_failures(failures, "images (skipped)"):
     return 1
   print(f"done: shards in {FLAGS.output_dir}")

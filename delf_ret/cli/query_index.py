@@ -18,8 +18,13 @@ import numpy as np
 from absl import flags
 
 from delf_ret.atomic import atomic_write
-from delf_ret.cli.common import (define_backend_flag, define_config_flags, load_config_from_flags,
-                                 require_flags, run_tool)
+from delf_ret.cli.common import (
+  define_backend_flag,
+  define_config_flags,
+  load_config_from_flags,
+  require_flags,
+  run_tool,
+)
 from delf_ret.errors import InputError
 from delf_ret.features import feature_loader, image_id_of
 from delf_ret.images import ImageReadError, list_images, load_image
@@ -50,6 +55,7 @@ def _box(values: list[str]) -> tuple[float, ...] | None:
 
 def _contact_sheet(path: str, query_image: np.ndarray, top: list) -> None:
   from delf_ret.evaluation.visualize import draw_contact_sheet
+
   by_id = {image_id_of(p): p for p in list_images(FLAGS.database_images_dir)}
   images, captions = [], []
   for rank, entry in enumerate(top, 1):
@@ -78,19 +84,29 @@ def main(argv: list[str]) -> int:
     image = crop_to_box(image, box)
   features = DelfExtractor(config, backend=FLAGS.backend).extract(image)
   result = retrieve(features, index, feature_loader(FLAGS.features_dir), config.retrieval_config)
-  top = result.reranked[:FLAGS.num_results]
-  print(f"{FLAGS.image}: {features.num_features} features; top {len(top)} of "
-        f"{len(index)} indexed images")
+  top = result.reranked[: FLAGS.num_results]
+  print(
+    f"{FLAGS.image}: {features.num_features} features; top {len(top)} of "
+    f"{len(index)} indexed images"
+  )
   print(f"{'rank':>4}  {'image':<40} {'score':>8} {'inliers':>7}")
   for rank, entry in enumerate(top, 1):
     inliers = "-" if entry.inliers is None else entry.inliers
     print(f"{rank:>4}  {entry.image_id:<40} {entry.score:>8.2f} {inliers:>7}")
   if FLAGS.output_json:
     with atomic_write(FLAGS.output_json, "w") as handle:
-      json.dump({"query": FLAGS.image, "num_features": features.num_features,
-                 "results": [{"rank": r, "image_id": e.image_id, "score": e.score,
-                              "inliers": e.inliers} for r, e in enumerate(top, 1)]},
-                handle, indent=2)
+      json.dump(
+        {
+          "query": FLAGS.image,
+          "num_features": features.num_features,
+          "results": [
+            {"rank": r, "image_id": e.image_id, "score": e.score, "inliers": e.inliers}
+            for r, e in enumerate(top, 1)
+          ],
+        },
+        handle,
+        indent=2,
+      )
   if FLAGS.contact_sheet:
     _contact_sheet(FLAGS.contact_sheet, image, top)
   for path in (FLAGS.output_json, FLAGS.contact_sheet):

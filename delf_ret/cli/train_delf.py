@@ -27,25 +27,34 @@ from delf_ret.cli.common import define_config_flags, log, require_flags, run_too
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("stage", None, ["tuning", "attention", "selfsup"], "Training stage.")
-flags.DEFINE_string("data_dir", None, "tuning/attention: folder of TFRecord shards written by "
-                    "prepare_gldv2.")
-flags.DEFINE_string("photos", None, "selfsup: folder of unlabelled photos (searched "
-                    "recursively) or a list file of photo paths.")
+flags.DEFINE_string(
+  "data_dir", None, "tuning/attention: folder of TFRecord shards written by prepare_gldv2."
+)
+flags.DEFINE_string(
+  "photos",
+  None,
+  "selfsup: folder of unlabelled photos (searched recursively) or a list file of photo paths.",
+)
 flags.DEFINE_string("output_dir", None, "Folder for checkpoints, TensorBoard logs and the model.")
-define_config_flags("DelfTrainingConfig .pbtxt (default: published values).",
-                    default_model=False)
+define_config_flags("DelfTrainingConfig .pbtxt (default: published values).", default_model=False)
 flags.DEFINE_string("init_from", None, "Attention stage: the tuning stage's output folder.")
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
-                  "Distribution: one device, all local devices, or workers from TF_CONFIG.")
-flags.DEFINE_integer("num_devices", 0, "Local devices for --strategy mirrored (0: all GPUs; "
-                     "without GPUs, N logical CPU devices).")
+flags.DEFINE_enum(
+  "strategy",
+  "default",
+  ["default", "mirrored", "multi_worker"],
+  "Distribution: one device, all local devices, or workers from TF_CONFIG.",
+)
+flags.DEFINE_integer(
+  "num_devices",
+  0,
+  "Local devices for --strategy mirrored (0: all GPUs; without GPUs, N logical CPU devices).",
+)
 flags.DEFINE_integer("num_steps", None, "Stop after this many more steps (default: max_steps).")
 
 
 def main(argv: list[str]) -> int:
   del argv
-  require_flags(FLAGS, "stage", "photos" if FLAGS.stage == "selfsup" else "data_dir",
-                "output_dir")
+  require_flags(FLAGS, "stage", "photos" if FLAGS.stage == "selfsup" else "data_dir", "output_dir")
   from delf_ret.train.trainer import make_strategy, set_determinism, train_stage
 
   config = config_lib.load_training_config(FLAGS.config_path, FLAGS.config_override)
@@ -53,11 +62,21 @@ def main(argv: list[str]) -> int:
   strategy = make_strategy(FLAGS.strategy, FLAGS.num_devices)
   if FLAGS.stage == "selfsup":
     from delf_ret.train.selfsup import train_selfsup
-    result = train_selfsup(FLAGS.photos, FLAGS.output_dir, config, strategy,
-                           num_steps=FLAGS.num_steps, log=log)
+
+    result = train_selfsup(
+      FLAGS.photos, FLAGS.output_dir, config, strategy, num_steps=FLAGS.num_steps, log=log
+    )
   else:
-    result = train_stage(FLAGS.stage, FLAGS.data_dir, FLAGS.output_dir, config, strategy,
-                         init_from=FLAGS.init_from, num_steps=FLAGS.num_steps, log=log)
+    result = train_stage(
+      FLAGS.stage,
+      FLAGS.data_dir,
+      FLAGS.output_dir,
+      config,
+      strategy,
+      init_from=FLAGS.init_from,
+      num_steps=FLAGS.num_steps,
+      log=log,
+    )
   print(f"done: {FLAGS.stage} at step {result.step}, loss {result.loss:.4f}")
   return 0
 

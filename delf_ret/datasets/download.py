@@ -42,6 +42,7 @@ class DownloadError(DelfRetError):
 class RemoteFile:
   """One published file: its URL, where its content goes ("jpg", "gt" or "." for as is) and,
   where known, the SHA-256 hex digest of the published file."""
+
   url: str
   target: str
   sha256: str | None = None
@@ -52,25 +53,42 @@ class RemoteFile:
 
 
 _OXFORD_IMAGES = RemoteFile(OXFORD_URL + "oxbuild_images-v1.tgz", "jpg")
-_PARIS_IMAGES = (RemoteFile(PARIS_URL + "paris_1-v1.tgz", "jpg"),
-                 RemoteFile(PARIS_URL + "paris_2-v1.tgz", "jpg"))
+_PARIS_IMAGES = (
+  RemoteFile(PARIS_URL + "paris_1-v1.tgz", "jpg"),
+  RemoteFile(PARIS_URL + "paris_2-v1.tgz", "jpg"),
+)
 
 DATASETS: dict[str, tuple[RemoteFile, ...]] = {
-    "oxford5k": (_OXFORD_IMAGES, RemoteFile(OXFORD_URL + "gt_files_170407.tgz", "gt")),
-    "paris6k": (*_PARIS_IMAGES, RemoteFile(PARIS_URL + "paris_120310.tgz", "gt")),
-    "roxford5k": (_OXFORD_IMAGES, RemoteFile(
-        REVISITED_URL + "roxford5k/gnd_roxford5k.pkl", ".",
-        "ba7967754bd2d7d2210a5799f9c45ad5835e269a80ef9d3eba44caa35816c471")),
-    "rparis6k": (*_PARIS_IMAGES, RemoteFile(
-        REVISITED_URL + "rparis6k/gnd_rparis6k.pkl", ".",
-        "d2e729a5293dda7dda8a15c8383424a42e4964a2c4cfea2f32fa85d11d2df499")),
+  "oxford5k": (_OXFORD_IMAGES, RemoteFile(OXFORD_URL + "gt_files_170407.tgz", "gt")),
+  "paris6k": (*_PARIS_IMAGES, RemoteFile(PARIS_URL + "paris_120310.tgz", "gt")),
+  "roxford5k": (
+    _OXFORD_IMAGES,
+    RemoteFile(
+      REVISITED_URL + "roxford5k/gnd_roxford5k.pkl",
+      ".",
+      "ba7967754bd2d7d2210a5799f9c45ad5835e269a80ef9d3eba44caa35816c471",
+    ),
+  ),
+  "rparis6k": (
+    *_PARIS_IMAGES,
+    RemoteFile(
+      REVISITED_URL + "rparis6k/gnd_rparis6k.pkl",
+      ".",
+      "d2e729a5293dda7dda8a15c8383424a42e4964a2c4cfea2f32fa85d11d2df499",
+    ),
+  ),
 }
 
 _SUFFIXES = {"jpg": (".jpg", ".jpeg"), "gt": (".txt",)}
 
 
-def download_file(url: str, target: pathlib.Path, log: Callable[[str], None] = print,
-                  timeout: float = 60.0, chunk_bytes: int = 1 << 20) -> None:
+def download_file(
+  url: str,
+  target: pathlib.Path,
+  log: Callable[[str], None] = print,
+  timeout: float = 60.0,
+  chunk_bytes: int = 1 << 20,
+) -> None:
   """Downloads ``url`` to ``target`` via ``target.part``; resumes a partial download."""
   partial = target.with_name(target.name + ".part")
   target.parent.mkdir(parents=True, exist_ok=True)
@@ -113,8 +131,9 @@ def sha256_of(path: pathlib.Path, chunk_bytes: int = 1 << 20) -> str:
   return digest.hexdigest()
 
 
-def verify_digest(path: pathlib.Path, expected: str | None,
-                  log: Callable[[str], None] = print) -> None:
+def verify_digest(
+  path: pathlib.Path, expected: str | None, log: Callable[[str], None] = print
+) -> None:
   """Checks a downloaded file against its SHA-256; a mismatching file is deleted (DownloadError).
 
   expected None: nothing to check against; the file's digest is logged so the
@@ -126,8 +145,10 @@ def verify_digest(path: pathlib.Path, expected: str | None,
     return
   if actual != expected.lower():
     path.unlink()
-    raise DownloadError(f"{path.name}: SHA-256 {actual} differs from the expected {expected}; "
-                        f"the file was deleted (a wrong or tampered mirror?)")
+    raise DownloadError(
+      f"{path.name}: SHA-256 {actual} differs from the expected {expected}; "
+      f"the file was deleted (a wrong or tampered mirror?)"
+    )
   log(f"{path.name}: SHA-256 verified")
 
 
@@ -151,8 +172,9 @@ def unpack(archive: pathlib.Path, dataset_dir: pathlib.Path, target: str) -> int
         if not member.isfile() or not name.lower().endswith(_SUFFIXES[target]):
           continue
         if name in seen:
-          raise DownloadError(f"{archive}: members {seen[name]} and {member.name} would both "
-                              f"become {target}/{name}")
+          raise DownloadError(
+            f"{archive}: members {seen[name]} and {member.name} would both become {target}/{name}"
+          )
         seen[name] = member.name
         source = tar.extractfile(member)
         with open(out_dir / name, "wb") as handle:
@@ -160,14 +182,21 @@ def unpack(archive: pathlib.Path, dataset_dir: pathlib.Path, target: str) -> int
         count += 1
   except (tarfile.TarError, EOFError, OSError) as error:
     archive.unlink(missing_ok=True)  # E.g. a resumed download whose first part was stale.
-    raise DownloadError(f"{archive}: cannot unpack ({error}); the archive was deleted, run "
-                        f"again to download it afresh") from None
+    raise DownloadError(
+      f"{archive}: cannot unpack ({error}); the archive was deleted, run "
+      f"again to download it afresh"
+    ) from None
   return count
 
 
-def download_dataset(name: str, output_dir: str | pathlib.Path, mirror_url: str | None = None,
-                     keep_archives: bool = False, log: Callable[[str], None] = print,
-                     sha256: dict[str, str] | None = None) -> pathlib.Path:
+def download_dataset(
+  name: str,
+  output_dir: str | pathlib.Path,
+  mirror_url: str | None = None,
+  keep_archives: bool = False,
+  log: Callable[[str], None] = print,
+  sha256: dict[str, str] | None = None,
+) -> pathlib.Path:
   """Downloads and unpacks one dataset; returns ``output_dir/name``.
 
   mirror_url: fetch every file as ``mirror_url/<file name>`` instead of from

@@ -55,9 +55,12 @@ def _link(source: pathlib.Path, target: pathlib.Path) -> None:
     shutil.copyfile(source, target)
 
 
-def write_labelled_benchmark(csv_path: str | os.PathLike, output_dir: str | os.PathLike,
-                             name: str = "mini_landmarks",
-                             hard_images: frozenset[str] = frozenset()) -> dict[str, pathlib.Path]:
+def write_labelled_benchmark(
+  csv_path: str | os.PathLike,
+  output_dir: str | os.PathLike,
+  name: str = "mini_landmarks",
+  hard_images: frozenset[str] = frozenset(),
+) -> dict[str, pathlib.Path]:
   """Writes both ground-truth layouts (see the module docstring); returns their paths.
 
   hard_images: image names (file stems) that are hard positives for the other
@@ -92,9 +95,14 @@ def write_labelled_benchmark(csv_path: str | os.PathLike, output_dir: str | os.P
       with Image.open(jpg_dir / f"{query}.jpg") as image:
         width, height = image.size
       qimlist.append(query)
-      gnd.append({"bbx": [0.0, 0.0, float(width), float(height)],
-                  "easy": [index[o] for o in easy], "hard": [index[o] for o in hard],
-                  "junk": [index[query]]})
+      gnd.append(
+        {
+          "bbx": [0.0, 0.0, float(width), float(height)],
+          "easy": [index[o] for o in easy],
+          "hard": [index[o] for o in hard],
+          "junk": [index[query]],
+        }
+      )
       prefix = gt_dir / f"{landmark}_{n}"
       pathlib.Path(f"{prefix}_query.txt").write_text(f"{query} 0 0 {width} {height}\n")
       for kind, members in (("good", easy), ("ok", hard), ("junk", [query])):

@@ -3,12 +3,30 @@
 Pure numpy (and matplotlib for figures); no TensorFlow.
 """
 
-from delf_ret.evaluation.ground_truth import (GroundTruthError, RetrievalDataset, crop_to_box,
-                                              read_original_gt, read_revisited_gnd)
-from delf_ret.evaluation.metrics import (DEFAULT_KS, SplitMetrics, evaluate_original,
-                                         evaluate_revisited)
+from delf_ret.evaluation.ground_truth import (
+  GroundTruthError,
+  RetrievalDataset,
+  crop_to_box,
+  read_original_gt,
+  read_revisited_gnd,
+)
+from delf_ret.evaluation.metrics import (
+  DEFAULT_KS,
+  SplitMetrics,
+  evaluate_original,
+  evaluate_revisited,
+)
 from delf_ret.evaluation.report import write_report
 
-__all__ = ["GroundTruthError", "RetrievalDataset", "crop_to_box", "read_original_gt",
-           "read_revisited_gnd", "DEFAULT_KS", "SplitMetrics", "evaluate_original",
-           "evaluate_revisited", "write_report"]
+__all__ = [
+  "GroundTruthError",
+  "RetrievalDataset",
+  "crop_to_box",
+  "read_original_gt",
+  "read_revisited_gnd",
+  "DEFAULT_KS",
+  "SplitMetrics",
+  "evaluate_original",
+  "evaluate_revisited",
+  "write_report",
+]

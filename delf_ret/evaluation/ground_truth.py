@@ -38,6 +38,7 @@ class RetrievalDataset:
 
   protocol: "original" (good/ok/junk) or "revisited" (easy/hard/junk).
   """
+
   name: str
   protocol: str
   imlist: list[str]
@@ -73,8 +74,9 @@ def _read_names(path: pathlib.Path) -> list[str]:
   return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def read_original_gt(gt_dir: str | os.PathLike, images_dir: str | os.PathLike,
-                     name: str = "oxford5k") -> RetrievalDataset:
+def read_original_gt(
+  gt_dir: str | os.PathLike, images_dir: str | os.PathLike, name: str = "oxford5k"
+) -> RetrievalDataset:
   """Reads an original Oxford5k/Paris6k ground-truth folder."""
   gt_dir, images_dir = pathlib.Path(gt_dir), pathlib.Path(images_dir)
   query_files = sorted(gt_dir.glob("*_query.txt"))
@@ -86,15 +88,17 @@ def read_original_gt(gt_dir: str | os.PathLike, images_dir: str | os.PathLike,
   index = {image: i for i, image in enumerate(imlist)}
   qimlist, gnd = [], []
   for query_file in query_files:
-    prefix = query_file.name[:-len("_query.txt")]
+    prefix = query_file.name[: -len("_query.txt")]
     fields = query_file.read_text().split()
     if len(fields) != 5:
       raise GroundTruthError(f"{query_file}: expected 'name x1 y1 x2 y2', got {fields}")
-    query_name = check_image_name(fields[0][5:] if fields[0].startswith("oxc1_") else fields[0],
-                                  str(query_file))
+    query_name = check_image_name(
+      fields[0][5:] if fields[0].startswith("oxc1_") else fields[0], str(query_file)
+    )
     if query_name in qimlist:
-      raise GroundTruthError(f"{query_file}: query image {query_name} is already the query of "
-                             f"another *_query.txt file")
+      raise GroundTruthError(
+        f"{query_file}: query image {query_name} is already the query of another *_query.txt file"
+      )
     try:
       box = np.array([float(v) for v in fields[1:]])
     except ValueError:
@@ -109,27 +113,32 @@ def read_original_gt(gt_dir: str | os.PathLike, images_dir: str | os.PathLike,
       names = _read_names(path)
       unknown = [n for n in names if n not in index]
       if unknown:
-        raise GroundTruthError(f"{path}: {len(unknown)} images not in {images_dir}, "
-                               f"e.g. {unknown[0]}")
+        raise GroundTruthError(
+          f"{path}: {len(unknown)} images not in {images_dir}, e.g. {unknown[0]}"
+        )
       entry[kind] = np.array([index[n] for n in names], np.int64)
     qimlist.append(query_name)
     gnd.append(entry)
   return RetrievalDataset(name, "original", imlist, qimlist, gnd, images_dir)
 
 
-def load_dataset(gnd_path: str | os.PathLike | None = None,
-                 gt_dir: str | os.PathLike | None = None,
-                 images_dir: str | os.PathLike | None = None,
-                 name: str | None = None) -> RetrievalDataset:
+def load_dataset(
+  gnd_path: str | os.PathLike | None = None,
+  gt_dir: str | os.PathLike | None = None,
+  images_dir: str | os.PathLike | None = None,
+  name: str | None = None,
+) -> RetrievalDataset:
   """A benchmark from exactly one of a Revisited ``gnd_*.pkl`` file and an original gt folder.
 
   name: the dataset's name in reports (default: from the pkl file name, or the
   gt folder's name).
   """
   if bool(gnd_path) == bool(gt_dir):
-    raise GroundTruthError("give exactly one of a Revisited gnd_<dataset>.pkl file "
-                           "(--dataset_gnd_path) and an original ground-truth folder "
-                           "(--dataset_gt_dir)")
+    raise GroundTruthError(
+      "give exactly one of a Revisited gnd_<dataset>.pkl file "
+      "(--dataset_gnd_path) and an original ground-truth folder "
+      "(--dataset_gt_dir)"
+    )
   if gnd_path:
     return read_revisited_gnd(gnd_path, images_dir, name)
   if images_dir is None:
@@ -146,15 +155,18 @@ def in_query_order(dataset: RetrievalDataset, qimlist: list[str]) -> RetrievalDa
   if sorted(dataset.qimlist) != sorted(qimlist):
     raise GroundTruthError(f"{dataset.name} has other queries than the run to score")
   order = [dataset.qimlist.index(query) for query in qimlist]
-  return dataclasses.replace(dataset, qimlist=list(qimlist),
-                             gnd=[dataset.gnd[i] for i in order])
+  return dataclasses.replace(dataset, qimlist=list(qimlist), gnd=[dataset.gnd[i] for i in order])
 
 
 # The only globals a published gnd_<dataset>.pkl may name: numpy arrays and their parts.
 _PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+  ("numpy.core.multiarray", "_reconstruct"),
+  ("numpy._core.multiarray", "_reconstruct"),
+  ("numpy.core.multiarray", "scalar"),
+  ("numpy._core.multiarray", "scalar"),
+  ("numpy", "ndarray"),
+  ("numpy", "dtype"),
+  ("_codecs", "encode"),
 }
 
 
@@ -169,8 +181,10 @@ class _GroundTruthUnpickler(pickle.Unpickler):
   def find_class(self, module: str, name: str):
     if (module, name) in _PICKLE_GLOBALS:
       return super().find_class(module, name)
-    raise pickle.UnpicklingError(f"refused to load {module}.{name}: a ground-truth file holds "
-                                 f"only lists, dicts, strings, numbers and numpy arrays")
+    raise pickle.UnpicklingError(
+      f"refused to load {module}.{name}: a ground-truth file holds "
+      f"only lists, dicts, strings, numbers and numpy arrays"
+    )
 
 
 def load_ground_truth_pickle(path: str | os.PathLike) -> object:
@@ -188,27 +202,47 @@ def check_image_name(name: object, source: str) -> str:
   Names become file names (``<name>.jpg``, ``<name>.delf``): a separator, a
   leading dot-dot, an absolute path or an empty name raises GroundTruthError.
   """
-  if not isinstance(name, str) or not name or name in (".", "..") or any(
-      part in name for part in _BAD_NAME_PARTS) or os.path.isabs(name) or name.startswith(".."):
-    raise GroundTruthError(f"{source}: image name {name!r} is not a plain file name (no folder "
-                           f"separators, no '..', not absolute)")
+  if (
+    not isinstance(name, str)
+    or not name
+    or name in (".", "..")
+    or any(part in name for part in _BAD_NAME_PARTS)
+    or os.path.isabs(name)
+    or name.startswith("..")
+  ):
+    raise GroundTruthError(
+      f"{source}: image name {name!r} is not a plain file name (no folder "
+      f"separators, no '..', not absolute)"
+    )
   return name
 
 
-def read_revisited_gnd(pkl_path: str | os.PathLike, images_dir: str | os.PathLike | None = None,
-                       name: str | None = None) -> RetrievalDataset:
+def read_revisited_gnd(
+  pkl_path: str | os.PathLike, images_dir: str | os.PathLike | None = None, name: str | None = None
+) -> RetrievalDataset:
   """Reads a Revisited gnd_<dataset>.pkl file."""
   pkl_path = pathlib.Path(pkl_path)
   if not pkl_path.is_file():
     raise GroundTruthError(f"ground-truth file not found: {pkl_path}")
   try:
     data = load_ground_truth_pickle(pkl_path)
-  except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-          IndexError, KeyError, MemoryError, OverflowError) as error:
+  except (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    ImportError,
+    IndexError,
+    KeyError,
+    MemoryError,
+    OverflowError,
+  ) as error:
     raise GroundTruthError(f"{pkl_path}: not a readable ground-truth pickle ({error})") from None
   if not isinstance(data, dict):
-    raise GroundTruthError(f"{pkl_path}: expected a dict with imlist, qimlist and gnd, got "
-                           f"{type(data).__name__}")
+    raise GroundTruthError(
+      f"{pkl_path}: expected a dict with imlist, qimlist and gnd, got {type(data).__name__}"
+    )
   missing = [key for key in ("imlist", "qimlist", "gnd") if key not in data]
   if missing:
     raise GroundTruthError(f"{pkl_path}: missing keys {missing}")
@@ -223,13 +257,13 @@ def read_revisited_gnd(pkl_path: str | os.PathLike, images_dir: str | os.PathLik
       duplicate = duplicates[0]
       raise GroundTruthError(f"{pkl_path}: {what} lists {duplicate!r} twice")
   if len(data["gnd"]) != len(qimlist):
-    raise GroundTruthError(f"{pkl_path}: {len(data['gnd'])} gnd entries for "
-                           f"{len(qimlist)} queries")
+    raise GroundTruthError(f"{pkl_path}: {len(data['gnd'])} gnd entries for {len(qimlist)} queries")
   gnd = []
   for number, entry in enumerate(data["gnd"]):
     if not isinstance(entry, dict):
-      raise GroundTruthError(f"{pkl_path}: gnd entry {number} must be a dict, got "
-                             f"{type(entry).__name__}")
+      raise GroundTruthError(
+        f"{pkl_path}: gnd entry {number} must be a dict, got {type(entry).__name__}"
+      )
     try:
       converted = {"bbx": np.asarray(entry.get("bbx", []), np.float64).reshape(-1)}
       for kind in ("easy", "hard", "junk"):
@@ -238,14 +272,23 @@ def read_revisited_gnd(pkl_path: str | os.PathLike, images_dir: str | os.PathLik
       raise GroundTruthError(f"{pkl_path}: gnd entry {number} is malformed ({error})") from None
     box = converted["bbx"]
     if box.size not in (0, 4) or not np.all(np.isfinite(box)):
-      raise GroundTruthError(f"{pkl_path}: gnd entry {number} bbx must be 4 finite numbers "
-                             f"(x1, y1, x2, y2), got {box.tolist()}")
+      raise GroundTruthError(
+        f"{pkl_path}: gnd entry {number} bbx must be 4 finite numbers "
+        f"(x1, y1, x2, y2), got {box.tolist()}"
+      )
     for kind in ("easy", "hard", "junk"):
       ids = converted[kind]
       if ids.size and (ids.min() < 0 or ids.max() >= len(imlist)):
-        raise GroundTruthError(f"{pkl_path}: gnd entry {number} {kind} index out of range "
-                               f"(0..{len(imlist) - 1})")
+        raise GroundTruthError(
+          f"{pkl_path}: gnd entry {number} {kind} index out of range (0..{len(imlist) - 1})"
+        )
     gnd.append(converted)
   dataset_name = name or pkl_path.stem.removeprefix("gnd_")
-  return RetrievalDataset(dataset_name, "revisited", imlist, qimlist, gnd,
-                          pathlib.Path(images_dir) if images_dir else None)
+  return RetrievalDataset(
+    dataset_name,
+    "revisited",
+    imlist,
+    qimlist,
+    gnd,
+    pathlib.Path(images_dir) if images_dir else None,
+  )

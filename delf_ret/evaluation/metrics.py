@@ -50,8 +50,9 @@ def average_precision(ranks: np.ndarray, num_positives: int) -> float:
   return total / num_positives
 
 
-def interpolated_precision(ranks: np.ndarray, num_positives: int,
-                           recall_levels: tuple[float, ...] = RECALL_LEVELS) -> np.ndarray:
+def interpolated_precision(
+  ranks: np.ndarray, num_positives: int, recall_levels: tuple[float, ...] = RECALL_LEVELS
+) -> np.ndarray:
   """Precision-recall curve of one query, float [len(recall_levels)].
 
   At each recall level: the highest precision (j + 1) / (r_j + 1) of any cut-off
@@ -76,6 +77,7 @@ class SplitMetrics:
   Revisited protocol). pr_curve is the mean interpolated precision at
   RECALL_LEVELS over those queries.
   """
+
   mean_ap: float
   precision_at: dict[int, float]
   recall_at: dict[int, float]
@@ -99,35 +101,51 @@ def precision_at_k(ranks: np.ndarray, k: int) -> float:
   return float((positions <= kq).sum()) / kq
 
 
-def check_rankings(ranked_lists: list[np.ndarray], num_queries: int, ks: tuple[int, ...],
-                   num_database: int | None = None) -> None:
+def check_rankings(
+  ranked_lists: list[np.ndarray],
+  num_queries: int,
+  ks: tuple[int, ...],
+  num_database: int | None = None,
+) -> None:
   """Raises RankingError unless the rankings can be scored.
 
   There must be one 1-d integer ranked list per query, every id in it a
   database index (>= 0, and < ``num_database`` when given), and every k >= 1.
   """
   if len(ranked_lists) != num_queries:
-    raise RankingError(f"{len(ranked_lists)} ranked lists for {num_queries} queries (one list "
-                       f"per query, best first; a transposed matrix gives this)")
+    raise RankingError(
+      f"{len(ranked_lists)} ranked lists for {num_queries} queries (one list "
+      f"per query, best first; a transposed matrix gives this)"
+    )
   for number, ranked in enumerate(ranked_lists):
     ranked = np.asarray(ranked)
     if ranked.ndim != 1 or (ranked.size and not np.issubdtype(ranked.dtype, np.integer)):
-      raise RankingError(f"ranked list {number} must be a 1-d array of database indices, got "
-                         f"shape {ranked.shape} of {ranked.dtype}")
+      raise RankingError(
+        f"ranked list {number} must be a 1-d array of database indices, got "
+        f"shape {ranked.shape} of {ranked.dtype}"
+      )
     if ranked.size:
-      outside = ranked[(ranked < 0) | (ranked >= (num_database if num_database is not None
-                                                    else np.iinfo(np.int64).max))]
+      outside = ranked[
+        (ranked < 0)
+        | (ranked >= (num_database if num_database is not None else np.iinfo(np.int64).max))
+      ]
       if outside.size:
         limit = f"0..{num_database - 1}" if num_database is not None else "0 or more"
-        raise RankingError(f"ranked list {number} holds {outside.size} ids outside the database "
-                           f"(ids must be {limit}), e.g. {int(outside[0])}")
+        raise RankingError(
+          f"ranked list {number} holds {outside.size} ids outside the database "
+          f"(ids must be {limit}), e.g. {int(outside[0])}"
+        )
   if not ks or any(int(k) < 1 for k in ks):
     raise RankingError(f"every k of mP@k / mR@k must be at least 1, got {list(ks)}")
 
 
-def evaluate_split(ranked_lists: list[np.ndarray], positives: list[np.ndarray],
-                   ignored: list[np.ndarray], ks: tuple[int, ...] = DEFAULT_KS,
-                   num_database: int | None = None) -> SplitMetrics:
+def evaluate_split(
+  ranked_lists: list[np.ndarray],
+  positives: list[np.ndarray],
+  ignored: list[np.ndarray],
+  ks: tuple[int, ...] = DEFAULT_KS,
+  num_database: int | None = None,
+) -> SplitMetrics:
   """mAP, mP@k (revisitop's, see precision_at_k) and mR@k (positives in the top k / positives).
 
   An image listed twice among a query's positives (or ignored images) counts once.
@@ -149,10 +167,14 @@ def evaluate_split(ranked_lists: list[np.ndarray], positives: list[np.ndarray],
       recalls[k].append(int((ranks < k).sum()) / len(pos))
   valid = [ap for ap in aps if not np.isnan(ap)]
   mean = lambda values: float(np.mean(values)) if values else float("nan")
-  return SplitMetrics(mean_ap=mean(valid), precision_at={k: mean(v) for k, v in precisions.items()},
-                      recall_at={k: mean(v) for k, v in recalls.items()}, ap_per_query=aps,
-                      num_queries=len(valid),
-                      pr_curve=np.mean(curves, axis=0).tolist() if curves else [])
+  return SplitMetrics(
+    mean_ap=mean(valid),
+    precision_at={k: mean(v) for k, v in precisions.items()},
+    recall_at={k: mean(v) for k, v in recalls.items()},
+    ap_per_query=aps,
+    num_queries=len(valid),
+    pr_curve=np.mean(curves, axis=0).tolist() if curves else [],
+  )
 
 
 def revisited_splits(gnd: list[dict]) -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:
@@ -161,30 +183,46 @@ def revisited_splits(gnd: list[dict]) -> dict[str, tuple[list[np.ndarray], list[
   easy: positives easy, ignored junk + hard; medium: positives easy + hard,
   ignored junk; hard: positives hard, ignored junk + easy.
   """
-  rules = {"easy": (("easy",), ("junk", "hard")), "medium": (("easy", "hard"), ("junk",)),
-           "hard": (("hard",), ("junk", "easy"))}
-  return {name: ([_indices(entry, *positive) for entry in gnd],
-                 [_indices(entry, *ignored) for entry in gnd])
-          for name, (positive, ignored) in rules.items()}
+  rules = {
+    "easy": (("easy",), ("junk", "hard")),
+    "medium": (("easy", "hard"), ("junk",)),
+    "hard": (("hard",), ("junk", "easy")),
+  }
+  return {
+    name: (
+      [_indices(entry, *positive) for entry in gnd],
+      [_indices(entry, *ignored) for entry in gnd],
+    )
+    for name, (positive, ignored) in rules.items()
+  }
 
 
-def evaluate_revisited(ranked_lists: list[np.ndarray] | dict[str, list[np.ndarray]],
-                       gnd: list[dict], ks: tuple[int, ...] = DEFAULT_KS,
-                       num_database: int | None = None) -> dict[str, SplitMetrics]:
+def evaluate_revisited(
+  ranked_lists: list[np.ndarray] | dict[str, list[np.ndarray]],
+  gnd: list[dict],
+  ks: tuple[int, ...] = DEFAULT_KS,
+  num_database: int | None = None,
+) -> dict[str, SplitMetrics]:
   """Easy / medium / hard metrics of the Revisited protocol.
 
   ranked_lists: one list per query for every split, or {split: lists} where
   the splits were ranked separately (reranking that skips each split's junk).
   """
-  lists_of = (ranked_lists.__getitem__ if isinstance(ranked_lists, dict)
-              else lambda name: ranked_lists)
-  return {name: evaluate_split(lists_of(name), pos, ign, ks, num_database)
-          for name, (pos, ign) in revisited_splits(gnd).items()}
+  lists_of = (
+    ranked_lists.__getitem__ if isinstance(ranked_lists, dict) else lambda name: ranked_lists
+  )
+  return {
+    name: evaluate_split(lists_of(name), pos, ign, ks, num_database)
+    for name, (pos, ign) in revisited_splits(gnd).items()
+  }
 
 
-def evaluate_original(ranked_lists: list[np.ndarray], gnd: list[dict],
-                      ks: tuple[int, ...] = DEFAULT_KS,
-                      num_database: int | None = None) -> SplitMetrics:
+def evaluate_original(
+  ranked_lists: list[np.ndarray],
+  gnd: list[dict],
+  ks: tuple[int, ...] = DEFAULT_KS,
+  num_database: int | None = None,
+) -> SplitMetrics:
   """Original Oxford5k/Paris6k protocol: good + ok positive, junk ignored."""
   positives = [_indices(entry, "good", "ok") for entry in gnd]
   ignored = [_indices(entry, "junk") for entry in gnd]

@@ -40,8 +40,13 @@ def map_text(dataset: str, protocol: str, results: Results) -> str:
   return "\n".join(lines) + "\n"
 
 
-def metrics_dict(dataset: str, protocol: str, query_names: list[str], results: Results,
-                 seconds_per_query: dict[str, float] | None = None) -> dict:
+def metrics_dict(
+  dataset: str,
+  protocol: str,
+  query_names: list[str],
+  results: Results,
+  seconds_per_query: dict[str, float] | None = None,
+) -> dict:
   """JSON-ready metrics: per stage and split, the means and every query's AP (null: excluded).
 
   seconds_per_query: mean wall seconds per query of each pipeline stage
@@ -50,25 +55,37 @@ def metrics_dict(dataset: str, protocol: str, query_names: list[str], results: R
   stages = {}
   for stage, splits in results.items():
     stages[stage] = {
-        split: {"mAP": _percent(m.mean_ap),
-                "mP@k": {str(k): _percent(v) for k, v in m.precision_at.items()},
-                "mR@k": {str(k): _percent(v) for k, v in m.recall_at.items()},
-                "num_queries": m.num_queries,
-                "ap_per_query": {name: _percent(ap) for name, ap in zip(query_names,
-                                                                        m.ap_per_query)},
-                "pr_curve": {"recall": list(RECALL_LEVELS), "precision": m.pr_curve}}
-        for split, m in splits.items()}
-  payload = {"dataset": dataset, "protocol": protocol, "num_queries": len(query_names),
-             "stages": stages}
+      split: {
+        "mAP": _percent(m.mean_ap),
+        "mP@k": {str(k): _percent(v) for k, v in m.precision_at.items()},
+        "mR@k": {str(k): _percent(v) for k, v in m.recall_at.items()},
+        "num_queries": m.num_queries,
+        "ap_per_query": {name: _percent(ap) for name, ap in zip(query_names, m.ap_per_query)},
+        "pr_curve": {"recall": list(RECALL_LEVELS), "precision": m.pr_curve},
+      }
+      for split, m in splits.items()
+    }
+  payload = {
+    "dataset": dataset,
+    "protocol": protocol,
+    "num_queries": len(query_names),
+    "stages": stages,
+  }
   if seconds_per_query:
-    payload["seconds_per_query"] = {stage: round(value, 4)
-                                    for stage, value in seconds_per_query.items()}
+    payload["seconds_per_query"] = {
+      stage: round(value, 4) for stage, value in seconds_per_query.items()
+    }
   return payload
 
 
-def write_report(output_dir: str | pathlib.Path, dataset: str, protocol: str,
-                 query_names: list[str], results: Results,
-                 seconds_per_query: dict[str, float] | None = None) -> list[pathlib.Path]:
+def write_report(
+  output_dir: str | pathlib.Path,
+  dataset: str,
+  protocol: str,
+  query_names: list[str],
+  results: Results,
+  seconds_per_query: dict[str, float] | None = None,
+) -> list[pathlib.Path]:
   """Writes mAP.txt, metrics.json and pr_<split>.png (one curve per stage); returns the paths.
 
   seconds_per_query: per-stage timings for metrics.json (see metrics_dict).
@@ -81,8 +98,9 @@ def write_report(output_dir: str | pathlib.Path, dataset: str, protocol: str,
   with atomic_write(written[0], "w") as handle:
     handle.write(map_text(dataset, protocol, results))
   with atomic_write(written[1], "w") as handle:
-    json.dump(metrics_dict(dataset, protocol, query_names, results, seconds_per_query), handle,
-              indent=2)
+    json.dump(
+      metrics_dict(dataset, protocol, query_names, results, seconds_per_query), handle, indent=2
+    )
     handle.write("\n")
   splits = list(next(iter(results.values())).keys()) if results else []
   for split in splits:

@@ -18,17 +18,24 @@ def side_by_side(image_a: np.ndarray, image_b: np.ndarray) -> tuple[np.ndarray, 
   """Both RGB images on one canvas (A left, B right, top-aligned); returns (canvas, x offset of B)."""
   height = max(image_a.shape[0], image_b.shape[0])
   canvas = np.full((height, image_a.shape[1] + image_b.shape[1], 3), 255, np.uint8)
-  canvas[:image_a.shape[0], :image_a.shape[1]] = image_a
-  canvas[:image_b.shape[0], image_a.shape[1]:] = image_b
+  canvas[: image_a.shape[0], : image_a.shape[1]] = image_a
+  canvas[: image_b.shape[0], image_a.shape[1] :] = image_b
   return canvas, image_a.shape[1]
 
 
 MAX_CANVAS_SIDE = 2400  # pixels: match pictures stay a few MB whatever the image sizes.
 
 
-def draw_matches(path: str | os.PathLike, image_a: np.ndarray, image_b: np.ndarray,
-                 points_a: np.ndarray, points_b: np.ndarray, title: str,
-                 max_lines: int = 500, max_side: int = MAX_CANVAS_SIDE) -> None:
+def draw_matches(
+  path: str | os.PathLike,
+  image_a: np.ndarray,
+  image_b: np.ndarray,
+  points_a: np.ndarray,
+  points_b: np.ndarray,
+  title: str,
+  max_lines: int = 500,
+  max_side: int = MAX_CANVAS_SIDE,
+) -> None:
   """Writes a PNG with lines between corresponding (y, x) points [K, 2] of A and B.
 
   Both images are shrunk by one factor (points with them) so that the picture's
@@ -67,15 +74,17 @@ def save_figure(figure, path: str | os.PathLike, dpi: int = 100) -> None:
   write_bytes_atomic(path, buffer.getvalue())
 
 
-def plot_precision_recall(path: str | os.PathLike, recall_levels: list[float],
-                          curves: dict[str, list[float]], title: str) -> None:
+def plot_precision_recall(
+  path: str | os.PathLike, recall_levels: list[float], curves: dict[str, list[float]], title: str
+) -> None:
   """Writes a PNG with one precision-recall curve (precision per recall level) per label."""
   figure, axes = plt.subplots(figsize=(5.5, 4.5), dpi=100)
   for label, precision in curves.items():
     if precision:
       axes.plot(recall_levels, precision, marker="o", markersize=3, label=label)
-  axes.set(xlabel="recall", ylabel="interpolated precision", xlim=(0, 1), ylim=(0, 1.02),
-           title=title)
+  axes.set(
+    xlabel="recall", ylabel="interpolated precision", xlim=(0, 1), ylim=(0, 1.02), title=title
+  )
   axes.grid(alpha=0.3)
   if any(curves.values()):
     axes.legend(loc="lower left")
@@ -100,20 +109,27 @@ def fit_caption(text: str, width: int = 30) -> str:
   return "\n".join(lines)
 
 
-def draw_contact_sheet(path: str | os.PathLike, query: np.ndarray, results: list[np.ndarray],
-                       captions: list[str], query_caption: str = "query",
-                       columns: int = 5) -> None:
+def draw_contact_sheet(
+  path: str | os.PathLike,
+  query: np.ndarray,
+  results: list[np.ndarray],
+  captions: list[str],
+  query_caption: str = "query",
+  columns: int = 5,
+) -> None:
   """Writes a PNG grid: the query image first, then each result image with its caption."""
   tiles = [query, *results]
   labels = [query_caption, *captions]
   rows = -(-len(tiles) // columns)
-  figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.6 * rows), dpi=100,
-                              squeeze=False)
+  figure, axes = plt.subplots(
+    rows, columns, figsize=(2.6 * columns, 2.6 * rows), dpi=100, squeeze=False
+  )
   for cell, axis in enumerate(axes.flat):
     axis.set_axis_off()
     if cell < len(tiles):
       axis.imshow(tiles[cell])
-      axis.set_title(fit_caption(labels[cell]), fontsize=8,
-                     color="tab:blue" if cell == 0 else "black")
+      axis.set_title(
+        fit_caption(labels[cell]), fontsize=8, color="tab:blue" if cell == 0 else "black"
+      )
   figure.tight_layout()
   save_figure(figure, path)

@@ -16,8 +16,14 @@ from delf_ret.features import feature_file_names, write_features
 from delf_ret.images import ImageReadError
 
 # Write errors that concern the output folder itself (every later write would fail too).
-_LOCATION_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
-                    errno.ENOTDIR)
+_LOCATION_ERRORS = (
+  errno.ENOSPC,
+  errno.EROFS,
+  errno.EACCES,
+  errno.EPERM,
+  errno.EDQUOT,
+  errno.ENOTDIR,
+)
 
 
 def prepare_output_dir(output_dir: pathlib.Path) -> None:
@@ -33,13 +39,18 @@ def prepare_output_dir(output_dir: pathlib.Path) -> None:
     with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write_test_"):
       pass
   except OSError as error:
-    raise InputError(f"cannot write into the output folder {output_dir}: "
-                     f"{error.strerror or error}") from None
+    raise InputError(
+      f"cannot write into the output folder {output_dir}: {error.strerror or error}"
+    ) from None
 
 
-def extract_all(extractor: DelfExtractor, image_paths: list[pathlib.Path],
-                output_dir: pathlib.Path, log: Callable[[str], None] = print,
-                overwrite: bool = False) -> list[tuple[pathlib.Path, str]]:
+def extract_all(
+  extractor: DelfExtractor,
+  image_paths: list[pathlib.Path],
+  output_dir: pathlib.Path,
+  log: Callable[[str], None] = print,
+  overwrite: bool = False,
+) -> list[tuple[pathlib.Path, str]]:
   """Writes OUTPUT_DIR/<image stem>.delf for every image whose file is missing.
 
   Files are written atomically, so a rerun after an interruption skips the
@@ -53,8 +64,12 @@ def extract_all(extractor: DelfExtractor, image_paths: list[pathlib.Path],
   """
   prepare_output_dir(output_dir)
   remove_leftovers(output_dir, log)
-  check_feature_folder(output_dir, extraction_settings(
-      extractor.config, getattr(extractor, "model_file", None)), overwrite, log)
+  check_feature_folder(
+    output_dir,
+    extraction_settings(extractor.config, getattr(extractor, "model_file", None)),
+    overwrite,
+    log,
+  )
   names = feature_file_names(image_paths)
   failures = []
   total = len(image_paths)
@@ -83,14 +98,18 @@ def extract_all(extractor: DelfExtractor, image_paths: list[pathlib.Path],
       write_features(target, features)
     except OSError as error:
       if error.errno in _LOCATION_ERRORS:
-        raise InputError(f"cannot write {target}: {error.strerror or error}; stopped after "
-                         f"{done} new feature files") from None
+        raise InputError(
+          f"cannot write {target}: {error.strerror or error}; stopped after "
+          f"{done} new feature files"
+        ) from None
       reason = f"{path}: cannot write {target.name}: {error.strerror or error}"
       log(f"[{i}/{total}] ERROR {reason}")
       failures.append((path, reason))
       continue
     done += 1
     rate = (time.time() - start) / done
-    log(f"[{i}/{total}] {path.name}: {features.num_features} features "
-        f"(dim {features.descriptor_dim}) -> {target} [{rate:.2f} s/image]")
+    log(
+      f"[{i}/{total}] {path.name}: {features.num_features} features "
+      f"(dim {features.descriptor_dim}) -> {target} [{rate:.2f} s/image]"
+    )
   return failures

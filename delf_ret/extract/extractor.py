@@ -6,13 +6,13 @@ import os
 
 import numpy as np
 
-from delf_ret.extract import pca as pca_lib
 from delf_ret.config import ConfigError, DelfConfig
 from delf_ret.errors import DelfRetError
+from delf_ret.extract import pca as pca_lib
+from delf_ret.extract.geometry import receptive_field_for_layer
 from delf_ret.extract.inference import BACKENDS
 from delf_ret.extract.selection import ScaleOutput, SelectedFeatures, select_features
 from delf_ret.features import LocalFeatures
-from delf_ret.extract.geometry import receptive_field_for_layer
 from delf_ret.images import load_image
 
 
@@ -30,8 +30,9 @@ def base_resize_factor(height: int, width: int, max_image_size: int, min_image_s
   return 1.0
 
 
-def pyramid_levels(height: int, width: int,
-                   config: DelfConfig) -> list[tuple[float, tuple[float, float], tuple[int, int]]]:
+def pyramid_levels(
+  height: int, width: int, config: DelfConfig
+) -> list[tuple[float, tuple[float, float], tuple[int, int]]]:
   """(pyramid scale, (y, x) image scale, (h, w) network input size) for each usable level.
 
   The (y, x) image scale is the level size divided by the original size, so
@@ -49,8 +50,9 @@ def pyramid_levels(height: int, width: int,
       levels.append((float(scale), (size[0] / height, size[1] / width), size))
   if not levels:
     raise ImageTooSmallError(
-        f"image of {width}x{height} pixels is too small: no pyramid level reaches "
-        f"{config.min_scaled_side} pixels on its shorter side")
+      f"image of {width}x{height} pixels is too small: no pyramid level reaches "
+      f"{config.min_scaled_side} pixels on its shorter side"
+    )
   return levels
 
 
@@ -66,9 +68,8 @@ class DelfExtractor:
   """
 
   def __init__(self, config: DelfConfig, model=None, backend: str = "compiled"):
-    from delf_ret.model.delf import load_delf_model
-
     from delf_ret.extract.saved_model import SavedModelExtractor, is_saved_model
+    from delf_ret.model.delf import load_delf_model
 
     self.config = config
     # The model file the features depend on (None: a model object given by the caller).
@@ -93,22 +94,33 @@ class DelfExtractor:
     self.pca = None
     if local.use_pca:
       params = local.pca_parameters
-      self.pca = pca_lib.load_pca(params.mean_path, params.projection_matrix_path,
-                                  params.pca_variances_path if params.use_whitening else None)
+      self.pca = pca_lib.load_pca(
+        params.mean_path,
+        params.projection_matrix_path,
+        params.pca_variances_path if params.use_whitening else None,
+      )
       if params.pca_dim > self.pca.projection.shape[0]:
-        raise ConfigError(f"pca_dim {params.pca_dim} exceeds the "
-                         f"{self.pca.projection.shape[0]} components in the PCA files")
+        raise ConfigError(
+          f"pca_dim {params.pca_dim} exceeds the "
+          f"{self.pca.projection.shape[0]} components in the PCA files"
+        )
 
   def extract_raw(self, image: np.ndarray) -> SelectedFeatures:
     """Selected raw conv4 features of an RGB uint8 image [H, W, 3], by decreasing attention."""
     height, width = image.shape[:2]
     local = self.config.delf_local_config
     if self.saved_model is not None:
-      factor = base_resize_factor(height, width, self.config.max_image_size,
-                                  self.config.min_image_size)
-      return self.saved_model.select(image, pyramid_levels(height, width, self.config), factor,
-                                     local.score_threshold, local.max_feature_num,
-                                     list(self.config.delf_global_config.image_scales_ind))
+      factor = base_resize_factor(
+        height, width, self.config.max_image_size, self.config.min_image_size
+      )
+      return self.saved_model.select(
+        image,
+        pyramid_levels(height, width, self.config),
+        factor,
+        local.score_threshold,
+        local.max_feature_num,
+        list(self.config.delf_global_config.image_scales_ind),
+      )
     outputs = []
     for scale, total, size in pyramid_levels(height, width, self.config):
       features, attention = self._run_level(image, size)
@@ -125,9 +137,13 @@ class DelfExtractor:
     if self.pca is not None:
       params = self.config.delf_local_config.pca_parameters
       descriptors = pca_lib.apply_pca(descriptors, self.pca, params.pca_dim, params.use_whitening)
-    return LocalFeatures(locations=raw.locations, scales=raw.scales, descriptors=descriptors,
-                         attention=raw.attention,
-                         orientations=np.zeros(raw.attention.shape[0], np.float32))
+    return LocalFeatures(
+      locations=raw.locations,
+      scales=raw.scales,
+      descriptors=descriptors,
+      attention=raw.attention,
+      orientations=np.zeros(raw.attention.shape[0], np.float32),
+    )
 
   def extract_raw_file(self, path: str | os.PathLike) -> SelectedFeatures:
     """Reads an image file (see delf_ret.images) and selects its raw features.

@@ -19,6 +19,7 @@ class ReceptiveField:
     stride: distance between neighbouring cells, in input pixels.
     padding: how far the first cell's field starts before pixel 0.
   """
+
   size: int
   stride: int
   padding: int
@@ -38,12 +39,15 @@ def receptive_field_for_layer(layer_name: str) -> ReceptiveField:
     return RECEPTIVE_FIELDS[layer_name]
   except KeyError:
     raise ValueError(
-        f"unsupported layer_name {layer_name!r}; supported: {sorted(RECEPTIVE_FIELDS)}"
+      f"unsupported layer_name {layer_name!r}; supported: {sorted(RECEPTIVE_FIELDS)}"
     ) from None
 
 
-def keypoint_centers(cell_indices: np.ndarray, scale: float | tuple[float, float],
-                     field: ReceptiveField = RESNET50_CONV4) -> np.ndarray:
+def keypoint_centers(
+  cell_indices: np.ndarray,
+  scale: float | tuple[float, float],
+  field: ReceptiveField = RESNET50_CONV4,
+) -> np.ndarray:
   """Maps feature-map cell indices to keypoint centres in original-image pixels.
 
   centre = (stride * index - padding + (size - 1) / 2) / scale

@@ -43,8 +43,10 @@ def _fold(kernel: np.ndarray, bias: np.ndarray | None, bn: keras.layers.BatchNor
   beta = bn.beta.numpy() if bn.center else 0.0
   multiplier = gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
   bias = np.zeros(kernel.shape[-1], np.float32) if bias is None else bias
-  return ((kernel * multiplier).astype(np.float32),
-          ((bias - bn.moving_mean.numpy()) * multiplier + beta).astype(np.float32))
+  return (
+    (kernel * multiplier).astype(np.float32),
+    ((bias - bn.moving_mean.numpy()) * multiplier + beta).astype(np.float32),
+  )
 
 
 class _Passthrough(keras.layers.Layer):
@@ -90,15 +92,17 @@ def fold_backbone(backbone: keras.Model) -> keras.Model:
 def compiled_level_function(model: DelfModel) -> LevelFunction:
   """Fast path: BN-folded backbone and attention head in one shape-generic tf.function."""
   backbone = fold_backbone(model.backbone)
-  kernel1, bias1 = _fold(model.attention_conv1.kernel.numpy(), model.attention_conv1.bias.numpy(),
-                         model.attention_bn)
+  kernel1, bias1 = _fold(
+    model.attention_conv1.kernel.numpy(), model.attention_conv1.bias.numpy(), model.attention_bn
+  )
   kernel1 = tf.constant(kernel1[0, 0])
   bias1 = tf.constant(bias1)
   kernel2 = tf.constant(model.attention_conv2.kernel.numpy()[0, 0])
   bias2 = tf.constant(model.attention_conv2.bias.numpy())
 
-  @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8),
-                                tf.TensorSpec([2], tf.int32)])
+  @tf.function(
+    input_signature=[tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([2], tf.int32)]
+  )
   def run_graph(image, size):
     resized = resize_image(image, size)[None]
     features = backbone(caffe_preprocess(resized), training=False)[0]
@@ -107,8 +111,9 @@ def compiled_level_function(model: DelfModel) -> LevelFunction:
     return features, attention
 
   def run(image: np.ndarray, size: tuple[int, int]):
-    features, attention = run_graph(tf.convert_to_tensor(image, tf.uint8),
-                                    tf.constant(size, tf.int32))
+    features, attention = run_graph(
+      tf.convert_to_tensor(image, tf.uint8), tf.constant(size, tf.int32)
+    )
     return features.numpy(), attention.numpy()
 
   return run

@@ -27,9 +27,9 @@ class PcaError(DelfRetError):
 
 @dataclasses.dataclass
 class PcaModel:
-  mean: np.ndarray         # [D]
-  projection: np.ndarray   # [K, D]
-  variances: np.ndarray    # [K]
+  mean: np.ndarray  # [D]
+  projection: np.ndarray  # [K, D]
+  variances: np.ndarray  # [K]
 
 
 def l2_normalize(vectors: np.ndarray, epsilon: float = 1e-12) -> np.ndarray:
@@ -48,24 +48,30 @@ def learn_pca(descriptors: np.ndarray) -> PcaModel:
     raise PcaError(f"need at least 2 descriptors of shape [N, D], got {descriptors.shape}")
   pca = PCA(n_components=min(descriptors.shape), svd_solver="full")
   pca.fit(descriptors)
-  return PcaModel(mean=pca.mean_.astype(np.float32),
-                  projection=pca.components_.astype(np.float32),
-                  variances=pca.explained_variance_.astype(np.float32))
+  return PcaModel(
+    mean=pca.mean_.astype(np.float32),
+    projection=pca.components_.astype(np.float32),
+    variances=pca.explained_variance_.astype(np.float32),
+  )
 
 
-def apply_pca(descriptors: np.ndarray, model: PcaModel, dim: int,
-              use_whitening: bool = False) -> np.ndarray:
+def apply_pca(
+  descriptors: np.ndarray, model: PcaModel, dim: int, use_whitening: bool = False
+) -> np.ndarray:
   """Projects descriptors [N, D] to [N, dim], optionally whitens, then L2-normalises."""
   if dim > model.projection.shape[0]:
     raise PcaError(f"pca_dim {dim} exceeds the {model.projection.shape[0]} learned components")
   if descriptors.shape[1] != model.mean.shape[0]:
-    raise PcaError(f"descriptors have dimension {descriptors.shape[1]}, "
-                     f"the PCA model expects {model.mean.shape[0]}")
+    raise PcaError(
+      f"descriptors have dimension {descriptors.shape[1]}, "
+      f"the PCA model expects {model.mean.shape[0]}"
+    )
   projected = (descriptors - model.mean) @ model.projection[:dim].T
   if use_whitening:
     if not np.all(np.isfinite(model.variances[:dim])) or np.any(model.variances[:dim] < 0):
-      raise PcaError("whitening needs the PCA variances (finite, not negative); the model has "
-                     "none or bad ones")
+      raise PcaError(
+        "whitening needs the PCA variances (finite, not negative); the model has none or bad ones"
+      )
     projected = projected / np.sqrt(model.variances[:dim] + WHITENING_EPSILON)
   return l2_normalize(projected)
 
@@ -93,11 +99,18 @@ def write_array(path: str | os.PathLike, array: np.ndarray) -> None:
     np.save(handle, np.asarray(array, np.float32))
 
 
-def save_pca(model: PcaModel, mean_path: str | os.PathLike, projection_path: str | os.PathLike,
-             variances_path: str | os.PathLike) -> None:
+def save_pca(
+  model: PcaModel,
+  mean_path: str | os.PathLike,
+  projection_path: str | os.PathLike,
+  variances_path: str | os.PathLike,
+) -> None:
   """Writes the three arrays, each atomically, as .npy or official .datum files (by extension)."""
-  for array, path in ((model.mean, mean_path), (model.projection, projection_path),
-                      (model.variances, variances_path)):
+  for array, path in (
+    (model.mean, mean_path),
+    (model.projection, projection_path),
+    (model.variances, variances_path),
+  ):
     write_array(path, array)
 
 
@@ -107,15 +120,21 @@ def pca_paths(folder: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path, pa
   return tuple(folder / name for name in PCA_FILE_NAMES)
 
 
-def load_pca(mean_path: str | os.PathLike, projection_path: str | os.PathLike,
-             variances_path: str | os.PathLike | None = None) -> PcaModel:
+def load_pca(
+  mean_path: str | os.PathLike,
+  projection_path: str | os.PathLike,
+  variances_path: str | os.PathLike | None = None,
+) -> PcaModel:
   """Reads a PCA model from .npy or official .datum files; variances may be absent (no whitening).
 
   Shapes: mean [D], projection [K, D] (rows: principal directions), variances [K].
   """
   arrays = {}
-  for name, path in (("mean", mean_path), ("projection", projection_path),
-                     ("variances", variances_path)):
+  for name, path in (
+    ("mean", mean_path),
+    ("projection", projection_path),
+    ("variances", variances_path),
+  ):
     if name == "variances" and not path:
       continue
     path = pathlib.Path(path)
@@ -132,8 +151,9 @@ def load_pca(mean_path: str | os.PathLike, projection_path: str | os.PathLike,
   if mean.ndim != 1 or projection.ndim != 2 or projection.shape[1] != mean.shape[0]:
     raise PcaError(f"PCA files disagree: mean {mean.shape}, projection {projection.shape}")
   if variances.shape != (projection.shape[0],):
-    raise PcaError(f"PCA variances shape {variances.shape} does not match "
-                     f"projection {projection.shape}")
+    raise PcaError(
+      f"PCA variances shape {variances.shape} does not match projection {projection.shape}"
+    )
   if variances_path and np.any(variances < 0):
     raise PcaError(f"PCA variances file {variances_path} holds negative variances")
   return PcaModel(mean=mean, projection=projection, variances=variances)

@@ -42,13 +42,17 @@ def with_pca(config: DelfConfig, paths: tuple[os.PathLike, os.PathLike, os.PathL
   params = pca_config.delf_local_config.pca_parameters
   mean, projection, variances = (str(path) for path in paths)
   params.mean_path, params.projection_matrix_path, params.pca_variances_path = (
-      mean, projection, variances)
+    mean,
+    projection,
+    variances,
+  )
   config_lib.validate(pca_config)
   return pca_config
 
 
-def extract_raw_features(extractor: DelfExtractor, image_paths: list[pathlib.Path],
-                         log=print) -> tuple[dict[pathlib.Path, SelectedFeatures], list[str]]:
+def extract_raw_features(
+  extractor: DelfExtractor, image_paths: list[pathlib.Path], log=print
+) -> tuple[dict[pathlib.Path, SelectedFeatures], list[str]]:
   """Raw selected features per readable image, and one reason line per failed image."""
   raw, failures = {}, []
   for i, path in enumerate(image_paths, 1):
@@ -81,6 +85,7 @@ class LearnedPca:
   failures: one reason line per image that could not be used.
   num_descriptors: how many descriptors the PCA was fitted on.
   """
+
   model: PcaModel
   paths: tuple[pathlib.Path, pathlib.Path, pathlib.Path]
   raw: dict[pathlib.Path, SelectedFeatures]
@@ -88,9 +93,14 @@ class LearnedPca:
   num_descriptors: int
 
 
-def learn_pca_from_images(config: DelfConfig, image_paths: list[pathlib.Path],
-                          output_dir: str | os.PathLike, model=None, backend: str = "compiled",
-                          log: Callable[[str], None] = print) -> LearnedPca:
+def learn_pca_from_images(
+  config: DelfConfig,
+  image_paths: list[pathlib.Path],
+  output_dir: str | os.PathLike,
+  model=None,
+  backend: str = "compiled",
+  log: Callable[[str], None] = print,
+) -> LearnedPca:
   """Extracts raw descriptors of the images, learns the PCA and writes its files to ``output_dir``.
 
   Args:

@@ -39,9 +39,9 @@ import tensorflow as tf
 from absl import logging
 
 from delf_ret.atomic import respect_umask
+from delf_ret.extract.geometry import RESNET50_CONV4, ReceptiveField
 from delf_ret.extract.inference import resize_image
 from delf_ret.extract.selection import SelectedFeatures
-from delf_ret.extract.geometry import RESNET50_CONV4, ReceptiveField
 from delf_ret.model.delf import ModelFileError
 
 
@@ -58,16 +58,26 @@ class DelfServingModule(tf.Module):
     self.model = model
     self.field = field
 
-  @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name="image"),
-                                tf.TensorSpec([None], tf.float32, name="scales"),
-                                tf.TensorSpec([], tf.float32, name="score_threshold"),
-                                tf.TensorSpec([], tf.int32, name="max_feature_num")])
+  @tf.function(
+    input_signature=[
+      tf.TensorSpec([None, None, 3], tf.uint8, name="image"),
+      tf.TensorSpec([None], tf.float32, name="scales"),
+      tf.TensorSpec([], tf.float32, name="score_threshold"),
+      tf.TensorSpec([], tf.int32, name="max_feature_num"),
+    ]
+  )
   def extract(self, image, scales, score_threshold, max_feature_num):
     height = tf.cast(tf.shape(image)[0], tf.float64)
     width = tf.cast(tf.shape(image)[1], tf.float64)
-    arrays = {name: tf.TensorArray(dtype, size=0, dynamic_size=True, infer_shape=False)
-              for name, dtype in (("locations", tf.float32), ("scales", tf.float32),
-                                  ("scores", tf.float32), ("descriptors", tf.float32))}
+    arrays = {
+      name: tf.TensorArray(dtype, size=0, dynamic_size=True, infer_shape=False)
+      for name, dtype in (
+        ("locations", tf.float32),
+        ("scales", tf.float32),
+        ("scores", tf.float32),
+        ("descriptors", tf.float32),
+      )
+    }
     offset = self.field.padding - (self.field.size - 1) / 2.0
     for i in tf.range(tf.size(scales)):
       scale = tf.cast(scales[i], tf.float64)
@@ -87,11 +97,12 @@ class DelfServingModule(tf.Module):
     gathered = {name: array.concat() for name, array in arrays.items()}
     order = tf.argsort(-gathered["scores"], stable=True)[:max_feature_num]
     return {
-        "locations": tf.reshape(tf.gather(gathered["locations"], order), [-1, 2]),
-        "scales": tf.gather(gathered["scales"], order),
-        "scores": tf.gather(gathered["scores"], order),
-        "descriptors": tf.reshape(tf.gather(gathered["descriptors"], order),
-                                  [-1, self.model.backbone.output.shape[-1]]),
+      "locations": tf.reshape(tf.gather(gathered["locations"], order), [-1, 2]),
+      "scales": tf.gather(gathered["scales"], order),
+      "scores": tf.gather(gathered["scores"], order),
+      "descriptors": tf.reshape(
+        tf.gather(gathered["descriptors"], order), [-1, self.model.backbone.output.shape[-1]]
+      ),
     }
 
 
@@ -105,10 +116,12 @@ class OfficialSignatureModule(tf.Module):
     super().__init__()
     self.inner = DelfServingModule(model, field)
     self.field = field
-    specs = [tf.TensorSpec([None, None, 3], tf.uint8, name="input_image"),
-             tf.TensorSpec([None], tf.float32, name="input_scales"),
-             tf.TensorSpec([], tf.int32, name="input_max_feature_num"),
-             tf.TensorSpec([], tf.float32, name="input_abs_thres")]
+    specs = [
+      tf.TensorSpec([None, None, 3], tf.uint8, name="input_image"),
+      tf.TensorSpec([None], tf.float32, name="input_scales"),
+      tf.TensorSpec([], tf.int32, name="input_max_feature_num"),
+      tf.TensorSpec([], tf.float32, name="input_abs_thres"),
+    ]
     if delg:
       specs.append(tf.TensorSpec([None], tf.int32, name="input_global_scales_ind"))
       self.serve = tf.function(self._serve_delg, input_signature=specs)
@@ -120,22 +133,28 @@ class OfficialSignatureModule(tf.Module):
     half = (self.field.size - 1) / 2.0  # Box = centre -/+ half the receptive field / scale.
     extent = half / out["scales"][:, None]
     boxes = tf.concat([out["locations"] - extent, out["locations"] + extent], axis=1)
-    return {"boxes": boxes, "features": out["descriptors"], "scales": out["scales"],
-            "scores": out["scores"][:, None]}
+    return {
+      "boxes": boxes,
+      "features": out["descriptors"],
+      "scales": out["scales"],
+      "scores": out["scores"][:, None],
+    }
 
   def _serve_delf(self, input_image, input_scales, input_max_feature_num, input_abs_thres):
     return self._local(input_image, input_scales, input_max_feature_num, input_abs_thres)
 
-  def _serve_delg(self, input_image, input_scales, input_max_feature_num, input_abs_thres,
-                  input_global_scales_ind):
+  def _serve_delg(
+    self, input_image, input_scales, input_max_feature_num, input_abs_thres, input_global_scales_ind
+  ):
     outputs = self._local(input_image, input_scales, input_max_feature_num, input_abs_thres)
     pooled = tf.reduce_mean(outputs["features"], axis=0, keepdims=True)  # Stand-in global output.
     outputs["global_descriptors"] = tf.math.l2_normalize(pooled, axis=1)
     return outputs
 
 
-def export_official_signature(model, output_dir: str | os.PathLike,
-                              delg: bool = False) -> pathlib.Path:
+def export_official_signature(
+  model, output_dir: str | os.PathLike, delg: bool = False
+) -> pathlib.Path:
   """Writes ``model`` as a SavedModel with the official DELF (or DELG) serving signature.
 
   Boxes are the receptive fields of the selected cells scaled back to the
@@ -156,8 +175,11 @@ def export_saved_model(model, output_dir: str | os.PathLike) -> pathlib.Path:
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
   respect_umask(staging, directory=True)
   try:
-    tf.saved_model.save(module, str(staging),
-                        signatures={"serving_default": module.extract, "extract": module.extract})
+    tf.saved_model.save(
+      module,
+      str(staging),
+      signatures={"serving_default": module.extract, "extract": module.extract},
+    )
     if output_dir.exists():
       old = output_dir.with_name(f".{output_dir.name}.old")
       shutil.rmtree(old, ignore_errors=True)
@@ -171,8 +193,10 @@ def export_saved_model(model, output_dir: str | os.PathLike) -> pathlib.Path:
   return output_dir
 
 
-TRUST_WARNING = ("{path} is a SavedModel: loading it runs the TensorFlow graph it holds, which "
-                 "can read and write files; load only SavedModels from a source you trust")
+TRUST_WARNING = (
+  "{path} is a SavedModel: loading it runs the TensorFlow graph it holds, which "
+  "can read and write files; load only SavedModels from a source you trust"
+)
 
 
 class SavedModelExtractor:
@@ -205,12 +229,18 @@ class SavedModelExtractor:
       else:
         self.signature = self._tf1_tensors()
         if self.signature is None:
-          found = "; ".join(
+          found = (
+            "; ".join(
               f"{name}({', '.join(sorted(function.structured_input_signature[1]))})"
-              for name, function in signatures.items()) or "none"
-          raise ModelFileError(f"{path}: no usable signature: expected delf-ret's 'extract' or "
-                               f"the official DELF one with inputs {', '.join(OFFICIAL_INPUTS)} "
-                               f"(or a TF1 graph with tensors of those names); found {found}")
+              for name, function in signatures.items()
+            )
+            or "none"
+          )
+          raise ModelFileError(
+            f"{path}: no usable signature: expected delf-ret's 'extract' or "
+            f"the official DELF one with inputs {', '.join(OFFICIAL_INPUTS)} "
+            f"(or a TF1 graph with tensors of those names); found {found}"
+          )
         self.official = set(OFFICIAL_INPUTS)
 
   def _tf1_tensors(self):
@@ -223,36 +253,52 @@ class SavedModelExtractor:
       return None
     outputs = ("boxes", "features", "scales", "scores")
     try:
-      pruned = self.loaded.prune([f"{name}:0" for name in OFFICIAL_INPUTS],
-                                 [f"{name}:0" for name in outputs])
+      pruned = self.loaded.prune(
+        [f"{name}:0" for name in OFFICIAL_INPUTS], [f"{name}:0" for name in outputs]
+      )
     except (KeyError, ValueError, TypeError):
       return None
 
     def run(input_image, input_scales, input_max_feature_num, input_abs_thres, **unused):
-      return dict(zip(outputs, pruned(input_image, input_scales, input_max_feature_num,
-                                      input_abs_thres)))
+      return dict(
+        zip(outputs, pruned(input_image, input_scales, input_max_feature_num, input_abs_thres))
+      )
+
     return run
 
-  def select(self, image: np.ndarray, levels: list[tuple[float, tuple[float, float],
-                                                           tuple[int, int]]],
-             base_factor: float, score_threshold: float, max_feature_num: int,
-             global_scales_ind: list[int] | None = None) -> SelectedFeatures:
+  def select(
+    self,
+    image: np.ndarray,
+    levels: list[tuple[float, tuple[float, float], tuple[int, int]]],
+    base_factor: float,
+    score_threshold: float,
+    max_feature_num: int,
+    global_scales_ind: list[int] | None = None,
+  ) -> SelectedFeatures:
     """Selected raw features for the pyramid ``levels`` of delf_ret.extract.pyramid_levels."""
     if self.official is not None:
-      return self._select_official(image, levels, base_factor, score_threshold, max_feature_num,
-                                   global_scales_ind)
+      return self._select_official(
+        image, levels, base_factor, score_threshold, max_feature_num, global_scales_ind
+      )
     totals = np.array([scale * base_factor for scale, _, _ in levels], np.float32)
-    outputs = self.signature(image=tf.constant(image, tf.uint8), scales=tf.constant(totals),
-                             score_threshold=tf.constant(score_threshold, tf.float32),
-                             max_feature_num=tf.constant(max_feature_num, tf.int32))
+    outputs = self.signature(
+      image=tf.constant(image, tf.uint8),
+      scales=tf.constant(totals),
+      score_threshold=tf.constant(score_threshold, tf.float32),
+      max_feature_num=tf.constant(max_feature_num, tf.int32),
+    )
     level_of_total = {float(total): scale for total, (scale, _, _) in zip(totals, levels)}
     scales = np.array([level_of_total[float(s)] for s in outputs["scales"].numpy()], np.float32)
-    return SelectedFeatures(locations=outputs["locations"].numpy(), scales=scales,
-                            descriptors=outputs["descriptors"].numpy(),
-                            attention=outputs["scores"].numpy())
+    return SelectedFeatures(
+      locations=outputs["locations"].numpy(),
+      scales=scales,
+      descriptors=outputs["descriptors"].numpy(),
+      attention=outputs["scores"].numpy(),
+    )
 
-  def _select_official(self, image, levels, base_factor, score_threshold, max_feature_num,
-                       global_scales_ind):
+  def _select_official(
+    self, image, levels, base_factor, score_threshold, max_feature_num, global_scales_ind
+  ):
     """The official extractor's steps: shrink to max_image_size, run, box centres back."""
     height, width = image.shape[:2]
     resized_image = image
@@ -261,20 +307,25 @@ class SavedModelExtractor:
       size = (max(1, int(round(height * base_factor))), max(1, int(round(width * base_factor))))
       resized_image = tf.cast(tf.round(resize_image(image, size)), tf.uint8).numpy()
       ratio = np.array([size[0] / height, size[1] / width])
-    inputs = {"input_image": tf.constant(resized_image, tf.uint8),
-              "input_scales": tf.constant([scale for scale, _, _ in levels], tf.float32),
-              "input_max_feature_num": tf.constant(max_feature_num, tf.int32),
-              "input_abs_thres": tf.constant(score_threshold, tf.float32)}
+    inputs = {
+      "input_image": tf.constant(resized_image, tf.uint8),
+      "input_scales": tf.constant([scale for scale, _, _ in levels], tf.float32),
+      "input_max_feature_num": tf.constant(max_feature_num, tf.int32),
+      "input_abs_thres": tf.constant(score_threshold, tf.float32),
+    }
     if "input_global_scales_ind" in self.official:
       inputs["input_global_scales_ind"] = tf.constant(
-          list(global_scales_ind or range(len(levels))), tf.int32)
+        list(global_scales_ind or range(len(levels))), tf.int32
+      )
     outputs = self.signature(**inputs)
     missing = {"boxes", "features", "scales", "scores"} - set(outputs)
     if missing:
       raise ModelFileError(f"{self.path}: the serving signature lacks outputs {sorted(missing)}")
     boxes = outputs["boxes"].numpy().reshape(-1, 4)
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0 / ratio  # (y, x) in original pixels.
-    return SelectedFeatures(locations=centres.astype(np.float32),
-                            scales=outputs["scales"].numpy().reshape(-1).astype(np.float32),
-                            descriptors=outputs["features"].numpy().reshape(boxes.shape[0], -1),
-                            attention=outputs["scores"].numpy().reshape(-1).astype(np.float32))
+    return SelectedFeatures(
+      locations=centres.astype(np.float32),
+      scales=outputs["scales"].numpy().reshape(-1).astype(np.float32),
+      descriptors=outputs["features"].numpy().reshape(boxes.shape[0], -1),
+      attention=outputs["scores"].numpy().reshape(-1).astype(np.float32),
+    )

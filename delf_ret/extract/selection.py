@@ -21,6 +21,7 @@ class ScaleOutput:
       network input size divided by the original size on each axis (pyramid
       scale times any max/min image-size resize, after rounding to pixels).
   """
+
   features: np.ndarray
   attention: np.ndarray
   scale: float
@@ -34,14 +35,16 @@ class SelectedFeatures:
   locations [N, 2] (y, x) original pixels; scales [N]; descriptors [N, C];
   attention [N].
   """
+
   locations: np.ndarray
   scales: np.ndarray
   descriptors: np.ndarray
   attention: np.ndarray
 
 
-def select_features(levels: list[ScaleOutput], score_threshold: float, max_feature_num: int,
-                    field: ReceptiveField) -> SelectedFeatures:
+def select_features(
+  levels: list[ScaleOutput], score_threshold: float, max_feature_num: int, field: ReceptiveField
+) -> SelectedFeatures:
   """Keeps cells with attention >= threshold at every level, then the top ``max_feature_num``.
 
   Ties in attention keep the order (level order, then row-major cell order).
@@ -55,12 +58,17 @@ def select_features(levels: list[ScaleOutput], score_threshold: float, max_featu
     descriptors.append(level.features[rows, cols])
     scores.append(level.attention[rows, cols])
   if not levels:
-    return SelectedFeatures(np.zeros((0, 2), np.float32), np.zeros(0, np.float32),
-                            np.zeros((0, channels), np.float32), np.zeros(0, np.float32))
+    return SelectedFeatures(
+      np.zeros((0, 2), np.float32),
+      np.zeros(0, np.float32),
+      np.zeros((0, channels), np.float32),
+      np.zeros(0, np.float32),
+    )
   scores_all = np.concatenate(scores).astype(np.float32)
   order = np.argsort(-scores_all, kind="stable")[:max_feature_num]
   return SelectedFeatures(
-      locations=np.concatenate(locations)[order],
-      scales=np.concatenate(scales)[order],
-      descriptors=np.concatenate(descriptors).astype(np.float32)[order],
-      attention=scores_all[order])
+    locations=np.concatenate(locations)[order],
+    scales=np.concatenate(scales)[order],
+    descriptors=np.concatenate(descriptors).astype(np.float32)[order],
+    attention=scores_all[order],
+  )

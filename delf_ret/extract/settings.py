@@ -72,8 +72,11 @@ def _differences(old: dict, new: dict) -> str:
   old_lines = set(str(old.get("config", "")).splitlines())
   new_lines = set(str(new.get("config", "")).splitlines())
   changed = sorted(line.strip() for line in old_lines ^ new_lines)
-  changed += [f"{role} file" for role in sorted(set(old.get("files", {})) | set(new["files"]))
-              if old.get("files", {}).get(role) != new["files"].get(role)]
+  changed += [
+    f"{role} file"
+    for role in sorted(set(old.get("files", {})) | set(new["files"]))
+    if old.get("files", {}).get(role) != new["files"].get(role)
+  ]
   return ", ".join(changed[:6]) or "unknown"
 
 
@@ -87,8 +90,12 @@ def _recorded(record: pathlib.Path) -> dict | None:
     return {}
 
 
-def check_feature_folder(folder: str | os.PathLike, settings: dict | None, overwrite: bool,
-                         log: Callable[[str], None] = print) -> None:
+def check_feature_folder(
+  folder: str | os.PathLike,
+  settings: dict | None,
+  overwrite: bool,
+  log: Callable[[str], None] = print,
+) -> None:
   """Makes sure the feature files in ``folder`` were made with ``settings``, then records them.
 
   Other recorded settings: InputError naming what differs, unless ``overwrite``
@@ -107,14 +114,18 @@ def check_feature_folder(folder: str | os.PathLike, settings: dict | None, overw
     if old == settings:
       return
     if features and not overwrite:
-      raise InputError(f"{folder} holds {len(features)} feature files made with other settings "
-                       f"({_differences(old, settings)}); use another folder, or --overwrite to "
-                       f"delete and recompute them")
+      raise InputError(
+        f"{folder} holds {len(features)} feature files made with other settings "
+        f"({_differences(old, settings)}); use another folder, or --overwrite to "
+        f"delete and recompute them"
+      )
     stale = bool(features)
   elif features:
     if not overwrite:
-      log(f"warning: {len(features)} feature files in {folder} have no record of the settings "
-          f"that made them; they are reused as they are (--overwrite recomputes them)")
+      log(
+        f"warning: {len(features)} feature files in {folder} have no record of the settings "
+        f"that made them; they are reused as they are (--overwrite recomputes them)"
+      )
     stale = overwrite
   if stale:
     log(f"deleting {len(features)} feature files of other settings in {folder}")
@@ -136,6 +147,8 @@ def check_database_features(folder: str | os.PathLike, settings: dict | None) ->
   if settings is None or not old:  # No record, or an unreadable one: nothing to compare.
     return
   if old != settings:
-    raise InputError(f"the feature files in {folder} were made with other settings than this "
-                     f"config ({_differences(old, settings)}); query and database features "
-                     f"would not be comparable")
+    raise InputError(
+      f"the feature files in {folder} were made with other settings than this "
+      f"config ({_differences(old, settings)}); query and database features "
+      f"would not be comparable"
+    )

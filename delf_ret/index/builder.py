@@ -15,10 +15,19 @@ from typing import Callable
 
 import numpy as np
 
-from delf_ret.features import (FEATURE_SUFFIX, FeatureFileError, LocalFeatures, image_id_of,
-                               read_features)
-from delf_ret.index.local_index import (IndexParams, LocalFeatureIndex, LocalIndexError,
-                                       remove_leftover_versions)
+from delf_ret.features import (
+  FEATURE_SUFFIX,
+  FeatureFileError,
+  LocalFeatures,
+  image_id_of,
+  read_features,
+)
+from delf_ret.index.local_index import (
+  IndexParams,
+  LocalFeatureIndex,
+  LocalIndexError,
+  remove_leftover_versions,
+)
 
 
 def list_feature_files(features_dir: str | pathlib.Path) -> list[pathlib.Path]:
@@ -77,14 +86,17 @@ def open_or_create(index_dir: pathlib.Path, params: IndexParams, dim: int) -> Lo
     index = LocalFeatureIndex.load(index_dir, expected_dim=dim)
     if index.params.index_type != params.index_type:
       raise LocalIndexError(
-          f"{index_dir} holds a {index.params.index_type!r} index but the config asks for "
-          f"{params.index_type!r}; use another --index_dir or the same index_type")
+        f"{index_dir} holds a {index.params.index_type!r} index but the config asks for "
+        f"{params.index_type!r}; use another --index_dir or the same index_type"
+      )
     if params.index_type == "ivfpq":
       for name in ("pq_fast_scan", "coarse_quantizer"):
         saved, asked = getattr(index.params, name), getattr(params, name)
         if saved != asked:
-          raise LocalIndexError(f"{index_dir} holds an ivfpq index with {name} {saved!r} but the "
-                                f"config asks for {asked!r}; use another --index_dir")
+          raise LocalIndexError(
+            f"{index_dir} holds an ivfpq index with {name} {saved!r} but the "
+            f"config asks for {asked!r}; use another --index_dir"
+          )
     return index
   return LocalFeatureIndex(dim, params)
 
@@ -93,15 +105,21 @@ def _descriptors_for(features: LocalFeatures, dim: int, path: pathlib.Path) -> n
   if features.num_features == 0:
     return np.zeros((0, dim), np.float32)
   if features.descriptor_dim != dim:
-    raise FeatureFileError(f"{path}: {features.descriptor_dim}-d descriptors, but the index "
-                           f"holds {dim}-d ones (extracted with other PCA settings?)")
+    raise FeatureFileError(
+      f"{path}: {features.descriptor_dim}-d descriptors, but the index "
+      f"holds {dim}-d ones (extracted with other PCA settings?)"
+    )
   return features.descriptors
 
 
-def build_index(feature_paths: list[pathlib.Path], index_dir: str | pathlib.Path,
-                params: IndexParams, save_every: int = 500, log: Callable[[str], None] = print,
-                dim: int | None = None
-                ) -> tuple[LocalFeatureIndex, list[tuple[pathlib.Path, str]]]:
+def build_index(
+  feature_paths: list[pathlib.Path],
+  index_dir: str | pathlib.Path,
+  params: IndexParams,
+  save_every: int = 500,
+  log: Callable[[str], None] = print,
+  dim: int | None = None,
+) -> tuple[LocalFeatureIndex, list[tuple[pathlib.Path, str]]]:
   """Adds every feature file not yet in the index at ``index_dir`` and saves it.
 
   ``params`` come from the config (IndexParams.from_config); an IVF-PQ index is
@@ -115,11 +133,12 @@ def build_index(feature_paths: list[pathlib.Path], index_dir: str | pathlib.Path
   index = open_or_create(index_dir, params, dim)
   if index.needs_training:
     sample = training_sample(feature_paths, params.train_sample_size)
-    if sample.shape[0] < max(params.nlist, 2 ** params.pq_nbits):
+    if sample.shape[0] < max(params.nlist, 2**params.pq_nbits):
       raise LocalIndexError(
-          f"IVF-PQ needs at least max(nlist, 2^pq_nbits) = "
-          f"{max(params.nlist, 2 ** params.pq_nbits)} training descriptors, the feature files "
-          f"hold {sample.shape[0]}: use index_type 'flat' or a smaller nlist")
+        f"IVF-PQ needs at least max(nlist, 2^pq_nbits) = "
+        f"{max(params.nlist, 2**params.pq_nbits)} training descriptors, the feature files "
+        f"hold {sample.shape[0]}: use index_type 'flat' or a smaller nlist"
+      )
     log(f"training the IVF-PQ quantisers on {sample.shape[0]} descriptors")
     index.train(sample)
   failures = []
@@ -142,16 +161,18 @@ def build_index(feature_paths: list[pathlib.Path], index_dir: str | pathlib.Path
       index.save(index_dir)
       unsaved = False
     if added % 100 == 0 or i == total:
-      log(f"[{i}/{total}] {added} images added [{(time.time() - start) / added * 1000:.1f} "
-          f"ms/image]")
+      log(
+        f"[{i}/{total}] {added} images added [{(time.time() - start) / added * 1000:.1f} ms/image]"
+      )
   if unsaved:
     index.save(index_dir)
   log(f"index at {index_dir}: {len(index)} images ({added} added now)")
   return index, failures
 
 
-def remove_images(index_dir: str | pathlib.Path, image_ids: list[str],
-                  log: Callable[[str], None] = print) -> LocalFeatureIndex:
+def remove_images(
+  index_dir: str | pathlib.Path, image_ids: list[str], log: Callable[[str], None] = print
+) -> LocalFeatureIndex:
   """Deletes images by id from the index at ``index_dir``, compacts it and saves it.
 
   Raises LocalIndexError naming the ids that are not in the index (nothing is removed then).

@@ -69,6 +69,7 @@ class IndexParams:
   HNSW graph of the IVF centroids with hnsw_m neighbours). Field defaults: the
   retrieval_config defaults.
   """
+
   index_type: str = _DEFAULTS.index_type
   nlist: int = _DEFAULTS.nlist
   pq_m: int = _DEFAULTS.pq_m
@@ -83,8 +84,9 @@ class IndexParams:
   @classmethod
   def from_config(cls, retrieval_config: DelfRetrievalConfig) -> "IndexParams":
     """The index fields of a ``DelfRetrievalConfig`` message."""
-    return cls(**{field.name: getattr(retrieval_config, field.name)
-                  for field in dataclasses.fields(cls)})
+    return cls(
+      **{field.name: getattr(retrieval_config, field.name) for field in dataclasses.fields(cls)}
+    )
 
 
 def _fsync_dir(path: pathlib.Path) -> None:
@@ -103,7 +105,7 @@ class LocalFeatureIndex:
       raise LocalIndexError(f"index_type must be one of {INDEX_TYPES}, got {params.index_type!r}")
     self.dim = int(dim)
     self.params = params
-    self.images: dict[str, int] = {}      # image id -> slot
+    self.images: dict[str, int] = {}  # image id -> slot
     self.slot_names: dict[int, str] = {}  # slot -> image id (live images only)
     self.deleted_slots: set[int] = set()  # hnsw: slots deleted but still in the graph
     self.next_slot = 0
@@ -122,8 +124,9 @@ class LocalFeatureIndex:
     if self.dim % p.pq_m:
       raise LocalIndexError(f"pq_m {p.pq_m} must divide the descriptor dimension {self.dim}")
     if p.coarse_quantizer not in COARSE_QUANTIZERS:
-      raise LocalIndexError(f"coarse_quantizer must be one of {COARSE_QUANTIZERS}, got "
-                            f"{p.coarse_quantizer!r}")
+      raise LocalIndexError(
+        f"coarse_quantizer must be one of {COARSE_QUANTIZERS}, got {p.coarse_quantizer!r}"
+      )
     if p.pq_fast_scan and p.pq_nbits != 4:
       raise LocalIndexError(f"pq_fast_scan needs pq_nbits 4, got {p.pq_nbits}")
     if p.coarse_quantizer == "hnsw":
@@ -153,8 +156,9 @@ class LocalFeatureIndex:
   def _check(self, descriptors: np.ndarray) -> np.ndarray:
     descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
     if descriptors.ndim != 2 or descriptors.shape[1] != self.dim:
-      raise LocalIndexError(f"descriptors of shape {descriptors.shape} do not fit an index of "
-                        f"dimension {self.dim}")
+      raise LocalIndexError(
+        f"descriptors of shape {descriptors.shape} do not fit an index of dimension {self.dim}"
+      )
     return descriptors
 
   def __len__(self) -> int:
@@ -205,8 +209,9 @@ class LocalFeatureIndex:
     if self.params.index_type == "ivfpq":
       self.index.nprobe = self.params.nprobe
       if self.params.coarse_quantizer == "hnsw":
-        faiss.downcast_index(self.index.quantizer).hnsw.efSearch = max(self.params.ef_search,
-                                                                     2 * self.params.nprobe)
+        faiss.downcast_index(self.index.quantizer).hnsw.efSearch = max(
+          self.params.ef_search, 2 * self.params.nprobe
+        )
     elif self.params.index_type == "hnsw":
       faiss.downcast_index(self.index.index).hnsw.efSearch = self.params.ef_search
     fetch = k
@@ -233,7 +238,9 @@ class LocalFeatureIndex:
       return
     old = faiss.downcast_index(self.index.index)
     id_map = faiss.vector_to_array(self.index.id_map)
-    vectors = old.reconstruct_n(0, old.ntotal) if old.ntotal else np.zeros((0, self.dim), np.float32)
+    vectors = (
+      old.reconstruct_n(0, old.ntotal) if old.ntotal else np.zeros((0, self.dim), np.float32)
+    )
     keep = ~np.isin(id_map >> KEYPOINT_BITS, list(self.deleted_slots))
     self.index = self._new_faiss_index()
     if keep.any():
@@ -249,9 +256,14 @@ class LocalFeatureIndex:
     version_dir = pathlib.Path(tempfile.mkdtemp(prefix="v-", dir=folder))
     respect_umask(version_dir, directory=True)  # mkdtemp makes 0700 folders.
     faiss.write_index(self.index, str(version_dir / "index.faiss"))
-    meta = {"format_version": FORMAT_VERSION, "dim": self.dim,
-            "params": dataclasses.asdict(self.params), "images": self.images,
-            "deleted_slots": sorted(self.deleted_slots), "next_slot": self.next_slot}
+    meta = {
+      "format_version": FORMAT_VERSION,
+      "dim": self.dim,
+      "params": dataclasses.asdict(self.params),
+      "images": self.images,
+      "deleted_slots": sorted(self.deleted_slots),
+      "next_slot": self.next_slot,
+    }
     (version_dir / "meta.json").write_text(json.dumps(meta))
     for name in ("index.faiss", "meta.json"):
       with open(version_dir / name, "rb") as handle:
@@ -275,8 +287,9 @@ class LocalFeatureIndex:
     if version is None:
       raise LocalIndexError(f"no index in {folder} (CURRENT file missing)")
     if not re.fullmatch(r"v-[A-Za-z0-9_]+", version):
-      raise LocalIndexError(f"index in {folder} is damaged: CURRENT names {version[:80]!r}, not "
-                            f"a version folder")
+      raise LocalIndexError(
+        f"index in {folder} is damaged: CURRENT names {version[:80]!r}, not a version folder"
+      )
     version_dir = folder / version
     try:
       meta = json.loads((version_dir / "meta.json").read_text())
@@ -285,21 +298,28 @@ class LocalFeatureIndex:
     if not isinstance(meta, dict):
       raise LocalIndexError(f"index metadata in {version_dir} is damaged (not a JSON object)")
     if meta.get("format_version") != FORMAT_VERSION:
-      raise LocalIndexError(f"index format version {meta.get('format_version')} in {folder}; "
-                        f"this delf-ret reads version {FORMAT_VERSION}")
+      raise LocalIndexError(
+        f"index format version {meta.get('format_version')} in {folder}; "
+        f"this delf-ret reads version {FORMAT_VERSION}"
+      )
     try:
       dim, params = meta["dim"], IndexParams(**meta["params"])
       images = {str(name): int(slot) for name, slot in dict(meta["images"]).items()}
       deleted_slots = {int(slot) for slot in meta["deleted_slots"]}
       next_slot = int(meta["next_slot"])
-      if not isinstance(dim, int) or dim <= 0 or next_slot < 0 or any(
-          slot < 0 or slot >= next_slot for slot in images.values()):
+      if (
+        not isinstance(dim, int)
+        or dim <= 0
+        or next_slot < 0
+        or any(slot < 0 or slot >= next_slot for slot in images.values())
+      ):
         raise ValueError("dimension or slots out of range")
     except (KeyError, TypeError, ValueError, AttributeError) as error:
       raise LocalIndexError(f"index metadata in {version_dir} is damaged ({error!r})") from None
     if expected_dim is not None and dim != expected_dim:
-      raise LocalIndexError(f"index in {folder} holds {dim}-d descriptors, "
-                        f"expected {expected_dim}-d")
+      raise LocalIndexError(
+        f"index in {folder} holds {dim}-d descriptors, expected {expected_dim}-d"
+      )
     try:
       faiss_index = faiss.read_index(str(version_dir / "index.faiss"))
     except (RuntimeError, MemoryError, ValueError, OverflowError, TypeError) as error:
@@ -315,8 +335,9 @@ class LocalFeatureIndex:
     return index
 
 
-def remove_leftover_versions(folder: str | os.PathLike,
-                             min_age_seconds: float = LEFTOVER_AGE_SECONDS) -> int:
+def remove_leftover_versions(
+  folder: str | os.PathLike, min_age_seconds: float = LEFTOVER_AGE_SECONDS
+) -> int:
   """Deletes version folders a killed save left (not named by CURRENT, untouched for a minute).
 
   Its temporary CURRENT pointer goes too (atomic.remove_leftovers, the same age

@@ -35,8 +35,9 @@ class DescriptorMatcher:
     """
     descriptors_b = np.ascontiguousarray(descriptors_b, dtype=np.float32)
     if descriptors_b.ndim != 2 or (descriptors_b.shape[0] and descriptors_b.shape[1] != self.dim):
-      raise ValueError(f"descriptor dimensions differ: A has {self.dim}, B has shape "
-                       f"{descriptors_b.shape}")
+      raise ValueError(
+        f"descriptor dimensions differ: A has {self.dim}, B has shape {descriptors_b.shape}"
+      )
     n_b, n_a = descriptors_b.shape[0], self.descriptors.shape[0]
     if k < 1 or n_a == 0 or n_b == 0:
       return np.full((n_b, max(k, 0)), -1, np.int64), np.full((n_b, max(k, 0)), np.inf, np.float32)
@@ -46,8 +47,13 @@ class DescriptorMatcher:
     distances[missing] = np.inf
     return indices.astype(np.int64), distances
 
-  def match(self, descriptors_b: np.ndarray, distance_threshold: float,
-            ratio_threshold: float | None = None, mutual: bool = False) -> np.ndarray:
+  def match(
+    self,
+    descriptors_b: np.ndarray,
+    distance_threshold: float,
+    ratio_threshold: float | None = None,
+    mutual: bool = False,
+  ) -> np.ndarray:
     """Putative matches as int64 [M, 2] rows of (index in A, index in B).
 
     A B descriptor is matched to its nearest A descriptor if their L2 distance
@@ -57,8 +63,13 @@ class DescriptorMatcher:
     """
     return self.match_many([descriptors_b], distance_threshold, ratio_threshold, mutual)[0]
 
-  def match_many(self, descriptor_sets: list[np.ndarray], distance_threshold: float,
-                 ratio_threshold: float | None = None, mutual: bool = False) -> list[np.ndarray]:
+  def match_many(
+    self,
+    descriptor_sets: list[np.ndarray],
+    distance_threshold: float,
+    ratio_threshold: float | None = None,
+    mutual: bool = False,
+  ) -> list[np.ndarray]:
     """``match`` for several B sets [N_i, D] at once: one search for all their rows.
 
     Same results as calling ``match`` on each set; one large search is faster
@@ -68,8 +79,9 @@ class DescriptorMatcher:
     sets = [b.reshape(-1, self.dim) if b.size == 0 else b for b in sets]  # Empty: any shape.
     offsets = np.cumsum([0] + [b.shape[0] for b in sets])
     k = 2 if ratio_threshold is not None else 1
-    indices, distances = self.nearest(np.concatenate(sets) if sets else
-                                      np.zeros((0, self.dim), np.float32), k)
+    indices, distances = self.nearest(
+      np.concatenate(sets) if sets else np.zeros((0, self.dim), np.float32), k
+    )
     keep = distances[:, 0] < distance_threshold
     if ratio_threshold is not None:
       with np.errstate(divide="ignore", invalid="ignore"):
@@ -87,8 +99,9 @@ class DescriptorMatcher:
     return results
 
 
-def _single_threaded_search(index: "faiss.Index", queries: np.ndarray,
-                            k: int) -> tuple[np.ndarray, np.ndarray]:
+def _single_threaded_search(
+  index: "faiss.Index", queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
   """index.search with one OpenMP thread, the previous thread count restored after.
 
   Matching searches are small (thousands of rows against one image's
@@ -104,9 +117,14 @@ def _single_threaded_search(index: "faiss.Index", queries: np.ndarray,
     faiss.omp_set_num_threads(threads)
 
 
-def putative_matches(descriptors_a: np.ndarray, descriptors_b: np.ndarray,
-                     distance_threshold: float, ratio_threshold: float | None = None,
-                     mutual: bool = False) -> np.ndarray:
+def putative_matches(
+  descriptors_a: np.ndarray,
+  descriptors_b: np.ndarray,
+  distance_threshold: float,
+  ratio_threshold: float | None = None,
+  mutual: bool = False,
+) -> np.ndarray:
   """One-off form of DescriptorMatcher(descriptors_a).match(descriptors_b, ...)."""
-  return DescriptorMatcher(descriptors_a).match(descriptors_b, distance_threshold,
-                                                ratio_threshold, mutual)
+  return DescriptorMatcher(descriptors_a).match(
+    descriptors_b, distance_threshold, ratio_threshold, mutual
+  )

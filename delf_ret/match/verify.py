@@ -28,7 +28,6 @@ MIN_TRIANGLE_AREA = 1.0  # px^2: a sample with a flatter triangle is degenerate.
 TRANSFORMS = {"affine": (AffineTransform, 3), "homography": (ProjectiveTransform, 4)}
 
 
-
 def _decimal(value: float) -> float:
   """A float32 config value as the shortest decimal that reads back to it (0.8, not 0.800000011920929).
 
@@ -51,11 +50,12 @@ class RansacParams:
   probability 1; a value below 1 stops at that confidence: scikit-image's
   stop_probability, OpenCV's confidence), seed 0.
   """
+
   distance_threshold: float = _decimal(_DEFAULTS.match_distance_threshold)
   ratio_threshold: float | None = _decimal(_DEFAULTS.match_ratio_threshold) or None
   mutual: bool = _DEFAULTS.match_mutual
   transform: str = _DEFAULTS.ransac_transform
-  residual_threshold: float = _decimal(_DEFAULTS.ransac_residual_threshold)   # pixels
+  residual_threshold: float = _decimal(_DEFAULTS.ransac_residual_threshold)  # pixels
   max_trials: int = _DEFAULTS.ransac_max_trials
   stop_probability: float = _DEFAULTS.ransac_stop_probability
   seed: int = _DEFAULTS.ransac_seed
@@ -64,14 +64,17 @@ class RansacParams:
   @classmethod
   def from_config(cls, retrieval_config: DelfRetrievalConfig) -> "RansacParams":
     """The matching and RANSAC fields of a ``DelfRetrievalConfig`` (ratio 0 means no ratio test)."""
-    return cls(distance_threshold=_decimal(retrieval_config.match_distance_threshold),
-               ratio_threshold=_decimal(retrieval_config.match_ratio_threshold) or None,
-               mutual=retrieval_config.match_mutual,
-               transform=retrieval_config.ransac_transform,
-               residual_threshold=_decimal(retrieval_config.ransac_residual_threshold),
-               max_trials=retrieval_config.ransac_max_trials,
-               stop_probability=retrieval_config.ransac_stop_probability,
-               seed=retrieval_config.ransac_seed, backend=retrieval_config.ransac_backend)
+    return cls(
+      distance_threshold=_decimal(retrieval_config.match_distance_threshold),
+      ratio_threshold=_decimal(retrieval_config.match_ratio_threshold) or None,
+      mutual=retrieval_config.match_mutual,
+      transform=retrieval_config.ransac_transform,
+      residual_threshold=_decimal(retrieval_config.ransac_residual_threshold),
+      max_trials=retrieval_config.ransac_max_trials,
+      stop_probability=retrieval_config.ransac_stop_probability,
+      seed=retrieval_config.ransac_seed,
+      backend=retrieval_config.ransac_backend,
+    )
 
 
 @dataclasses.dataclass
@@ -82,6 +85,7 @@ class Verification:
   inliers: bool [M], RANSAC inlier mask over ``matches``.
   transform: float [3, 3] A -> B on (x, y, 1), or None when none was found.
   """
+
   matches: np.ndarray
   inliers: np.ndarray
   transform: np.ndarray | None
@@ -128,12 +132,16 @@ def _skimage_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     try:
-      model, inliers = ransac((source, target), model_class, min_samples=min_samples,
-                              residual_threshold=params.residual_threshold,
-                              max_trials=params.max_trials,
-                              stop_probability=params.stop_probability,
-                              is_data_valid=non_degenerate_sample,
-                              rng=np.random.default_rng(params.seed))
+      model, inliers = ransac(
+        (source, target),
+        model_class,
+        min_samples=min_samples,
+        residual_threshold=params.residual_threshold,
+        max_trials=params.max_trials,
+        stop_probability=params.stop_probability,
+        is_data_valid=non_degenerate_sample,
+        rng=np.random.default_rng(params.seed),
+      )
     except (ValueError, np.linalg.LinAlgError, ZeroDivisionError):
       return None, None
   if model is None or inliers is None:
@@ -144,6 +152,7 @@ def _skimage_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams
 def _opencv_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams):
   """(3x3 transform, inlier mask) or (None, None) with OpenCV's RANSAC (seeded)."""
   import cv2
+
   cv2.setRNGSeed(params.seed)
   src, dst = source.astype(np.float32), target.astype(np.float32)
   # OpenCV needs a confidence below 1; this close to 1 it runs all max_trials iterations, which
@@ -151,15 +160,25 @@ def _opencv_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams)
   confidence = min(params.stop_probability, _ALL_TRIALS_CONFIDENCE)
   try:
     if params.transform == "affine":
-      model, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC,
-                                         ransacReprojThreshold=params.residual_threshold,
-                                         maxIters=params.max_trials,
-                                         confidence=confidence, refineIters=10)
+      model, mask = cv2.estimateAffine2D(
+        src,
+        dst,
+        method=cv2.RANSAC,
+        ransacReprojThreshold=params.residual_threshold,
+        maxIters=params.max_trials,
+        confidence=confidence,
+        refineIters=10,
+      )
       matrix = None if model is None else np.vstack([model, [0.0, 0.0, 1.0]])
     else:
-      matrix, mask = cv2.findHomography(src, dst, cv2.RANSAC, params.residual_threshold,
-                                        maxIters=params.max_trials,
-                                        confidence=confidence)
+      matrix, mask = cv2.findHomography(
+        src,
+        dst,
+        cv2.RANSAC,
+        params.residual_threshold,
+        maxIters=params.max_trials,
+        confidence=confidence,
+      )
   except cv2.error:
     return None, None
   if matrix is None or mask is None:
@@ -174,8 +193,12 @@ def _opencv_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams)
 RANSAC_BACKENDS = {"opencv": _opencv_ransac, "skimage": _skimage_ransac}
 
 
-def verify_matches(locations_a: np.ndarray, locations_b: np.ndarray, matches: np.ndarray,
-                   params: RansacParams = RansacParams()) -> Verification:
+def verify_matches(
+  locations_a: np.ndarray,
+  locations_b: np.ndarray,
+  matches: np.ndarray,
+  params: RansacParams = RansacParams(),
+) -> Verification:
   """RANSAC on putative matches between keypoints (y, x) [N_A, 2] and [N_B, 2].
 
   Fewer matches than the transform's minimal sample, or degenerate point sets
@@ -185,8 +208,9 @@ def verify_matches(locations_a: np.ndarray, locations_b: np.ndarray, matches: np
   if params.transform not in TRANSFORMS:
     raise ValueError(f"transform must be one of {sorted(TRANSFORMS)}, got {params.transform!r}")
   if params.backend not in RANSAC_BACKENDS:
-    raise ValueError(f"RANSAC backend must be one of {sorted(RANSAC_BACKENDS)}, got "
-                     f"{params.backend!r}")
+    raise ValueError(
+      f"RANSAC backend must be one of {sorted(RANSAC_BACKENDS)}, got {params.backend!r}"
+    )
   _, min_samples = TRANSFORMS[params.transform]
   matches = np.asarray(matches, np.int64).reshape(-1, 2)
   none = Verification.empty(matches)
@@ -206,10 +230,13 @@ def add_seconds(timings: dict[str, float] | None, stage: str, start: float) -> N
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def verify_pair(features_a: LocalFeatures, features_b: LocalFeatures,
-                params: RansacParams = RansacParams(),
-                matcher: DescriptorMatcher | None = None,
-                timings: dict[str, float] | None = None) -> Verification:
+def verify_pair(
+  features_a: LocalFeatures,
+  features_b: LocalFeatures,
+  params: RansacParams = RansacParams(),
+  matcher: DescriptorMatcher | None = None,
+  timings: dict[str, float] | None = None,
+) -> Verification:
   """Putative matching then RANSAC for one pair (``matcher`` built on A may be reused).
 
   timings: if given, the seconds spent are added to its "matching" and "ransac" entries.
@@ -218,8 +245,9 @@ def verify_pair(features_a: LocalFeatures, features_b: LocalFeatures,
     return Verification.empty()
   start = time.perf_counter()
   matcher = matcher or DescriptorMatcher(features_a.descriptors)
-  matches = matcher.match(features_b.descriptors, params.distance_threshold,
-                          params.ratio_threshold, params.mutual)
+  matches = matcher.match(
+    features_b.descriptors, params.distance_threshold, params.ratio_threshold, params.mutual
+  )
   add_seconds(timings, "matching", start)
   start = time.perf_counter()
   verification = verify_matches(features_a.locations, features_b.locations, matches, params)
@@ -227,10 +255,13 @@ def verify_pair(features_a: LocalFeatures, features_b: LocalFeatures,
   return verification
 
 
-def verify_candidates(query: LocalFeatures, candidates: Iterable[LocalFeatures],
-                      params: RansacParams = RansacParams(),
-                      timings: dict[str, float] | None = None,
-                      batch_size: int = 32) -> list[Verification]:
+def verify_candidates(
+  query: LocalFeatures,
+  candidates: Iterable[LocalFeatures],
+  params: RansacParams = RansacParams(),
+  timings: dict[str, float] | None = None,
+  batch_size: int = 32,
+) -> list[Verification]:
   """Verifies one query against many candidates; same results as verify_pair on each.
 
   The query's search structure is built once, and the putative matches of
@@ -248,8 +279,12 @@ def verify_candidates(query: LocalFeatures, candidates: Iterable[LocalFeatures],
       results += [verify_pair(query, candidate, params) for candidate in batch]
       continue
     start = time.perf_counter()
-    all_matches = matcher.match_many([c.descriptors for c in batch], params.distance_threshold,
-                                     params.ratio_threshold, params.mutual)
+    all_matches = matcher.match_many(
+      [c.descriptors for c in batch],
+      params.distance_threshold,
+      params.ratio_threshold,
+      params.mutual,
+    )
     add_seconds(timings, "matching", start)
     for candidate, matches in zip(batch, all_matches):
       start = time.perf_counter()

@@ -53,6 +53,7 @@ def read_arrays(path: pathlib.Path) -> dict[str, np.ndarray]:
 def load_compact_weights(path: str | os.PathLike):
   """Rebuilds a DelfModel from a file written by :func:`save_compact_weights`."""
   from delf_ret.model.delf import DelfModel
+
   path = pathlib.Path(path)
   arrays = read_arrays(path)
   if int(arrays.pop("format_version", -1)) != FORMAT_VERSION:
@@ -60,14 +61,17 @@ def load_compact_weights(path: str | os.PathLike):
   model = DelfModel(num_classes=int(arrays.pop("num_classes")))
   names = sorted(arrays)
   if len(names) != len(model.weights):
-    raise CompactWeightsError(f"{path}: {len(names)} tensors, the DELF model has "
-                              f"{len(model.weights)}")
+    raise CompactWeightsError(
+      f"{path}: {len(names)} tensors, the DELF model has {len(model.weights)}"
+    )
   values = []
   for name, variable in zip(names, model.weights):
     value = arrays[name]
     if tuple(value.shape) != tuple(variable.shape):
-      raise CompactWeightsError(f"{path}: tensor {name} has shape {value.shape}, "
-                                f"{variable.path} needs {tuple(variable.shape)}")
+      raise CompactWeightsError(
+        f"{path}: tensor {name} has shape {value.shape}, "
+        f"{variable.path} needs {tuple(variable.shape)}"
+      )
     values.append(value.astype(np.float32))
   model.set_weights(values)
   return model

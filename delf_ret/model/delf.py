@@ -42,13 +42,14 @@ def build_backbone(weights: str | None = None) -> keras.Model:
   if weights not in (None, "imagenet") and not pathlib.Path(weights).is_file():
     raise BackboneWeightsError(f"backbone weights file not found: {weights}")
   try:
-    resnet = keras.applications.ResNet50(include_top=False, weights=weights,
-                                         input_shape=(None, None, 3))
+    resnet = keras.applications.ResNet50(
+      include_top=False, weights=weights, input_shape=(None, None, 3)
+    )
   except Exception as error:  # Keras raises several types for download/format problems.
-    where = ("the Keras cache (~/.keras/models) or the network" if weights == "imagenet"
-             else weights)
-    raise BackboneWeightsError(f"could not load ResNet50 weights {weights!r} from {where}: "
-                               f"{error}") from error
+    where = "the Keras cache (~/.keras/models) or the network" if weights == "imagenet" else weights
+    raise BackboneWeightsError(
+      f"could not load ResNet50 weights {weights!r} from {where}: {error}"
+    ) from error
   return keras.Model(resnet.input, resnet.get_layer(BACKBONE_LAYER).output, name="backbone")
 
 
@@ -69,8 +70,13 @@ class DelfModel(keras.Model):
       channel-L2-normalised features.
   """
 
-  def __init__(self, num_classes: int = 1, backbone_weights: str | None = None,
-               seed: int | None = None, **kwargs):
+  def __init__(
+    self,
+    num_classes: int = 1,
+    backbone_weights: str | None = None,
+    seed: int | None = None,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     if seed is not None:
       keras.utils.set_random_seed(seed)
@@ -114,10 +120,10 @@ class DelfModel(keras.Model):
     normalized = tf.math.l2_normalize(features, axis=-1)
     attended = tf.reduce_mean(normalized * attention[..., None], axis=[1, 2])
     return {
-        "features": features,
-        "attention": attention,
-        "tuning_logits": self.tuning_classifier(pooled),
-        "attention_logits": self.attention_classifier(attended),
+      "features": features,
+      "attention": attention,
+      "tuning_logits": self.tuning_classifier(pooled),
+      "attention_logits": self.attention_classifier(attended),
     }
 
 
@@ -142,6 +148,7 @@ def load_delf_model(path: str | os.PathLike) -> DelfModel:
     raise ModelFileError(f"DELF model file not found: {path}")
   if path.suffix == ".npz":
     from delf_ret.model.compact import load_compact_weights
+
     return load_compact_weights(path)
   try:
     model = keras.models.load_model(path, compile=False)

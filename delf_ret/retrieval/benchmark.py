@@ -26,8 +26,13 @@ from delf_ret.evaluation.metrics import DEFAULT_KS, SplitMetrics
 from delf_ret.evaluation.report import write_report
 from delf_ret.features import LocalFeatures, feature_loader
 from delf_ret.index import LocalFeatureIndex
-from delf_ret.retrieval.dataset_runner import (check_database_indexed, evaluate_results,
-                                               mean_seconds, run_queries, write_ranked_lists)
+from delf_ret.retrieval.dataset_runner import (
+  check_database_indexed,
+  evaluate_results,
+  mean_seconds,
+  run_queries,
+  write_ranked_lists,
+)
 from delf_ret.retrieval.ranking import RetrievalResult, load_index
 
 RANKED_LISTS_FILE = "ranked_lists.json"
@@ -45,6 +50,7 @@ class BenchmarkRun:
   stage_seconds: mean seconds per query of each stage when it was computed
     (extraction, search, loading, matching, ransac, total), as in metrics.json.
   """
+
   dataset: RetrievalDataset
   results: list[RetrievalResult]
   metrics: dict[str, dict[str, SplitMetrics]]
@@ -53,8 +59,9 @@ class BenchmarkRun:
   stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def delf_query_extractor(config: DelfConfig,
-                         backend: str = "compiled") -> Callable[[np.ndarray], LocalFeatures]:
+def delf_query_extractor(
+  config: DelfConfig, backend: str = "compiled"
+) -> Callable[[np.ndarray], LocalFeatures]:
   """image uint8 [H, W, 3] -> DELF features with ``config``; the model loads on the first call.
 
   A resumed run whose queries are all cached never loads the model.
@@ -65,18 +72,24 @@ def delf_query_extractor(config: DelfConfig,
     nonlocal extractor
     if extractor is None:
       from delf_ret.extract.extractor import DelfExtractor
+
       extractor = DelfExtractor(config, backend=backend)
     return extractor.extract(image)
 
   return extract
 
 
-def run_benchmark(config: DelfConfig, dataset: RetrievalDataset,
-                  index: LocalFeatureIndex | str | os.PathLike,
-                  features_dir: str | os.PathLike, output_dir: str | os.PathLike,
-                  extract: Callable[[np.ndarray], LocalFeatures] | None = None,
-                  backend: str = "compiled", also_score: Sequence[RetrievalDataset] = (),
-                  log: Callable[[str], None] = print) -> BenchmarkRun:
+def run_benchmark(
+  config: DelfConfig,
+  dataset: RetrievalDataset,
+  index: LocalFeatureIndex | str | os.PathLike,
+  features_dir: str | os.PathLike,
+  output_dir: str | os.PathLike,
+  extract: Callable[[np.ndarray], LocalFeatures] | None = None,
+  backend: str = "compiled",
+  also_score: Sequence[RetrievalDataset] = (),
+  log: Callable[[str], None] = print,
+) -> BenchmarkRun:
   """Runs every query of ``dataset`` and writes the report to ``output_dir``.
 
   Args:
@@ -96,31 +109,46 @@ def run_benchmark(config: DelfConfig, dataset: RetrievalDataset,
   retrieval_config = config.retrieval_config
   index = load_index(index, retrieval_config)
   check_database_indexed(dataset, index)
-  log(f"{dataset.name} ({dataset.protocol} protocol): {len(dataset.qimlist)} queries, "
-      f"{len(dataset.imlist)} database images; index of {len(index)} images")
+  log(
+    f"{dataset.name} ({dataset.protocol} protocol): {len(dataset.qimlist)} queries, "
+    f"{len(dataset.imlist)} database images; index of {len(index)} images"
+  )
   features_settings = None
   if extract is None:  # Queries extracted with the config: database features must match it.
     from delf_ret.extract.settings import check_database_features, extraction_settings
+
     features_settings = extraction_settings(config, config.model_path)
     check_database_features(features_dir, features_settings)
   start = time.time()
-  results = run_queries(dataset, index, feature_loader(features_dir),
-                        extract or delf_query_extractor(config, backend), retrieval_config,
-                        output_dir, log, features_settings)
+  results = run_queries(
+    dataset,
+    index,
+    feature_loader(features_dir),
+    extract or delf_query_extractor(config, backend),
+    retrieval_config,
+    output_dir,
+    log,
+    features_settings,
+  )
   seconds = (time.time() - start) / max(1, len(dataset.qimlist))
   write_ranked_lists(output_dir / RANKED_LISTS_FILE, dataset, results)
   ks = tuple(retrieval_config.eval_ks) or DEFAULT_KS
   stage_seconds = mean_seconds(results)
   if stage_seconds:
-    log("seconds per query: " + ", ".join(f"{stage} {value:.3f}"
-                                          for stage, value in stage_seconds.items()))
+    log(
+      "seconds per query: "
+      + ", ".join(f"{stage} {value:.3f}" for stage, value in stage_seconds.items())
+    )
   metrics = evaluate_results(dataset, results, ks, log)
   for other in also_score:
-    for stage, splits in evaluate_results(in_query_order(other, dataset.qimlist), results,
-                                          ks, log).items():
+    for stage, splits in evaluate_results(
+      in_query_order(other, dataset.qimlist), results, ks, log
+    ).items():
       metrics[stage].update(splits)
   protocol = " + ".join([dataset.protocol, *(other.protocol for other in also_score)])
-  written = write_report(output_dir, dataset.name, protocol, dataset.qimlist, metrics,
-                         stage_seconds)
-  return BenchmarkRun(dataset, results, metrics, [output_dir / RANKED_LISTS_FILE, *written],
-                      seconds, stage_seconds)
+  written = write_report(
+    output_dir, dataset.name, protocol, dataset.qimlist, metrics, stage_seconds
+  )
+  return BenchmarkRun(
+    dataset, results, metrics, [output_dir / RANKED_LISTS_FILE, *written], seconds, stage_seconds
+  )

@@ -19,8 +19,13 @@ from google.protobuf import text_format
 
 from delf_ret.atomic import atomic_write, remove_leftovers
 from delf_ret.evaluation.ground_truth import GroundTruthError, RetrievalDataset, crop_to_box
-from delf_ret.evaluation.metrics import (DEFAULT_KS, SplitMetrics, evaluate_original,
-                                         evaluate_revisited, revisited_splits)
+from delf_ret.evaluation.metrics import (
+  DEFAULT_KS,
+  SplitMetrics,
+  evaluate_original,
+  evaluate_revisited,
+  revisited_splits,
+)
 from delf_ret.features import LocalFeatures, feature_file_name, read_features, write_features
 from delf_ret.images import load_image
 from delf_ret.index import LocalFeatureIndex, LocalIndexError
@@ -34,9 +39,11 @@ def check_database_indexed(dataset: RetrievalDataset, index: LocalFeatureIndex) 
   """Raises LocalIndexError if database images of the dataset are missing from the index."""
   missing = [name for name in dataset.imlist if name not in index]
   if missing:
-    raise LocalIndexError(f"{len(missing)} of {len(dataset.imlist)} database images of "
-                          f"{dataset.name} are not in the index, e.g. {missing[0]}; index them "
-                          f"with build_index first")
+    raise LocalIndexError(
+      f"{len(missing)} of {len(dataset.imlist)} database images of "
+      f"{dataset.name} are not in the index, e.g. {missing[0]}; index them "
+      f"with build_index first"
+    )
 
 
 def database_image_paths(dataset: RetrievalDataset) -> list[pathlib.Path]:
@@ -44,27 +51,38 @@ def database_image_paths(dataset: RetrievalDataset) -> list[pathlib.Path]:
   paths = [dataset.image_path(name) for name in dataset.imlist]
   missing = [path for path in paths if not path.is_file()]
   if missing:
-    raise GroundTruthError(f"{len(missing)} of {len(paths)} database images of {dataset.name} "
-                           f"are missing, e.g. {missing[0]}")
+    raise GroundTruthError(
+      f"{len(missing)} of {len(paths)} database images of {dataset.name} "
+      f"are missing, e.g. {missing[0]}"
+    )
   return paths
 
 
-def database_feature_paths(dataset: RetrievalDataset, features_dir: str | pathlib.Path
-                           ) -> tuple[list[pathlib.Path], list[tuple[pathlib.Path, str]]]:
+def database_feature_paths(
+  dataset: RetrievalDataset, features_dir: str | pathlib.Path
+) -> tuple[list[pathlib.Path], list[tuple[pathlib.Path, str]]]:
   """(feature files of the database images that exist, (path, reason) of the missing ones)."""
   features_dir = pathlib.Path(features_dir)
   paths = [features_dir / feature_file_name(name) for name in dataset.imlist]
   present = [path for path in paths if path.is_file()]
-  missing = [(path, f"{path}: feature file of database image not found") for path in paths
-             if not path.is_file()]
+  missing = [
+    (path, f"{path}: feature file of database image not found")
+    for path in paths
+    if not path.is_file()
+  ]
   if not present:
-    raise GroundTruthError(f"none of the {len(paths)} database feature files of {dataset.name} "
-                           f"is in {features_dir}")
+    raise GroundTruthError(
+      f"none of the {len(paths)} database feature files of {dataset.name} is in {features_dir}"
+    )
   return present, missing
 
 
-def query_features(dataset: RetrievalDataset, query: int, cache_dir: pathlib.Path,
-                   extract: Callable[[np.ndarray], LocalFeatures]) -> LocalFeatures:
+def query_features(
+  dataset: RetrievalDataset,
+  query: int,
+  cache_dir: pathlib.Path,
+  extract: Callable[[np.ndarray], LocalFeatures],
+) -> LocalFeatures:
   """Features of query ``query`` cropped to its box; extracted once, then read from the cache."""
   path = cache_dir / feature_file_name(dataset.qimlist[query])
   if path.exists():
@@ -93,17 +111,20 @@ def _lists_json(result: RetrievalResult) -> dict:
   """
   lists = {"ranked": _entries_json(result.ranked), "reranked": _entries_json(result.reranked)}
   if result.reranked_by_split:
-    lists["reranked_by_split"] = {split: _entries_json(entries)
-                                  for split, entries in result.reranked_by_split.items()}
+    lists["reranked_by_split"] = {
+      split: _entries_json(entries) for split, entries in result.reranked_by_split.items()
+    }
   lists["seconds"] = {stage: round(value, 6) for stage, value in result.seconds.items()}
   return lists
 
 
 def _result_from_json(data: dict) -> RetrievalResult:
-  return RetrievalResult(_entries_from_json(data["ranked"]), _entries_from_json(data["reranked"]),
-                         {split: _entries_from_json(rows)
-                          for split, rows in data.get("reranked_by_split", {}).items()},
-                         dict(data.get("seconds", {})))
+  return RetrievalResult(
+    _entries_from_json(data["ranked"]),
+    _entries_from_json(data["reranked"]),
+    {split: _entries_from_json(rows) for split, rows in data.get("reranked_by_split", {}).items()},
+    dict(data.get("seconds", {})),
+  )
 
 
 def retrieval_settings(retrieval_config) -> str:
@@ -123,16 +144,25 @@ def split_junk_names(dataset: RetrievalDataset) -> list[dict[str, set[str]]] | N
   if dataset.protocol != "revisited":
     return None
   per_split = {split: ignored for split, (_, ignored) in revisited_splits(dataset.gnd).items()}
-  return [{split: {dataset.imlist[i] for i in ignored[query].tolist()
-                   if 0 <= i < len(dataset.imlist)}
-           for split, ignored in per_split.items()} for query in range(len(dataset.qimlist))]
+  return [
+    {
+      split: {dataset.imlist[i] for i in ignored[query].tolist() if 0 <= i < len(dataset.imlist)}
+      for split, ignored in per_split.items()
+    }
+    for query in range(len(dataset.qimlist))
+  ]
 
 
-def run_queries(dataset: RetrievalDataset, index: LocalFeatureIndex,
-                load_features: Callable[[str], LocalFeatures],
-                extract: Callable[[np.ndarray], LocalFeatures], retrieval_config,
-                work_dir: str | pathlib.Path, log: Callable[[str], None] = print,
-                features_settings: dict | None = None) -> list[RetrievalResult]:
+def run_queries(
+  dataset: RetrievalDataset,
+  index: LocalFeatureIndex,
+  load_features: Callable[[str], LocalFeatures],
+  extract: Callable[[np.ndarray], LocalFeatures],
+  retrieval_config,
+  work_dir: str | pathlib.Path,
+  log: Callable[[str], None] = print,
+  features_settings: dict | None = None,
+) -> list[RetrievalResult]:
   """Ranked and reranked lists of every query, in qimlist order (cached in ``work_dir``).
 
   Revisited datasets with ``retrieval_config.rerank_skip_junk`` get one
@@ -150,12 +180,16 @@ def run_queries(dataset: RetrievalDataset, index: LocalFeatureIndex,
   for folder in (work_dir, features_dir, ranked_dir):
     remove_leftovers(folder, log)
   from delf_ret.extract.settings import check_feature_folder
+
   check_feature_folder(features_dir, features_settings, overwrite=True, log=log)
   settings = retrieval_settings(retrieval_config)
   if features_settings is not None:
     settings += " " + json.dumps(features_settings, sort_keys=True)
-  junk = (split_junk_names(dataset) if retrieval_config.rerank_skip_junk
-          and retrieval_config.rerank_top_n > 0 else None)
+  junk = (
+    split_junk_names(dataset)
+    if retrieval_config.rerank_skip_junk and retrieval_config.rerank_top_n > 0
+    else None
+  )
   results, start, computed = [], time.time(), 0
   total = len(dataset.qimlist)
   for i, name in enumerate(dataset.qimlist):
@@ -168,8 +202,9 @@ def run_queries(dataset: RetrievalDataset, index: LocalFeatureIndex,
     extraction_start = time.perf_counter()
     query = query_features(dataset, i, features_dir, extract)
     extraction = time.perf_counter() - extraction_start
-    result = retrieve(query, index, load_features, retrieval_config,
-                      None if junk is None else junk[i])
+    result = retrieve(
+      query, index, load_features, retrieval_config, None if junk is None else junk[i]
+    )
     result.seconds = {"extraction": extraction, **result.seconds}
     with atomic_write(cached, "w") as handle:
       json.dump({"query": name, "settings": settings, **_lists_json(result)}, handle)
@@ -178,16 +213,21 @@ def run_queries(dataset: RetrievalDataset, index: LocalFeatureIndex,
     # The best verified image (the list may start with ignored images that are never verified).
     top = next((e for e in result.reranked if e.inliers is not None), None)
     best = f"top {top.image_id} ({top.inliers} inliers)" if top else "nothing verified"
-    log(f"[{i + 1}/{total}] {name}: {query.num_features} features, {best} "
-        f"[{(time.time() - start) / computed:.1f} s/query]")
+    log(
+      f"[{i + 1}/{total}] {name}: {query.num_features} features, {best} "
+      f"[{(time.time() - start) / computed:.1f} s/query]"
+    )
   return results
 
 
 def mean_seconds(results: list[RetrievalResult]) -> dict[str, float]:
   """Mean seconds per query of each stage over the results that recorded it, plus their total."""
   stages = ("extraction", "search", "loading", "matching", "ransac")
-  means = {stage: float(np.mean([r.seconds.get(stage, 0.0) for r in results]))
-           for stage in stages if any(stage in r.seconds for r in results)}
+  means = {
+    stage: float(np.mean([r.seconds.get(stage, 0.0) for r in results]))
+    for stage in stages
+    if any(stage in r.seconds for r in results)
+  }
   if means:
     means["total"] = sum(means.values())
   return means
@@ -214,29 +254,43 @@ def ranked_indices(entries: list[RankedImage], dataset: RetrievalDataset) -> np.
   return np.asarray(ranked, np.int64)
 
 
-def _split_lists(results: list[RetrievalResult], dataset: RetrievalDataset,
-                 attribute: str) -> list[np.ndarray] | dict[str, list[np.ndarray]]:
+def _split_lists(
+  results: list[RetrievalResult], dataset: RetrievalDataset, attribute: str
+) -> list[np.ndarray] | dict[str, list[np.ndarray]]:
   if attribute == "reranked" and results and all(r.reranked_by_split for r in results):
     splits = results[0].reranked_by_split
-    return {split: [ranked_indices(r.reranked_by_split[split], dataset) for r in results]
-            for split in splits}
+    return {
+      split: [ranked_indices(r.reranked_by_split[split], dataset) for r in results]
+      for split in splits
+    }
   return [ranked_indices(getattr(r, attribute), dataset) for r in results]
 
 
-def evaluate_results(dataset: RetrievalDataset, results: list[RetrievalResult],
-                     ks: tuple[int, ...] = DEFAULT_KS,
-                     log: Callable[[str], None] = print) -> dict[str, dict[str, SplitMetrics]]:
+def evaluate_results(
+  dataset: RetrievalDataset,
+  results: list[RetrievalResult],
+  ks: tuple[int, ...] = DEFAULT_KS,
+  log: Callable[[str], None] = print,
+) -> dict[str, dict[str, SplitMetrics]]:
   """Metrics of both stages by the dataset's protocol: {stage: {split: metrics}}.
 
   Reranked lists made per split (reranked_by_split) score their own split.
   Ranked images outside the database list are dropped, with one log line.
   """
-  outside = sorted({name for r in results for entries in (r.ranked, r.reranked)
-                    for name in not_in_database(entries, dataset)})
+  outside = sorted(
+    {
+      name
+      for r in results
+      for entries in (r.ranked, r.reranked)
+      for name in not_in_database(entries, dataset)
+    }
+  )
   if outside:
-    log(f"dropped {len(outside)} ranked images that are not in {dataset.name}'s database list "
-        f"before scoring (e.g. {outside[0]}); build the index from the database list "
-        f"(build_index --dataset_gnd_path / --dataset_gt_dir) to avoid it")
+    log(
+      f"dropped {len(outside)} ranked images that are not in {dataset.name}'s database list "
+      f"before scoring (e.g. {outside[0]}); build the index from the database list "
+      f"(build_index --dataset_gnd_path / --dataset_gt_dir) to avoid it"
+    )
   scored, size = {}, len(dataset.imlist)
   for stage, attribute in STAGES.items():
     lists = _split_lists(results, dataset, attribute)
@@ -249,8 +303,9 @@ def evaluate_results(dataset: RetrievalDataset, results: list[RetrievalResult],
   return scored
 
 
-def write_ranked_lists(path: str | pathlib.Path, dataset: RetrievalDataset,
-                       results: list[RetrievalResult]) -> None:
+def write_ranked_lists(
+  path: str | pathlib.Path, dataset: RetrievalDataset, results: list[RetrievalResult]
+) -> None:
   """One JSON file with every query's lists ([image id, score, inliers]) and stage seconds.
 
   Per query: "ranked" (first stage), "reranked", and where splits were

@@ -48,6 +48,7 @@ class DemoData:
   labels_csv: ``image,landmark`` rows, image paths relative to the CSV's folder.
   match_pairs: (image A, image B, name) for the match pictures.
   """
+
   name: str
   labels_csv: pathlib.Path
   match_pairs: tuple[tuple[pathlib.Path, pathlib.Path, str], ...]
@@ -57,19 +58,35 @@ def shared_demo_data(shared_dir: str | os.PathLike) -> DemoData:
   """The shared evaluation photos: landmarks + distractors (labels.csv), graf1/graf3 and
   two photos of one landmark for the match pictures."""
   shared_dir = pathlib.Path(shared_dir)
-  return DemoData("shared landmarks and distractors", shared_dir / "labels.csv", (
+  return DemoData(
+    "shared landmarks and distractors",
+    shared_dir / "labels.csv",
+    (
       (shared_dir / "pairs" / "graf1.png", shared_dir / "pairs" / "graf3.png", "graf1_graf3"),
-      (shared_dir / "landmarks" / "campus_building_DSC_0410.jpg",
-       shared_dir / "landmarks" / "campus_building_DSC_0411.jpg", "campus_building")))
+      (
+        shared_dir / "landmarks" / "campus_building_DSC_0410.jpg",
+        shared_dir / "landmarks" / "campus_building_DSC_0411.jpg",
+        "campus_building",
+      ),
+    ),
+  )
 
 
 def bundled_demo_data(bundle_dir: str | os.PathLike) -> DemoData:
   """The photo set bundled in the package (delf_ret/demo_data, see its README)."""
   bundle_dir = pathlib.Path(bundle_dir)
-  return DemoData("bundled demo photos", bundle_dir / "labels.csv", (
+  return DemoData(
+    "bundled demo photos",
+    bundle_dir / "labels.csv",
+    (
       (bundle_dir / "graffiti_1.jpg", bundle_dir / "graffiti_3.jpg", "graffiti_1_3"),
-      (bundle_dir / "campus_building_1.jpg", bundle_dir / "campus_building_2.jpg",
-       "campus_building")))
+      (
+        bundle_dir / "campus_building_1.jpg",
+        bundle_dir / "campus_building_2.jpg",
+        "campus_building",
+      ),
+    ),
+  )
 
 
 @dataclasses.dataclass
@@ -79,6 +96,7 @@ class DemoSummary:
   mean_ap: {stage: {split: mAP in percent}}; seconds: wall time per step;
   pictures: the PNG files written (contact sheet, match pictures).
   """
+
   run: BenchmarkRun
   mean_ap: dict[str, dict[str, float]]
   seconds: dict[str, float]
@@ -110,8 +128,13 @@ class ContentCache:
     return self._cache[key]
 
 
-def run_demo(config: DelfConfig, data: DemoData, output_dir: str | os.PathLike,
-             extractor=None, log: Callable[[str], None] = print) -> DemoSummary:
+def run_demo(
+  config: DelfConfig,
+  data: DemoData,
+  output_dir: str | os.PathLike,
+  extractor=None,
+  log: Callable[[str], None] = print,
+) -> DemoSummary:
   """Runs the whole pipeline on ``data`` into ``output_dir`` (see the module docstring).
 
   extractor: a DelfExtractor (default: one built from ``config``).
@@ -137,27 +160,36 @@ def run_demo(config: DelfConfig, data: DemoData, output_dir: str | os.PathLike,
   # The queries are whole database photos: they reuse these features instead of re-extracting.
   load_features = feature_loader(features_dir)
   for path in image_paths:
-    cache.add(load_image(path, max_pixels=config.max_image_pixels),
-              load_features(image_id_of(path)))
+    cache.add(
+      load_image(path, max_pixels=config.max_image_pixels), load_features(image_id_of(path))
+    )
   seconds["extraction"] = time.time() - start
-  log(f"features: {missing} photos extracted, {len(image_paths) - missing} reused "
-      f"({seconds['extraction']:.0f} s) -> {features_dir}")
+  log(
+    f"features: {missing} photos extracted, {len(image_paths) - missing} reused "
+    f"({seconds['extraction']:.0f} s) -> {features_dir}"
+  )
 
   start = time.time()
-  index, failures = build_index(list_feature_files(features_dir), output_dir / "index",
-                                IndexParams.from_config(config.retrieval_config),
-                                log=lambda line: None)
+  index, failures = build_index(
+    list_feature_files(features_dir),
+    output_dir / "index",
+    IndexParams.from_config(config.retrieval_config),
+    log=lambda line: None,
+  )
   if failures:
     raise InputError(f"{failures[0][0]}: {failures[0][1]}")
   seconds["index"] = time.time() - start
   log(f"index: {len(index)} images -> {output_dir / 'index'}")
 
   start = time.time()
-  run = run_benchmark(config, dataset, index, features_dir, output_dir / "retrieval",
-                      extract=cache, log=log)
+  run = run_benchmark(
+    config, dataset, index, features_dir, output_dir / "retrieval", extract=cache, log=log
+  )
   seconds["retrieval"] = time.time() - start
-  mean_ap = {stage: {split: round(100 * metrics.mean_ap, 2) for split, metrics in splits.items()}
-             for stage, splits in run.metrics.items()}
+  mean_ap = {
+    stage: {split: round(100 * metrics.mean_ap, 2) for split, metrics in splits.items()}
+    for stage, splits in run.metrics.items()
+  }
 
   start = time.time()
   pictures = [_contact_sheet(output_dir / "top_results.png", dataset, run)]
@@ -172,10 +204,15 @@ def run_demo(config: DelfConfig, data: DemoData, output_dir: str | os.PathLike,
     picture_a, factor_a = shrink_to_max_side(image_a, PICTURE_SIDE)
     picture_b, factor_b = shrink_to_max_side(image_b, PICTURE_SIDE)
     target = output_dir / f"matches_{name}.png"
-    draw_matches(target, picture_a, picture_b, features_a.locations[inliers[:, 0]] * factor_a,
-                 features_b.locations[inliers[:, 1]] * factor_b,
-                 f"{path_a.name} - {path_b.name}: {result.num_inliers} RANSAC inliers of "
-                 f"{result.num_matches} putative matches")
+    draw_matches(
+      target,
+      picture_a,
+      picture_b,
+      features_a.locations[inliers[:, 0]] * factor_a,
+      features_b.locations[inliers[:, 1]] * factor_b,
+      f"{path_a.name} - {path_b.name}: {result.num_inliers} RANSAC inliers of "
+      f"{result.num_matches} putative matches",
+    )
     match_inliers[name] = (result.num_inliers, result.num_matches)
     pictures.append(target)
   seconds["pictures"] = time.time() - start
@@ -200,12 +237,20 @@ def _contact_sheet(path: pathlib.Path, dataset, run: BenchmarkRun) -> pathlib.Pa
     captions.append(f"query {query}")
     top = [entry for entry in run.results[number].reranked if entry.image_id != query]
     for rank, entry in enumerate(top[:CONTACT_SHEET_RESULTS], 1):
-      tiles.append(shrink_to_max_side(load_image(dataset.image_path(entry.image_id)),
-                                      THUMBNAIL_SIDE)[0])
+      tiles.append(
+        shrink_to_max_side(load_image(dataset.image_path(entry.image_id)), THUMBNAIL_SIDE)[0]
+      )
       correct = dataset.imlist.index(entry.image_id) in positives[number]
       inliers = "-" if entry.inliers is None else entry.inliers
-      captions.append(f"{rank}. {entry.image_id}\n{inliers} inliers, "
-                      f"{'same place' if correct else 'other'}")
-  draw_contact_sheet(path, tiles[0], tiles[1:], captions[1:], query_caption=captions[0],
-                     columns=CONTACT_SHEET_RESULTS + 1)
+      captions.append(
+        f"{rank}. {entry.image_id}\n{inliers} inliers, {'same place' if correct else 'other'}"
+      )
+  draw_contact_sheet(
+    path,
+    tiles[0],
+    tiles[1:],
+    captions[1:],
+    query_caption=captions[0],
+    columns=CONTACT_SHEET_RESULTS + 1,
+  )
   return path

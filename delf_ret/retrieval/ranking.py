@@ -25,13 +25,15 @@ from delf_ret.match import RansacParams, add_seconds, verify_candidates
 @dataclasses.dataclass
 class RankedImage:
   """One entry of a ranked list: image id, first-stage score, inliers (None: not verified)."""
+
   image_id: str
   score: float
   inliers: int | None = None
 
 
-def vote_totals(slots: np.ndarray, distances: np.ndarray,
-                weighting: str) -> tuple[np.ndarray, np.ndarray]:
+def vote_totals(
+  slots: np.ndarray, distances: np.ndarray, weighting: str
+) -> tuple[np.ndarray, np.ndarray]:
   """Scores per database slot from the k-NN hits [Q, k] of Q query descriptors, without loops.
 
   Each query descriptor votes at most once per image (its closest hit there):
@@ -67,8 +69,9 @@ def aggregate_votes(slots: np.ndarray, distances: np.ndarray, weighting: str) ->
   return dict(zip(unique_slots.tolist(), scores.tolist()))
 
 
-def rank_database(index: LocalFeatureIndex, query_descriptors: np.ndarray,
-                  retrieval_config: DelfRetrievalConfig) -> list[RankedImage]:
+def rank_database(
+  index: LocalFeatureIndex, query_descriptors: np.ndarray, retrieval_config: DelfRetrievalConfig
+) -> list[RankedImage]:
   """Database images by decreasing vote score (ties: image id order); unvoted images omitted.
 
   query_descriptors: float32 [Q, D]; each looks up its
@@ -80,13 +83,19 @@ def rank_database(index: LocalFeatureIndex, query_descriptors: np.ndarray,
   slots, _, distances = index.search(query_descriptors, retrieval_config.neighbors_per_descriptor)
   unique_slots, scores = vote_totals(slots, distances, retrieval_config.vote_weighting)
   names = index.slot_names
-  ranked = [RankedImage(names[slot], score) for slot, score in
-            zip(unique_slots.tolist(), scores.tolist()) if slot in names]
+  ranked = [
+    RankedImage(names[slot], score)
+    for slot, score in zip(unique_slots.tolist(), scores.tolist())
+    if slot in names
+  ]
   return sorted(ranked, key=lambda entry: (-entry.score, entry.image_id))
 
 
-def _timed_loads(image_ids: list[str], load_features: Callable[[str], LocalFeatures],
-                 timings: dict[str, float] | None) -> Iterator[LocalFeatures]:
+def _timed_loads(
+  image_ids: list[str],
+  load_features: Callable[[str], LocalFeatures],
+  timings: dict[str, float] | None,
+) -> Iterator[LocalFeatures]:
   """Features of each image id, loaded one at a time; seconds added to timings["loading"]."""
   for image_id in image_ids:
     start = time.perf_counter()
@@ -95,11 +104,15 @@ def _timed_loads(image_ids: list[str], load_features: Callable[[str], LocalFeatu
     yield features
 
 
-def rerank(query: LocalFeatures, ranked: list[RankedImage],
-           load_features: Callable[[str], LocalFeatures],
-           retrieval_config: DelfRetrievalConfig, skip: Collection[str] = frozenset(),
-           verified: dict[str, int] | None = None,
-           timings: dict[str, float] | None = None) -> list[RankedImage]:
+def rerank(
+  query: LocalFeatures,
+  ranked: list[RankedImage],
+  load_features: Callable[[str], LocalFeatures],
+  retrieval_config: DelfRetrievalConfig,
+  skip: Collection[str] = frozenset(),
+  verified: dict[str, int] | None = None,
+  timings: dict[str, float] | None = None,
+) -> list[RankedImage]:
   """Verifies the top ``rerank_top_n`` candidates and reorders them by inlier count.
 
   The candidates are the first ``rerank_top_n`` entries of ``ranked`` whose
@@ -119,8 +132,12 @@ def rerank(query: LocalFeatures, ranked: list[RankedImage],
   verified = {} if verified is None else verified
   selected = list(itertools.islice((e for e in ranked if e.image_id not in skip), top_n))
   missing = list(dict.fromkeys(e.image_id for e in selected if e.image_id not in verified))
-  verifications = verify_candidates(query, _timed_loads(missing, load_features, timings),
-                                    RansacParams.from_config(retrieval_config), timings)
+  verifications = verify_candidates(
+    query,
+    _timed_loads(missing, load_features, timings),
+    RansacParams.from_config(retrieval_config),
+    timings,
+  )
   verified.update(zip(missing, (v.num_inliers for v in verifications)))
   selected_ids = {e.image_id for e in selected}
   passed, others = [], []
@@ -138,12 +155,14 @@ def rerank(query: LocalFeatures, ranked: list[RankedImage],
 def use_search_settings(index: LocalFeatureIndex, retrieval_config: DelfRetrievalConfig) -> None:
   """Sets the search breadth (nprobe, ef_search) of a loaded index from the config."""
   configured = IndexParams.from_config(retrieval_config)
-  index.params = dataclasses.replace(index.params, nprobe=configured.nprobe,
-                                     ef_search=configured.ef_search)
+  index.params = dataclasses.replace(
+    index.params, nprobe=configured.nprobe, ef_search=configured.ef_search
+  )
 
 
-def load_index(index: LocalFeatureIndex | str | os.PathLike,
-               retrieval_config: DelfRetrievalConfig) -> LocalFeatureIndex:
+def load_index(
+  index: LocalFeatureIndex | str | os.PathLike, retrieval_config: DelfRetrievalConfig
+) -> LocalFeatureIndex:
   """The index (loaded from its folder unless already loaded) with the config's search breadth."""
   if not isinstance(index, LocalFeatureIndex):
     index = LocalFeatureIndex.load(index)
@@ -160,27 +179,37 @@ class RetrievalResult:
   seconds: wall time of this query per stage ("extraction", "search",
     "loading", "matching", "ransac"), as far as measured.
   """
+
   ranked: list[RankedImage]
   reranked: list[RankedImage]
   reranked_by_split: dict[str, list[RankedImage]] = dataclasses.field(default_factory=dict)
   seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def first_stage(query: LocalFeatures, index: LocalFeatureIndex,
-                retrieval_config: DelfRetrievalConfig,
-                timings: dict[str, float] | None = None) -> list[RankedImage]:
+def first_stage(
+  query: LocalFeatures,
+  index: LocalFeatureIndex,
+  retrieval_config: DelfRetrievalConfig,
+  timings: dict[str, float] | None = None,
+) -> list[RankedImage]:
   """rank_database for a query's features (none: an empty list); seconds in timings["search"]."""
   start = time.perf_counter()
-  ranked = rank_database(index, query.descriptors if query.num_features else
-                         np.zeros((0, index.dim), np.float32), retrieval_config)
+  ranked = rank_database(
+    index,
+    query.descriptors if query.num_features else np.zeros((0, index.dim), np.float32),
+    retrieval_config,
+  )
   add_seconds(timings, "search", start)
   return ranked
 
 
-def retrieve(query: LocalFeatures, index: LocalFeatureIndex,
-             load_features: Callable[[str], LocalFeatures],
-             retrieval_config: DelfRetrievalConfig,
-             junk_by_split: dict[str, set[str]] | None = None) -> RetrievalResult:
+def retrieve(
+  query: LocalFeatures,
+  index: LocalFeatureIndex,
+  load_features: Callable[[str], LocalFeatures],
+  retrieval_config: DelfRetrievalConfig,
+  junk_by_split: dict[str, set[str]] | None = None,
+) -> RetrievalResult:
   """Ranks the database for one query, then verifies the top (settings from the config).
 
   junk_by_split: {split: junk image ids} of a Revisited query: one reranked
@@ -193,11 +222,18 @@ def retrieve(query: LocalFeatures, index: LocalFeatureIndex,
   if retrieval_config.rerank_top_n == 0:
     return RetrievalResult(ranked, list(ranked), seconds=seconds)
   if not junk_by_split:
-    return RetrievalResult(ranked, rerank(query, ranked, load_features, retrieval_config,
-                                          timings=seconds), seconds=seconds)
+    return RetrievalResult(
+      ranked,
+      rerank(query, ranked, load_features, retrieval_config, timings=seconds),
+      seconds=seconds,
+    )
   verified: dict[str, int] = {}
-  by_split = {split: rerank(query, ranked, load_features, retrieval_config, skip=names,
-                            verified=verified, timings=seconds)
-              for split, names in junk_by_split.items()}
-  return RetrievalResult(ranked, by_split.get("medium", next(iter(by_split.values()))),
-                         by_split, seconds)
+  by_split = {
+    split: rerank(
+      query, ranked, load_features, retrieval_config, skip=names, verified=verified, timings=seconds
+    )
+    for split, names in junk_by_split.items()
+  }
+  return RetrievalResult(
+    ranked, by_split.get("medium", next(iter(by_split.values()))), by_split, seconds
+  )

@@ -44,6 +44,7 @@ class GldDataError(DelfRetError):
 @dataclasses.dataclass(frozen=True)
 class TrainImage:
   """One training image: id, path, original landmark id and contiguous label."""
+
   image_id: str
   path: pathlib.Path
   landmark_id: int
@@ -71,19 +72,24 @@ def read_train_csv(csv_path: str | os.PathLike, train_dir: str | os.PathLike) ->
       try:
         landmark = int(row["landmark_id"])
       except (TypeError, ValueError):
-        raise GldDataError(f"{csv_path}:{line}: landmark_id {row['landmark_id']!r} is not "
-                           f"an integer") from None
+        raise GldDataError(
+          f"{csv_path}:{line}: landmark_id {row['landmark_id']!r} is not an integer"
+        ) from None
       rows.append((landmark, (row["images"] or "").split()))
   labels = {landmark: label for label, landmark in enumerate(sorted({l for l, _ in rows}))}
-  images = [TrainImage(image_id, image_path(train_dir, image_id), landmark, labels[landmark])
-            for landmark, ids in rows for image_id in ids]
+  images = [
+    TrainImage(image_id, image_path(train_dir, image_id), landmark, labels[landmark])
+    for landmark, ids in rows
+    for image_id in ids
+  ]
   if not images:
     raise GldDataError(f"{csv_path} lists no images")
   return images
 
 
-def stratified_split(images: list[TrainImage], validation_share: float = 0.2,
-                     seed: int = 0) -> tuple[list[TrainImage], list[TrainImage]]:
+def stratified_split(
+  images: list[TrainImage], validation_share: float = 0.2, seed: int = 0
+) -> tuple[list[TrainImage], list[TrainImage]]:
   """(train, validation): per landmark, round(share * n) images (seeded) go to validation.
 
   A landmark keeps at least one training image.
@@ -115,6 +121,7 @@ def encode_example(image: TrainImage) -> bytes:
   are converted to RGB JPEG (quality 95).
   """
   import tensorflow as tf
+
   data = image.path.read_bytes()
   with Image.open(image.path) as decoded:
     decoded.load()
@@ -124,17 +131,22 @@ def encode_example(image: TrainImage) -> bytes:
       decoded.convert("RGB").save(buffer, format="JPEG", quality=95)
       data = buffer.getvalue()
   feature = {
-      "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
-      "image/id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.image_id.encode()])),
-      "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[image.label])),
-      "image/height": tf.train.Feature(int64_list=tf.train.Int64List(value=[height])),
-      "image/width": tf.train.Feature(int64_list=tf.train.Int64List(value=[width])),
+    "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
+    "image/id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.image_id.encode()])),
+    "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[image.label])),
+    "image/height": tf.train.Feature(int64_list=tf.train.Int64List(value=[height])),
+    "image/width": tf.train.Feature(int64_list=tf.train.Int64List(value=[width])),
   }
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def write_shards(images: list[TrainImage], output_dir: pathlib.Path, split: str, num_shards: int,
-                 log: Callable[[str], None] = print) -> list[tuple[pathlib.Path, str]]:
+def write_shards(
+  images: list[TrainImage],
+  output_dir: pathlib.Path,
+  split: str,
+  num_shards: int,
+  log: Callable[[str], None] = print,
+) -> list[tuple[pathlib.Path, str]]:
   """Writes the images round-robin into ``num_shards`` shards; skips finished shards.
 
   Returns (path, reason) of each skipped unreadable image, including those of
@@ -142,6 +154,7 @@ def write_shards(images: list[TrainImage], output_dir: pathlib.Path, split: str,
   ``<shard>.skipped.json``).
   """
   import tensorflow as tf
+
   failures = []
   start = time.time()
   for shard in range(num_shards):
@@ -151,13 +164,16 @@ def write_shards(images: list[TrainImage], output_dir: pathlib.Path, split: str,
       earlier = []
       if skipped_record.is_file():
         try:
-          earlier = [(pathlib.Path(path), reason)
-                     for path, reason in json.loads(skipped_record.read_text())]
+          earlier = [
+            (pathlib.Path(path), reason) for path, reason in json.loads(skipped_record.read_text())
+          ]
         except (ValueError, TypeError):
           log(f"warning: {skipped_record} is unreadable; its skipped images are not listed")
       failures += earlier
-      log(f"{target.name}: exists, kept" + (f" ({len(earlier)} images skipped when it was "
-                                             f"written)" if earlier else ""))
+      log(
+        f"{target.name}: exists, kept"
+        + (f" ({len(earlier)} images skipped when it was written)" if earlier else "")
+      )
       continue
     members = images[shard::num_shards]
     failed_before = len(failures)
@@ -181,10 +197,15 @@ def write_shards(images: list[TrainImage], output_dir: pathlib.Path, split: str,
   return failures
 
 
-def prepare_gldv2(csv_path: str | os.PathLike, train_dir: str | os.PathLike,
-                  output_dir: str | os.PathLike, num_shards: int = 128,
-                  validation_share: float = 0.2, seed: int = 0,
-                  log: Callable[[str], None] = print) -> list[tuple[pathlib.Path, str]]:
+def prepare_gldv2(
+  csv_path: str | os.PathLike,
+  train_dir: str | os.PathLike,
+  output_dir: str | os.PathLike,
+  num_shards: int = 128,
+  validation_share: float = 0.2,
+  seed: int = 0,
+  log: Callable[[str], None] = print,
+) -> list[tuple[pathlib.Path, str]]:
   """The whole preparation (see the module docstring); returns the skipped images."""
   if num_shards <= 0:
     raise GldDataError(f"num_shards must be positive, got {num_shards}")
@@ -192,21 +213,30 @@ def prepare_gldv2(csv_path: str | os.PathLike, train_dir: str | os.PathLike,
   output_dir.mkdir(parents=True, exist_ok=True)
   images = read_train_csv(csv_path, train_dir)
   train, validation = stratified_split(images, validation_share, seed)
-  split_info = {"seed": seed, "validation_share": validation_share, "num_shards": num_shards,
-                "train_images": len(train), "validation_images": len(validation),
-                "num_classes": len({image.label for image in images})}
+  split_info = {
+    "seed": seed,
+    "validation_share": validation_share,
+    "num_shards": num_shards,
+    "train_images": len(train),
+    "validation_images": len(validation),
+    "num_classes": len({image.label for image in images}),
+  }
   split_path = output_dir / SPLIT_FILE
   if split_path.exists() and json.loads(split_path.read_text()) != split_info:
-    raise GldDataError(f"{output_dir} holds shards of another split ({split_path}); use an "
-                       f"empty folder or the same settings")
+    raise GldDataError(
+      f"{output_dir} holds shards of another split ({split_path}); use an "
+      f"empty folder or the same settings"
+    )
   with atomic_write(output_dir / LABEL_MAP_FILE, "w") as handle:
     handle.write("landmark_id,label\n")
     for landmark, label in sorted({(i.landmark_id, i.label) for i in images}, key=lambda p: p[1]):
       handle.write(f"{landmark},{label}\n")
   with atomic_write(split_path, "w") as handle:
     json.dump(split_info, handle, indent=2)
-  log(f"{len(images)} images of {split_info['num_classes']} landmarks: {len(train)} train, "
-      f"{len(validation)} validation")
+  log(
+    f"{len(images)} images of {split_info['num_classes']} landmarks: {len(train)} train, "
+    f"{len(validation)} validation"
+  )
   validation_shards = max(1, num_shards // 4) if validation else 0
   failures = write_shards(train, output_dir, "train", num_shards, log)
   if validation_shards:

@@ -18,8 +18,8 @@ import pathlib
 import tensorflow as tf
 
 _FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),
-    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+  "image/encoded": tf.io.FixedLenFeature([], tf.string),
+  "image/class/label": tf.io.FixedLenFeature([], tf.int64),
 }
 
 
@@ -42,9 +42,15 @@ def augment(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
   """Random resized crop, flip and colour jitter; uint8 [H, W, 3] -> float32 [S, S, 3] in [0, 255]."""
   seeds = tf.random.experimental.stateless_split(seed, num=6)
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seeds[0],
-      min_object_covered=0.05, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.05, 1.0),
-      max_attempts=10, use_image_if_no_bounding_boxes=True)
+    tf.shape(image),
+    bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+    seed=seeds[0],
+    min_object_covered=0.05,
+    aspect_ratio_range=(3 / 4, 4 / 3),
+    area_range=(0.05, 1.0),
+    max_attempts=10,
+    use_image_if_no_bounding_boxes=True,
+  )
   crop = tf.slice(image, begin, size)
   crop = tf.image.resize(crop, (image_size, image_size), method="bilinear") / 255.0
   crop = tf.image.stateless_random_flip_left_right(crop, seeds[1])
@@ -64,10 +70,17 @@ def center_crop(image: tf.Tensor, image_size: int) -> tf.Tensor:
   return tf.image.resize(crop, (image_size, image_size), method="bilinear")
 
 
-def make_dataset(data_dir: str | pathlib.Path, split: str, batch_size: int,
-                 image_size: int = 321, training: bool = True, seed: int = 0,
-                 shuffle_buffer: int = 256, num_shards: int = 1,
-                 shard_index: int = 0) -> tf.data.Dataset:
+def make_dataset(
+  data_dir: str | pathlib.Path,
+  split: str,
+  batch_size: int,
+  image_size: int = 321,
+  training: bool = True,
+  seed: int = 0,
+  shuffle_buffer: int = 256,
+  num_shards: int = 1,
+  shard_index: int = 0,
+) -> tf.data.Dataset:
   """Batches (images float32 [B, S, S, 3], labels int32 [B]) of one split.
 
   num_shards / shard_index: keep every num_shards-th record (one machine's share).
@@ -76,8 +89,12 @@ def make_dataset(data_dir: str | pathlib.Path, split: str, batch_size: int,
   records = tf.data.Dataset.from_tensor_slices(files)
   if training:
     records = records.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
-  records = records.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
-                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  records = records.interleave(
+    tf.data.TFRecordDataset,
+    cycle_length=min(4, len(files)),
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
   if num_shards > 1:
     records = records.shard(num_shards, shard_index)
   if training:
@@ -88,10 +105,13 @@ def make_dataset(data_dir: str | pathlib.Path, split: str, batch_size: int,
       image, label = parse_example(serialized)
       return augment(image, tf.stack([tf.cast(seed, tf.int64), counter]), image_size), label
 
-    examples = counted.map(train_example, num_parallel_calls=tf.data.AUTOTUNE,
-                           deterministic=True)
+    examples = counted.map(train_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   else:
     examples = records.map(
-        lambda serialized: (lambda image, label: (center_crop(image, image_size), label))(
-            *parse_example(serialized)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      lambda serialized: (lambda image, label: (center_crop(image, image_size), label))(
+        *parse_example(serialized)
+      ),
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=True,
+    )
   return examples.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

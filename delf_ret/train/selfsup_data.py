@@ -30,14 +30,29 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from delf_ret.extract.geometry import RESNET50_CONV4, ReceptiveField, keypoint_centers
 from delf_ret.errors import DelfRetError
-from delf_ret.images import (IMAGE_SUFFIXES, ImageReadError, load_image, read_image_list,
-                             shrink_to_max_side)
+from delf_ret.extract.geometry import RESNET50_CONV4, ReceptiveField, keypoint_centers
+from delf_ret.images import (
+  IMAGE_SUFFIXES,
+  ImageReadError,
+  load_image,
+  read_image_list,
+  shrink_to_max_side,
+)
 
 # Natural photos that ship inside scikit-image and load without a network.
-SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "brick",
-                  "grass", "gravel")
+SKIMAGE_PHOTOS = (
+  "astronaut",
+  "coffee",
+  "chelsea",
+  "rocket",
+  "camera",
+  "coins",
+  "moon",
+  "brick",
+  "grass",
+  "gravel",
+)
 
 
 class TrainingDataError(DelfRetError):
@@ -60,6 +75,7 @@ class ViewSettings:
   blur_probability, noise_std: Gaussian blur chance; Gaussian noise sigma in
     grey levels (drawn uniformly up to this).
   """
+
   crop_size: int = 192
   min_photo_scale: float = 1.0
   max_photo_scale: float = 2.0
@@ -85,6 +101,7 @@ class TrainingPair:
     index of its corresponding cell in view B, or -1.
   targets_ba: int32 [n * n], the same from B to A.
   """
+
   view_a: np.ndarray
   view_b: np.ndarray
   targets_ab: np.ndarray
@@ -97,6 +114,7 @@ class RealPair:
 
   matches: float32 [M, 4] of (ya, xa, yb, xb) pixels of the loaded photos.
   """
+
   index_a: int
   index_b: int
   matches: np.ndarray
@@ -118,16 +136,21 @@ def list_training_photos(source: str | os.PathLike) -> list[pathlib.Path]:
     return read_image_list(source)
   if not source.is_dir():
     raise TrainingDataError(f"{source}: training photos not found (a folder or a list file)")
-  paths = sorted(p for p in source.rglob("*")
-                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                 and not any(part.startswith(".") for part in p.relative_to(source).parts))
+  paths = sorted(
+    p
+    for p in source.rglob("*")
+    if p.is_file()
+    and p.suffix.lower() in IMAGE_SUFFIXES
+    and not any(part.startswith(".") for part in p.relative_to(source).parts)
+  )
   if not paths:
     raise TrainingDataError(f"{source}: no photos found")
   return paths
 
 
-def load_training_photos(paths: Sequence[pathlib.Path], max_side: int,
-                         min_side: int) -> tuple[list[np.ndarray], list[pathlib.Path], list[str]]:
+def load_training_photos(
+  paths: Sequence[pathlib.Path], max_side: int, min_side: int
+) -> tuple[list[np.ndarray], list[pathlib.Path], list[str]]:
   """Loads photos (RGB uint8, longer side <= max_side); skips unreadable or small ones.
 
   Returns (photos, their paths, one error line per skipped file).
@@ -156,8 +179,9 @@ def skimage_photos(max_side: int) -> list[np.ndarray]:
     image = np.asarray(getattr(skimage.data, name)())
     if image.ndim == 2:
       image = np.repeat(image[..., None], 3, axis=2)
-    photos.append(shrink_to_max_side(np.ascontiguousarray(image[..., :3].astype(np.uint8)),
-                                     max_side)[0])
+    photos.append(
+      shrink_to_max_side(np.ascontiguousarray(image[..., :3].astype(np.uint8)), max_side)[0]
+    )
   return photos
 
 
@@ -189,8 +213,9 @@ def apply_homography(transform: np.ndarray, points_yx: np.ndarray) -> np.ndarray
   return xy[:, ::-1]
 
 
-def nearest_cells(points_yx: np.ndarray, side: int,
-                  field: ReceptiveField = RESNET50_CONV4) -> np.ndarray:
+def nearest_cells(
+  points_yx: np.ndarray, side: int, field: ReceptiveField = RESNET50_CONV4
+) -> np.ndarray:
   """Flat index [N] of the cell whose centre is nearest each (y, x) point, -1 off the map."""
   offset = -field.padding + (field.size - 1) / 2.0
   with np.errstate(invalid="ignore"):
@@ -201,8 +226,12 @@ def nearest_cells(points_yx: np.ndarray, side: int,
   return flat
 
 
-def homography_targets(a_to_b: np.ndarray, side: int, valid_a: np.ndarray | None = None,
-                       field: ReceptiveField = RESNET50_CONV4) -> np.ndarray:
+def homography_targets(
+  a_to_b: np.ndarray,
+  side: int,
+  valid_a: np.ndarray | None = None,
+  field: ReceptiveField = RESNET50_CONV4,
+) -> np.ndarray:
   """For each cell of view A, the flat index of the view-B cell its centre maps to (or -1).
 
   a_to_b: 3x3 homography from view-A (x, y) pixels to view-B pixels.
@@ -214,8 +243,9 @@ def homography_targets(a_to_b: np.ndarray, side: int, valid_a: np.ndarray | None
   return targets
 
 
-def match_targets(points_a: np.ndarray, points_b: np.ndarray, side: int,
-                  field: ReceptiveField = RESNET50_CONV4) -> np.ndarray:
+def match_targets(
+  points_a: np.ndarray, points_b: np.ndarray, side: int, field: ReceptiveField = RESNET50_CONV4
+) -> np.ndarray:
   """Cell targets [side * side] from point correspondences in view pixels ((y, x) [M, 2] each).
 
   Each A cell takes the B cell of its first correspondence; correspondences
@@ -266,26 +296,42 @@ def photometric(rng: np.random.Generator, image: np.ndarray, settings: ViewSetti
 
 
 def _warp(photo: np.ndarray, photo_to_view: np.ndarray, size: int) -> np.ndarray:
-  return cv2.warpPerspective(photo, photo_to_view, (size, size), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=(127, 127, 127))
+  return cv2.warpPerspective(
+    photo,
+    photo_to_view,
+    (size, size),
+    flags=cv2.INTER_LINEAR,
+    borderMode=cv2.BORDER_CONSTANT,
+    borderValue=(127, 127, 127),
+  )
 
 
 def _inside(points_yx: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  return (np.isfinite(points_yx).all(axis=1) & (points_yx[:, 0] >= 0) & (points_yx[:, 1] >= 0)
-          & (points_yx[:, 0] <= shape[0] - 1) & (points_yx[:, 1] <= shape[1] - 1))
+  return (
+    np.isfinite(points_yx).all(axis=1)
+    & (points_yx[:, 0] >= 0)
+    & (points_yx[:, 1] >= 0)
+    & (points_yx[:, 0] <= shape[0] - 1)
+    & (points_yx[:, 1] <= shape[1] - 1)
+  )
 
 
 def _scale_matrix(factor: float) -> np.ndarray:
   return np.diag([factor, factor, 1.0])
 
 
-def homography_pair(rng: np.random.Generator, photo: np.ndarray, settings: ViewSettings,
-                    field: ReceptiveField = RESNET50_CONV4) -> TrainingPair:
+def homography_pair(
+  rng: np.random.Generator,
+  photo: np.ndarray,
+  settings: ViewSettings,
+  field: ReceptiveField = RESNET50_CONV4,
+) -> TrainingPair:
   """Two views of one photo: a random crop and its random homographic warp."""
   size = settings.crop_size
   side = grid_side(size, field)
-  factor = size * rng.uniform(settings.min_photo_scale, settings.max_photo_scale) / min(
-      photo.shape[:2])
+  factor = (
+    size * rng.uniform(settings.min_photo_scale, settings.max_photo_scale) / min(photo.shape[:2])
+  )
   height, width = photo.shape[0] * factor, photo.shape[1] * factor
   top = rng.uniform(0, max(0.0, height - size))
   left = rng.uniform(0, max(0.0, width - size))
@@ -303,9 +349,14 @@ def homography_pair(rng: np.random.Generator, photo: np.ndarray, settings: ViewS
   return TrainingPair(view_a, view_b, targets_ab, targets_ba)
 
 
-def real_pair_views(rng: np.random.Generator, photo_a: np.ndarray, photo_b: np.ndarray,
-                    matches: np.ndarray, settings: ViewSettings,
-                    field: ReceptiveField = RESNET50_CONV4) -> TrainingPair:
+def real_pair_views(
+  rng: np.random.Generator,
+  photo_a: np.ndarray,
+  photo_b: np.ndarray,
+  matches: np.ndarray,
+  settings: ViewSettings,
+  field: ReceptiveField = RESNET50_CONV4,
+) -> TrainingPair:
   """Crops of two overlapping photos around a random match, each at its own random scale."""
   size = settings.crop_size
   side = grid_side(size, field)
@@ -326,13 +377,23 @@ def real_pair_views(rng: np.random.Generator, photo_a: np.ndarray, photo_b: np.n
   points_b = apply_homography(transforms[1], matches[:, 2:])
   order = rng.permutation(len(matches))
   points_a, points_b = points_a[order], points_b[order]
-  return TrainingPair(views[0], views[1], match_targets(points_a, points_b, side, field),
-                      match_targets(points_b, points_a, side, field))
+  return TrainingPair(
+    views[0],
+    views[1],
+    match_targets(points_a, points_b, side, field),
+    match_targets(points_b, points_a, side, field),
+  )
 
 
-def make_batch(seed: int, step: int, num_pairs: int, real_fraction: float,
-               photos: Sequence[np.ndarray], real_pairs: Sequence[RealPair],
-               settings: ViewSettings) -> dict[str, np.ndarray]:
+def make_batch(
+  seed: int,
+  step: int,
+  num_pairs: int,
+  real_fraction: float,
+  photos: Sequence[np.ndarray],
+  real_pairs: Sequence[RealPair],
+  settings: ViewSettings,
+) -> dict[str, np.ndarray]:
   """The batch of a step: a pure function of (seed, step).
 
   Returns view_a, view_b uint8 [P, S, S, 3] and targets_ab, targets_ba int32
@@ -346,19 +407,21 @@ def make_batch(seed: int, step: int, num_pairs: int, real_fraction: float,
     if index < num_real:
       real = real_pairs[rng.integers(len(real_pairs))]
       if rng.random() < 0.5:
-        pairs.append(real_pair_views(rng, photos[real.index_a], photos[real.index_b],
-                                     real.matches, settings))
+        pairs.append(
+          real_pair_views(rng, photos[real.index_a], photos[real.index_b], real.matches, settings)
+        )
       else:
         swapped = real.matches[:, [2, 3, 0, 1]]
-        pairs.append(real_pair_views(rng, photos[real.index_b], photos[real.index_a], swapped,
-                                     settings))
+        pairs.append(
+          real_pair_views(rng, photos[real.index_b], photos[real.index_a], swapped, settings)
+        )
     else:
       pairs.append(homography_pair(rng, photos[rng.integers(len(photos))], settings))
   return {
-      "view_a": np.stack([p.view_a for p in pairs]),
-      "view_b": np.stack([p.view_b for p in pairs]),
-      "targets_ab": np.stack([p.targets_ab for p in pairs]).astype(np.int32),
-      "targets_ba": np.stack([p.targets_ba for p in pairs]).astype(np.int32),
+    "view_a": np.stack([p.view_a for p in pairs]),
+    "view_b": np.stack([p.view_b for p in pairs]),
+    "targets_ab": np.stack([p.targets_ab for p in pairs]).astype(np.int32),
+    "targets_ba": np.stack([p.targets_ba for p in pairs]).astype(np.int32),
   }
 
 
@@ -367,10 +430,15 @@ def make_batch(seed: int, step: int, num_pairs: int, real_fraction: float,
 
 
 def _camera_rows(path: str | os.PathLike) -> list[list[float]]:
-  rows = [[float(v) for v in line.split()] for line in pathlib.Path(path).read_text().splitlines()
-          if line.strip()]
+  rows = [
+    [float(v) for v in line.split()]
+    for line in pathlib.Path(path).read_text().splitlines()
+    if line.strip()
+  ]
   if len(rows) < 9 or any(len(row) != 3 for row in rows[:8]) or len(rows[8]) != 2:
-    raise TrainingDataError(f"{path}: not a Strecha camera file (9 rows: K, distortion, R, t, size)")
+    raise TrainingDataError(
+      f"{path}: not a Strecha camera file (9 rows: K, distortion, R, t, size)"
+    )
   return rows
 
 
@@ -386,8 +454,9 @@ def fundamental_from_projections(p_a: np.ndarray, p_b: np.ndarray) -> np.ndarray
   _, _, vt = np.linalg.svd(p_a)
   centre_a = vt[-1]
   epipole = p_b @ centre_a
-  cross = np.array([[0, -epipole[2], epipole[1]], [epipole[2], 0, -epipole[0]],
-                    [-epipole[1], epipole[0], 0]])
+  cross = np.array(
+    [[0, -epipole[2], epipole[1]], [epipole[2], 0, -epipole[0]], [-epipole[1], epipole[0], 0]]
+  )
   return cross @ p_b @ np.linalg.pinv(p_a)
 
 
@@ -398,20 +467,27 @@ def epipolar_distance(fundamental: np.ndarray, matches: np.ndarray) -> np.ndarra
   lines_b = a @ fundamental.T
   lines_a = b @ fundamental
   residual = np.abs(np.sum(b * lines_b, axis=1))
-  return 0.5 * (residual / np.maximum(np.hypot(lines_b[:, 0], lines_b[:, 1]), 1e-12)
-                + residual / np.maximum(np.hypot(lines_a[:, 0], lines_a[:, 1]), 1e-12))
+  return 0.5 * (
+    residual / np.maximum(np.hypot(lines_b[:, 0], lines_b[:, 1]), 1e-12)
+    + residual / np.maximum(np.hypot(lines_a[:, 0], lines_a[:, 1]), 1e-12)
+  )
 
 
 def sift_keypoints(photo: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
   """OpenCV SIFT of an RGB uint8 photo: (x, y) float32 [K, 2] and descriptors [K, 128] or None."""
   keys, descriptors = cv2.SIFT_create(nfeatures=4000).detectAndCompute(
-      cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY), None)
+    cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY), None
+  )
   return np.float32([k.pt for k in keys]).reshape(-1, 2), descriptors
 
 
-def sift_matches(sift_a: tuple[np.ndarray, np.ndarray | None],
-                 sift_b: tuple[np.ndarray, np.ndarray | None], ratio: float = 0.8,
-                 ransac_px: float = 1.5, seed: int = 0) -> np.ndarray:
+def sift_matches(
+  sift_a: tuple[np.ndarray, np.ndarray | None],
+  sift_b: tuple[np.ndarray, np.ndarray | None],
+  ratio: float = 0.8,
+  ransac_px: float = 1.5,
+  seed: int = 0,
+) -> np.ndarray:
   """Ratio-test matches of two photos' SIFT kept by RANSAC on the fundamental matrix.
 
   sift_a, sift_b: :func:`sift_keypoints` of each photo. Returns float32
@@ -431,13 +507,20 @@ def sift_matches(sift_a: tuple[np.ndarray, np.ndarray | None],
   if mask is None:
     return np.zeros((0, 4), np.float32)
   keep = mask.ravel().astype(bool)
-  return np.concatenate([matched_a[keep][:, ::-1], matched_b[keep][:, ::-1]],
-                        axis=1).astype(np.float32)
+  return np.concatenate([matched_a[keep][:, ::-1], matched_b[keep][:, ::-1]], axis=1).astype(
+    np.float32
+  )
 
 
-def find_real_pairs(photos: Sequence[np.ndarray], paths: Sequence[pathlib.Path],
-                    max_gap: int, min_matches: int, cameras: dict[pathlib.Path, np.ndarray],
-                    max_epipolar_px: float, log=print) -> list[RealPair]:
+def find_real_pairs(
+  photos: Sequence[np.ndarray],
+  paths: Sequence[pathlib.Path],
+  max_gap: int,
+  min_matches: int,
+  cameras: dict[pathlib.Path, np.ndarray],
+  max_epipolar_px: float,
+  log=print,
+) -> list[RealPair]:
   """Overlapping photo pairs among neighbours (by sorted name) of each folder.
 
   Photos i and j of one folder with 0 < j - i <= max_gap are matched with
@@ -454,7 +537,7 @@ def find_real_pairs(photos: Sequence[np.ndarray], paths: Sequence[pathlib.Path],
     kept = 0
     sift = {index: sift_keypoints(photos[index]) for index in indices}
     for position, index_a in enumerate(indices):
-      for index_b in indices[position + 1:position + 1 + max_gap]:
+      for index_b in indices[position + 1 : position + 1 + max_gap]:
         matches = sift_matches(sift[index_a], sift[index_b])
         projection_a = cameras.get(pathlib.Path(paths[index_a]))
         projection_b = cameras.get(pathlib.Path(paths[index_b]))
@@ -468,8 +551,9 @@ def find_real_pairs(photos: Sequence[np.ndarray], paths: Sequence[pathlib.Path],
   return pairs
 
 
-def strecha_cameras(paths: Sequence[pathlib.Path], photos: Sequence[np.ndarray],
-                    train_root: pathlib.Path) -> dict[pathlib.Path, np.ndarray]:
+def strecha_cameras(
+  paths: Sequence[pathlib.Path], photos: Sequence[np.ndarray], train_root: pathlib.Path
+) -> dict[pathlib.Path, np.ndarray]:
   """Projection matrices of photos listed in a ``cameras.csv`` (Strecha layout) under the root.
 
   The CSV rows are ``image,scene,camera_file`` relative to the CSV's parent
@@ -492,5 +576,6 @@ def strecha_cameras(paths: Sequence[pathlib.Path], photos: Sequence[np.ndarray],
         photo = photos[wanted[image]]
         factor = photo.shape[1] / width
         cameras[pathlib.Path(paths[wanted[image]])] = _scale_matrix(factor) @ read_strecha_camera(
-            camera_file)
+          camera_file
+        )
   return cameras

@@ -48,29 +48,42 @@ class Gldv2Clean(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Local copy of train_clean.csv + train/ images."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      "Place train_clean.csv and the train/ folder (train/<a>/<b>/<c>/<id>.jpg) of the Google "
-      "Landmarks Dataset v2 in the manual folder.")
+    "Place train_clean.csv and the train/ folder (train/<a>/<b>/<c>/<id>.jpg) of the Google "
+    "Landmarks Dataset v2 in the manual folder."
+  )
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(encoding_format="jpeg"),
-            "image_id": tfds.features.Text(),
-            "landmark_id": tfds.features.Scalar(dtype=np.int64),
-            "label": tfds.features.Scalar(dtype=np.int64),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://github.com/cvdfoundation/google-landmark")
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(encoding_format="jpeg"),
+          "image_id": tfds.features.Text(),
+          "landmark_id": tfds.features.Scalar(dtype=np.int64),
+          "label": tfds.features.Scalar(dtype=np.int64),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://github.com/cvdfoundation/google-landmark",
+    )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = pathlib.Path(dl_manager.manual_dir)
     images = read_train_csv(root / "train_clean.csv", root / "train")
     train, validation = stratified_split(images, VALIDATION_SHARE, SEED)
-    return {"train": self._generate_examples(train),
-            "validation": self._generate_examples(validation)}
+    return {
+      "train": self._generate_examples(train),
+      "validation": self._generate_examples(validation),
+    }
 
   def _generate_examples(self, images: list[TrainImage]):
     for image in images:
       if _readable(image):
-        yield image.image_id, {"image": str(image.path), "image_id": image.image_id,
-                               "landmark_id": image.landmark_id, "label": image.label}
+        yield (
+          image.image_id,
+          {
+            "image": str(image.path),
+            "image_id": image.image_id,
+            "landmark_id": image.landmark_id,
+            "label": image.label,
+          },
+        )

@@ -7,8 +7,11 @@ import subprocess
 import pytest
 
 # Smaller images and a shallower reranking keep the test short; the pipeline is the same.
-FAST = ["--config_override=max_image_size=320", "--config_override=retrieval_config.rerank_top_n=4",
-        "--config_override=retrieval_config.ransac_max_trials=200"]
+FAST = [
+  "--config_override=max_image_size=320",
+  "--config_override=retrieval_config.rerank_top_n=4",
+  "--config_override=retrieval_config.ransac_max_trials=200",
+]
 
 
 def run_demo(*args, cwd):
@@ -16,8 +19,15 @@ def run_demo(*args, cwd):
   if script is None:
     pytest.skip("the delf_demo console script is not installed (pip install -e .)")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", DELF_RET_SHARED_DATA=str(cwd / "no_shared"))
-  return subprocess.run([script, *args], capture_output=True, text=True, env=env, cwd=cwd,
-                        stdin=subprocess.DEVNULL, timeout=900)
+  return subprocess.run(
+    [script, *args],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=cwd,
+    stdin=subprocess.DEVNULL,
+    timeout=900,
+  )
 
 
 def test_demo_runs_the_whole_pipeline_on_the_bundled_photos_then_reuses_features(tmp_path):
@@ -27,8 +37,14 @@ def test_demo_runs_the_whole_pipeline_on_the_bundled_photos_then_reuses_features
   assert "data: bundled demo photos" in first.stdout
   assert "delf_ret/default_model/delf_default.npz" in first.stdout
   assert len(list((output / "features").glob("*.delf"))) == 20
-  for name in ("retrieval/mAP.txt", "retrieval/metrics.json", "retrieval/ranked_lists.json",
-               "top_results.png", "matches_graffiti_1_3.png", "matches_campus_building.png"):
+  for name in (
+    "retrieval/mAP.txt",
+    "retrieval/metrics.json",
+    "retrieval/ranked_lists.json",
+    "top_results.png",
+    "matches_graffiti_1_3.png",
+    "matches_campus_building.png",
+  ):
     assert (output / name).is_file(), name
   assert "after RANSAC reranking" in first.stdout and f"output folder: {output}" in first.stdout
   second = run_demo(*FAST, cwd=tmp_path)

@@ -9,19 +9,28 @@ from conftest import REPO, installed_script
 
 SCRIPTS = re.findall(r'"(\w+)=delf_ret\.cli\.(\w+):run"', (REPO / "setup.py").read_text())
 # One flag of each tool and a word of its help text.
-OWN_FLAG = {"build_index": "--dataset_gnd_path", "create_delf_model": "--backbone_weights",
-            "delf_demo": "--output_dir", "download_dataset": "--sha256",
-            "export_delf_model": "--compact_path", "extract_features": "--overwrite",
-            "learn_pca": "--max_images", "match_images": "--image_1_path",
-            "perform_retrieval": "--dataset_gnd_path", "prepare_gldv2": "--num_shards",
-            "query_index": "--contact_sheet", "train_delf": "--stage"}
+OWN_FLAG = {
+  "build_index": "--dataset_gnd_path",
+  "create_delf_model": "--backbone_weights",
+  "delf_demo": "--output_dir",
+  "download_dataset": "--sha256",
+  "export_delf_model": "--compact_path",
+  "extract_features": "--overwrite",
+  "learn_pca": "--max_images",
+  "match_images": "--image_1_path",
+  "perform_retrieval": "--dataset_gnd_path",
+  "prepare_gldv2": "--num_shards",
+  "query_index": "--contact_sheet",
+  "train_delf": "--stage",
+}
 
 
 @pytest.mark.parametrize("script", [name for name, _ in SCRIPTS])
 def test_help_of_the_installed_script_lists_its_flags(script):
   path = installed_script(script)
-  result = subprocess.run([path, "--help"], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=300)
+  result = subprocess.run(
+    [path, "--help"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300
+  )
   assert result.returncode in (0, 1), result.stderr[-2000:]  # absl's --help exits with 1.
   assert "Traceback" not in result.stderr
   assert f"{script}:" in result.stdout or "Usage" in result.stdout
@@ -30,11 +39,12 @@ def test_help_of_the_installed_script_lists_its_flags(script):
   # A flag line is followed by its help text, not just the usage line.
   lines = result.stdout.splitlines()
   flag_line = next(i for i, line in enumerate(lines) if pattern.search(line))
-  assert len(" ".join(lines[flag_line:flag_line + 2]).split(":", 1)[-1].strip()) > 10
+  assert len(" ".join(lines[flag_line : flag_line + 2]).split(":", 1)[-1].strip()) > 10
 
 
 def test_progress_bar_on_request_and_silenced_with_noprogress(tmp_path, shared_data):
   from PIL import Image
+
   photos = tmp_path / "photos"
   photos.mkdir()
   for name in ("graf1.png", "box.png"):
@@ -42,8 +52,12 @@ def test_progress_bar_on_request_and_silenced_with_noprogress(tmp_path, shared_d
       image.convert("RGB").resize((160, 120)).save(photos / name)
   script = installed_script("extract_features")
   run = lambda out, flag: subprocess.run(  # noqa: E731
-      [script, f"--images_dir={photos}", f"--output_dir={tmp_path / out}", flag],
-      capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    [script, f"--images_dir={photos}", f"--output_dir={tmp_path / out}", flag],
+    capture_output=True,
+    text=True,
+    stdin=subprocess.DEVNULL,
+    timeout=600,
+  )
   shown = run("a", "--progress")
   assert shown.returncode == 0, shown.stderr[-2000:]
   assert "2/2" in shown.stderr and "100%" in shown.stderr  # tqdm's bar, on stderr.

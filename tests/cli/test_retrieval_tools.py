@@ -9,9 +9,8 @@ import json
 
 import pytest
 
-from delf_ret.index import LocalFeatureIndex
-
 from conftest import installed_script, run_cli
+from delf_ret.index import LocalFeatureIndex
 
 # Reranking settings kept small so that the suite stays fast.
 RETRIEVAL = """
@@ -27,38 +26,55 @@ QUERY_IMAGE = "sacre_coeur_lightglue1"
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, shared_data, config_path):
   from delf_ret.datasets.labelled import write_labelled_benchmark
+
   root = tmp_path_factory.mktemp("retrieval")
   config = root / "retrieval.pbtxt"
   config.write_text(config_path.read_text() + RETRIEVAL)
-  paths = write_labelled_benchmark(shared_data / "labels.csv", root / "mini",
-                                   hard_images={"piazza_san_marco_15148634_5228701572"})
-  result = run_cli("delf_ret.cli.build_index", f"--config_path={config}",
-                   f"--images_dir={paths['images_dir']}", f"--features_dir={root / 'features'}",
-                   f"--index_dir={root / 'index'}", "--save_every=10")
+  paths = write_labelled_benchmark(
+    shared_data / "labels.csv", root / "mini", hard_images={"piazza_san_marco_15148634_5228701572"}
+  )
+  result = run_cli(
+    "delf_ret.cli.build_index",
+    f"--config_path={config}",
+    f"--images_dir={paths['images_dir']}",
+    f"--features_dir={root / 'features'}",
+    f"--index_dir={root / 'index'}",
+    "--save_every=10",
+  )
   assert result.returncode == 0, result.stderr
   return {"root": root, "config": config, **paths}
 
 
 def retrieval_args(ws, output, *dataset_args):
-  return (f"--config_path={ws['config']}", f"--images_dir={ws['images_dir']}",
-          f"--index_dir={ws['root'] / 'index'}", f"--features_dir={ws['root'] / 'features'}",
-          f"--output_dir={output}", *dataset_args)
+  return (
+    f"--config_path={ws['config']}",
+    f"--images_dir={ws['images_dir']}",
+    f"--index_dir={ws['root'] / 'index'}",
+    f"--features_dir={ws['root'] / 'features'}",
+    f"--output_dir={output}",
+    *dataset_args,
+  )
 
 
 def test_help_of_each_tool():
-  for module, flag in (("delf_ret.cli.build_index", "--remove_images"),
-                       ("delf_ret.cli.perform_retrieval", "--dataset_gnd_path"),
-                       ("delf_ret.cli.query_index", "--contact_sheet")):
+  for module, flag in (
+    ("delf_ret.cli.build_index", "--remove_images"),
+    ("delf_ret.cli.perform_retrieval", "--dataset_gnd_path"),
+    ("delf_ret.cli.query_index", "--contact_sheet"),
+  ):
     assert flag in run_cli(module, "--help").stdout
 
 
 def test_build_index_indexes_every_image_and_resumes(workspace):
   index = LocalFeatureIndex.load(workspace["root"] / "index")
   assert len(index) == 32 and index.dim == 40
-  result = run_cli("delf_ret.cli.build_index", f"--config_path={workspace['config']}",
-                   f"--images_dir={workspace['images_dir']}",
-                   f"--features_dir={workspace['root'] / 'features'}",
-                   f"--index_dir={workspace['root'] / 'index'}")
+  result = run_cli(
+    "delf_ret.cli.build_index",
+    f"--config_path={workspace['config']}",
+    f"--images_dir={workspace['images_dir']}",
+    f"--features_dir={workspace['root'] / 'features'}",
+    f"--index_dir={workspace['root'] / 'index'}",
+  )
   assert result.returncode == 0, result.stderr
   assert "32 images (0 added now)" in result.stdout
   assert result.stdout.count("skipped") == 32
@@ -71,7 +87,7 @@ def test_perform_retrieval_revisited_writes_report_and_resumes(workspace):
   assert result.returncode == 0, result.stderr
   lines = (output / "mAP.txt").read_text().splitlines()
   for stage in ("[first_stage]", "[reranked]"):
-    block = lines[lines.index(stage) + 1:lines.index(stage) + 4]
+    block = lines[lines.index(stage) + 1 : lines.index(stage) + 4]
     assert [line.split()[0] for line in block] == ["easy", "medium", "hard"]
     assert all(line.split()[1] == "mAP" for line in block)
   metrics = json.loads((output / "metrics.json").read_text())
@@ -99,8 +115,9 @@ def test_perform_retrieval_revisited_writes_report_and_resumes(workspace):
   assert "/17]" not in again.stdout
   assert json.loads((output / "metrics.json").read_text()) == metrics
   # Other retrieval settings: the cached lists are recomputed, not reported again.
-  other = run_cli("delf_ret.cli.perform_retrieval", *args,
-                  "--config_override=retrieval_config.rerank_top_n=3")
+  other = run_cli(
+    "delf_ret.cli.perform_retrieval", *args, "--config_override=retrieval_config.rerank_top_n=3"
+  )
   assert other.returncode == 0, other.stderr
   assert "[17/17]" in other.stdout
   ranked = json.loads((output / "ranked_lists.json").read_text())["queries"]
@@ -109,27 +126,38 @@ def test_perform_retrieval_revisited_writes_report_and_resumes(workspace):
 
 def test_perform_retrieval_original_protocol(workspace):
   output = workspace["root"] / "original"
-  result = run_cli("delf_ret.cli.perform_retrieval",
-                   *retrieval_args(workspace, output, f"--dataset_gt_dir={workspace['gt_dir']}"))
+  result = run_cli(
+    "delf_ret.cli.perform_retrieval",
+    *retrieval_args(workspace, output, f"--dataset_gt_dir={workspace['gt_dir']}"),
+  )
   assert result.returncode == 0, result.stderr
   assert "original protocol" in (output / "mAP.txt").read_text()
-  assert json.loads((output / "metrics.json").read_text())["stages"]["reranked"]["original"][
-      "num_queries"] == 17
+  assert (
+    json.loads((output / "metrics.json").read_text())["stages"]["reranked"]["original"][
+      "num_queries"
+    ]
+    == 17
+  )
 
 
 def test_perform_retrieval_bad_inputs(workspace, tmp_path):
   no_dataset = run_cli("delf_ret.cli.perform_retrieval", *retrieval_args(workspace, tmp_path / "o"))
   assert no_dataset.returncode == 2 and "exactly one of" in no_dataset.stderr
   (tmp_path / "index").mkdir()
-  args = list(retrieval_args(workspace, tmp_path / "o",
-                             f"--dataset_gnd_path={workspace['gnd_path']}"))
+  args = list(
+    retrieval_args(workspace, tmp_path / "o", f"--dataset_gnd_path={workspace['gnd_path']}")
+  )
   args[2] = f"--index_dir={tmp_path / 'index'}"
   no_index = run_cli("delf_ret.cli.perform_retrieval", *args)
   assert no_index.returncode == 2 and "no index in" in no_index.stderr
   # A missing model or PCA file is one error line, not a traceback.
   for field in ("model_path", "delf_local_config.pca_parameters.mean_path"):
-    args = retrieval_args(workspace, tmp_path / field, f"--dataset_gnd_path={workspace['gnd_path']}",
-                          f"--config_override={field}={tmp_path / 'missing'}")
+    args = retrieval_args(
+      workspace,
+      tmp_path / field,
+      f"--dataset_gnd_path={workspace['gnd_path']}",
+      f"--config_override={field}={tmp_path / 'missing'}",
+    )
     missing = run_cli("delf_ret.cli.perform_retrieval", *args)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
     assert missing.stderr.strip().splitlines()[-1].startswith("error: ")
@@ -137,12 +165,20 @@ def test_perform_retrieval_bad_inputs(workspace, tmp_path):
 
 
 def test_query_then_remove_image(workspace, tmp_path):
-  base = (f"--config_path={workspace['config']}", f"--index_dir={workspace['root'] / 'index'}",
-          f"--features_dir={workspace['root'] / 'features'}",
-          f"--image={workspace['images_dir'] / (QUERY_IMAGE + '.jpg')}", "--num_results=4")
-  result = run_cli("delf_ret.cli.query_index", *base, f"--output_json={tmp_path / 'top.json'}",
-                   f"--contact_sheet={tmp_path / 'top.png'}",
-                   f"--database_images_dir={workspace['images_dir']}")
+  base = (
+    f"--config_path={workspace['config']}",
+    f"--index_dir={workspace['root'] / 'index'}",
+    f"--features_dir={workspace['root'] / 'features'}",
+    f"--image={workspace['images_dir'] / (QUERY_IMAGE + '.jpg')}",
+    "--num_results=4",
+  )
+  result = run_cli(
+    "delf_ret.cli.query_index",
+    *base,
+    f"--output_json={tmp_path / 'top.json'}",
+    f"--contact_sheet={tmp_path / 'top.png'}",
+    f"--database_images_dir={workspace['images_dir']}",
+  )
   assert result.returncode == 0, result.stderr
   top = json.loads((tmp_path / "top.json").read_text())["results"]
   assert len(top) == 4
@@ -151,13 +187,23 @@ def test_query_then_remove_image(workspace, tmp_path):
   assert (tmp_path / "top.png").read_bytes()[:4] == b"\x89PNG"
   # Remove it (in a copy of the index) and query again: it never comes back.
   import shutil
+
   index_copy = tmp_path / "index"
   shutil.copytree(workspace["root"] / "index", index_copy)
-  removed = run_cli("delf_ret.cli.build_index", f"--config_path={workspace['config']}",
-                    f"--index_dir={index_copy}", f"--remove_images={QUERY_IMAGE}")
+  removed = run_cli(
+    "delf_ret.cli.build_index",
+    f"--config_path={workspace['config']}",
+    f"--index_dir={index_copy}",
+    f"--remove_images={QUERY_IMAGE}",
+  )
   assert removed.returncode == 0, removed.stderr
-  result = run_cli("delf_ret.cli.query_index", *base[:1], f"--index_dir={index_copy}", *base[2:],
-                   f"--output_json={tmp_path / 'after.json'}")
+  result = run_cli(
+    "delf_ret.cli.query_index",
+    *base[:1],
+    f"--index_dir={index_copy}",
+    *base[2:],
+    f"--output_json={tmp_path / 'after.json'}",
+  )
   assert result.returncode == 0, result.stderr
   after = json.loads((tmp_path / "after.json").read_text())["results"]
   assert QUERY_IMAGE not in [entry["image_id"] for entry in after]
@@ -170,31 +216,58 @@ def test_build_index_from_a_dataset_indexes_exactly_its_database_list(tmp_path):
 
   import numpy as np
 
-  from delf_ret.features import write_features
   from conftest import make_features, random_unit_descriptors
+  from delf_ret.features import write_features
 
   rng = np.random.default_rng(0)
   features_dir = tmp_path / "features"
   for name in ("db_a", "db_b", "db_c", "query_q"):
-    write_features(features_dir / f"{name}.delf",
-                   make_features(rng.uniform(0, 200, (30, 2)), random_unit_descriptors(rng, 30, 40)))
-  gnd = {"imlist": ["db_a", "db_b", "db_c"], "qimlist": ["query_q"],
-         "gnd": [{"bbx": [0, 0, 10, 10], "easy": [0], "hard": [], "junk": []}]}
+    write_features(
+      features_dir / f"{name}.delf",
+      make_features(rng.uniform(0, 200, (30, 2)), random_unit_descriptors(rng, 30, 40)),
+    )
+  gnd = {
+    "imlist": ["db_a", "db_b", "db_c"],
+    "qimlist": ["query_q"],
+    "gnd": [{"bbx": [0, 0, 10, 10], "easy": [0], "hard": [], "junk": []}],
+  }
   (tmp_path / "gnd_toy.pkl").write_bytes(pickle.dumps(gnd))
   script = installed_script("build_index")
-  result = subprocess.run([script, f"--dataset_gnd_path={tmp_path / 'gnd_toy.pkl'}",
-                           f"--features_dir={features_dir}", f"--index_dir={tmp_path / 'index'}"],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+  result = subprocess.run(
+    [
+      script,
+      f"--dataset_gnd_path={tmp_path / 'gnd_toy.pkl'}",
+      f"--features_dir={features_dir}",
+      f"--index_dir={tmp_path / 'index'}",
+    ],
+    capture_output=True,
+    text=True,
+    stdin=subprocess.DEVNULL,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr
   assert "indexing its 3 database images" in result.stdout
   index = LocalFeatureIndex.load(tmp_path / "index")
   assert sorted(index.slot_names.values()) == ["db_a", "db_b", "db_c"]
   # The folder-wide build indexes the query image too, and the dataset build then warns.
-  result = subprocess.run([script, f"--features_dir={features_dir}",
-                           f"--index_dir={tmp_path / 'all'}"], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=300)
+  result = subprocess.run(
+    [script, f"--features_dir={features_dir}", f"--index_dir={tmp_path / 'all'}"],
+    capture_output=True,
+    text=True,
+    stdin=subprocess.DEVNULL,
+    timeout=300,
+  )
   assert result.returncode == 0 and len(LocalFeatureIndex.load(tmp_path / "all")) == 4
-  result = subprocess.run([script, f"--dataset_gnd_path={tmp_path / 'gnd_toy.pkl'}",
-                           f"--features_dir={features_dir}", f"--index_dir={tmp_path / 'all'}"],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+  result = subprocess.run(
+    [
+      script,
+      f"--dataset_gnd_path={tmp_path / 'gnd_toy.pkl'}",
+      f"--features_dir={features_dir}",
+      f"--index_dir={tmp_path / 'all'}",
+    ],
+    capture_output=True,
+    text=True,
+    stdin=subprocess.DEVNULL,
+    timeout=300,
+  )
   assert result.returncode == 0 and "outside toy's database list (e.g. query_q)" in result.stdout

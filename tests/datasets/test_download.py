@@ -8,12 +8,9 @@ import threading
 
 import pytest
 
-from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
-from delf_ret.datasets.download import DATASETS, DownloadError, download_dataset
-
 from conftest import run_cli, tgz
-
-
+from delf_ret.datasets.download import DATASETS, DownloadError, download_dataset
+from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
@@ -45,18 +42,32 @@ def mirror(tmp_path, shared_data):
   root = tmp_path / "mirror"
   root.mkdir()
   photo = (shared_data / "landmarks" / "sacre_coeur_lightglue1.jpg").read_bytes()
-  tgz(root / "oxbuild_images-v1.tgz", {"oxbuild_images/all_souls_000001.jpg": photo,
-                                       "oxbuild_images/radcliffe_camera_000002.jpg": photo,
-                                       "oxbuild_images/readme.html": b"<html/>"})
-  tgz(root / "gt_files_170407.tgz", {
+  tgz(
+    root / "oxbuild_images-v1.tgz",
+    {
+      "oxbuild_images/all_souls_000001.jpg": photo,
+      "oxbuild_images/radcliffe_camera_000002.jpg": photo,
+      "oxbuild_images/readme.html": b"<html/>",
+    },
+  )
+  tgz(
+    root / "gt_files_170407.tgz",
+    {
       "all_souls_1_query.txt": b"oxc1_all_souls_000001 10 20 300 400\n",
-      "all_souls_1_good.txt": b"all_souls_000001\n", "all_souls_1_ok.txt": b"",
-      "all_souls_1_junk.txt": b"radcliffe_camera_000002\n"})
+      "all_souls_1_good.txt": b"all_souls_000001\n",
+      "all_souls_1_ok.txt": b"",
+      "all_souls_1_junk.txt": b"radcliffe_camera_000002\n",
+    },
+  )
   with open(root / "gnd_roxford5k.pkl", "wb") as handle:
-    pickle.dump({"imlist": ["all_souls_000001", "radcliffe_camera_000002"],
-                 "qimlist": ["all_souls_000001"],
-                 "gnd": [{"bbx": [10, 20, 300, 400], "easy": [0], "hard": [], "junk": [1]}]},
-                handle)
+    pickle.dump(
+      {
+        "imlist": ["all_souls_000001", "radcliffe_camera_000002"],
+        "qimlist": ["all_souls_000001"],
+        "gnd": [{"bbx": [10, 20, 300, 400], "easy": [0], "hard": [], "junk": [1]}],
+      },
+      handle,
+    )
   handler = functools.partial(RangeHandler, directory=str(root))
   server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
   thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -70,7 +81,8 @@ def test_official_file_names():
   assert names["oxford5k"] == ["oxbuild_images-v1.tgz", "gt_files_170407.tgz"]
   assert names["rparis6k"] == ["paris_1-v1.tgz", "paris_2-v1.tgz", "gnd_rparis6k.pkl"]
   assert DATASETS["roxford5k"][1].url == (
-      "https://cmp.felk.cvut.cz/revisitop/data/datasets/roxford5k/gnd_roxford5k.pkl")
+    "https://cmp.felk.cvut.cz/revisitop/data/datasets/roxford5k/gnd_roxford5k.pkl"
+  )
   assert all(f.url.startswith("https://") for files in DATASETS.values() for f in files)
 
 
@@ -79,7 +91,9 @@ def test_download_unpack_and_read_both_layouts(mirror, tmp_path):
   lines = []
   folder = download_dataset("oxford5k", out, mirror_url=mirror, log=lines.append)
   assert sorted(p.name for p in (folder / "jpg").iterdir()) == [
-      "all_souls_000001.jpg", "radcliffe_camera_000002.jpg"]
+    "all_souls_000001.jpg",
+    "radcliffe_camera_000002.jpg",
+  ]
   dataset = read_original_gt(folder / "gt", folder / "jpg")
   assert dataset.qimlist == ["all_souls_000001"] and list(dataset.gnd[0]["junk"]) == [1]
   assert not list((folder / "downloads").glob("*.tgz"))  # Archives removed after unpacking.
@@ -89,9 +103,11 @@ def test_download_unpack_and_read_both_layouts(mirror, tmp_path):
   assert all("already unpacked" in line for line in lines)
   # The mirror's stand-in pkl is not the published file: its digest is given instead.
   from delf_ret.datasets.download import sha256_of
+
   stand_in = sha256_of(tmp_path / "mirror" / "gnd_roxford5k.pkl")
-  folder = download_dataset("roxford5k", out, mirror_url=mirror, log=lines.append,
-                            sha256={"gnd_roxford5k.pkl": stand_in})
+  folder = download_dataset(
+    "roxford5k", out, mirror_url=mirror, log=lines.append, sha256={"gnd_roxford5k.pkl": stand_in}
+  )
   assert "gnd_roxford5k.pkl: SHA-256 verified" in lines
   dataset = read_revisited_gnd(folder / "gnd_roxford5k.pkl", folder / "jpg")
   assert dataset.image_path(dataset.qimlist[0]).is_file()
@@ -99,11 +115,12 @@ def test_download_unpack_and_read_both_layouts(mirror, tmp_path):
 
 def test_partial_download_is_resumed_with_a_range_request(mirror, tmp_path):
   from delf_ret.datasets.download import download_file
+
   archive = tmp_path / "mirror" / "oxbuild_images-v1.tgz"
   data = archive.read_bytes()
   target = tmp_path / "downloads" / archive.name
   target.parent.mkdir()
-  target.with_name(archive.name + ".part").write_bytes(data[:len(data) // 2])
+  target.with_name(archive.name + ".part").write_bytes(data[: len(data) // 2])
   download_file(f"{mirror}/{archive.name}", target, log=lambda line: None)
   assert target.read_bytes() == data and not target.with_name(archive.name + ".part").exists()
   # A partial file longer than the remote one (416) is dropped and the file fetched again.
@@ -139,10 +156,15 @@ def test_errors_are_clear(mirror, tmp_path):
 
 def test_cli(mirror, tmp_path):
   from delf_ret.datasets.download import sha256_of
+
   stand_in = sha256_of(tmp_path / "mirror" / "gnd_roxford5k.pkl")
-  result = run_cli("delf_ret.cli.download_dataset", "--dataset=roxford5k",
-                   f"--output_dir={tmp_path}", f"--mirror_url={mirror}",
-                   f"--sha256=gnd_roxford5k.pkl={stand_in}")
+  result = run_cli(
+    "delf_ret.cli.download_dataset",
+    "--dataset=roxford5k",
+    f"--output_dir={tmp_path}",
+    f"--mirror_url={mirror}",
+    f"--sha256=gnd_roxford5k.pkl={stand_in}",
+  )
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "roxford5k" / "gnd_roxford5k.pkl").is_file()
   assert "--mirror_url" in run_cli("delf_ret.cli.download_dataset", "--help").stdout

@@ -2,9 +2,8 @@
 
 import pytest
 
-from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
-from delf_ret.evaluation.ground_truth import GroundTruthError
 from delf_ret.datasets.labelled import write_labelled_benchmark
+from delf_ret.evaluation.ground_truth import GroundTruthError, read_original_gt, read_revisited_gnd
 
 HARD = "piazza_san_marco_15148634_5228701572"
 
@@ -24,6 +23,7 @@ def test_both_layouts_from_shared_labels(shared_data, tmp_path):
   assert len(entry["easy"]) == 3  # The other San Marco photos.
   # Boxes cover the whole image.
   from PIL import Image
+
   with Image.open(revisited.image_path(revisited.qimlist[query])) as image:
     assert list(entry["bbx"]) == [0, 0, *image.size]
   # Original layout: good = easy, ok = hard.

@@ -5,7 +5,8 @@ from delf_ret.evaluation.visualize import fit_caption
 
 def test_long_image_ids_break_after_an_underscore():
   assert fit_caption("2. piazza_san_marco_43351518_2659980686\n4 inliers, other") == (
-      "2. piazza_san_marco_43351518_\n2659980686\n4 inliers, other")
+    "2. piazza_san_marco_43351518_\n2659980686\n4 inliers, other"
+  )
 
 
 def test_short_lines_are_kept_and_unbroken_words_cut_at_the_width():

@@ -5,8 +5,12 @@ import pickle
 import numpy as np
 import pytest
 
-from delf_ret.evaluation.ground_truth import crop_to_box, read_original_gt, read_revisited_gnd
-from delf_ret.evaluation.ground_truth import GroundTruthError
+from delf_ret.evaluation.ground_truth import (
+  GroundTruthError,
+  crop_to_box,
+  read_original_gt,
+  read_revisited_gnd,
+)
 from delf_ret.evaluation.metrics import evaluate_revisited
 
 
@@ -28,8 +32,12 @@ def oxford_layout(tmp_path):
 def test_original_layout(oxford_layout):
   gt, images = oxford_layout
   dataset = read_original_gt(gt, images)
-  assert dataset.imlist == ["all_souls_000001", "all_souls_000002", "magdalen_000007",
-                            "radcliffe_000001"]
+  assert dataset.imlist == [
+    "all_souls_000001",
+    "all_souls_000002",
+    "magdalen_000007",
+    "radcliffe_000001",
+  ]
   assert dataset.qimlist == ["all_souls_000001"]
   entry = dataset.gnd[0]
   assert list(entry["good"]) == [1] and list(entry["ok"]) == [0] and list(entry["junk"]) == [2]
@@ -50,9 +58,14 @@ def test_original_layout_errors(oxford_layout, tmp_path):
 
 
 def test_revisited_layout_and_evaluation(tmp_path):
-  data = {"imlist": ["a", "b", "c", "d"], "qimlist": ["q1", "q2"],
-          "gnd": [{"bbx": [1.0, 2.0, 30.0, 40.0], "easy": [0], "hard": [1], "junk": [2]},
-                  {"bbx": [0.0, 0.0, 5.0, 5.0], "easy": [], "hard": [3], "junk": []}]}
+  data = {
+    "imlist": ["a", "b", "c", "d"],
+    "qimlist": ["q1", "q2"],
+    "gnd": [
+      {"bbx": [1.0, 2.0, 30.0, 40.0], "easy": [0], "hard": [1], "junk": [2]},
+      {"bbx": [0.0, 0.0, 5.0, 5.0], "easy": [], "hard": [3], "junk": []},
+    ],
+  }
   path = tmp_path / "gnd_roxford5k.pkl"
   path.write_bytes(pickle.dumps(data))
   dataset = read_revisited_gnd(path, tmp_path / "jpg")
@@ -87,6 +100,7 @@ def test_crop_to_box_rounds_as_the_official_code():
   np.testing.assert_array_equal(crop[0, 0], image[0, 4])
   # The same pixels as the official extraction (int(round(b)) then a PIL crop).
   from PIL import Image
+
   rgb = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
   for box in [(3.5, 0.5, 12.5, 8.6), (10.49, 4.51, 55.5, 39.5), (0.0, 0.0, 60.0, 40.0)]:
     official = np.asarray(Image.fromarray(rgb).crop([int(round(b)) for b in box]))

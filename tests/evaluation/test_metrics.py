@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from delf_ret.evaluation import metrics as evaluation
-from delf_ret.evaluation.metrics import (average_precision, evaluate_original, evaluate_revisited,
-                                 evaluate_split, positive_ranks)
+from delf_ret.evaluation.metrics import (
+  average_precision,
+  evaluate_original,
+  evaluate_revisited,
+  evaluate_split,
+  positive_ranks,
+)
 
 
 def test_positive_ranks_remove_ignored_first():
@@ -26,16 +31,16 @@ def test_average_precision_by_hand():
 
 
 def test_precision_and_recall_at_k():
-  metrics = evaluate_split([np.array([5, 1, 2, 3, 4, 0])], [np.array([1, 3, 0])], [np.array([])],
-                           ks=(1, 2, 5))
+  metrics = evaluate_split(
+    [np.array([5, 1, 2, 3, 4, 0])], [np.array([1, 3, 0])], [np.array([])], ks=(1, 2, 5)
+  )
   assert metrics.precision_at == {1: 0.0, 2: 0.5, 5: 0.4}
   assert metrics.recall_at == pytest.approx({1: 0.0, 2: 1 / 3, 5: 2 / 3})
 
 
 def test_revisited_splits_with_junk_and_empty_queries():
   ranked = [np.array([0, 1, 2, 3, 4]), np.array([4, 3, 2, 1, 0])]
-  gnd = [{"easy": [2], "hard": [0], "junk": [1]},
-         {"easy": [], "hard": [1], "junk": [4]}]
+  gnd = [{"easy": [2], "hard": [0], "junk": [1]}, {"easy": [], "hard": [1], "junk": [4]}]
   result = evaluate_revisited(ranked, gnd)
   # Query 0, easy: ignored {1, 0} -> list 2, 3, 4: easy 2 at rank 0 -> AP 1.
   # Query 1 has no easy positives: excluded from the easy mean.
@@ -68,8 +73,11 @@ def test_interpolated_precision_by_hand():
 
 
 def test_split_metrics_carry_the_mean_pr_curve():
-  metrics = evaluation.evaluate_split([np.array([0, 1]), np.array([1, 0])],
-                                      [np.array([0]), np.array([0])], [np.array([]), np.array([])])
+  metrics = evaluation.evaluate_split(
+    [np.array([0, 1]), np.array([1, 0])],
+    [np.array([0]), np.array([0])],
+    [np.array([]), np.array([])],
+  )
   assert len(metrics.pr_curve) == len(evaluation.RECALL_LEVELS)
   np.testing.assert_allclose(metrics.pr_curve, 0.75)  # (1 + 1/2) / 2 at every level.
 
@@ -77,8 +85,9 @@ def test_split_metrics_carry_the_mean_pr_curve():
 def test_precision_at_k_as_revisitop_computes_it():
   # Perfect ranking of 3 positives: kq = min(3, k) -> 1.0 for every k (positives / k gives 0.6
   # at k = 5).
-  perfect = evaluate_split([np.array([0, 1, 2, 3, 4])], [np.array([0, 1, 2])], [np.array([])],
-                           ks=(1, 3, 5))
+  perfect = evaluate_split(
+    [np.array([0, 1, 2, 3, 4])], [np.array([0, 1, 2])], [np.array([])], ks=(1, 3, 5)
+  )
   assert perfect.precision_at == {1: 1.0, 3: 1.0, 5: 1.0}
   # Positives at 1-based positions 2 and 4: k=1 -> kq 1 -> 0; k=3 -> kq 3 -> 1/3;
   # k=5 -> kq 4 -> 2/4.
@@ -96,14 +105,17 @@ def test_an_image_listed_twice_counts_once():
   assert result.recall_at[1] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("ranked, ks, message", [
+@pytest.mark.parametrize(
+  "ranked, ks, message",
+  [
     ([np.array([0, 1]), np.array([1, 0])], (1,), "2 ranked lists for 1 queries"),
     ([np.array([[0, 1], [1, 0]])], (1,), "1-d array"),
     ([np.array([0.5, 1.0])], (1,), "1-d array"),
     ([np.array([0, 1])], (0,), "at least 1"),
     ([np.array([0, 1, 3])], (1,), r"outside the database \(ids must be 0..2\), e.g. 3"),
     ([np.array([0, -1, 2])], (1,), "outside the database .* e.g. -1"),
-])
+  ],
+)
 def test_bad_rankings_give_clear_errors(ranked, ks, message):
   with pytest.raises(evaluation.RankingError, match=message):
     evaluate_split(ranked, [np.array([0])], [np.array([])], ks=ks, num_database=3)

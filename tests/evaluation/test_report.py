@@ -8,20 +8,37 @@ from delf_ret.evaluation.report import write_report
 
 
 def metrics(mean_ap, queries, aps):
-  return SplitMetrics(mean_ap, {1: 0.5, 5: 0.2}, {1: 0.25, 5: 1.0}, aps, queries,
-                      [0.5] * len(RECALL_LEVELS) if queries else [])
+  return SplitMetrics(
+    mean_ap,
+    {1: 0.5, 5: 0.2},
+    {1: 0.25, 5: 1.0},
+    aps,
+    queries,
+    [0.5] * len(RECALL_LEVELS) if queries else [],
+  )
 
 
 def test_write_report(tmp_path):
   results = {
-      "first_stage": {"easy": metrics(0.5, 2, [0.25, 0.75]),
-                      "medium": metrics(0.625, 2, [0.5, 0.75]),
-                      "hard": metrics(math.nan, 0, [math.nan, math.nan])},
-      "reranked": {"easy": metrics(1.0, 2, [1.0, 1.0]), "medium": metrics(1.0, 2, [1.0, 1.0]),
-                   "hard": metrics(math.nan, 0, [math.nan, math.nan])}}
+    "first_stage": {
+      "easy": metrics(0.5, 2, [0.25, 0.75]),
+      "medium": metrics(0.625, 2, [0.5, 0.75]),
+      "hard": metrics(math.nan, 0, [math.nan, math.nan]),
+    },
+    "reranked": {
+      "easy": metrics(1.0, 2, [1.0, 1.0]),
+      "medium": metrics(1.0, 2, [1.0, 1.0]),
+      "hard": metrics(math.nan, 0, [math.nan, math.nan]),
+    },
+  }
   written = write_report(tmp_path, "toy", "revisited", ["q1", "q2"], results)
-  assert sorted(p.name for p in written) == ["mAP.txt", "metrics.json", "pr_easy.png",
-                                             "pr_hard.png", "pr_medium.png"]
+  assert sorted(p.name for p in written) == [
+    "mAP.txt",
+    "metrics.json",
+    "pr_easy.png",
+    "pr_hard.png",
+    "pr_medium.png",
+  ]
   lines = (tmp_path / "mAP.txt").read_text().splitlines()
   assert lines[0].startswith("# toy, revisited protocol")
   assert lines[1] == "[first_stage]"

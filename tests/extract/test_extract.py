@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 
+from conftest import landmark_images, make_config_text
 from delf_ret.config import load_config, parse_config_text
 from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError, pyramid_levels
-from delf_ret.images import load_image
 from delf_ret.extract.pca import PcaError
-
-from conftest import landmark_images, make_config_text
+from delf_ret.images import load_image
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +48,9 @@ def test_max_feature_num_and_threshold(model_path, pca_dir, delf_model, photos):
 
 def test_whitening_changes_descriptors(model_path, pca_dir, delf_model, photos):
   plain = DelfExtractor(parse_config_text(make_config_text(model_path, pca_dir)), model=delf_model)
-  white = DelfExtractor(parse_config_text(make_config_text(model_path, pca_dir, use_whitening=True)),
-                        model=delf_model)
+  white = DelfExtractor(
+    parse_config_text(make_config_text(model_path, pca_dir, use_whitening=True)), model=delf_model
+  )
   a, b = plain.extract(photos[0]), white.extract(photos[0])
   np.testing.assert_array_equal(a.locations, b.locations)
   assert np.abs(a.descriptors - b.descriptors).max() > 1e-3
@@ -66,8 +66,9 @@ def test_compiled_matches_eager_baseline(config_path, delf_model, photos):
   np.testing.assert_allclose(fast.attention, slow.attention, rtol=1e-4)
 
 
-def test_saved_then_loaded_checkpoint_gives_identical_features(config_path, model_path,
-                                                               delf_model, photos):
+def test_saved_then_loaded_checkpoint_gives_identical_features(
+  config_path, model_path, delf_model, photos
+):
   config = load_config(config_path)
   original = DelfExtractor(config, model=delf_model).extract(photos[2])
   reloaded = DelfExtractor(config).extract(photos[2])  # Loads config.model_path.
@@ -94,6 +95,7 @@ def test_missing_pca_files_are_reported(model_path, tmp_path, delf_model):
 
 def test_too_small_image_file_error_names_the_file(extractor, tmp_path):
   from PIL import Image
+
   path = tmp_path / "tiny.png"
   Image.new("RGB", (8, 8), (10, 200, 10)).save(path)
   for method in (extractor.extract_file, extractor.extract_raw_file):

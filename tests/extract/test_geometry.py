@@ -1,8 +1,12 @@
 import numpy as np
 import pytest
 
-from delf_ret.extract.geometry import (RESNET50_CONV4, ReceptiveField, keypoint_centers,
-                               receptive_field_for_layer)
+from delf_ret.extract.geometry import (
+  RESNET50_CONV4,
+  ReceptiveField,
+  keypoint_centers,
+  receptive_field_for_layer,
+)
 
 
 def test_resnet50_conv4_centres_by_hand():
@@ -16,8 +20,9 @@ def test_resnet50_conv4_centres_by_hand():
 def test_small_field_centres_by_hand():
   field = ReceptiveField(size=11, stride=4, padding=3)
   # (4 * i - 3 + 5) / 2: i = 1 -> 3, i = 2 -> 5, i = 0 -> 1.
-  np.testing.assert_allclose(keypoint_centers(np.array([[1, 2], [0, 0]]), 2.0, field),
-                             [[3, 5], [1, 1]])
+  np.testing.assert_allclose(
+    keypoint_centers(np.array([[1, 2], [0, 0]]), 2.0, field), [[3, 5], [1, 1]]
+  )
 
 
 def test_per_axis_scale():

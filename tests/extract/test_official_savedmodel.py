@@ -12,6 +12,7 @@ from delf_ret.model.delf import ModelFileError
 @pytest.fixture(scope="module")
 def photo(shared_data):
   from delf_ret.images import load_image, shrink_to_max_side
+
   return shrink_to_max_side(load_image(shared_data / "pairs" / "graf1.png"), 400)[0]
 
 
@@ -28,6 +29,7 @@ delf_local_config {{ use_pca: false max_feature_num: 300 score_threshold: 0.0 }}
 def test_official_signature_gives_the_features_of_the_model(delf_model, tmp_path, photo, delg):
   from delf_ret.extract.extractor import DelfExtractor
   from delf_ret.extract.saved_model import export_official_signature
+
   exported = export_official_signature(delf_model, tmp_path / ("delg" if delg else "delf"), delg)
   loaded = tf.saved_model.load(str(exported)).signatures["serving_default"]
   names = set(loaded.structured_input_signature[1])
@@ -42,9 +44,11 @@ def test_official_signature_gives_the_features_of_the_model(delf_model, tmp_path
 
 
 def test_shrinking_to_max_image_size_maps_box_centres_back_to_original_pixels(
-    delf_model, tmp_path, photo):
+  delf_model, tmp_path, photo
+):
   from delf_ret.extract.extractor import DelfExtractor
   from delf_ret.extract.saved_model import export_official_signature
+
   exported = export_official_signature(delf_model, tmp_path / "delf")
   config = _config(exported)
   config.max_image_size = 200  # The 400 px photo is halved before the model sees it.
@@ -65,7 +69,9 @@ def test_unknown_signature_is_a_clear_error(tmp_path):
       return {"out": pixels * 2.0}
 
   module = Other()
-  tf.saved_model.save(module, str(tmp_path / "other"), signatures={"serving_default": module.predict})
+  tf.saved_model.save(
+    module, str(tmp_path / "other"), signatures={"serving_default": module.predict}
+  )
   with pytest.raises(ModelFileError, match=r"no usable signature.*found serving_default\(pixels\)"):
     SavedModelExtractor(tmp_path / "other")
 
@@ -73,6 +79,7 @@ def test_unknown_signature_is_a_clear_error(tmp_path):
 def test_tf1_graph_with_the_official_tensor_names(tmp_path):
   """The official TF1 DELF module: no signature, tensors named input_image:0 ... boxes:0 ..."""
   from delf_ret.extract.extractor import DelfExtractor
+
   graph = tf.Graph()
   with graph.as_default():
     image = tf.compat.v1.placeholder(tf.uint8, [None, None, 3], name="input_image")

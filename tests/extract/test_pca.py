@@ -5,9 +5,11 @@ from delf_ret.extract import pca as pca_lib
 
 
 def hand_model():
-  return pca_lib.PcaModel(mean=np.array([1.0, 1.0], np.float32),
-                          projection=np.array([[0.0, 1.0], [1.0, 0.0]], np.float32),
-                          variances=np.array([4.0, 1.0], np.float32))
+  return pca_lib.PcaModel(
+    mean=np.array([1.0, 1.0], np.float32),
+    projection=np.array([[0.0, 1.0], [1.0, 0.0]], np.float32),
+    variances=np.array([4.0, 1.0], np.float32),
+  )
 
 
 def test_apply_pca_by_hand():
@@ -15,8 +17,11 @@ def test_apply_pca_by_hand():
   descriptors = np.array([[4.0, 5.0]], np.float32)  # centred: (3, 4); projected: (4, 3).
   np.testing.assert_allclose(pca_lib.apply_pca(descriptors, model, 2), [[0.8, 0.6]], atol=1e-6)
   # Whitened: (4 / 2, 3 / 1) = (2, 3) -> normalised.
-  np.testing.assert_allclose(pca_lib.apply_pca(descriptors, model, 2, use_whitening=True),
-                             [[2 / np.sqrt(13), 3 / np.sqrt(13)]], atol=1e-6)
+  np.testing.assert_allclose(
+    pca_lib.apply_pca(descriptors, model, 2, use_whitening=True),
+    [[2 / np.sqrt(13), 3 / np.sqrt(13)]],
+    atol=1e-6,
+  )
   np.testing.assert_allclose(pca_lib.apply_pca(descriptors, model, 1), [[1.0]])
 
 
@@ -59,6 +64,7 @@ def test_official_datum_files_round_trip_and_equal_the_npy_path(tmp_path):
   from delf_ret.extract.pca import apply_pca, learn_pca, load_pca, save_pca
   from delf_ret.features import read_datum
   from delf_ret.protos.delf_features_pb2 import DatumProto
+
   rng = np.random.default_rng(0)
   model = learn_pca(rng.normal(size=(300, 24)).astype(np.float32))
   npy = [tmp_path / f"pca_{n}.npy" for n in ("mean", "projection", "variances")]
@@ -69,13 +75,16 @@ def test_official_datum_files_round_trip_and_equal_the_npy_path(tmp_path):
   proto = DatumProto()
   proto.ParseFromString(datum[1].read_bytes())
   assert list(proto.shape.dim) == [24, 24]
-  np.testing.assert_array_equal(np.asarray(proto.float_list.value).reshape(24, 24),
-                                model.projection)
+  np.testing.assert_array_equal(
+    np.asarray(proto.float_list.value).reshape(24, 24), model.projection
+  )
   np.testing.assert_array_equal(read_datum(datum[0]), model.mean)
   from_npy, from_datum = load_pca(*npy), load_pca(*datum)
   descriptors = rng.normal(size=(7, 24)).astype(np.float32)
-  np.testing.assert_array_equal(apply_pca(descriptors, from_npy, 8, use_whitening=True),
-                                apply_pca(descriptors, from_datum, 8, use_whitening=True))
+  np.testing.assert_array_equal(
+    apply_pca(descriptors, from_npy, 8, use_whitening=True),
+    apply_pca(descriptors, from_datum, 8, use_whitening=True),
+  )
   # Mixed formats and a hand-written file of the official layout load too.
   hand = DatumProto()
   hand.shape.dim.extend([24])
@@ -88,6 +97,7 @@ def test_official_datum_files_round_trip_and_equal_the_npy_path(tmp_path):
 def test_bad_datum_files_give_pca_errors(tmp_path):
   from delf_ret.extract.pca import PcaError, load_pca, read_array
   from delf_ret.protos.delf_features_pb2 import DatumProto
+
   (tmp_path / "garbage.datum").write_bytes(b"\xff\xff\xff garbage")
   with pytest.raises(PcaError, match="not a .datum file"):
     read_array(tmp_path / "garbage.datum")

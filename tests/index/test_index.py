@@ -6,17 +6,23 @@ import faiss
 import numpy as np
 import pytest
 
-from delf_ret.index import IndexParams, LocalFeatureIndex, LocalIndexError
-from delf_ret.index import local_index
-from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
-
 from conftest import random_unit_descriptors
+from delf_ret.index import IndexParams, LocalFeatureIndex, LocalIndexError, local_index
+from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
 
 DIM = 40
 SMALL_IVF = IndexParams(index_type="ivfpq", nlist=8, pq_m=10, pq_nbits=4, nprobe=8)
 # Fast-scan 4-bit PQ (one sub-quantiser per dimension) with an HNSW coarse quantiser.
-FAST_IVF = IndexParams(index_type="ivfpq", nlist=16, pq_m=DIM, pq_nbits=4, nprobe=16,
-                       pq_fast_scan=True, coarse_quantizer="hnsw", hnsw_m=8)
+FAST_IVF = IndexParams(
+  index_type="ivfpq",
+  nlist=16,
+  pq_m=DIM,
+  pq_nbits=4,
+  nprobe=16,
+  pq_fast_scan=True,
+  coarse_quantizer="hnsw",
+  hnsw_m=8,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -38,9 +44,11 @@ def build(params, rng):
   return index, images
 
 
-@pytest.mark.parametrize("params", [IndexParams(), SMALL_IVF, FAST_IVF,
-                                    IndexParams(index_type="hnsw")],
-                         ids=["flat", "ivfpq", "ivfpq_fast_scan", "hnsw"])
+@pytest.mark.parametrize(
+  "params",
+  [IndexParams(), SMALL_IVF, FAST_IVF, IndexParams(index_type="hnsw")],
+  ids=["flat", "ivfpq", "ivfpq_fast_scan", "hnsw"],
+)
 def test_add_delete_search_never_returns_deleted(params):
   rng = np.random.default_rng(0)
   index, images = build(params, rng)
@@ -82,6 +90,7 @@ def test_interrupted_save_keeps_previous_index(tmp_path, monkeypatch):
 
   def fail(*args, **kwargs):
     raise OSError("simulated crash after index.faiss was written")
+
   monkeypatch.setattr(local_index.json, "dumps", fail)
   with pytest.raises(OSError, match="simulated crash"):
     index.save(tmp_path / "idx")
@@ -156,8 +165,9 @@ def test_fast_scan_ivf_add_delete_save_load_without_retraining(tmp_path):
 
 
 def test_fast_scan_settings_from_config_and_errors():
-  retrieval = DelfRetrievalConfig(index_type="ivfpq", pq_m=40, pq_nbits=4, pq_fast_scan=True,
-                                  coarse_quantizer="hnsw")
+  retrieval = DelfRetrievalConfig(
+    index_type="ivfpq", pq_m=40, pq_nbits=4, pq_fast_scan=True, coarse_quantizer="hnsw"
+  )
   params = IndexParams.from_config(retrieval)
   assert params.pq_fast_scan and params.coarse_quantizer == "hnsw" and params.pq_nbits == 4
   assert IndexParams() == IndexParams(pq_fast_scan=False, coarse_quantizer="flat")

@@ -3,18 +3,19 @@
 import numpy as np
 import pytest
 
+from conftest import make_features, random_unit_descriptors
 from delf_ret.features import read_features, write_features
 from delf_ret.index import IndexParams, LocalFeatureIndex, LocalIndexError
 from delf_ret.index.builder import build_index, list_feature_files
-
-from conftest import make_features, random_unit_descriptors
 
 
 def write_images(folder, names, rng, dim=16, n=30):
   folder.mkdir(exist_ok=True)
   for name in names:
-    write_features(folder / f"{name}.delf",
-                   make_features(rng.uniform(0, 100, (n, 2)), random_unit_descriptors(rng, n, dim)))
+    write_features(
+      folder / f"{name}.delf",
+      make_features(rng.uniform(0, 100, (n, 2)), random_unit_descriptors(rng, n, dim)),
+    )
 
 
 def test_build_resume_and_add(tmp_path):
@@ -22,8 +23,9 @@ def test_build_resume_and_add(tmp_path):
   features, index_dir = tmp_path / "features", tmp_path / "index"
   write_images(features, ["a", "b", "c"], rng)
   lines = []
-  index, failures = build_index(list_feature_files(features), index_dir, IndexParams(),
-                                save_every=2, log=lines.append)
+  index, failures = build_index(
+    list_feature_files(features), index_dir, IndexParams(), save_every=2, log=lines.append
+  )
   assert failures == [] and sorted(index.images) == ["a", "b", "c"]
   assert lines[-1].endswith("3 images (3 added now)")
   # New files are added to the saved index; indexed ones are skipped.
@@ -41,8 +43,9 @@ def test_bad_files_are_reported_not_fatal(tmp_path):
   write_images(features, ["wrong_dim"], rng, dim=8)
   (features / "broken.delf").write_bytes(b"\xff\xff not a protobuf")
   write_features(features / "empty.delf", make_features(np.zeros((0, 2)), np.zeros((0, 16))))
-  index, failures = build_index(list_feature_files(features), tmp_path / "index", IndexParams(),
-                                log=lambda line: None)
+  index, failures = build_index(
+    list_feature_files(features), tmp_path / "index", IndexParams(), log=lambda line: None
+  )
   assert sorted(index.images) == ["a", "b", "empty"]
   reasons = {path.name: reason for path, reason in failures}
   assert set(reasons) == {"broken.delf", "wrong_dim.delf"}
@@ -58,8 +61,12 @@ def test_type_mismatch_and_too_small_ivfpq(tmp_path):
   with pytest.raises(LocalIndexError, match="holds a 'flat' index"):
     build_index(paths, tmp_path / "index", IndexParams(index_type="hnsw"), log=lambda line: None)
   with pytest.raises(LocalIndexError, match="training descriptors"):
-    build_index(paths, tmp_path / "ivf", IndexParams(index_type="ivfpq", nlist=256, pq_m=4),
-                log=lambda line: None)
+    build_index(
+      paths,
+      tmp_path / "ivf",
+      IndexParams(index_type="ivfpq", nlist=256, pq_m=4),
+      log=lambda line: None,
+    )
   with pytest.raises(LocalIndexError, match="no .delf feature files"):
     list_feature_files(tmp_path)
 
@@ -68,15 +75,18 @@ def test_ivfpq_trained_on_a_sample(tmp_path):
   rng = np.random.default_rng(3)
   features = tmp_path / "features"
   write_images(features, [f"img{i}" for i in range(10)], rng, n=100)
-  params = IndexParams(index_type="ivfpq", nlist=4, pq_m=4, pq_nbits=4, nprobe=4,
-                       train_sample_size=500)
-  index, failures = build_index(list_feature_files(features), tmp_path / "index", params,
-                                log=lambda line: None)
+  params = IndexParams(
+    index_type="ivfpq", nlist=4, pq_m=4, pq_nbits=4, nprobe=4, train_sample_size=500
+  )
+  index, failures = build_index(
+    list_feature_files(features), tmp_path / "index", params, log=lambda line: None
+  )
   assert not failures and len(index) == 10 and index.index.ntotal == 1000
 
 
 def test_fast_scan_build_remove_and_resume(tmp_path):
   import faiss
+
   threads = faiss.omp_get_max_threads()
   faiss.omp_set_num_threads(1)  # Tiny index: no OpenMP spin-waiting on a busy machine.
   try:
@@ -87,13 +97,22 @@ def test_fast_scan_build_remove_and_resume(tmp_path):
 
 def _fast_scan_build_remove_and_resume(tmp_path):
   from delf_ret.index.builder import remove_images
+
   rng = np.random.default_rng(4)
   features, index_dir = tmp_path / "features", tmp_path / "index"
   write_images(features, [f"img{i}" for i in range(8)], rng, n=60)
-  params = IndexParams(index_type="ivfpq", nlist=4, pq_m=16, pq_nbits=4, nprobe=4,
-                       pq_fast_scan=True, train_sample_size=400)
-  index, failures = build_index(list_feature_files(features), index_dir, params,
-                                log=lambda line: None)
+  params = IndexParams(
+    index_type="ivfpq",
+    nlist=4,
+    pq_m=16,
+    pq_nbits=4,
+    nprobe=4,
+    pq_fast_scan=True,
+    train_sample_size=400,
+  )
+  index, failures = build_index(
+    list_feature_files(features), index_dir, params, log=lambda line: None
+  )
   assert not failures and index.index.ntotal == 480
   index = remove_images(index_dir, ["img3"], log=lambda line: None)
   assert "img3" not in index and index.index.ntotal == 420
@@ -105,6 +124,9 @@ def _fast_scan_build_remove_and_resume(tmp_path):
   slots, _, _ = index.search(read_features(features / "new.delf").descriptors, k=1)
   assert (slots[:, 0] == index.images["new"]).all()
   with pytest.raises(LocalIndexError, match="pq_fast_scan True but the config asks for False"):
-    build_index(list_feature_files(features), index_dir,
-                IndexParams(index_type="ivfpq", nlist=4, pq_m=16, pq_nbits=4),
-                log=lambda line: None)
+    build_index(
+      list_feature_files(features),
+      index_dir,
+      IndexParams(index_type="ivfpq", nlist=4, pq_m=16, pq_nbits=4),
+      log=lambda line: None,
+    )

@@ -3,10 +3,15 @@
 import numpy as np
 import pytest
 
-from delf_ret.match import (DescriptorMatcher, RansacParams, putative_matches, verify_candidates,
-                            verify_matches, verify_pair)
-
 from conftest import make_features, random_unit_descriptors
+from delf_ret.match import (
+  DescriptorMatcher,
+  RansacParams,
+  putative_matches,
+  verify_candidates,
+  verify_matches,
+  verify_pair,
+)
 
 AFFINE_XY = np.array([[1.1, 0.2, 30.0], [-0.1, 0.9, -12.0], [0.0, 0.0, 1.0]])
 
@@ -33,8 +38,9 @@ def test_nearest_matches_brute_force_and_pads_missing_neighbours():
   expected = np.argsort(squared, axis=1, kind="stable")[:, :3]
   indices, distances = DescriptorMatcher(a).nearest(b, k=3)
   np.testing.assert_array_equal(indices, expected)
-  np.testing.assert_allclose(distances, np.sqrt(np.take_along_axis(squared, expected, 1)),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    distances, np.sqrt(np.take_along_axis(squared, expected, 1)), atol=1e-5
+  )
   # A has 2 rows, k = 3: the third neighbour is missing.
   indices, distances = DescriptorMatcher(a[:2]).nearest(b[:4], k=3)
   assert (indices[:, 2] == -1).all() and np.isinf(distances[:, 2]).all()
@@ -60,14 +66,15 @@ def test_dimension_mismatch_raises():
     DescriptorMatcher(np.zeros((3, 40), np.float32)).nearest(np.zeros((2, 128), np.float32))
 
 
-@pytest.mark.parametrize("backend, stop_probability", [("opencv", 0.99), ("skimage", 0.99),
-                                                       ("opencv", 1.0)])
+@pytest.mark.parametrize(
+  "backend, stop_probability", [("opencv", 0.99), ("skimage", 0.99), ("opencv", 1.0)]
+)
 def test_ransac_recovers_affine_with_60_percent_outliers(backend, stop_probability):
   rng = np.random.default_rng(1)
   n = 300
   points_a = rng.uniform(0, 600, (n, 2))
   points_b = apply_xy(AFFINE_XY, points_a)
-  outliers = rng.permutation(n)[:int(0.6 * n)]
+  outliers = rng.permutation(n)[: int(0.6 * n)]
   points_b[outliers] = rng.uniform(0, 600, (len(outliers), 2))
   is_true = np.ones(n, bool)
   is_true[outliers] = False
@@ -87,16 +94,18 @@ def test_opencv_and_skimage_backends_agree_on_affine_with_outliers():
   n = 400
   points_a = rng.uniform(0, 800, (n, 2))
   points_b = apply_xy(AFFINE_XY, points_a) + rng.normal(0, 1.0, (n, 2))
-  outliers = rng.permutation(n)[:int(0.7 * n)]
+  outliers = rng.permutation(n)[: int(0.7 * n)]
   points_b[outliers] = rng.uniform(0, 800, (len(outliers), 2))
   matches = np.stack([np.arange(n)] * 2, axis=1)
   fast = verify_matches(points_a, points_b, matches, RansacParams(backend="opencv"))
-  reference = verify_matches(points_a, points_b, matches,
-                             RansacParams(backend="skimage", stop_probability=1.0))
+  reference = verify_matches(
+    points_a, points_b, matches, RansacParams(backend="skimage", stop_probability=1.0)
+  )
   assert abs(fast.num_inliers - reference.num_inliers) <= 0.05 * reference.num_inliers
   assert (fast.inliers == reference.inliers).mean() >= 0.97
-  np.testing.assert_allclose(fast.transform, reference.transform,
-                             atol=0.02 * np.abs(AFFINE_XY).max())
+  np.testing.assert_allclose(
+    fast.transform, reference.transform, atol=0.02 * np.abs(AFFINE_XY).max()
+  )
   with pytest.raises(ValueError, match="backend"):
     verify_matches(points_a, points_b, matches, RansacParams(backend="magic"))
 
@@ -105,9 +114,12 @@ def test_homography_option():
   homography = np.array([[0.9, 0.1, 20], [0.05, 1.1, -5], [1e-4, 2e-4, 1.0]])
   rng = np.random.default_rng(2)
   points_a = rng.uniform(0, 500, (100, 2))
-  result = verify_matches(points_a, apply_xy(homography, points_a),
-                          np.stack([np.arange(100)] * 2, axis=1),
-                          RansacParams(transform="homography", residual_threshold=2.0))
+  result = verify_matches(
+    points_a,
+    apply_xy(homography, points_a),
+    np.stack([np.arange(100)] * 2, axis=1),
+    RansacParams(transform="homography", residual_threshold=2.0),
+  )
   assert result.num_inliers == 100
   np.testing.assert_allclose(result.transform / result.transform[2, 2], homography, atol=1e-3)
 
@@ -116,22 +128,26 @@ def test_homography_option():
 @pytest.mark.parametrize("n_matches", [0, 1, 2])
 def test_too_few_matches_give_zero_inliers(n_matches, backend):
   points = np.array([[0.0, 0.0], [10.0, 50.0], [40.0, 3.0]])
-  result = verify_matches(points, points, np.stack([np.arange(n_matches)] * 2, axis=1),
-                          RansacParams(backend=backend))
+  result = verify_matches(
+    points, points, np.stack([np.arange(n_matches)] * 2, axis=1), RansacParams(backend=backend)
+  )
   assert result.num_inliers == 0 and result.transform is None
   assert result.inliers.shape == (n_matches,)
 
 
-@pytest.mark.parametrize("points", [
-    np.zeros((12, 2)),                                               # identical
+@pytest.mark.parametrize(
+  "points",
+  [
+    np.zeros((12, 2)),  # identical
     np.stack([np.arange(12.0) * 5, np.arange(12.0) * 3 + 1], axis=1),  # collinear
-])
+  ],
+)
 @pytest.mark.parametrize("backend", ["opencv", "skimage"])
 def test_degenerate_points_give_zero_inliers(points, backend):
-  result = verify_matches(points, points + 7, np.stack([np.arange(12)] * 2, axis=1),
-                          RansacParams(backend=backend))
+  result = verify_matches(
+    points, points + 7, np.stack([np.arange(12)] * 2, axis=1), RansacParams(backend=backend)
+  )
   assert result.num_inliers == 0 and result.transform is None
-
 
 
 def test_verify_candidates_ranks_true_match_first():
@@ -161,10 +177,14 @@ def test_batched_candidates_match_exactly_as_pairs_one_by_one(ratio, mutual):
     if number == 5:
       candidates.append(make_features(np.zeros((0, 2)), np.zeros((0, 16))))
       continue
-    keep = rng.permutation(60)[:rng.integers(10, 60)]
+    keep = rng.permutation(60)[: rng.integers(10, 60)]
     noisy = descriptors[keep] + rng.normal(0, 0.02, (keep.size, 16))
-    candidates.append(make_features(apply_xy(AFFINE_XY, points[keep]) + rng.normal(0, 1, (keep.size, 2)),
-                                    np.vstack([noisy, random_unit_descriptors(rng, 20, 16)])[:keep.size]))
+    candidates.append(
+      make_features(
+        apply_xy(AFFINE_XY, points[keep]) + rng.normal(0, 1, (keep.size, 2)),
+        np.vstack([noisy, random_unit_descriptors(rng, 20, 16)])[: keep.size],
+      )
+    )
   params = RansacParams(distance_threshold=0.5, ratio_threshold=ratio, mutual=mutual)
   timings = {}
   batched = verify_candidates(query, iter(candidates), params, timings, batch_size=16)

@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 
 from delf_ret.model import load_delf_model
-from delf_ret.model.compact import (CompactWeightsError, load_compact_weights,
-                                    save_compact_weights, weights_digest)
+from delf_ret.model.compact import (
+  CompactWeightsError,
+  load_compact_weights,
+  save_compact_weights,
+  weights_digest,
+)
 
 
 def test_round_trip_keeps_the_outputs_to_float16_precision(delf_model, tmp_path):
@@ -51,8 +55,9 @@ def test_damaged_or_foreign_files_give_the_package_error(delf_model, tmp_path):
 def test_weights_digest_follows_the_tensors_not_the_file_bytes(tmp_path):
   first, second, changed = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
   np.savez(first, w0000=np.arange(6, dtype=np.float32).reshape(2, 3), format_version=np.array(1))
-  np.savez_compressed(second, format_version=np.array(1),
-                      w0000=np.arange(6, dtype=np.float32).reshape(2, 3))
+  np.savez_compressed(
+    second, format_version=np.array(1), w0000=np.arange(6, dtype=np.float32).reshape(2, 3)
+  )
   assert first.read_bytes() != second.read_bytes()
   assert weights_digest(first) == weights_digest(second)
   values = np.arange(6, dtype=np.float32).reshape(2, 3)

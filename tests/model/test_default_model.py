@@ -4,13 +4,19 @@ import numpy as np
 import pytest
 
 from delf_ret import config as config_lib
-from delf_ret.default_model import (CONFIG_FILE, PCA_FILES, WEIGHTS_FILE, default_config_path,
-                                    default_model_dir)
+from delf_ret.default_model import (
+  CONFIG_FILE,
+  PCA_FILES,
+  WEIGHTS_FILE,
+  default_config_path,
+  default_model_dir,
+)
 
 
 @pytest.fixture(scope="module")
 def default_extractor():
   from delf_ret.extract.extractor import DelfExtractor
+
   return DelfExtractor(config_lib.load_config(default_config_path()))
 
 
@@ -27,6 +33,7 @@ def test_files_ship_inside_the_package_and_the_weights_fit_the_budget():
 
 def test_features_of_a_real_photo(default_extractor, shared_data):
   from delf_ret.images import load_image
+
   image = load_image(shared_data / "landmarks" / "sacre_coeur_lightglue1.jpg")
   features = default_extractor.extract(image)
   assert 100 <= features.num_features <= 1000
@@ -57,8 +64,13 @@ def test_top_half_by_attention_matches_better_than_a_random_half(default_extract
   params = RansacParams.from_config(config.retrieval_config)
 
   def correct_share(keep_a, keep_b):
-    matches = putative_matches(a.descriptors[keep_a], b.descriptors[keep_b],
-                               params.distance_threshold, params.ratio_threshold, params.mutual)
+    matches = putative_matches(
+      a.descriptors[keep_a],
+      b.descriptors[keep_b],
+      params.distance_threshold,
+      params.ratio_threshold,
+      params.mutual,
+    )
     projected = apply_homography(homography, a.locations[keep_a][matches[:, 0]])
     errors = np.linalg.norm(projected - b.locations[keep_b][matches[:, 1]], axis=1)
     return float(np.mean(errors < 10))
@@ -66,6 +78,12 @@ def test_top_half_by_attention_matches_better_than_a_random_half(default_extract
   half_a, half_b = a.num_features // 2, b.num_features // 2
   top = correct_share(np.arange(half_a), np.arange(half_b))  # Features come sorted by attention.
   rng = np.random.default_rng(0)
-  random = np.mean([correct_share(rng.permutation(a.num_features)[:half_a],
-                                  rng.permutation(b.num_features)[:half_b]) for _ in range(10)])
+  random = np.mean(
+    [
+      correct_share(
+        rng.permutation(a.num_features)[:half_a], rng.permutation(b.num_features)[:half_b]
+      )
+      for _ in range(10)
+    ]
+  )
   assert top > random

@@ -2,8 +2,14 @@ import keras
 import numpy as np
 import pytest
 
-from delf_ret.model import (BackboneWeightsError, DelfModel, ModelFileError, build_backbone,
-                            load_delf_model, save_delf_model)
+from delf_ret.model import (
+  BackboneWeightsError,
+  DelfModel,
+  ModelFileError,
+  build_backbone,
+  load_delf_model,
+  save_delf_model,
+)
 
 
 def test_output_shapes_and_stride(delf_model):

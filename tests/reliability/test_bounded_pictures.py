@@ -17,7 +17,8 @@ def test_match_picture_of_two_40000_pixel_wide_images_is_bounded(tmp_path):
 
 def test_small_pictures_keep_their_size(tmp_path):
   image = np.full((120, 160, 3), 90, np.uint8)
-  draw_matches(tmp_path / "s.png", image, image, np.array([[10.0, 10.0]]),
-               np.array([[20.0, 30.0]]), "small")
+  draw_matches(
+    tmp_path / "s.png", image, image, np.array([[10.0, 10.0]]), np.array([[20.0, 30.0]]), "small"
+  )
   with Image.open(tmp_path / "s.png") as picture:
     assert picture.size[0] == 320

@@ -6,11 +6,10 @@ import io
 import numpy as np
 from PIL import Image
 
+from conftest import make_features, random_unit_descriptors
 from delf_ret.errors import DelfRetError
 from delf_ret.features import read_features, write_features
 from delf_ret.images import load_image
-
-from conftest import make_features, random_unit_descriptors
 
 MUTATIONS = 300
 
@@ -27,23 +26,26 @@ def mutations(data: bytes, seed: int, count: int = MUTATIONS):
     elif kind == 1:  # Overwrite a run with random bytes.
       start = int(rng.integers(0, len(mutated)))
       length = int(rng.integers(1, 16))
-      mutated[start:start + length] = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
+      mutated[start : start + length] = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
     elif kind == 2:  # Truncate.
-      mutated = mutated[:int(rng.integers(0, len(mutated)))]
+      mutated = mutated[: int(rng.integers(0, len(mutated)))]
     elif kind == 3:  # Insert random bytes.
       start = int(rng.integers(0, len(mutated)))
-      mutated[start:start] = rng.integers(0, 256, int(rng.integers(1, 32)), dtype=np.uint8).tobytes()
+      mutated[start:start] = rng.integers(
+        0, 256, int(rng.integers(1, 32)), dtype=np.uint8
+      ).tobytes()
     else:  # Set a run to 0xff (huge lengths and counts).
       start = int(rng.integers(0, len(mutated)))
-      mutated[start:start + int(rng.integers(1, 9))] = b"\xff" * 8
+      mutated[start : start + int(rng.integers(1, 9))] = b"\xff" * 8
     yield bytes(mutated)
 
 
 def test_fuzzed_feature_files(tmp_path):
   rng = np.random.default_rng(0)
   path = tmp_path / "a.delf"
-  write_features(path, make_features(rng.uniform(0, 500, (40, 2)),
-                                     random_unit_descriptors(rng, 40, 40)))
+  write_features(
+    path, make_features(rng.uniform(0, 500, (40, 2)), random_unit_descriptors(rng, 40, 40))
+  )
   original = path.read_bytes()
   outcomes = {"read": 0, "refused": 0}
   for number, data in enumerate(mutations(original, seed=1)):
@@ -79,6 +81,7 @@ def test_fuzzed_images(tmp_path, shared_data):
 
 def test_fuzzed_index_files(tmp_path):
   from delf_ret.index import LocalFeatureIndex
+
   rng = np.random.default_rng(2)
   index = LocalFeatureIndex(8)
   for name in ("a", "b", "c"):

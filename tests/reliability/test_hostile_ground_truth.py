@@ -7,10 +7,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from delf_ret.evaluation.ground_truth import (GroundTruthError, read_original_gt,
-                                              read_revisited_gnd)
-
 from conftest import installed_script
+from delf_ret.evaluation.ground_truth import GroundTruthError, read_original_gt, read_revisited_gnd
 
 
 class _WritesAFile:
@@ -24,9 +22,13 @@ class _WritesAFile:
 
 
 def _gnd(**changes):
-  data = {"imlist": ["a", "b", "c"], "qimlist": ["q"],
-          "gnd": [{"bbx": np.array([1.0, 2.0, 30.0, 40.0]), "easy": np.array([0]),
-                   "hard": [1], "junk": []}]}
+  data = {
+    "imlist": ["a", "b", "c"],
+    "qimlist": ["q"],
+    "gnd": [
+      {"bbx": np.array([1.0, 2.0, 30.0, 40.0]), "easy": np.array([0]), "hard": [1], "junk": []}
+    ],
+  }
   data.update(changes)
   return data
 
@@ -50,16 +52,28 @@ def test_perform_retrieval_refuses_a_hostile_pickle_with_one_line(tmp_path):
   marker = tmp_path / "pwned"
   (tmp_path / "gnd_evil.pkl").write_bytes(pickle.dumps(_gnd(imlist=[_WritesAFile(marker)])))
   script = installed_script("perform_retrieval")
-  result = subprocess.run([script, f"--dataset_gnd_path={tmp_path / 'gnd_evil.pkl'}",
-                           f"--images_dir={tmp_path}", f"--index_dir={tmp_path / 'index'}",
-                           f"--features_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}"],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+  result = subprocess.run(
+    [
+      script,
+      f"--dataset_gnd_path={tmp_path / 'gnd_evil.pkl'}",
+      f"--images_dir={tmp_path}",
+      f"--index_dir={tmp_path / 'index'}",
+      f"--features_dir={tmp_path}",
+      f"--output_dir={tmp_path / 'out'}",
+    ],
+    capture_output=True,
+    text=True,
+    stdin=subprocess.DEVNULL,
+    timeout=300,
+  )
   assert result.returncode == 2
   assert result.stderr.strip().startswith("error:") and "refused to load" in result.stderr
   assert "Traceback" not in result.stderr and not marker.exists()
 
 
-@pytest.mark.parametrize("changes, message", [
+@pytest.mark.parametrize(
+  "changes, message",
+  [
     ({"qimlist": ["/abs/path"]}, "not a plain file name"),
     ({"qimlist": ["../../escape"]}, "not a plain file name"),
     ({"imlist": ["a", "sub/b", "c"]}, "not a plain file name"),
@@ -71,7 +85,8 @@ def test_perform_retrieval_refuses_a_hostile_pickle_with_one_line(tmp_path):
     ({"gnd": [{"junk": [3]}]}, "index out of range"),
     ({"gnd": [{"easy": ["x"]}]}, "malformed"),
     ({"imlist": "abc"}, "must be a list"),
-])
+  ],
+)
 def test_malformed_revisited_files_give_clear_errors(tmp_path, changes, message):
   (tmp_path / "gnd_bad.pkl").write_bytes(pickle.dumps(_gnd(**changes)))
   with pytest.raises(GroundTruthError, match=message):
@@ -96,13 +111,16 @@ def _original(tmp_path, query_line):
   return gt, images
 
 
-@pytest.mark.parametrize("line, message", [
+@pytest.mark.parametrize(
+  "line, message",
+  [
     ("oxc1_/abs/path 0 0 100 100", "not a plain file name"),
     ("oxc1_../a 0 0 100 100", "not a plain file name"),
     ("oxc1_a 0 0 100", "expected 'name x1 y1 x2 y2'"),
     ("oxc1_a 0 0 nan 100", "4 finite numbers"),
     ("oxc1_a 0 0 inf 100", "4 finite numbers"),
-])
+  ],
+)
 def test_original_query_files_with_paths_or_bad_boxes_are_refused(tmp_path, line, message):
   gt, images = _original(tmp_path, line)
   with pytest.raises(GroundTruthError, match=message):

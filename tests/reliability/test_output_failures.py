@@ -8,20 +8,21 @@ import pytest
 from conftest import installed_script
 
 
-
-
 def _run(*args):
-  return subprocess.run(list(args), capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                        timeout=600)
+  return subprocess.run(
+    list(args), capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600
+  )
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, shared_data):
   """Two small real photos, one of them under a 250-character name."""
   from PIL import Image
+
   folder = tmp_path_factory.mktemp("photos")
-  for index, (source, name) in enumerate([("box.png", "box.png"),
-                                          ("graf1.png", "g" * 246 + ".png")]):
+  for index, (source, name) in enumerate(
+    [("box.png", "box.png"), ("graf1.png", "g" * 246 + ".png")]
+  ):
     with Image.open(shared_data / "pairs" / source) as image:
       image.convert("RGB").resize((160, 120)).save(folder / name)
   return folder
@@ -29,7 +30,9 @@ def photos(tmp_path_factory, shared_data):
 
 def test_a_name_too_long_fails_alone_and_the_batch_goes_on(photos, tmp_path):
   out = tmp_path / "features"
-  result = _run(installed_script("extract_features"), f"--images_dir={photos}", f"--output_dir={out}")
+  result = _run(
+    installed_script("extract_features"), f"--images_dir={photos}", f"--output_dir={out}"
+  )
   assert result.returncode == 1, result.stderr
   assert "cannot write" in result.stderr and "Traceback" not in result.stderr
   assert (out / "box.delf").is_file()
@@ -48,7 +51,9 @@ def test_an_unusable_output_folder_stops_with_one_line(photos, tmp_path, kind):
     else:
       out.mkdir()
       out.chmod(0o500)
-  result = _run(installed_script("extract_features"), f"--images_dir={photos}", f"--output_dir={out}")
+  result = _run(
+    installed_script("extract_features"), f"--images_dir={photos}", f"--output_dir={out}"
+  )
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("error:") and message in result.stderr
   assert "Traceback" not in result.stderr

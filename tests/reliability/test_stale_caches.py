@@ -5,16 +5,14 @@ import subprocess
 
 import pytest
 
-from delf_ret.features import read_features
-
 from conftest import installed_script
-
-
+from delf_ret.features import read_features
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, shared_data):
   from PIL import Image
+
   folder = tmp_path_factory.mktemp("photos")
   for name in ("graf1.png", "box.png"):
     with Image.open(shared_data / "pairs" / name) as image:
@@ -25,13 +23,18 @@ def photos(tmp_path_factory, shared_data):
 def test_features_of_other_settings_are_refused_then_recomputed_with_overwrite(photos, tmp_path):
   out = tmp_path / "features"
   run = lambda *extra: subprocess.run(  # noqa: E731
-      [installed_script("extract_features"), f"--images_dir={photos}", f"--output_dir={out}", *extra],
-      capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    [installed_script("extract_features"), f"--images_dir={photos}", f"--output_dir={out}", *extra],
+    capture_output=True,
+    text=True,
+    stdin=subprocess.DEVNULL,
+    timeout=600,
+  )
   first = run("--config_override=delf_local_config.max_feature_num=50")
   assert first.returncode == 0, first.stderr
   assert read_features(out / "graf1.delf").num_features == 50
-  assert "max_feature_num: 50" in json.loads((out / "extraction_settings.json").read_text())[
-      "config"]
+  assert (
+    "max_feature_num: 50" in json.loads((out / "extraction_settings.json").read_text())["config"]
+  )
   other = run("--config_override=delf_local_config.max_feature_num=80")
   assert other.returncode == 2
   assert "made with other settings" in other.stderr and "max_feature_num: 80" in other.stderr

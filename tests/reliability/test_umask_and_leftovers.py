@@ -7,10 +7,9 @@ import time
 import numpy as np
 import pytest
 
+from conftest import make_features, random_unit_descriptors
 from delf_ret.atomic import atomic_write, remove_leftovers
 from delf_ret.features import write_features
-
-from conftest import make_features, random_unit_descriptors
 
 
 @pytest.fixture
@@ -24,8 +23,10 @@ def umask():
 def test_files_follow_the_umask(umask, tmp_path, mask, expected):
   umask(mask)
   rng = np.random.default_rng(0)
-  write_features(tmp_path / "a.delf", make_features(rng.uniform(0, 9, (3, 2)),
-                                                    random_unit_descriptors(rng, 3, 4)))
+  write_features(
+    tmp_path / "a.delf",
+    make_features(rng.uniform(0, 9, (3, 2)), random_unit_descriptors(rng, 3, 4)),
+  )
   with atomic_write(tmp_path / "report.txt", "w") as handle:
     handle.write("x")
   for name in ("a.delf", "report.txt"):
@@ -34,6 +35,7 @@ def test_files_follow_the_umask(umask, tmp_path, mask, expected):
 
 def test_savedmodel_staging_folder_follows_the_umask(umask, tmp_path):
   from delf_ret.atomic import respect_umask
+
   umask(0o022)
   folder = tmp_path / "made_by_mkdtemp"
   folder.mkdir(mode=0o700)
@@ -44,6 +46,7 @@ def test_savedmodel_staging_folder_follows_the_umask(umask, tmp_path):
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o077, 0o002])
 def test_current_umask_reads_the_mask_without_changing_it(umask, mask):
   from delf_ret.atomic import current_umask
+
   umask(mask)
   assert current_umask() == mask
   assert os.umask(mask) == mask  # still set: reading it left it as it was

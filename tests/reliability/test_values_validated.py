@@ -5,44 +5,58 @@ import subprocess
 import numpy as np
 import pytest
 
+from conftest import installed_script
 from delf_ret.config import ConfigError, load_config
 from delf_ret.default_model import default_config_path
 from delf_ret.extract.pca import PcaError, apply_pca, learn_pca, load_pca, save_pca
 
-from conftest import installed_script
 
-
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     ("delf_local_config.score_threshold=nan", "delf_local_config.score_threshold must be a finite"),
     ("delf_local_config.score_threshold=inf", "delf_local_config.score_threshold must be a finite"),
     ("image_scales=nan", "image_scales must be a finite"),
     ("image_scales=inf", "image_scales must be a finite"),
     ("retrieval_config.match_distance_threshold=nan", "match_distance_threshold must be a finite"),
-    ("retrieval_config.ransac_residual_threshold=inf", "ransac_residual_threshold must be a finite"),
+    (
+      "retrieval_config.ransac_residual_threshold=inf",
+      "ransac_residual_threshold must be a finite",
+    ),
     ("retrieval_config.ransac_residual_threshold=-3", "ransac_residual_threshold must be positive"),
     ("retrieval_config.ransac_stop_probability=1.5", "ransac_stop_probability must be in"),
     ("retrieval_config.ransac_stop_probability=nan", "ransac_stop_probability must be a finite"),
     ("retrieval_config.ransac_max_trials=0", "ransac_max_trials must be positive"),
     ("retrieval_config.ransac_seed=-1", "ransac_seed must not be negative"),
     ("max_image_size=0", "max_image_size must be positive or -1"),
-])
+  ],
+)
 def test_bad_numbers_are_refused_with_the_field_named(override, message):
   with pytest.raises(ConfigError, match=message):
     load_config(default_config_path(), [override])
 
 
-@pytest.mark.parametrize("flag, message", [
+@pytest.mark.parametrize(
+  "flag, message",
+  [
     ("--seed=-1", "ransac_seed must not be negative"),
     ("--stop_probability=2", "ransac_stop_probability must be in"),
     ("--residual_threshold=nan", "ransac_residual_threshold must be a finite"),
     ("--max_trials=0", "ransac_max_trials must be positive"),
-])
+  ],
+)
 def test_match_images_refuses_bad_ransac_flags_instead_of_printing_zero_inliers(
-    flag, message, shared_data, tmp_path):
+  flag, message, shared_data, tmp_path
+):
   script = installed_script("match_images")
   pairs = shared_data / "pairs"
-  result = subprocess.run([script, str(pairs / "graf1.png"), str(pairs / "graf3.png"), flag],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+  result = subprocess.run(
+    [script, str(pairs / "graf1.png"), str(pairs / "graf3.png"), flag],
+    capture_output=True,
+    text=True,
+    stdin=subprocess.DEVNULL,
+    timeout=300,
+  )
   assert result.returncode == 2 and "inliers" not in result.stdout
   assert result.stderr.strip().splitlines()[-1].startswith("error:") and message in result.stderr
 

@@ -8,11 +8,8 @@ import threading
 
 import pytest
 
-from delf_ret.datasets.download import DATASETS, DownloadError, download_dataset, unpack
-
 from conftest import installed_script, tgz
-
-
+from delf_ret.datasets.download import DATASETS, DownloadError, download_dataset, unpack
 
 
 @pytest.fixture
@@ -33,16 +30,19 @@ def tampered_mirror(tmp_path):
 def test_the_published_ground_truth_digests_are_known():
   digests = {f.file_name: f.sha256 for files in DATASETS.values() for f in files}
   assert digests["gnd_roxford5k.pkl"] == (
-      "ba7967754bd2d7d2210a5799f9c45ad5835e269a80ef9d3eba44caa35816c471")
+    "ba7967754bd2d7d2210a5799f9c45ad5835e269a80ef9d3eba44caa35816c471"
+  )
   assert digests["gnd_rparis6k.pkl"] == (
-      "d2e729a5293dda7dda8a15c8383424a42e4964a2c4cfea2f32fa85d11d2df499")
+    "d2e729a5293dda7dda8a15c8383424a42e4964a2c4cfea2f32fa85d11d2df499"
+  )
 
 
 def test_a_tampered_file_is_deleted_and_the_run_fails(tampered_mirror, tmp_path):
   url, _ = tampered_mirror
   lines = []
-  with pytest.raises(DownloadError, match="gnd_roxford5k.pkl: SHA-256 .* differs from the "
-                                          "expected ba7967"):
+  with pytest.raises(
+    DownloadError, match="gnd_roxford5k.pkl: SHA-256 .* differs from the expected ba7967"
+  ):
     download_dataset("roxford5k", tmp_path / "data", mirror_url=url, log=lines.append)
   folder = tmp_path / "data" / "roxford5k"
   assert not (folder / "gnd_roxford5k.pkl").exists()
@@ -55,15 +55,34 @@ def test_cli_checks_given_digests_and_exits_2(tampered_mirror, tmp_path):
   url, root = tampered_mirror
   script = installed_script("download_dataset")
   wrong = "0" * 64
-  result = subprocess.run([script, "--dataset=oxford5k", f"--output_dir={tmp_path / 'data'}",
-                           f"--mirror_url={url}", f"--sha256=oxbuild_images-v1.tgz={wrong}"],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+  result = subprocess.run(
+    [
+      script,
+      "--dataset=oxford5k",
+      f"--output_dir={tmp_path / 'data'}",
+      f"--mirror_url={url}",
+      f"--sha256=oxbuild_images-v1.tgz={wrong}",
+    ],
+    capture_output=True,
+    text=True,
+    stdin=subprocess.DEVNULL,
+    timeout=300,
+  )
   assert result.returncode == 2, result.stderr
   assert result.stderr.strip().startswith("error: oxbuild_images-v1.tgz: SHA-256")
   assert not (tmp_path / "data" / "oxford5k" / "jpg").exists()
-  result = subprocess.run([script, "--dataset=oxford5k", f"--output_dir={tmp_path / 'data'}",
-                           "--sha256=oxbuild_images-v1.tgz=abc"], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=300)
+  result = subprocess.run(
+    [
+      script,
+      "--dataset=oxford5k",
+      f"--output_dir={tmp_path / 'data'}",
+      "--sha256=oxbuild_images-v1.tgz=abc",
+    ],
+    capture_output=True,
+    text=True,
+    stdin=subprocess.DEVNULL,
+    timeout=300,
+  )
   assert result.returncode == 2 and "expected FILE=<64 hex digits>" in result.stderr
 
 

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 
+from conftest import make_features, random_unit_descriptors
 from delf_ret.config import DelfRetrievalConfig
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.retrieval.ranking import RankedImage, aggregate_votes, rank_database, rerank
-
-from conftest import make_features, random_unit_descriptors
 
 
 def test_aggregate_votes_by_hand():
@@ -18,7 +17,6 @@ def test_aggregate_votes_by_hand():
   assert aggregate_votes(slots, distances, "similarity") == pytest.approx({0: 1.0, 1: 1.25, 2: 0.0})
   with pytest.raises(ValueError):
     aggregate_votes(slots, distances, "sum")
-
 
 
 def test_vectorised_votes_equal_a_per_descriptor_loop():
@@ -43,20 +41,24 @@ def test_rank_then_rerank_puts_geometrically_consistent_image_first():
   points = rng.uniform(0, 300, (60, 2))
   query = make_features(points, descriptors)
   database = {
-      # Same descriptors, scrambled geometry: many votes, no consistent transform.
-      "decoy": make_features(rng.uniform(0, 300, (60, 2)), descriptors),
-      # Same scene shifted by (10, 20): same descriptors, consistent geometry.
-      "match": make_features(points[:40] + [10.0, 20.0], descriptors[:40]),
-      "other": make_features(rng.uniform(0, 300, (30, 2)), rng.normal(size=(30, 8))),
+    # Same descriptors, scrambled geometry: many votes, no consistent transform.
+    "decoy": make_features(rng.uniform(0, 300, (60, 2)), descriptors),
+    # Same scene shifted by (10, 20): same descriptors, consistent geometry.
+    "match": make_features(points[:40] + [10.0, 20.0], descriptors[:40]),
+    "other": make_features(rng.uniform(0, 300, (30, 2)), rng.normal(size=(30, 8))),
   }
   index = LocalFeatureIndex(8)
   for name, feats in database.items():
     index.add(name, feats.descriptors)
-  ranked = rank_database(index, query.descriptors,
-                         DelfRetrievalConfig(neighbors_per_descriptor=2, vote_weighting="count"))
+  ranked = rank_database(
+    index,
+    query.descriptors,
+    DelfRetrievalConfig(neighbors_per_descriptor=2, vote_weighting="count"),
+  )
   assert [entry.image_id for entry in ranked[:2]] == ["decoy", "match"]
-  reranked = rerank(query, ranked, database.__getitem__,
-                    DelfRetrievalConfig(rerank_top_n=10, min_inliers=10))
+  reranked = rerank(
+    query, ranked, database.__getitem__, DelfRetrievalConfig(rerank_top_n=10, min_inliers=10)
+  )
   assert reranked[0].image_id == "match" and reranked[0].inliers == 40
   assert reranked[1].image_id == "decoy" and reranked[1].inliers < 10
 
@@ -70,8 +72,9 @@ def test_rerank_keeps_first_stage_order_below_threshold_and_tail():
 
 
 def test_ranked_indices_put_unvoted_images_last_and_drop_ids_outside_the_database():
-  from delf_ret.retrieval.dataset_runner import not_in_database, ranked_indices
   from delf_ret.evaluation.ground_truth import RetrievalDataset
+  from delf_ret.retrieval.dataset_runner import not_in_database, ranked_indices
+
   dataset = RetrievalDataset("toy", "revisited", ["a", "b", "c", "d"], ["q"], [{}])
   entries = [RankedImage("c", 5.0), RankedImage("q", 4.0), RankedImage("a", 1.0)]
   np.testing.assert_array_equal(ranked_indices(entries, dataset), [2, 0, 1, 3])
@@ -84,6 +87,7 @@ def _counting_loader(features):
   def load(name):
     loaded.append(name)
     return features
+
   return load, loaded
 
 
@@ -95,14 +99,22 @@ def test_junk_skipping_changes_which_candidates_are_verified_and_pairs_are_verif
   load, loaded = _counting_loader(query)  # Every candidate is the query itself: 30 inliers.
   plain = rerank(query, ranked, load, config)
   assert loaded == ["j", "a"]
-  assert [(e.image_id, e.inliers) for e in plain] == [("j", 30), ("a", 30), ("b", None),
-                                                       ("c", None)]
+  assert [(e.image_id, e.inliers) for e in plain] == [
+    ("j", 30),
+    ("a", 30),
+    ("b", None),
+    ("c", None),
+  ]
   load, loaded = _counting_loader(query)
   verified = {}
   skipped = rerank(query, ranked, load, config, skip={"j"}, verified=verified)
   assert loaded == ["a", "b"]  # j is junk for this split: a and b are the top 2 verified.
-  assert [(e.image_id, e.inliers) for e in skipped] == [("a", 30), ("b", 30), ("j", None),
-                                                         ("c", None)]
+  assert [(e.image_id, e.inliers) for e in skipped] == [
+    ("a", 30),
+    ("b", 30),
+    ("j", None),
+    ("c", None),
+  ]
   # Another split with other junk reuses the verified pairs: only c is new.
   again = rerank(query, ranked, load, config, skip={"j", "a"}, verified=verified)
   assert loaded == ["a", "b", "c"] and verified == {"a": 30, "b": 30, "c": 30}
@@ -113,16 +125,24 @@ def test_splits_reranked_separately_are_scored_each_by_its_own_list():
   from delf_ret.evaluation.ground_truth import RetrievalDataset
   from delf_ret.retrieval.dataset_runner import evaluate_results
   from delf_ret.retrieval.ranking import RetrievalResult
+
   gnd = [{"easy": np.array([1]), "hard": np.array([2]), "junk": np.array([], np.int64)}]
   dataset = RetrievalDataset("toy", "revisited", ["a", "b", "c", "d"], ["q"], gnd)
   entries = lambda *names: [RankedImage(n, 1.0) for n in names]
-  result = RetrievalResult(entries("a", "b", "c", "d"), entries("a", "b", "c", "d"),
-                           {"easy": entries("b", "a", "c", "d"), "medium": entries("a", "b", "c"),
-                            "hard": entries("c", "a", "b", "d")}, {})
+  result = RetrievalResult(
+    entries("a", "b", "c", "d"),
+    entries("a", "b", "c", "d"),
+    {
+      "easy": entries("b", "a", "c", "d"),
+      "medium": entries("a", "b", "c"),
+      "hard": entries("c", "a", "b", "d"),
+    },
+    {},
+  )
   lines = []
   scored = evaluate_results(dataset, [result], log=lines.append)
-  assert scored["reranked"]["easy"].mean_ap == pytest.approx(1.0)   # b first.
-  assert scored["reranked"]["hard"].mean_ap == pytest.approx(1.0)   # c first.
+  assert scored["reranked"]["easy"].mean_ap == pytest.approx(1.0)  # b first.
+  assert scored["reranked"]["hard"].mean_ap == pytest.approx(1.0)  # c first.
   # Medium: b and c at ranks 2 and 3; revisitop's trapezoid AP = (0 + 1/2) / 4 + (1/2 + 2/3) / 4.
   assert scored["reranked"]["medium"].mean_ap == pytest.approx(5 / 12)
   # First stage, easy: b at rank 2 (c, hard, ignored): (0 + 1/2) / 2.

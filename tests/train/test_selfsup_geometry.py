@@ -22,8 +22,9 @@ def test_apply_homography_takes_and_returns_y_x():
 
 
 def test_nearest_cells_rounds_and_drops_points_off_the_map():
-  cells = sd.nearest_cells(np.array([[7.9, 8.1], [0, 0], [48, 47.5], [-9, 0], [64, 0],
-                                     [np.nan, 0]]), side=4)
+  cells = sd.nearest_cells(
+    np.array([[7.9, 8.1], [0, 0], [48, 47.5], [-9, 0], [64, 0], [np.nan, 0]]), side=4
+  )
   # (7.9, 8.1) / 16 -> (0.49, 0.51) -> cell (0, 1); (48, 47.5) -> (3, 3).
   np.testing.assert_array_equal(cells, [1, 0, 15, -1, -1, -1])
 

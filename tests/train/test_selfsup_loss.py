@@ -35,13 +35,13 @@ def test_info_nce_leaves_excluded_cells_out_of_the_denominator():
   targets = np.full((1, 9), -1, np.int32)
   targets[0, 0] = 0
   e = np.e
-  total, correct, mask = selfsup.info_nce(tf.constant(a), tf.constant(b), tf.constant(targets),
-                                          1.0)
+  total, correct, mask = selfsup.info_nce(tf.constant(a), tf.constant(b), tf.constant(targets), 1.0)
   assert float(total) == pytest.approx(np.log(2 * e + 7) - 1, rel=1e-5)
   assert mask.numpy().sum() == 1
   # Radius 1: B cells 1, 3 and 4 are no longer negatives.
-  total, correct, mask = selfsup.info_nce(tf.constant(a), tf.constant(b), tf.constant(targets),
-                                          1.0, side=3, exclusion_radius=1)
+  total, correct, mask = selfsup.info_nce(
+    tf.constant(a), tf.constant(b), tf.constant(targets), 1.0, side=3, exclusion_radius=1
+  )
   assert float(total) == pytest.approx(np.log(e + 5) - 1, rel=1e-5)
   assert correct.numpy()[0, 0] == 1.0  # argmax over the batch: the target (ties go to the first)
 
@@ -68,10 +68,14 @@ def test_near_matches_in_the_own_view_or_against_the_whole_batch():
 
 def test_reinitialise_attention_head_is_seeded_and_fresh():
   from delf_ret.model.delf import DelfModel
+
   model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
   model.feature_maps(tf.zeros([1, 64, 64, 3]))
-  for variable in (model.attention_conv1.bias, model.attention_bn.moving_mean,
-                   model.attention_bn.gamma):
+  for variable in (
+    model.attention_conv1.bias,
+    model.attention_bn.moving_mean,
+    model.attention_bn.gamma,
+  ):
     variable.assign(variable + 3.0)
   selfsup.reinitialise_attention_head(model, seed=5)
   first = model.attention_conv1.kernel.numpy().copy()

@@ -15,32 +15,46 @@ import pytest
 
 from conftest import REPO, write_gldv2_layout
 
-TINY = ["--config_override=batch_size=4", "--config_override=image_size=64",
-        "--config_override=backbone_weights=random", "--config_override=summary_every=1",
-        "--config_override=save_every=2", "--config_override=shuffle_buffer=16"]
+TINY = [
+  "--config_override=batch_size=4",
+  "--config_override=image_size=64",
+  "--config_override=backbone_weights=random",
+  "--config_override=summary_every=1",
+  "--config_override=save_every=2",
+  "--config_override=shuffle_buffer=16",
+]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, shared_data):
   from delf_ret.train.gldv2 import prepare_gldv2
+
   root = tmp_path_factory.mktemp("gldv2")
   layout = write_gldv2_layout(root / "gldv2", shared_data)
-  prepare_gldv2(layout["csv"], layout["train"], root / "shards", num_shards=2,
-                log=lambda line: None)
+  prepare_gldv2(
+    layout["csv"], layout["train"], root / "shards", num_shards=2, log=lambda line: None
+  )
   return root / "shards"
 
 
 def run_script(name, *args):
-  return subprocess.run(["bash", str(REPO / "scripts" / name), *map(str, args)],
-                        capture_output=True, text=True, env=ENV, stdin=subprocess.DEVNULL,
-                        timeout=900)
+  return subprocess.run(
+    ["bash", str(REPO / "scripts" / name), *map(str, args)],
+    capture_output=True,
+    text=True,
+    env=ENV,
+    stdin=subprocess.DEVNULL,
+    timeout=900,
+  )
 
 
 def test_scripts_print_usage_on_bad_arguments(tmp_path):
-  for name, args in (("train_tuning.sh", ["only_data"]),
-                     ("train_attention.sh", [tmp_path, tmp_path / "no_tuning", tmp_path / "o"]),
-                     ("run_train.sh", [])):
+  for name, args in (
+    ("train_tuning.sh", ["only_data"]),
+    ("train_attention.sh", [tmp_path, tmp_path / "no_tuning", tmp_path / "o"]),
+    ("run_train.sh", []),
+  ):
     result = run_script(name, *args)
     assert result.returncode == 2 and "Usage:" in result.stdout, (name, result.stderr)
 
@@ -56,6 +70,7 @@ def trained_run(shards, tmp_path_factory):
 
 def test_run_train_both_stages_then_frozen_backbone(trained_run):
   from delf_ret.model import load_delf_model
+
   run, result = trained_run
   assert "done: tuning at step 3" in result.stdout
   assert "initialised from the tuning checkpoint" in result.stdout
@@ -65,18 +80,20 @@ def test_run_train_both_stages_then_frozen_backbone(trained_run):
   attention = load_delf_model(run / "attention" / "delf_model.keras")
   for a, b in zip(tuning.backbone.weights, attention.backbone.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())  # Backbone frozen in stage 2.
-  changed = [not np.array_equal(a.numpy(), b.numpy()) for a, b in
-             zip(tuning.attention_conv2.weights, attention.attention_conv2.weights)]
+  changed = [
+    not np.array_equal(a.numpy(), b.numpy())
+    for a, b in zip(tuning.attention_conv2.weights, attention.attention_conv2.weights)
+  ]
   assert any(changed)  # The attention head was trained.
   assert list((run / "tuning" / "tensorboard" / "tuning").glob("events.out.*"))
 
 
-def test_export_gives_the_checkpoint_features_then_compute_pca(trained_run, tmp_path,
-                                                               shared_data):
+def test_export_gives_the_checkpoint_features_then_compute_pca(trained_run, tmp_path, shared_data):
   from conftest import make_config_text
   from delf_ret.config import parse_config_text
   from delf_ret.extract.extractor import DelfExtractor
   from delf_ret.images import load_image
+
   run, _ = trained_run
   checkpoint = run / "attention" / "delf_model.keras"
   result = run_script("export_model.sh", checkpoint, tmp_path / "saved")
@@ -95,20 +112,37 @@ def test_export_gives_the_checkpoint_features_then_compute_pca(trained_run, tmp_
   # compute_pca.sh writes the PCA files where the config points, using the SavedModel.
   config_path = tmp_path / "pca_config.pbtxt"
   config_path.write_text(make_config_text(tmp_path / "saved", tmp_path / "pca"))
-  result = run_script("compute_pca.sh", tmp_path / "saved", config_path,
-                      shared_data / "landmarks", 3)
+  result = run_script(
+    "compute_pca.sh", tmp_path / "saved", config_path, shared_data / "landmarks", 3
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert sorted(p.name for p in (tmp_path / "pca").iterdir()) == [
-      "pca_mean.npy", "pca_projection.npy", "pca_variances.npy"]
+    "pca_mean.npy",
+    "pca_projection.npy",
+    "pca_variances.npy",
+  ]
 
 
 def test_killed_run_resumes_at_the_saved_step(shards, tmp_path):
   out = tmp_path / "tuning"
-  command = [sys.executable, "-m", "delf_ret.cli.train_delf", "--stage=tuning",
-             f"--data_dir={shards}", f"--output_dir={out}", *TINY,
-             "--config_override=max_steps=50"]
-  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True, env=ENV, start_new_session=True)
+  command = [
+    sys.executable,
+    "-m",
+    "delf_ret.cli.train_delf",
+    "--stage=tuning",
+    f"--data_dir={shards}",
+    f"--output_dir={out}",
+    *TINY,
+    "--config_override=max_steps=50",
+  ]
+  process = subprocess.Popen(
+    command,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+    env=ENV,
+    start_new_session=True,
+  )
   deadline = time.time() + 600
   while not (out / "checkpoints" / "ckpt-2.index").exists():
     assert process.poll() is None and time.time() < deadline, "no checkpoint was written"
@@ -117,10 +151,17 @@ def test_killed_run_resumes_at_the_saved_step(shards, tmp_path):
   os.killpg(process.pid, signal.SIGKILL)
   process.wait()
   import tensorflow as tf
+
   saved_step = int(tf.train.latest_checkpoint(str(out / "checkpoints")).rsplit("-", 1)[1])
   assert saved_step >= 2
-  result = subprocess.run([*command, "--num_steps=1"], capture_output=True, text=True, env=ENV,
-                          stdin=subprocess.DEVNULL, timeout=600)
+  result = subprocess.run(
+    [*command, "--num_steps=1"],
+    capture_output=True,
+    text=True,
+    env=ENV,
+    stdin=subprocess.DEVNULL,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"at step {saved_step}" in result.stdout  # "resumed from ... at step N"
   assert f"done: tuning at step {saved_step + 1}" in result.stdout
@@ -132,8 +173,8 @@ def test_killed_run_resumes_at_the_saved_step(shards, tmp_path):
 def test_resumed_training_equals_uninterrupted(shards, tmp_path):
   from delf_ret.config import load_training_config
   from delf_ret.train.trainer import train_stage
-  config = load_training_config(None, [flag.split("=", 1)[1] for flag in TINY] +
-                                ["max_steps=4"])
+
+  config = load_training_config(None, [flag.split("=", 1)[1] for flag in TINY] + ["max_steps=4"])
   quiet = lambda line: None  # noqa: E731
   straight = train_stage("tuning", shards, tmp_path / "straight", config, log=quiet)
   train_stage("tuning", shards, tmp_path / "split", config, num_steps=2, log=quiet)
@@ -143,14 +184,16 @@ def test_resumed_training_equals_uninterrupted(shards, tmp_path):
 
 
 def test_mirrored_strategy_on_two_cpu_devices(shards, tmp_path):
-  result = run_script("train_tuning.sh", shards, tmp_path / "mirrored", 2, *TINY,
-                      "--config_override=max_steps=2")
+  result = run_script(
+    "train_tuning.sh", shards, tmp_path / "mirrored", 2, *TINY, "--config_override=max_steps=2"
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "2 replica(s), global batch 4, per-replica batch 2" in result.stdout
 
 
 def free_port():
   import socket
+
   with socket.socket() as sock:
     sock.bind(("127.0.0.1", 0))
     return sock.getsockname()[1]
@@ -158,16 +201,31 @@ def free_port():
 
 def test_multi_worker_on_two_local_processes(shards, tmp_path):
   import json
+
   workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
   processes = []
   for index in range(2):
     tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-    processes.append(subprocess.Popen(
-        [sys.executable, "-m", "delf_ret.cli.train_delf", "--stage=tuning", f"--data_dir={shards}",
-         f"--output_dir={tmp_path / 'run'}", "--strategy=multi_worker", *TINY,
-         "--config_override=max_steps=2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-        env=dict(ENV, TF_CONFIG=json.dumps(tf_config))))
+    processes.append(
+      subprocess.Popen(
+        [
+          sys.executable,
+          "-m",
+          "delf_ret.cli.train_delf",
+          "--stage=tuning",
+          f"--data_dir={shards}",
+          f"--output_dir={tmp_path / 'run'}",
+          "--strategy=multi_worker",
+          *TINY,
+          "--config_override=max_steps=2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=dict(ENV, TF_CONFIG=json.dumps(tf_config)),
+      )
+    )
   outputs = [process.communicate(timeout=600) for process in processes]
   for process, (stdout, stderr) in zip(processes, outputs):
     assert process.returncode == 0, stderr[-3000:]

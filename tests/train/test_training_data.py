@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import write_gldv2_layout
 from delf_ret.train import gldv2
 from delf_ret.train.pipeline import make_dataset
-
-from conftest import write_gldv2_layout
 
 
 def read_shards(folder, split):
@@ -18,8 +17,9 @@ def read_shards(folder, split):
     for record in tf.data.TFRecordDataset(str(path)):
       example = tf.train.Example.FromString(record.numpy())
       feature = example.features.feature
-      labels[feature["image/id"].bytes_list.value[0].decode()] = (
-          feature["image/class/label"].int64_list.value[0])
+      labels[feature["image/id"].bytes_list.value[0].decode()] = feature[
+        "image/class/label"
+      ].int64_list.value[0]
       assert tf.io.decode_jpeg(feature["image/encoded"].bytes_list.value[0]).shape[2] == 3
   return labels
 
@@ -28,7 +28,9 @@ def test_shards_hold_every_readable_image_with_its_label(tmp_path, shared_data):
   layout = write_gldv2_layout(tmp_path / "gldv2", shared_data, corrupt=True)
   out = tmp_path / "shards"
   lines = []
-  failures = gldv2.prepare_gldv2(layout["csv"], layout["train"], out, num_shards=3, log=lines.append)
+  failures = gldv2.prepare_gldv2(
+    layout["csv"], layout["train"], out, num_shards=3, log=lines.append
+  )
   assert [path.stem for path, _ in failures] == [layout["corrupt_id"]]
   assert any("ERROR" in line and layout["corrupt_id"] in line for line in lines)
   train, validation = read_shards(out, "train"), read_shards(out, "validation")
@@ -61,8 +63,9 @@ def test_rerun_keeps_finished_shards_and_rejects_another_split(tmp_path, shared_
   assert any("train-00000-of-00002.tfrecord: exists, kept" in line for line in lines)
   assert (out / "train-00001-of-00002.tfrecord").is_file()
   with pytest.raises(gldv2.GldDataError, match="another split"):
-    gldv2.prepare_gldv2(layout["csv"], layout["train"], out, num_shards=2, seed=5,
-                        log=lambda line: None)
+    gldv2.prepare_gldv2(
+      layout["csv"], layout["train"], out, num_shards=2, seed=5, log=lambda line: None
+    )
 
 
 def test_bad_csv(tmp_path):
@@ -97,17 +100,22 @@ def test_pipeline_is_deterministic_and_shaped(tmp_path, shared_data):
 
 def test_tfds_builder_reads_the_local_copy_with_the_same_split(tmp_path, shared_data):
   import tensorflow_datasets as tfds
+
   from delf_ret.train.tfds_gldv2 import Gldv2Clean
+
   layout = write_gldv2_layout(tmp_path / "gldv2", shared_data, corrupt=True)
   builder = Gldv2Clean(data_dir=str(tmp_path / "tfds"))
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "gldv2")))
+    download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "gldv2"))
+  )
   loaded = tfds.load("gldv2_clean", split="train", data_dir=str(tmp_path / "tfds"))
   train = {example["image_id"].numpy().decode(): int(example["label"]) for example in loaded}
-  gldv2.prepare_gldv2(layout["csv"], layout["train"], tmp_path / "shards", num_shards=1,
-                      log=lambda line: None)
+  gldv2.prepare_gldv2(
+    layout["csv"], layout["train"], tmp_path / "shards", num_shards=1, log=lambda line: None
+  )
   assert train == read_shards(tmp_path / "shards", "train")
   example = next(iter(loaded))
   assert example["image"].shape[2] == 3 and example["image"].dtype == tf.uint8
   assert builder.info.splits["validation"].num_examples == len(
-      read_shards(tmp_path / "shards", "validation"))
+    read_shards(tmp_path / "shards", "validation")
+  )
