@@ -49,7 +49,9 @@ setup(
     "tqdm>=4.60",
   ],
   extras_require={
-    "test": ["pytest>=7.4", "grpcio-tools>=1.85"],
+    # Tests, the proto compiler (tests/test_protos.py) and the style tools .ci/run checks;
+    # ruff pinned to a minor version so that its formatter does not drift.
+    "test": ["pytest>=7.4", "grpcio-tools>=1.85", "ruff>=0.17,<0.18", "mypy>=1.10"],
   },
   entry_points={
     "console_scripts": [
