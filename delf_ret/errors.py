@@ -8,11 +8,13 @@ anything else is a bug and keeps its traceback.
 
 The subclasses live beside the code that raises them: ConfigError
 (delf_ret.config), ImageReadError (delf_ret.images), FeatureFileError
-(delf_ret.features), ImageTooSmallError (delf_ret.extract.extractor),
-PcaFileError (delf_ret.extract.pca), ModelFileError and BackboneWeightsError
-(delf_ret.model), LocalIndexError (delf_ret.index), GroundTruthError
+(delf_ret.features), ImageTooSmallError (delf_ret.extract.extractor), PcaError
+(delf_ret.extract.pca), BackboneWeightsError (delf_ret.model), CompactWeightsError
+(delf_ret.model.compact), LocalIndexError (delf_ret.index), GroundTruthError
 (delf_ret.evaluation.ground_truth), DownloadError (delf_ret.datasets.download),
 GldDataError (delf_ret.train.gldv2), TrainingError (delf_ret.train.trainer).
+Those raised in several modules live here: InputError, and ModelFileError (the
+.keras, .npz and SavedModel readers).
 """
 
 from __future__ import annotations
@@ -23,4 +25,8 @@ class DelfRetError(Exception):
 
 
 class InputError(DelfRetError):
-  """The input images (a folder, a list file, their names) cannot be used."""
+  """The input images (a folder, a list file, their names, a crop box) cannot be used."""
+
+
+class ModelFileError(DelfRetError):
+  """A DELF model file is missing, not a .keras file, unreadable or not a DELF model."""

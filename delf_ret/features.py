@@ -47,7 +47,7 @@ def is_feature_file(path: str | os.PathLike) -> bool:
 def feature_file_names(image_paths: list[pathlib.Path]) -> list[str]:
   """The feature file name of each image; raises InputError on two images with one id."""
   names = [feature_file_name(image_id_of(path)) for path in image_paths]
-  seen = {}
+  seen: dict[str, pathlib.Path] = {}
   for path, name in zip(image_paths, names):
     if name in seen:
       raise InputError(f"{seen[name]} and {path} would both write {name}; rename one")

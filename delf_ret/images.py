@@ -1,4 +1,5 @@
-"""Reading images from disk into RGB uint8 arrays, the same way every time.
+"""Reading images from disk into RGB uint8 arrays, the same way every time; image operations
+(shrinking, cropping to a query box) shared by the stages.
 
 Every input mode is converted by one rule:
 * EXIF orientation is applied first (the array is what a viewer shows);
@@ -15,10 +16,12 @@ from __future__ import annotations
 import os
 import pathlib
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from delf_ret.errors import DelfRetError, InputError
+from delf_ret.protos.delf_config_pb2 import DelfConfig
 
 
 class ImageReadError(DelfRetError):
@@ -42,8 +45,6 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
   """
   path = pathlib.Path(path)
   if max_pixels is None:
-    from delf_ret.protos.delf_config_pb2 import DelfConfig
-
     max_pixels = DelfConfig().max_image_pixels
   if not path.exists():
     raise ImageReadError(f"{path}: file not found")
@@ -60,8 +61,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
           f"limit {max_pixels})"
         )
       image.load()
-      image = ImageOps.exif_transpose(image)
-      return _to_rgb_array(image)
+      return _to_rgb_array(ImageOps.exif_transpose(image))
   except ImageReadError:
     raise
   except UnidentifiedImageError:
@@ -134,14 +134,29 @@ def shrink_to_max_side(image: np.ndarray, max_side: int) -> tuple[np.ndarray, fl
   Returns (image, factor applied); images already small enough come back as
   they are with factor 1.
   """
-  import cv2
-
   height, width = image.shape[:2]
   factor = max_side / max(height, width)
   if factor >= 1.0:
     return image, 1.0
   size = (max(1, round(width * factor)), max(1, round(height * factor)))
   return cv2.resize(image, size, interpolation=cv2.INTER_AREA), factor
+
+
+def crop_to_box(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+  """Crops [H, W, 3] to the query box (x1, y1, x2, y2) in pixels, as the official code does.
+
+  Each coordinate is rounded to the nearest integer (Python's round, halves to
+  even), then rows y1..y2-1 and columns x1..x2-1 are kept: the crop of the
+  official DELF/DELG query extraction (``int(round(b))`` then a PIL crop,
+  whose right and lower edges are exclusive). Unlike PIL, parts of a box
+  outside the image are clipped instead of padded with black.
+  """
+  x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+  height, width = image.shape[:2]
+  left, top, right, bottom = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
+  if right <= left or bottom <= top:
+    raise InputError(f"query box {tuple(box)} is empty inside a {width}x{height} image")
+  return image[top:bottom, left:right]
 
 
 def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from delf_ret.images import ImageReadError, list_images, load_image
+from delf_ret.errors import InputError
+from delf_ret.images import ImageReadError, crop_to_box, list_images, load_image
 
 
 @pytest.fixture
@@ -117,3 +118,23 @@ def test_image_lists_read_paths_beside_the_list_or_as_official_tools_do(tmp_path
   paths = read_image_list(lists / "images.txt")
   # Beside the list; relative to the working directory (official reading); neither: beside.
   assert paths == [lists / "photos" / "a.jpg", pathlib.Path("data/b.jpg"), lists / "missing.jpg"]
+
+
+def test_crop_to_box_rounds_as_the_official_code():
+  image = np.arange(10 * 20 * 3).reshape(10, 20, 3)
+  # round(2.5) = 2 (halves to even), round(1.2) = 1, round(7.1) = 7, y2 = 30 is clipped
+  # to the 10 rows: rows 1..9, columns 2..6.
+  crop = crop_to_box(image, (2.5, 1.2, 7.1, 30.0))
+  assert crop.shape == (9, 5, 3)
+  np.testing.assert_array_equal(crop[0, 0], image[1, 2])
+  # round(3.5) = 4, round(0.5) = 0, round(12.5) = 12, round(8.6) = 9: rows 0..8, columns 4..11.
+  crop = crop_to_box(image, (3.5, 0.5, 12.5, 8.6))
+  assert crop.shape == (9, 8, 3)
+  np.testing.assert_array_equal(crop[0, 0], image[0, 4])
+  # The same pixels as the official extraction (int(round(b)) then a PIL crop).
+  rgb = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+  for box in [(3.5, 0.5, 12.5, 8.6), (10.49, 4.51, 55.5, 39.5), (0.0, 0.0, 60.0, 40.0)]:
+    official = np.asarray(Image.fromarray(rgb).crop([int(round(b)) for b in box]))
+    np.testing.assert_array_equal(crop_to_box(rgb, box), official)
+  with pytest.raises(InputError, match="empty"):
+    crop_to_box(image, (5, 5, 5, 8))

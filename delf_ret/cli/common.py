@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from absl import app, flags
+from tqdm import tqdm
 
 from delf_ret import config as config_lib
+from delf_ret.default_model import default_config_path
 from delf_ret.errors import DelfRetError
 
 FLAGS = flags.FLAGS
@@ -63,8 +65,6 @@ def load_config_from_flags(
 ) -> config_lib.DelfConfig:
   """The DelfConfig at ``path`` or --config_path, else the shipped default model's config;
   with --config_override then ``extra_overrides`` applied."""
-  from delf_ret.default_model import default_config_path
-
   return config_lib.load_config(
     path or FLAGS.config_path or default_config_path(), [*FLAGS.config_override, *extra_overrides]
   )
@@ -101,8 +101,6 @@ class ProgressLog:
   def __call__(self, line: str) -> None:
     step = self._STEP.match(line)
     if step and self._wanted():
-      from tqdm import tqdm
-
       done, total = int(step[1]), int(step[2])
       if self.bar is None or self.bar.total != total or done < self.bar.n:
         self.close()
@@ -113,8 +111,6 @@ class ProgressLog:
         self.close()
       return
     if self.bar is not None:
-      from tqdm import tqdm
-
       tqdm.write(line, file=sys.stdout)
     else:
       print(line, flush=True)
@@ -171,7 +167,7 @@ def require_flags(flag_values: flags.FlagValues, *names: str) -> None:
       raise app.UsageError(f"--{name} is required")
 
 
-def report_failures(failures: list[tuple[object, str]], what: str) -> int:
+def report_failures(failures: Sequence[tuple[object, str]], what: str) -> int:
   """Prints '<n> <what> failed:' and one reason per line to stderr; returns the exit status.
 
   Returns 1 when there are failures, 0 otherwise.

@@ -28,6 +28,7 @@ flags.DEFINE_integer("seed", 0, "Random seed for the randomly initialised weight
 def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "output_path")
+  # Lazy: TensorFlow, imported once the flags are checked (--help answers at once).
   from delf_ret.model import DelfModel, save_delf_model
 
   weights = None if FLAGS.backbone_weights == "random" else FLAGS.backbone_weights

@@ -50,6 +50,7 @@ define_progress_flag()
 
 
 def _data():
+  # Lazy: matplotlib (the demo's figures), loaded only when the demo runs.
   from delf_ret.retrieval.demo import bundled_demo_data, shared_demo_data
 
   folder = FLAGS.data_dir or os.environ.get("DELF_RET_SHARED_DATA", "../shared/data")
@@ -62,6 +63,7 @@ def _data():
 
 def main(argv: list[str]) -> int:
   del argv
+  # Lazy: TensorFlow and matplotlib, imported once the flags are parsed.
   from delf_ret.extract.extractor import DelfExtractor
   from delf_ret.retrieval.demo import run_demo
 

@@ -32,16 +32,16 @@ def main(argv: list[str]) -> int:
     raise app.UsageError("give --output_dir (SavedModel) and/or --compact_path (.npz)")
   if FLAGS.compact_path and not FLAGS.compact_path.endswith(".npz"):
     raise app.UsageError(f"--compact_path must end in .npz, got {FLAGS.compact_path}")
+  # Lazy: TensorFlow, imported once the flags are checked (--help answers at once).
   from delf_ret.model import load_delf_model
+  from delf_ret.model.compact import save_compact_weights
 
   model = load_delf_model(FLAGS.model_path)
   if FLAGS.compact_path:
-    from delf_ret.model.compact import save_compact_weights
-
     save_compact_weights(model, FLAGS.compact_path)
     print(f"done: compact weights in {FLAGS.compact_path}")
   if FLAGS.output_dir:
-    from delf_ret.extract.saved_model import export_saved_model
+    from delf_ret.extract.saved_model import export_saved_model  # Lazy: TensorFlow.
 
     path = export_saved_model(model, FLAGS.output_dir)
     print(f"done: SavedModel with signatures 'extract' and 'serving_default' in {path}")

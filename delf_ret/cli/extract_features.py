@@ -49,6 +49,7 @@ def main(argv: list[str]) -> int:
   config = load_config_from_flags()
   image_paths = image_paths_from_flags()
   feature_file_names(image_paths)  # Two images with one id are refused before any work.
+  # Lazy: TensorFlow, imported once the flags are checked (--help answers at once).
   from delf_ret.extract.batch import extract_all
   from delf_ret.extract.extractor import DelfExtractor
 

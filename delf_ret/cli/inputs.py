@@ -39,6 +39,7 @@ def resolve_image_inputs(
     raise InputError("give exactly one of --images_dir and --list_images_path")
   if list_images_path:
     return read_image_list(list_images_path)
+  assert images_dir  # Exactly one of the two is given (checked above).
   try:
     paths = list_images(images_dir)
   except FileNotFoundError as error:

@@ -39,6 +39,7 @@ define_progress_flag()
 def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "output_dir")
+  # Lazy: TensorFlow, imported once the flags are checked (--help answers at once).
   from delf_ret.extract.pca_training import learn_pca_from_images, without_pca
 
   config = without_pca(load_config_from_flags())

@@ -98,6 +98,7 @@ def load_match_config() -> config_lib.DelfConfig:
 
 
 def _extractor(config: config_lib.DelfConfig):
+  # Lazy: TensorFlow, imported once the flags are checked (--help answers at once).
   from delf_ret.extract.extractor import DelfExtractor
 
   return DelfExtractor(config)
@@ -135,7 +136,8 @@ def main(argv: list[str]) -> int:
   if len(inputs) != 2:
     raise app.UsageError("give exactly two inputs: images or .delf feature files")
   config = load_match_config()
-  features, draw_paths, extractor = [], [], None
+  features, extractor = [], None
+  draw_paths: list[str | pathlib.Path | None] = []
   for i, path in enumerate(inputs):
     if is_feature_file(path):
       features.append(read_features(path))
@@ -158,8 +160,8 @@ def main(argv: list[str]) -> int:
   )
   inlier_pairs = result.matches[result.inliers]
   if FLAGS.output_image:
-    images = [load_image(path) for path in draw_paths]
-    from delf_ret.evaluation.visualize import draw_matches
+    images = [load_image(path) for path in draw_paths if path is not None]  # None: refused above.
+    from delf_ret.evaluation.visualize import draw_matches  # Lazy: matplotlib.
 
     draw_matches(
       FLAGS.output_image,

@@ -29,6 +29,8 @@ from delf_ret.cli.common import (
   require_flags,
   run_tool,
 )
+from delf_ret.evaluation.ground_truth import load_dataset
+from delf_ret.retrieval.benchmark import run_benchmark
 
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig .pbtxt (extraction and retrieval_config).")
@@ -46,9 +48,6 @@ define_progress_flag()
 def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "images_dir", "index_dir", "features_dir", "output_dir")
-  from delf_ret.evaluation.ground_truth import load_dataset
-  from delf_ret.retrieval.benchmark import run_benchmark
-
   config = load_config_from_flags()
   dataset = load_dataset(
     FLAGS.dataset_gnd_path, FLAGS.dataset_gt_dir, FLAGS.images_dir, FLAGS.dataset_name

@@ -13,6 +13,7 @@ from __future__ import annotations
 from absl import flags
 
 from delf_ret.cli.common import log, report_failures, require_flags, run_tool
+from delf_ret.train.gldv2 import prepare_gldv2
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("csv_path", None, "train_clean.csv (columns landmark_id,images).")
@@ -26,8 +27,6 @@ flags.DEFINE_integer("seed", 0, "Seed of the split.")
 def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "csv_path", "train_dir", "output_dir")
-  from delf_ret.train.gldv2 import prepare_gldv2
-
   failures = prepare_gldv2(
     FLAGS.csv_path,
     FLAGS.train_dir,

@@ -27,7 +27,8 @@ from delf_ret.cli.common import (
 )
 from delf_ret.errors import InputError
 from delf_ret.features import feature_loader, image_id_of
-from delf_ret.images import ImageReadError, list_images, load_image
+from delf_ret.images import ImageReadError, crop_to_box, list_images, load_image
+from delf_ret.retrieval.ranking import load_index, retrieve
 
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig .pbtxt (extraction and retrieval_config).")
@@ -42,19 +43,20 @@ flags.DEFINE_string("database_images_dir", None, "Database images, for --contact
 define_backend_flag()
 
 
-def _box(values: list[str]) -> tuple[float, ...] | None:
+def _box(values: list[str]) -> tuple[float, float, float, float] | None:
   if not values:
     return None
   try:
     if len(values) != 4:
       raise ValueError
-    return tuple(float(v) for v in values)
+    x1, y1, x2, y2 = (float(v) for v in values)
+    return x1, y1, x2, y2
   except ValueError:
     raise InputError(f"--box needs 4 numbers x1,y1,x2,y2, got {values}") from None
 
 
 def _contact_sheet(path: str, query_image: np.ndarray, top: list) -> None:
-  from delf_ret.evaluation.visualize import draw_contact_sheet
+  from delf_ret.evaluation.visualize import draw_contact_sheet  # Lazy: matplotlib.
 
   by_id = {image_id_of(p): p for p in list_images(FLAGS.database_images_dir)}
   images, captions = [], []
@@ -72,9 +74,8 @@ def main(argv: list[str]) -> int:
   require_flags(FLAGS, "image", "index_dir", "features_dir")
   if FLAGS.contact_sheet:
     require_flags(FLAGS, "database_images_dir")
-  from delf_ret.evaluation.ground_truth import crop_to_box
+  # Lazy: TensorFlow, imported once the flags are checked (--help answers at once).
   from delf_ret.extract.extractor import DelfExtractor
-  from delf_ret.retrieval.ranking import load_index, retrieve
 
   config = load_config_from_flags()
   box = _box(FLAGS.box)

@@ -164,7 +164,8 @@ def unpack(archive: pathlib.Path, dataset_dir: pathlib.Path, target: str) -> int
     return 1
   out_dir = dataset_dir / target
   out_dir.mkdir(parents=True, exist_ok=True)
-  count, seen = 0, {}
+  count = 0
+  seen: dict[str, str] = {}  # Output name -> the member that wrote it.
   try:
     with tarfile.open(archive) as tar:
       for member in tar:
@@ -177,6 +178,8 @@ def unpack(archive: pathlib.Path, dataset_dir: pathlib.Path, target: str) -> int
           )
         seen[name] = member.name
         source = tar.extractfile(member)
+        if source is None:
+          raise tarfile.TarError(f"member {member.name} has no data")
         with open(out_dir / name, "wb") as handle:
           shutil.copyfileobj(source, handle)
         count += 1

@@ -6,7 +6,6 @@ Pure numpy (and matplotlib for figures); no TensorFlow.
 from delf_ret.evaluation.ground_truth import (
   GroundTruthError,
   RetrievalDataset,
-  crop_to_box,
   read_original_gt,
   read_revisited_gnd,
 )
@@ -21,7 +20,6 @@ from delf_ret.evaluation.report import write_report
 __all__ = [
   "GroundTruthError",
   "RetrievalDataset",
-  "crop_to_box",
   "read_original_gt",
   "read_revisited_gnd",
   "DEFAULT_KS",

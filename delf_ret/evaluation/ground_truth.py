@@ -53,23 +53,6 @@ class RetrievalDataset:
     return self.images_dir / f"{name}{self.extension}"
 
 
-def crop_to_box(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-  """Crops [H, W, 3] to the query box (x1, y1, x2, y2) in pixels, as the official code does.
-
-  Each coordinate is rounded to the nearest integer (Python's round, halves to
-  even), then rows y1..y2-1 and columns x1..x2-1 are kept: the crop of the
-  official DELF/DELG query extraction (``int(round(b))`` then a PIL crop,
-  whose right and lower edges are exclusive). Unlike PIL, parts of a box
-  outside the image are clipped instead of padded with black.
-  """
-  x1, y1, x2, y2 = (int(round(float(v))) for v in box)
-  height, width = image.shape[:2]
-  left, top, right, bottom = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
-  if right <= left or bottom <= top:
-    raise GroundTruthError(f"query box {tuple(box)} is empty inside a {width}x{height} image")
-  return image[top:bottom, left:right]
-
-
 def _read_names(path: pathlib.Path) -> list[str]:
   return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
@@ -143,6 +126,7 @@ def load_dataset(
     return read_revisited_gnd(gnd_path, images_dir, name)
   if images_dir is None:
     raise GroundTruthError("the original protocol needs the images folder (--images_dir)")
+  assert gt_dir  # Exactly one of gnd_path and gt_dir is given (checked above).
   return read_original_gt(gt_dir, images_dir, name or pathlib.Path(gt_dir).name)
 
 
@@ -265,7 +249,9 @@ def read_revisited_gnd(
         f"{pkl_path}: gnd entry {number} must be a dict, got {type(entry).__name__}"
       )
     try:
-      converted = {"bbx": np.asarray(entry.get("bbx", []), np.float64).reshape(-1)}
+      converted: dict[str, np.ndarray] = {
+        "bbx": np.asarray(entry.get("bbx", []), np.float64).reshape(-1)
+      }
       for kind in ("easy", "hard", "junk"):
         converted[kind] = np.asarray(entry.get(kind, []), np.int64).reshape(-1)
     except (TypeError, ValueError) as error:

@@ -152,7 +152,9 @@ def evaluate_split(
   With ``num_database``, ranked ids must be below it (see check_rankings).
   """
   check_rankings(ranked_lists, len(positives), ks, num_database)
-  aps, precisions, recalls = [], {k: [] for k in ks}, {k: [] for k in ks}
+  aps: list[float] = []
+  precisions: dict[int, list[float]] = {k: [] for k in ks}
+  recalls: dict[int, list[float]] = {k: [] for k in ks}
   curves = []
   for ranked, pos, ign in zip(ranked_lists, positives, ignored):
     pos, ign = np.unique(np.asarray(pos, np.int64)), np.unique(np.asarray(ign, np.int64))

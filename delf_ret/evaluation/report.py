@@ -90,6 +90,7 @@ def write_report(
 
   seconds_per_query: per-stage timings for metrics.json (see metrics_dict).
   """
+  # Lazy: matplotlib (1-2 s) when a report is written, not when evaluation is imported.
   from delf_ret.evaluation.visualize import plot_precision_recall
 
   output_dir = pathlib.Path(output_dir)

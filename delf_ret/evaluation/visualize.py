@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from delf_ret.atomic import write_bytes_atomic  # noqa: E402
+from delf_ret.images import shrink_to_max_side  # noqa: E402
 
 
 def side_by_side(image_a: np.ndarray, image_b: np.ndarray) -> tuple[np.ndarray, int]:
@@ -41,8 +42,6 @@ def draw_matches(
   Both images are shrunk by one factor (points with them) so that the picture's
   longer side is at most ``max_side`` pixels: memory and file size stay bounded.
   """
-  from delf_ret.images import shrink_to_max_side
-
   width = image_a.shape[1] + image_b.shape[1]
   height = max(image_a.shape[0], image_b.shape[0])
   factor = min(1.0, max_side / max(width, height))
@@ -54,7 +53,7 @@ def draw_matches(
   canvas, offset = side_by_side(image_a, image_b)
   dpi = 100
   figure = plt.figure(figsize=(canvas.shape[1] / dpi, canvas.shape[0] / dpi + 0.5), dpi=dpi)
-  axes = figure.add_axes([0, 0, 1, canvas.shape[0] / (canvas.shape[0] + 0.5 * dpi)])
+  axes = figure.add_axes((0, 0, 1, canvas.shape[0] / (canvas.shape[0] + 0.5 * dpi)))
   axes.imshow(canvas)
   axes.set_axis_off()
   step = max(1, len(points_a) // max_lines)

@@ -1,6 +1,7 @@
-"""DELF feature extraction: image pyramid, attention selection, keypoints, PCA."""
+"""DELF feature extraction: image pyramid, attention selection, keypoints, PCA.
 
-from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError
-from delf_ret.extract.selection import select_features
-
-__all__ = ["DelfExtractor", "ImageTooSmallError", "select_features"]
+Import the modules by their full path (``from delf_ret.extract.extractor import
+DelfExtractor``). This package face imports nothing, so that the light modules
+(geometry, selection, pca, settings) load without TensorFlow; extractor, inference,
+saved_model, batch and pca_training need it.
+"""

@@ -11,9 +11,11 @@ from delf_ret.errors import DelfRetError
 from delf_ret.extract import pca as pca_lib
 from delf_ret.extract.geometry import receptive_field_for_layer
 from delf_ret.extract.inference import BACKENDS
+from delf_ret.extract.saved_model import SavedModelExtractor, is_saved_model
 from delf_ret.extract.selection import ScaleOutput, SelectedFeatures, select_features
 from delf_ret.features import LocalFeatures
 from delf_ret.images import load_image
+from delf_ret.model.delf import load_delf_model
 
 
 class ImageTooSmallError(DelfRetError):
@@ -68,9 +70,6 @@ class DelfExtractor:
   """
 
   def __init__(self, config: DelfConfig, model=None, backend: str = "compiled"):
-    from delf_ret.extract.saved_model import SavedModelExtractor, is_saved_model
-    from delf_ret.model.delf import load_delf_model
-
     self.config = config
     # The model file the features depend on (None: a model object given by the caller).
     self.model_file = config.model_path if model is None else None
@@ -121,6 +120,7 @@ class DelfExtractor:
         local.max_feature_num,
         list(self.config.delf_global_config.image_scales_ind),
       )
+    assert self._run_level is not None  # A model is loaded when there is no SavedModel.
     outputs = []
     for scale, total, size in pyramid_levels(height, width, self.config):
       features, attention = self._run_level(image, size)

@@ -41,6 +41,7 @@ def l2_normalize(vectors: np.ndarray, epsilon: float = 1e-12) -> np.ndarray:
 
 def learn_pca(descriptors: np.ndarray) -> PcaModel:
   """Fits a full PCA to descriptors [N, D] (N >= 2) with scikit-learn."""
+  # Lazy: scikit-learn (5 s) only to learn a PCA; extraction applies one with numpy.
   from sklearn.decomposition import PCA
 
   descriptors = np.asarray(descriptors, dtype=np.float64)
@@ -116,8 +117,8 @@ def save_pca(
 
 def pca_paths(folder: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
   """Standard (mean, projection, variances) file paths inside ``folder``."""
-  folder = pathlib.Path(folder)
-  return tuple(folder / name for name in PCA_FILE_NAMES)
+  mean, projection, variances = (pathlib.Path(folder) / name for name in PCA_FILE_NAMES)
+  return mean, projection, variances
 
 
 def load_pca(
@@ -130,14 +131,11 @@ def load_pca(
   Shapes: mean [D], projection [K, D] (rows: principal directions), variances [K].
   """
   arrays = {}
-  for name, path in (
-    ("mean", mean_path),
-    ("projection", projection_path),
-    ("variances", variances_path),
-  ):
-    if name == "variances" and not path:
-      continue
-    path = pathlib.Path(path)
+  named_paths = [("mean", mean_path), ("projection", projection_path)]
+  if variances_path:
+    named_paths.append(("variances", variances_path))
+  for name, given in named_paths:
+    path = pathlib.Path(given)
     if not path.is_file():
       raise PcaError(f"PCA {name} file not found: {path}")
     try:

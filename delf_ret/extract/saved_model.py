@@ -8,7 +8,7 @@ Signature ``extract`` (also ``serving_default``):
            of the receptive fields), scales float32 [N] (the level's scale),
            scores float32 [N] (attention), descriptors float32 [N, 1024] (raw
            conv4 features: L2 norm and PCA are applied afterwards, as for a
-           .keras checkpoint, by delf_ret.extract.DelfExtractor).
+           .keras checkpoint, by delf_ret.extract.extractor.DelfExtractor).
 Features are the cells with attention >= score_threshold over all levels, the
 ``max_feature_num`` best by attention (ties: level order, then row-major).
 
@@ -39,10 +39,10 @@ import tensorflow as tf
 from absl import logging
 
 from delf_ret.atomic import respect_umask
+from delf_ret.errors import ModelFileError
 from delf_ret.extract.geometry import RESNET50_CONV4, ReceptiveField
 from delf_ret.extract.inference import resize_image
 from delf_ret.extract.selection import SelectedFeatures
-from delf_ret.model.delf import ModelFileError
 
 
 def is_saved_model(path: str | os.PathLike) -> bool:

@@ -1,13 +1,13 @@
 """Matching two feature sets: putative correspondences, then RANSAC verification.
 
-Pure numpy / scikit-image; no TensorFlow, no file I/O.
+numpy, faiss and OpenCV (scikit-image only when its RANSAC backend runs); no TensorFlow, no
+file I/O.
 """
 
 from delf_ret.match.putative import DescriptorMatcher, putative_matches
 from delf_ret.match.verify import (
   RansacParams,
   Verification,
-  add_seconds,
   verify_candidates,
   verify_matches,
   verify_pair,
@@ -18,7 +18,6 @@ __all__ = [
   "putative_matches",
   "RansacParams",
   "Verification",
-  "add_seconds",
   "verify_candidates",
   "verify_matches",
   "verify_pair",

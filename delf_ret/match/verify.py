@@ -14,24 +14,25 @@ import time
 import warnings
 from typing import Iterable
 
+import cv2
 import numpy as np
-from skimage.measure import ransac
-from skimage.transform import AffineTransform, ProjectiveTransform
 
 from delf_ret.features import LocalFeatures
 from delf_ret.match.putative import DescriptorMatcher
 from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
+from delf_ret.timing import add_seconds
 
 _ALL_TRIALS_CONFIDENCE = 1.0 - 1e-12
 MIN_TRIANGLE_AREA = 1.0  # px^2: a sample with a flatter triangle is degenerate.
 
-TRANSFORMS = {"affine": (AffineTransform, 3), "homography": (ProjectiveTransform, 4)}
+# Transform name -> points in RANSAC's minimal sample.
+TRANSFORMS = {"affine": 3, "homography": 4}
 
 
 def _decimal(value: float) -> float:
-  """A float32 config value as the shortest decimal that reads back to it (0.8, not 0.800000011920929).
+  """A float32 config value as the shortest decimal that reads back to it.
 
-  Descriptor distances are float32, so comparisons with either value agree.
+  0.8, not 0.800000011920929. Descriptor distances are float32, so comparisons with either value agree.
   """
   return float(str(np.float32(value)))
 
@@ -128,7 +129,12 @@ def _spans_a_plane(points: np.ndarray) -> bool:
 
 def _skimage_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams):
   """(3x3 transform, inlier mask) or (None, None) with scikit-image's RANSAC."""
-  model_class, min_samples = TRANSFORMS[params.transform]
+  # Lazy: scikit-image (1-3 s to import) only where its backend runs; OpenCV is the default.
+  from skimage.measure import ransac
+  from skimage.transform import AffineTransform, ProjectiveTransform
+
+  model_class = AffineTransform if params.transform == "affine" else ProjectiveTransform
+  min_samples = TRANSFORMS[params.transform]
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     try:
@@ -151,8 +157,6 @@ def _skimage_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams
 
 def _opencv_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams):
   """(3x3 transform, inlier mask) or (None, None) with OpenCV's RANSAC (seeded)."""
-  import cv2
-
   cv2.setRNGSeed(params.seed)
   src, dst = source.astype(np.float32), target.astype(np.float32)
   # OpenCV needs a confidence below 1; this close to 1 it runs all max_trials iterations, which
@@ -211,7 +215,7 @@ def verify_matches(
     raise ValueError(
       f"RANSAC backend must be one of {sorted(RANSAC_BACKENDS)}, got {params.backend!r}"
     )
-  _, min_samples = TRANSFORMS[params.transform]
+  min_samples = TRANSFORMS[params.transform]
   matches = np.asarray(matches, np.int64).reshape(-1, 2)
   none = Verification.empty(matches)
   if matches.shape[0] < min_samples:
@@ -222,12 +226,6 @@ def verify_matches(
   if transform is None or not np.all(np.isfinite(transform)):
     return none
   return Verification(matches, inliers, transform)
-
-
-def add_seconds(timings: dict[str, float] | None, stage: str, start: float) -> None:
-  """Adds the seconds since ``start`` (time.perf_counter) to ``timings[stage]`` (None: nothing)."""
-  if timings is not None:
-    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
 def verify_pair(

@@ -3,21 +3,27 @@
 Used for the checkpoint shipped inside the package (at most 25 MB). Tensors of
 more than ``FLOAT16_MIN_SIZE`` values (convolution kernels) are stored in
 float16; small ones (biases, batch-norm statistics, whose variances can fall
-below float16's range) stay float32. Loading rebuilds the architecture and
-casts everything back to float32; no pickles are involved.
+below float16's range) stay float32. Loading (``delf_ret.model.delf.load_delf_model``
+on a .npz file) rebuilds the architecture and casts everything back to float32;
+no pickles are involved.
+
+The file format only: numpy, no TensorFlow (delf_ret.model.delf imports this
+module, not the reverse), so weights_digest runs without TensorFlow.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pathlib
 import zipfile
+from typing import Any, Sequence
 
 import numpy as np
 
 from delf_ret.atomic import atomic_write
-from delf_ret.model.delf import ModelFileError
+from delf_ret.errors import ModelFileError
 
 FLOAT16_MIN_SIZE = 4096
 FORMAT_VERSION = 1
@@ -27,9 +33,12 @@ class CompactWeightsError(ModelFileError):
   """A compact weights file is missing, damaged or does not fit the DELF architecture."""
 
 
-def save_compact_weights(model, path: str | os.PathLike) -> None:
+def save_compact_weights(model: Any, path: str | os.PathLike) -> None:
   """Writes every weight of a DelfModel to ``path`` (.npz), atomically."""
-  arrays = {"format_version": np.array(FORMAT_VERSION), "num_classes": np.array(model.num_classes)}
+  arrays: dict[str, Any] = {
+    "format_version": np.array(FORMAT_VERSION),
+    "num_classes": np.array(model.num_classes),
+  }
   for index, variable in enumerate(model.weights):
     value = np.asarray(variable.numpy())
     if value.size > FLOAT16_MIN_SIZE:
@@ -50,31 +59,40 @@ def read_arrays(path: pathlib.Path) -> dict[str, np.ndarray]:
     raise CompactWeightsError(f"{path}: not a readable weights file ({error})") from None
 
 
-def load_compact_weights(path: str | os.PathLike):
-  """Rebuilds a DelfModel from a file written by :func:`save_compact_weights`."""
-  from delf_ret.model.delf import DelfModel
+@dataclasses.dataclass(frozen=True)
+class CompactWeights:
+  """The tensors of a compact weights file, in the order of the model's ``weights``."""
 
+  path: pathlib.Path
+  num_classes: int
+  tensors: list[tuple[str, np.ndarray]]
+
+  def values_for(self, variables: Sequence[Any]) -> list[np.ndarray]:
+    """float32 values for a model's ``weights`` (same count and shapes), for ``set_weights``."""
+    if len(self.tensors) != len(variables):
+      raise CompactWeightsError(
+        f"{self.path}: {len(self.tensors)} tensors, the DELF model has {len(variables)}"
+      )
+    values = []
+    for (name, value), variable in zip(self.tensors, variables):
+      if tuple(value.shape) != tuple(variable.shape):
+        raise CompactWeightsError(
+          f"{self.path}: tensor {name} has shape {value.shape}, "
+          f"{variable.path} needs {tuple(variable.shape)}"
+        )
+      values.append(value.astype(np.float32))
+    return values
+
+
+def read_compact_weights(path: str | os.PathLike) -> CompactWeights:
+  """Reads a file written by :func:`save_compact_weights` (the model is built by
+  ``delf_ret.model.delf.load_delf_model``); CompactWeightsError if it is not one."""
   path = pathlib.Path(path)
   arrays = read_arrays(path)
-  if int(arrays.pop("format_version", -1)) != FORMAT_VERSION:
+  if int(arrays.pop("format_version", -1)) != FORMAT_VERSION or "num_classes" not in arrays:
     raise CompactWeightsError(f"{path}: not a delf-ret compact weights file (format version)")
-  model = DelfModel(num_classes=int(arrays.pop("num_classes")))
-  names = sorted(arrays)
-  if len(names) != len(model.weights):
-    raise CompactWeightsError(
-      f"{path}: {len(names)} tensors, the DELF model has {len(model.weights)}"
-    )
-  values = []
-  for name, variable in zip(names, model.weights):
-    value = arrays[name]
-    if tuple(value.shape) != tuple(variable.shape):
-      raise CompactWeightsError(
-        f"{path}: tensor {name} has shape {value.shape}, "
-        f"{variable.path} needs {tuple(variable.shape)}"
-      )
-    values.append(value.astype(np.float32))
-  model.set_weights(values)
-  return model
+  num_classes = int(arrays.pop("num_classes"))
+  return CompactWeights(path, num_classes, [(name, arrays[name]) for name in sorted(arrays)])
 
 
 def weights_digest(path: str | os.PathLike) -> str:

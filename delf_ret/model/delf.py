@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from delf_ret.errors import DelfRetError
+from delf_ret.errors import DelfRetError, ModelFileError
+from delf_ret.model.compact import read_compact_weights
 
 BACKBONE_LAYER = "conv4_block6_out"
 BACKBONE_CHANNELS = 1024
@@ -25,10 +26,6 @@ _BGR_MEAN = (103.939, 116.779, 123.68)
 
 class BackboneWeightsError(DelfRetError):
   """Backbone weights could not be loaded."""
-
-
-class ModelFileError(DelfRetError):
-  """A DELF model file is missing, not a .keras file, unreadable or not a DELF model."""
 
 
 def build_backbone(weights: str | None = None) -> keras.Model:
@@ -147,9 +144,10 @@ def load_delf_model(path: str | os.PathLike) -> DelfModel:
   if not path.is_file():
     raise ModelFileError(f"DELF model file not found: {path}")
   if path.suffix == ".npz":
-    from delf_ret.model.compact import load_compact_weights
-
-    return load_compact_weights(path)
+    weights = read_compact_weights(path)
+    model = DelfModel(num_classes=weights.num_classes)
+    model.set_weights(weights.values_for(model.weights))
+    return model
   try:
     model = keras.models.load_model(path, compile=False)
   except (OSError, ValueError, TypeError, zipfile.BadZipFile) as error:

@@ -7,7 +7,6 @@ import pytest
 
 from delf_ret.evaluation.ground_truth import (
   GroundTruthError,
-  crop_to_box,
   read_original_gt,
   read_revisited_gnd,
 )
@@ -85,25 +84,3 @@ def test_revisited_errors(tmp_path):
   (tmp_path / "keys.pkl").write_bytes(pickle.dumps({"imlist": []}))
   with pytest.raises(GroundTruthError, match="missing keys"):
     read_revisited_gnd(tmp_path / "keys.pkl")
-
-
-def test_crop_to_box_rounds_as_the_official_code():
-  image = np.arange(10 * 20 * 3).reshape(10, 20, 3)
-  # round(2.5) = 2 (halves to even), round(1.2) = 1, round(7.1) = 7, y2 = 30 is clipped
-  # to the 10 rows: rows 1..9, columns 2..6.
-  crop = crop_to_box(image, (2.5, 1.2, 7.1, 30.0))
-  assert crop.shape == (9, 5, 3)
-  np.testing.assert_array_equal(crop[0, 0], image[1, 2])
-  # round(3.5) = 4, round(0.5) = 0, round(12.5) = 12, round(8.6) = 9: rows 0..8, columns 4..11.
-  crop = crop_to_box(image, (3.5, 0.5, 12.5, 8.6))
-  assert crop.shape == (9, 8, 3)
-  np.testing.assert_array_equal(crop[0, 0], image[0, 4])
-  # The same pixels as the official extraction (int(round(b)) then a PIL crop).
-  from PIL import Image
-
-  rgb = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
-  for box in [(3.5, 0.5, 12.5, 8.6), (10.49, 4.51, 55.5, 39.5), (0.0, 0.0, 60.0, 40.0)]:
-    official = np.asarray(Image.fromarray(rgb).crop([int(round(b)) for b in box]))
-    np.testing.assert_array_equal(crop_to_box(rgb, box), official)
-  with pytest.raises(GroundTruthError, match="empty"):
-    crop_to_box(image, (5, 5, 5, 8))

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from delf_ret import config as config_lib
-from delf_ret.model.delf import ModelFileError
+from delf_ret.errors import ModelFileError
 
 
 @pytest.fixture(scope="module")

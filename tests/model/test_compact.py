@@ -6,7 +6,7 @@ import pytest
 from delf_ret.model import load_delf_model
 from delf_ret.model.compact import (
   CompactWeightsError,
-  load_compact_weights,
+  read_compact_weights,
   save_compact_weights,
   weights_digest,
 )
@@ -31,15 +31,15 @@ def test_round_trip_keeps_the_outputs_to_float16_precision(delf_model, tmp_path)
 
 def test_damaged_or_foreign_files_give_the_package_error(delf_model, tmp_path):
   with pytest.raises(CompactWeightsError, match="not found"):
-    load_compact_weights(tmp_path / "missing.npz")
+    read_compact_weights(tmp_path / "missing.npz")
   broken = tmp_path / "broken.npz"
   broken.write_bytes(b"PK\x03\x04 not really a zip")
   with pytest.raises(CompactWeightsError, match="not a readable"):
-    load_compact_weights(broken)
+    load_delf_model(broken)
   foreign = tmp_path / "foreign.npz"
   np.savez(foreign, a=np.zeros(3))
   with pytest.raises(CompactWeightsError, match="format version"):
-    load_compact_weights(foreign)
+    load_delf_model(foreign)
   good = tmp_path / "good.npz"
   save_compact_weights(delf_model, good)
   with np.load(good) as data:
@@ -49,7 +49,12 @@ def test_damaged_or_foreign_files_give_the_package_error(delf_model, tmp_path):
   wrong_shape = tmp_path / "wrong_shape.npz"
   np.savez(wrong_shape, **arrays)
   with pytest.raises(CompactWeightsError, match="shape"):
-    load_compact_weights(wrong_shape)
+    load_delf_model(wrong_shape)
+  fewer = tmp_path / "fewer.npz"
+  del arrays[first]
+  np.savez(fewer, **arrays)
+  with pytest.raises(CompactWeightsError, match="tensors, the DELF model has"):
+    load_delf_model(fewer)
 
 
 def test_weights_digest_follows_the_tensors_not_the_file_bytes(tmp_path):
