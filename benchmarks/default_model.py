@@ -52,7 +52,7 @@ import shutil
 import time
 
 import numpy as np
-from results_io import write_result
+from results_io import render_between, write_result
 from sift_baseline import sift_features
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -79,6 +79,7 @@ LABELS = {
 # Photos (evenly spaced over the sorted training photos) the random model's PCA is learned on.
 PCA_TRAINING_PHOTOS = 40
 START, END = "<!-- default_model table: start -->", "<!-- default_model table: end -->"
+TRAINING_START, TRAINING_END = "<!-- training facts: start -->", "<!-- training facts: end -->"
 
 
 def read_homography(path: pathlib.Path) -> np.ndarray:
@@ -94,7 +95,7 @@ def reprojection_errors(
   features_a, features_b, matches: np.ndarray, homography: np.ndarray
 ) -> np.ndarray:
   """Pixel error [M] of (index_a, index_b) matches under a homography on (x, y, 1)."""
-  from delf_ret.train.selfsup_data import apply_homography
+  from delf_ret.extract.geometry import apply_homography
 
   projected = apply_homography(homography, features_a.locations[matches[:, 0]])
   errors = np.linalg.norm(projected - features_b.locations[matches[:, 1]], axis=1)
@@ -214,11 +215,10 @@ def run_retrieval(name, extract, retrieval_config, dataset_dir, labels, hard, wo
   from delf_ret.config import DelfConfig
   from delf_ret.datasets.labelled import write_labelled_benchmark
   from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
-  from delf_ret.features import feature_file_name, image_id_of, write_features
   from delf_ret.images import load_image
   from delf_ret.index import IndexParams
-  from delf_ret.index.builder import build_index, list_feature_files
   from delf_ret.retrieval.benchmark import run_benchmark
+  from delf_ret.retrieval.indexing import database_image_paths, index_database
 
   paths = write_labelled_benchmark(labels, dataset_dir, name=dataset_dir.name, hard_images=hard)
   revisited = read_revisited_gnd(paths["gnd_path"], paths["images_dir"])
@@ -228,22 +228,21 @@ def run_retrieval(name, extract, retrieval_config, dataset_dir, labels, hard, wo
     else []
   )
   features_dir = work / "features"
-  for image_name in revisited.imlist:
-    path = revisited.image_path(image_name)
-    write_features(features_dir / feature_file_name(image_id_of(path)), extract(load_image(path)))
-  index, failures = build_index(
-    list_feature_files(features_dir),
+  indexed = index_database(
     work / "index",
+    features_dir,
     IndexParams.from_config(retrieval_config),
+    images=database_image_paths(revisited),
+    extract=lambda path: extract(load_image(path)),
     log=lambda line: None,
   )
-  assert not failures, failures
+  assert not indexed.failures, indexed.failures
   config = DelfConfig()
   config.retrieval_config.CopyFrom(retrieval_config)
   run = run_benchmark(
     config,
     revisited,
-    index,
+    indexed.index,
     features_dir,
     work / "run",
     extract=extract,
@@ -284,7 +283,7 @@ def build_methods(
   from delf_ret.extract.extractor import DelfExtractor
   from delf_ret.extract.pca_training import learn_pca_from_images, with_pca
   from delf_ret.model import DelfModel
-  from delf_ret.train.selfsup_data import list_training_photos
+  from delf_ret.train.photos import list_training_photos
 
   methods = {}
   if "random_init" in only:
@@ -338,26 +337,11 @@ def model_label(model_dir: pathlib.Path) -> str:
   )
 
 
-def run_all(
-  work: pathlib.Path, model_dir: pathlib.Path | None = None, only: tuple[str, ...] = METHODS
-) -> dict:
-  """Every benchmark for the methods ``only``; model_dir: the default model's files
-  (default: the shipped ones, delf_ret/default_model)."""
-  from delf_ret import config as config_lib
-  from delf_ret.default_model import CONFIG_FILE, WEIGHTS_FILE, default_model_dir
-  from delf_ret.images import load_image
-  from delf_ret.match import RansacParams
+def result_header(config, model_dir: pathlib.Path) -> dict:
+  """The result's settings and model facts, with empty sections for the figures."""
+  from delf_ret.default_model import WEIGHTS_FILE
+  from delf_ret.model.compact import weights_digest
 
-  model_dir = pathlib.Path(model_dir or default_model_dir())
-  shutil.rmtree(work, ignore_errors=True)
-  config = config_lib.load_config(model_dir / CONFIG_FILE)
-  methods = build_methods(work, model_dir, config, only)
-  hard = frozenset(
-    line.split("#")[0].strip()
-    for line in HARD_FILE.read_text().splitlines()
-    if line.split("#")[0].strip()
-  )
-  homography = read_homography(SHARED / "pairs" / "H1to3p.xml")
   # The machine and library versions are recorded by write_result (``environment``).
   result = {
     "benchmark": "default_model",
@@ -379,70 +363,105 @@ def run_all(
   }
   facts = model_dir / "TRAINING.json"
   result["training"] = json.loads(facts.read_text()) if facts.is_file() else None
-  from delf_ret.model.compact import weights_digest
-
   # Tells a bit-identical retraining (deterministic recipe) from a different model.
   result["model_dir"] = model_label(model_dir)
   result["weights_sha256"] = weights_digest(model_dir / WEIGHTS_FILE)
+  return result
+
+
+def run_pairs(result: dict, name: str, cached, params, homography: np.ndarray) -> None:
+  """The pair figures of one method (and the attention ranking of the default model)."""
+  from delf_ret.images import load_image
+
+  for name_a, name_b in PAIRS:
+    features_a = cached(load_image(SHARED / "pairs" / name_a))
+    features_b = cached(load_image(SHARED / "pairs" / name_b))
+    is_graf = name_a == "graf1.png"
+    row = pair_row(features_a, features_b, params, homography if is_graf else None)
+    if is_graf and name != "opencv_sift":
+      # The same DELF features with the published 0.8 distance test instead of the
+      # default model's calibrated rule, for a comparison that favours neither.
+      row["published_0.8"] = pair_row(
+        features_a, features_b, dataclasses.replace(params, distance_threshold=0.8), homography
+      )
+    result["pairs"].setdefault(f"{name_a}/{name_b}", {})[name] = row
+    if is_graf and name == "default_model":
+      result["attention_ranking"] = attention_ranking(features_a, features_b, params, homography)
+
+
+def run_datasets(
+  result: dict, name: str, cached, retrieval_config, hard, ukbench: pathlib.Path, work
+) -> None:
+  """The mini-landmarks and UKBench figures of one method."""
+  from delf_ret import config as config_lib
+
+  print(f"{name}: mini-landmarks ...", flush=True)
+  row, _, _ = run_retrieval(
+    name,
+    cached,
+    retrieval_config,
+    work / "mini_landmarks",
+    SHARED / "labels.csv",
+    hard,
+    work / name / "mini_landmarks",
+    True,
+  )
+  result["mini_landmarks"][name] = row
+  print(f"{name}: ukbench ...", flush=True)
+  # UKBench's score counts the query image itself among its top 4, so its reranking
+  # verifies the query image too (in the labelled layout it is junk for its own query).
+  ukbench_retrieval = config_lib.DelfConfig().retrieval_config
+  ukbench_retrieval.CopyFrom(retrieval_config)
+  ukbench_retrieval.rerank_skip_junk = False
+  row, dataset, results = run_retrieval(
+    name,
+    cached,
+    ukbench_retrieval,
+    work / "ukbench",
+    ukbench,
+    frozenset(),
+    work / name / "ukbench",
+    False,
+  )
+  row["ukbench_score"] = {
+    stage: round(ukbench_score(dataset, results, attribute), 3)
+    for stage, attribute in (("first_stage", "ranked"), ("reranked", "reranked"))
+  }
+  result["ukbench"][name] = row
+
+
+def run_all(
+  work: pathlib.Path, model_dir: pathlib.Path | None = None, only: tuple[str, ...] = METHODS
+) -> dict:
+  """Every benchmark for the methods ``only``; model_dir: the default model's files
+  (default: the shipped ones, delf_ret/default_model)."""
+  from delf_ret import config as config_lib
+  from delf_ret.default_model import CONFIG_FILE, default_model_dir
+  from delf_ret.match import RansacParams
+  from delf_ret.retrieval.demo import ContentCache
+
+  model_dir = pathlib.Path(model_dir or default_model_dir())
+  shutil.rmtree(work, ignore_errors=True)
+  config = config_lib.load_config(model_dir / CONFIG_FILE)
+  methods = build_methods(work, model_dir, config, only)
+  hard = frozenset(
+    line.split("#")[0].strip()
+    for line in HARD_FILE.read_text().splitlines()
+    if line.split("#")[0].strip()
+  )
+  homography = read_homography(SHARED / "pairs" / "H1to3p.xml")
+  result = result_header(config, model_dir)
   ukbench = ukbench_labels(work)
   for name, (extract, retrieval_config, description) in methods.items():
     print(f"{name}: pairs ...", flush=True)
-    from delf_ret.retrieval.demo import ContentCache
-
     timed = TimedExtractor(extract)
     cached = ContentCache(timed)
-    params = RansacParams.from_config(retrieval_config)
     result["methods"][name] = {
       "description": description,
       "putative_matches": matching_rule(retrieval_config),
     }
-    for name_a, name_b in PAIRS:
-      features_a = cached(load_image(SHARED / "pairs" / name_a))
-      features_b = cached(load_image(SHARED / "pairs" / name_b))
-      is_graf = name_a == "graf1.png"
-      row = pair_row(features_a, features_b, params, homography if is_graf else None)
-      if is_graf and name != "opencv_sift":
-        # The same DELF features with the published 0.8 distance test instead of the
-        # default model's calibrated rule, for a comparison that favours neither.
-        row["published_0.8"] = pair_row(
-          features_a, features_b, dataclasses.replace(params, distance_threshold=0.8), homography
-        )
-      result["pairs"].setdefault(f"{name_a}/{name_b}", {})[name] = row
-      if is_graf and name == "default_model":
-        result["attention_ranking"] = attention_ranking(features_a, features_b, params, homography)
-    print(f"{name}: mini-landmarks ...", flush=True)
-    row, _, _ = run_retrieval(
-      name,
-      cached,
-      retrieval_config,
-      work / "mini_landmarks",
-      SHARED / "labels.csv",
-      hard,
-      work / name / "mini_landmarks",
-      True,
-    )
-    result["mini_landmarks"][name] = row
-    print(f"{name}: ukbench ...", flush=True)
-    # UKBench's score counts the query image itself among its top 4, so its reranking
-    # verifies the query image too (in the labelled layout it is junk for its own query).
-    ukbench_retrieval = config_lib.DelfConfig().retrieval_config
-    ukbench_retrieval.CopyFrom(retrieval_config)
-    ukbench_retrieval.rerank_skip_junk = False
-    row, dataset, results = run_retrieval(
-      name,
-      cached,
-      ukbench_retrieval,
-      work / "ukbench",
-      ukbench,
-      frozenset(),
-      work / name / "ukbench",
-      False,
-    )
-    row["ukbench_score"] = {
-      stage: round(ukbench_score(dataset, results, attribute), 3)
-      for stage, attribute in (("first_stage", "ranked"), ("reranked", "reranked"))
-    }
-    result["ukbench"][name] = row
+    run_pairs(result, name, cached, RansacParams.from_config(retrieval_config), homography)
+    run_datasets(result, name, cached, retrieval_config, hard, ukbench, work)
     result["methods"][name]["extraction_seconds_per_image"] = round(
       timed.seconds / max(1, timed.count), 2
     )
@@ -565,17 +584,6 @@ def render_training(result: dict, rerun: dict | None = None) -> str:
   return text
 
 
-def render_into(path: pathlib.Path, text_block: str, start: str = START, end: str = END) -> None:
-  """Replaces the text between the ``start`` and ``end`` markers of ``path``."""
-  text = path.read_text()
-  if start not in text or end not in text:
-    raise SystemExit(f"{path} has no {start} ... {end} markers")
-  head, rest = text.split(start, 1)
-  _, tail = rest.split(end, 1)
-  path.write_text(f"{head}{start}\n{text_block}\n{end}{tail}")
-  print(f"rendered {path}")
-
-
 def default_model_figures(result: dict) -> dict[str, float]:
   """The default model's figures of a result JSON, by name (what a rerun is compared on)."""
   figures = {}
@@ -686,14 +694,9 @@ def main():
     return
   table = render_tables(result)
   for path in (REPO / "README.md", MODEL_CARD):
-    render_into(path, table)
+    render_between(path, table, START, END)
   rerun = json.loads(RERUN.read_text()) if RERUN.is_file() else None
-  render_into(
-    MODEL_CARD,
-    render_training(result, rerun),
-    "<!-- training facts: start -->",
-    "<!-- training facts: end -->",
-  )
+  render_between(MODEL_CARD, render_training(result, rerun), TRAINING_START, TRAINING_END)
 
 
 if __name__ == "__main__":

@@ -161,8 +161,7 @@ def measure(
   if index.needs_training:
     sample_size = min(n, args.train_per_list * params.nlist)
     sample = database[np.random.default_rng(1).choice(n, sample_size, replace=False)]
-    index.index.cp.niter = args.kmeans_iters  # faiss' default is 25.
-    index.train(sample)
+    index.train(sample, kmeans_iterations=args.kmeans_iters)  # faiss' default is 25.
     training = {
       "sample_size": sample_size,
       "kmeans_iters": args.kmeans_iters,
@@ -171,10 +170,10 @@ def measure(
   for image in range(n // PER_IMAGE):
     index.add(f"img{image:06d}", database[image * PER_IMAGE : (image + 1) * PER_IMAGE])
   build_s = time.perf_counter() - start
-  serialized_bytes = int(faiss.serialize_index(index.index).size)
+  serialized_bytes = index.serialized_bytes()
   rows = []
   for variant in search_variants(type_spec, args.fs_nprobes):
-    index.params = dataclasses.replace(params, **variant)
+    index.set_search_breadth(**variant)
     load_before = os.getloadavg()[0]
     slots, keypoints, query_ms = timed_search(index, query, args.repeats)
     found = slots * PER_IMAGE + keypoints  # Database row of each hit.
@@ -219,7 +218,7 @@ def exact_nearest(database: np.ndarray, query: np.ndarray) -> np.ndarray:
   return best_row
 
 
-def main():
+def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", default="100000,1000000,10000000")
   parser.add_argument(
@@ -252,6 +251,24 @@ def main():
   parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "index_scale.json"))
   args = parser.parse_args()
   args.fs_nprobes = [int(value) for value in args.fs_nprobes.split(",")]
+  return args
+
+
+def hnsw_skipped(n: int, max_hnsw: int) -> dict:
+  """The JSON row of an HNSW index not built for N descriptors."""
+  return {
+    "index_type": "hnsw",
+    "num_descriptors": n,
+    "reason": (
+      f"not built: above --max_hnsw {max_hnsw}; at 440 bytes per descriptor it "
+      f"needs {440 * n / 2**30:.1f} GiB, over the 1 GB aim, and its build time grows "
+      f"faster than linearly (see the 1e6 row)"
+    ),
+  }
+
+
+def main():
+  args = parse_args()
   types = args.types.split(",")
   for type_spec in types:
     params_for(type_spec, 1)  # Fails early on an unknown type.
@@ -267,17 +284,7 @@ def main():
     baseline = None
     for index_type in types:
       if index_type.startswith("hnsw") and n > args.max_hnsw:
-        skipped.append(
-          {
-            "index_type": "hnsw",
-            "num_descriptors": n,
-            "reason": (
-              f"not built: above --max_hnsw {args.max_hnsw}; at 440 bytes per descriptor it "
-              f"needs {440 * n / 2**30:.1f} GiB, over the 1 GB aim, and its build time grows "
-              f"faster than linearly (see the 1e6 row)"
-            ),
-          }
-        )
+        skipped.append(hnsw_skipped(n, args.max_hnsw))
         continue
       print(f"N={n:,} {index_type} ...", flush=True)
       for result in measure(index_type, database, query, true_nn, args):

@@ -63,28 +63,28 @@ def delf_extractors(config_path: pathlib.Path, images: list[pathlib.Path], work:
 
 def run_method(name, extract, database_features, datasets, retrieval_config, work):
   from delf_ret.config import DelfConfig
-  from delf_ret.features import feature_file_name, image_id_of, write_features
   from delf_ret.index import IndexParams
-  from delf_ret.index.builder import build_index, list_feature_files
   from delf_ret.retrieval.benchmark import run_benchmark
+  from delf_ret.retrieval.indexing import database_image_paths, index_database
 
+  revisited, original = datasets
   features_dir = work / name / "features"
-  for path, features in database_features.items():
-    write_features(features_dir / feature_file_name(image_id_of(path)), features)
-  index, failures = build_index(
-    list_feature_files(features_dir),
+  # The database features are computed already: "extracting" an image looks its features up.
+  indexed = index_database(
     work / name / "index",
+    features_dir,
     IndexParams.from_config(retrieval_config),
+    images=database_image_paths(revisited),
+    extract=database_features.__getitem__,
     log=lambda line: None,
   )
-  assert not failures, failures
-  revisited, original = datasets
+  assert not indexed.failures, indexed.failures
   config = DelfConfig()
   config.retrieval_config.CopyFrom(retrieval_config)
   run = run_benchmark(
     config,
     revisited,
-    index,
+    indexed.index,
     features_dir,
     work / name / "run",
     extract=extract,
@@ -101,6 +101,26 @@ def run_method(name, extract, database_features, datasets, retrieval_config, wor
     "seconds_per_query": round(run.seconds_per_query, 2),
     "mean_features_per_image": round(mean_features),
     "descriptor_dim": next(iter(database_features.values())).descriptor_dim,
+  }
+
+
+def putative_rule(retrieval_config) -> str:
+  """The putative-matching rule of a retrieval_config, as the JSON states it."""
+  return f"distance < {retrieval_config.match_distance_threshold:g}" + (
+    f", ratio < {retrieval_config.match_ratio_threshold:g}"
+    if retrieval_config.match_ratio_threshold
+    else ""
+  )
+
+
+def map_ratio(delf: dict, sift: dict) -> dict:
+  """{stage: {split: DELF mAP / SIFT mAP}} (None where SIFT's mAP is 0)."""
+  return {
+    stage: {
+      split: (round(delf[stage][split] / sift[stage][split], 3) if sift[stage][split] else None)
+      for split in delf[stage]
+    }
+    for stage in delf
   }
 
 
@@ -152,27 +172,9 @@ def main():
     methods[name] = run_method(
       name, extract, database, (revisited, original), retrieval_config, work
     )
-    methods[name]["putative_matches"] = (
-      f"distance < {retrieval_config.match_distance_threshold:g}"
-      + (
-        f", ratio < {retrieval_config.match_ratio_threshold:g}"
-        if retrieval_config.match_ratio_threshold
-        else ""
-      )
-    )
+    methods[name]["putative_matches"] = putative_rule(retrieval_config)
   methods["delf_random_weights"]["extraction_seconds_per_image"] = round(delf_seconds, 2)
-  delf, sift_result = methods["delf_random_weights"]["mAP"], methods["opencv_sift"]["mAP"]
-  ratio = {
-    stage: {
-      split: (
-        round(delf[stage][split] / sift_result[stage][split], 3)
-        if sift_result[stage][split]
-        else None
-      )
-      for split in delf[stage]
-    }
-    for stage in delf
-  }
+  ratio = map_ratio(methods["delf_random_weights"]["mAP"], methods["opencv_sift"]["mAP"])
   write_result(
     args.output,
     {

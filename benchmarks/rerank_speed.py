@@ -23,7 +23,11 @@ paths are compared on every pair and on the real matching pairs of the data
 (photos of one landmark, one UKBench object, one pairs/ pair), where the
 counts are large enough for a relative comparison.
 
+The table in docs/benchmarks.md is rendered from the result JSON
+(``--render_only`` re-renders it without running anything).
+
 Usage: python benchmarks/rerank_speed.py [--output benchmarks/results/rerank_speed.json]
+       python benchmarks/rerank_speed.py --render_only
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import json
 import os
 import pathlib
 import platform
@@ -38,7 +43,7 @@ import time
 import warnings
 
 import numpy as np
-from results_io import write_result
+from results_io import render_between, write_result
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -218,12 +223,15 @@ def pair_agreement(features, pairs, params) -> dict:
   }
 
 
+RESULT = REPO / "benchmarks" / "results" / "rerank_speed.json"
+# The table block (between these markers) that the result is rendered into.
+TABLE_FILE = REPO / "docs" / "benchmarks.md"
 START = "<!-- rerank_speed table: start -->"
 END = "<!-- rerank_speed table: end -->"
 
 
 def render_table(result: dict) -> str:
-  """The README table of this benchmark (every figure from the JSON)."""
+  """The docs/benchmarks.md table of this benchmark (every figure from the JSON)."""
   lines = [
     "| putative matches | path | matching s | RANSAC s | total s / query | speed-up | "
     "inliers vs official on real pairs (total ratio, share within 5%) |",
@@ -259,42 +267,53 @@ def render_table(result: dict) -> str:
   return "\n".join(lines)
 
 
-def render_into(path: pathlib.Path, block: str) -> None:
-  text = path.read_text()
-  if START not in text or END not in text:
-    raise SystemExit(f"{path} has no {START} ... {END} markers")
-  head, rest = text.split(START, 1)
-  path.write_text(f"{head}{START}\n{block}\n{END}{rest.split(END, 1)[1]}")
-  print(f"rendered {path}")
-
-
-def main():
+def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument(
-    "--output", default=str(REPO / "benchmarks" / "results" / "rerank_speed.json")
-  )
+  parser.add_argument("--output", default=str(RESULT))
   parser.add_argument("--shared", default=str(SHARED))
   parser.add_argument("--work", default=str(REPO / "benchmarks" / "output" / "rerank_speed"))
   parser.add_argument("--repeats", type=int, default=3, help="timed runs of delf-ret (median)")
   parser.add_argument(
-    "--readme",
-    default=str(REPO / "README.md"),
-    help="README whose table is rendered from the result ('' : none)",
+    "--table_file",
+    default=str(TABLE_FILE),
+    help="file whose rerank_speed table block is rendered from the result ('' : none)",
   )
-  args = parser.parse_args()
+  parser.add_argument(
+    "--render_only",
+    action="store_true",
+    help="only re-render the table of --table_file from --output",
+  )
+  return parser.parse_args()
+
+
+def descriptions(config_params) -> dict:
+  """How each path verifies (the result's description fields)."""
+  return {
+    "official_style": "scipy cKDTree (distance_upper_bound) + skimage.measure.ransac("
+    "AffineTransform, min_samples=3, residual_threshold=20, max_trials=1000, "
+    "stop_probability=1), as the published DELF example and DELG reranking",
+    "delf_ret_default": f"delf_ret.match.verify_candidates: faiss IndexFlatL2 (32 candidates "
+    f"per search) + cv2.estimateAffine2D ({config_params.transform}, "
+    f"{config_params.residual_threshold} px, {config_params.max_trials} "
+    f"iterations, confidence {config_params.stop_probability}, seed "
+    f"{config_params.seed})",
+    "delf_ret_early_stop": "the same with stop_probability 0.99 (OpenCV stops early)",
+  }
+
+
+def run(args: argparse.Namespace) -> dict:
+  """Extracts (or reuses) the features, times every path under both rules; the result."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import dataclasses
 
   from delf_ret.config import load_config
-  from delf_ret.default_model import default_config_path
+  from delf_ret.default_model import WEIGHTS_FILE, default_config_path, default_model_dir
   from delf_ret.features import read_features
   from delf_ret.match import RansacParams
+  from delf_ret.model.compact import weights_digest
 
   shared = pathlib.Path(args.shared)
   paths = photos(shared)
-  from delf_ret.default_model import WEIGHTS_FILE, default_model_dir
-  from delf_ret.model.compact import weights_digest
-
   # Cached features belong to the model that made them: one folder per weights digest.
   digest = weights_digest(default_model_dir() / WEIGHTS_FILE)
   features_dir = pathlib.Path(args.work) / f"features_{digest[:16]}"
@@ -323,7 +342,7 @@ def main():
       "inliers_matching_pairs": pair_agreement(features, pair_list, params),
     }
   default = rules_result["default_config"]["paths"]["delf_ret_default"]
-  result = {
+  return {
     "benchmark": "rerank_speed",
     "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}",
     "model": "delf_ret/default_model (shipped float16 weights), its config; "
@@ -334,15 +353,7 @@ def main():
     "features_per_image_mean": round(
       float(np.mean([f.num_features for f in features.values()])), 1
     ),
-    "official_style": "scipy cKDTree (distance_upper_bound) + skimage.measure.ransac("
-    "AffineTransform, min_samples=3, residual_threshold=20, max_trials=1000, "
-    "stop_probability=1), as the published DELF example and DELG reranking",
-    "delf_ret_default": f"delf_ret.match.verify_candidates: faiss IndexFlatL2 (32 candidates "
-    f"per search) + cv2.estimateAffine2D ({config_params.transform}, "
-    f"{config_params.residual_threshold} px, {config_params.max_trials} "
-    f"iterations, confidence {config_params.stop_probability}, seed "
-    f"{config_params.seed})",
-    "delf_ret_early_stop": "the same with stop_probability 0.99 (OpenCV stops early)",
+    **descriptions(config_params),
     "rules": rules_result,
     "reading_candidate_feature_files_seconds": round(loading, 4),
     "aim": {
@@ -357,9 +368,15 @@ def main():
     "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
     "command": "python benchmarks/rerank_speed.py",
   }
-  write_result(args.output, result)
-  if args.readme:
-    render_into(pathlib.Path(args.readme), render_table(result))
+
+
+def main():
+  args = parse_args()
+  if not args.render_only:
+    write_result(args.output, run(args))
+  result = json.loads(pathlib.Path(args.output).read_text())
+  if args.table_file:
+    render_between(args.table_file, render_table(result), START, END)
   print(render_table(result))
 
 

@@ -4,6 +4,8 @@ import importlib.util
 import json
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -68,12 +70,30 @@ def test_training_facts_quote_the_rerun_check():
   )
 
 
-def test_readme_rerank_speed_table_is_rendered_from_its_json():
+def test_docs_rerank_speed_table_is_rendered_from_its_json():
   module = load_benchmark("rerank_speed")
-  result = json.loads((REPO / "benchmarks" / "results" / "rerank_speed.json").read_text())
-  assert between((REPO / "README.md").read_text(), module.START, module.END) == (
+  assert module.TABLE_FILE == REPO / "docs" / "benchmarks.md"
+  result = json.loads(module.RESULT.read_text())
+  assert between(module.TABLE_FILE.read_text(), module.START, module.END) == (
     module.render_table(result)
   )
+
+
+def test_render_between_replaces_only_the_marked_block(tmp_path, capsys):
+  results_io = load_benchmark("results_io")
+  path = tmp_path / "doc.md"
+  path.write_text("# Title\n<!-- t: start -->\nold\nrows\n<!-- t: end -->\ntail ✓\n")
+  results_io.render_between(path, "| a |\n|---|", "<!-- t: start -->", "<!-- t: end -->")
+  assert path.read_text() == "# Title\n<!-- t: start -->\n| a |\n|---|\n<!-- t: end -->\ntail ✓\n"
+  assert capsys.readouterr().out == f"rendered {path}\n"
+  before = path.read_text()
+  for start, end in (
+    ("<!-- u: start -->", "<!-- t: end -->"),
+    ("<!-- t: end -->", "<!-- t: start -->"),
+  ):
+    with pytest.raises(results_io.MarkerError, match=str(path)):
+      results_io.render_between(path, "x", start, end)
+  assert path.read_text() == before
 
 
 def test_rerun_comparison_names_the_figures_outside_the_tolerance():
@@ -96,6 +116,7 @@ def test_rerun_comparison_names_the_figures_outside_the_tolerance():
   assert "ukbench medium mAP, reranked" in lines[12] and "ratio 0.950" in lines[12]
 
 
+@pytest.mark.slow  # Imports TensorFlow (delf_ret.model): about 20 s on 2 busy cores.
 def test_the_json_is_of_the_shipped_weights():
   from delf_ret.default_model import WEIGHTS_FILE, default_model_dir
   from delf_ret.model.compact import weights_digest

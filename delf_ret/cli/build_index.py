@@ -22,8 +22,6 @@ feature files failed (they are listed), 2 on unusable input.
 
 from __future__ import annotations
 
-import pathlib
-
 from absl import flags
 
 from delf_ret.cli.common import (
@@ -37,11 +35,10 @@ from delf_ret.cli.common import (
   run_tool,
 )
 from delf_ret.cli.inputs import define_image_flags, image_paths_from_flags
-from delf_ret.config import DelfConfig
 from delf_ret.errors import InputError
-from delf_ret.features import feature_file_names
 from delf_ret.index import IndexParams
-from delf_ret.index.builder import build_index, list_feature_files, remove_images
+from delf_ret.index.builder import remove_images
+from delf_ret.retrieval.indexing import database_feature_paths, database_image_paths, index_database
 
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig .pbtxt (extraction and retrieval_config).")
@@ -74,45 +71,35 @@ define_backend_flag()
 define_progress_flag()
 
 
-def _feature_paths(
-  config: DelfConfig, dataset
-) -> tuple[list[pathlib.Path], list[tuple[pathlib.Path, str]]]:
-  """The feature files to index, extracting images first when images are given.
+def _inputs(dataset) -> dict:
+  """What index_database indexes: images (with --images_dir / --list_images_path, or a
+  dataset's database images) or feature files (a dataset's, or every file of --features_dir).
 
   dataset: a RetrievalDataset whose database list is indexed, or None.
   """
-  features_dir = pathlib.Path(FLAGS.features_dir)
   if dataset is not None:
-    from delf_ret.retrieval.dataset_runner import database_feature_paths, database_image_paths
-
     log(
       f"{dataset.name}: indexing its {len(dataset.imlist)} database images (its "
       f"{len(dataset.qimlist)} query images only where the database lists them)"
     )
     if not FLAGS.images_dir:
-      return database_feature_paths(dataset, features_dir)
-    image_paths = database_image_paths(dataset)
-  elif not (FLAGS.images_dir or FLAGS.list_images_path):
-    return list_feature_files(features_dir), []
-  else:
-    image_paths = image_paths_from_flags()
-  from delf_ret.extract.batch import extract_all
-  from delf_ret.extract.extractor import DelfExtractor
+      feature_paths, missing = database_feature_paths(dataset, FLAGS.features_dir)
+      return {"feature_paths": feature_paths, "missing": missing}
+    return {"images": database_image_paths(dataset)}
+  if FLAGS.images_dir or FLAGS.list_images_path:
+    return {"images": image_paths_from_flags()}
+  return {}
 
-  names = feature_file_names(image_paths)
-  log(f"extracting features of {len(image_paths)} images into {features_dir}")
-  failures = extract_all(
-    DelfExtractor(config, backend=FLAGS.backend),
-    image_paths,
-    features_dir,
-    log,
-    overwrite=FLAGS.overwrite,
-  )
-  failed = {path for path, _ in failures}
-  paths = [features_dir / name for path, name in zip(image_paths, names) if path not in failed]
-  if not paths:
-    raise InputError("no image could be extracted")
-  return paths, failures
+
+def _warn_outside(index, dataset) -> None:
+  """Logs a warning when the index holds images outside the dataset's database list."""
+  database = set(dataset.imlist)
+  outside = sorted(name for name in index.image_ids() if name not in database)
+  if outside:
+    log(
+      f"warning: the index also holds {len(outside)} images outside {dataset.name}'s "
+      f"database list (e.g. {outside[0]}); remove them with --remove_images"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -130,26 +117,27 @@ def main(argv: list[str]) -> int:
     if FLAGS.list_images_path:
       raise InputError("give the images of a dataset with --images_dir, not --list_images_path")
     dataset = load_dataset(FLAGS.dataset_gnd_path, FLAGS.dataset_gt_dir, FLAGS.images_dir)
-  paths, failures = _feature_paths(config, dataset)
+  inputs = _inputs(dataset)
+  missing = inputs.pop("missing", [])
+  if "images" in inputs:
+    from delf_ret.extract.extractor import DelfExtractor
+
+    log(f"extracting features of {len(inputs['images'])} images into {FLAGS.features_dir}")
+    inputs["extract"] = DelfExtractor(config, backend=FLAGS.backend)
   local = config.delf_local_config
-  dim = local.pca_parameters.pca_dim if local.use_pca else None  # The config fixes it with PCA.
-  index, index_failures = build_index(
-    paths,
+  indexed = index_database(
     FLAGS.index_dir,
+    FLAGS.features_dir,
     IndexParams.from_config(config.retrieval_config),
+    dim=local.pca_parameters.pca_dim if local.use_pca else None,  # Fixed by the config's PCA.
+    overwrite=FLAGS.overwrite,
     save_every=FLAGS.save_every,
     log=log,
-    dim=dim,
+    **inputs,
   )
   if dataset is not None:
-    database = set(dataset.imlist)
-    outside = sorted(name for name in index.slot_names.values() if name not in database)
-    if outside:
-      log(
-        f"warning: the index also holds {len(outside)} images outside {dataset.name}'s "
-        f"database list (e.g. {outside[0]}); remove them with --remove_images"
-      )
-  return report_failures(failures + index_failures, "inputs")
+    _warn_outside(indexed.index, dataset)
+  return report_failures([*missing, *indexed.failures], "inputs")
 
 
 def run() -> None:

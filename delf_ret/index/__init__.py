@@ -1,5 +1,5 @@
 """A faiss index of the local descriptors of many database images."""
 
-from delf_ret.index.local_index import IndexParams, LocalFeatureIndex, LocalIndexError
+from delf_ret.index.local_index import ImageHits, IndexParams, LocalFeatureIndex, LocalIndexError
 
-__all__ = ["LocalIndexError", "IndexParams", "LocalFeatureIndex"]
+__all__ = ["ImageHits", "LocalIndexError", "IndexParams", "LocalFeatureIndex"]

@@ -5,10 +5,14 @@ Image ids are the feature file stems (``all_souls_000013.delf`` ->
 at the end; a rerun loads the saved index and skips the images already in it,
 so an interrupted build resumes, and new feature files can be added later
 without retraining.
+
+This is the TensorFlow-free half of indexing: delf_ret.retrieval.indexing.index_database
+extracts the missing feature files of images first, then calls build_index.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import time
 from typing import Callable
@@ -114,7 +118,7 @@ def _descriptors_for(features: LocalFeatures, dim: int, path: pathlib.Path) -> n
 
 def build_index(
   feature_paths: list[pathlib.Path],
-  index_dir: str | pathlib.Path,
+  index_dir: str | os.PathLike,
   params: IndexParams,
   save_every: int = 500,
   log: Callable[[str], None] = print,

@@ -20,6 +20,13 @@ Index types:
   deleting an image marks its slot deleted, search results of deleted slots
   are dropped, and ``compact()`` rebuilds the graph without them.
 
+Callers use the index through its methods and properties only (tests/index/
+test_index_api.py checks it): ``image_ids()``, ``slot_of``, ``__contains__``,
+``len``; ``search`` (hits by slot) and ``search_images`` (hits by image id);
+``set_search_breadth`` (nprobe / ef_search) and the read-only ``params``;
+``dim``, ``num_descriptors``, ``serialized_bytes()``, ``needs_training``;
+``train``, ``add``, ``delete``, ``compact``, ``save``, ``load``.
+
 Saving is crash-safe: each save writes a new version folder, fsyncs it, then
 atomically replaces the ``CURRENT`` file that names the live version; the old
 version is removed only afterwards. A crash at any point leaves a loadable index.
@@ -35,6 +42,8 @@ import re
 import shutil
 import tempfile
 import time
+import typing
+from typing import Any
 
 import faiss
 import numpy as np
@@ -89,6 +98,23 @@ class IndexParams:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageHits:
+  """The k nearest database descriptors of Q query descriptors, by database image.
+
+  image_ids: the I images hit, in the order they were added to the index.
+  images: int64 [Q, k], for each hit the position of its image in image_ids
+    (-1: no neighbour there); hits of a row are by increasing distance.
+  keypoints: int64 [Q, k], the hit descriptor's row in its image's features (-1: none).
+  distances: float32 [Q, k], squared L2 distances (meaningless where images is -1).
+  """
+
+  image_ids: list[str]
+  images: np.ndarray
+  keypoints: np.ndarray
+  distances: np.ndarray
+
+
 def _fsync_dir(path: pathlib.Path) -> None:
   fd = os.open(path, os.O_RDONLY)
   try:
@@ -103,101 +129,160 @@ class LocalFeatureIndex:
   def __init__(self, dim: int, params: IndexParams = IndexParams()):
     if params.index_type not in INDEX_TYPES:
       raise LocalIndexError(f"index_type must be one of {INDEX_TYPES}, got {params.index_type!r}")
-    self.dim = int(dim)
-    self.params = params
-    self.images: dict[str, int] = {}  # image id -> slot
-    self.slot_names: dict[int, str] = {}  # slot -> image id (live images only)
-    self.deleted_slots: set[int] = set()  # hnsw: slots deleted but still in the graph
-    self.next_slot = 0
-    self.index = self._new_faiss_index()
+    self._dim = int(dim)
+    self._params = params
+    self._images: dict[str, int] = {}  # image id -> slot
+    self._slot_names: dict[int, str] = {}  # slot -> image id (live images only)
+    self._deleted_slots: set[int] = set()  # hnsw: slots deleted but still in the graph
+    self._next_slot = 0
+    self._faiss = self._new_faiss_index()
 
   def _new_faiss_index(self) -> faiss.Index:
-    p = self.params
+    p = self._params
     if p.index_type == "flat":
-      return faiss.IndexIDMap2(faiss.IndexFlatL2(self.dim))
+      return faiss.IndexIDMap2(faiss.IndexFlatL2(self._dim))
     if p.index_type == "ivfpq":
       return self._new_ivfpq()
-    return faiss.IndexIDMap2(faiss.IndexHNSWFlat(self.dim, p.hnsw_m))
+    return faiss.IndexIDMap2(faiss.IndexHNSWFlat(self._dim, p.hnsw_m))
 
   def _new_ivfpq(self) -> faiss.Index:
-    p = self.params
-    if self.dim % p.pq_m:
-      raise LocalIndexError(f"pq_m {p.pq_m} must divide the descriptor dimension {self.dim}")
+    p = self._params
+    if self._dim % p.pq_m:
+      raise LocalIndexError(f"pq_m {p.pq_m} must divide the descriptor dimension {self._dim}")
     if p.coarse_quantizer not in COARSE_QUANTIZERS:
       raise LocalIndexError(
         f"coarse_quantizer must be one of {COARSE_QUANTIZERS}, got {p.coarse_quantizer!r}"
       )
     if p.pq_fast_scan and p.pq_nbits != 4:
       raise LocalIndexError(f"pq_fast_scan needs pq_nbits 4, got {p.pq_nbits}")
+    quantizer: faiss.Index
     if p.coarse_quantizer == "hnsw":
-      quantizer = faiss.IndexHNSWFlat(self.dim, p.hnsw_m)
+      quantizer = faiss.IndexHNSWFlat(self._dim, p.hnsw_m)
     else:
-      quantizer = faiss.IndexFlatL2(self.dim)
+      quantizer = faiss.IndexFlatL2(self._dim)
+    index: faiss.IndexIVF
     if p.pq_fast_scan:
-      index = faiss.IndexIVFPQFastScan(quantizer, self.dim, p.nlist, p.pq_m, p.pq_nbits)
+      index = faiss.IndexIVFPQFastScan(quantizer, self._dim, p.nlist, p.pq_m, p.pq_nbits)
       # Codes of the vectors themselves: one lookup table per query, not per visited list.
       index.by_residual = False
     else:
-      index = faiss.IndexIVFPQ(quantizer, self.dim, p.nlist, p.pq_m, p.pq_nbits)
+      index = faiss.IndexIVFPQ(quantizer, self._dim, p.nlist, p.pq_m, p.pq_nbits)
     if p.coarse_quantizer == "hnsw":
-      index.quantizer_trains_alone = 2  # k-means with exact assignment, then the graph.
+      # k-means with exact assignment, then the graph. (The stub types this C char as str;
+      # swig takes the number.)
+      index.quantizer_trains_alone = 2  # type: ignore[assignment]
     return index
+
+  # Reading the index -----------------------------------------------------
+
+  @property
+  def dim(self) -> int:
+    """The descriptor dimension D."""
+    return self._dim
+
+  @property
+  def params(self) -> IndexParams:
+    """How the index was built, with the current search breadth (read-only: see
+    :meth:`set_search_breadth`)."""
+    return self._params
 
   @property
   def needs_training(self) -> bool:
-    return not self.index.is_trained
+    """True for an IVF-PQ index whose quantisers are not trained yet."""
+    return not self._faiss.is_trained
 
-  def train(self, sample: np.ndarray) -> None:
-    """Trains an IVF-PQ index on a descriptor sample [S, dim] (no-op for other types)."""
+  @property
+  def num_descriptors(self) -> int:
+    """Descriptors held by the faiss index (HNSW: those of deleted images until compact())."""
+    return int(self._faiss.ntotal)
+
+  def serialized_bytes(self) -> int:
+    """Size in bytes of the faiss index as written by :meth:`save` (index.faiss)."""
+    return int(faiss.serialize_index(self._faiss).size)
+
+  def image_ids(self) -> list[str]:
+    """Ids of the indexed images, in the order they were added."""
+    return [self._slot_names[slot] for slot in sorted(self._slot_names)]
+
+  def slot_of(self, image_id: str) -> int:
+    """The slot (number in order of adding, never reused) of an indexed image, as
+    :meth:`search` returns it; LocalIndexError if the image is not indexed."""
+    if image_id not in self._images:
+      raise LocalIndexError(f"image {image_id!r} is not in the index")
+    return self._images[image_id]
+
+  def __len__(self) -> int:
+    return len(self._images)
+
+  def __contains__(self, image_id: str) -> bool:
+    return image_id in self._images
+
+  # Changing the index ----------------------------------------------------
+
+  def set_search_breadth(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    """Sets how widely :meth:`search` looks (None: unchanged); saved with the index.
+
+    nprobe: IVF lists visited per query descriptor (ivfpq); ef_search: HNSW
+    candidate list size (hnsw, and an HNSW coarse quantiser). Both must be >= 1.
+    """
+    nprobe = self._params.nprobe if nprobe is None else int(nprobe)
+    ef_search = self._params.ef_search if ef_search is None else int(ef_search)
+    if nprobe < 1 or ef_search < 1:
+      raise LocalIndexError(
+        f"search breadth must be at least 1, got nprobe {nprobe}, ef_search {ef_search}"
+      )
+    self._params = dataclasses.replace(self._params, nprobe=nprobe, ef_search=ef_search)
+
+  def train(self, sample: np.ndarray, kmeans_iterations: int | None = None) -> None:
+    """Trains an IVF-PQ index on a descriptor sample [S, dim] (no-op for other types).
+
+    kmeans_iterations: iterations of the coarse k-means (None: faiss' default, 25).
+    """
     sample = self._check(sample)
     if self.needs_training:
-      self.index.train(sample)
+      if kmeans_iterations is not None:
+        faiss.extract_index_ivf(self._faiss).cp.niter = int(kmeans_iterations)
+      self._faiss.train(sample)
 
   def _check(self, descriptors: np.ndarray) -> np.ndarray:
     descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
-    if descriptors.ndim != 2 or descriptors.shape[1] != self.dim:
+    if descriptors.ndim != 2 or descriptors.shape[1] != self._dim:
       raise LocalIndexError(
-        f"descriptors of shape {descriptors.shape} do not fit an index of dimension {self.dim}"
+        f"descriptors of shape {descriptors.shape} do not fit an index of dimension {self._dim}"
       )
     return descriptors
-
-  def __len__(self) -> int:
-    return len(self.images)
-
-  def __contains__(self, image_id: str) -> bool:
-    return image_id in self.images
 
   def add(self, image_id: str, descriptors: np.ndarray) -> None:
     """Adds one image's descriptors [N, dim]; the id must be new."""
     descriptors = self._check(descriptors)
-    if image_id in self.images:
+    if image_id in self._images:
       raise LocalIndexError(f"image {image_id!r} is already in the index")
     if self.needs_training:
       raise LocalIndexError("the IVF-PQ index must be trained before adding images")
     if descriptors.shape[0] >= 1 << KEYPOINT_BITS:
       raise LocalIndexError(f"too many descriptors for one image: {descriptors.shape[0]}")
-    slot = self.next_slot
-    self.next_slot += 1
+    slot = self._next_slot
+    self._next_slot += 1
     ids = (np.int64(slot) << KEYPOINT_BITS) + np.arange(descriptors.shape[0], dtype=np.int64)
     if descriptors.shape[0]:
-      self.index.add_with_ids(descriptors, ids)
-    self.images[image_id] = slot
-    self.slot_names[slot] = image_id
+      self._faiss.add_with_ids(descriptors, ids)
+    self._images[image_id] = slot
+    self._slot_names[slot] = image_id
 
   def delete(self, image_id: str) -> None:
     """Removes one image (see the module docstring for HNSW)."""
-    if image_id not in self.images:
+    if image_id not in self._images:
       raise LocalIndexError(f"image {image_id!r} is not in the index")
-    slot = self.images.pop(image_id)
-    del self.slot_names[slot]
-    if self.params.index_type == "hnsw":
-      self.deleted_slots.add(slot)
+    slot = self._images.pop(image_id)
+    del self._slot_names[slot]
+    if self._params.index_type == "hnsw":
+      self._deleted_slots.add(slot)
     else:
       selector = faiss.IDSelectorRange(slot << KEYPOINT_BITS, (slot + 1) << KEYPOINT_BITS)
-      if isinstance(self.index, faiss.IndexIVFFastScan):
-        _remove_from_fast_scan(self.index, selector)
+      if isinstance(self._faiss, faiss.IndexIVFFastScan):
+        _remove_from_fast_scan(self._faiss, selector)
       else:
-        self.index.remove_ids(selector)
+        self._faiss.remove_ids(selector)
 
   def search(self, descriptors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """k nearest database descriptors of each query descriptor [Q, dim].
@@ -206,46 +291,57 @@ class LocalFeatureIndex:
     missing neighbours (and hits on deleted images) have slot -1.
     """
     descriptors = self._check(descriptors)
-    if self.params.index_type == "ivfpq":
-      self.index.nprobe = self.params.nprobe
-      if self.params.coarse_quantizer == "hnsw":
-        faiss.downcast_index(self.index.quantizer).hnsw.efSearch = max(
-          self.params.ef_search, 2 * self.params.nprobe
-        )
-    elif self.params.index_type == "hnsw":
-      faiss.downcast_index(self.index.index).hnsw.efSearch = self.params.ef_search
+    if self._params.index_type == "ivfpq":
+      ivf = faiss.extract_index_ivf(self._faiss)
+      ivf.nprobe = self._params.nprobe
+      if self._params.coarse_quantizer == "hnsw":
+        _hnsw(ivf.quantizer).efSearch = max(self._params.ef_search, 2 * self._params.nprobe)
+    elif self._params.index_type == "hnsw":
+      _hnsw(_id_map(self._faiss).index).efSearch = self._params.ef_search
     fetch = k
     while True:
-      distances, ids = self.index.search(descriptors, fetch)
+      distances, ids = self._faiss.search(descriptors, fetch)
       slots = np.where(ids >= 0, ids >> KEYPOINT_BITS, -1)
-      if self.deleted_slots:
-        dead = np.isin(slots, list(self.deleted_slots))
+      if self._deleted_slots:
+        dead = np.isin(slots, list(self._deleted_slots))
         slots[dead], ids[dead], distances[dead] = -1, -1, np.inf
       live = (slots >= 0).sum(axis=1)
       # HNSW tombstones take places in the top k: fetch more until k live hits per row.
-      if not self.deleted_slots or live.min(initial=k) >= k or fetch >= self.index.ntotal:
+      if not self._deleted_slots or live.min(initial=k) >= k or fetch >= self._faiss.ntotal:
         break
-      fetch = min(2 * fetch + 16, self.index.ntotal)
+      fetch = min(2 * fetch + 16, self._faiss.ntotal)
     order = np.argsort(slots < 0, axis=1, kind="stable")[:, :k]  # Live hits first, in order.
     slots, ids = np.take_along_axis(slots, order, 1), np.take_along_axis(ids, order, 1)
     distances = np.take_along_axis(distances, order, 1)
     keypoints = np.where(ids >= 0, ids & ((1 << KEYPOINT_BITS) - 1), -1)
     return slots, keypoints, distances
 
+  def search_images(self, descriptors: np.ndarray, k: int) -> ImageHits:
+    """:meth:`search`, with each hit named by its image instead of its slot (see ImageHits)."""
+    slots, keypoints, distances = self.search(descriptors, k)
+    hit_slots, positions = np.unique(slots, return_inverse=True)
+    live = np.array([slot in self._slot_names for slot in hit_slots.tolist()], bool)
+    # Position of each hit slot among the live ones (-1: no hit, or an image not indexed).
+    number = np.where(live, np.cumsum(live) - 1, -1)
+    images = number[positions.reshape(slots.shape)].astype(np.int64)
+    image_ids = [self._slot_names[slot] for slot in hit_slots[live].tolist()]
+    keypoints = np.where(images >= 0, keypoints, -1)
+    return ImageHits(image_ids, images, keypoints, distances)
+
   def compact(self) -> None:
     """HNSW: rebuilds the graph without deleted images (other types: nothing to do)."""
-    if self.params.index_type != "hnsw" or not self.deleted_slots:
+    if self._params.index_type != "hnsw" or not self._deleted_slots:
       return
-    old = faiss.downcast_index(self.index.index)
-    id_map = faiss.vector_to_array(self.index.id_map)
+    old = faiss.downcast_index(_id_map(self._faiss).index)
+    id_map = faiss.vector_to_array(_id_map(self._faiss).id_map)
     vectors = (
-      old.reconstruct_n(0, old.ntotal) if old.ntotal else np.zeros((0, self.dim), np.float32)
+      old.reconstruct_n(0, old.ntotal) if old.ntotal else np.zeros((0, self._dim), np.float32)
     )
-    keep = ~np.isin(id_map >> KEYPOINT_BITS, list(self.deleted_slots))
-    self.index = self._new_faiss_index()
+    keep = ~np.isin(id_map >> KEYPOINT_BITS, list(self._deleted_slots))
+    self._faiss = self._new_faiss_index()
     if keep.any():
-      self.index.add_with_ids(vectors[keep], id_map[keep])
-    self.deleted_slots.clear()
+      self._faiss.add_with_ids(vectors[keep], id_map[keep])
+    self._deleted_slots.clear()
 
   # Persistence ------------------------------------------------------------
 
@@ -255,14 +351,14 @@ class LocalFeatureIndex:
     folder.mkdir(parents=True, exist_ok=True)
     version_dir = pathlib.Path(tempfile.mkdtemp(prefix="v-", dir=folder))
     respect_umask(version_dir, directory=True)  # mkdtemp makes 0700 folders.
-    faiss.write_index(self.index, str(version_dir / "index.faiss"))
+    faiss.write_index(self._faiss, str(version_dir / "index.faiss"))
     meta = {
       "format_version": FORMAT_VERSION,
-      "dim": self.dim,
-      "params": dataclasses.asdict(self.params),
-      "images": self.images,
-      "deleted_slots": sorted(self.deleted_slots),
-      "next_slot": self.next_slot,
+      "dim": self._dim,
+      "params": dataclasses.asdict(self._params),
+      "images": self._images,
+      "deleted_slots": sorted(self._deleted_slots),
+      "next_slot": self._next_slot,
     }
     (version_dir / "meta.json").write_text(json.dumps(meta))
     for name in ("index.faiss", "meta.json"):
@@ -327,11 +423,11 @@ class LocalFeatureIndex:
     if faiss_index.d != dim:
       raise LocalIndexError(f"index file dimension {faiss_index.d} != metadata {dim}")
     index = cls(dim, params)
-    index.index = faiss_index
-    index.images = images
-    index.slot_names = {slot: name for name, slot in images.items()}
-    index.deleted_slots = deleted_slots
-    index.next_slot = next_slot
+    index._faiss = faiss_index
+    index._images = images
+    index._slot_names = {slot: name for name, slot in images.items()}
+    index._deleted_slots = deleted_slots
+    index._next_slot = next_slot
     return index
 
 
@@ -368,7 +464,10 @@ def _remove_from_fast_scan(index: faiss.IndexIVFFastScan, selector: faiss.IDSele
   got wrong codes. Here the freed places of each shrunk list's last block are
   overwritten with zero codes.
   """
-  invlists = faiss.downcast_InvertedLists(index.invlists)
+  if index.invlists is None:
+    raise LocalIndexError("the fast-scan index has no inverted lists")
+  # BlockInvertedLists (packer, n_per_block), which the stubs do not describe.
+  invlists: Any = faiss.downcast_InvertedLists(index.invlists)
   before = _list_sizes(invlists)
   index.remove_ids(selector)
   after = _list_sizes(invlists)
@@ -380,6 +479,16 @@ def _remove_from_fast_scan(index: faiss.IndexIVFFastScan, selector: faiss.IDSele
     codes = invlists.get_codes(list_no)
     for offset in range(kept, min(int(before[list_no]), block_end)):
       packer.pack_1_c(faiss.swig_ptr(zero_code), offset, codes)
+
+
+def _id_map(index: faiss.Index) -> faiss.IndexIDMap2:
+  """The IndexIDMap2 wrapping a flat or HNSW index."""
+  return typing.cast(faiss.IndexIDMap2, index)
+
+
+def _hnsw(index: faiss.Index) -> faiss.HNSW:
+  """The graph of an IndexHNSW (given as its base class)."""
+  return typing.cast(faiss.IndexHNSW, faiss.downcast_index(index)).hnsw
 
 
 def _current_version(folder: pathlib.Path) -> str | None:

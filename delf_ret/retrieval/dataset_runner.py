@@ -18,7 +18,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from delf_ret.atomic import atomic_write, remove_leftovers
-from delf_ret.evaluation.ground_truth import GroundTruthError, RetrievalDataset, crop_to_box
+from delf_ret.evaluation.ground_truth import RetrievalDataset
 from delf_ret.evaluation.metrics import (
   DEFAULT_KS,
   SplitMetrics,
@@ -27,7 +27,7 @@ from delf_ret.evaluation.metrics import (
   revisited_splits,
 )
 from delf_ret.features import LocalFeatures, feature_file_name, read_features, write_features
-from delf_ret.images import load_image
+from delf_ret.images import crop_to_box, load_image
 from delf_ret.index import LocalFeatureIndex, LocalIndexError
 from delf_ret.retrieval.ranking import RankedImage, RetrievalResult, retrieve
 
@@ -44,37 +44,6 @@ def check_database_indexed(dataset: RetrievalDataset, index: LocalFeatureIndex) 
       f"{dataset.name} are not in the index, e.g. {missing[0]}; index them "
       f"with build_index first"
     )
-
-
-def database_image_paths(dataset: RetrievalDataset) -> list[pathlib.Path]:
-  """The image file of every database image (imlist order); raises GroundTruthError if one is missing."""
-  paths = [dataset.image_path(name) for name in dataset.imlist]
-  missing = [path for path in paths if not path.is_file()]
-  if missing:
-    raise GroundTruthError(
-      f"{len(missing)} of {len(paths)} database images of {dataset.name} "
-      f"are missing, e.g. {missing[0]}"
-    )
-  return paths
-
-
-def database_feature_paths(
-  dataset: RetrievalDataset, features_dir: str | pathlib.Path
-) -> tuple[list[pathlib.Path], list[tuple[pathlib.Path, str]]]:
-  """(feature files of the database images that exist, (path, reason) of the missing ones)."""
-  features_dir = pathlib.Path(features_dir)
-  paths = [features_dir / feature_file_name(name) for name in dataset.imlist]
-  present = [path for path in paths if path.is_file()]
-  missing = [
-    (path, f"{path}: feature file of database image not found")
-    for path in paths
-    if not path.is_file()
-  ]
-  if not present:
-    raise GroundTruthError(
-      f"none of the {len(paths)} database feature files of {dataset.name} is in {features_dir}"
-    )
-  return present, missing
 
 
 def query_features(
@@ -109,7 +78,10 @@ def _lists_json(result: RetrievalResult) -> dict:
 
   "reranked_by_split" only where splits were reranked separately.
   """
-  lists = {"ranked": _entries_json(result.ranked), "reranked": _entries_json(result.reranked)}
+  lists: dict[str, object] = {
+    "ranked": _entries_json(result.ranked),
+    "reranked": _entries_json(result.reranked),
+  }
   if result.reranked_by_split:
     lists["reranked_by_split"] = {
       split: _entries_json(entries) for split, entries in result.reranked_by_split.items()

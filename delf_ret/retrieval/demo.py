@@ -27,12 +27,12 @@ from delf_ret.datasets.labelled import write_labelled_benchmark
 from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import read_revisited_gnd
 from delf_ret.evaluation.visualize import draw_contact_sheet, draw_matches
-from delf_ret.features import LocalFeatures, feature_file_names, feature_loader, image_id_of
+from delf_ret.features import LocalFeatures, feature_loader, image_id_of
 from delf_ret.images import load_image, shrink_to_max_side
 from delf_ret.index import IndexParams
-from delf_ret.index.builder import build_index, list_feature_files
 from delf_ret.match import RansacParams, verify_pair
 from delf_ret.retrieval.benchmark import BenchmarkRun, run_benchmark
+from delf_ret.retrieval.indexing import index_database
 
 CONTACT_SHEET_QUERIES = 3
 CONTACT_SHEET_RESULTS = 4
@@ -112,7 +112,8 @@ class ContentCache:
   """
 
   def __init__(self, extract: Callable[[np.ndarray], LocalFeatures]):
-    self._extract, self._cache = extract, {}
+    self._extract = extract
+    self._cache: dict[str, LocalFeatures] = {}
 
   @staticmethod
   def key(image: np.ndarray) -> str:
@@ -140,7 +141,6 @@ def run_demo(
   extractor: a DelfExtractor (default: one built from ``config``).
   A second run reuses the feature files, the index and the per-query caches.
   """
-  from delf_ret.extract.batch import extract_all
   from delf_ret.extract.extractor import DelfExtractor
 
   output_dir = pathlib.Path(output_dir)
@@ -150,40 +150,38 @@ def run_demo(
   extractor = extractor or DelfExtractor(config)
   cache = ContentCache(extractor.extract)
 
-  start = time.time()
   features_dir = output_dir / "features"
   image_paths = [dataset.image_path(name) for name in dataset.imlist]
-  missing = sum(not (features_dir / name).exists() for name in feature_file_names(image_paths))
-  failures = extract_all(extractor, image_paths, features_dir, log=log)
-  if failures:
-    raise InputError(f"{len(failures)} photos could not be used, e.g. {failures[0][1]}")
-  # The queries are whole database photos: they reuse these features instead of re-extracting.
+  indexed = index_database(
+    output_dir / "index",
+    features_dir,
+    IndexParams.from_config(config.retrieval_config),
+    images=image_paths,
+    extract=extractor,
+    log=log,
+  )
+  if indexed.failures:
+    raise InputError(
+      f"{len(indexed.failures)} photos could not be used, e.g. {indexed.failures[0][1]}"
+    )
+  # index_database logged the index ("index at ...: N images"). The queries are whole
+  # database photos: they reuse these features instead of re-extracting.
+  start = time.time()
   load_features = feature_loader(features_dir)
   for path in image_paths:
     cache.add(
       load_image(path, max_pixels=config.max_image_pixels), load_features(image_id_of(path))
     )
-  seconds["extraction"] = time.time() - start
+  seconds["extraction"] = indexed.seconds["extraction"] + time.time() - start
+  seconds["index"] = indexed.seconds["index"]
   log(
-    f"features: {missing} photos extracted, {len(image_paths) - missing} reused "
-    f"({seconds['extraction']:.0f} s) -> {features_dir}"
+    f"features: {indexed.extracted} photos extracted, {len(image_paths) - indexed.extracted} "
+    f"reused ({seconds['extraction']:.0f} s) -> {features_dir}"
   )
-
-  start = time.time()
-  index, failures = build_index(
-    list_feature_files(features_dir),
-    output_dir / "index",
-    IndexParams.from_config(config.retrieval_config),
-    log=lambda line: None,
-  )
-  if failures:
-    raise InputError(f"{failures[0][0]}: {failures[0][1]}")
-  seconds["index"] = time.time() - start
-  log(f"index: {len(index)} images -> {output_dir / 'index'}")
 
   start = time.time()
   run = run_benchmark(
-    config, dataset, index, features_dir, output_dir / "retrieval", extract=cache, log=log
+    config, dataset, indexed.index, features_dir, output_dir / "retrieval", extract=cache, log=log
   )
   seconds["retrieval"] = time.time() - start
   mean_ap = {
@@ -193,6 +191,20 @@ def run_demo(
 
   start = time.time()
   pictures = [_contact_sheet(output_dir / "top_results.png", dataset, run)]
+  match_inliers = _match_pictures(output_dir, config, data, cache, pictures)
+  seconds["pictures"] = time.time() - start
+  return DemoSummary(run, mean_ap, seconds, pictures, match_inliers)
+
+
+def _match_pictures(
+  output_dir: pathlib.Path,
+  config: DelfConfig,
+  data: DemoData,
+  cache: ContentCache,
+  pictures: list[pathlib.Path],
+) -> dict[str, tuple[int, int]]:
+  """Draws the verified matches of each pair of ``data.match_pairs`` (matches_<name>.png,
+  appended to ``pictures``); returns {name: (inliers, putative matches)}."""
   match_inliers = {}
   params = RansacParams.from_config(config.retrieval_config)
   for path_a, path_b, name in data.match_pairs:
@@ -215,8 +227,7 @@ def run_demo(
     )
     match_inliers[name] = (result.num_inliers, result.num_matches)
     pictures.append(target)
-  seconds["pictures"] = time.time() - start
-  return DemoSummary(run, mean_ap, seconds, pictures, match_inliers)
+  return match_inliers
 
 
 def _contact_sheet(path: pathlib.Path, dataset, run: BenchmarkRun) -> pathlib.Path:

@@ -19,7 +19,8 @@ import numpy as np
 from delf_ret.config import DelfRetrievalConfig
 from delf_ret.features import LocalFeatures
 from delf_ret.index import IndexParams, LocalFeatureIndex
-from delf_ret.match import RansacParams, add_seconds, verify_candidates
+from delf_ret.match import RansacParams, verify_candidates
+from delf_ret.timing import add_seconds
 
 
 @dataclasses.dataclass
@@ -34,14 +35,15 @@ class RankedImage:
 def vote_totals(
   slots: np.ndarray, distances: np.ndarray, weighting: str
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Scores per database slot from the k-NN hits [Q, k] of Q query descriptors, without loops.
+  """Scores per database image from the k-NN hits [Q, k] of Q query descriptors, without loops.
 
   Each query descriptor votes at most once per image (its closest hit there):
   ``weighting`` (retrieval_config.vote_weighting) "count" adds 1, "similarity"
   adds the cosine similarity 1 - d^2 / 2 of unit descriptors (d^2 = squared L2
-  distance, as the index returns it), floored at 0. Slots < 0 (no hit) are
-  ignored. Returns (slots int64 [S] ascending, scores float64 [S]) for every
-  slot hit at least once.
+  distance, as the index returns it), floored at 0. ``slots`` number the
+  images (LocalFeatureIndex slots, or ImageHits.images positions); numbers < 0
+  (no hit) are ignored. Returns (image numbers int64 [S] ascending, scores
+  float64 [S]) for every image hit at least once.
   """
   if weighting not in ("count", "similarity"):
     raise ValueError(f"weighting must be 'count' or 'similarity', got {weighting!r}")
@@ -80,13 +82,11 @@ def rank_database(
   """
   if query_descriptors.shape[0] == 0 or len(index) == 0:
     return []
-  slots, _, distances = index.search(query_descriptors, retrieval_config.neighbors_per_descriptor)
-  unique_slots, scores = vote_totals(slots, distances, retrieval_config.vote_weighting)
-  names = index.slot_names
+  hits = index.search_images(query_descriptors, retrieval_config.neighbors_per_descriptor)
+  voted, scores = vote_totals(hits.images, hits.distances, retrieval_config.vote_weighting)
   ranked = [
-    RankedImage(names[slot], score)
-    for slot, score in zip(unique_slots.tolist(), scores.tolist())
-    if slot in names
+    RankedImage(hits.image_ids[image], score)
+    for image, score in zip(voted.tolist(), scores.tolist())
   ]
   return sorted(ranked, key=lambda entry: (-entry.score, entry.image_id))
 
@@ -140,24 +140,24 @@ def rerank(
   )
   verified.update(zip(missing, (v.num_inliers for v in verifications)))
   selected_ids = {e.image_id for e in selected}
-  passed, others = [], []
+  passed: list[tuple[int, int, RankedImage]] = []  # (inliers, first-stage position, entry)
+  others = []
   for position, entry in enumerate(ranked):
     if entry.image_id in selected_ids:
-      entry = dataclasses.replace(entry, inliers=verified[entry.image_id])
-      if entry.inliers >= min_inliers:
-        passed.append((position, entry))
+      inliers = verified[entry.image_id]
+      entry = dataclasses.replace(entry, inliers=inliers)
+      if inliers >= min_inliers:
+        passed.append((inliers, position, entry))
         continue
     others.append(entry)
-  passed.sort(key=lambda item: (-item[1].inliers, -item[1].score, item[0]))
-  return [e for _, e in passed] + others
+  passed.sort(key=lambda item: (-item[0], -item[2].score, item[1]))
+  return [entry for _, _, entry in passed] + others
 
 
 def use_search_settings(index: LocalFeatureIndex, retrieval_config: DelfRetrievalConfig) -> None:
   """Sets the search breadth (nprobe, ef_search) of a loaded index from the config."""
   configured = IndexParams.from_config(retrieval_config)
-  index.params = dataclasses.replace(
-    index.params, nprobe=configured.nprobe, ef_search=configured.ef_search
-  )
+  index.set_search_breadth(nprobe=configured.nprobe, ef_search=configured.ef_search)
 
 
 def load_index(

@@ -12,6 +12,8 @@ import pytest
 from conftest import installed_script, run_cli
 from delf_ret.index import LocalFeatureIndex
 
+pytestmark = pytest.mark.slow  # Every test runs the tools as subprocesses.
+
 # Reranking settings kept small so that the suite stays fast.
 RETRIEVAL = """
 retrieval_config {
@@ -248,7 +250,7 @@ def test_build_index_from_a_dataset_indexes_exactly_its_database_list(tmp_path):
   assert result.returncode == 0, result.stderr
   assert "indexing its 3 database images" in result.stdout
   index = LocalFeatureIndex.load(tmp_path / "index")
-  assert sorted(index.slot_names.values()) == ["db_a", "db_b", "db_c"]
+  assert sorted(index.image_ids()) == ["db_a", "db_b", "db_c"]
   # The folder-wide build indexes the query image too, and the dataset build then warns.
   result = subprocess.run(
     [script, f"--features_dir={features_dir}", f"--index_dir={tmp_path / 'all'}"],

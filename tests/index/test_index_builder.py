@@ -1,5 +1,6 @@
 """Building an index from feature files: resume, additions, bad files, type mismatch."""
 
+import faiss
 import numpy as np
 import pytest
 
@@ -7,6 +8,15 @@ from conftest import make_features, random_unit_descriptors
 from delf_ret.features import read_features, write_features
 from delf_ret.index import IndexParams, LocalFeatureIndex, LocalIndexError
 from delf_ret.index.builder import build_index, list_feature_files
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+  """Tiny indexes: one faiss thread (no OpenMP spin-waiting on a busy machine)."""
+  threads = faiss.omp_get_max_threads()
+  faiss.omp_set_num_threads(1)
+  yield
+  faiss.omp_set_num_threads(threads)
 
 
 def write_images(folder, names, rng, dim=16, n=30):
@@ -26,14 +36,14 @@ def test_build_resume_and_add(tmp_path):
   index, failures = build_index(
     list_feature_files(features), index_dir, IndexParams(), save_every=2, log=lines.append
   )
-  assert failures == [] and sorted(index.images) == ["a", "b", "c"]
+  assert failures == [] and sorted(index.image_ids()) == ["a", "b", "c"]
   assert lines[-1].endswith("3 images (3 added now)")
   # New files are added to the saved index; indexed ones are skipped.
   write_images(features, ["d"], rng)
   index, _ = build_index(list_feature_files(features), index_dir, IndexParams(), log=lines.append)
   assert lines[-1].endswith("4 images (1 added now)")
   loaded = LocalFeatureIndex.load(index_dir)
-  assert sorted(loaded.images) == ["a", "b", "c", "d"] and loaded.index.ntotal == 120
+  assert loaded.image_ids() == ["a", "b", "c", "d"] and loaded.num_descriptors == 120
 
 
 def test_bad_files_are_reported_not_fatal(tmp_path):
@@ -46,7 +56,7 @@ def test_bad_files_are_reported_not_fatal(tmp_path):
   index, failures = build_index(
     list_feature_files(features), tmp_path / "index", IndexParams(), log=lambda line: None
   )
-  assert sorted(index.images) == ["a", "b", "empty"]
+  assert sorted(index.image_ids()) == ["a", "b", "empty"]
   reasons = {path.name: reason for path, reason in failures}
   assert set(reasons) == {"broken.delf", "wrong_dim.delf"}
   assert "8-d descriptors, but the index holds 16-d" in reasons["wrong_dim.delf"]
@@ -81,21 +91,10 @@ def test_ivfpq_trained_on_a_sample(tmp_path):
   index, failures = build_index(
     list_feature_files(features), tmp_path / "index", params, log=lambda line: None
   )
-  assert not failures and len(index) == 10 and index.index.ntotal == 1000
+  assert not failures and len(index) == 10 and index.num_descriptors == 1000
 
 
 def test_fast_scan_build_remove_and_resume(tmp_path):
-  import faiss
-
-  threads = faiss.omp_get_max_threads()
-  faiss.omp_set_num_threads(1)  # Tiny index: no OpenMP spin-waiting on a busy machine.
-  try:
-    _fast_scan_build_remove_and_resume(tmp_path)
-  finally:
-    faiss.omp_set_num_threads(threads)
-
-
-def _fast_scan_build_remove_and_resume(tmp_path):
   from delf_ret.index.builder import remove_images
 
   rng = np.random.default_rng(4)
@@ -113,16 +112,16 @@ def _fast_scan_build_remove_and_resume(tmp_path):
   index, failures = build_index(
     list_feature_files(features), index_dir, params, log=lambda line: None
   )
-  assert not failures and index.index.ntotal == 480
+  assert not failures and index.num_descriptors == 480
   index = remove_images(index_dir, ["img3"], log=lambda line: None)
-  assert "img3" not in index and index.index.ntotal == 420
+  assert "img3" not in index and index.num_descriptors == 420
   (features / "img3.delf").unlink()
   write_images(features, ["new"], rng, n=60)  # Added to the saved index without retraining.
   index, _ = build_index(list_feature_files(features), index_dir, params, log=lambda line: None)
-  assert sorted(index.images) == sorted([f"img{i}" for i in range(8) if i != 3] + ["new"])
-  assert index.index.ntotal == 480
+  assert sorted(index.image_ids()) == sorted([f"img{i}" for i in range(8) if i != 3] + ["new"])
+  assert index.num_descriptors == 480
   slots, _, _ = index.search(read_features(features / "new.delf").descriptors, k=1)
-  assert (slots[:, 0] == index.images["new"]).all()
+  assert (slots[:, 0] == index.slot_of("new")).all()
   with pytest.raises(LocalIndexError, match="pq_fast_scan True but the config asks for False"):
     build_index(
       list_feature_files(features),

@@ -1,0 +1,209 @@
+"""Indexing a database in one call: images -> .delf feature files -> LocalFeatureIndex.
+
+``index_database`` is the call the demo (retrieval.demo), the benchmarks and the
+``build_index`` tool make: it extracts the images whose feature file is missing
+(one ``<image id>.delf`` per image in ``features_dir``), then builds or resumes
+the index at ``index_dir`` from the feature files (delf_ret.index.builder). It
+takes images (with an extractor) or feature files.
+
+Why here and not in index/: extracting images needs the DELF model
+(TensorFlow), and index/ stays TensorFlow-free; the feature-file half is
+delf_ret.index.builder.build_index, and this module adds the extraction before
+it. TensorFlow is imported only when a DelfExtractor is passed.
+
+The database side of a RetrievalDataset lives here too: ``database_image_paths``
+and ``database_feature_paths`` name the files of its database list (imlist),
+which is what gets indexed for a benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import time
+import typing
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
+
+from delf_ret.atomic import remove_leftovers
+from delf_ret.errors import DelfRetError, InputError
+from delf_ret.evaluation.ground_truth import GroundTruthError, RetrievalDataset
+from delf_ret.features import LocalFeatures, feature_file_name, feature_file_names, write_features
+from delf_ret.index import IndexParams, LocalFeatureIndex
+from delf_ret.index.builder import build_index, list_feature_files
+
+if TYPE_CHECKING:
+  from delf_ret.config import DelfConfig
+  from delf_ret.extract.extractor import DelfExtractor
+
+Failures = list[tuple[pathlib.Path, str]]
+
+
+def database_image_paths(dataset: RetrievalDataset) -> list[pathlib.Path]:
+  """The image file of every database image (imlist order).
+
+  Raises GroundTruthError naming the dataset and a missing file if any is missing.
+  """
+  paths = [dataset.image_path(name) for name in dataset.imlist]
+  missing = [path for path in paths if not path.is_file()]
+  if missing:
+    raise GroundTruthError(
+      f"{len(missing)} of {len(paths)} database images of {dataset.name} "
+      f"are missing, e.g. {missing[0]}"
+    )
+  return paths
+
+
+def database_feature_paths(
+  dataset: RetrievalDataset, features_dir: str | os.PathLike
+) -> tuple[list[pathlib.Path], Failures]:
+  """(feature files of the database images that exist, (path, reason) of the missing ones).
+
+  Raises GroundTruthError when none of them is in ``features_dir``.
+  """
+  features_dir = pathlib.Path(features_dir)
+  paths = [features_dir / feature_file_name(name) for name in dataset.imlist]
+  present = [path for path in paths if path.is_file()]
+  missing = [
+    (path, f"{path}: feature file of database image not found")
+    for path in paths
+    if not path.is_file()
+  ]
+  if not present:
+    raise GroundTruthError(
+      f"none of the {len(paths)} database feature files of {dataset.name} is in {features_dir}"
+    )
+  return present, missing
+
+
+@runtime_checkable
+class FileExtractor(Protocol):
+  """What index_database needs of a DelfExtractor: its config and ``extract_file``."""
+
+  config: DelfConfig
+
+  def extract_file(self, path: str | os.PathLike) -> LocalFeatures: ...
+
+
+# An extractor for index_database: a DelfExtractor, or any function image file -> features.
+Extract = FileExtractor | Callable[[pathlib.Path], LocalFeatures]
+
+
+@dataclasses.dataclass
+class IndexedDatabase:
+  """What index_database did.
+
+  index: the index, saved at index_dir.
+  feature_paths: the feature files given to the index (those of the images
+    that were extracted or already had one).
+  failures: (path, reason) of each image that could not be extracted and each
+    feature file that could not be added.
+  extracted: feature files written by this call (the others were reused).
+  seconds: wall time of "extraction" and "index".
+  """
+
+  index: LocalFeatureIndex
+  feature_paths: list[pathlib.Path]
+  failures: Failures
+  extracted: int
+  seconds: dict[str, float]
+
+
+def extract_missing(
+  images: Sequence[pathlib.Path],
+  features_dir: pathlib.Path,
+  extract: Extract,
+  overwrite: bool = False,
+  log: Callable[[str], None] = print,
+) -> tuple[list[pathlib.Path], Failures, int]:
+  """Writes ``features_dir/<image id>.delf`` for every image whose file is missing.
+
+  A DelfExtractor goes through delf_ret.extract.batch.extract_all (the folder
+  records the extraction settings; files of other settings are refused, or
+  recomputed with ``overwrite``). A plain function image file -> features is
+  called for each missing file, in the order of ``images``; an image it raises
+  a DelfRetError for is a failure (the caller owns the folder: nothing records
+  which function made the files). Returns (the feature file of each image
+  that has one, in image order; (path, reason) of the failed images; files written).
+  """
+  names = feature_file_names(list(images))
+  features_dir.mkdir(parents=True, exist_ok=True)
+  missing = sum(not (features_dir / name).exists() for name in names)
+  if isinstance(extract, FileExtractor):
+    from delf_ret.extract.batch import extract_all
+
+    extractor = typing.cast("DelfExtractor", extract)
+    failures = extract_all(extractor, list(images), features_dir, log, overwrite=overwrite)
+  else:
+    remove_leftovers(features_dir, log)
+    failures = []
+    for number, (path, name) in enumerate(zip(images, names), 1):
+      if (features_dir / name).exists():
+        continue
+      try:
+        write_features(features_dir / name, extract(path))
+      except DelfRetError as error:
+        log(f"[{number}/{len(names)}] ERROR {error}")
+        failures.append((path, str(error)))
+  failed = {path for path, _ in failures}
+  paths = [features_dir / name for path, name in zip(images, names) if path not in failed]
+  extracted = missing - sum(not (features_dir / name).exists() for name in names)
+  return paths, failures, extracted
+
+
+def index_database(
+  index_dir: str | os.PathLike,
+  features_dir: str | os.PathLike,
+  params: IndexParams,
+  images: Sequence[pathlib.Path] | None = None,
+  extract: Extract | None = None,
+  feature_paths: Sequence[pathlib.Path] | None = None,
+  dim: int | None = None,
+  overwrite: bool = False,
+  save_every: int = 500,
+  log: Callable[[str], None] = print,
+) -> IndexedDatabase:
+  """Indexes a database: extracts the missing feature files, then builds or resumes the index.
+
+  Args:
+    index_dir: folder of the index (created, or loaded and extended).
+    features_dir: folder of the ``<image id>.delf`` feature files.
+    params: index type and parameters (IndexParams.from_config).
+    images: image files to index; their missing feature files are extracted
+      with ``extract`` (see extract_missing), then the feature files of all of
+      them are indexed, in this order.
+    extract: a DelfExtractor or a function image file -> LocalFeatures; needed with ``images``.
+    feature_paths: without images, exactly these feature files are indexed;
+      with neither, every .delf file of ``features_dir`` (sorted by name).
+    dim: the descriptor dimension the config fixes (its pca_dim); None: that
+      of the first readable feature file.
+    overwrite: a DelfExtractor recomputes feature files made with other settings.
+    save_every: the index is saved after every this many added images (and at the end).
+    log: progress lines.
+
+  Raises InputError on images without an extractor, images and feature files
+  together, or images of which none could be extracted; LocalIndexError (from
+  the builder) on an index that does not fit ``params`` or nothing to index.
+  """
+  features_dir = pathlib.Path(features_dir)
+  failures: Failures = []
+  extracted, start = 0, time.perf_counter()
+  if images is not None:
+    if extract is None:
+      raise InputError(f"images to index into {features_dir} but no extractor given")
+    if feature_paths is not None:
+      raise InputError("give images or feature files to index, not both")
+    if not images:
+      raise InputError(f"no images to index into {features_dir}")
+    paths, failures, extracted = extract_missing(images, features_dir, extract, overwrite, log)
+    if not paths:
+      raise InputError(f"no image could be extracted into {features_dir}, e.g. {failures[0][1]}")
+  elif feature_paths is not None:
+    paths = list(feature_paths)
+  else:
+    paths = list_feature_files(features_dir)
+  seconds = {"extraction": time.perf_counter() - start}
+  start = time.perf_counter()
+  index, index_failures = build_index(paths, index_dir, params, save_every, log, dim)
+  seconds["index"] = time.perf_counter() - start
+  return IndexedDatabase(index, paths, failures + index_failures, extracted, seconds)
