@@ -36,6 +36,7 @@ from delf_ret.cli.common import (
 )
 from delf_ret.cli.inputs import define_image_flags, image_paths_from_flags
 from delf_ret.errors import InputError
+from delf_ret.evaluation.ground_truth import load_dataset
 from delf_ret.index import IndexParams
 from delf_ret.index.builder import remove_images
 from delf_ret.retrieval.indexing import database_feature_paths, database_image_paths, index_database
@@ -112,8 +113,6 @@ def main(argv: list[str]) -> int:
   require_flags(FLAGS, "features_dir")
   dataset = None
   if FLAGS.dataset_gnd_path or FLAGS.dataset_gt_dir:
-    from delf_ret.evaluation.ground_truth import load_dataset
-
     if FLAGS.list_images_path:
       raise InputError("give the images of a dataset with --images_dir, not --list_images_path")
     dataset = load_dataset(FLAGS.dataset_gnd_path, FLAGS.dataset_gt_dir, FLAGS.images_dir)

@@ -24,6 +24,7 @@ from delf_ret.config import DelfConfig
 from delf_ret.evaluation.ground_truth import RetrievalDataset, in_query_order
 from delf_ret.evaluation.metrics import DEFAULT_KS, SplitMetrics
 from delf_ret.evaluation.report import write_report
+from delf_ret.extract.settings import check_database_features, extraction_settings
 from delf_ret.features import LocalFeatures, feature_loader
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.retrieval.dataset_runner import (
@@ -115,8 +116,6 @@ def run_benchmark(
   )
   features_settings = None
   if extract is None:  # Queries extracted with the config: database features must match it.
-    from delf_ret.extract.settings import check_database_features, extraction_settings
-
     features_settings = extraction_settings(config, config.model_path)
     check_database_features(features_dir, features_settings)
   start = time.time()

@@ -26,6 +26,7 @@ from delf_ret.evaluation.metrics import (
   evaluate_revisited,
   revisited_splits,
 )
+from delf_ret.extract.settings import check_feature_folder
 from delf_ret.features import LocalFeatures, feature_file_name, read_features, write_features
 from delf_ret.images import crop_to_box, load_image
 from delf_ret.index import LocalFeatureIndex, LocalIndexError
@@ -151,8 +152,6 @@ def run_queries(
   ranked_dir.mkdir(parents=True, exist_ok=True)
   for folder in (work_dir, features_dir, ranked_dir):
     remove_leftovers(folder, log)
-  from delf_ret.extract.settings import check_feature_folder
-
   check_feature_folder(features_dir, features_settings, overwrite=True, log=log)
   settings = retrieval_settings(retrieval_config)
   if features_settings is not None:
