@@ -127,7 +127,6 @@ def extract_missing(
   that has one, in image order; (path, reason) of the failed images; files written).
   """
   names = feature_file_names(list(images))
-  features_dir.mkdir(parents=True, exist_ok=True)
   missing = sum(not (features_dir / name).exists() for name in names)
   if isinstance(extract, FileExtractor):
     from delf_ret.extract.batch import extract_all
@@ -135,6 +134,10 @@ def extract_missing(
     extractor = typing.cast("DelfExtractor", extract)
     failures = extract_all(extractor, list(images), features_dir, log, overwrite=overwrite)
   else:
+    try:
+      features_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+      raise InputError(f"cannot make the feature folder {features_dir}: {error}") from None
     remove_leftovers(features_dir, log)
     failures = []
     for number, (path, name) in enumerate(zip(images, names), 1):

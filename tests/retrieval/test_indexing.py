@@ -113,6 +113,11 @@ def test_input_errors_name_the_problem(tmp_path, photos):
     index_database(
       tmp_path / "index", features, IndexParams(), images=[broken], extract=SiftFiles()
     )
+  (tmp_path / "a_file").write_text("not a folder")
+  with pytest.raises(InputError, match="cannot make the feature folder .*a_file"):
+    index_database(
+      tmp_path / "index", tmp_path / "a_file", IndexParams(), images=paths, extract=SiftFiles()
+    )
   assert not (tmp_path / "index").exists()
 
 
