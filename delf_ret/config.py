@@ -324,33 +324,72 @@ def _validate_retrieval(retrieval) -> None:
 def load_training_config(
   path: str | os.PathLike | None, overrides: Iterable[str] = ()
 ) -> DelfTrainingConfig:
-  """Reads a DelfTrainingConfig .pbtxt (None: the published defaults), applies overrides."""
+  """Reads a DelfTrainingConfig .pbtxt (None: the published defaults), applies overrides and
+  validates it (:func:`validate_training_config`)."""
   config = DelfTrainingConfig()
+  source = "training config"
   if path is not None:
     path = _existing_file(path, "training config")
-    _parse_into(path.read_text(), config, f"training config {path}")
+    source = f"training config {path}"
+    _parse_into(path.read_text(), config, source)
     weights = config.backbone_weights
     if weights not in ("imagenet", "random") and weights and not os.path.isabs(weights):
       config.backbone_weights = str(path.parent / weights)
   apply_overrides(config, overrides)
-  _require_positive(
-    config,
-    (
-      "batch_size",
-      "image_size",
-      "max_steps",
-      "save_every",
-      "max_checkpoints",
-      "summary_every",
-      "shuffle_buffer",
-      "tuning_learning_rate",
-      "attention_learning_rate",
-    ),
-    "training config: ",
-  )
-  if config.image_size < 32:
-    raise ConfigError(f"training config: image_size must be at least 32, got {config.image_size}")
+  validate_training_config(config, source)
   return config
+
+
+_TRAINING_POSITIVE = (
+  "batch_size",
+  "image_size",
+  "max_steps",
+  "save_every",
+  "max_checkpoints",
+  "summary_every",
+  "shuffle_buffer",
+  "tuning_learning_rate",
+  "attention_learning_rate",
+)
+
+
+def _selfsup_requirements(s) -> list[tuple[str, bool, str]]:
+  """(field, whether its value is usable, what it must be) of the ``selfsup`` block."""
+  return [
+    ("pairs_per_batch", s.pairs_per_batch >= 1, "at least 1"),
+    ("crop_size", s.crop_size >= 64 and s.crop_size % 16 == 0, "a multiple of 16, at least 64"),
+    ("real_pair_fraction", 0.0 <= s.real_pair_fraction <= 1.0, "in [0, 1]"),
+    ("learning_rate", s.learning_rate > 0, "positive"),
+    ("max_steps", s.max_steps >= 1, "at least 1"),
+    ("warmup_steps", 0 <= s.warmup_steps < s.max_steps, "in [0, selfsup.max_steps)"),
+    ("temperature", s.temperature > 0, "positive"),
+    ("attention_loss_weight", s.attention_loss_weight >= 0, "at least 0"),
+    ("photo_max_side", s.photo_max_side >= s.crop_size, "at least selfsup.crop_size"),
+    (
+      "min_photo_scale",
+      0 < s.min_photo_scale <= s.max_photo_scale,
+      "in (0, selfsup.max_photo_scale]",
+    ),
+    ("min_zoom", 0 < s.min_zoom <= s.max_zoom, "in (0, selfsup.max_zoom]"),
+    ("max_pair_gap", s.max_pair_gap >= 0, "at least 0"),
+    ("min_pair_matches", s.min_pair_matches >= 1, "at least 1"),
+    ("negative_exclusion_radius", s.negative_exclusion_radius >= 0, "at least 0"),
+  ]
+
+
+def validate_training_config(config: DelfTrainingConfig, source: str = "training config") -> None:
+  """Raises ConfigError '<source>: <field> must be ..., got <value>' for the first value
+  training cannot run with (both stages' fields and the ``selfsup`` block)."""
+  for path, value in _non_finite_fields(config):
+    raise ConfigError(f"{source}: {path} must be a finite number, got {value}")
+  _require_positive(config, _TRAINING_POSITIVE, f"{source}: ")
+  if config.image_size < 32:
+    raise ConfigError(f"{source}: image_size must be at least 32, got {config.image_size}")
+  for name, ok, requirement in _selfsup_requirements(config.selfsup):
+    if not ok:
+      raise ConfigError(
+        f"{source}: selfsup.{name} must be {requirement}, got {getattr(config.selfsup, name)}"
+      )
 
 
 def to_text(config: DelfConfig) -> str:

@@ -36,32 +36,11 @@ if [[ $status -ne 0 ]]; then
 fi
 python -m delf_ret.cli.export_delf_model --model_path="$out/selfsup/delf_model.keras" \
   --compact_path="$out/default_model/delf_default.npz"
-python - "$out/default_model" "$train_dir" <<'PY'
-import pathlib, shutil, sys
-from delf_ret.default_model import default_config_path
-from delf_ret.train.selfsup_data import list_training_photos
-model_dir = pathlib.Path(sys.argv[1])
-shutil.copyfile(default_config_path(), model_dir / "delf_config.pbtxt")
-photos = list_training_photos(sys.argv[2])[::3]
-(model_dir.parent / "pca_photos.txt").write_text("".join(f"{p.resolve()}\n" for p in photos))
-PY
+python -m delf_ret.train.recipe pca-photos "$out/default_model" "$train_dir"
 python -m delf_ret.cli.learn_pca --config_path="$out/default_model/delf_config.pbtxt" \
   --config_override=delf_local_config.use_pca=false --list_images_path="$out/pca_photos.txt" \
   --output_dir="$out/default_model" | grep -v "^\["
 python "$repo/scripts/calibrate_matching.py" "$out/default_model/delf_config.pbtxt" "$train_dir" \
   2>&1 | grep -E "^(distance|ratio|best|wrote)"
-python - "$out" "$(( $(date +%s) - start ))" "$train_dir" <<'PY'
-import json, pathlib, sys, time
-from delf_ret.atomic import write_bytes_atomic
-from delf_ret.provenance import environment
-out, seconds, train_dir = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-timing = json.loads((out / "selfsup" / "selfsup_time.json").read_text())
-# What an exact rerun must match: CPU model, core count, library versions.
-facts = {"training_steps": timing["step"], "training_wall_seconds": timing["seconds"],
-         "script_wall_seconds_this_run": seconds, "finished": time.strftime("%Y-%m-%d"),
-         "train_dir": pathlib.Path(train_dir).name, **environment()}
-write_bytes_atomic(out / "default_model" / "TRAINING.json",
-                   (json.dumps(facts, indent=2) + "\n").encode())
-print(json.dumps(facts))
-PY
+python -m delf_ret.train.recipe facts "$out" "$(( $(date +%s) - start ))" "$train_dir"
 echo "done: default model in $out/default_model ($(( $(date +%s) - start )) s)"

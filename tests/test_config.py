@@ -164,3 +164,41 @@ def test_training_config_file_holds_the_published_defaults(tmp_path):
   assert config_lib.load_training_config(tmp_path / "t.pbtxt").backbone_weights == str(
     tmp_path / "weights" / "resnet50.h5"
   )
+
+
+@pytest.mark.parametrize(
+  "override, message",
+  [
+    ("batch_size=0", "batch_size must be positive, got 0"),
+    ("image_size=16", "image_size must be at least 32, got 16"),
+    ("momentum=nan", "momentum must be a finite number, got nan"),
+    ("selfsup.crop_size=200", "selfsup.crop_size must be a multiple of 16, at least 64, got 200"),
+    ("selfsup.pairs_per_batch=0", "selfsup.pairs_per_batch must be at least 1, got 0"),
+    ("selfsup.real_pair_fraction=1.5", r"selfsup.real_pair_fraction must be in \[0, 1\]"),
+    ("selfsup.learning_rate=0", "selfsup.learning_rate must be positive, got 0"),
+    ("selfsup.temperature=inf", "selfsup.temperature must be a finite number, got inf"),
+    ("selfsup.warmup_steps=1800", r"selfsup.warmup_steps must be in \[0, selfsup.max_steps\)"),
+    ("selfsup.photo_max_side=100", "selfsup.photo_max_side must be at least selfsup.crop_size"),
+    ("selfsup.min_zoom=2", r"selfsup.min_zoom must be in \(0, selfsup.max_zoom\], got 2"),
+    ("selfsup.min_pair_matches=0", "selfsup.min_pair_matches must be at least 1, got 0"),
+    (
+      "selfsup.negative_exclusion_radius=-1",
+      "selfsup.negative_exclusion_radius must be at least 0",
+    ),
+  ],
+)
+def test_bad_training_settings_are_rejected_naming_the_file(override, message):
+  path = REPO / "configs" / "delf_default_model.pbtxt"
+  with pytest.raises(config_lib.ConfigError, match=f"^training config {path}: {message}"):
+    config_lib.load_training_config(path, [override])
+  with pytest.raises(config_lib.ConfigError, match=f"^training config: {message}"):
+    config_lib.load_training_config(None, [override])
+
+
+def test_training_configs_built_in_code_are_validated_by_the_stages(tmp_path):
+  from delf_ret.train.selfsup import train_selfsup
+
+  config = config_lib.DelfTrainingConfig()
+  config.selfsup.crop_size = 100
+  with pytest.raises(config_lib.ConfigError, match="selfsup.crop_size must be a multiple of 16"):
+    train_selfsup(tmp_path, tmp_path / "run", config)

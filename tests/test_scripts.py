@@ -4,8 +4,13 @@ import os
 import shutil
 import subprocess
 
+import pytest
+
 from conftest import REPO, landmark_images
 from delf_ret.features import read_features
+
+# Every test here runs a script in a subprocess.
+pytestmark = pytest.mark.slow
 
 
 def run_script(*args):

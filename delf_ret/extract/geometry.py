@@ -68,3 +68,18 @@ def keypoint_centers(
   indices = np.asarray(cell_indices, dtype=np.float64).reshape(-1, 2)
   centres = field.stride * indices - field.padding + (field.size - 1) / 2.0
   return (centres / scale).astype(np.float32)
+
+
+def apply_homography(transform: np.ndarray, points_yx: np.ndarray) -> np.ndarray:
+  """Maps (y, x) pixel points [N, 2] through a 3x3 transform acting on (x, y, 1).
+
+  Returns float64 [N, 2] (y, x) pixels; a point mapped to infinity or behind
+  the camera (homogeneous w <= 0) becomes NaN.
+  """
+  points = np.asarray(points_yx, np.float64).reshape(-1, 2)
+  homogeneous = np.concatenate([points[:, ::-1], np.ones((len(points), 1))], axis=1)
+  mapped = homogeneous @ np.asarray(transform, np.float64).T
+  with np.errstate(divide="ignore", invalid="ignore"):
+    xy = mapped[:, :2] / mapped[:, 2:3]
+  xy[~np.isfinite(xy).all(axis=1) | (mapped[:, 2] <= 0)] = np.nan
+  return xy[:, ::-1]

@@ -1,4 +1,5 @@
-"""The training loop of both DELF stages, on one or many devices or machines.
+"""The tuning and attention stages of DELF, on one or many devices or machines, and what
+every stage shares: its error type, determinism, seeds and distribution strategy.
 
 Stage "tuning": backbone + tuning classifier, cross-entropy on the globally
 average-pooled conv4 features. Stage "attention": starts from the tuning
@@ -6,55 +7,39 @@ stage's weights, freezes the backbone (its batch norms in inference mode) and
 trains the attention head + attention classifier on attention-weighted pooled
 features (loss scaled by attention_loss_weight).
 
-Everything a run needs to continue lives in ``<output_dir>/checkpoints``
-(tf.train.CheckpointManager): model weights, optimizer state (its step counter
-is the global step) and the input iterator position. With several machines,
-each reads its own shard of the records and the other workers keep their
-checkpoints (with their own input position) in ``worker_<i>_checkpoints``. Running the same command
-again resumes at the saved step with the same next batches. TensorBoard logs
-go to ``<output_dir>/tensorboard``; the final model to
+Both run in :func:`delf_ret.train.loop.run_loop`. Everything a run needs to
+continue lives in ``<output_dir>/checkpoints`` (tf.train.CheckpointManager):
+model weights, optimizer state (its step counter is the global step) and the
+input iterator position. With several machines, each reads its own shard of
+the records and the other workers keep their checkpoints (with their own input
+position) in ``worker_<i>_checkpoints``. Running the same command again
+resumes at the saved step with the same next batches. TensorBoard logs go to
+``<output_dir>/tensorboard/<stage>``; the final model to
 ``<output_dir>/delf_model.keras``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
-import time
 from typing import Callable
 
 import keras
 import tensorflow as tf
 
-from delf_ret.config import DelfTrainingConfig
+from delf_ret.config import DelfTrainingConfig, validate_training_config
 from delf_ret.errors import DelfRetError
-from delf_ret.model import DelfModel, save_delf_model
+from delf_ret.model import DelfModel
 from delf_ret.train.gldv2 import SPLIT_FILE
+from delf_ret.train.loop import LoopSpec, Metrics, TrainingResult, open_checkpoints, run_loop
 from delf_ret.train.pipeline import make_dataset
 
 STAGES = ("tuning", "attention")
-MODEL_FILE = "delf_model.keras"
 
 
 class TrainingError(DelfRetError):
   """Training cannot start (missing data, missing tuning checkpoint...)."""
-
-
-@dataclasses.dataclass
-class TrainingResult:
-  """Where a run stopped: the global step, the last loss and accuracy, the model file.
-
-  ms_per_step: mean wall time of this run's steps after its first (which
-  includes tracing); NaN with fewer than two steps.
-  """
-
-  step: int
-  loss: float
-  accuracy: float
-  model_path: pathlib.Path | None
-  ms_per_step: float = float("nan")
 
 
 def set_determinism(enabled: bool, strategy_kind: str = "default") -> None:
@@ -105,6 +90,19 @@ def apply_determinism(
     )
   set_determinism(True)
   log(f"{stage}: deterministic training (TensorFlow op determinism, one inter-op thread)")
+
+
+def prepare_run(
+  config: DelfTrainingConfig,
+  strategy: tf.distribute.Strategy,
+  stage: str,
+  log: Callable[[str], None],
+) -> None:
+  """What every stage does before building anything: :func:`apply_determinism`, then
+  config.seed for Python, numpy and TensorFlow (the data order depends on TensorFlow's
+  global seed too)."""
+  apply_determinism(config, strategy, stage, log)
+  keras.utils.set_random_seed(config.seed)
 
 
 def make_strategy(kind: str, num_devices: int = 0) -> tf.distribute.Strategy:
@@ -170,6 +168,7 @@ def worker_index_of(strategy: tf.distribute.Strategy) -> int:
 
 
 def num_classes_of(data_dir: pathlib.Path) -> int:
+  """The number of landmark classes of prepared GLDv2 shards (their split file)."""
   path = data_dir / SPLIT_FILE
   if not path.is_file():
     raise TrainingError(f"{path} not found: prepare the data with prepare_gldv2 first")
@@ -189,35 +188,124 @@ def trainable_parts(model: DelfModel, stage: str) -> list:
   ]
 
 
-def attention_image(attention: tf.Tensor) -> tf.Tensor:
-  """Attention maps [B, h, w] -> images [B, h, w, 1] scaled to [0, 1] per map."""
-  peak = tf.reduce_max(attention, axis=[1, 2], keepdims=True)
-  return (attention / tf.maximum(peak, 1e-12))[..., None]
-
-
-def finish_run(
-  model: DelfModel,
-  output_dir: pathlib.Path,
-  chief: bool,
-  stage: str,
-  step: int,
-  step_times: list[float],
-  log: Callable[[str], None],
-) -> tuple[pathlib.Path | None, float]:
-  """Saves the final model (chief only); returns (its path or None, mean ms per step).
-
-  The mean leaves out the run's first step, which includes tracing (NaN with
-  fewer than two steps).
-  """
-  model_path = None
-  if chief:
-    model_path = output_dir / MODEL_FILE
-    save_delf_model(model, model_path)
-    log(f"{stage}: step {step}, model saved to {model_path}")
-  ms_per_step = (
-    1000 * sum(step_times[1:]) / (len(step_times) - 1) if len(step_times) > 1 else float("nan")
+def _stage_dataset(
+  data_dir: pathlib.Path, config: DelfTrainingConfig, strategy: tf.distribute.Strategy
+) -> tf.data.Dataset:
+  """This machine's share of each global batch, from its own shard of the records."""
+  num_workers = strategy.num_replicas_in_sync // local_replica_count(strategy)
+  return make_dataset(
+    data_dir,
+    "train",
+    config.batch_size // num_workers,
+    config.image_size,
+    training=True,
+    seed=config.seed,
+    shuffle_buffer=config.shuffle_buffer,
+    num_shards=num_workers,
+    shard_index=worker_index_of(strategy),
   )
-  return model_path, ms_per_step
+
+
+def _init_from_tuning(
+  model: DelfModel, init_from: str | os.PathLike | None, log: Callable[[str], None]
+) -> None:
+  """Loads the model weights of the tuning stage's latest checkpoint (attention stage start)."""
+  if init_from is None:
+    raise TrainingError("the attention stage needs the tuning output folder (init_from)")
+  tuning_latest = tf.train.latest_checkpoint(pathlib.Path(init_from) / "checkpoints")
+  if tuning_latest is None:
+    raise TrainingError(f"no tuning checkpoint in {pathlib.Path(init_from) / 'checkpoints'}")
+  tf.train.Checkpoint(model=model).restore(tuning_latest).expect_partial()
+  log(f"initialised from the tuning checkpoint {tuning_latest}")
+
+
+class _StageTraining:
+  """The model, optimizer and compiled step of the tuning or attention stage (built inside the
+  strategy's scope); the step reads the next batch of ``iterator``."""
+
+  def __init__(
+    self,
+    stage: str,
+    num_classes: int,
+    config: DelfTrainingConfig,
+    strategy: tf.distribute.Strategy,
+    dataset: tf.data.Dataset,
+  ):
+    self.stage, self.config, self.strategy = stage, config, strategy
+    backbone_weights = None
+    if stage == "tuning" and config.backbone_weights not in ("", "random"):
+      backbone_weights = config.backbone_weights
+    self.model = DelfModel(
+      num_classes=num_classes, backbone_weights=backbone_weights, seed=config.seed
+    )
+    parts = trainable_parts(self.model, stage)
+    self.variables = [v for part in parts for v in part.trainable_variables]
+    initial_lr = (
+      config.tuning_learning_rate if stage == "tuning" else config.attention_learning_rate
+    )
+    self.schedule = keras.optimizers.schedules.PolynomialDecay(initial_lr, config.max_steps, 0.0)
+    self.optimizer = keras.optimizers.SGD(self.schedule, momentum=config.momentum)
+    self.optimizer.build(self.variables)
+    self.iterator = iter(dataset)
+    self.checkpoint = tf.train.Checkpoint(
+      model=self.model, optimizer=self.optimizer, iterator=self.iterator
+    )
+    self.logits_key = "tuning_logits" if stage == "tuning" else "attention_logits"
+    self.loss_weight = 1.0 if stage == "tuning" else config.attention_loss_weight
+    self.local_replicas = local_replica_count(strategy)
+    self.per_replica = config.batch_size // strategy.num_replicas_in_sync
+    self.train_step = tf.function(self._distributed_step)
+
+  def global_step(self) -> int:
+    """The optimizer's step counter: the global step."""
+    return int(self.optimizer.iterations.numpy())
+
+  def _replica_step(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """One replica's slice of the batch: (its share of the loss, its correct predictions)."""
+    config, per_replica = self.config, self.per_replica
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    local = replica % self.local_replicas
+    images = images[local * per_replica : (local + 1) * per_replica]
+    labels = labels[local * per_replica : (local + 1) * per_replica]
+    with tf.GradientTape() as tape:
+      outputs = self.model(images, training=True)
+      per_example = keras.losses.sparse_categorical_crossentropy(
+        labels, outputs[self.logits_key], from_logits=True
+      )
+      loss = self.loss_weight * tf.nn.compute_average_loss(
+        per_example, global_batch_size=config.batch_size
+      )
+    gradients = tape.gradient(loss, self.variables)
+    if config.clip_gradient_norm > 0:
+      gradients, _ = tf.clip_by_global_norm(gradients, config.clip_gradient_norm)
+    self.optimizer.apply_gradients(zip(gradients, self.variables))
+    predicted = tf.argmax(outputs[self.logits_key], axis=-1, output_type=tf.int32)
+    correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
+    return loss, correct
+
+  def _distributed_step(self) -> tuple[tf.Tensor, tf.Tensor]:
+    images, labels = next(self.iterator)
+    loss, correct = self.strategy.run(self._replica_step, args=(images, labels))
+    return (
+      self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+      self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None) / self.config.batch_size,
+    )
+
+  def step(self, step: int) -> Metrics:
+    """The loop's step function: one step on the next batch (``step`` is not needed)."""
+    del step
+    loss, accuracy = self.train_step()
+    return {"loss": float(loss), "accuracy": float(accuracy)}
+
+  def summarise(self, step: int, metrics: Metrics) -> str:
+    """TensorBoard scalars of a step; the log text."""
+    tf.summary.scalar("loss", metrics["loss"])
+    tf.summary.scalar("accuracy", metrics["accuracy"])
+    tf.summary.scalar("learning_rate", self.schedule(step))
+    return (
+      f"loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.3f}, "
+      f"lr {float(self.schedule(step)):.6f}"
+    )
 
 
 def train_stage(
@@ -237,140 +325,45 @@ def train_stage(
   """
   if stage not in STAGES:
     raise TrainingError(f"stage must be one of {STAGES}, got {stage!r}")
+  validate_training_config(config)
   strategy = strategy or tf.distribute.get_strategy()
   data_dir, output_dir = pathlib.Path(data_dir), pathlib.Path(output_dir)
-  chief = is_chief(strategy)
-  replicas = strategy.num_replicas_in_sync
+  chief, replicas = is_chief(strategy), strategy.num_replicas_in_sync
   if config.batch_size % replicas:
     raise TrainingError(
       f"batch size {config.batch_size} is not divisible by the {replicas} replicas"
     )
-  # The data order depends on TensorFlow's global seed too: fix it before building anything.
-  apply_determinism(config, strategy, stage, log)
-  keras.utils.set_random_seed(config.seed)
+  prepare_run(config, strategy, stage, log)
   log(
     f"{stage}: {replicas} replica(s), global batch {config.batch_size}, per-replica batch "
     f"{config.batch_size // replicas}"
   )
-  # Each machine reads its own shard of the records with a plain (checkpointable)
-  # iterator of its share of the global batch; each local replica takes its slice.
-  local_replicas = local_replica_count(strategy)
-  num_workers, worker_index = replicas // local_replicas, worker_index_of(strategy)
-  dataset = make_dataset(
-    data_dir,
-    "train",
-    config.batch_size // num_workers,
-    config.image_size,
-    training=True,
-    seed=config.seed,
-    shuffle_buffer=config.shuffle_buffer,
-    num_shards=num_workers,
-    shard_index=worker_index,
-  )
+  dataset = _stage_dataset(data_dir, config, strategy)
   # Every worker saves (the save is collective); the others into their own folder,
   # which also keeps their own input position for a resume.
-  checkpoint_dir = output_dir / ("checkpoints" if chief else f"worker_{worker_index}_checkpoints")
-
+  checkpoints = "checkpoints" if chief else f"worker_{worker_index_of(strategy)}_checkpoints"
   with strategy.scope():
-    backbone_weights = None
-    if stage == "tuning" and config.backbone_weights not in ("", "random"):
-      backbone_weights = config.backbone_weights
-    model = DelfModel(
-      num_classes=num_classes_of(data_dir), backbone_weights=backbone_weights, seed=config.seed
+    training = _StageTraining(stage, num_classes_of(data_dir), config, strategy, dataset)
+    manager, resumed = open_checkpoints(
+      training.checkpoint,
+      output_dir / checkpoints,
+      config.max_checkpoints,
+      training.global_step,
+      log,
     )
-    parts = trainable_parts(model, stage)
-    variables = [v for part in parts for v in part.trainable_variables]
-    initial_lr = (
-      config.tuning_learning_rate if stage == "tuning" else config.attention_learning_rate
-    )
-    schedule = keras.optimizers.schedules.PolynomialDecay(initial_lr, config.max_steps, 0.0)
-    optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum)
-    optimizer.build(variables)
-    iterator = iter(dataset)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, iterator=iterator)
-    manager = tf.train.CheckpointManager(
-      checkpoint, checkpoint_dir, max_to_keep=config.max_checkpoints
-    )
-    if manager.latest_checkpoint:
-      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-      log(f"resumed from {manager.latest_checkpoint} at step {int(optimizer.iterations.numpy())}")
-    elif stage == "attention":
-      if init_from is None:
-        raise TrainingError("the attention stage needs the tuning output folder (init_from)")
-      tuning_latest = tf.train.latest_checkpoint(pathlib.Path(init_from) / "checkpoints")
-      if tuning_latest is None:
-        raise TrainingError(f"no tuning checkpoint in {pathlib.Path(init_from) / 'checkpoints'}")
-      tf.train.Checkpoint(model=model).restore(tuning_latest).expect_partial()
-      log(f"initialised from the tuning checkpoint {tuning_latest}")
-
-  logits_key = "tuning_logits" if stage == "tuning" else "attention_logits"
-  loss_weight = 1.0 if stage == "tuning" else config.attention_loss_weight
-
-  per_replica = config.batch_size // replicas
-
-  def step_fn(images, labels):
-    local = tf.distribute.get_replica_context().replica_id_in_sync_group % local_replicas
-    images = images[local * per_replica : (local + 1) * per_replica]
-    labels = labels[local * per_replica : (local + 1) * per_replica]
-    with tf.GradientTape() as tape:
-      outputs = model(images, training=True)
-      per_example = keras.losses.sparse_categorical_crossentropy(
-        labels, outputs[logits_key], from_logits=True
-      )
-      loss = loss_weight * tf.nn.compute_average_loss(
-        per_example, global_batch_size=config.batch_size
-      )
-    gradients = tape.gradient(loss, variables)
-    if config.clip_gradient_norm > 0:
-      gradients, _ = tf.clip_by_global_norm(gradients, config.clip_gradient_norm)
-    optimizer.apply_gradients(zip(gradients, variables))
-    correct = tf.reduce_sum(
-      tf.cast(
-        tf.equal(tf.argmax(outputs[logits_key], axis=-1, output_type=tf.int32), labels), tf.float32
-      )
-    )
-    return loss, correct
-
-  @tf.function
-  def train_step():
-    images, labels = next(iterator)
-    loss, correct = strategy.run(step_fn, args=(images, labels))
-    return (
-      strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-      strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None) / config.batch_size,
-    )
-
-  sample_image = next(iter(dataset.take(1)))[0][:1] if chief else None  # Fixed image summary input.
-  writer = (
-    tf.summary.create_file_writer(str(output_dir / "tensorboard" / stage))
-    if chief
-    else tf.summary.create_noop_writer()
+    if not resumed and stage == "attention":
+      _init_from_tuning(training.model, init_from, log)
+  spec = LoopSpec(
+    stage=stage,
+    output_dir=output_dir,
+    model=training.model,
+    manager=manager,
+    current_step=training.global_step,
+    total_steps=config.max_steps,
+    summary_every=config.summary_every,
+    save_every=config.save_every,
+    chief=chief,
+    # A fixed image for the attention summaries.
+    attention_input=next(iter(dataset.take(1)))[0][:1] if chief else None,
   )
-  step = int(optimizer.iterations.numpy())
-  last_step = config.max_steps if num_steps is None else min(config.max_steps, step + num_steps)
-  loss = accuracy = float("nan")
-  start, start_step = time.time(), step
-  step_times = []
-  while step < last_step:
-    step_start = time.perf_counter()
-    loss_tensor, accuracy_tensor = train_step()
-    step = int(optimizer.iterations.numpy())
-    loss, accuracy = float(loss_tensor), float(accuracy_tensor)
-    step_times.append(time.perf_counter() - step_start)
-    if step % config.summary_every == 0 or step == last_step:
-      rate = (time.time() - start) / max(1, step - start_step)
-      log(
-        f"{stage} step {step}/{config.max_steps}: loss {loss:.4f}, accuracy {accuracy:.3f}, "
-        f"lr {float(schedule(step)):.6f} [{1000 * rate:.0f} ms/step]"
-      )
-      with writer.as_default(step=step):
-        tf.summary.scalar("loss", loss)
-        tf.summary.scalar("accuracy", accuracy)
-        tf.summary.scalar("learning_rate", schedule(step))
-        if chief:
-          tf.summary.image("attention", attention_image(model(sample_image)["attention"]))
-    if step % config.save_every == 0 or step == last_step:
-      manager.save(checkpoint_number=step)
-  writer.flush()
-  model_path, ms_per_step = finish_run(model, output_dir, chief, stage, step, step_times, log)
-  return TrainingResult(step, loss, accuracy, model_path, ms_per_step)
+  return run_loop(spec, training.step, training.summarise, num_steps, log)

@@ -4,6 +4,7 @@ import pytest
 from delf_ret.extract.geometry import (
   RESNET50_CONV4,
   ReceptiveField,
+  apply_homography,
   keypoint_centers,
   receptive_field_for_layer,
 )
@@ -36,3 +37,12 @@ def test_invalid_scale_and_layer():
   with pytest.raises(ValueError, match="unsupported layer_name"):
     receptive_field_for_layer("conv5_block3_out")
   assert receptive_field_for_layer("conv4_block6_out") == RESNET50_CONV4
+
+
+def test_apply_homography_takes_and_returns_y_x():
+  shift = np.array([[1, 0, 5], [0, 1, -3], [0, 0, 1]], float)  # x + 5, y - 3
+  np.testing.assert_allclose(apply_homography(shift, [[10, 20]]), [[7, 25]])
+  behind = np.array([[1, 0, 0], [0, 1, 0], [0, 0, -1]], float)  # w < 0: not a valid image point
+  assert np.isnan(apply_homography(behind, [[1, 1]])).all()
+  at_infinity = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0]], float)  # w = x = 0 for x = 0
+  assert np.isnan(apply_homography(at_infinity, [[4, 0]])).all()

@@ -51,7 +51,7 @@ def test_top_half_by_attention_matches_better_than_a_random_half(default_extract
   from delf_ret.extract.extractor import DelfExtractor
   from delf_ret.images import load_image
   from delf_ret.match import RansacParams, putative_matches
-  from delf_ret.train.selfsup_data import apply_homography
+  from delf_ret.extract.geometry import apply_homography
 
   storage = cv2.FileStorage(str(shared_data / "pairs" / "H1to3p.xml"), cv2.FILE_STORAGE_READ)
   homography = storage.getNode("H13").mat()

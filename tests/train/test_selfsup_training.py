@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 
 from conftest import REPO
 
@@ -43,6 +44,7 @@ def assert_same_weights(path_a, path_b) -> None:
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_usage_on_bad_arguments(tmp_path):
   result = subprocess.run(
     ["bash", str(SCRIPT), str(tmp_path / "missing"), str(tmp_path)],
@@ -55,6 +57,7 @@ def test_usage_on_bad_arguments(tmp_path):
   assert "photo folder not found" in result.stderr
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_at_the_saved_step_and_packages_a_loadable_model(tmp_path, shared_data):
   photos = tmp_path / "photos"
   photos.mkdir()
@@ -135,6 +138,7 @@ def test_killed_run_resumes_at_the_saved_step_and_packages_a_loadable_model(tmp_
   assert np.isfinite(features.descriptors).all()
 
 
+@pytest.mark.slow
 def test_recipe_reruns_to_the_same_weights(tmp_path, shared_data):
   """Two runs of the recipe at its real batch size give bit-identical weights.
 
@@ -169,6 +173,7 @@ def test_recipe_reruns_to_the_same_weights(tmp_path, shared_data):
   assert_same_weights(*runs)
 
 
+@pytest.mark.slow
 def test_deterministic_training_refuses_several_devices(tmp_path):
   result = subprocess.run(
     [
@@ -193,7 +198,6 @@ def test_deterministic_training_refuses_several_devices(tmp_path):
 
 
 def test_determinism_asked_for_after_tensorflow_started_is_a_package_error():
-  import pytest
   import tensorflow as tf
 
   from delf_ret.train.trainer import TrainingError, set_determinism

@@ -15,6 +15,9 @@ import pytest
 
 from conftest import REPO, write_gldv2_layout
 
+# Every test here runs training or a script in a subprocess.
+pytestmark = pytest.mark.slow
+
 TINY = [
   "--config_override=batch_size=4",
   "--config_override=image_size=64",

@@ -79,6 +79,7 @@ def test_bad_csv(tmp_path):
     gldv2.read_train_csv(tmp_path / "b.csv", tmp_path)
 
 
+@pytest.mark.slow  # Decodes and augments real photos: several seconds.
 def test_pipeline_is_deterministic_and_shaped(tmp_path, shared_data):
   layout = write_gldv2_layout(tmp_path / "gldv2", shared_data)
   out = tmp_path / "shards"

@@ -1,26 +1,26 @@
-"""The self-supervised losses against hand-computed values."""
+"""The self-supervised losses against hand-computed values; the attention head reset."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from delf_ret.train import selfsup
+from delf_ret.train import losses
 
 
 def test_excluded_negatives_are_the_correspondents_grid_neighbours_in_its_own_pair():
   # Two pairs of 3 x 3 views; A cells: pair 0 -> centre (4) and no target,
   # pair 1 -> corner 0 and corner 8.
   targets = tf.constant([[4, -1], [0, 8]], tf.int32)
-  excluded = selfsup.excluded_negatives(targets, side=3, radius=1).numpy()
+  excluded = losses.excluded_negatives(targets, side=3, radius=1).numpy()
   assert excluded.shape == (4, 18)
   expected = np.zeros((4, 18), bool)
   expected[0, [0, 1, 2, 3, 5, 6, 7, 8]] = True  # every neighbour of the centre, not 4 itself
   expected[2, [9 + 1, 9 + 3, 9 + 4]] = True  # neighbours of corner 0 in pair 1's B view
   expected[3, [9 + 4, 9 + 5, 9 + 7]] = True  # neighbours of corner 8
   np.testing.assert_array_equal(excluded, expected)
-  assert not selfsup.excluded_negatives(targets, side=3, radius=0).numpy().any()
+  assert not losses.excluded_negatives(targets, side=3, radius=0).numpy().any()
   # Radius 2 on a 3 x 3 grid: every other cell of the own view.
-  wide = selfsup.excluded_negatives(targets, side=3, radius=2).numpy()
+  wide = losses.excluded_negatives(targets, side=3, radius=2).numpy()
   assert wide[2, 9:].sum() == 8 and not wide[2, :9].any()
 
 
@@ -35,11 +35,11 @@ def test_info_nce_leaves_excluded_cells_out_of_the_denominator():
   targets = np.full((1, 9), -1, np.int32)
   targets[0, 0] = 0
   e = np.e
-  total, correct, mask = selfsup.info_nce(tf.constant(a), tf.constant(b), tf.constant(targets), 1.0)
+  total, correct, mask = losses.info_nce(tf.constant(a), tf.constant(b), tf.constant(targets), 1.0)
   assert float(total) == pytest.approx(np.log(2 * e + 7) - 1, rel=1e-5)
   assert mask.numpy().sum() == 1
   # Radius 1: B cells 1, 3 and 4 are no longer negatives.
-  total, correct, mask = selfsup.info_nce(
+  total, correct, mask = losses.info_nce(
     tf.constant(a), tf.constant(b), tf.constant(targets), 1.0, side=3, exclusion_radius=1
   )
   assert float(total) == pytest.approx(np.log(e + 5) - 1, rel=1e-5)
@@ -58,16 +58,18 @@ def test_near_matches_in_the_own_view_or_against_the_whole_batch():
   targets = np.full((2, 4), -1, np.int32)
   targets[0, 0] = 0
   args = (tf.constant(a), tf.constant(b), tf.constant(targets), 2)
-  near, mask = selfsup.near_matches(*args, neighbourhood=1)
+  near, mask = losses.near_matches(*args, neighbourhood=1)
   assert near.numpy()[0, 0] == 1.0 and mask.numpy().sum() == 1
-  near, _ = selfsup.near_matches(*args, neighbourhood=0)
+  near, _ = losses.near_matches(*args, neighbourhood=0)
   assert near.numpy()[0, 0] == 0.0  # cell 1 is not the target itself
-  near, mask = selfsup.near_matches(*args, neighbourhood=1, against_batch=True)
+  near, mask = losses.near_matches(*args, neighbourhood=1, against_batch=True)
   assert near.numpy().sum() == 0.0 and mask.numpy().sum() == 1
 
 
+@pytest.mark.slow  # Builds a DELF model: several seconds.
 def test_reinitialise_attention_head_is_seeded_and_fresh():
   from delf_ret.model.delf import DelfModel
+  from delf_ret.train import selfsup
 
   model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
   model.feature_maps(tf.zeros([1, 64, 64, 3]))
