@@ -8,9 +8,12 @@ import subprocess
 import sys
 import venv
 
+import pytest
+
 from conftest import REPO
 
 
+@pytest.mark.slow  # Builds the wheel and installs it in a fresh environment.
 def test_wheel_in_a_fresh_environment_extracts_a_real_photo(tmp_path, shared_data):
   wheels = tmp_path / "wheels"
   build = subprocess.run(

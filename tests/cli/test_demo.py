@@ -6,6 +6,9 @@ import subprocess
 
 import pytest
 
+# Runs the delf_demo console script end to end.
+pytestmark = pytest.mark.slow
+
 # Smaller images and a shallower reranking keep the test short; the pipeline is the same.
 FAST = [
   "--config_override=max_image_size=320",

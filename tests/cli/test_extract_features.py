@@ -13,6 +13,9 @@ import pytest
 from conftest import REPO, landmark_images, run_cli
 from delf_ret.features import read_features
 
+# Every test runs a tool in a subprocess.
+pytestmark = pytest.mark.slow
+
 
 def test_help_lists_flags():
   result = run_cli("delf_ret.cli.extract_features", "--help")

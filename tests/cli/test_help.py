@@ -7,6 +7,9 @@ import pytest
 
 from conftest import REPO, installed_script
 
+# Every test runs an installed console script in a subprocess.
+pytestmark = pytest.mark.slow
+
 SCRIPTS = re.findall(r'"(\w+)=delf_ret\.cli\.(\w+):run"', (REPO / "setup.py").read_text())
 # One flag of each tool and a word of its help text.
 OWN_FLAG = {

@@ -9,6 +9,9 @@ from PIL import Image
 from conftest import installed_script, run_cli
 from delf_ret.features import LocalFeatures, write_features
 
+# Every test runs the tool in a subprocess.
+pytestmark = pytest.mark.slow
+
 
 def test_images_to_png_and_json(config_path, shared_data, tmp_path):
   png, report = tmp_path / "m.png", tmp_path / "m.json"

@@ -154,6 +154,7 @@ def test_errors_are_clear(mirror, tmp_path):
     download_dataset("oxford5k", tmp_path / "bad", mirror_url=mirror, log=lambda line: None)
 
 
+@pytest.mark.slow  # Runs the command-line tool in subprocesses.
 def test_cli(mirror, tmp_path):
   from delf_ret.datasets.download import sha256_of
 

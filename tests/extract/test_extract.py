@@ -9,6 +9,9 @@ from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError, pyrami
 from delf_ret.extract.pca import PcaError
 from delf_ret.images import load_image
 
+# Every test extracts with the random-weight model (fixtures: 20 s, tests: 5-13 s).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def photos():

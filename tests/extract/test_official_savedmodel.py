@@ -25,6 +25,7 @@ delf_local_config {{ use_pca: false max_feature_num: 300 score_threshold: 0.0 }}
 """)
 
 
+@pytest.mark.slow  # Exports and runs a SavedModel (25-45 s).
 @pytest.mark.parametrize("delg", [False, True])
 def test_official_signature_gives_the_features_of_the_model(delf_model, tmp_path, photo, delg):
   from delf_ret.extract.extractor import DelfExtractor
@@ -43,6 +44,7 @@ def test_official_signature_gives_the_features_of_the_model(delf_model, tmp_path
   np.testing.assert_allclose(official.descriptors, native.descriptors, atol=1e-4)
 
 
+@pytest.mark.slow  # Exports and runs a SavedModel (25-45 s).
 def test_shrinking_to_max_image_size_maps_box_centres_back_to_original_pixels(
   delf_model, tmp_path, photo
 ):

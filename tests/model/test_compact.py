@@ -12,6 +12,7 @@ from delf_ret.model.compact import (
 )
 
 
+@pytest.mark.slow  # Builds DELF models (7-14 s).
 def test_round_trip_keeps_the_outputs_to_float16_precision(delf_model, tmp_path):
   path = tmp_path / "weights.npz"
   save_compact_weights(delf_model, path)
@@ -29,6 +30,7 @@ def test_round_trip_keeps_the_outputs_to_float16_precision(delf_model, tmp_path)
   np.testing.assert_allclose(after["attention"], before["attention"], rtol=0.05, atol=0.02)
 
 
+@pytest.mark.slow  # Builds DELF models (7-14 s).
 def test_damaged_or_foreign_files_give_the_package_error(delf_model, tmp_path):
   with pytest.raises(CompactWeightsError, match="not found"):
     read_compact_weights(tmp_path / "missing.npz")

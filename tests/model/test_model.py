@@ -21,12 +21,14 @@ def test_output_shapes_and_stride(delf_model):
   assert float(np.min(outputs["attention"])) >= 0.0  # softplus.
 
 
+@pytest.mark.slow  # Builds, saves and loads DELF models (2-11 s).
 def test_backbone_ends_at_conv4():
   backbone = build_backbone(None)
   assert backbone.layers[-1].name == "conv4_block6_out"
   assert not any(layer.name.startswith("conv5") for layer in backbone.layers)
 
 
+@pytest.mark.slow  # Builds, saves and loads DELF models (2-11 s).
 def test_checkpoint_round_trip_is_exact(delf_model, model_path):
   loaded = load_delf_model(model_path)
   images = np.random.default_rng(0).uniform(0, 255, (1, 64, 80, 3)).astype(np.float32)
@@ -36,6 +38,7 @@ def test_checkpoint_round_trip_is_exact(delf_model, model_path):
   assert loaded.num_classes == 3
 
 
+@pytest.mark.slow  # Builds, saves and loads DELF models (2-11 s).
 def test_local_backbone_weights_file(tmp_path):
   resnet = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(None, None, 3))
   path = tmp_path / "resnet50_notop.weights.h5"
@@ -45,6 +48,7 @@ def test_local_backbone_weights_file(tmp_path):
   np.testing.assert_array_equal(backbone.get_layer("conv4_block6_3_conv").kernel.numpy(), expected)
 
 
+@pytest.mark.slow  # Builds, saves and loads DELF models (2-11 s).
 def test_missing_weights_and_checkpoint(tmp_path):
   with pytest.raises(BackboneWeightsError, match="not found"):
     DelfModel(backbone_weights=str(tmp_path / "missing.h5"))

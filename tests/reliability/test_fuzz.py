@@ -4,6 +4,7 @@ the package's own error (DelfRetError), never another exception or a crash."""
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import make_features, random_unit_descriptors
@@ -79,6 +80,7 @@ def test_fuzzed_images(tmp_path, shared_data):
       assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, (fmt, number)
 
 
+@pytest.mark.slow  # Builds and loads many damaged indexes (20 s).
 def test_fuzzed_index_files(tmp_path):
   from delf_ret.index import LocalFeatureIndex
 

@@ -48,6 +48,7 @@ def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
   assert not marker.exists()
 
 
+@pytest.mark.slow  # Runs perform_retrieval in a subprocess.
 def test_perform_retrieval_refuses_a_hostile_pickle_with_one_line(tmp_path):
   marker = tmp_path / "pwned"
   (tmp_path / "gnd_evil.pkl").write_bytes(pickle.dumps(_gnd(imlist=[_WritesAFile(marker)])))

@@ -3,9 +3,13 @@
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from conftest import installed_script
+
+# Every test runs a tool in a subprocess (20-40 s).
+pytestmark = pytest.mark.slow
 
 
 def _peak_child_rss_gb(command):

@@ -71,7 +71,7 @@ def test_a_stray_first_file_does_not_set_the_dimension(tmp_path):
   index, failures = build_index(
     paths, tmp_path / "index", IndexParams(), log=lambda line: None, dim=40
   )
-  assert index.dim == 40 and sorted(index.slot_names.values()) == ["a", "b"]
+  assert index.dim == 40 and sorted(index.image_ids()) == ["a", "b"]
   assert sorted(path.name for path, _ in failures) == ["000_stray.delf", "001_corrupt.delf"]
   # Without a dimension from the config, a corrupt first file is skipped, not fatal.
   index, _ = build_index(paths[1:], tmp_path / "index2", IndexParams(), log=lambda line: None)

@@ -7,6 +7,9 @@ import pytest
 
 from conftest import installed_script
 
+# Every test runs extract_features in a subprocess (20-30 s).
+pytestmark = pytest.mark.slow
+
 
 def _run(*args):
   return subprocess.run(

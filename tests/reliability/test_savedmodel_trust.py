@@ -2,7 +2,10 @@
 
 import logging
 
+import pytest
 
+
+@pytest.mark.slow  # Exports and loads a SavedModel (35 s).
 def test_loading_a_savedmodel_warns_once_that_it_must_be_trusted(delf_model, tmp_path, caplog):
   from delf_ret.extract.saved_model import SavedModelExtractor, export_saved_model
 

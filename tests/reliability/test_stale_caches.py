@@ -8,6 +8,9 @@ import pytest
 from conftest import installed_script
 from delf_ret.features import read_features
 
+# Runs the retrieval tools in subprocesses (2 min).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, shared_data):

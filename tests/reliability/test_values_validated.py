@@ -45,6 +45,7 @@ def test_bad_numbers_are_refused_with_the_field_named(override, message):
     ("--max_trials=0", "ransac_max_trials must be positive"),
   ],
 )
+@pytest.mark.slow  # Runs match_images in a subprocess.
 def test_match_images_refuses_bad_ransac_flags_instead_of_printing_zero_inliers(
   flag, message, shared_data, tmp_path
 ):

@@ -51,6 +51,7 @@ def test_a_tampered_file_is_deleted_and_the_run_fails(tampered_mirror, tmp_path)
   assert any(line.startswith("oxbuild_images-v1.tgz: no known SHA-256") for line in lines)
 
 
+@pytest.mark.slow  # Runs download_dataset in a subprocess.
 def test_cli_checks_given_digests_and_exits_2(tampered_mirror, tmp_path):
   url, root = tampered_mirror
   script = installed_script("download_dataset")
