@@ -62,12 +62,12 @@ def keypoint_centers(
   Returns:
     float32 array [N, 2] of (y, x) centres in original-image pixels.
   """
-  scale = np.asarray(scale, dtype=np.float64)
-  if np.any(scale <= 0):
+  scales = np.asarray(scale, dtype=np.float64)
+  if np.any(scales <= 0):
     raise ValueError(f"scale must be positive, got {scale}")
   indices = np.asarray(cell_indices, dtype=np.float64).reshape(-1, 2)
   centres = field.stride * indices - field.padding + (field.size - 1) / 2.0
-  return (centres / scale).astype(np.float32)
+  return (centres / scales).astype(np.float32)
 
 
 def apply_homography(transform: np.ndarray, points_yx: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ def test_files_ship_inside_the_package_and_the_weights_fit_the_budget():
   assert config.delf_local_config.pca_parameters.mean_path == str(folder / PCA_FILES[0])
 
 
+@pytest.mark.slow  # Extracts with the shipped model (fixture 9 s, tests 10-12 s).
 def test_features_of_a_real_photo(default_extractor, shared_data):
   from delf_ret.images import load_image
 
@@ -44,14 +45,15 @@ def test_features_of_a_real_photo(default_extractor, shared_data):
   assert features.locations[:, 0].max() < height and features.locations[:, 1].max() < width
 
 
+@pytest.mark.slow  # Extracts with the shipped model (fixture 9 s, tests 10-12 s).
 def test_top_half_by_attention_matches_better_than_a_random_half(default_extractor, shared_data):
   """graf1/graf3: share of putative matches within 10 px of the ground-truth homography."""
   import cv2
 
   from delf_ret.extract.extractor import DelfExtractor
+  from delf_ret.extract.geometry import apply_homography
   from delf_ret.images import load_image
   from delf_ret.match import RansacParams, putative_matches
-  from delf_ret.extract.geometry import apply_homography
 
   storage = cv2.FileStorage(str(shared_data / "pairs" / "H1to3p.xml"), cv2.FILE_STORAGE_READ)
   homography = storage.getNode("H13").mat()
