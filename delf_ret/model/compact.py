@@ -7,8 +7,8 @@ below float16's range) stay float32. Loading (``delf_ret.model.delf.load_delf_mo
 on a .npz file) rebuilds the architecture and casts everything back to float32;
 no pickles are involved.
 
-The file format only: numpy, no TensorFlow (delf_ret.model.delf imports this
-module, not the reverse), so weights_digest runs without TensorFlow.
+The file format only, in numpy: delf_ret.model.delf imports this module (to
+load a .npz file), not the reverse.
 """
 
 from __future__ import annotations
