@@ -2,7 +2,8 @@
 
 import pathlib
 
-from setuptools import find_packages, setup
+from setuptools import find_packages
+from setuptools import setup
 
 README = pathlib.Path(__file__).parent / "README.md"
 

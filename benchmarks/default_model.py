@@ -52,7 +52,8 @@ import shutil
 import time
 
 import numpy as np
-from results_io import render_between, write_result
+from results_io import render_between
+from results_io import write_result
 from sift_baseline import sift_features
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -214,11 +215,13 @@ def ukbench_score(dataset, results, stage: str) -> float:
 def run_retrieval(name, extract, retrieval_config, dataset_dir, labels, hard, work, also_original):
   from delf_ret.config import DelfConfig
   from delf_ret.datasets.labelled import write_labelled_benchmark
-  from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
+  from delf_ret.evaluation.ground_truth import read_original_gt
+  from delf_ret.evaluation.ground_truth import read_revisited_gnd
   from delf_ret.images import load_image
   from delf_ret.index import IndexParams
   from delf_ret.retrieval.benchmark import run_benchmark
-  from delf_ret.retrieval.indexing import database_image_paths, index_database
+  from delf_ret.retrieval.indexing import database_image_paths
+  from delf_ret.retrieval.indexing import index_database
 
   paths = write_labelled_benchmark(labels, dataset_dir, name=dataset_dir.name, hard_images=hard)
   revisited = read_revisited_gnd(paths["gnd_path"], paths["images_dir"])
@@ -281,7 +284,8 @@ def build_methods(
   from delf_ret import config as config_lib
   from delf_ret.default_model import CONFIG_FILE
   from delf_ret.extract.extractor import DelfExtractor
-  from delf_ret.extract.pca_training import learn_pca_from_images, with_pca
+  from delf_ret.extract.pca_training import learn_pca_from_images
+  from delf_ret.extract.pca_training import with_pca
   from delf_ret.model import DelfModel
   from delf_ret.train.photos import list_training_photos
 
@@ -436,7 +440,8 @@ def run_all(
   """Every benchmark for the methods ``only``; model_dir: the default model's files
   (default: the shipped ones, delf_ret/default_model)."""
   from delf_ret import config as config_lib
-  from delf_ret.default_model import CONFIG_FILE, default_model_dir
+  from delf_ret.default_model import CONFIG_FILE
+  from delf_ret.default_model import default_model_dir
   from delf_ret.match import RansacParams
   from delf_ret.retrieval.demo import ContentCache
 

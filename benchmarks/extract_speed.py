@@ -73,7 +73,8 @@ def main():
 
   from delf_ret.config import parse_config_text
   from delf_ret.extract.extractor import DelfExtractor
-  from delf_ret.images import list_images, load_image
+  from delf_ret.images import list_images
+  from delf_ret.images import load_image
   from delf_ret.model import DelfModel
 
   paths = list_images(args.images_dir)

@@ -41,7 +41,9 @@ def main():
   args = parser.parse_args()
   import cv2
 
-  from delf_ret.match import DescriptorMatcher, RansacParams, verify_matches
+  from delf_ret.match import DescriptorMatcher
+  from delf_ret.match import RansacParams
+  from delf_ret.match import verify_matches
 
   rng = np.random.default_rng(0)
   n, dim, n_true = 1000, 40, 300

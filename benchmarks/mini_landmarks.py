@@ -48,7 +48,8 @@ def delf_extractors(config_path: pathlib.Path, images: list[pathlib.Path], work:
   """A DELF extractor function (image -> LocalFeatures) with PCA learned on ``images``."""
   from delf_ret import config as config_lib
   from delf_ret.extract.extractor import DelfExtractor
-  from delf_ret.extract.pca_training import learn_pca_from_images, with_pca
+  from delf_ret.extract.pca_training import learn_pca_from_images
+  from delf_ret.extract.pca_training import with_pca
   from delf_ret.model import DelfModel
 
   model = DelfModel(num_classes=1, backbone_weights=None, seed=0)
@@ -65,7 +66,8 @@ def run_method(name, extract, database_features, datasets, retrieval_config, wor
   from delf_ret.config import DelfConfig
   from delf_ret.index import IndexParams
   from delf_ret.retrieval.benchmark import run_benchmark
-  from delf_ret.retrieval.indexing import database_image_paths, index_database
+  from delf_ret.retrieval.indexing import database_image_paths
+  from delf_ret.retrieval.indexing import index_database
 
   revisited, original = datasets
   features_dir = work / name / "features"
@@ -135,7 +137,8 @@ def main():
 
   from delf_ret import config as config_lib
   from delf_ret.datasets.labelled import write_labelled_benchmark
-  from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
+  from delf_ret.evaluation.ground_truth import read_original_gt
+  from delf_ret.evaluation.ground_truth import read_revisited_gnd
   from delf_ret.images import load_image
 
   work = pathlib.Path(args.work_dir)

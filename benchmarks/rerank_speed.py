@@ -43,7 +43,8 @@ import time
 import warnings
 
 import numpy as np
-from results_io import render_between, write_result
+from results_io import render_between
+from results_io import write_result
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -82,7 +83,8 @@ def extract(paths: list[pathlib.Path], features_dir: pathlib.Path) -> dict:
   from delf_ret.default_model import default_config_path
   from delf_ret.extract.batch import extract_all
   from delf_ret.extract.extractor import DelfExtractor
-  from delf_ret.features import image_id_of, read_features
+  from delf_ret.features import image_id_of
+  from delf_ret.features import read_features
 
   config = load_config(default_config_path(), ["delf_local_config.score_threshold=0"])
   missing = [p for p in paths if not (features_dir / f"{image_id_of(p)}.delf").is_file()]
@@ -307,7 +309,9 @@ def run(args: argparse.Namespace) -> dict:
   import dataclasses
 
   from delf_ret.config import load_config
-  from delf_ret.default_model import WEIGHTS_FILE, default_config_path, default_model_dir
+  from delf_ret.default_model import WEIGHTS_FILE
+  from delf_ret.default_model import default_config_path
+  from delf_ret.default_model import default_model_dir
   from delf_ret.features import read_features
   from delf_ret.match import RansacParams
   from delf_ret.model.compact import weights_digest

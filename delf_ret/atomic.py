@@ -7,7 +7,9 @@ import os
 import pathlib
 import tempfile
 import time
-from typing import IO, Callable, Iterator
+from typing import IO
+from typing import Callable
+from typing import Iterator
 
 LEFTOVER_AGE_SECONDS = 60.0  # A temporary file untouched this long belongs to a dead run.
 

@@ -15,14 +15,16 @@ import importlib.resources
 import math
 import os
 import pathlib
-from typing import Iterable, Iterator
+from typing import Iterable
+from typing import Iterator
 
 from absl import logging
 from google.protobuf import descriptor as descriptor_lib
 from google.protobuf import text_format
 
 from delf_ret.errors import DelfRetError
-from delf_ret.protos import delf_config_pb2, delf_train_config_pb2
+from delf_ret.protos import delf_config_pb2
+from delf_ret.protos import delf_train_config_pb2
 
 DelfConfig = delf_config_pb2.DelfConfig
 DelfRetrievalConfig = delf_config_pb2.DelfRetrievalConfig

@@ -19,7 +19,8 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from delf_ret.atomic import write_bytes_atomic
-from delf_ret.errors import DelfRetError, InputError
+from delf_ret.errors import DelfRetError
+from delf_ret.errors import InputError
 from delf_ret.protos import delf_features_pb2
 
 FEATURE_SUFFIX = ".delf"

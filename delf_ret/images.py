@@ -18,9 +18,12 @@ import pathlib
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+from PIL import ImageOps
+from PIL import UnidentifiedImageError
 
-from delf_ret.errors import DelfRetError, InputError
+from delf_ret.errors import DelfRetError
+from delf_ret.errors import InputError
 from delf_ret.protos.delf_config_pb2 import DelfConfig
 
 

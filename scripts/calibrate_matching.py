@@ -83,7 +83,8 @@ def main() -> None:
 
   from delf_ret import config as config_lib
   from delf_ret.extract.extractor import DelfExtractor
-  from delf_ret.match import RansacParams, verify_pair
+  from delf_ret.match import RansacParams
+  from delf_ret.match import verify_pair
 
   config_path = pathlib.Path(args.config_path)
   config = config_lib.load_config(config_path)

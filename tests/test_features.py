@@ -1,13 +1,11 @@
 import numpy as np
 import pytest
 
-from delf_ret.features import (
-  FeatureFileError,
-  LocalFeatures,
-  check_same_dimension,
-  read_features,
-  write_features,
-)
+from delf_ret.features import FeatureFileError
+from delf_ret.features import LocalFeatures
+from delf_ret.features import check_same_dimension
+from delf_ret.features import read_features
+from delf_ret.features import write_features
 
 
 def random_features(n=50, dim=40, seed=0):

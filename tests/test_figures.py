@@ -118,7 +118,8 @@ def test_rerun_comparison_names_the_figures_outside_the_tolerance():
 
 @pytest.mark.slow  # Imports TensorFlow (delf_ret.model): about 20 s on 2 busy cores.
 def test_the_json_is_of_the_shipped_weights():
-  from delf_ret.default_model import WEIGHTS_FILE, default_model_dir
+  from delf_ret.default_model import WEIGHTS_FILE
+  from delf_ret.default_model import default_model_dir
   from delf_ret.model.compact import weights_digest
 
   result = json.loads(load_benchmark().RESULT.read_text())

@@ -7,7 +7,10 @@ import pytest
 from PIL import Image
 
 from delf_ret.errors import InputError
-from delf_ret.images import ImageReadError, crop_to_box, list_images, load_image
+from delf_ret.images import ImageReadError
+from delf_ret.images import crop_to_box
+from delf_ret.images import list_images
+from delf_ret.images import load_image
 
 
 @pytest.fixture

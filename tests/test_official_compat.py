@@ -22,7 +22,8 @@ def test_official_delf_example_config_loads_unchanged(caplog):
   warnings = [r.getMessage() for r in caplog.records]
   # iou_threshold 1.0 (no suppression) is what delf-ret does: no warning for it.
   assert len(warnings) == 1 and "layer_name 'resnet_v1_50/block3'" in warnings[0]
-  from delf_ret.extract.geometry import RESNET50_CONV4, receptive_field_for_layer
+  from delf_ret.extract.geometry import RESNET50_CONV4
+  from delf_ret.extract.geometry import receptive_field_for_layer
 
   assert receptive_field_for_layer(local.layer_name) == RESNET50_CONV4
 

@@ -6,7 +6,9 @@ import os
 import cv2
 import numpy as np
 
-from delf_ret.provenance import cpu_model, environment, library_versions
+from delf_ret.provenance import cpu_model
+from delf_ret.provenance import environment
+from delf_ret.provenance import library_versions
 
 
 def test_cpu_model_reads_the_model_name_line(tmp_path):

@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, landmark_images
+from conftest import REPO
+from conftest import landmark_images
 from delf_ret.features import read_features
 
 # Every test here runs a script in a subprocess.

@@ -24,22 +24,23 @@ from __future__ import annotations
 
 from absl import flags
 
-from delf_ret.cli.common import (
-  define_backend_flag,
-  define_config_flags,
-  define_progress_flag,
-  load_config_from_flags,
-  log,
-  report_failures,
-  require_flags,
-  run_tool,
-)
-from delf_ret.cli.inputs import define_image_flags, image_paths_from_flags
+from delf_ret.cli.common import define_backend_flag
+from delf_ret.cli.common import define_config_flags
+from delf_ret.cli.common import define_progress_flag
+from delf_ret.cli.common import load_config_from_flags
+from delf_ret.cli.common import log
+from delf_ret.cli.common import report_failures
+from delf_ret.cli.common import require_flags
+from delf_ret.cli.common import run_tool
+from delf_ret.cli.inputs import define_image_flags
+from delf_ret.cli.inputs import image_paths_from_flags
 from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import load_dataset
 from delf_ret.index import IndexParams
 from delf_ret.index.builder import remove_images
-from delf_ret.retrieval.indexing import database_feature_paths, database_image_paths, index_database
+from delf_ret.retrieval.indexing import database_feature_paths
+from delf_ret.retrieval.indexing import database_image_paths
+from delf_ret.retrieval.indexing import index_database
 
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig .pbtxt (extraction and retrieval_config).")

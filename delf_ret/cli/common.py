@@ -13,9 +13,12 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Callable, Iterable, Sequence
+from typing import Callable
+from typing import Iterable
+from typing import Sequence
 
-from absl import app, flags
+from absl import app
+from absl import flags
 from tqdm import tqdm
 
 from delf_ret import config as config_lib

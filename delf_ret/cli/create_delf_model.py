@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from delf_ret.cli.common import require_flags, run_tool
+from delf_ret.cli.common import require_flags
+from delf_ret.cli.common import run_tool
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_path", None, "Where to write the .keras checkpoint.")
@@ -29,7 +30,8 @@ def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "output_path")
   # Lazy: TensorFlow, imported once the flags are checked (--help answers at once).
-  from delf_ret.model import DelfModel, save_delf_model
+  from delf_ret.model import DelfModel
+  from delf_ret.model import save_delf_model
 
   weights = None if FLAGS.backbone_weights == "random" else FLAGS.backbone_weights
   model = DelfModel(num_classes=FLAGS.num_classes, backbone_weights=weights, seed=FLAGS.seed)

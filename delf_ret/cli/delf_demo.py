@@ -26,14 +26,12 @@ import pathlib
 
 from absl import flags
 
-from delf_ret.cli.common import (
-  define_backend_flag,
-  define_config_flags,
-  define_progress_flag,
-  load_config_from_flags,
-  log,
-  run_tool,
-)
+from delf_ret.cli.common import define_backend_flag
+from delf_ret.cli.common import define_config_flags
+from delf_ret.cli.common import define_progress_flag
+from delf_ret.cli.common import load_config_from_flags
+from delf_ret.cli.common import log
+from delf_ret.cli.common import run_tool
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "demo_output", "Folder for every file the demo writes.")
@@ -51,7 +49,8 @@ define_progress_flag()
 
 def _data():
   # Lazy: matplotlib (the demo's figures), loaded only when the demo runs.
-  from delf_ret.retrieval.demo import bundled_demo_data, shared_demo_data
+  from delf_ret.retrieval.demo import bundled_demo_data
+  from delf_ret.retrieval.demo import shared_demo_data
 
   folder = FLAGS.data_dir or os.environ.get("DELF_RET_SHARED_DATA", "../shared/data")
   if (pathlib.Path(folder) / "labels.csv").is_file():

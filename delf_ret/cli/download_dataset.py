@@ -16,8 +16,11 @@ import re
 
 from absl import flags
 
-from delf_ret.cli.common import log, require_flags, run_tool
-from delf_ret.datasets.download import DATASETS, download_dataset
+from delf_ret.cli.common import log
+from delf_ret.cli.common import require_flags
+from delf_ret.cli.common import run_tool
+from delf_ret.datasets.download import DATASETS
+from delf_ret.datasets.download import download_dataset
 from delf_ret.errors import InputError
 
 FLAGS = flags.FLAGS

@@ -15,9 +15,11 @@ model_path can point at it too.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app
+from absl import flags
 
-from delf_ret.cli.common import require_flags, run_tool
+from delf_ret.cli.common import require_flags
+from delf_ret.cli.common import run_tool
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_path", None, "DELF .keras checkpoint (train_delf's delf_model.keras).")

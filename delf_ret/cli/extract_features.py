@@ -16,17 +16,16 @@ import pathlib
 
 from absl import flags
 
-from delf_ret.cli.common import (
-  define_backend_flag,
-  define_config_flags,
-  define_progress_flag,
-  load_config_from_flags,
-  log,
-  report_failures,
-  require_flags,
-  run_tool,
-)
-from delf_ret.cli.inputs import define_image_flags, image_paths_from_flags
+from delf_ret.cli.common import define_backend_flag
+from delf_ret.cli.common import define_config_flags
+from delf_ret.cli.common import define_progress_flag
+from delf_ret.cli.common import load_config_from_flags
+from delf_ret.cli.common import log
+from delf_ret.cli.common import report_failures
+from delf_ret.cli.common import require_flags
+from delf_ret.cli.common import run_tool
+from delf_ret.cli.inputs import define_image_flags
+from delf_ret.cli.inputs import image_paths_from_flags
 from delf_ret.features import feature_file_names
 
 FLAGS = flags.FLAGS

@@ -7,7 +7,8 @@ import pathlib
 from absl import flags
 
 from delf_ret.errors import InputError
-from delf_ret.images import list_images, read_image_list
+from delf_ret.images import list_images
+from delf_ret.images import read_image_list
 
 FLAGS = flags.FLAGS
 # Flags defined here belong to the tool that asks for them (and show in its --help).

@@ -16,16 +16,15 @@ import sys
 
 from absl import flags
 
-from delf_ret.cli.common import (
-  define_backend_flag,
-  define_config_flags,
-  define_progress_flag,
-  load_config_from_flags,
-  log,
-  require_flags,
-  run_tool,
-)
-from delf_ret.cli.inputs import define_image_flags, image_paths_from_flags
+from delf_ret.cli.common import define_backend_flag
+from delf_ret.cli.common import define_config_flags
+from delf_ret.cli.common import define_progress_flag
+from delf_ret.cli.common import load_config_from_flags
+from delf_ret.cli.common import log
+from delf_ret.cli.common import require_flags
+from delf_ret.cli.common import run_tool
+from delf_ret.cli.inputs import define_image_flags
+from delf_ret.cli.inputs import image_paths_from_flags
 
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig .pbtxt file (its PCA settings are ignored).")
@@ -40,7 +39,8 @@ def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "output_dir")
   # Lazy: TensorFlow, imported once the flags are checked (--help answers at once).
-  from delf_ret.extract.pca_training import learn_pca_from_images, without_pca
+  from delf_ret.extract.pca_training import learn_pca_from_images
+  from delf_ret.extract.pca_training import without_pca
 
   config = without_pca(load_config_from_flags())
   image_paths = image_paths_from_flags()

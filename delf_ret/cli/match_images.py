@@ -23,14 +23,21 @@ import dataclasses
 import json
 import pathlib
 
-from absl import app, flags
+from absl import app
+from absl import flags
 
 from delf_ret import config as config_lib
 from delf_ret.atomic import write_bytes_atomic
-from delf_ret.cli.common import define_config_flags, load_config_from_flags, print_error, run_tool
-from delf_ret.features import check_same_dimension, is_feature_file, read_features
+from delf_ret.cli.common import define_config_flags
+from delf_ret.cli.common import load_config_from_flags
+from delf_ret.cli.common import print_error
+from delf_ret.cli.common import run_tool
+from delf_ret.features import check_same_dimension
+from delf_ret.features import is_feature_file
+from delf_ret.features import read_features
 from delf_ret.images import load_image
-from delf_ret.match import RansacParams, verify_pair
+from delf_ret.match import RansacParams
+from delf_ret.match import verify_pair
 
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig for extracting features of image inputs, and matching settings.")

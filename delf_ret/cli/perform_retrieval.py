@@ -20,15 +20,13 @@ import pathlib
 
 from absl import flags
 
-from delf_ret.cli.common import (
-  define_backend_flag,
-  define_config_flags,
-  define_progress_flag,
-  load_config_from_flags,
-  log,
-  require_flags,
-  run_tool,
-)
+from delf_ret.cli.common import define_backend_flag
+from delf_ret.cli.common import define_config_flags
+from delf_ret.cli.common import define_progress_flag
+from delf_ret.cli.common import load_config_from_flags
+from delf_ret.cli.common import log
+from delf_ret.cli.common import require_flags
+from delf_ret.cli.common import run_tool
 from delf_ret.evaluation.ground_truth import load_dataset
 from delf_ret.retrieval.benchmark import run_benchmark
 

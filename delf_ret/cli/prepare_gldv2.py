@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from absl import flags
 
-from delf_ret.cli.common import log, report_failures, require_flags, run_tool
+from delf_ret.cli.common import log
+from delf_ret.cli.common import report_failures
+from delf_ret.cli.common import require_flags
+from delf_ret.cli.common import run_tool
 from delf_ret.train.gldv2 import prepare_gldv2
 
 FLAGS = flags.FLAGS

@@ -18,17 +18,20 @@ import numpy as np
 from absl import flags
 
 from delf_ret.atomic import atomic_write
-from delf_ret.cli.common import (
-  define_backend_flag,
-  define_config_flags,
-  load_config_from_flags,
-  require_flags,
-  run_tool,
-)
+from delf_ret.cli.common import define_backend_flag
+from delf_ret.cli.common import define_config_flags
+from delf_ret.cli.common import load_config_from_flags
+from delf_ret.cli.common import require_flags
+from delf_ret.cli.common import run_tool
 from delf_ret.errors import InputError
-from delf_ret.features import feature_loader, image_id_of
-from delf_ret.images import ImageReadError, crop_to_box, list_images, load_image
-from delf_ret.retrieval.ranking import load_index, retrieve
+from delf_ret.features import feature_loader
+from delf_ret.features import image_id_of
+from delf_ret.images import ImageReadError
+from delf_ret.images import crop_to_box
+from delf_ret.images import list_images
+from delf_ret.images import load_image
+from delf_ret.retrieval.ranking import load_index
+from delf_ret.retrieval.ranking import retrieve
 
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig .pbtxt (extraction and retrieval_config).")

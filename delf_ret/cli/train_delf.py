@@ -23,7 +23,10 @@ from __future__ import annotations
 from absl import flags
 
 from delf_ret import config as config_lib
-from delf_ret.cli.common import define_config_flags, log, require_flags, run_tool
+from delf_ret.cli.common import define_config_flags
+from delf_ret.cli.common import log
+from delf_ret.cli.common import require_flags
+from delf_ret.cli.common import run_tool
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("stage", None, ["tuning", "attention", "selfsup"], "Training stage.")
@@ -55,7 +58,9 @@ flags.DEFINE_integer("num_steps", None, "Stop after this many more steps (defaul
 def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "stage", "photos" if FLAGS.stage == "selfsup" else "data_dir", "output_dir")
-  from delf_ret.train.trainer import make_strategy, set_determinism, train_stage
+  from delf_ret.train.trainer import make_strategy
+  from delf_ret.train.trainer import set_determinism
+  from delf_ret.train.trainer import train_stage
 
   config = config_lib.load_training_config(FLAGS.config_path, FLAGS.config_override)
   set_determinism(config.deterministic, FLAGS.strategy)

@@ -12,7 +12,8 @@ import math
 import pathlib
 
 from delf_ret.atomic import atomic_write
-from delf_ret.evaluation.metrics import RECALL_LEVELS, SplitMetrics
+from delf_ret.evaluation.metrics import RECALL_LEVELS
+from delf_ret.evaluation.metrics import SplitMetrics
 
 Results = dict[str, dict[str, SplitMetrics]]
 

@@ -10,9 +10,12 @@ from typing import Callable
 
 from delf_ret.atomic import remove_leftovers
 from delf_ret.errors import InputError
-from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError
-from delf_ret.extract.settings import check_feature_folder, extraction_settings
-from delf_ret.features import feature_file_names, write_features
+from delf_ret.extract.extractor import DelfExtractor
+from delf_ret.extract.extractor import ImageTooSmallError
+from delf_ret.extract.settings import check_feature_folder
+from delf_ret.extract.settings import extraction_settings
+from delf_ret.features import feature_file_names
+from delf_ret.features import write_features
 from delf_ret.images import ImageReadError
 
 # Write errors that concern the output folder itself (every later write would fail too).

@@ -6,13 +6,17 @@ import os
 
 import numpy as np
 
-from delf_ret.config import ConfigError, DelfConfig
+from delf_ret.config import ConfigError
+from delf_ret.config import DelfConfig
 from delf_ret.errors import DelfRetError
 from delf_ret.extract import pca as pca_lib
 from delf_ret.extract.geometry import receptive_field_for_layer
 from delf_ret.extract.inference import BACKENDS
-from delf_ret.extract.saved_model import SavedModelExtractor, is_saved_model
-from delf_ret.extract.selection import ScaleOutput, SelectedFeatures, select_features
+from delf_ret.extract.saved_model import SavedModelExtractor
+from delf_ret.extract.saved_model import is_saved_model
+from delf_ret.extract.selection import ScaleOutput
+from delf_ret.extract.selection import SelectedFeatures
+from delf_ret.extract.selection import select_features
 from delf_ret.features import LocalFeatures
 from delf_ret.images import load_image
 from delf_ret.model.delf import load_delf_model

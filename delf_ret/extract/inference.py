@@ -16,7 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from delf_ret.model.delf import DelfModel, caffe_preprocess
+from delf_ret.model.delf import DelfModel
+from delf_ret.model.delf import caffe_preprocess
 
 LevelFunction = Callable[[np.ndarray, tuple[int, int]], tuple[np.ndarray, np.ndarray]]
 

@@ -15,7 +15,10 @@ import numpy as np
 
 from delf_ret.atomic import atomic_write
 from delf_ret.errors import DelfRetError
-from delf_ret.features import DATUM_SUFFIX, FeatureFileError, read_datum, write_datum
+from delf_ret.features import DATUM_SUFFIX
+from delf_ret.features import FeatureFileError
+from delf_ret.features import read_datum
+from delf_ret.features import write_datum
 
 WHITENING_EPSILON = 1e-12
 PCA_FILE_NAMES = ("pca_mean.npy", "pca_projection.npy", "pca_variances.npy")

@@ -19,8 +19,14 @@ import numpy as np
 
 from delf_ret import config as config_lib
 from delf_ret.config import DelfConfig
-from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError
-from delf_ret.extract.pca import PcaError, PcaModel, l2_normalize, learn_pca, pca_paths, save_pca
+from delf_ret.extract.extractor import DelfExtractor
+from delf_ret.extract.extractor import ImageTooSmallError
+from delf_ret.extract.pca import PcaError
+from delf_ret.extract.pca import PcaModel
+from delf_ret.extract.pca import l2_normalize
+from delf_ret.extract.pca import learn_pca
+from delf_ret.extract.pca import pca_paths
+from delf_ret.extract.pca import save_pca
 from delf_ret.extract.selection import SelectedFeatures
 from delf_ret.images import ImageReadError
 

@@ -40,7 +40,8 @@ from absl import logging
 
 from delf_ret.atomic import respect_umask
 from delf_ret.errors import ModelFileError
-from delf_ret.extract.geometry import RESNET50_CONV4, ReceptiveField
+from delf_ret.extract.geometry import RESNET50_CONV4
+from delf_ret.extract.geometry import ReceptiveField
 from delf_ret.extract.inference import resize_image
 from delf_ret.extract.selection import SelectedFeatures
 

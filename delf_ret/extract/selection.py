@@ -6,7 +6,8 @@ import dataclasses
 
 import numpy as np
 
-from delf_ret.extract.geometry import ReceptiveField, keypoint_centers
+from delf_ret.extract.geometry import ReceptiveField
+from delf_ret.extract.geometry import keypoint_centers
 
 
 @dataclasses.dataclass

@@ -1,5 +1,8 @@
 """A faiss index of the local descriptors of many database images."""
 
-from delf_ret.index.local_index import ImageHits, IndexParams, LocalFeatureIndex, LocalIndexError
+from delf_ret.index.local_index import ImageHits
+from delf_ret.index.local_index import IndexParams
+from delf_ret.index.local_index import LocalFeatureIndex
+from delf_ret.index.local_index import LocalIndexError
 
 __all__ = ["ImageHits", "LocalIndexError", "IndexParams", "LocalFeatureIndex"]

@@ -19,19 +19,15 @@ from typing import Callable
 
 import numpy as np
 
-from delf_ret.features import (
-  FEATURE_SUFFIX,
-  FeatureFileError,
-  LocalFeatures,
-  image_id_of,
-  read_features,
-)
-from delf_ret.index.local_index import (
-  IndexParams,
-  LocalFeatureIndex,
-  LocalIndexError,
-  remove_leftover_versions,
-)
+from delf_ret.features import FEATURE_SUFFIX
+from delf_ret.features import FeatureFileError
+from delf_ret.features import LocalFeatures
+from delf_ret.features import image_id_of
+from delf_ret.features import read_features
+from delf_ret.index.local_index import IndexParams
+from delf_ret.index.local_index import LocalFeatureIndex
+from delf_ret.index.local_index import LocalIndexError
+from delf_ret.index.local_index import remove_leftover_versions
 
 
 def list_feature_files(features_dir: str | pathlib.Path) -> list[pathlib.Path]:

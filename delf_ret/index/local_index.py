@@ -48,7 +48,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from delf_ret.atomic import LEFTOVER_AGE_SECONDS, remove_leftovers, respect_umask
+from delf_ret.atomic import LEFTOVER_AGE_SECONDS
+from delf_ret.atomic import remove_leftovers
+from delf_ret.atomic import respect_umask
 from delf_ret.errors import DelfRetError
 from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
 

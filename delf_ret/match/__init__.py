@@ -4,14 +4,13 @@ numpy, faiss and OpenCV (scikit-image only when its RANSAC backend runs); no Ten
 file I/O.
 """
 
-from delf_ret.match.putative import DescriptorMatcher, putative_matches
-from delf_ret.match.verify import (
-  RansacParams,
-  Verification,
-  verify_candidates,
-  verify_matches,
-  verify_pair,
-)
+from delf_ret.match.putative import DescriptorMatcher
+from delf_ret.match.putative import putative_matches
+from delf_ret.match.verify import RansacParams
+from delf_ret.match.verify import Verification
+from delf_ret.match.verify import verify_candidates
+from delf_ret.match.verify import verify_matches
+from delf_ret.match.verify import verify_pair
 
 __all__ = [
   "DescriptorMatcher",

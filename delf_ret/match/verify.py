@@ -131,7 +131,8 @@ def _skimage_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams
   """(3x3 transform, inlier mask) or (None, None) with scikit-image's RANSAC."""
   # Lazy: scikit-image (1-3 s to import) only where its backend runs; OpenCV is the default.
   from skimage.measure import ransac
-  from skimage.transform import AffineTransform, ProjectiveTransform
+  from skimage.transform import AffineTransform
+  from skimage.transform import ProjectiveTransform
 
   model_class = AffineTransform if params.transform == "affine" else ProjectiveTransform
   min_samples = TRANSFORMS[params.transform]

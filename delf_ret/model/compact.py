@@ -18,7 +18,8 @@ import hashlib
 import os
 import pathlib
 import zipfile
-from typing import Any, Sequence
+from typing import Any
+from typing import Sequence
 
 import numpy as np
 

@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from delf_ret.errors import DelfRetError, ModelFileError
+from delf_ret.errors import DelfRetError
+from delf_ret.errors import ModelFileError
 from delf_ret.model.compact import read_compact_weights
 
 BACKBONE_LAYER = "conv4_block6_out"

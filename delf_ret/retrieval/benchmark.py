@@ -16,25 +16,29 @@ import dataclasses
 import os
 import pathlib
 import time
-from typing import Callable, Sequence
+from typing import Callable
+from typing import Sequence
 
 import numpy as np
 
 from delf_ret.config import DelfConfig
-from delf_ret.evaluation.ground_truth import RetrievalDataset, in_query_order
-from delf_ret.evaluation.metrics import DEFAULT_KS, SplitMetrics
+from delf_ret.evaluation.ground_truth import RetrievalDataset
+from delf_ret.evaluation.ground_truth import in_query_order
+from delf_ret.evaluation.metrics import DEFAULT_KS
+from delf_ret.evaluation.metrics import SplitMetrics
 from delf_ret.evaluation.report import write_report
-from delf_ret.extract.settings import check_database_features, extraction_settings
-from delf_ret.features import LocalFeatures, feature_loader
+from delf_ret.extract.settings import check_database_features
+from delf_ret.extract.settings import extraction_settings
+from delf_ret.features import LocalFeatures
+from delf_ret.features import feature_loader
 from delf_ret.index import LocalFeatureIndex
-from delf_ret.retrieval.dataset_runner import (
-  check_database_indexed,
-  evaluate_results,
-  mean_seconds,
-  run_queries,
-  write_ranked_lists,
-)
-from delf_ret.retrieval.ranking import RetrievalResult, load_index
+from delf_ret.retrieval.dataset_runner import check_database_indexed
+from delf_ret.retrieval.dataset_runner import evaluate_results
+from delf_ret.retrieval.dataset_runner import mean_seconds
+from delf_ret.retrieval.dataset_runner import run_queries
+from delf_ret.retrieval.dataset_runner import write_ranked_lists
+from delf_ret.retrieval.ranking import RetrievalResult
+from delf_ret.retrieval.ranking import load_index
 
 RANKED_LISTS_FILE = "ranked_lists.json"
 

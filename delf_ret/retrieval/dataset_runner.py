@@ -17,20 +17,26 @@ from typing import Callable
 import numpy as np
 from google.protobuf import text_format
 
-from delf_ret.atomic import atomic_write, remove_leftovers
+from delf_ret.atomic import atomic_write
+from delf_ret.atomic import remove_leftovers
 from delf_ret.evaluation.ground_truth import RetrievalDataset
-from delf_ret.evaluation.metrics import (
-  DEFAULT_KS,
-  SplitMetrics,
-  evaluate_original,
-  evaluate_revisited,
-  revisited_splits,
-)
+from delf_ret.evaluation.metrics import DEFAULT_KS
+from delf_ret.evaluation.metrics import SplitMetrics
+from delf_ret.evaluation.metrics import evaluate_original
+from delf_ret.evaluation.metrics import evaluate_revisited
+from delf_ret.evaluation.metrics import revisited_splits
 from delf_ret.extract.settings import check_feature_folder
-from delf_ret.features import LocalFeatures, feature_file_name, read_features, write_features
-from delf_ret.images import crop_to_box, load_image
-from delf_ret.index import LocalFeatureIndex, LocalIndexError
-from delf_ret.retrieval.ranking import RankedImage, RetrievalResult, retrieve
+from delf_ret.features import LocalFeatures
+from delf_ret.features import feature_file_name
+from delf_ret.features import read_features
+from delf_ret.features import write_features
+from delf_ret.images import crop_to_box
+from delf_ret.images import load_image
+from delf_ret.index import LocalFeatureIndex
+from delf_ret.index import LocalIndexError
+from delf_ret.retrieval.ranking import RankedImage
+from delf_ret.retrieval.ranking import RetrievalResult
+from delf_ret.retrieval.ranking import retrieve
 
 # Report stage name -> the RetrievalResult list it scores.
 STAGES = {"first_stage": "ranked", "reranked": "reranked"}

@@ -26,12 +26,18 @@ from delf_ret.config import DelfConfig
 from delf_ret.datasets.labelled import write_labelled_benchmark
 from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import read_revisited_gnd
-from delf_ret.evaluation.visualize import draw_contact_sheet, draw_matches
-from delf_ret.features import LocalFeatures, feature_loader, image_id_of
-from delf_ret.images import load_image, shrink_to_max_side
+from delf_ret.evaluation.visualize import draw_contact_sheet
+from delf_ret.evaluation.visualize import draw_matches
+from delf_ret.features import LocalFeatures
+from delf_ret.features import feature_loader
+from delf_ret.features import image_id_of
+from delf_ret.images import load_image
+from delf_ret.images import shrink_to_max_side
 from delf_ret.index import IndexParams
-from delf_ret.match import RansacParams, verify_pair
-from delf_ret.retrieval.benchmark import BenchmarkRun, run_benchmark
+from delf_ret.match import RansacParams
+from delf_ret.match import verify_pair
+from delf_ret.retrieval.benchmark import BenchmarkRun
+from delf_ret.retrieval.benchmark import run_benchmark
 from delf_ret.retrieval.indexing import index_database
 
 CONTACT_SHEET_QUERIES = 3

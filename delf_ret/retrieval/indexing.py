@@ -23,14 +23,25 @@ import os
 import pathlib
 import time
 import typing
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING
+from typing import Callable
+from typing import Protocol
+from typing import Sequence
+from typing import runtime_checkable
 
 from delf_ret.atomic import remove_leftovers
-from delf_ret.errors import DelfRetError, InputError
-from delf_ret.evaluation.ground_truth import GroundTruthError, RetrievalDataset
-from delf_ret.features import LocalFeatures, feature_file_name, feature_file_names, write_features
-from delf_ret.index import IndexParams, LocalFeatureIndex
-from delf_ret.index.builder import build_index, list_feature_files
+from delf_ret.errors import DelfRetError
+from delf_ret.errors import InputError
+from delf_ret.evaluation.ground_truth import GroundTruthError
+from delf_ret.evaluation.ground_truth import RetrievalDataset
+from delf_ret.features import LocalFeatures
+from delf_ret.features import feature_file_name
+from delf_ret.features import feature_file_names
+from delf_ret.features import write_features
+from delf_ret.index import IndexParams
+from delf_ret.index import LocalFeatureIndex
+from delf_ret.index.builder import build_index
+from delf_ret.index.builder import list_feature_files
 
 if TYPE_CHECKING:
   from delf_ret.config import DelfConfig

@@ -12,14 +12,18 @@ import dataclasses
 import itertools
 import os
 import time
-from typing import Callable, Collection, Iterator
+from typing import Callable
+from typing import Collection
+from typing import Iterator
 
 import numpy as np
 
 from delf_ret.config import DelfRetrievalConfig
 from delf_ret.features import LocalFeatures
-from delf_ret.index import IndexParams, LocalFeatureIndex
-from delf_ret.match import RansacParams, verify_candidates
+from delf_ret.index import IndexParams
+from delf_ret.index import LocalFeatureIndex
+from delf_ret.match import RansacParams
+from delf_ret.match import verify_candidates
 from delf_ret.timing import add_seconds
 
 

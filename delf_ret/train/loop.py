@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import tensorflow as tf
 

@@ -9,13 +9,11 @@ from typing import Sequence
 import numpy as np
 
 from delf_ret.errors import DelfRetError
-from delf_ret.images import (
-  IMAGE_SUFFIXES,
-  ImageReadError,
-  load_image,
-  read_image_list,
-  shrink_to_max_side,
-)
+from delf_ret.images import IMAGE_SUFFIXES
+from delf_ret.images import ImageReadError
+from delf_ret.images import load_image
+from delf_ret.images import read_image_list
+from delf_ret.images import shrink_to_max_side
 
 # Natural photos that ship inside scikit-image and load without a network.
 SKIMAGE_PHOTOS = (

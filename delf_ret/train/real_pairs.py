@@ -16,7 +16,8 @@ import json
 import os
 import pathlib
 import time
-from typing import Callable, Sequence
+from typing import Callable
+from typing import Sequence
 
 import cv2
 import numpy as np

@@ -34,15 +34,27 @@ import numpy as np
 import tensorflow as tf
 
 from delf_ret.atomic import atomic_write
-from delf_ret.config import DelfTrainingConfig, validate_training_config
+from delf_ret.config import DelfTrainingConfig
+from delf_ret.config import validate_training_config
 from delf_ret.model import DelfModel
 from delf_ret.model.delf import caffe_preprocess
 from delf_ret.train import photos as photos_lib
-from delf_ret.train.loop import LoopSpec, Metrics, TrainingResult, open_checkpoints, run_loop
-from delf_ret.train.losses import info_nce, near_matches, reliability_loss
-from delf_ret.train.real_pairs import RealPair, load_real_pairs
-from delf_ret.train.trainer import TrainingError, is_chief, prepare_run
-from delf_ret.train.views import ViewSettings, grid_side, make_batch
+from delf_ret.train.loop import LoopSpec
+from delf_ret.train.loop import Metrics
+from delf_ret.train.loop import TrainingResult
+from delf_ret.train.loop import open_checkpoints
+from delf_ret.train.loop import run_loop
+from delf_ret.train.losses import info_nce
+from delf_ret.train.losses import near_matches
+from delf_ret.train.losses import reliability_loss
+from delf_ret.train.real_pairs import RealPair
+from delf_ret.train.real_pairs import load_real_pairs
+from delf_ret.train.trainer import TrainingError
+from delf_ret.train.trainer import is_chief
+from delf_ret.train.trainer import prepare_run
+from delf_ret.train.views import ViewSettings
+from delf_ret.train.views import grid_side
+from delf_ret.train.views import make_batch
 
 # Training wall time over all runs of an output folder (resumes included), updated at each save.
 TIME_FILE = "selfsup_time.json"

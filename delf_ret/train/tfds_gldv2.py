@@ -26,7 +26,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from delf_ret.train.gldv2 import TrainImage, read_train_csv, stratified_split
+from delf_ret.train.gldv2 import TrainImage
+from delf_ret.train.gldv2 import read_train_csv
+from delf_ret.train.gldv2 import stratified_split
 
 VALIDATION_SHARE = 0.2
 SEED = 0

@@ -28,11 +28,16 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from delf_ret.config import DelfTrainingConfig, validate_training_config
+from delf_ret.config import DelfTrainingConfig
+from delf_ret.config import validate_training_config
 from delf_ret.errors import DelfRetError
 from delf_ret.model import DelfModel
 from delf_ret.train.gldv2 import SPLIT_FILE
-from delf_ret.train.loop import LoopSpec, Metrics, TrainingResult, open_checkpoints, run_loop
+from delf_ret.train.loop import LoopSpec
+from delf_ret.train.loop import Metrics
+from delf_ret.train.loop import TrainingResult
+from delf_ret.train.loop import open_checkpoints
+from delf_ret.train.loop import run_loop
 from delf_ret.train.pipeline import make_dataset
 
 STAGES = ("tuning", "attention")

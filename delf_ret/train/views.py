@@ -26,12 +26,10 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from delf_ret.extract.geometry import (
-  RESNET50_CONV4,
-  ReceptiveField,
-  apply_homography,
-  keypoint_centers,
-)
+from delf_ret.extract.geometry import RESNET50_CONV4
+from delf_ret.extract.geometry import ReceptiveField
+from delf_ret.extract.geometry import apply_homography
+from delf_ret.extract.geometry import keypoint_centers
 from delf_ret.protos.delf_train_config_pb2 import SelfSupervisedConfig
 from delf_ret.train.real_pairs import RealPair
 

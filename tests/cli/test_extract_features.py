@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, landmark_images, run_cli
+from conftest import REPO
+from conftest import landmark_images
+from conftest import run_cli
 from delf_ret.features import read_features
 
 # Every test runs a tool in a subprocess.
@@ -157,7 +159,8 @@ def test_interrupted_run_resumes_to_same_files(config_path, tmp_path):
 
 
 def test_learn_pca_cli_writes_loadable_files(config_path, tmp_path, shared_data):
-  from delf_ret.extract.pca import load_pca, pca_paths
+  from delf_ret.extract.pca import load_pca
+  from delf_ret.extract.pca import pca_paths
 
   out = tmp_path / "pca"
   result = run_cli(

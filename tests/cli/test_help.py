@@ -5,7 +5,8 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, installed_script
+from conftest import REPO
+from conftest import installed_script
 
 # Every test runs an installed console script in a subprocess.
 pytestmark = pytest.mark.slow

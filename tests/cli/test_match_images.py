@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import installed_script, run_cli
-from delf_ret.features import LocalFeatures, write_features
+from conftest import installed_script
+from conftest import run_cli
+from delf_ret.features import LocalFeatures
+from delf_ret.features import write_features
 
 # Every test runs the tool in a subprocess.
 pytestmark = pytest.mark.slow

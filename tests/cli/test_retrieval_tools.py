@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from conftest import installed_script, run_cli
+from conftest import installed_script
+from conftest import run_cli
 from delf_ret.index import LocalFeatureIndex
 
 pytestmark = pytest.mark.slow  # Every test runs the tools as subprocesses.
@@ -218,7 +219,8 @@ def test_build_index_from_a_dataset_indexes_exactly_its_database_list(tmp_path):
 
   import numpy as np
 
-  from conftest import make_features, random_unit_descriptors
+  from conftest import make_features
+  from conftest import random_unit_descriptors
   from delf_ret.features import write_features
 
   rng = np.random.default_rng(0)

@@ -8,9 +8,13 @@ import threading
 
 import pytest
 
-from conftest import run_cli, tgz
-from delf_ret.datasets.download import DATASETS, DownloadError, download_dataset
-from delf_ret.evaluation.ground_truth import read_original_gt, read_revisited_gnd
+from conftest import run_cli
+from conftest import tgz
+from delf_ret.datasets.download import DATASETS
+from delf_ret.datasets.download import DownloadError
+from delf_ret.datasets.download import download_dataset
+from delf_ret.evaluation.ground_truth import read_original_gt
+from delf_ret.evaluation.ground_truth import read_revisited_gnd
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):

@@ -3,7 +3,9 @@
 import pytest
 
 from delf_ret.datasets.labelled import write_labelled_benchmark
-from delf_ret.evaluation.ground_truth import GroundTruthError, read_original_gt, read_revisited_gnd
+from delf_ret.evaluation.ground_truth import GroundTruthError
+from delf_ret.evaluation.ground_truth import read_original_gt
+from delf_ret.evaluation.ground_truth import read_revisited_gnd
 
 HARD = "piazza_san_marco_15148634_5228701572"
 

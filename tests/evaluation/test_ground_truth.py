@@ -5,11 +5,9 @@ import pickle
 import numpy as np
 import pytest
 
-from delf_ret.evaluation.ground_truth import (
-  GroundTruthError,
-  read_original_gt,
-  read_revisited_gnd,
-)
+from delf_ret.evaluation.ground_truth import GroundTruthError
+from delf_ret.evaluation.ground_truth import read_original_gt
+from delf_ret.evaluation.ground_truth import read_revisited_gnd
 from delf_ret.evaluation.metrics import evaluate_revisited
 
 

@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 
 from delf_ret.evaluation import metrics as evaluation
-from delf_ret.evaluation.metrics import (
-  average_precision,
-  evaluate_original,
-  evaluate_revisited,
-  evaluate_split,
-  positive_ranks,
-)
+from delf_ret.evaluation.metrics import average_precision
+from delf_ret.evaluation.metrics import evaluate_original
+from delf_ret.evaluation.metrics import evaluate_revisited
+from delf_ret.evaluation.metrics import evaluate_split
+from delf_ret.evaluation.metrics import positive_ranks
 
 
 def test_positive_ranks_remove_ignored_first():

@@ -3,7 +3,8 @@
 import json
 import math
 
-from delf_ret.evaluation.metrics import RECALL_LEVELS, SplitMetrics
+from delf_ret.evaluation.metrics import RECALL_LEVELS
+from delf_ret.evaluation.metrics import SplitMetrics
 from delf_ret.evaluation.report import write_report
 
 

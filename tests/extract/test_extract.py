@@ -3,9 +3,13 @@
 import numpy as np
 import pytest
 
-from conftest import landmark_images, make_config_text
-from delf_ret.config import load_config, parse_config_text
-from delf_ret.extract.extractor import DelfExtractor, ImageTooSmallError, pyramid_levels
+from conftest import landmark_images
+from conftest import make_config_text
+from delf_ret.config import load_config
+from delf_ret.config import parse_config_text
+from delf_ret.extract.extractor import DelfExtractor
+from delf_ret.extract.extractor import ImageTooSmallError
+from delf_ret.extract.extractor import pyramid_levels
 from delf_ret.extract.pca import PcaError
 from delf_ret.images import load_image
 

@@ -1,13 +1,11 @@
 import numpy as np
 import pytest
 
-from delf_ret.extract.geometry import (
-  RESNET50_CONV4,
-  ReceptiveField,
-  apply_homography,
-  keypoint_centers,
-  receptive_field_for_layer,
-)
+from delf_ret.extract.geometry import RESNET50_CONV4
+from delf_ret.extract.geometry import ReceptiveField
+from delf_ret.extract.geometry import apply_homography
+from delf_ret.extract.geometry import keypoint_centers
+from delf_ret.extract.geometry import receptive_field_for_layer
 
 
 def test_resnet50_conv4_centres_by_hand():

@@ -11,7 +11,8 @@ from delf_ret.errors import ModelFileError
 
 @pytest.fixture(scope="module")
 def photo(shared_data):
-  from delf_ret.images import load_image, shrink_to_max_side
+  from delf_ret.images import load_image
+  from delf_ret.images import shrink_to_max_side
 
   return shrink_to_max_side(load_image(shared_data / "pairs" / "graf1.png"), 400)[0]
 

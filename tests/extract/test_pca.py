@@ -61,7 +61,10 @@ def test_l2_normalize_keeps_zero_rows():
 
 
 def test_official_datum_files_round_trip_and_equal_the_npy_path(tmp_path):
-  from delf_ret.extract.pca import apply_pca, learn_pca, load_pca, save_pca
+  from delf_ret.extract.pca import apply_pca
+  from delf_ret.extract.pca import learn_pca
+  from delf_ret.extract.pca import load_pca
+  from delf_ret.extract.pca import save_pca
   from delf_ret.features import read_datum
   from delf_ret.protos.delf_features_pb2 import DatumProto
 
@@ -95,7 +98,9 @@ def test_official_datum_files_round_trip_and_equal_the_npy_path(tmp_path):
 
 
 def test_bad_datum_files_give_pca_errors(tmp_path):
-  from delf_ret.extract.pca import PcaError, load_pca, read_array
+  from delf_ret.extract.pca import PcaError
+  from delf_ret.extract.pca import load_pca
+  from delf_ret.extract.pca import read_array
   from delf_ret.protos.delf_features_pb2 import DatumProto
 
   (tmp_path / "garbage.datum").write_bytes(b"\xff\xff\xff garbage")

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import random_unit_descriptors
-from delf_ret.index import IndexParams, LocalFeatureIndex, LocalIndexError, local_index
+from delf_ret.index import IndexParams
+from delf_ret.index import LocalFeatureIndex
+from delf_ret.index import LocalIndexError
+from delf_ret.index import local_index
 from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
 
 DIM = 40

@@ -3,15 +3,14 @@
 import numpy as np
 import pytest
 
-from conftest import make_features, random_unit_descriptors
-from delf_ret.match import (
-  DescriptorMatcher,
-  RansacParams,
-  putative_matches,
-  verify_candidates,
-  verify_matches,
-  verify_pair,
-)
+from conftest import make_features
+from conftest import random_unit_descriptors
+from delf_ret.match import DescriptorMatcher
+from delf_ret.match import RansacParams
+from delf_ret.match import putative_matches
+from delf_ret.match import verify_candidates
+from delf_ret.match import verify_matches
+from delf_ret.match import verify_pair
 
 AFFINE_XY = np.array([[1.1, 0.2, 30.0], [-0.1, 0.9, -12.0], [0.0, 0.0, 1.0]])
 

@@ -4,12 +4,10 @@ import numpy as np
 import pytest
 
 from delf_ret.model import load_delf_model
-from delf_ret.model.compact import (
-  CompactWeightsError,
-  read_compact_weights,
-  save_compact_weights,
-  weights_digest,
-)
+from delf_ret.model.compact import CompactWeightsError
+from delf_ret.model.compact import read_compact_weights
+from delf_ret.model.compact import save_compact_weights
+from delf_ret.model.compact import weights_digest
 
 
 @pytest.mark.slow  # Builds DELF models (7-14 s).

@@ -4,13 +4,11 @@ import numpy as np
 import pytest
 
 from delf_ret import config as config_lib
-from delf_ret.default_model import (
-  CONFIG_FILE,
-  PCA_FILES,
-  WEIGHTS_FILE,
-  default_config_path,
-  default_model_dir,
-)
+from delf_ret.default_model import CONFIG_FILE
+from delf_ret.default_model import PCA_FILES
+from delf_ret.default_model import WEIGHTS_FILE
+from delf_ret.default_model import default_config_path
+from delf_ret.default_model import default_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +51,8 @@ def test_top_half_by_attention_matches_better_than_a_random_half(default_extract
   from delf_ret.extract.extractor import DelfExtractor
   from delf_ret.extract.geometry import apply_homography
   from delf_ret.images import load_image
-  from delf_ret.match import RansacParams, putative_matches
+  from delf_ret.match import RansacParams
+  from delf_ret.match import putative_matches
 
   storage = cv2.FileStorage(str(shared_data / "pairs" / "H1to3p.xml"), cv2.FILE_STORAGE_READ)
   homography = storage.getNode("H13").mat()

@@ -2,14 +2,12 @@ import keras
 import numpy as np
 import pytest
 
-from delf_ret.model import (
-  BackboneWeightsError,
-  DelfModel,
-  ModelFileError,
-  build_backbone,
-  load_delf_model,
-  save_delf_model,
-)
+from delf_ret.model import BackboneWeightsError
+from delf_ret.model import DelfModel
+from delf_ret.model import ModelFileError
+from delf_ret.model import build_backbone
+from delf_ret.model import load_delf_model
+from delf_ret.model import save_delf_model
 
 
 def test_output_shapes_and_stride(delf_model):

@@ -3,7 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from delf_ret.evaluation.visualize import MAX_CANVAS_SIDE, draw_matches
+from delf_ret.evaluation.visualize import MAX_CANVAS_SIDE
+from delf_ret.evaluation.visualize import draw_matches
 
 
 def test_match_picture_of_two_40000_pixel_wide_images_is_bounded(tmp_path):

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_features, random_unit_descriptors
+from conftest import make_features
+from conftest import random_unit_descriptors
 from delf_ret.errors import DelfRetError
-from delf_ret.features import read_features, write_features
+from delf_ret.features import read_features
+from delf_ret.features import write_features
 from delf_ret.images import load_image
 
 MUTATIONS = 300

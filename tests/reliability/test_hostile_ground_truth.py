@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import installed_script
-from delf_ret.evaluation.ground_truth import GroundTruthError, read_original_gt, read_revisited_gnd
+from delf_ret.evaluation.ground_truth import GroundTruthError
+from delf_ret.evaluation.ground_truth import read_original_gt
+from delf_ret.evaluation.ground_truth import read_revisited_gnd
 
 
 class _WritesAFile:

@@ -8,9 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import make_features, random_unit_descriptors
+from conftest import make_features
+from conftest import random_unit_descriptors
 from delf_ret.features import write_features
-from delf_ret.index import IndexParams, LocalFeatureIndex, LocalIndexError
+from delf_ret.index import IndexParams
+from delf_ret.index import LocalFeatureIndex
+from delf_ret.index import LocalIndexError
 from delf_ret.index.builder import build_index
 
 

@@ -7,7 +7,8 @@ import pytest
 
 @pytest.mark.slow  # Exports and loads a SavedModel (35 s).
 def test_loading_a_savedmodel_warns_once_that_it_must_be_trusted(delf_model, tmp_path, caplog):
-  from delf_ret.extract.saved_model import SavedModelExtractor, export_saved_model
+  from delf_ret.extract.saved_model import SavedModelExtractor
+  from delf_ret.extract.saved_model import export_saved_model
 
   path = export_saved_model(delf_model, tmp_path / "exported")
   with caplog.at_level(logging.WARNING):

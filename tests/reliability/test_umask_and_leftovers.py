@@ -7,8 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import make_features, random_unit_descriptors
-from delf_ret.atomic import atomic_write, remove_leftovers
+from conftest import make_features
+from conftest import random_unit_descriptors
+from delf_ret.atomic import atomic_write
+from delf_ret.atomic import remove_leftovers
 from delf_ret.features import write_features
 
 

@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 
 from conftest import installed_script
-from delf_ret.config import ConfigError, load_config
+from delf_ret.config import ConfigError
+from delf_ret.config import load_config
 from delf_ret.default_model import default_config_path
-from delf_ret.extract.pca import PcaError, apply_pca, learn_pca, load_pca, save_pca
+from delf_ret.extract.pca import PcaError
+from delf_ret.extract.pca import apply_pca
+from delf_ret.extract.pca import learn_pca
+from delf_ret.extract.pca import load_pca
+from delf_ret.extract.pca import save_pca
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,12 @@ import threading
 
 import pytest
 
-from conftest import installed_script, tgz
-from delf_ret.datasets.download import DATASETS, DownloadError, download_dataset, unpack
+from conftest import installed_script
+from conftest import tgz
+from delf_ret.datasets.download import DATASETS
+from delf_ret.datasets.download import DownloadError
+from delf_ret.datasets.download import download_dataset
+from delf_ret.datasets.download import unpack
 
 
 @pytest.fixture

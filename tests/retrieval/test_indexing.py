@@ -5,17 +5,18 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import landmark_images, make_features
+from conftest import landmark_images
+from conftest import make_features
 from delf_ret.errors import InputError
-from delf_ret.evaluation.ground_truth import GroundTruthError, RetrievalDataset
+from delf_ret.evaluation.ground_truth import GroundTruthError
+from delf_ret.evaluation.ground_truth import RetrievalDataset
 from delf_ret.features import read_features
 from delf_ret.images import load_image
-from delf_ret.index import IndexParams, LocalFeatureIndex
-from delf_ret.retrieval.indexing import (
-  database_feature_paths,
-  database_image_paths,
-  index_database,
-)
+from delf_ret.index import IndexParams
+from delf_ret.index import LocalFeatureIndex
+from delf_ret.retrieval.indexing import database_feature_paths
+from delf_ret.retrieval.indexing import database_image_paths
+from delf_ret.retrieval.indexing import index_database
 
 
 class SiftFiles:

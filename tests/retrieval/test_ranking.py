@@ -3,10 +3,14 @@
 import numpy as np
 import pytest
 
-from conftest import make_features, random_unit_descriptors
+from conftest import make_features
+from conftest import random_unit_descriptors
 from delf_ret.config import DelfRetrievalConfig
 from delf_ret.index import LocalFeatureIndex
-from delf_ret.retrieval.ranking import RankedImage, aggregate_votes, rank_database, rerank
+from delf_ret.retrieval.ranking import RankedImage
+from delf_ret.retrieval.ranking import aggregate_votes
+from delf_ret.retrieval.ranking import rank_database
+from delf_ret.retrieval.ranking import rerank
 
 
 def test_aggregate_votes_by_hand():
@@ -73,7 +77,8 @@ def test_rerank_keeps_first_stage_order_below_threshold_and_tail():
 
 def test_ranked_indices_put_unvoted_images_last_and_drop_ids_outside_the_database():
   from delf_ret.evaluation.ground_truth import RetrievalDataset
-  from delf_ret.retrieval.dataset_runner import not_in_database, ranked_indices
+  from delf_ret.retrieval.dataset_runner import not_in_database
+  from delf_ret.retrieval.dataset_runner import ranked_indices
 
   dataset = RetrievalDataset("toy", "revisited", ["a", "b", "c", "d"], ["q"], [{}])
   entries = [RankedImage("c", 5.0), RankedImage("q", 4.0), RankedImage("a", 1.0)]

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from delf_ret.train.loop import MODEL_FILE, LoopSpec, open_checkpoints, run_loop
+from delf_ret.train.loop import MODEL_FILE
+from delf_ret.train.loop import LoopSpec
+from delf_ret.train.loop import open_checkpoints
+from delf_ret.train.loop import run_loop
 
 
 def run(output_dir, num_steps=None, save_at=(), total_steps=6):

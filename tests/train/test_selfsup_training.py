@@ -200,7 +200,8 @@ def test_deterministic_training_refuses_several_devices(tmp_path):
 def test_determinism_asked_for_after_tensorflow_started_is_a_package_error():
   import tensorflow as tf
 
-  from delf_ret.train.trainer import TrainingError, set_determinism
+  from delf_ret.train.trainer import TrainingError
+  from delf_ret.train.trainer import set_determinism
 
   assert float(tf.constant(1.0) + 1.0) == 2.0  # The runtime has started in this process.
   assert tf.config.threading.get_inter_op_parallelism_threads() != 1

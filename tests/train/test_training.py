@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, write_gldv2_layout
+from conftest import REPO
+from conftest import write_gldv2_layout
 
 # Every test here runs training or a script in a subprocess.
 pytestmark = pytest.mark.slow
