@@ -52,6 +52,7 @@ import shutil
 import time
 
 import numpy as np
+from mini_landmarks import index_and_run
 from results_io import render_between
 from results_io import write_result
 from sift_baseline import sift_features
@@ -213,15 +214,10 @@ def ukbench_score(dataset, results, stage: str) -> float:
 
 
 def run_retrieval(name, extract, retrieval_config, dataset_dir, labels, hard, work, also_original):
-  from delf_ret.config import DelfConfig
   from delf_ret.datasets.labelled import write_labelled_benchmark
   from delf_ret.evaluation.ground_truth import read_original_gt
   from delf_ret.evaluation.ground_truth import read_revisited_gnd
   from delf_ret.images import load_image
-  from delf_ret.index import IndexParams
-  from delf_ret.retrieval.benchmark import run_benchmark
-  from delf_ret.retrieval.indexing import database_image_paths
-  from delf_ret.retrieval.indexing import index_database
 
   paths = write_labelled_benchmark(labels, dataset_dir, name=dataset_dir.name, hard_images=hard)
   revisited = read_revisited_gnd(paths["gnd_path"], paths["images_dir"])
@@ -230,27 +226,14 @@ def run_retrieval(name, extract, retrieval_config, dataset_dir, labels, hard, wo
     if also_original
     else []
   )
-  features_dir = work / "features"
-  indexed = index_database(
-    work / "index",
-    features_dir,
-    IndexParams.from_config(retrieval_config),
-    images=database_image_paths(revisited),
-    extract=lambda path: extract(load_image(path)),
-    log=lambda line: None,
-  )
-  assert not indexed.failures, indexed.failures
-  config = DelfConfig()
-  config.retrieval_config.CopyFrom(retrieval_config)
-  run = run_benchmark(
-    config,
+  run = index_and_run(
+    work,
     revisited,
-    indexed.index,
-    features_dir,
-    work / "run",
-    extract=extract,
-    also_score=others,
-    log=lambda line: None,
+    retrieval_config,
+    lambda path: extract(load_image(path)),
+    extract,
+    others,
+    lambda line: None,
   )
   row = {
     "mAP": {

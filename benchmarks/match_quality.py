@@ -9,9 +9,9 @@ For each pair: putative matches and RANSAC inliers (delf_ret.match, affine,
     (published default) and, as a second variant, by a 0.8 ratio test;
   * the classical baseline: OpenCV SIFT (1000 features) with the 0.8 ratio
     test and the same RANSAC.
-For graf1/graf3, the ground-truth homography H1to3p gives the inlier precision
-(share of inliers whose reprojection error is below 10 px) and the number of
-correct inliers.
+For graf1/graf3, the ground-truth homography H1to3p gives the number of correct
+inliers (reprojection error below 10 px and below 20 px) and the inlier precision
+(share below 10 px), scored like benchmarks/default_model.py (its pair_row).
 
 Usage: python benchmarks/match_quality.py [--output benchmarks/results/match_quality.json]
 """
@@ -23,55 +23,19 @@ import json
 import pathlib
 
 import numpy as np
+from default_model import PAIRS
+from default_model import pair_row
+from default_model import read_homography
 from results_io import write_result
 from sift_baseline import sift_features
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAIRS_DIR = REPO.parent / "shared" / "data" / "pairs"
-PAIRS = [
-  ("graf1.png", "graf3.png"),
-  ("leuvenA.jpg", "leuvenB.jpg"),
-  ("aero1.jpg", "aero3.jpg"),
-  ("box.png", "box_in_scene.png"),
-  ("roofs1.jpg", "roofs2.jpg"),
-  ("river1.jpg", "river2.jpg"),
-]
 CONFIG = """
 image_scales: [0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0]
 delf_local_config { use_pca: false max_feature_num: 1000 score_threshold: 0.0 }
 max_image_size: 1024
 """
-CORRECT_PX = 10.0
-
-
-def read_homography(path: pathlib.Path) -> np.ndarray:
-  import cv2
-
-  storage = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
-  matrix = storage.getNode("H13").mat()
-  storage.release()
-  return matrix
-
-
-def scores(features_a, features_b, params, homography):
-  from delf_ret.match import verify_pair
-
-  result = verify_pair(features_a, features_b, params)
-  row = {
-    "features": [features_a.num_features, features_b.num_features],
-    "putative_matches": result.num_matches,
-    "inliers": result.num_inliers,
-  }
-  if homography is not None:
-    pairs = result.matches[result.inliers]
-    xy_a = features_a.locations[pairs[:, 0]][:, ::-1]
-    xy_b = features_b.locations[pairs[:, 1]][:, ::-1]
-    projected = np.c_[xy_a, np.ones(len(xy_a))] @ homography.T
-    projected = projected[:, :2] / projected[:, 2:]
-    correct = int((np.linalg.norm(projected - xy_b, axis=1) < CORRECT_PX).sum())
-    row["correct_inliers"] = correct
-    row["inlier_precision"] = round(correct / len(pairs), 4) if len(pairs) else None
-  return row
 
 
 def main():
@@ -96,7 +60,7 @@ def main():
   results = {
     "weights": "DELF: random initialisation, seed 0 (no pretrained weights available)",
     "ransac": "affine, residual 20 px, max 1000 trials, stop at 0.99, seed 0",
-    "correct_px": CORRECT_PX,
+    "correct_px": 10.0,
     "pairs": {},
   }
   for name_a, name_b in PAIRS:
@@ -105,9 +69,9 @@ def main():
     delf_a, delf_b = extractor.extract(image_a), extractor.extract(image_b)
     sift_a, sift_b = sift_features(image_a), sift_features(image_b)
     row = {
-      "delf_random_distance_0.8": scores(delf_a, delf_b, delf_distance, homography),
-      "delf_random_ratio_0.8": scores(delf_a, delf_b, delf_ratio, homography),
-      "opencv_sift_ratio_0.8": scores(sift_a, sift_b, sift_ratio, homography),
+      "delf_random_distance_0.8": pair_row(delf_a, delf_b, delf_distance, homography),
+      "delf_random_ratio_0.8": pair_row(delf_a, delf_b, delf_ratio, homography),
+      "opencv_sift_ratio_0.8": pair_row(sift_a, sift_b, sift_ratio, homography),
     }
     results["pairs"][f"{name_a}/{name_b}"] = row
     print(name_a, name_b, json.dumps(row), flush=True)

@@ -62,36 +62,51 @@ def delf_extractors(config_path: pathlib.Path, images: list[pathlib.Path], work:
   return extractor.extract, {path: extractor.finalize(raw) for path, raw in learned.raw.items()}
 
 
-def run_method(name, extract, database_features, datasets, retrieval_config, work):
+def index_and_run(work, revisited, retrieval_config, extract_file, extract, also_score, log):
+  """Indexes the database of ``revisited`` under ``work`` (features of each image file by
+  ``extract_file``), then runs every query (features by ``extract``) with ``retrieval_config``;
+  returns run_benchmark's BenchmarkRun."""
   from delf_ret.config import DelfConfig
   from delf_ret.index import IndexParams
   from delf_ret.retrieval.benchmark import run_benchmark
   from delf_ret.retrieval.indexing import database_image_paths
   from delf_ret.retrieval.indexing import index_database
 
-  revisited, original = datasets
-  features_dir = work / name / "features"
-  # The database features are computed already: "extracting" an image looks its features up.
+  features_dir = work / "features"
   indexed = index_database(
-    work / name / "index",
+    work / "index",
     features_dir,
     IndexParams.from_config(retrieval_config),
     images=database_image_paths(revisited),
-    extract=database_features.__getitem__,
+    extract=extract_file,
     log=lambda line: None,
   )
   assert not indexed.failures, indexed.failures
   config = DelfConfig()
   config.retrieval_config.CopyFrom(retrieval_config)
-  run = run_benchmark(
+  return run_benchmark(
     config,
     revisited,
     indexed.index,
     features_dir,
-    work / name / "run",
+    work / "run",
     extract=extract,
-    also_score=[original],
-    log=print,
+    also_score=also_score,
+    log=log,
+  )
+
+
+def run_method(name, extract, database_features, datasets, retrieval_config, work):
+  revisited, original = datasets
+  # The database features are computed already: "extracting" an image looks its features up.
+  run = index_and_run(
+    work / name,
+    revisited,
+    retrieval_config,
+    database_features.__getitem__,
+    extract,
+    [original],
+    print,
   )
   mean_features = float(np.mean([f.num_features for f in database_features.values()]))
   return {

@@ -52,7 +52,6 @@ from delf_ret.train.real_pairs import load_real_pairs
 from delf_ret.train.trainer import TrainingError
 from delf_ret.train.trainer import is_chief
 from delf_ret.train.trainer import prepare_run
-from delf_ret.train.views import ViewSettings
 from delf_ret.train.views import grid_side
 from delf_ret.train.views import make_batch
 
@@ -353,11 +352,10 @@ def train_selfsup(
       log,
       must_match=tf.train.Checkpoint(model=training.model),
     )
-  settings = ViewSettings.from_config(s)
 
   def batch_of(step: int) -> dict[str, np.ndarray]:
     return make_batch(
-      config.seed, step, s.pairs_per_batch, s.real_pair_fraction, photos, real_pairs, settings
+      config.seed, step, s.pairs_per_batch, s.real_pair_fraction, photos, real_pairs, s
     )
 
   spec = LoopSpec(

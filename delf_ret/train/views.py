@@ -16,6 +16,18 @@ homographies act on (x, y, 1).
 
 A batch is a pure function of (seed, step), so a resumed run sees the same
 batches as an uninterrupted one without checkpointing any iterator.
+
+The view settings are the training config's ``selfsup`` block itself (a
+``SelfSupervisedConfig`` message; its proto defaults are the only defaults):
+crop_size (view side, pixels, a multiple of the stride); min_photo_scale,
+max_photo_scale (the photo's shorter side is resized to crop_size times a
+factor in this range); max_rotation_deg, min_zoom, max_zoom, max_perspective,
+max_shift (the random homography between two views: degrees, zoom factors,
+perspective terms in 1/pixels relative to the view side, shift as a fraction of
+the side); brightness, contrast, gamma, colour (added fraction of 255,
+factors 1 +- value, exponent exp(+- value), per-channel gain 1 +- value);
+blur_probability, noise_std (Gaussian blur chance, noise sigma in grey levels
+drawn uniformly up to this).
 """
 
 from __future__ import annotations
@@ -32,48 +44,6 @@ from delf_ret.extract.geometry import apply_homography
 from delf_ret.extract.geometry import keypoint_centers
 from delf_ret.protos.delf_train_config_pb2 import SelfSupervisedConfig
 from delf_ret.train.real_pairs import RealPair
-
-# The config's view defaults (protos/delf_train_config.proto), the only place they are set.
-_DEFAULTS = SelfSupervisedConfig()
-
-
-@dataclasses.dataclass(frozen=True)
-class ViewSettings:
-  """How views are made; built from the config's ``selfsup`` block by :meth:`from_config`.
-
-  crop_size: side of each square view, pixels (a multiple of the stride).
-  min_photo_scale, max_photo_scale: the photo is resized so that its shorter
-    side is crop_size times a factor drawn in this range.
-  max_rotation_deg, min_zoom, max_zoom, max_perspective, max_shift: the random
-    homography between the two views (degrees; zoom factors; perspective terms
-    in 1/pixels relative to the view side; shift as a fraction of the side).
-  brightness, contrast, gamma, colour: ranges of the photometric changes
-    (added fraction of 255; multiplicative factors 1 +- value; exponent
-    exp(+- value); per-channel gain 1 +- value).
-  blur_probability, noise_std: Gaussian blur chance; Gaussian noise sigma in
-    grey levels (drawn uniformly up to this).
-  Field defaults: the ``selfsup`` block's defaults.
-  """
-
-  crop_size: int = _DEFAULTS.crop_size
-  min_photo_scale: float = _DEFAULTS.min_photo_scale
-  max_photo_scale: float = _DEFAULTS.max_photo_scale
-  max_rotation_deg: float = _DEFAULTS.max_rotation_deg
-  min_zoom: float = _DEFAULTS.min_zoom
-  max_zoom: float = _DEFAULTS.max_zoom
-  max_perspective: float = _DEFAULTS.max_perspective
-  max_shift: float = _DEFAULTS.max_shift
-  brightness: float = _DEFAULTS.brightness
-  contrast: float = _DEFAULTS.contrast
-  gamma: float = _DEFAULTS.gamma
-  colour: float = _DEFAULTS.colour
-  blur_probability: float = _DEFAULTS.blur_probability
-  noise_std: float = _DEFAULTS.noise_std
-
-  @classmethod
-  def from_config(cls, selfsup: SelfSupervisedConfig) -> "ViewSettings":
-    """The view fields of a ``SelfSupervisedConfig`` message (a training config's ``selfsup``)."""
-    return cls(**{field.name: getattr(selfsup, field.name) for field in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass
@@ -160,7 +130,9 @@ def match_targets(
   return targets
 
 
-def random_homography(rng: np.random.Generator, size: int, settings: ViewSettings) -> np.ndarray:
+def random_homography(
+  rng: np.random.Generator, size: int, settings: SelfSupervisedConfig
+) -> np.ndarray:
   """A random 3x3 homography on (x, y, 1) about the centre of a square view of ``size`` px."""
   centre = (size - 1) / 2.0
   to_centre = np.array([[1, 0, -centre], [0, 1, -centre], [0, 0, 1]], np.float64)
@@ -179,7 +151,9 @@ def random_homography(rng: np.random.Generator, size: int, settings: ViewSetting
 # Views
 
 
-def photometric(rng: np.random.Generator, image: np.ndarray, settings: ViewSettings) -> np.ndarray:
+def photometric(
+  rng: np.random.Generator, image: np.ndarray, settings: SelfSupervisedConfig
+) -> np.ndarray:
   """Random brightness, contrast, gamma, colour gains, blur and noise of an RGB uint8 image."""
   out = image.astype(np.float32) / 255.0
   out = out * (1.0 + rng.uniform(-settings.colour, settings.colour, 3)).astype(np.float32)
@@ -223,7 +197,7 @@ def _scale_matrix(factor: float) -> np.ndarray:
 def homography_pair(
   rng: np.random.Generator,
   photo: np.ndarray,
-  settings: ViewSettings,
+  settings: SelfSupervisedConfig,
   field: ReceptiveField = RESNET50_CONV4,
 ) -> TrainingPair:
   """Two views of one photo: a random crop and its random homographic warp."""
@@ -254,7 +228,7 @@ def real_pair_views(
   photo_a: np.ndarray,
   photo_b: np.ndarray,
   matches: np.ndarray,
-  settings: ViewSettings,
+  settings: SelfSupervisedConfig,
   field: ReceptiveField = RESNET50_CONV4,
 ) -> TrainingPair:
   """Crops of two overlapping photos around a random match, each at its own random scale.
@@ -295,7 +269,7 @@ def make_batch(
   real_fraction: float,
   photos: Sequence[np.ndarray],
   real_pairs: Sequence[RealPair],
-  settings: ViewSettings,
+  settings: SelfSupervisedConfig,
 ) -> dict[str, np.ndarray]:
   """The batch of a step: a pure function of (seed, step).
 
