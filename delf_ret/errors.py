@@ -11,8 +11,10 @@ The subclasses live beside the code that raises them: ConfigError
 (delf_ret.features), ImageTooSmallError (delf_ret.extract.extractor), PcaError
 (delf_ret.extract.pca), BackboneWeightsError (delf_ret.model), CompactWeightsError
 (delf_ret.model.compact), LocalIndexError (delf_ret.index), GroundTruthError
-(delf_ret.evaluation.ground_truth), DownloadError (delf_ret.datasets.download),
-GldDataError (delf_ret.train.gldv2), TrainingError (delf_ret.train.trainer).
+(delf_ret.evaluation.ground_truth), RankingError (delf_ret.evaluation.metrics),
+DownloadError (delf_ret.datasets.download), GldDataError (delf_ret.train.gldv2),
+TrainingDataError (delf_ret.train.photos), RecipeError (delf_ret.train.recipe),
+TrainingError (delf_ret.train.trainer).
 Those raised in several modules live here: InputError, and ModelFileError (the
 .keras, .npz and SavedModel readers).
 """
