@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -136,18 +138,54 @@ def tgz(path: pathlib.Path, files: dict[str, bytes]) -> None:
       tar.addfile(info, io.BytesIO(data))
 
 
-def run_cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-  """Runs ``python -m module args`` and returns the completed process (text output)."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+def tool_env(**extra: str) -> dict[str, str]:
+  """This environment with TensorFlow's C++ logs quiet and the checkout first on PYTHONPATH."""
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), **extra)
+
+
+def run_command(args, *, timeout: float | None, env=None, cwd=None) -> subprocess.CompletedProcess:
+  """Runs ``args`` with no stdin and returns the completed process (text output captured).
+
+  ``timeout`` is required (None: no limit) so that each test states how long a run may take.
+  """
   return subprocess.run(
-    [sys.executable, "-m", module, *args],
+    args,
     capture_output=True,
     text=True,
-    timeout=timeout,
     env=env,
+    cwd=cwd,
     stdin=subprocess.DEVNULL,
-    cwd=REPO,
+    timeout=timeout,
   )
+
+
+def run_cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+  """Runs ``python -m module args`` from the checkout and returns the completed process."""
+  return run_command(
+    [sys.executable, "-m", module, *args], timeout=timeout, env=tool_env(), cwd=REPO
+  )
+
+
+def kill_after_checkpoint(
+  command, checkpoint: pathlib.Path, *, env, timeout: float = 600, linger: float = 0.0
+) -> None:
+  """Starts ``command`` in its own session and SIGKILLs its whole process group ``linger``
+  seconds after ``checkpoint`` appears; fails if the command ends or ``timeout`` passes first."""
+  process = subprocess.Popen(
+    command,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+    env=env,
+    start_new_session=True,
+  )
+  deadline = time.time() + timeout
+  while not checkpoint.exists():
+    assert process.poll() is None and time.time() < deadline, "no checkpoint was written"
+    time.sleep(0.5)
+  time.sleep(linger)
+  os.killpg(process.pid, signal.SIGKILL)
+  process.wait()
 
 
 def write_gldv2_layout(

@@ -6,13 +6,13 @@ import inspect
 import pathlib
 import pkgutil
 import re
-import subprocess
 import sys
 
 import pytest
 
 import delf_ret
 from conftest import REPO
+from conftest import run_command
 from delf_ret.errors import DelfRetError
 
 PACKAGE = pathlib.Path(delf_ret.__file__).parent
@@ -117,9 +117,7 @@ def test_light_modules_import_without_tensorflow():
     "    importlib.import_module(info.name)\n"
     "print(loaded('tensorflow', 'keras', 'sklearn'))\n"
   )
-  result = subprocess.run(
-    [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
-  )
+  result = run_command([sys.executable, "-c", code], timeout=300, cwd=REPO)
   assert result.returncode == 0, result.stderr
   # scikit-image (and SciPy under it) only when its RANSAC backend runs; TensorFlow never.
   assert result.stdout.split("\n")[:2] == ["[]", "[]"]

@@ -1,13 +1,13 @@
 """End-to-end test of scripts/extract_with_pca.sh."""
 
-import os
 import shutil
-import subprocess
 
 import pytest
 
 from conftest import REPO
 from conftest import landmark_images
+from conftest import run_command
+from conftest import tool_env
 from delf_ret.features import read_features
 
 # Every test here runs a script in a subprocess.
@@ -15,15 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 def run_script(*args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-  return subprocess.run(
-    ["bash", str(REPO / "scripts" / "extract_with_pca.sh"), *map(str, args)],
-    capture_output=True,
-    text=True,
-    env=env,
-    stdin=subprocess.DEVNULL,
-    timeout=600,
-  )
+  script = REPO / "scripts" / "extract_with_pca.sh"
+  return run_command(["bash", str(script), *map(str, args)], timeout=600, env=tool_env())
 
 
 def test_usage_on_bad_arguments(tmp_path):

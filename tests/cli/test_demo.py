@@ -2,9 +2,10 @@
 
 import os
 import shutil
-import subprocess
 
 import pytest
+
+from conftest import run_command
 
 # Runs the delf_demo console script end to end.
 pytestmark = pytest.mark.slow
@@ -22,15 +23,7 @@ def run_demo(*args, cwd):
   if script is None:
     pytest.skip("the delf_demo console script is not installed (pip install -e .)")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", DELF_RET_SHARED_DATA=str(cwd / "no_shared"))
-  return subprocess.run(
-    [script, *args],
-    capture_output=True,
-    text=True,
-    env=env,
-    cwd=cwd,
-    stdin=subprocess.DEVNULL,
-    timeout=900,
-  )
+  return run_command([script, *args], timeout=900, env=env, cwd=cwd)
 
 
 def test_demo_runs_the_whole_pipeline_on_the_bundled_photos_then_reuses_features(tmp_path):

@@ -1,6 +1,5 @@
 """End-to-end tests of `python -m delf_ret.cli.extract_features` on real photos."""
 
-import os
 import shutil
 import signal
 import subprocess
@@ -10,13 +9,18 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
 from conftest import landmark_images
 from conftest import run_cli
+from conftest import tool_env
 from delf_ret.features import read_features
 
 # Every test runs a tool in a subprocess.
 pytestmark = pytest.mark.slow
+
+
+def extract(config_path, *flags):
+  """extract_features with the small test config."""
+  return run_cli("delf_ret.cli.extract_features", f"--config_path={config_path}", *flags)
 
 
 def test_help_lists_flags():
@@ -59,12 +63,7 @@ def mixed_folder(tmp_path, shared_data):
 
 def test_bad_inputs_reported_and_others_extracted(mixed_folder, config_path, tmp_path):
   out = tmp_path / "features"
-  result = run_cli(
-    "delf_ret.cli.extract_features",
-    f"--config_path={config_path}",
-    f"--images_dir={mixed_folder}",
-    f"--output_dir={out}",
-  )
+  result = extract(config_path, f"--images_dir={mixed_folder}", f"--output_dir={out}")
   assert result.returncode == 1, result.stderr
   lines = result.stdout.splitlines()
   reasons = {
@@ -90,12 +89,7 @@ def test_missing_file_in_list_is_reported(config_path, tmp_path, shared_data):
   listing = tmp_path / "list.txt"
   listing.write_text(f"{shared_data / 'pairs' / 'graf1.png'}\nmissing_photo.jpg\n")
   out = tmp_path / "features"
-  result = run_cli(
-    "delf_ret.cli.extract_features",
-    f"--config_path={config_path}",
-    f"--list_images_path={listing}",
-    f"--output_dir={out}",
-  )
+  result = extract(config_path, f"--list_images_path={listing}", f"--output_dir={out}")
   assert result.returncode == 1
   assert "missing_photo.jpg: file not found" in result.stdout
   assert sorted(p.name for p in out.iterdir()) == ["extraction_settings.json", "graf1.delf"]
@@ -104,20 +98,10 @@ def test_missing_file_in_list_is_reported(config_path, tmp_path, shared_data):
 def test_empty_folder_and_bad_config(config_path, tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
-  result = run_cli(
-    "delf_ret.cli.extract_features",
-    f"--config_path={config_path}",
-    f"--images_dir={empty}",
-    f"--output_dir={tmp_path / 'o'}",
-  )
+  args = [f"--images_dir={empty}", f"--output_dir={tmp_path / 'o'}"]
+  result = extract(config_path, *args)
   assert result.returncode == 2 and "no image files" in result.stderr
-  result = run_cli(
-    "delf_ret.cli.extract_features",
-    f"--config_path={config_path}",
-    f"--images_dir={empty}",
-    f"--output_dir={tmp_path / 'o'}",
-    "--config_override=delf_local_config.nonsense=1",
-  )
+  result = extract(config_path, *args, "--config_override=delf_local_config.nonsense=1")
   assert result.returncode == 2 and "unknown field 'nonsense'" in result.stderr
 
 
@@ -133,10 +117,9 @@ def test_interrupted_run_resumes_to_same_files(config_path, tmp_path):
   )
 
   resumed = tmp_path / "resumed"
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
   process = subprocess.Popen(
     [sys.executable, "-m", "delf_ret.cli.extract_features", *args, f"--output_dir={resumed}"],
-    env=env,
+    env=tool_env(),
     stdin=subprocess.DEVNULL,
     stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,

@@ -1,12 +1,12 @@
 """Every installed console script prints its own usage and flags with their help texts."""
 
 import re
-import subprocess
 
 import pytest
 
 from conftest import REPO
 from conftest import installed_script
+from conftest import run_command
 
 # Every test runs an installed console script in a subprocess.
 pytestmark = pytest.mark.slow
@@ -32,9 +32,7 @@ OWN_FLAG = {
 @pytest.mark.parametrize("script", [name for name, _ in SCRIPTS])
 def test_help_of_the_installed_script_lists_its_flags(script):
   path = installed_script(script)
-  result = subprocess.run(
-    [path, "--help"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300
-  )
+  result = run_command([path, "--help"], timeout=300)
   assert result.returncode in (0, 1), result.stderr[-2000:]  # absl's --help exits with 1.
   assert "Traceback" not in result.stderr
   assert f"{script}:" in result.stdout or "Usage" in result.stdout
@@ -55,12 +53,8 @@ def test_progress_bar_on_request_and_silenced_with_noprogress(tmp_path, shared_d
     with Image.open(shared_data / "pairs" / name) as image:
       image.convert("RGB").resize((160, 120)).save(photos / name)
   script = installed_script("extract_features")
-  run = lambda out, flag: subprocess.run(  # noqa: E731
-    [script, f"--images_dir={photos}", f"--output_dir={tmp_path / out}", flag],
-    capture_output=True,
-    text=True,
-    stdin=subprocess.DEVNULL,
-    timeout=600,
+  run = lambda out, flag: run_command(  # noqa: E731
+    [script, f"--images_dir={photos}", f"--output_dir={tmp_path / out}", flag], timeout=600
   )
   shown = run("a", "--progress")
   assert shown.returncode == 0, shown.stderr[-2000:]

@@ -8,6 +8,7 @@ from PIL import Image
 
 from conftest import installed_script
 from conftest import run_cli
+from conftest import run_command
 from delf_ret.features import LocalFeatures
 from delf_ret.features import write_features
 
@@ -123,18 +124,10 @@ def test_wrong_number_of_inputs():
 
 def test_official_flags_through_the_installed_script(tmp_path, shared_data):
   """The official DELF example's command line: --image_*_path and --features_*_path."""
-  import subprocess
-
   script = installed_script("match_images")
   write_identical_pair(tmp_path, 25, seed=1, extent=300)
   pair = shared_data / "pairs"
-  run = lambda *args: subprocess.run(
-    [script, *args],
-    capture_output=True,
-    text=True,  # noqa: E731
-    stdin=subprocess.DEVNULL,
-    timeout=600,
-  )
+  run = lambda *args: run_command([script, *args], timeout=600)  # noqa: E731
   official = run(
     f"--image_1_path={pair / 'box.png'}",
     f"--image_2_path={pair / 'box_in_scene.png'}",

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import installed_script
 from conftest import run_cli
+from conftest import run_command
 from delf_ret.index import LocalFeatureIndex
 
 pytestmark = pytest.mark.slow  # Every test runs the tools as subprocesses.
@@ -167,17 +168,24 @@ def test_perform_retrieval_bad_inputs(workspace, tmp_path):
     assert f"{tmp_path / 'missing'}" in missing.stderr and "not found" in missing.stderr
 
 
-def test_query_then_remove_image(workspace, tmp_path):
-  base = (
-    f"--config_path={workspace['config']}",
-    f"--index_dir={workspace['root'] / 'index'}",
-    f"--features_dir={workspace['root'] / 'features'}",
-    f"--image={workspace['images_dir'] / (QUERY_IMAGE + '.jpg')}",
-    "--num_results=4",
-  )
-  result = run_cli(
+def query_index(ws, index_dir, *flags):
+  """query_index with the query image against ``index_dir``, for its 4 best results."""
+  return run_cli(
     "delf_ret.cli.query_index",
-    *base,
+    f"--config_path={ws['config']}",
+    f"--index_dir={index_dir}",
+    f"--features_dir={ws['root'] / 'features'}",
+    f"--image={ws['images_dir'] / (QUERY_IMAGE + '.jpg')}",
+    "--num_results=4",
+    *flags,
+  )
+
+
+def test_query_then_remove_image(workspace, tmp_path):
+  index = workspace["root"] / "index"
+  result = query_index(
+    workspace,
+    index,
     f"--output_json={tmp_path / 'top.json'}",
     f"--contact_sheet={tmp_path / 'top.png'}",
     f"--database_images_dir={workspace['images_dir']}",
@@ -192,7 +200,7 @@ def test_query_then_remove_image(workspace, tmp_path):
   import shutil
 
   index_copy = tmp_path / "index"
-  shutil.copytree(workspace["root"] / "index", index_copy)
+  shutil.copytree(index, index_copy)
   removed = run_cli(
     "delf_ret.cli.build_index",
     f"--config_path={workspace['config']}",
@@ -200,13 +208,7 @@ def test_query_then_remove_image(workspace, tmp_path):
     f"--remove_images={QUERY_IMAGE}",
   )
   assert removed.returncode == 0, removed.stderr
-  result = run_cli(
-    "delf_ret.cli.query_index",
-    *base[:1],
-    f"--index_dir={index_copy}",
-    *base[2:],
-    f"--output_json={tmp_path / 'after.json'}",
-  )
+  result = query_index(workspace, index_copy, f"--output_json={tmp_path / 'after.json'}")
   assert result.returncode == 0, result.stderr
   after = json.loads((tmp_path / "after.json").read_text())["results"]
   assert QUERY_IMAGE not in [entry["image_id"] for entry in after]
@@ -215,7 +217,6 @@ def test_query_then_remove_image(workspace, tmp_path):
 def test_build_index_from_a_dataset_indexes_exactly_its_database_list(tmp_path):
   """Revisited layout: the query image has a feature file too but is not in imlist."""
   import pickle
-  import subprocess
 
   import numpy as np
 
@@ -237,16 +238,13 @@ def test_build_index_from_a_dataset_indexes_exactly_its_database_list(tmp_path):
   }
   (tmp_path / "gnd_toy.pkl").write_bytes(pickle.dumps(gnd))
   script = installed_script("build_index")
-  result = subprocess.run(
+  result = run_command(
     [
       script,
       f"--dataset_gnd_path={tmp_path / 'gnd_toy.pkl'}",
       f"--features_dir={features_dir}",
       f"--index_dir={tmp_path / 'index'}",
     ],
-    capture_output=True,
-    text=True,
-    stdin=subprocess.DEVNULL,
     timeout=300,
   )
   assert result.returncode == 0, result.stderr
@@ -254,24 +252,18 @@ def test_build_index_from_a_dataset_indexes_exactly_its_database_list(tmp_path):
   index = LocalFeatureIndex.load(tmp_path / "index")
   assert sorted(index.image_ids()) == ["db_a", "db_b", "db_c"]
   # The folder-wide build indexes the query image too, and the dataset build then warns.
-  result = subprocess.run(
+  result = run_command(
     [script, f"--features_dir={features_dir}", f"--index_dir={tmp_path / 'all'}"],
-    capture_output=True,
-    text=True,
-    stdin=subprocess.DEVNULL,
     timeout=300,
   )
   assert result.returncode == 0 and len(LocalFeatureIndex.load(tmp_path / "all")) == 4
-  result = subprocess.run(
+  result = run_command(
     [
       script,
       f"--dataset_gnd_path={tmp_path / 'gnd_toy.pkl'}",
       f"--features_dir={features_dir}",
       f"--index_dir={tmp_path / 'all'}",
     ],
-    capture_output=True,
-    text=True,
-    stdin=subprocess.DEVNULL,
     timeout=300,
   )
   assert result.returncode == 0 and "outside toy's database list (e.g. query_q)" in result.stdout

@@ -2,12 +2,12 @@
 
 import os
 import pickle
-import subprocess
 
 import numpy as np
 import pytest
 
 from conftest import installed_script
+from conftest import run_command
 from delf_ret.evaluation.ground_truth import GroundTruthError
 from delf_ret.evaluation.ground_truth import read_original_gt
 from delf_ret.evaluation.ground_truth import read_revisited_gnd
@@ -55,7 +55,7 @@ def test_perform_retrieval_refuses_a_hostile_pickle_with_one_line(tmp_path):
   marker = tmp_path / "pwned"
   (tmp_path / "gnd_evil.pkl").write_bytes(pickle.dumps(_gnd(imlist=[_WritesAFile(marker)])))
   script = installed_script("perform_retrieval")
-  result = subprocess.run(
+  result = run_command(
     [
       script,
       f"--dataset_gnd_path={tmp_path / 'gnd_evil.pkl'}",
@@ -64,9 +64,6 @@ def test_perform_retrieval_refuses_a_hostile_pickle_with_one_line(tmp_path):
       f"--features_dir={tmp_path}",
       f"--output_dir={tmp_path / 'out'}",
     ],
-    capture_output=True,
-    text=True,
-    stdin=subprocess.DEVNULL,
     timeout=300,
   )
   assert result.returncode == 2

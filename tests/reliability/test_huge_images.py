@@ -1,12 +1,12 @@
 """Huge images: refused before decoding above the pixel limit, extracted in bounded memory below it."""
 
-import subprocess
 import sys
 
 import pytest
 from PIL import Image
 
 from conftest import installed_script
+from conftest import run_command
 
 # Every test runs a tool in a subprocess (20-40 s).
 pytestmark = pytest.mark.slow
@@ -20,9 +20,7 @@ def _peak_child_rss_gb(command):
     "resource.RUSAGE_CHILDREN).ru_maxrss) + '\\n' + r.stdout); sys.stderr.write(r.stderr);"
     " sys.exit(r.returncode)"
   )
-  result = subprocess.run(
-    [sys.executable, "-c", probe, *command], capture_output=True, text=True, timeout=600
-  )
+  result = run_command([sys.executable, "-c", probe, *command], timeout=600)
   peak_kb, _, stdout = result.stdout.partition("\n")
   return result, stdout, int(peak_kb) / 2**20
 

@@ -1,20 +1,18 @@
 """Per-image write failures are reported and the batch goes on; a bad output folder stops it."""
 
 import os
-import subprocess
 
 import pytest
 
 from conftest import installed_script
+from conftest import run_command
 
 # Every test runs extract_features in a subprocess (20-30 s).
 pytestmark = pytest.mark.slow
 
 
 def _run(*args):
-  return subprocess.run(
-    list(args), capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600
-  )
+  return run_command(list(args), timeout=600)
 
 
 @pytest.fixture(scope="module")

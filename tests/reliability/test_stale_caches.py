@@ -1,11 +1,11 @@
 """Feature folders remember their settings: other settings are refused or recomputed, never reused."""
 
 import json
-import subprocess
 
 import pytest
 
 from conftest import installed_script
+from conftest import run_command
 from delf_ret.features import read_features
 
 # Runs the retrieval tools in subprocesses (2 min).
@@ -25,13 +25,8 @@ def photos(tmp_path_factory, shared_data):
 
 def test_features_of_other_settings_are_refused_then_recomputed_with_overwrite(photos, tmp_path):
   out = tmp_path / "features"
-  run = lambda *extra: subprocess.run(  # noqa: E731
-    [installed_script("extract_features"), f"--images_dir={photos}", f"--output_dir={out}", *extra],
-    capture_output=True,
-    text=True,
-    stdin=subprocess.DEVNULL,
-    timeout=600,
-  )
+  command = [installed_script("extract_features"), f"--images_dir={photos}", f"--output_dir={out}"]
+  run = lambda *extra: run_command([*command, *extra], timeout=600)  # noqa: E731
   first = run("--config_override=delf_local_config.max_feature_num=50")
   assert first.returncode == 0, first.stderr
   assert read_features(out / "graf1.delf").num_features == 50

@@ -1,11 +1,10 @@
 """Values that used to pass validation and give silent wrong results: each is refused by name."""
 
-import subprocess
-
 import numpy as np
 import pytest
 
 from conftest import installed_script
+from conftest import run_command
 from delf_ret.config import ConfigError
 from delf_ret.config import load_config
 from delf_ret.default_model import default_config_path
@@ -56,12 +55,8 @@ def test_match_images_refuses_bad_ransac_flags_instead_of_printing_zero_inliers(
 ):
   script = installed_script("match_images")
   pairs = shared_data / "pairs"
-  result = subprocess.run(
-    [script, str(pairs / "graf1.png"), str(pairs / "graf3.png"), flag],
-    capture_output=True,
-    text=True,
-    stdin=subprocess.DEVNULL,
-    timeout=300,
+  result = run_command(
+    [script, str(pairs / "graf1.png"), str(pairs / "graf3.png"), flag], timeout=300
   )
   assert result.returncode == 2 and "inliers" not in result.stdout
   assert result.stderr.strip().splitlines()[-1].startswith("error:") and message in result.stderr

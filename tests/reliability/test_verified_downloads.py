@@ -3,12 +3,12 @@
 import functools
 import http.server
 import pickle
-import subprocess
 import threading
 
 import pytest
 
 from conftest import installed_script
+from conftest import run_command
 from conftest import tgz
 from delf_ret.datasets.download import DATASETS
 from delf_ret.datasets.download import DownloadError
@@ -60,7 +60,7 @@ def test_cli_checks_given_digests_and_exits_2(tampered_mirror, tmp_path):
   url, root = tampered_mirror
   script = installed_script("download_dataset")
   wrong = "0" * 64
-  result = subprocess.run(
+  result = run_command(
     [
       script,
       "--dataset=oxford5k",
@@ -68,24 +68,18 @@ def test_cli_checks_given_digests_and_exits_2(tampered_mirror, tmp_path):
       f"--mirror_url={url}",
       f"--sha256=oxbuild_images-v1.tgz={wrong}",
     ],
-    capture_output=True,
-    text=True,
-    stdin=subprocess.DEVNULL,
     timeout=300,
   )
   assert result.returncode == 2, result.stderr
   assert result.stderr.strip().startswith("error: oxbuild_images-v1.tgz: SHA-256")
   assert not (tmp_path / "data" / "oxford5k" / "jpg").exists()
-  result = subprocess.run(
+  result = run_command(
     [
       script,
       "--dataset=oxford5k",
       f"--output_dir={tmp_path / 'data'}",
       "--sha256=oxbuild_images-v1.tgz=abc",
     ],
-    capture_output=True,
-    text=True,
-    stdin=subprocess.DEVNULL,
     timeout=300,
   )
   assert result.returncode == 2 and "expected FILE=<64 hex digits>" in result.stderr

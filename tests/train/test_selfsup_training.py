@@ -4,14 +4,14 @@ the recipe's deterministic training gives the same weights again."""
 import json
 import os
 import shutil
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
 
 from conftest import REPO
+from conftest import kill_after_checkpoint
+from conftest import run_command
+from conftest import tool_env
 
 TINY = [
   "--config_override=selfsup.crop_size=64",
@@ -24,9 +24,15 @@ TINY = [
   "--config_override=save_every=2",
   "--config_override=summary_every=1",
 ]
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+ENV = tool_env()
 SCRIPT = REPO / "scripts" / "train_default_model.sh"
 RECIPE = REPO / "configs" / "delf_default_model.pbtxt"
+
+
+def train_selfsup(photos, output_dir, *flags, timeout):
+  """``train_delf --stage=selfsup`` with the recipe's config, from ``photos`` into ``output_dir``."""
+  command = ["train_delf", "--stage=selfsup", f"--photos={photos}", f"--output_dir={output_dir}"]
+  return run_command([*command, f"--config_path={RECIPE}", *flags], timeout=timeout, env=ENV)
 
 
 def model_weights(path) -> list[np.ndarray]:
@@ -46,12 +52,8 @@ def assert_same_weights(path_a, path_b) -> None:
 
 @pytest.mark.slow
 def test_usage_on_bad_arguments(tmp_path):
-  result = subprocess.run(
-    ["bash", str(SCRIPT), str(tmp_path / "missing"), str(tmp_path)],
-    capture_output=True,
-    text=True,
-    env=ENV,
-    stdin=subprocess.DEVNULL,
+  result = run_command(
+    ["bash", str(SCRIPT), str(tmp_path / "missing"), str(tmp_path)], timeout=None, env=ENV
   )
   assert result.returncode == 2 and "Usage:" in result.stdout
   assert "photo folder not found" in result.stderr
@@ -65,49 +67,20 @@ def test_killed_run_resumes_at_the_saved_step_and_packages_a_loadable_model(tmp_
     shutil.copyfile(shared_data / "train" / "strecha" / "fountain-P11" / name, photos / name)
   out = tmp_path / "run"
   command = ["bash", str(SCRIPT), str(photos), str(out), *TINY]
-  process = subprocess.Popen(
-    command,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.DEVNULL,
-    text=True,
-    env=ENV,
-    start_new_session=True,
-  )
   checkpoints = out / "selfsup" / "checkpoints"
-  deadline = time.time() + 600
-  while not (checkpoints / "ckpt-2.index").exists():
-    assert process.poll() is None and time.time() < deadline, "no checkpoint was written"
-    time.sleep(0.5)
-  os.killpg(process.pid, signal.SIGKILL)
-  process.wait()
+  kill_after_checkpoint(command, checkpoints / "ckpt-2.index", env=ENV)
   import tensorflow as tf
 
   saved_step = int(tf.train.latest_checkpoint(str(checkpoints)).rsplit("-", 1)[1])
   assert 2 <= saved_step < 8
-  result = subprocess.run(
-    command, capture_output=True, text=True, env=ENV, stdin=subprocess.DEVNULL, timeout=900
-  )
+  result = run_command(command, timeout=900, env=ENV)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"at step {saved_step}" in result.stdout  # "resumed from ... at step N"
   assert "selfsup step 8/8: attention" in result.stdout  # The attention phase ran.
   assert "done: selfsup at step 8" in result.stdout
   # Killed and resumed, the recipe's deterministic training ends where an uninterrupted run does.
   straight = tmp_path / "straight"
-  result = subprocess.run(
-    [
-      "train_delf",
-      "--stage=selfsup",
-      f"--photos={photos}",
-      f"--output_dir={straight}",
-      f"--config_path={RECIPE}",
-      *TINY,
-    ],
-    capture_output=True,
-    text=True,
-    env=ENV,
-    stdin=subprocess.DEVNULL,
-    timeout=900,
-  )
+  result = train_selfsup(photos, straight, *TINY, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   assert_same_weights(out / "selfsup" / "delf_model.keras", straight / "delf_model.keras")
 
@@ -150,20 +123,11 @@ def test_recipe_reruns_to_the_same_weights(tmp_path, shared_data):
   runs = []
   for name in ("first", "second"):
     out = tmp_path / name
-    result = subprocess.run(
-      [
-        "train_delf",
-        "--stage=selfsup",
-        f"--photos={photos}",
-        f"--output_dir={out}",
-        f"--config_path={RECIPE}",
-        "--num_steps=4",
-        "--config_override=selfsup.use_skimage_photos=false",
-      ],
-      capture_output=True,
-      text=True,
-      env=ENV,
-      stdin=subprocess.DEVNULL,
+    result = train_selfsup(
+      photos,
+      out,
+      "--num_steps=4",
+      "--config_override=selfsup.use_skimage_photos=false",
       timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -175,20 +139,8 @@ def test_recipe_reruns_to_the_same_weights(tmp_path, shared_data):
 
 @pytest.mark.slow
 def test_deterministic_training_refuses_several_devices(tmp_path):
-  result = subprocess.run(
-    [
-      "train_delf",
-      "--stage=selfsup",
-      f"--photos={tmp_path}",
-      f"--output_dir={tmp_path / 'run'}",
-      f"--config_path={RECIPE}",
-      "--strategy=mirrored",
-      "--num_devices=2",
-    ],
-    capture_output=True,
-    text=True,
-    env=ENV,
-    stdin=subprocess.DEVNULL,
+  result = train_selfsup(
+    tmp_path, tmp_path / "run", "--strategy=mirrored", "--num_devices=2", timeout=None
   )
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (

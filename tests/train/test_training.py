@@ -4,16 +4,16 @@ The data is a tiny GLDv2-layout copy of the shared landmark photos; crops are
 64 px and the backbone starts from random weights so each step stays fast.
 """
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from conftest import REPO
+from conftest import kill_after_checkpoint
+from conftest import run_command
+from conftest import tool_env
 from conftest import write_gldv2_layout
 
 # Every test here runs training or a script in a subprocess.
@@ -27,7 +27,7 @@ TINY = [
   "--config_override=save_every=2",
   "--config_override=shuffle_buffer=16",
 ]
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+ENV = tool_env()
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +43,7 @@ def shards(tmp_path_factory, shared_data):
 
 
 def run_script(name, *args):
-  return subprocess.run(
-    ["bash", str(REPO / "scripts" / name), *map(str, args)],
-    capture_output=True,
-    text=True,
-    env=ENV,
-    stdin=subprocess.DEVNULL,
-    timeout=900,
-  )
+  return run_command(["bash", str(REPO / "scripts" / name), *map(str, args)], timeout=900, env=ENV)
 
 
 def test_scripts_print_usage_on_bad_arguments(tmp_path):
@@ -139,33 +132,12 @@ def test_killed_run_resumes_at_the_saved_step(shards, tmp_path):
     *TINY,
     "--config_override=max_steps=50",
   ]
-  process = subprocess.Popen(
-    command,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.DEVNULL,
-    text=True,
-    env=ENV,
-    start_new_session=True,
-  )
-  deadline = time.time() + 600
-  while not (out / "checkpoints" / "ckpt-2.index").exists():
-    assert process.poll() is None and time.time() < deadline, "no checkpoint was written"
-    time.sleep(0.5)
-  time.sleep(1.0)
-  os.killpg(process.pid, signal.SIGKILL)
-  process.wait()
+  kill_after_checkpoint(command, out / "checkpoints" / "ckpt-2.index", env=ENV, linger=1.0)
   import tensorflow as tf
 
   saved_step = int(tf.train.latest_checkpoint(str(out / "checkpoints")).rsplit("-", 1)[1])
   assert saved_step >= 2
-  result = subprocess.run(
-    [*command, "--num_steps=1"],
-    capture_output=True,
-    text=True,
-    env=ENV,
-    stdin=subprocess.DEVNULL,
-    timeout=600,
-  )
+  result = run_command([*command, "--num_steps=1"], timeout=600, env=ENV)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"at step {saved_step}" in result.stdout  # "resumed from ... at step N"
   assert f"done: tuning at step {saved_step + 1}" in result.stdout
