@@ -63,7 +63,7 @@ def test_match_targets_first_correspondence_wins():
 def test_homography_pair_targets_follow_the_warp():
   rng = np.random.default_rng(3)
   photo = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
-  settings = views.ViewSettings(crop_size=96)
+  settings = SelfSupervisedConfig(crop_size=96)
   pair = views.homography_pair(np.random.default_rng(0), photo, settings)
   assert pair.view_a.shape == pair.view_b.shape == (96, 96, 3)
   assert pair.targets_ab.shape == (36,) and (pair.targets_ab >= 0).sum() > 5
@@ -75,7 +75,7 @@ def test_batches_are_a_function_of_seed_and_step():
   photos = [rng.integers(0, 255, (200, 260, 3), dtype=np.uint8) for _ in range(3)]
   matches = np.array([[50, 60, 55, 70], [100, 120, 104, 128], [150, 30, 150, 41]], np.float32)
   real = [RealPair(0, 1, matches)]
-  settings = views.ViewSettings(crop_size=64)
+  settings = SelfSupervisedConfig(crop_size=64)
   first = views.make_batch(7, 3, 4, 0.5, photos, real, settings)
   again = views.make_batch(7, 3, 4, 0.5, photos, real, settings)
   other = views.make_batch(7, 4, 4, 0.5, photos, real, settings)
@@ -87,19 +87,6 @@ def test_batches_are_a_function_of_seed_and_step():
   assert (first["targets_ab"][:2] >= 0).any(axis=1).all()
 
 
-def test_view_settings_come_from_the_selfsup_block():
-  from delf_ret.config import load_training_config
-
-  defaults = views.ViewSettings()
-  assert defaults == views.ViewSettings.from_config(SelfSupervisedConfig())
-  assert (defaults.crop_size, defaults.max_rotation_deg) == (192, 30.0)
-  config = load_training_config(None, ["selfsup.crop_size=96", "selfsup.noise_std=0"])
-  settings = views.ViewSettings.from_config(config.selfsup)
-  assert (settings.crop_size, settings.noise_std) == (96, 0.0)
-  assert settings.max_zoom == defaults.max_zoom
-
-
-@pytest.mark.slow
 def test_view_and_real_pair_modules_load_without_tensorflow():
   import subprocess
   import sys
