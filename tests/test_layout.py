@@ -54,7 +54,14 @@ LIGHT_MODULES = [
   "delf_ret.index",
   "delf_ret.match",
   "delf_ret.provenance",
+  "delf_ret.retrieval.dataset_runner",
+  "delf_ret.retrieval.indexing",
+  "delf_ret.retrieval.ranking",
   "delf_ret.timing",
+  "delf_ret.train.photos",
+  "delf_ret.train.real_pairs",
+  "delf_ret.train.recipe",
+  "delf_ret.train.views",
 ]
 
 

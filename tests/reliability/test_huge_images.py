@@ -56,4 +56,4 @@ def test_an_image_just_under_the_pixel_limit_extracts_in_bounded_memory(tmp_path
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert (tmp_path / "f" / "big.delf").is_file()
-  assert peak < 4.0, f"peak memory {peak:.2f} GB"  # README: about 3 GB at the pixel limit.
+  assert peak < 4.0, f"peak memory {peak:.2f} GB"  # docs/limits.md: about 3 GB at the pixel limit.

@@ -85,20 +85,3 @@ def test_batches_are_a_function_of_seed_and_step():
   assert first["view_a"].shape == (4, 64, 64, 3) and first["targets_ab"].shape == (4, 16)
   # The real pairs' anchor match is inside both crops, so it gives a target.
   assert (first["targets_ab"][:2] >= 0).any(axis=1).all()
-
-
-def test_view_and_real_pair_modules_load_without_tensorflow():
-  import subprocess
-  import sys
-
-  from conftest import REPO
-
-  code = (
-    "import sys\n"
-    "import delf_ret.train.views, delf_ret.train.real_pairs, delf_ret.train.recipe\n"
-    "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
-  )
-  result = subprocess.run(
-    [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
-  )
-  assert result.returncode == 0, result.stderr[-2000:]
