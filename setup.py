@@ -66,6 +66,7 @@ setup(
       "export_delf_model=delf_ret.cli.export_delf_model:run",
       "download_dataset=delf_ret.cli.download_dataset:run",
       "prepare_gldv2=delf_ret.cli.prepare_gldv2:run",
+      "prepare_labelled_photos=delf_ret.cli.prepare_labelled_photos:run",
       "train_delf=delf_ret.cli.train_delf:run",
       "delf_demo=delf_ret.cli.delf_demo:run",
     ],

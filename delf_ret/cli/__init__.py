@@ -3,8 +3,9 @@
 ``python -m delf_ret.cli.<tool>`` runs the same tool as the console script
 ``<tool>``: extract_features, match_images, build_index, perform_retrieval,
 query_index, learn_pca, create_delf_model, export_delf_model,
-download_dataset, prepare_gldv2, train_delf, delf_demo. What they share is in
-delf_ret.cli.common; the work itself is library code in the stage folders.
+download_dataset, prepare_gldv2, prepare_labelled_photos, train_delf,
+delf_demo. What they share is in delf_ret.cli.common; the work itself is
+library code in the stage folders.
 """
 
 import os

@@ -13,7 +13,8 @@ Written to the output folder:
 The split is stratified per landmark (seeded; landmarks with one image stay in
 train). Every shard is written to a temporary file and renamed, so a rerun
 keeps finished shards and writes only the missing ones. Unreadable images are
-reported and skipped.
+reported and skipped. ``write_training_data`` (the split and the files above from
+a list of labelled images) is shared with delf_ret.train.labelled (your own photos).
 """
 
 from __future__ import annotations
@@ -38,16 +39,19 @@ SPLIT_FILE = "split.json"
 
 
 class GldDataError(DelfRetError):
-  """The GLDv2 files are missing or do not follow the published layout."""
+  """Training data to shard (the GLDv2 files, a labelled-photo CSV) is missing or malformed."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainImage:
-  """One training image: id, path, original landmark id and contiguous label."""
+  """One training image: id, path, original landmark id and contiguous label.
+
+  landmark_id: GLDv2's landmark id, or the label text of a labelled-photo CSV.
+  """
 
   image_id: str
   path: pathlib.Path
-  landmark_id: int
+  landmark_id: int | str
   label: int
 
 
@@ -197,6 +201,66 @@ def write_shards(
   return failures
 
 
+def write_training_data(
+  images: list[TrainImage],
+  output_dir: str | os.PathLike,
+  num_shards: int,
+  validation_share: float,
+  seed: int,
+  log: Callable[[str], None] = print,
+  label_map_header: tuple[str, str] = ("landmark_id", "label"),
+  split_details: dict | None = None,
+  shuffle: bool = False,
+) -> list[tuple[pathlib.Path, str]]:
+  """Splits ``images``, writes their shards, ``label_map.csv`` and ``split.json``.
+
+  Returns (path, reason) of each skipped unreadable image. ``split_details`` are
+  added to ``split.json``; a folder whose ``split.json`` differs is refused, so
+  a rerun resumes only with the same inputs and settings. ``shuffle``: each
+  split's images are written in a seeded random order (else label by label).
+  """
+  if num_shards <= 0:
+    raise GldDataError(f"num_shards must be positive, got {num_shards}")
+  output_dir = pathlib.Path(output_dir)
+  output_dir.mkdir(parents=True, exist_ok=True)
+  train, validation = stratified_split(images, validation_share, seed)
+  if shuffle:
+    rng = np.random.default_rng([seed, 1])
+    train = [train[i] for i in rng.permutation(len(train))]
+    validation = [validation[i] for i in rng.permutation(len(validation))]
+  split_info = {
+    "seed": seed,
+    "validation_share": validation_share,
+    "num_shards": num_shards,
+    "train_images": len(train),
+    "validation_images": len(validation),
+    "num_classes": len({image.label for image in images}),
+    **(split_details or {}),
+  }
+  split_path = output_dir / SPLIT_FILE
+  if split_path.exists() and json.loads(split_path.read_text()) != split_info:
+    raise GldDataError(
+      f"{output_dir} holds shards of another split ({split_path}); use an "
+      f"empty folder or the same settings"
+    )
+  with atomic_write(output_dir / LABEL_MAP_FILE, "w") as handle:
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(label_map_header)
+    name_of = {image.label: image.landmark_id for image in images}
+    writer.writerows((name_of[label], label) for label in sorted(name_of))
+  with atomic_write(split_path, "w") as handle:
+    json.dump(split_info, handle, indent=2)
+  log(
+    f"{len(images)} images of {split_info['num_classes']} classes: {len(train)} train, "
+    f"{len(validation)} validation"
+  )
+  validation_shards = max(1, num_shards // 4) if validation else 0
+  failures = write_shards(train, output_dir, "train", num_shards, log)
+  if validation_shards:
+    failures += write_shards(validation, output_dir, "validation", validation_shards, log)
+  return failures
+
+
 def prepare_gldv2(
   csv_path: str | os.PathLike,
   train_dir: str | os.PathLike,
@@ -209,39 +273,8 @@ def prepare_gldv2(
   """The whole preparation (see the module docstring); returns the skipped images."""
   if num_shards <= 0:
     raise GldDataError(f"num_shards must be positive, got {num_shards}")
-  output_dir = pathlib.Path(output_dir)
-  output_dir.mkdir(parents=True, exist_ok=True)
   images = read_train_csv(csv_path, train_dir)
-  train, validation = stratified_split(images, validation_share, seed)
-  split_info = {
-    "seed": seed,
-    "validation_share": validation_share,
-    "num_shards": num_shards,
-    "train_images": len(train),
-    "validation_images": len(validation),
-    "num_classes": len({image.label for image in images}),
-  }
-  split_path = output_dir / SPLIT_FILE
-  if split_path.exists() and json.loads(split_path.read_text()) != split_info:
-    raise GldDataError(
-      f"{output_dir} holds shards of another split ({split_path}); use an "
-      f"empty folder or the same settings"
-    )
-  with atomic_write(output_dir / LABEL_MAP_FILE, "w") as handle:
-    handle.write("landmark_id,label\n")
-    for landmark, label in sorted({(i.landmark_id, i.label) for i in images}, key=lambda p: p[1]):
-      handle.write(f"{landmark},{label}\n")
-  with atomic_write(split_path, "w") as handle:
-    json.dump(split_info, handle, indent=2)
-  log(
-    f"{len(images)} images of {split_info['num_classes']} landmarks: {len(train)} train, "
-    f"{len(validation)} validation"
-  )
-  validation_shards = max(1, num_shards // 4) if validation else 0
-  failures = write_shards(train, output_dir, "train", num_shards, log)
-  if validation_shards:
-    failures += write_shards(validation, output_dir, "validation", validation_shards, log)
-  return failures
+  return write_training_data(images, output_dir, num_shards, validation_share, seed, log)
 
 
 def read_label_map(output_dir: str | os.PathLike) -> dict[int, int]:

@@ -24,6 +24,7 @@ OWN_FLAG = {
   "match_images": "--image_1_path",
   "perform_retrieval": "--dataset_gnd_path",
   "prepare_gldv2": "--num_shards",
+  "prepare_labelled_photos": "--label_column",
   "query_index": "--contact_sheet",
   "train_delf": "--stage",
 }
