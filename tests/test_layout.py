@@ -237,3 +237,17 @@ def test_each_console_script_is_its_cli_module():
   assert len(scripts) == 13 and all(script == module for script, module in scripts)
   modules = {path.stem for path in (PACKAGE / "cli").glob("*.py")}
   assert {script for script, _ in scripts} | {"__init__", "common", "inputs"} == modules
+
+
+def test_no_function_of_the_package_is_80_lines_or_more():
+  """CONTRIBUTING.md, style: a function over 80 lines is split (generated protos aside)."""
+  long = []
+  for path in PACKAGE.rglob("*.py"):
+    if path.name.endswith("_pb2.py"):
+      continue
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        length = node.end_lineno - node.lineno + 1
+        if length >= 80:
+          long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({length} lines)")
+  assert long == []
