@@ -2,7 +2,7 @@
 # Both DELF training stages in order: tuning, then attention.
 #
 # Usage: scripts/run_train.sh DATA_DIR OUTPUT_DIR [NUM_DEVICES] [train_delf flags...]
-#   DATA_DIR     TFRecord shards written by prepare_gldv2
+#   DATA_DIR     TFRecord shards written by prepare_gldv2 or prepare_labelled_photos
 #   OUTPUT_DIR   gets tuning/ and attention/ (attention/delf_model.keras is the model)
 #   NUM_DEVICES  local devices to train on (default 1)
 #   further flags go to train_delf for both stages

@@ -2,7 +2,7 @@
 # Stage 2 of DELF training: trains the attention head on a frozen tuned backbone.
 #
 # Usage: scripts/train_attention.sh DATA_DIR TUNING_DIR OUTPUT_DIR [NUM_DEVICES] [train_delf flags...]
-#   DATA_DIR     TFRecord shards written by prepare_gldv2
+#   DATA_DIR     TFRecord shards written by prepare_gldv2 or prepare_labelled_photos
 #   TUNING_DIR   output folder of scripts/train_tuning.sh (its last checkpoint is loaded)
 #   OUTPUT_DIR   gets checkpoints/, tensorboard/ and delf_model.keras (the DELF model)
 #   NUM_DEVICES  local devices to train on (default 1; more: MirroredStrategy)

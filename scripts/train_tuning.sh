@@ -2,7 +2,7 @@
 # Stage 1 of DELF training: tunes the backbone + classifier on prepared GLDv2 shards.
 #
 # Usage: scripts/train_tuning.sh DATA_DIR OUTPUT_DIR [NUM_DEVICES] [train_delf flags...]
-#   DATA_DIR     TFRecord shards written by prepare_gldv2
+#   DATA_DIR     TFRecord shards written by prepare_gldv2 or prepare_labelled_photos
 #   OUTPUT_DIR   gets checkpoints/, tensorboard/ and delf_model.keras
 #   NUM_DEVICES  local devices to train on (default 1; more: MirroredStrategy)
 #   further flags go to train_delf, e.g. --config_path=configs/delf_train.pbtxt

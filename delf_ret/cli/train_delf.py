@@ -31,7 +31,7 @@ from delf_ret.cli.common import run_tool
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("stage", None, ["tuning", "attention", "selfsup"], "Training stage.")
 flags.DEFINE_string(
-  "data_dir", None, "tuning/attention: folder of TFRecord shards written by prepare_gldv2."
+  "data_dir", None, "tuning/attention: shards written by prepare_gldv2 or prepare_labelled_photos."
 )
 flags.DEFINE_string(
   "photos",
