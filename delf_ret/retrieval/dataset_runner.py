@@ -183,8 +183,11 @@ def run_queries(
       query, index, load_features, retrieval_config, None if junk is None else junk[i]
     )
     result.seconds = {"extraction": extraction, **result.seconds}
+    lists = _lists_json(result)
     with atomic_write(cached, "w") as handle:
-      json.dump({"query": name, "settings": settings, **_lists_json(result)}, handle)
+      json.dump({"query": name, "settings": settings, **lists}, handle)
+    # The seconds as cached (microseconds): a resumed run reports the same means and total.
+    result.seconds = dict(lists["seconds"])
     results.append(result)
     computed += 1
     # The best verified image (the list may start with ignored images that are never verified).
