@@ -387,6 +387,12 @@ def validate_training_config(config: DelfTrainingConfig, source: str = "training
   _require_positive(config, _TRAINING_POSITIVE, f"{source}: ")
   if config.image_size < 32:
     raise ConfigError(f"{source}: image_size must be at least 32, got {config.image_size}")
+  if not 0 <= config.tuning_frozen_stages <= 3:
+    raise ConfigError(
+      f"{source}: tuning_frozen_stages must be in [0, 3], got {config.tuning_frozen_stages}"
+    )
+  if not 0.0 < config.min_crop_area <= 1.0:
+    raise ConfigError(f"{source}: min_crop_area must be in (0, 1], got {config.min_crop_area}")
   for name, ok, requirement in _selfsup_requirements(config.selfsup):
     if not ok:
       raise ConfigError(

@@ -51,6 +51,12 @@ def build_backbone(weights: str | None = None) -> keras.Model:
   return keras.Model(resnet.input, resnet.get_layer(BACKBONE_LAYER).output, name="backbone")
 
 
+def is_delf_model_path(weights: str | os.PathLike) -> bool:
+  """Whether a backbone_weights value names a DELF model file (.npz compact weights or
+  .keras) whose backbone initialises a new model, rather than ResNet50 weights."""
+  return pathlib.Path(weights).suffix in (".npz", ".keras")
+
+
 def caffe_preprocess(images: tf.Tensor) -> tf.Tensor:
   """RGB [0, 255] -> BGR minus ImageNet mean, as keras.applications.resnet50 expects."""
   return images[..., ::-1] - tf.constant(_BGR_MEAN, dtype=images.dtype)
@@ -66,6 +72,9 @@ class DelfModel(keras.Model):
     tuning_logits: [B, num_classes] from globally average-pooled features.
     attention_logits: [B, num_classes] from attention-weighted pooled,
       channel-L2-normalised features.
+
+  backbone_weights: see :func:`build_backbone`; or a DELF model file (.npz, .keras)
+  whose backbone is copied (the heads start freshly initialised).
   """
 
   def __init__(
@@ -79,7 +88,8 @@ class DelfModel(keras.Model):
     if seed is not None:
       keras.utils.set_random_seed(seed)
     self.num_classes = int(num_classes)
-    self.backbone = build_backbone(backbone_weights)
+    from_delf = backbone_weights is not None and is_delf_model_path(backbone_weights)
+    self.backbone = build_backbone(None if from_delf else backbone_weights)
     self.attention_conv1 = keras.layers.Conv2D(ATTENTION_HIDDEN, 1, name="attention_conv1")
     self.attention_bn = keras.layers.BatchNormalization(name="attention_bn")
     self.attention_conv2 = keras.layers.Conv2D(1, 1, name="attention_conv2")
@@ -87,6 +97,8 @@ class DelfModel(keras.Model):
     self.attention_classifier = keras.layers.Dense(self.num_classes, name="attention_classifier")
     # Create every weight now so that saving/loading and weight surgery see them all.
     self(np.zeros((1, 32, 32, 3), np.float32), training=False)
+    if from_delf:  # Last, so the heads start as in a model built without it.
+      self.backbone.set_weights(load_delf_model(str(backbone_weights)).backbone.get_weights())
 
   def get_config(self) -> dict:
     config = super().get_config()

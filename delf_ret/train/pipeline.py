@@ -1,8 +1,8 @@
 """tf.data input pipeline over the TFRecord shards written by delf_ret.train.gldv2.
 
 Training: shards in a seeded shuffled order, records shuffled in a buffer,
-repeated forever; each image gets a random resized crop (area 5%-100%, aspect
-3/4-4/3) to ``image_size`` x ``image_size``, a horizontal flip with
+repeated forever; each image gets a random resized crop (area min_crop_area-100%, aspect
+3/4-4/3; DELF's 5% by default) to ``image_size`` x ``image_size``, a horizontal flip with
 probability 1/2 and colour jitter (brightness, contrast, saturation, hue).
 Validation: the central square crop resized to ``image_size``, one pass.
 Randomness comes from stateless ops keyed by (seed, element counter), so the
@@ -38,16 +38,19 @@ def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   return image, tf.cast(parsed["image/class/label"], tf.int32)
 
 
-def augment(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
-  """Random resized crop, flip and colour jitter; uint8 [H, W, 3] -> float32 [S, S, 3] in [0, 255]."""
+def augment(
+  image: tf.Tensor, seed: tf.Tensor, image_size: int, min_crop_area: float = 0.05
+) -> tf.Tensor:
+  """Random resized crop (at least ``min_crop_area`` of the photo's area), flip and colour
+  jitter; uint8 [H, W, 3] -> float32 [S, S, 3] in [0, 255]."""
   seeds = tf.random.experimental.stateless_split(seed, num=6)
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
     tf.shape(image),
     bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
     seed=seeds[0],
-    min_object_covered=0.05,
+    min_object_covered=min_crop_area,
     aspect_ratio_range=(3 / 4, 4 / 3),
-    area_range=(0.05, 1.0),
+    area_range=(min_crop_area, 1.0),
     max_attempts=10,
     use_image_if_no_bounding_boxes=True,
   )
@@ -80,10 +83,12 @@ def make_dataset(
   shuffle_buffer: int = 256,
   num_shards: int = 1,
   shard_index: int = 0,
+  min_crop_area: float = 0.05,
 ) -> tf.data.Dataset:
   """Batches (images float32 [B, S, S, 3], labels int32 [B]) of one split.
 
   num_shards / shard_index: keep every num_shards-th record (one machine's share).
+  min_crop_area: training crops cover at least this share of the photo (config field).
   """
   files = shard_files(data_dir, split)
   records = tf.data.Dataset.from_tensor_slices(files)
@@ -103,7 +108,8 @@ def make_dataset(
 
     def train_example(serialized, counter):
       image, label = parse_example(serialized)
-      return augment(image, tf.stack([tf.cast(seed, tf.int64), counter]), image_size), label
+      seed_pair = tf.stack([tf.cast(seed, tf.int64), counter])
+      return augment(image, seed_pair, image_size, min_crop_area), label
 
     examples = counted.map(train_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   else:

@@ -180,9 +180,23 @@ def num_classes_of(data_dir: pathlib.Path) -> int:
   return int(json.loads(path.read_text())["num_classes"])
 
 
-def trainable_parts(model: DelfModel, stage: str) -> list:
-  """The layers a stage trains; in the attention stage the backbone is frozen."""
+def freeze_backbone_stages(model: DelfModel, num_stages: int) -> None:
+  """Freezes the backbone's first ``num_stages`` ResNet50 stages (layers named conv1_...,
+  pool1_..., conv2_..., conv3_...; 0: none): Keras then leaves their variables out of
+  ``trainable_variables`` and runs their batch norms in inference mode."""
+  prefixes = tuple(f"conv{stage}_" for stage in range(1, num_stages + 1))
+  if num_stages:
+    prefixes += ("pool1_",)
+  for layer in model.backbone.layers:
+    if layer.name.startswith(prefixes):
+      layer.trainable = False
+
+
+def trainable_parts(model: DelfModel, stage: str, frozen_stages: int = 0) -> list:
+  """The layers a stage trains; in the attention stage the backbone is frozen, in the tuning
+  stage its first ``frozen_stages`` ResNet50 stages (config tuning_frozen_stages)."""
   if stage == "tuning":
+    freeze_backbone_stages(model, frozen_stages)
     return [model.backbone, model.tuning_classifier]
   model.backbone.trainable = False
   return [
@@ -208,6 +222,7 @@ def _stage_dataset(
     shuffle_buffer=config.shuffle_buffer,
     num_shards=num_workers,
     shard_index=worker_index_of(strategy),
+    min_crop_area=config.min_crop_area,
   )
 
 
@@ -243,7 +258,7 @@ class _StageTraining:
     self.model = DelfModel(
       num_classes=num_classes, backbone_weights=backbone_weights, seed=config.seed
     )
-    parts = trainable_parts(self.model, stage)
+    parts = trainable_parts(self.model, stage, config.tuning_frozen_stages)
     self.variables = [v for part in parts for v in part.trainable_variables]
     initial_lr = (
       config.tuning_learning_rate if stage == "tuning" else config.attention_learning_rate

@@ -47,9 +47,24 @@ def test_local_backbone_weights_file(tmp_path):
 
 
 @pytest.mark.slow  # Builds, saves and loads DELF models (2-11 s).
+def test_backbone_from_a_delf_model_file(delf_model, model_path):
+  # backbone_weights naming a DELF model (.keras or .npz): its backbone only.
+  model = DelfModel(num_classes=5, backbone_weights=str(model_path), seed=7)
+  for mine, theirs in zip(model.backbone.weights, delf_model.backbone.weights):
+    np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+  fresh = DelfModel(num_classes=5, seed=7)
+  np.testing.assert_array_equal(
+    model.attention_conv1.kernel.numpy(), fresh.attention_conv1.kernel.numpy()
+  )
+  assert model.num_classes == 5
+
+
+@pytest.mark.slow  # Builds, saves and loads DELF models (2-11 s).
 def test_missing_weights_and_checkpoint(tmp_path):
   with pytest.raises(BackboneWeightsError, match="not found"):
     DelfModel(backbone_weights=str(tmp_path / "missing.h5"))
+  with pytest.raises(ModelFileError, match="not found"):
+    DelfModel(backbone_weights=str(tmp_path / "selfsup.npz"))
   with pytest.raises(ModelFileError, match="not found"):
     load_delf_model(tmp_path / "missing.keras")
   with pytest.raises(ModelFileError, match=".keras"):
