@@ -8,6 +8,7 @@ of ignored images (junk, and in some splits easy or hard ones).
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 
@@ -229,3 +230,28 @@ def evaluate_original(
   positives = [_indices(entry, "good", "ok") for entry in gnd]
   ignored = [_indices(entry, "junk") for entry in gnd]
   return evaluate_split(ranked_lists, positives, ignored, ks, num_database)
+
+
+def all_pairs_map(scores: np.ndarray, labels: Sequence) -> float:
+  """mAP of every photo as a query against all the others, ranked by ``scores``.
+
+  scores: float [N, N], scores[q, d] of database photo d for query q (higher first; the
+  diagonal is ignored; ties keep the lower index first). labels: N group labels; a
+  query's positives are the other photos of its label. Queries without a positive
+  are left out. AP as in :func:`average_precision`.
+  """
+  scores = np.asarray(scores, np.float64)
+  labels = np.asarray(labels)
+  if scores.ndim != 2 or scores.shape != (len(labels), len(labels)):
+    raise ValueError(f"scores must be [N, N] for N = {len(labels)} labels, got {scores.shape}")
+  aps = []
+  for query in range(len(labels)):
+    others = np.delete(np.arange(len(labels)), query)
+    positives = others[labels[others] == labels[query]]
+    if not positives.size:
+      continue
+    ranked = others[np.argsort(-scores[query, others], kind="stable")]
+    aps.append(average_precision(positive_ranks(ranked, positives, []), positives.size))
+  if not aps:
+    raise ValueError("no photo shares its label with another: no query has a positive")
+  return float(np.mean(aps))

@@ -11,9 +11,12 @@ exports the compact weights, then calls this module:
       writes OUTPUT_DIR/default_model/TRAINING.json: the training steps and
       wall time (from the self-supervised run's time file), SECONDS (the
       script's wall time this run), the date and what an exact rerun must
-      match (CPU model, core count, library versions).
+      match (CPU model, core count, library versions);
+  python -m delf_ret.train.recipe validate CONFIG SHARDS_DIR [--output JSON]
+      a model's figures on the validation photos of labelled shards (see
+      delf_ret.train.validation), to choose between variants on training data.
 
-No TensorFlow is imported.
+No TensorFlow is imported, except by ``validate``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import sys
 import time
 
 from delf_ret.atomic import write_bytes_atomic
+from delf_ret.config import load_config
 from delf_ret.default_model import default_config_path
 from delf_ret.errors import DelfRetError
 from delf_ret.provenance import environment
@@ -81,9 +85,28 @@ def write_training_facts(
   return facts
 
 
+def validate_command(
+  config_path: str, shards_dir: str, output: str | None, overrides: list[str]
+) -> dict:
+  """``validate``: the figures of delf_ret.train.validation.validate_model, also written to
+  ``output`` (JSON) when given, with the config path and overrides."""
+  # Lazy: validation reads shards with TensorFlow and extracts with the model.
+  from delf_ret.train.validation import validate_model
+
+  config = load_config(config_path, overrides)
+  figures = {
+    "config": str(pathlib.Path(config_path).resolve()),
+    "overrides": overrides,
+    **validate_model(config, shards_dir, log=lambda line: print(line, file=sys.stderr)),
+  }
+  if output:
+    write_bytes_atomic(pathlib.Path(output), (json.dumps(figures, indent=2) + "\n").encode())
+  return figures
+
+
 def main(argv: list[str]) -> int:
-  """The script's entry point: ``pca-photos MODEL_DIR TRAIN_DIR`` or
-  ``facts OUTPUT_DIR SECONDS TRAIN_DIR``; prints 'error: ...' and returns 1 on a package error."""
+  """The script's entry point: ``pca-photos MODEL_DIR TRAIN_DIR``, ``facts OUTPUT_DIR
+  SECONDS TRAIN_DIR`` or ``validate CONFIG SHARDS_DIR``; prints 'error: ...' and returns 1 on a package error."""
   parser = argparse.ArgumentParser(prog="python -m delf_ret.train.recipe")
   commands = parser.add_subparsers(dest="command", required=True)
   pca = commands.add_parser("pca-photos", help="default config + PCA photo list")
@@ -93,10 +116,23 @@ def main(argv: list[str]) -> int:
   facts.add_argument("output_dir")
   facts.add_argument("seconds", type=int)
   facts.add_argument("train_dir")
+  validate = commands.add_parser("validate", help="figures on labelled validation photos")
+  validate.add_argument("config_path", help="the model's extraction config (.pbtxt)")
+  validate.add_argument("shards_dir", help="shards written by prepare_labelled_photos")
+  validate.add_argument("--output", help="also write the figures to this JSON file")
+  validate.add_argument(
+    "--config_override", action="append", default=[], help="FIELD=VALUE, repeatable"
+  )
   args = parser.parse_args(argv)
   try:
     if args.command == "pca-photos":
       write_pca_photos(args.model_dir, args.train_dir)
+    elif args.command == "validate":
+      print(
+        json.dumps(
+          validate_command(args.config_path, args.shards_dir, args.output, args.config_override)
+        )
+      )
     else:
       print(json.dumps(write_training_facts(args.output_dir, args.seconds, args.train_dir)))
   except DelfRetError as error:

@@ -117,3 +117,21 @@ def test_an_image_listed_twice_counts_once():
 def test_bad_rankings_give_clear_errors(ranked, ks, message):
   with pytest.raises(evaluation.RankingError, match=message):
     evaluate_split(ranked, [np.array([0])], [np.array([])], ks=ks, num_database=3)
+
+
+def test_all_pairs_map_by_hand():
+  from delf_ret.evaluation.metrics import all_pairs_map
+
+  scores = np.array(
+    [
+      [9.0, 0.9, 0.1, 0.2],  # query 0: its positive (1) first: AP 1
+      [0.1, 9.0, 0.5, 0.2],  # query 1: 2, 3, then its positive 0 at rank 2: (0/2 + 1/3) / 2
+      [0.3, 0.2, 9.0, 0.9],  # query 2: positive 3 first: AP 1
+      [0.1, 0.2, 0.3, 9.0],  # query 3: positive 2 first: AP 1 (the diagonal is ignored)
+    ]
+  )
+  assert all_pairs_map(scores, ["a", "a", "b", "b"]) == pytest.approx((3 + 1 / 6) / 4)
+  # A photo alone in its label is not a query (and still ranks as a negative).
+  assert all_pairs_map(scores[:3, :3], ["a", "a", "c"]) == pytest.approx((1 + 1 / 4) / 2)
+  with pytest.raises(ValueError, match="no query has a positive"):
+    all_pairs_map(scores[:2, :2], ["a", "b"])

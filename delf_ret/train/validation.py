@@ -1,0 +1,100 @@
+"""Choosing between model variants on training data only: retrieval among the validation
+photos of labelled shards (prepare_labelled_photos), never an evaluation set.
+
+Every validation photo is a query against all the others; database photos are ranked by
+verified inliers (putative matching + RANSAC with the config's retrieval_config), the
+positives are the photos of its label. The figures: that all-pairs mAP, the share of
+same-label pairs that reach ``min_inliers``, and the different-label pairs that do.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from delf_ret.config import DelfConfig
+from delf_ret.evaluation.false_positives import count_false_positives
+from delf_ret.evaluation.metrics import all_pairs_map
+from delf_ret.features import LocalFeatures
+from delf_ret.match import RansacParams
+from delf_ret.match import verify_pair
+from delf_ret.train.photos import TrainingDataError
+from delf_ret.train.pipeline import parse_example
+from delf_ret.train.pipeline import shard_files
+
+
+def read_validation_photos(shards_dir: str | os.PathLike) -> tuple[list[np.ndarray], list[int]]:
+  """The validation split's photos (uint8 [H, W, 3] RGB) and labels, in shard order."""
+  try:
+    files = shard_files(shards_dir, "validation")
+  except FileNotFoundError:
+    raise TrainingDataError(
+      f"{shards_dir}: no validation-*.tfrecord shards (write them with prepare_labelled_photos)"
+    ) from None
+  photos, labels = [], []
+  for serialized in tf.data.TFRecordDataset(files):
+    image, label = parse_example(serialized)
+    photos.append(image.numpy())
+    labels.append(int(label))
+  return photos, labels
+
+
+def inlier_matrix(features: list[LocalFeatures], params: RansacParams) -> np.ndarray:
+  """Verified inliers of every pair, int [N, N], symmetric (A matched against B for A < B)."""
+  count = len(features)
+  inliers = np.zeros((count, count), np.int64)
+  for a in range(count):
+    for b in range(a + 1, count):
+      inliers[a, b] = inliers[b, a] = verify_pair(features[a], features[b], params).num_inliers
+  return inliers
+
+
+def validation_figures(inliers: np.ndarray, labels: list[int], min_inliers: int) -> dict:
+  """The figures of an inlier matrix [N, N] and labels: all-pairs mAP (percent), the share of
+  same-label pairs reaching min_inliers, and the different-label pairs that do."""
+  same = np.equal.outer(labels, labels)
+  upper = np.triu(np.ones_like(same), 1)
+  related = inliers[same & upper]
+  groups = {str(i): str(label) for i, label in enumerate(labels)}
+  unrelated = count_false_positives(groups, lambda a, b: inliers[int(a), int(b)], min_inliers)
+  return {
+    "photos": len(labels),
+    "labels": len(set(labels)),
+    "map_by_inliers": round(100.0 * all_pairs_map(inliers.astype(np.float64), labels), 2),
+    "related_pairs": int(related.size),
+    "related_verified_share": round(float(np.mean(related >= min_inliers)), 4),
+    "related_median_inliers": float(np.median(related)),
+    "unrelated_pairs": unrelated.pairs["landmark-landmark"],
+    "unrelated_verified": unrelated.count("landmark-landmark"),
+    "unrelated_max_inliers": int(inliers[~same].max(initial=0)),
+    "min_inliers": min_inliers,
+  }
+
+
+def validate_model(
+  config: DelfConfig,
+  shards_dir: str | os.PathLike,
+  log: Callable[[str], None] = print,
+) -> dict:
+  """Extracts every validation photo with ``config`` (its model, pyramid, PCA) and returns
+  :func:`validation_figures` with the config's matching rule and min_inliers."""
+  # Lazy: the extractor loads the model (TensorFlow + Keras) only when a model is validated.
+  from delf_ret.extract.extractor import DelfExtractor
+
+  photos, labels = read_validation_photos(shards_dir)
+  extractor = DelfExtractor(config)
+  features = []
+  for index, photo in enumerate(photos):
+    features.append(extractor.extract(photo))
+    if (index + 1) % 25 == 0 or index + 1 == len(photos):
+      log(f"validation: extracted {index + 1}/{len(photos)} photos")
+  retrieval = config.retrieval_config
+  inliers = inlier_matrix(features, RansacParams.from_config(retrieval))
+  figures = validation_figures(inliers, labels, retrieval.min_inliers)
+  figures["shards"] = str(pathlib.Path(shards_dir).resolve())
+  figures["mean_features"] = round(float(np.mean([f.num_features for f in features])), 1)
+  return figures

@@ -1,0 +1,65 @@
+"""Figures on the validation photos of labelled shards (variant choice on training data)."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import run_command
+from conftest import tool_env
+from delf_ret.default_model import default_config_path
+from delf_ret.train.validation import validation_figures
+
+
+def test_figures_of_a_hand_built_inlier_matrix():
+  # Photos 0, 1 of label 0; 2, 3 of label 1. Pair (0, 1): 30 inliers, (2, 3): 5;
+  # unrelated pairs: (0, 2) 12, (1, 3) 7, the others 0.
+  inliers = np.zeros((4, 4), np.int64)
+  for (a, b), count in {(0, 1): 30, (2, 3): 5, (0, 2): 12, (1, 3): 7}.items():
+    inliers[a, b] = inliers[b, a] = count
+  figures = validation_figures(inliers, [0, 0, 1, 1], min_inliers=10)
+  # Queries: 0 ranks 1 first (AP 1); 1 ranks 0 first (AP 1); 2 ranks 0 (12) before 3 (5):
+  # AP (0/1 + 1/2) / 2 = 0.25; 3 ranks 1 (7) before 2 (5): AP 0.25.
+  assert figures["map_by_inliers"] == pytest.approx(100 * 2.5 / 4)
+  assert (figures["related_pairs"], figures["related_verified_share"]) == (2, 0.5)
+  assert figures["related_median_inliers"] == 17.5
+  assert (figures["unrelated_pairs"], figures["unrelated_verified"]) == (4, 1)
+  assert figures["unrelated_max_inliers"] == 12
+
+
+@pytest.mark.slow  # Prepares shards of 18 photos and extracts 6 with the default model (~40 s).
+def test_validate_command_on_labelled_shards(tmp_path, shared_data):
+  from test_labelled_photos import photo_folder
+
+  from delf_ret.train.labelled import prepare_labelled_photos
+
+  photo_folder(tmp_path / "photos", shared_data)
+  prepare_labelled_photos(
+    tmp_path / "photos" / "labels.csv",
+    tmp_path / "shards",
+    num_shards=2,
+    validation_share=0.4,
+    log=lambda line: None,
+  )
+  output = tmp_path / "figures.json"
+  args = ["-m", "delf_ret.train.recipe", "validate", str(default_config_path())]
+  result = run_command(
+    [sys.executable, *args, str(tmp_path / "shards"), "--output", str(output)],
+    timeout=600,
+    env=tool_env(),
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  figures = json.loads(output.read_text())
+  assert figures == json.loads(result.stdout.strip().splitlines()[-1])
+  assert (figures["photos"], figures["labels"]) == (6, 3)
+  assert (figures["related_pairs"], figures["unrelated_pairs"]) == (3, 12)
+  assert 0 <= figures["map_by_inliers"] <= 100
+  missing = run_command(
+    [sys.executable, *args, str(tmp_path / "nowhere")], timeout=120, env=tool_env()
+  )
+  assert missing.returncode == 1
+  assert missing.stderr.strip().splitlines()[-1] == (
+    f"error: {tmp_path / 'nowhere'}: no validation-*.tfrecord shards (write them with "
+    "prepare_labelled_photos)"
+  )
