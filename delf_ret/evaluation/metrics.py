@@ -241,17 +241,19 @@ def all_pairs_map(scores: np.ndarray, labels: Sequence) -> float:
   are left out. AP as in :func:`average_precision`.
   """
   scores = np.asarray(scores, np.float64)
-  labels = np.asarray(labels)
-  if scores.ndim != 2 or scores.shape != (len(labels), len(labels)):
-    raise ValueError(f"scores must be [N, N] for N = {len(labels)} labels, got {scores.shape}")
+  label_array = np.asarray(labels)
+  count = len(label_array)
+  if scores.ndim != 2 or scores.shape != (count, count):
+    raise ValueError(f"scores must be [N, N] for N = {count} labels, got {scores.shape}")
   aps = []
-  for query in range(len(labels)):
-    others = np.delete(np.arange(len(labels)), query)
-    positives = others[labels[others] == labels[query]]
+  for query in range(count):
+    others = np.delete(np.arange(count), query)
+    positives = others[label_array[others] == label_array[query]]
     if not positives.size:
       continue
     ranked = others[np.argsort(-scores[query, others], kind="stable")]
-    aps.append(average_precision(positive_ranks(ranked, positives, []), positives.size))
+    ranks = positive_ranks(ranked, positives, np.zeros(0, np.int64))
+    aps.append(average_precision(ranks, positives.size))
   if not aps:
     raise ValueError("no photo shares its label with another: no query has a positive")
   return float(np.mean(aps))

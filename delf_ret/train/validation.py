@@ -30,7 +30,7 @@ from delf_ret.train.pipeline import shard_files
 def read_validation_photos(shards_dir: str | os.PathLike) -> tuple[list[np.ndarray], list[int]]:
   """The validation split's photos (uint8 [H, W, 3] RGB) and labels, in shard order."""
   try:
-    files = shard_files(shards_dir, "validation")
+    files = shard_files(pathlib.Path(shards_dir), "validation")
   except FileNotFoundError:
     raise TrainingDataError(
       f"{shards_dir}: no validation-*.tfrecord shards (write them with prepare_labelled_photos)"
