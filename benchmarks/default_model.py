@@ -71,13 +71,21 @@ PAIRS = [
   ("box.png", "box_in_scene.png"),
   ("roofs1.jpg", "roofs2.jpg"),
   ("river1.jpg", "river2.jpg"),
+  ("sacre_coeur_1.jpg", "sacre_coeur_2.jpg"),
 ]
-METHODS = ("random_init", "default_model", "opencv_sift")
+# Pairs whose photos are the README demo's (in the repository), not ../shared/data/pairs.
+DEMO_DATA = REPO / "delf_ret" / "demo_data"
+DEMO_PAIRS = {"sacre_coeur_1.jpg/sacre_coeur_2.jpg": "day/night (demo photos)"}
+METHODS = ("random_init", "default_model", "candidate_model", "opencv_sift")
+# What a run without --candidate_dir measures.
+STANDARD_METHODS = ("random_init", "default_model", "opencv_sift")
 LABELS = {
   "random_init": "DELF, random initialisation",
   "default_model": "DELF, default model",
+  "candidate_model": "DELF, candidate model",
   "opencv_sift": "OpenCV SIFT",
 }
+FP_KINDS = ("landmark-distractor", "distractor-distractor", "landmark-landmark")
 # Photos (evenly spaced over the sorted training photos) the random model's PCA is learned on.
 PCA_TRAINING_PHOTOS = 40
 START, END = "<!-- default_model table: start -->", "<!-- default_model table: end -->"
@@ -260,10 +268,16 @@ def matching_rule(retrieval_config) -> str:
 
 
 def build_methods(
-  work: pathlib.Path, model_dir: pathlib.Path, default_config, only: tuple[str, ...] = METHODS
+  work: pathlib.Path,
+  model_dir: pathlib.Path,
+  default_config,
+  only: tuple[str, ...] = STANDARD_METHODS,
+  candidate_dir: pathlib.Path | None = None,
 ):
   """{method: (extract function, retrieval_config, description)} for the methods ``only``;
-  model_dir: the default model's files, default_config: its config (loaded from them)."""
+  model_dir: the default model's files, default_config: its config (loaded from them);
+  candidate_dir: another model's files (a recipe's OUTPUT_DIR/default_model), the
+  candidate_model method."""
   from delf_ret import config as config_lib
   from delf_ret.default_model import CONFIG_FILE
   from delf_ret.extract.extractor import DelfExtractor
@@ -296,6 +310,13 @@ def build_methods(
       DelfExtractor(default_config).extract,
       default_config.retrieval_config,
       f"{model_label(model_dir)} (float16 weights) with its packaged config",
+    )
+  if "candidate_model" in only:
+    candidate_config = config_lib.load_config(pathlib.Path(candidate_dir) / CONFIG_FILE)
+    methods["candidate_model"] = (
+      DelfExtractor(candidate_config).extract,
+      candidate_config.retrieval_config,
+      f"{candidate_dir} (float16 weights) with its own config",
     )
   if "opencv_sift" in only:
     max_side = default_config.max_image_size
@@ -347,6 +368,7 @@ def result_header(config, model_dir: pathlib.Path) -> dict:
     "attention_ranking": None,
     "mini_landmarks": {},
     "ukbench": {},
+    "false_positives": {},
   }
   facts = model_dir / "TRAINING.json"
   result["training"] = json.loads(facts.read_text()) if facts.is_file() else None
@@ -361,8 +383,9 @@ def run_pairs(result: dict, name: str, cached, params, homography: np.ndarray) -
   from delf_ret.images import load_image
 
   for name_a, name_b in PAIRS:
-    features_a = cached(load_image(SHARED / "pairs" / name_a))
-    features_b = cached(load_image(SHARED / "pairs" / name_b))
+    folder = DEMO_DATA if f"{name_a}/{name_b}" in DEMO_PAIRS else SHARED / "pairs"
+    features_a = cached(load_image(folder / name_a))
+    features_b = cached(load_image(folder / name_b))
     is_graf = name_a == "graf1.png"
     row = pair_row(features_a, features_b, params, homography if is_graf else None)
     if is_graf and name != "opencv_sift":
@@ -374,6 +397,24 @@ def run_pairs(result: dict, name: str, cached, params, homography: np.ndarray) -
     result["pairs"].setdefault(f"{name_a}/{name_b}", {})[name] = row
     if is_graf and name == "default_model":
       result["attention_ranking"] = attention_ranking(features_a, features_b, params, homography)
+
+
+def run_false_positives(result: dict, name: str, cached, params, min_inliers: int) -> None:
+  """Unrelated pairs of the mini-landmarks photos (../shared/data/labels.csv: landmarks and
+  distractors) that reach the method's min_inliers."""
+  from delf_ret.evaluation.false_positives import count_false_positives
+  from delf_ret.images import load_image
+  from delf_ret.match import verify_pair
+
+  with open(SHARED / "labels.csv", newline="") as handle:
+    groups = {row["image"]: row["landmark"] for row in csv.DictReader(handle)}
+
+  def inliers_of(image_a: str, image_b: str) -> int:
+    features = [cached(load_image(SHARED / image)) for image in (image_a, image_b)]
+    return verify_pair(features[0], features[1], params).num_inliers
+
+  counted = count_false_positives(groups, inliers_of, min_inliers)
+  result["false_positives"][name] = counted.to_json()
 
 
 def run_datasets(
@@ -418,10 +459,13 @@ def run_datasets(
 
 
 def run_all(
-  work: pathlib.Path, model_dir: pathlib.Path | None = None, only: tuple[str, ...] = METHODS
+  work: pathlib.Path,
+  model_dir: pathlib.Path | None = None,
+  only: tuple[str, ...] = STANDARD_METHODS,
+  candidate_dir: pathlib.Path | None = None,
 ) -> dict:
   """Every benchmark for the methods ``only``; model_dir: the default model's files
-  (default: the shipped ones, delf_ret/default_model)."""
+  (default: the shipped ones, delf_ret/default_model); candidate_dir: see build_methods."""
   from delf_ret import config as config_lib
   from delf_ret.default_model import CONFIG_FILE
   from delf_ret.default_model import default_model_dir
@@ -431,7 +475,7 @@ def run_all(
   model_dir = pathlib.Path(model_dir or default_model_dir())
   shutil.rmtree(work, ignore_errors=True)
   config = config_lib.load_config(model_dir / CONFIG_FILE)
-  methods = build_methods(work, model_dir, config, only)
+  methods = build_methods(work, model_dir, config, only, candidate_dir)
   hard = frozenset(
     line.split("#")[0].strip()
     for line in HARD_FILE.read_text().splitlines()
@@ -439,6 +483,8 @@ def run_all(
   )
   homography = read_homography(SHARED / "pairs" / "H1to3p.xml")
   result = result_header(config, model_dir)
+  if candidate_dir is not None:
+    result["candidate"] = candidate_facts(pathlib.Path(candidate_dir))
   ukbench = ukbench_labels(work)
   for name, (extract, retrieval_config, description) in methods.items():
     print(f"{name}: pairs ...", flush=True)
@@ -448,7 +494,9 @@ def run_all(
       "description": description,
       "putative_matches": matching_rule(retrieval_config),
     }
-    run_pairs(result, name, cached, RansacParams.from_config(retrieval_config), homography)
+    params = RansacParams.from_config(retrieval_config)
+    run_pairs(result, name, cached, params, homography)
+    run_false_positives(result, name, cached, params, retrieval_config.min_inliers)
     run_datasets(result, name, cached, retrieval_config, hard, ukbench, work)
     result["methods"][name]["extraction_seconds_per_image"] = round(
       timed.seconds / max(1, timed.count), 2
@@ -459,8 +507,13 @@ def run_all(
 
 
 def render_tables(result: dict) -> str:
-  """Markdown tables of a default_model.json result (README and model card)."""
-  lines = ["| | " + " | ".join(LABELS[m] for m in METHODS) + " |", "|---|" + "---|" * len(METHODS)]
+  """Markdown tables of a default_model.json result (README and model card): a column for
+  each method the result holds."""
+  shown = [m for m in METHODS if m in result["methods"]]
+  labels = dict(LABELS)
+  if result.get("candidate"):
+    labels["candidate_model"] = f"DELF, {result['candidate']['label']}"
+  lines = ["| | " + " | ".join(labels[m] for m in shown) + " |", "|---|" + "---|" * len(shown)]
 
   def row(label, values):
     lines.append(f"| {label} | " + " | ".join(str(v) for v in values) + " |")
@@ -468,11 +521,11 @@ def render_tables(result: dict) -> str:
   graf = result["pairs"]["graf1.png/graf3.png"]
   row(
     "graf1/graf3 correct inliers (< 10 px / < 20 px)",
-    [f"{graf[m]['correct_inliers_10px']} / {graf[m]['correct_inliers_20px']}" for m in METHODS],
+    [f"{graf[m]['correct_inliers_10px']} / {graf[m]['correct_inliers_20px']}" for m in shown],
   )
   row(
     "graf1/graf3 inliers, precision (< 10 px)",
-    [f"{graf[m]['inliers']}, {graf[m]['inlier_precision_10px']}" for m in METHODS],
+    [f"{graf[m]['inliers']}, {graf[m]['inlier_precision_10px']}" for m in shown],
   )
   row(
     "graf1/graf3 correct inliers (< 10 px / < 20 px), published 0.8 distance test",
@@ -481,15 +534,27 @@ def render_tables(result: dict) -> str:
       f"{graf[m]['published_0.8']['correct_inliers_20px']}"
       if "published_0.8" in graf[m]
       else "-"
-      for m in METHODS
+      for m in shown
     ],
   )
   for pair, rows in result["pairs"].items():
     if pair != "graf1.png/graf3.png":
+      label = f"{pair} ({DEMO_PAIRS[pair]})" if pair in DEMO_PAIRS else pair
       row(
-        f"{pair} inliers / putative",
-        [f"{rows[m]['inliers']} / {rows[m]['putative_matches']}" for m in METHODS],
+        f"{label} inliers / putative",
+        [f"{rows[m]['inliers']} / {rows[m]['putative_matches']}" for m in shown],
       )
+  if result.get("false_positives"):
+    fp = result["false_positives"]
+    row(
+      "unrelated pairs verified: landmark-distractor / distractor-distractor / "
+      "landmark-landmark (min_inliers)",
+      [
+        " / ".join(f"{fp[m]['accepted'][k]} of {fp[m]['pairs'][k]}" for k in FP_KINDS)
+        + f" ({fp[m]['min_inliers']})"
+        for m in shown
+      ],
+    )
   for stage, label in (("first_stage", "votes"), ("reranked", "reranked")):
     row(
       f"mini-landmarks mAP easy / medium / hard, {label}",
@@ -497,23 +562,23 @@ def render_tables(result: dict) -> str:
         " / ".join(
           f"{result['mini_landmarks'][m]['mAP'][stage][s]:.1f}" for s in ("easy", "medium", "hard")
         )
-        for m in METHODS
+        for m in shown
       ],
     )
   for stage, label in (("first_stage", "votes"), ("reranked", "reranked")):
-    split = next(iter(result["ukbench"][METHODS[0]]["mAP"][stage]))
+    split = next(iter(result["ukbench"][shown[0]]["mAP"][stage]))
     row(
       f"UKBench mAP / score (of 4), {label}",
       [
         f"{result['ukbench'][m]['mAP'][stage][split]:.1f} / "
         f"{result['ukbench'][m]['ukbench_score'][stage]:.2f}"
-        for m in METHODS
+        for m in shown
       ],
     )
-  row("putative matches", [result["methods"][m]["putative_matches"] for m in METHODS])
+  row("putative matches", [result["methods"][m]["putative_matches"] for m in shown])
   row(
     "extraction seconds / image",
-    [result["methods"][m]["extraction_seconds_per_image"] for m in METHODS],
+    [result["methods"][m]["extraction_seconds_per_image"] for m in shown],
   )
   ranking = result["attention_ranking"]
   lines.append("")
@@ -570,6 +635,19 @@ def render_training(result: dict, rerun: dict | None = None) -> str:
       f"(`benchmarks/results/{RERUN.name}`): {verdict}."
     )
   return text
+
+
+def candidate_facts(candidate_dir: pathlib.Path) -> dict:
+  """The candidate model's folder, weights digest and training facts (TRAINING.json)."""
+  from delf_ret.default_model import WEIGHTS_FILE
+  from delf_ret.model.compact import weights_digest
+
+  facts = candidate_dir / "TRAINING.json"
+  return {
+    "model_dir": str(candidate_dir),
+    "weights_sha256": weights_digest(candidate_dir / WEIGHTS_FILE),
+    "training": json.loads(facts.read_text()) if facts.is_file() else None,
+  }
 
 
 def default_model_figures(result: dict) -> dict[str, float]:
@@ -639,7 +717,17 @@ def main():
     "OUTPUT_DIR/default_model) instead of delf_ret/default_model",
   )
   parser.add_argument(
-    "--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}"
+    "--methods",
+    default=",".join(STANDARD_METHODS),
+    help=f"comma-separated subset of {','.join(STANDARD_METHODS)}",
+  )
+  parser.add_argument(
+    "--candidate_dir",
+    help="also benchmark these model files (e.g. a retrained model, or the previous default "
+    "model) in a column beside the default model's",
+  )
+  parser.add_argument(
+    "--candidate_label", default="candidate model", help="the candidate's column title"
   )
   parser.add_argument(
     "--compare_to", help="a result JSON: print the default model's figures beside its, with ratios"
@@ -647,7 +735,11 @@ def main():
   args = parser.parse_args()
   only = tuple(m for m in args.methods.split(",") if m)
   if not only:
-    parser.error(f"--methods: name at least one of {','.join(METHODS)}")
+    parser.error(f"--methods: name at least one of {','.join(STANDARD_METHODS)}")
+  if args.candidate_dir:
+    if not (pathlib.Path(args.candidate_dir) / "delf_config.pbtxt").is_file():
+      parser.error(f"--candidate_dir: {args.candidate_dir}: no delf_config.pbtxt there")
+    only += ("candidate_model",)
   if args.render_only and args.model_dir:
     parser.error("--render_only renders --output as it is; --model_dir needs a run")
   if args.compare_to and not pathlib.Path(args.compare_to).is_file():
@@ -656,7 +748,7 @@ def main():
     parser.error(f"--methods: unknown {sorted(set(only) - set(METHODS))}; known: {METHODS}")
   if args.compare_to and "default_model" not in only:
     parser.error("--compare_to compares the default model's figures: keep it in --methods")
-  shipped = args.model_dir is None and set(only) == set(METHODS)
+  shipped = args.model_dir is None and set(STANDARD_METHODS) <= set(only)
   if (
     not shipped and not args.render_only and pathlib.Path(args.output).resolve() == RESULT.resolve()
   ):
@@ -667,8 +759,13 @@ def main():
   if not args.render_only:
     start = time.time()
     result = run_all(
-      pathlib.Path(args.work_dir), args.model_dir and pathlib.Path(args.model_dir), only
+      pathlib.Path(args.work_dir),
+      args.model_dir and pathlib.Path(args.model_dir),
+      only,
+      args.candidate_dir and pathlib.Path(args.candidate_dir),
     )
+    if args.candidate_dir:
+      result["candidate"]["label"] = args.candidate_label
     result["benchmark_seconds"] = round(time.time() - start)
     write_result(args.output, result)
   result = json.loads(pathlib.Path(args.output).read_text())

@@ -387,6 +387,10 @@ def validate_training_config(config: DelfTrainingConfig, source: str = "training
   _require_positive(config, _TRAINING_POSITIVE, f"{source}: ")
   if config.image_size < 32:
     raise ConfigError(f"{source}: image_size must be at least 32, got {config.image_size}")
+  if config.attention_max_steps < 0:
+    raise ConfigError(
+      f"{source}: attention_max_steps must be at least 0, got {config.attention_max_steps}"
+    )
   if not 0 <= config.tuning_frozen_stages <= 3:
     raise ConfigError(
       f"{source}: tuning_frozen_stages must be in [0, 3], got {config.tuning_frozen_stages}"

@@ -174,6 +174,7 @@ def test_training_config_file_holds_the_published_defaults(tmp_path):
     ("min_crop_area=0", r"min_crop_area must be in \(0, 1\], got 0"),
     ("min_crop_area=1.5", r"min_crop_area must be in \(0, 1\], got 1.5"),
     ("tuning_frozen_stages=4", r"tuning_frozen_stages must be in \[0, 3\], got 4"),
+    ("attention_max_steps=-1", "attention_max_steps must be at least 0, got -1"),
     ("momentum=nan", "momentum must be a finite number, got nan"),
     ("selfsup.crop_size=200", "selfsup.crop_size must be a multiple of 16, at least 64, got 200"),
     ("selfsup.pairs_per_batch=0", "selfsup.pairs_per_batch must be at least 1, got 0"),

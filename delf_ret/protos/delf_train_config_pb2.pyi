@@ -6,7 +6,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DelfTrainingConfig(_message.Message):
-    __slots__ = ("batch_size", "image_size", "tuning_learning_rate", "attention_learning_rate", "momentum", "max_steps", "clip_gradient_norm", "attention_loss_weight", "save_every", "max_checkpoints", "summary_every", "seed", "shuffle_buffer", "backbone_weights", "selfsup", "deterministic", "min_crop_area", "tuning_frozen_stages")
+    __slots__ = ("batch_size", "image_size", "tuning_learning_rate", "attention_learning_rate", "momentum", "max_steps", "clip_gradient_norm", "attention_loss_weight", "save_every", "max_checkpoints", "summary_every", "seed", "shuffle_buffer", "backbone_weights", "selfsup", "deterministic", "min_crop_area", "tuning_frozen_stages", "attention_max_steps")
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     TUNING_LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class DelfTrainingConfig(_message.Message):
     DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
     MIN_CROP_AREA_FIELD_NUMBER: _ClassVar[int]
     TUNING_FROZEN_STAGES_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     batch_size: int
     image_size: int
     tuning_learning_rate: float
@@ -43,7 +44,8 @@ class DelfTrainingConfig(_message.Message):
     deterministic: bool
     min_crop_area: float
     tuning_frozen_stages: int
-    def __init__(self, batch_size: _Optional[int] = ..., image_size: _Optional[int] = ..., tuning_learning_rate: _Optional[float] = ..., attention_learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., max_steps: _Optional[int] = ..., clip_gradient_norm: _Optional[float] = ..., attention_loss_weight: _Optional[float] = ..., save_every: _Optional[int] = ..., max_checkpoints: _Optional[int] = ..., summary_every: _Optional[int] = ..., seed: _Optional[int] = ..., shuffle_buffer: _Optional[int] = ..., backbone_weights: _Optional[str] = ..., selfsup: _Optional[_Union[SelfSupervisedConfig, _Mapping]] = ..., deterministic: _Optional[bool] = ..., min_crop_area: _Optional[float] = ..., tuning_frozen_stages: _Optional[int] = ...) -> None: ...
+    attention_max_steps: int
+    def __init__(self, batch_size: _Optional[int] = ..., image_size: _Optional[int] = ..., tuning_learning_rate: _Optional[float] = ..., attention_learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., max_steps: _Optional[int] = ..., clip_gradient_norm: _Optional[float] = ..., attention_loss_weight: _Optional[float] = ..., save_every: _Optional[int] = ..., max_checkpoints: _Optional[int] = ..., summary_every: _Optional[int] = ..., seed: _Optional[int] = ..., shuffle_buffer: _Optional[int] = ..., backbone_weights: _Optional[str] = ..., selfsup: _Optional[_Union[SelfSupervisedConfig, _Mapping]] = ..., deterministic: _Optional[bool] = ..., min_crop_area: _Optional[float] = ..., tuning_frozen_stages: _Optional[int] = ..., attention_max_steps: _Optional[int] = ...) -> None: ...
 
 class SelfSupervisedConfig(_message.Message):
     __slots__ = ("pairs_per_batch", "crop_size", "real_pair_fraction", "learning_rate", "warmup_steps", "max_steps", "temperature", "attention_loss_weight", "photo_max_side", "min_photo_scale", "max_photo_scale", "max_rotation_deg", "min_zoom", "max_zoom", "max_perspective", "max_shift", "brightness", "contrast", "gamma", "colour", "blur_probability", "noise_std", "max_pair_gap", "min_pair_matches", "max_epipolar_px", "use_skimage_photos", "attention_steps", "attention_learning_rate", "attention_neighbourhood", "negative_exclusion_radius", "attention_against_batch", "reinit_attention_head")

@@ -18,6 +18,7 @@ checkpoint) then sees the same batches as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import time
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from delf_ret.atomic import atomic_write
 from delf_ret.model import save_delf_model
 
 MODEL_FILE = "delf_model.keras"
@@ -188,3 +190,16 @@ def run_loop(
     spec.model, spec.output_dir, spec.chief, spec.stage, step, step_times, log
   )
   return TrainingResult(step, metrics["loss"], metrics["accuracy"], model_path, ms_per_step)
+
+
+def time_recorder(time_file: pathlib.Path, chief: bool) -> Callable[[int, float], None]:
+  """A loop's on_save: the chief records {"step", "seconds"} (training seconds over every run
+  of the stage, resumed ones included) in ``time_file`` (JSON, written atomically)."""
+  spent_before = json.loads(time_file.read_text())["seconds"] if time_file.is_file() else 0.0
+
+  def record(step: int, seconds: float) -> None:
+    if chief:
+      with atomic_write(time_file, "w") as handle:
+        json.dump({"step": step, "seconds": round(spent_before + seconds, 1)}, handle)
+
+  return record

@@ -24,7 +24,6 @@ final model to ``<output_dir>/delf_model.keras``.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from typing import Callable
@@ -33,7 +32,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from delf_ret.atomic import atomic_write
 from delf_ret.config import DelfTrainingConfig
 from delf_ret.config import validate_training_config
 from delf_ret.model import DelfModel
@@ -44,6 +42,7 @@ from delf_ret.train.loop import Metrics
 from delf_ret.train.loop import TrainingResult
 from delf_ret.train.loop import open_checkpoints
 from delf_ret.train.loop import run_loop
+from delf_ret.train.loop import time_recorder
 from delf_ret.train.losses import info_nce
 from delf_ret.train.losses import near_matches
 from delf_ret.train.losses import reliability_loss
@@ -297,19 +296,6 @@ class SelfsupTraining:
     )
 
 
-def _time_recorder(output_dir: pathlib.Path, chief: bool) -> Callable[[int, float], None]:
-  """The loop's on_save: the chief records (step, training seconds over all runs) in TIME_FILE."""
-  time_file = output_dir / TIME_FILE
-  spent_before = json.loads(time_file.read_text())["seconds"] if time_file.is_file() else 0.0
-
-  def record(step: int, seconds: float) -> None:
-    if chief:
-      with atomic_write(time_file, "w") as handle:
-        json.dump({"step": step, "seconds": round(spent_before + seconds, 1)}, handle)
-
-  return record
-
-
 def train_selfsup(
   photo_source: str | os.PathLike,
   output_dir: str | os.PathLike,
@@ -370,7 +356,7 @@ def train_selfsup(
     chief=chief,
     save_at=(s.max_steps,),
     attention_input=batch_of(2**31 - 1)["view_a"][:2] if chief else None,
-    on_save=_time_recorder(output_dir, chief),
+    on_save=time_recorder(output_dir / TIME_FILE, chief),
   )
   return run_loop(
     spec, lambda step: training.step(step, batch_of(step), log), training.summarise, num_steps, log

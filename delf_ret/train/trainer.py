@@ -38,6 +38,7 @@ from delf_ret.train.loop import Metrics
 from delf_ret.train.loop import TrainingResult
 from delf_ret.train.loop import open_checkpoints
 from delf_ret.train.loop import run_loop
+from delf_ret.train.loop import time_recorder
 from delf_ret.train.pipeline import make_dataset
 
 STAGES = ("tuning", "attention")
@@ -180,6 +181,13 @@ def num_classes_of(data_dir: pathlib.Path) -> int:
   return int(json.loads(path.read_text())["num_classes"])
 
 
+def stage_steps(config: DelfTrainingConfig, stage: str) -> int:
+  """The steps of a stage: max_steps, or attention_max_steps (when set) for the attention stage."""
+  if stage == "attention" and config.attention_max_steps:
+    return config.attention_max_steps
+  return config.max_steps
+
+
 def freeze_backbone_stages(model: DelfModel, num_stages: int) -> None:
   """Freezes the backbone's first ``num_stages`` ResNet50 stages (layers named conv1_...,
   pool1_..., conv2_..., conv3_...; 0: none): Keras then leaves their variables out of
@@ -263,7 +271,9 @@ class _StageTraining:
     initial_lr = (
       config.tuning_learning_rate if stage == "tuning" else config.attention_learning_rate
     )
-    self.schedule = keras.optimizers.schedules.PolynomialDecay(initial_lr, config.max_steps, 0.0)
+    self.schedule = keras.optimizers.schedules.PolynomialDecay(
+      initial_lr, stage_steps(config, stage), 0.0
+    )
     self.optimizer = keras.optimizers.SGD(self.schedule, momentum=config.momentum)
     self.optimizer.build(self.variables)
     self.iterator = iter(dataset)
@@ -338,7 +348,8 @@ def train_stage(
   num_steps: int | None = None,
   log: Callable[[str], None] = print,
 ) -> TrainingResult:
-  """Runs (or resumes) one stage up to config.max_steps, or ``num_steps`` more steps.
+  """Runs (or resumes) one stage up to its :func:`stage_steps`, or ``num_steps`` more steps;
+  the chief records its steps and training seconds in ``<output_dir>/<stage>_time.json``.
 
   init_from (attention stage): the tuning stage's output folder; its latest
   checkpoint initialises the model when this stage has no checkpoint yet.
@@ -379,11 +390,12 @@ def train_stage(
     model=training.model,
     manager=manager,
     current_step=training.global_step,
-    total_steps=config.max_steps,
+    total_steps=stage_steps(config, stage),
     summary_every=config.summary_every,
     save_every=config.save_every,
     chief=chief,
     # A fixed image for the attention summaries.
     attention_input=next(iter(dataset.take(1)))[0][:1] if chief else None,
+    on_save=time_recorder(output_dir / f"{stage}_time.json", chief),
   )
   return run_loop(spec, training.step, training.summarise, num_steps, log)

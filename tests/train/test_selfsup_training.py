@@ -1,5 +1,6 @@
-"""The self-supervised stage from its script: killed, resumed at the saved step, packaged;
-the recipe's deterministic training gives the same weights again."""
+"""The default-model recipe from its script: killed in the self-supervised and the tuning
+stage, resumed at the saved steps, packaged; its deterministic training gives the same
+weights again."""
 
 import json
 import os
@@ -50,39 +51,82 @@ def assert_same_weights(path_a, path_b) -> None:
     np.testing.assert_array_equal(a, b)
 
 
+# The tuning and attention stages of the recipe, at test size.
+TINY_STAGES = [
+  "--config_override=batch_size=4",
+  "--config_override=image_size=64",
+  "--config_override=max_steps=4",
+  "--config_override=attention_max_steps=2",
+  "--config_override=shuffle_buffer=16",
+]
+
+
+def recipe_data(root, shared_data):
+  """A DATA_DIR at test size: train/ (4 overlapping Strecha photos), train_sequences/ (the
+  same 4 as one scene) and train_landmarks/ (5 photos of each of 3 landmarks, +2)."""
+  from test_labelled_photos import photo_folder
+
+  for folder in ("train/fountain", "train_sequences/fountain"):
+    (root / folder).mkdir(parents=True)
+    for name in ("0000.jpg", "0001.jpg", "0002.jpg", "0003.jpg"):  # Overlapping views.
+      shutil.copyfile(
+        shared_data / "train" / "strecha" / "fountain-P11" / name, root / folder / name
+      )
+  rows = "".join(f"fountain/000{i}.jpg,fountain,strecha\n" for i in range(4))
+  (root / "train_sequences" / "labels.csv").write_text("image,scene,source\n" + rows)
+  photo_folder(root / "train_landmarks", shared_data, header=("image", "landmark", "source"))
+  return root
+
+
 @pytest.mark.slow
 def test_usage_on_bad_arguments(tmp_path):
   result = run_command(
     ["bash", str(SCRIPT), str(tmp_path / "missing"), str(tmp_path)], timeout=None, env=ENV
   )
   assert result.returncode == 2 and "Usage:" in result.stdout
-  assert "photo folder not found" in result.stderr
+  assert f"photo folder not found: {tmp_path / 'missing'}/train" in result.stderr
+  (tmp_path / "data" / "train").mkdir(parents=True)
+  (tmp_path / "data" / "train_landmarks").mkdir()
+  result = run_command(
+    ["bash", str(SCRIPT), str(tmp_path / "data"), str(tmp_path / "out"), "--selfsup_model=x.npz"],
+    timeout=None,
+    env=ENV,
+  )
+  assert result.returncode == 2 and "selfsup model not found: x.npz" in result.stderr
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_at_the_saved_step_and_packages_a_loadable_model(tmp_path, shared_data):
-  photos = tmp_path / "photos"
-  photos.mkdir()
-  for name in ("0000.jpg", "0001.jpg", "0002.jpg", "0003.jpg"):  # Overlapping views.
-    shutil.copyfile(shared_data / "train" / "strecha" / "fountain-P11" / name, photos / name)
+def test_killed_recipe_resumes_each_stage_and_packages_a_loadable_model(tmp_path, shared_data):
+  data = recipe_data(tmp_path / "data", shared_data)
   out = tmp_path / "run"
-  command = ["bash", str(SCRIPT), str(photos), str(out), *TINY]
-  checkpoints = out / "selfsup" / "checkpoints"
-  kill_after_checkpoint(command, checkpoints / "ckpt-2.index", env=ENV)
+  command = ["bash", str(SCRIPT), str(data), str(out), *TINY, *TINY_STAGES]
+  # Killed in the self-supervised stage, then in the tuning stage; the third run finishes.
+  kill_after_checkpoint(command, out / "selfsup" / "checkpoints" / "ckpt-2.index", env=ENV)
+  kill_after_checkpoint(command, out / "tuning" / "checkpoints" / "ckpt-2.index", env=ENV)
   import tensorflow as tf
 
-  saved_step = int(tf.train.latest_checkpoint(str(checkpoints)).rsplit("-", 1)[1])
-  assert 2 <= saved_step < 8
+  tuning_step = int(
+    tf.train.latest_checkpoint(str(out / "tuning" / "checkpoints")).rsplit("-", 1)[1]
+  )
+  assert 2 <= tuning_step < 4
   result = run_command(command, timeout=900, env=ENV)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f"at step {saved_step}" in result.stdout  # "resumed from ... at step N"
-  assert "selfsup step 8/8: attention" in result.stdout  # The attention phase ran.
   assert "done: selfsup at step 8" in result.stdout
+  assert f"at step {tuning_step}" in result.stdout  # "resumed from ... at step N"
+  assert "done: tuning at step 4" in result.stdout
+  assert "initialised from the tuning checkpoint" in result.stdout
+  assert "done: attention at step 2" in result.stdout
   # Killed and resumed, the recipe's deterministic training ends where an uninterrupted run does.
   straight = tmp_path / "straight"
-  result = train_selfsup(photos, straight, *TINY, timeout=900)
+  result = train_selfsup(out / "selfsup_photos.txt", straight, *TINY, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   assert_same_weights(out / "selfsup" / "delf_model.keras", straight / "delf_model.keras")
+  check_packaged_model(out, data)
+
+
+def check_packaged_model(out, data) -> None:
+  """The recipe's default_model folder: every file, its facts and usable features."""
+  import tensorflow as tf
 
   from delf_ret.config import load_config
   from delf_ret.extract.extractor import DelfExtractor
@@ -98,15 +142,21 @@ def test_killed_run_resumes_at_the_saved_step_and_packages_a_loadable_model(tmp_
     "pca_variances.npy",
   ]
   facts = json.loads((model_dir / "TRAINING.json").read_text())
-  assert facts["training_steps"] == 8 and facts["training_wall_seconds"] > 0
+  assert [facts["stages"][s]["step"] for s in ("selfsup", "tuning", "attention")] == [8, 4, 2]
+  assert facts["training_steps"] == 14 and facts["training_wall_seconds"] > 0
+  assert facts["train_folders"] == ["train", "train_sequences", "train_landmarks"]
   assert facts["cpu_cores"] == os.cpu_count() and isinstance(facts["cpu_model"], str)
   assert facts["libraries"]["tensorflow"] == tf.__version__
+  config_text = (model_dir / "delf_config.pbtxt").read_text()
+  assert "Chosen by scripts/calibrate_matching.py" in config_text and "min_inliers:" in config_text
+  validation = json.loads((out / "validation.json").read_text())
+  assert (validation["photos"], validation["labels"]) == (3, 3)
   extractor = DelfExtractor(
     load_config(
       model_dir / "delf_config.pbtxt", ["max_image_size=256", "delf_local_config.score_threshold=0"]
     )
   )
-  features = extractor.extract(load_image(photos / "0000.jpg"))
+  features = extractor.extract(load_image(data / "train" / "fountain" / "0000.jpg"))
   assert features.num_features > 0 and features.descriptor_dim == 40
   assert np.isfinite(features.descriptors).all()
 

@@ -2,7 +2,9 @@
 
 import pytest
 
+from delf_ret.config import DelfTrainingConfig
 from delf_ret.model import DelfModel
+from delf_ret.train.trainer import stage_steps
 from delf_ret.train.trainer import trainable_parts
 
 
@@ -30,3 +32,10 @@ def test_attention_stage_trains_only_the_attention_head_and_classifier():
   model = DelfModel(num_classes=2, seed=0)
   assert _trained_layer_prefixes(trainable_parts(model, "attention")) == {"attention"}
   assert not model.backbone.trainable_variables
+
+
+def test_stage_steps():
+  config = DelfTrainingConfig(max_steps=800)
+  assert (stage_steps(config, "tuning"), stage_steps(config, "attention")) == (800, 800)
+  config.attention_max_steps = 400
+  assert (stage_steps(config, "tuning"), stage_steps(config, "attention")) == (800, 400)
