@@ -174,8 +174,10 @@ def main(argv: list[str]) -> int:
         )
       )
     else:
-      facts = write_training_facts(args.output_dir, args.seconds, args.data_dir, args.selfsup_model)
-      print(json.dumps(facts))
+      written = write_training_facts(
+        args.output_dir, args.seconds, args.data_dir, args.selfsup_model
+      )
+      print(json.dumps(written))
   except DelfRetError as error:
     print(f"error: {error}", file=sys.stderr)
     return 1
