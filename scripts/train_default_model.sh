@@ -20,7 +20,7 @@
 # To ship the result, copy OUTPUT_DIR/default_model/* into delf_ret/default_model/.
 set -euo pipefail
 
-usage() { sed -n '11,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '11,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [[ $# -lt 2 ]] && usage
 data=$1 out=$2
 shift 2
@@ -78,7 +78,7 @@ done
 python "$repo/scripts/calibrate_matching.py" "$out/default_model/delf_config.pbtxt" "${folders[@]}" \
   2>&1 | grep -E "^(distance|ratio|best|wrote)"
 python -m delf_ret.train.recipe validate "$out/default_model/delf_config.pbtxt" "$out/shards" \
-  --output "$out/validation.json" 2>/dev/null
+  --output "$out/validation.json" 2> >(grep -E "^(validation|error)" >&2)
 python -m delf_ret.train.recipe facts "$out" "$(( $(date +%s) - start ))" "$data" \
   ${given_selfsup:+--selfsup_model="$given_selfsup"}
 echo "done: default model in $out/default_model ($(( $(date +%s) - start )) s)"

@@ -54,20 +54,28 @@ def inlier_matrix(features: list[LocalFeatures], params: RansacParams) -> np.nda
 
 
 def validation_figures(inliers: np.ndarray, labels: list[int], min_inliers: int) -> dict:
-  """The figures of an inlier matrix [N, N] and labels: all-pairs mAP (percent), the share of
-  same-label pairs reaching min_inliers, and the different-label pairs that do."""
+  """The figures of an inlier matrix [N, N] and labels: all-pairs mAP (percent; None when no
+  label has two photos), the share of same-label pairs reaching min_inliers, and the
+  different-label pairs that do."""
   same = np.equal.outer(labels, labels)
   upper = np.triu(np.ones_like(same), 1)
   related = inliers[same & upper]
   groups = {str(i): str(label) for i, label in enumerate(labels)}
+  queries = int(np.sum(same.sum(axis=1) > 1))  # Photos with another photo of their label.
   unrelated = count_false_positives(groups, lambda a, b: inliers[int(a), int(b)], min_inliers)
   return {
     "photos": len(labels),
     "labels": len(set(labels)),
-    "map_by_inliers": round(100.0 * all_pairs_map(inliers.astype(np.float64), labels), 2),
+    # None when no label has two validation photos.
+    "map_by_inliers": (
+      round(100.0 * all_pairs_map(inliers.astype(np.float64), labels), 2) if queries else None
+    ),
+    "queries": queries,
     "related_pairs": int(related.size),
-    "related_verified_share": round(float(np.mean(related >= min_inliers)), 4),
-    "related_median_inliers": float(np.median(related)),
+    "related_verified_share": (
+      round(float(np.mean(related >= min_inliers)), 4) if related.size else None
+    ),
+    "related_median_inliers": float(np.median(related)) if related.size else None,
     "unrelated_pairs": unrelated.pairs["landmark-landmark"],
     "unrelated_verified": unrelated.count("landmark-landmark"),
     "unrelated_max_inliers": int(inliers[~same].max(initial=0)),

@@ -150,7 +150,7 @@ def check_packaged_model(out, data) -> None:
   config_text = (model_dir / "delf_config.pbtxt").read_text()
   assert "Chosen by scripts/calibrate_matching.py" in config_text and "min_inliers:" in config_text
   validation = json.loads((out / "validation.json").read_text())
-  assert (validation["photos"], validation["labels"]) == (3, 3)
+  assert (validation["photos"], validation["labels"], validation["queries"]) == (3, 3, 0)
   extractor = DelfExtractor(
     load_config(
       model_dir / "delf_config.pbtxt", ["max_image_size=256", "delf_local_config.score_threshold=0"]

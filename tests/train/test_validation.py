@@ -26,6 +26,9 @@ def test_figures_of_a_hand_built_inlier_matrix():
   assert figures["related_median_inliers"] == 17.5
   assert (figures["unrelated_pairs"], figures["unrelated_verified"]) == (4, 1)
   assert figures["unrelated_max_inliers"] == 12
+  alone = validation_figures(inliers, [0, 1, 2, 3], min_inliers=10)
+  assert (alone["map_by_inliers"], alone["queries"], alone["related_pairs"]) == (None, 0, 0)
+  assert alone["unrelated_verified"] == 2  # (0, 1) with 30 and (0, 2) with 12
 
 
 @pytest.mark.slow  # Prepares shards of 18 photos and extracts 6 with the default model (~40 s).
