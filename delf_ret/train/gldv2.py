@@ -271,8 +271,6 @@ def prepare_gldv2(
   log: Callable[[str], None] = print,
 ) -> list[tuple[pathlib.Path, str]]:
   """The whole preparation (see the module docstring); returns the skipped images."""
-  if num_shards <= 0:
-    raise GldDataError(f"num_shards must be positive, got {num_shards}")
   images = read_train_csv(csv_path, train_dir)
   return write_training_data(images, output_dir, num_shards, validation_share, seed, log)
 

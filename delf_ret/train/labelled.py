@@ -135,8 +135,6 @@ def prepare_labelled_photos(
 
   num_shards: training shards (validation: a quarter as many, at least 1).
   """
-  if num_shards <= 0:
-    raise GldDataError(f"num_shards must be positive, got {num_shards}")
   if min_images_per_label < 1:
     raise GldDataError(f"min_images_per_label must be at least 1, got {min_images_per_label}")
   rows = read_labelled_csv(csv_path, images_dir, label_column)

@@ -212,3 +212,12 @@ def test_console_script_then_the_tuning_stage(tmp_path, shared_data):
   assert trained.returncode == 0, trained.stderr[-3000:]
   assert "done: tuning at step 2" in trained.stdout
   assert (tmp_path / "tuning" / "delf_model.keras").is_file()
+
+
+def test_no_shards_asked_for_is_refused(tmp_path, shared_data):
+  photo_folder(tmp_path / "photos", shared_data)
+  with pytest.raises(GldDataError, match="num_shards must be positive, got 0"):
+    labelled.prepare_labelled_photos(
+      tmp_path / "photos" / "labels.csv", tmp_path / "out", num_shards=0, log=lambda line: None
+    )
+  assert not (tmp_path / "out" / "split.json").exists()
