@@ -12,8 +12,9 @@ Photo folders are read as the training folders of ``../shared/data`` are laid ou
   overlapping photos (the Strecha layout); every other photo is grouped by its top
   sub-folder (e.g. ``coco128``), never paired within it.
 
-Overlapping pairs: neighbours in name order within a scene or sequence (gap 1 to 3), at
-most PAIRS_PER_GROUP of each.
+Related pairs (they should pass): neighbours in name order within a scene or sequence
+(gap 1 to 3), or two photos of one landmark / object class (the retrieval task itself,
+though such photos need not overlap), at most PAIRS_PER_GROUP of each group.
 Unrelated pairs: photos of different folders given, or of different distinct labels.
 Pure Python and numpy.
 """
@@ -97,12 +98,12 @@ def unrelated(a: CalibrationPhoto, b: CalibrationPhoto) -> bool:
 def calibration_pairs(
   photos: list[CalibrationPhoto], num_overlapping: int, num_unrelated: int, seed: int = 0
 ) -> tuple[list[tuple[pathlib.Path, pathlib.Path]], list[tuple[pathlib.Path, pathlib.Path]]]:
-  """(overlapping pairs, unrelated pairs) of photo paths: random samples of at most the
+  """(related pairs, unrelated pairs) of photo paths: random samples of at most the
   given sizes, deterministic for a seed, each list in a stable order."""
   rng = np.random.default_rng(seed)
   groups: dict[tuple[str, str], list[pathlib.Path]] = {}
   for photo in photos:
-    if photo.overlapping:
+    if photo.overlapping or photo.distinct:  # A scene, a sequence, a landmark.
       groups.setdefault((photo.root, photo.group), []).append(photo.path)
   overlapping = []
   for _, members in sorted(groups.items()):

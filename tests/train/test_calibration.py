@@ -64,9 +64,10 @@ def test_groups_and_what_counts_as_unrelated(folders):
 def test_pairs_are_neighbours_or_unrelated_and_deterministic(folders):
   photos = calibration_photos(folders)
   overlapping, unrelated_pairs = calibration_pairs(photos, 100, 100, seed=0)
-  # 2 scenes + 1 sequence of 3 photos: gaps 1, 2 -> 3 pairs each.
-  assert len(overlapping) == 9
-  assert all(a.parent == b.parent and a != b for a, b in overlapping)
+  # 2 scenes + 1 sequence of 3 photos: gaps 1, 2 -> 3 pairs each; 2 landmarks: 1 pair each.
+  assert len(overlapping) == 11
+  by_group = {p.path: (p.root, p.group) for p in calibration_photos(folders)}
+  assert all(by_group[a] == by_group[b] and a != b for a, b in overlapping)
   by_path = {p.path: p for p in photos}
   assert unrelated_pairs and all(unrelated(by_path[a], by_path[b]) for a, b in unrelated_pairs)
   assert calibration_pairs(photos, 100, 100, seed=0) == (overlapping, unrelated_pairs)
