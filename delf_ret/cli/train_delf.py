@@ -20,6 +20,8 @@ many more steps (the learning-rate schedule still spans max_steps).
 
 from __future__ import annotations
 
+import math
+
 from absl import flags
 
 from delf_ret import config as config_lib
@@ -82,7 +84,9 @@ def main(argv: list[str]) -> int:
       num_steps=FLAGS.num_steps,
       log=log,
     )
-  print(f"done: {FLAGS.stage} at step {result.step}, loss {result.loss:.4f}")
+  # A run that found its stage finished trains no step and has no loss to report.
+  loss = "nothing left to train" if math.isnan(result.loss) else f"loss {result.loss:.4f}"
+  print(f"done: {FLAGS.stage} at step {result.step}, {loss}")
   return 0
 
 

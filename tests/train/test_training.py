@@ -144,6 +144,11 @@ def test_killed_run_resumes_at_the_saved_step(shards, tmp_path):
   reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(out / "checkpoints")))
   iterations = [name for name in reader.get_variable_to_shape_map() if "iterations" in name]
   assert iterations and int(reader.get_tensor(iterations[0])) == saved_step + 1
+  # Run again with the stage finished: it says so, with no loss to report.
+  finished = [*command[:-1], f"--config_override=max_steps={saved_step + 1}"]
+  result = run_command(finished, timeout=600, env=ENV)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"done: tuning at step {saved_step + 1}, nothing left to train" in result.stdout
 
 
 def test_resumed_training_equals_uninterrupted(shards, tmp_path):
