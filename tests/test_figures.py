@@ -41,10 +41,14 @@ def test_readme_and_model_card_tables_are_rendered_from_the_json():
 
 
 def test_the_quoted_rerun_is_of_the_shipped_recipe():
-  """The model card quotes a rerun of the recipe that made the shipped model: when a new model
-  ships, its recipe must be rerun too (a rerun JSON of an older model fails here)."""
+  """The model card quotes a rerun only of the recipe that made the shipped model (a rerun
+  JSON of an older model fails here); without one, the card claims none."""
   benchmark = load_benchmark()
   shipped = json.loads(benchmark.RESULT.read_text())["training"]
+  card = benchmark.MODEL_CARD.read_text()
+  if not benchmark.RERUN.is_file():
+    assert "A rerun of the recipe" not in card
+    return
   rerun = json.loads(benchmark.RERUN.read_text())["training"]
   assert rerun["training_steps"] == shipped["training_steps"]
   assert rerun["finished"] >= shipped["finished"]  # ISO dates.

@@ -3,7 +3,7 @@ r"""Writes your own labelled photos into the TFRecord shards the tuning and atte
 Usage:
   prepare_labelled_photos --labels_csv photos/labels.csv --output_dir shards/ \
       [--images_dir photos/] [--label_column label] [--num_shards 16] \
-      [--validation_share 0.2] [--seed 0] [--min_images_per_label 2]
+      [--validation_share 0.2] [--seed 0] [--min_images_per_label 2] [--holdout_labels 0]
 
 The CSV has a header row with the columns ``image`` (a path relative to
 --images_dir, by default the CSV's folder) and ``label`` (or the column named
@@ -47,6 +47,11 @@ flags.DEFINE_integer("seed", 0, "Seed of the split and of the order of the photo
 flags.DEFINE_integer(
   "min_images_per_label", 2, "Labels with fewer photos are left out (and reported)."
 )
+flags.DEFINE_integer(
+  "holdout_labels",
+  0,
+  "This many labels (seeded choice) go wholly to validation: landmarks training never sees.",
+)
 
 
 def main(argv: list[str]) -> int:
@@ -62,6 +67,7 @@ def main(argv: list[str]) -> int:
     seed=FLAGS.seed,
     min_images_per_label=FLAGS.min_images_per_label,
     log=log,
+    holdout_labels=FLAGS.holdout_labels,
   )
   if report_failures(failures, "photos (skipped)"):
     return 1

@@ -92,11 +92,15 @@ def read_train_csv(csv_path: str | os.PathLike, train_dir: str | os.PathLike) ->
 
 
 def stratified_split(
-  images: list[TrainImage], validation_share: float = 0.2, seed: int = 0
+  images: list[TrainImage],
+  validation_share: float = 0.2,
+  seed: int = 0,
+  holdout: frozenset[int] = frozenset(),
 ) -> tuple[list[TrainImage], list[TrainImage]]:
   """(train, validation): per landmark, round(share * n) images (seeded) go to validation.
 
-  A landmark keeps at least one training image.
+  A landmark keeps at least one training image, except the labels of ``holdout``: all
+  their images go to validation (landmarks training never sees).
   """
   if not 0.0 <= validation_share < 1.0:
     raise GldDataError(f"validation share must be in [0, 1), got {validation_share}")
@@ -109,6 +113,8 @@ def stratified_split(
     members = by_label[label]
     order = rng.permutation(len(members))
     count = min(int(round(validation_share * len(members))), len(members) - 1)
+    if label in holdout:
+      count = len(members)
     validation += [members[i] for i in order[:count]]
     train += [members[i] for i in order[count:]]
   return train, validation
@@ -211,6 +217,7 @@ def write_training_data(
   label_map_header: tuple[str, str] = ("landmark_id", "label"),
   split_details: dict | None = None,
   shuffle: bool = False,
+  holdout: frozenset[int] = frozenset(),
 ) -> list[tuple[pathlib.Path, str]]:
   """Splits ``images``, writes their shards, ``label_map.csv`` and ``split.json``.
 
@@ -218,12 +225,13 @@ def write_training_data(
   added to ``split.json``; a folder whose ``split.json`` differs is refused, so
   a rerun resumes only with the same inputs and settings. ``shuffle``: each
   split's images are written in a seeded random order (else label by label).
+  ``holdout``: labels whose images all go to validation (see :func:`stratified_split`).
   """
   if num_shards <= 0:
     raise GldDataError(f"num_shards must be positive, got {num_shards}")
   output_dir = pathlib.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
-  train, validation = stratified_split(images, validation_share, seed)
+  train, validation = stratified_split(images, validation_share, seed, holdout)
   if shuffle:
     rng = np.random.default_rng([seed, 1])
     train = [train[i] for i in rng.permutation(len(train))]

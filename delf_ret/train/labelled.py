@@ -31,6 +31,8 @@ import os
 import pathlib
 from typing import Callable
 
+import numpy as np
+
 from delf_ret.train.gldv2 import GldDataError
 from delf_ret.train.gldv2 import TrainImage
 from delf_ret.train.gldv2 import write_training_data
@@ -130,10 +132,13 @@ def prepare_labelled_photos(
   seed: int = 0,
   min_images_per_label: int = 2,
   log: Callable[[str], None] = print,
+  holdout_labels: int = 0,
 ) -> list[tuple[pathlib.Path, str]]:
   """The whole preparation (see the module docstring); returns the skipped unreadable photos.
 
   num_shards: training shards (validation: a quarter as many, at least 1).
+  holdout_labels: this many labels (seeded choice) go wholly to validation, so that
+  validation measures landmarks the training never saw.
   """
   if min_images_per_label < 1:
     raise GldDataError(f"min_images_per_label must be at least 1, got {min_images_per_label}")
@@ -146,7 +151,13 @@ def prepare_labelled_photos(
       f"{csv_path}: no label has {min_images_per_label} or more photos "
       f"({len(rows.photos)} labelled photos, {rows.unlabelled} rows without a label)"
     )
+  if not 0 <= holdout_labels < len(kept):
+    raise GldDataError(
+      f"holdout_labels must be in [0, {len(kept)}) for {len(kept)} labels, got {holdout_labels}"
+    )
   index = {name: label for label, name in enumerate(kept)}
+  rng = np.random.default_rng(seed)
+  held = sorted(kept[i] for i in rng.permutation(len(kept))[:holdout_labels])
   images = [
     TrainImage(image_id, path, name, index[name])
     for image_id, path, name in rows.photos
@@ -169,6 +180,8 @@ def prepare_labelled_photos(
     "unlabelled_rows": rows.unlabelled,
     "photo_list_sha256": photo_list_digest(images),
   }
+  if held:
+    details["holdout_labels"] = held
   return write_training_data(
     images,
     output_dir,
@@ -179,4 +192,5 @@ def prepare_labelled_photos(
     label_map_header=("name", "label"),
     split_details=details,
     shuffle=True,
+    holdout=frozenset(index[name] for name in held),
   )

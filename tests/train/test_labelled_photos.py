@@ -221,3 +221,23 @@ def test_no_shards_asked_for_is_refused(tmp_path, shared_data):
       tmp_path / "photos" / "labels.csv", tmp_path / "out", num_shards=0, log=lambda line: None
     )
   assert not (tmp_path / "out" / "split.json").exists()
+
+
+def test_held_out_labels_go_wholly_to_validation(tmp_path, shared_data):
+  rows = photo_folder(tmp_path / "photos", shared_data)
+  out = tmp_path / "shards"
+  labelled.prepare_labelled_photos(
+    tmp_path / "photos" / "labels.csv", out, num_shards=2, holdout_labels=1, log=lambda line: None
+  )
+  info = json.loads((out / "split.json").read_text())
+  [held] = info["holdout_labels"]
+  assert held in LANDMARKS
+  train, validation = labels_in_shards(out, "train"), labels_in_shards(out, "validation")
+  assert not any(rows[image_id] == held for image_id in train)
+  assert sum(rows[image_id] == held for image_id in validation) == 5
+  # The other labels are split as before: round(0.2 * 5) = 1 photo each in validation.
+  assert len(validation) == 5 + 2 and len(train) == 8
+  with pytest.raises(GldDataError, match=r"holdout_labels must be in \[0, 3\) for 3 labels, got 3"):
+    labelled.prepare_labelled_photos(
+      tmp_path / "photos" / "labels.csv", tmp_path / "x", holdout_labels=3, log=lambda line: None
+    )
