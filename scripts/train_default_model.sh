@@ -9,27 +9,38 @@
 #      figures on the landmark photos' validation split (validation.json).
 #
 # Usage: scripts/train_default_model.sh DATA_DIR OUTPUT_DIR [--selfsup_model=FILE]
-#            [--config_override=FIELD=VALUE ...]
+#            [--holdout_labels=N] [--no_tuning] [--config_override=FIELD=VALUE ...]
 #   DATA_DIR   the training folders: train/ (needed), train_sequences/, train_objects/,
 #              train_landmarks/ (needed; labels.csv: image,landmark,...), e.g. ../shared/data
 #   OUTPUT_DIR selfsup/, shards/, tuning/, attention/: each stage's checkpoints and logs;
 #              default_model/: the files of delf_ret/default_model
 #   --selfsup_model=FILE  skip stage 1: tuning starts from this DELF model's backbone
+#   --holdout_labels=N    N whole landmarks go to validation only (figures on unseen ones)
+#   --no_tuning           skip stage 2: attention on the selfsup backbone, left unchanged
 #   extra flags go to every train_delf stage
 # Run it again after an interruption: every stage resumes where it stopped.
 # To ship the result, copy OUTPUT_DIR/default_model/* into delf_ret/default_model/.
 set -euo pipefail
 
-usage() { sed -n '11,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '11,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [[ $# -lt 2 ]] && usage
 data=$1 out=$2
 shift 2
-selfsup_model="" given_selfsup=""
-if [[ ${1:-} == --selfsup_model=* ]]; then
-  selfsup_model=${1#--selfsup_model=} given_selfsup=${1#--selfsup_model=}
+selfsup_model="" given_selfsup="" holdout=0 tuning=yes
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --selfsup_model=*) selfsup_model=${1#*=} given_selfsup=${1#*=} ;;
+    --holdout_labels=*) holdout=${1#*=} ;;
+    --no_tuning) tuning=no ;;
+    *) break ;;
+  esac
   shift
-  [[ -f $selfsup_model ]] || { echo "error: selfsup model not found: $selfsup_model" >&2; usage; }
+done
+if [[ -n $selfsup_model && ! -f $selfsup_model ]]; then
+  echo "error: selfsup model not found: $selfsup_model" >&2
+  usage
 fi
+[[ $holdout =~ ^[0-9]+$ ]] || { echo "error: --holdout_labels must be a count: $holdout" >&2; usage; }
 for folder in train train_landmarks; do
   [[ -d $data/$folder ]] || { echo "error: photo folder not found: $data/$folder" >&2; usage; }
 done
@@ -62,9 +73,14 @@ if [[ -z $selfsup_model ]]; then
   selfsup_model=$out/selfsup/delf_model.keras
 fi
 python -m delf_ret.cli.prepare_labelled_photos --labels_csv="$data/train_landmarks/labels.csv" \
-  --label_column=landmark --output_dir="$out/shards" | grep -E "^(done|error|[0-9]+ images)"
-stage tuning --data_dir="$out/shards" --config_override=backbone_weights="$selfsup_model" "$@"
-stage attention --data_dir="$out/shards" --init_from="$out/tuning" "$@"
+  --label_column=landmark --holdout_labels="$holdout" --output_dir="$out/shards" \
+  | grep -E "^(done|error|[0-9]+ images)"
+if [[ $tuning == yes ]]; then
+  stage tuning --data_dir="$out/shards" --config_override=backbone_weights="$selfsup_model" "$@"
+  stage attention --data_dir="$out/shards" --init_from="$out/tuning" "$@"
+else
+  stage attention --data_dir="$out/shards" --config_override=backbone_weights="$selfsup_model" "$@"
+fi
 python -m delf_ret.cli.export_delf_model --model_path="$out/attention/delf_model.keras" \
   --compact_path="$out/default_model/delf_default.npz"
 python -m delf_ret.train.recipe pca-photos "$out/default_model" "$data/train"

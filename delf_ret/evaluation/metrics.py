@@ -232,8 +232,11 @@ def evaluate_original(
   return evaluate_split(ranked_lists, positives, ignored, ks, num_database)
 
 
-def all_pairs_map(scores: np.ndarray, labels: Sequence) -> float:
-  """mAP of every photo as a query against all the others, ranked by ``scores``.
+def all_pairs_map(
+  scores: np.ndarray, labels: Sequence, queries: Sequence[int] | None = None
+) -> float:
+  """mAP of every photo (or of those in ``queries``) as a query against all the others,
+  ranked by ``scores``.
 
   scores: float [N, N], scores[q, d] of database photo d for query q (higher first; the
   diagonal is ignored; ties keep the lower index first). labels: N group labels; a
@@ -246,7 +249,7 @@ def all_pairs_map(scores: np.ndarray, labels: Sequence) -> float:
   if scores.ndim != 2 or scores.shape != (count, count):
     raise ValueError(f"scores must be [N, N] for N = {count} labels, got {scores.shape}")
   aps = []
-  for query in range(count):
+  for query in range(count) if queries is None else queries:
     others = np.delete(np.arange(count), query)
     positives = others[label_array[others] == label_array[query]]
     if not positives.size:

@@ -137,8 +137,10 @@ def prepare_labelled_photos(
   """The whole preparation (see the module docstring); returns the skipped unreadable photos.
 
   num_shards: training shards (validation: a quarter as many, at least 1).
-  holdout_labels: this many labels (seeded choice) go wholly to validation, so that
-  validation measures landmarks the training never saw.
+  holdout_labels: this many labels go wholly to validation, so that validation measures
+  landmarks the training never saw; a seeded choice among the labels with at least the
+  mean number of photos (a held-out landmark is a set of retrieval queries, so it needs
+  photos).
   """
   if min_images_per_label < 1:
     raise GldDataError(f"min_images_per_label must be at least 1, got {min_images_per_label}")
@@ -151,13 +153,16 @@ def prepare_labelled_photos(
       f"{csv_path}: no label has {min_images_per_label} or more photos "
       f"({len(rows.photos)} labelled photos, {rows.unlabelled} rows without a label)"
     )
-  if not 0 <= holdout_labels < len(kept):
-    raise GldDataError(
-      f"holdout_labels must be in [0, {len(kept)}) for {len(kept)} labels, got {holdout_labels}"
-    )
   index = {name: label for label, name in enumerate(kept)}
   rng = np.random.default_rng(seed)
-  held = sorted(kept[i] for i in rng.permutation(len(kept))[:holdout_labels])
+  mean_count = np.mean([counts[name] for name in kept])
+  candidates = [name for name in kept if counts[name] >= mean_count]
+  if not 0 <= holdout_labels <= min(len(candidates), len(kept) - 1):
+    raise GldDataError(
+      f"holdout_labels must be in [0, {min(len(candidates), len(kept) - 1)}] for {len(kept)} "
+      f"labels ({len(candidates)} with the mean number of photos or more), got {holdout_labels}"
+    )
+  held = sorted(candidates[i] for i in rng.permutation(len(candidates))[:holdout_labels])
   images = [
     TrainImage(image_id, path, name, index[name])
     for image_id, path, name in rows.photos

@@ -235,11 +235,9 @@ def _stage_dataset(
 
 
 def _init_from_tuning(
-  model: DelfModel, init_from: str | os.PathLike | None, log: Callable[[str], None]
+  model: DelfModel, init_from: str | os.PathLike, log: Callable[[str], None]
 ) -> None:
   """Loads the model weights of the tuning stage's latest checkpoint (attention stage start)."""
-  if init_from is None:
-    raise TrainingError("the attention stage needs the tuning output folder (init_from)")
   tuning_latest = tf.train.latest_checkpoint(pathlib.Path(init_from) / "checkpoints")
   if tuning_latest is None:
     raise TrainingError(f"no tuning checkpoint in {pathlib.Path(init_from) / 'checkpoints'}")
@@ -258,10 +256,13 @@ class _StageTraining:
     config: DelfTrainingConfig,
     strategy: tf.distribute.Strategy,
     dataset: tf.data.Dataset,
+    from_tuning: bool = False,
   ):
     self.stage, self.config, self.strategy = stage, config, strategy
     backbone_weights = None
-    if stage == "tuning" and config.backbone_weights not in ("", "random"):
+    # The attention stage takes its backbone from backbone_weights only when it does not
+    # start from a tuning checkpoint.
+    if config.backbone_weights not in ("", "random") and not from_tuning:
       backbone_weights = config.backbone_weights
     self.model = DelfModel(
       num_classes=num_classes, backbone_weights=backbone_weights, seed=config.seed
@@ -352,11 +353,18 @@ def train_stage(
   the chief records its steps and training seconds in ``<output_dir>/<stage>_time.json``.
 
   init_from (attention stage): the tuning stage's output folder; its latest
-  checkpoint initialises the model when this stage has no checkpoint yet.
+  checkpoint initialises the model when this stage has no checkpoint yet. Without it the
+  attention stage trains on the backbone of ``config.backbone_weights`` (a DELF model or
+  ImageNet), which it keeps unchanged.
   """
   if stage not in STAGES:
     raise TrainingError(f"stage must be one of {STAGES}, got {stage!r}")
   validate_training_config(config)
+  if stage == "attention" and init_from is None and config.backbone_weights in ("", "random"):
+    raise TrainingError(
+      "the attention stage needs the tuning output folder (init_from) or backbone_weights "
+      "naming the weights its backbone keeps"
+    )
   strategy = strategy or tf.distribute.get_strategy()
   data_dir, output_dir = pathlib.Path(data_dir), pathlib.Path(output_dir)
   chief, replicas = is_chief(strategy), strategy.num_replicas_in_sync
@@ -374,7 +382,9 @@ def train_stage(
   # which also keeps their own input position for a resume.
   checkpoints = "checkpoints" if chief else f"worker_{worker_index_of(strategy)}_checkpoints"
   with strategy.scope():
-    training = _StageTraining(stage, num_classes_of(data_dir), config, strategy, dataset)
+    training = _StageTraining(
+      stage, num_classes_of(data_dir), config, strategy, dataset, init_from is not None
+    )
     manager, resumed = open_checkpoints(
       training.checkpoint,
       output_dir / checkpoints,
@@ -382,7 +392,7 @@ def train_stage(
       training.global_step,
       log,
     )
-    if not resumed and stage == "attention":
+    if not resumed and stage == "attention" and init_from is not None:
       _init_from_tuning(training.model, init_from, log)
   spec = LoopSpec(
     stage=stage,

@@ -4,14 +4,20 @@ photos of labelled shards (prepare_labelled_photos), never an evaluation set.
 Every validation photo is a query against all the others; database photos are ranked by
 verified inliers (putative matching + RANSAC with the config's retrieval_config), the
 positives are the photos of its label. The figures: that all-pairs mAP, the share of
-same-label pairs that reach ``min_inliers``, and the different-label pairs that do.
+same-label pairs that reach ``min_inliers``, and the different-label pairs that do; when
+the shards hold labels out of training (``prepare_labelled_photos --holdout_labels``),
+also the mAP and share of those labels' photos alone ("unseen"), the only figures that
+compare models on landmarks none of them trained on.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import pathlib
 from typing import Callable
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -22,6 +28,8 @@ from delf_ret.evaluation.metrics import all_pairs_map
 from delf_ret.features import LocalFeatures
 from delf_ret.match import RansacParams
 from delf_ret.match import verify_pair
+from delf_ret.train.gldv2 import LABEL_MAP_FILE
+from delf_ret.train.gldv2 import SPLIT_FILE
 from delf_ret.train.photos import TrainingDataError
 from delf_ret.train.pipeline import parse_example
 from delf_ret.train.pipeline import shard_files
@@ -43,6 +51,22 @@ def read_validation_photos(shards_dir: str | os.PathLike) -> tuple[list[np.ndarr
   return photos, labels
 
 
+def held_out_labels(shards_dir: str | os.PathLike) -> list[int]:
+  """The labels (ints of label_map.csv) that ``split.json`` says training never saw."""
+  shards_dir = pathlib.Path(shards_dir)
+  try:
+    names = json.loads((shards_dir / SPLIT_FILE).read_text()).get("holdout_labels", [])
+    with open(shards_dir / LABEL_MAP_FILE, newline="") as handle:
+      rows = list(csv.reader(handle))[1:]
+  except (OSError, ValueError, AttributeError) as error:
+    raise TrainingDataError(f"{shards_dir}: unreadable {SPLIT_FILE} or {LABEL_MAP_FILE}: {error}")
+  label_of = {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[1].isdigit()}
+  missing = [name for name in names if name not in label_of]
+  if missing:
+    raise TrainingDataError(f"{shards_dir}: held-out labels not in {LABEL_MAP_FILE}: {missing}")
+  return sorted(label_of[name] for name in names)
+
+
 def inlier_matrix(features: list[LocalFeatures], params: RansacParams) -> np.ndarray:
   """Verified inliers of every pair, int [N, N], symmetric (A matched against B for A < B)."""
   count = len(features)
@@ -53,17 +77,20 @@ def inlier_matrix(features: list[LocalFeatures], params: RansacParams) -> np.nda
   return inliers
 
 
-def validation_figures(inliers: np.ndarray, labels: list[int], min_inliers: int) -> dict:
+def validation_figures(
+  inliers: np.ndarray, labels: list[int], min_inliers: int, unseen: Sequence[int] = ()
+) -> dict:
   """The figures of an inlier matrix [N, N] and labels: all-pairs mAP (percent; None when no
   label has two photos), the share of same-label pairs reaching min_inliers, and the
-  different-label pairs that do."""
+  different-label pairs that do. With ``unseen`` labels (held out of training), the
+  "unseen" figures: mAP of their photos as queries against all photos, and their share."""
   same = np.equal.outer(labels, labels)
   upper = np.triu(np.ones_like(same), 1)
   related = inliers[same & upper]
   groups = {str(i): str(label) for i, label in enumerate(labels)}
   queries = int(np.sum(same.sum(axis=1) > 1))  # Photos with another photo of their label.
   unrelated = count_false_positives(groups, lambda a, b: inliers[int(a), int(b)], min_inliers)
-  return {
+  figures = {
     "photos": len(labels),
     "labels": len(set(labels)),
     # None when no label has two validation photos.
@@ -80,6 +107,32 @@ def validation_figures(inliers: np.ndarray, labels: list[int], min_inliers: int)
     "unrelated_verified": unrelated.count("landmark-landmark"),
     "unrelated_max_inliers": int(inliers[~same].max(initial=0)),
     "min_inliers": min_inliers,
+  }
+  if unseen:
+    figures["unseen"] = _unseen_figures(inliers, labels, min_inliers, unseen)
+  return figures
+
+
+def _unseen_figures(
+  inliers: np.ndarray, labels: list[int], min_inliers: int, unseen: Sequence[int]
+) -> dict:
+  """Figures of the held-out labels' photos: queries among all photos, their own pairs."""
+  label_array = np.asarray(labels)
+  queries = [
+    i for i in range(len(labels)) if labels[i] in unseen and np.sum(label_array == labels[i]) > 1
+  ]
+  related = [inliers[a, b] for a in queries for b in queries if a < b and labels[a] == labels[b]]
+  return {
+    "labels": sorted(set(unseen)),
+    "queries": len(queries),
+    "map_by_inliers": (
+      round(100.0 * all_pairs_map(inliers.astype(np.float64), labels, queries), 2)
+      if queries
+      else None
+    ),
+    "related_verified_share": (
+      round(float(np.mean(np.asarray(related) >= min_inliers)), 4) if related else None
+    ),
   }
 
 
@@ -102,7 +155,7 @@ def validate_model(
       log(f"validation: extracted {index + 1}/{len(photos)} photos")
   retrieval = config.retrieval_config
   inliers = inlier_matrix(features, RansacParams.from_config(retrieval))
-  figures = validation_figures(inliers, labels, retrieval.min_inliers)
+  figures = validation_figures(inliers, labels, retrieval.min_inliers, held_out_labels(shards_dir))
   figures["shards"] = str(pathlib.Path(shards_dir).resolve())
   figures["mean_features"] = round(float(np.mean([f.num_features for f in features])), 1)
   return figures

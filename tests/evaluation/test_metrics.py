@@ -131,6 +131,8 @@ def test_all_pairs_map_by_hand():
     ]
   )
   assert all_pairs_map(scores, ["a", "a", "b", "b"]) == pytest.approx((3 + 1 / 6) / 4)
+  # Only queries 1 and 2 (ranked against all photos).
+  assert all_pairs_map(scores, ["a", "a", "b", "b"], [1, 2]) == pytest.approx((1 / 6 + 1) / 2)
   # A photo alone in its label is not a query (and still ranks as a negative).
   assert all_pairs_map(scores[:3, :3], ["a", "a", "c"]) == pytest.approx((1 + 1 / 4) / 2)
   with pytest.raises(ValueError, match="no query has a positive"):

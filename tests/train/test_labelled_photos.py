@@ -237,7 +237,8 @@ def test_held_out_labels_go_wholly_to_validation(tmp_path, shared_data):
   assert sum(rows[image_id] == held for image_id in validation) == 5
   # The other labels are split as before: round(0.2 * 5) = 1 photo each in validation.
   assert len(validation) == 5 + 2 and len(train) == 8
-  with pytest.raises(GldDataError, match=r"holdout_labels must be in \[0, 3\) for 3 labels, got 3"):
+  refused = r"holdout_labels must be in \[0, 2\] for 3 labels \(3 with the mean number"
+  with pytest.raises(GldDataError, match=refused):
     labelled.prepare_labelled_photos(
       tmp_path / "photos" / "labels.csv", tmp_path / "x", holdout_labels=3, log=lambda line: None
     )

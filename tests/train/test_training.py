@@ -85,6 +85,36 @@ def test_run_train_both_stages_then_frozen_backbone(trained_run):
   assert list((run / "tuning" / "tensorboard" / "tuning").glob("events.out.*"))
 
 
+def test_attention_without_tuning_keeps_the_given_models_backbone(shards, tmp_path):
+  from delf_ret.default_model import WEIGHTS_FILE
+  from delf_ret.default_model import default_model_dir
+  from delf_ret.model import load_delf_model
+
+  args = [sys.executable, "-m", "delf_ret.cli.train_delf", "--stage=attention"]
+  args += [f"--data_dir={shards}", f"--output_dir={tmp_path / 'attention'}", *TINY]
+  result = run_command(
+    [*args, "--config_override=max_steps=2", "--config_override=attention_max_steps=2"],
+    timeout=900,
+    env=ENV,
+  )
+  # Neither a tuning folder nor a model to keep: refused in one line.
+  assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+    "error: the attention stage needs the tuning output folder (init_from) or "
+    "backbone_weights naming the weights its backbone keeps"
+  )
+  weights = default_model_dir() / WEIGHTS_FILE
+  given = f"--config_override=backbone_weights={weights}"
+  result = run_command(
+    [*args, "--config_override=attention_max_steps=2", given], timeout=900, env=ENV
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "done: attention at step 2" in result.stdout
+  shipped = load_delf_model(weights)
+  trained = load_delf_model(tmp_path / "attention" / "delf_model.keras")
+  for a, b in zip(shipped.backbone.weights, trained.backbone.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_export_gives_the_checkpoint_features_then_compute_pca(trained_run, tmp_path, shared_data):
   from conftest import make_config_text
   from delf_ret.config import parse_config_text

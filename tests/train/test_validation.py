@@ -26,12 +26,22 @@ def test_figures_of_a_hand_built_inlier_matrix():
   assert figures["related_median_inliers"] == 17.5
   assert (figures["unrelated_pairs"], figures["unrelated_verified"]) == (4, 1)
   assert figures["unrelated_max_inliers"] == 12
+  assert "unseen" not in figures
+  # Label 1 held out of training: its photos 2 and 3 are the unseen queries (AP 0.25 each),
+  # ranked against all photos; their one pair (5 inliers) does not reach 10.
+  unseen = validation_figures(inliers, [0, 0, 1, 1], min_inliers=10, unseen=[1])["unseen"]
+  assert unseen == {
+    "labels": [1],
+    "queries": 2,
+    "map_by_inliers": 25.0,
+    "related_verified_share": 0.0,
+  }
   alone = validation_figures(inliers, [0, 1, 2, 3], min_inliers=10)
   assert (alone["map_by_inliers"], alone["queries"], alone["related_pairs"]) == (None, 0, 0)
   assert alone["unrelated_verified"] == 2  # (0, 1) with 30 and (0, 2) with 12
 
 
-@pytest.mark.slow  # Prepares shards of 18 photos and extracts 6 with the default model (~40 s).
+@pytest.mark.slow  # Prepares shards of 15 photos and extracts 9 with the default model (~40 s).
 def test_validate_command_on_labelled_shards(tmp_path, shared_data):
   from test_labelled_photos import photo_folder
 
@@ -43,6 +53,7 @@ def test_validate_command_on_labelled_shards(tmp_path, shared_data):
     tmp_path / "shards",
     num_shards=2,
     validation_share=0.4,
+    holdout_labels=1,
     log=lambda line: None,
   )
   output = tmp_path / "figures.json"
@@ -55,9 +66,12 @@ def test_validate_command_on_labelled_shards(tmp_path, shared_data):
   assert result.returncode == 0, result.stderr[-2000:]
   figures = json.loads(output.read_text())
   assert figures == json.loads(result.stdout.strip().splitlines()[-1])
-  assert (figures["photos"], figures["labels"]) == (6, 3)
-  assert (figures["related_pairs"], figures["unrelated_pairs"]) == (3, 12)
+  # The held-out label's 5 photos and 2 of each other label's 5.
+  assert (figures["photos"], figures["labels"]) == (9, 3)
+  assert (figures["related_pairs"], figures["unrelated_pairs"]) == (10 + 1 + 1, 36 - 12)
   assert 0 <= figures["map_by_inliers"] <= 100
+  assert figures["unseen"]["queries"] == 5 and len(figures["unseen"]["labels"]) == 1
+  assert 0 <= figures["unseen"]["map_by_inliers"] <= 100
   missing = run_command(
     [sys.executable, *args, str(tmp_path / "nowhere")], timeout=120, env=tool_env()
   )
