@@ -90,7 +90,7 @@ def validation_figures(
   groups = {str(i): str(label) for i, label in enumerate(labels)}
   queries = int(np.sum(same.sum(axis=1) > 1))  # Photos with another photo of their label.
   unrelated = count_false_positives(groups, lambda a, b: inliers[int(a), int(b)], min_inliers)
-  figures = {
+  figures: dict = {
     "photos": len(labels),
     "labels": len(set(labels)),
     # None when no label has two validation photos.
