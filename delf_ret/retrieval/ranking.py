@@ -122,17 +122,20 @@ def rerank(
   The candidates are the first ``rerank_top_n`` entries of ``ranked`` whose
   id is not in ``skip`` (the official DELG reranking skips a split's junk
   images this way). Matching and RANSAC settings:
-  RansacParams.from_config(retrieval_config). Verified candidates with at
-  least ``min_inliers`` inliers come first, by decreasing inliers (ties:
-  first-stage score, then first-stage order); then every other entry in
-  first-stage order (verified ones carry their inliers, the others None).
+  RansacParams.from_config(retrieval_config). The order is the official code's
+  (detect_to_retrieve/image_reranking.py): candidates with inliers come first, by
+  decreasing inliers (ties: first-stage score, then first-stage order); then every
+  other entry in first-stage order. Verified ones carry their inliers, the others
+  None. ``min_inliers`` does not change the order: it is the line above which a pair
+  counts as the same place (see :func:`is_verified`), so a strict line that turns
+  unrelated photos away still lets weaker true matches rise above unmatched ones.
 
   verified: {image id: inliers} of pairs already verified for this query;
     only the missing candidates are loaded and verified, and their counts
     are added to it (so several splits verify each pair once).
   timings: seconds added to its "loading", "matching" and "ransac" entries.
   """
-  top_n, min_inliers = retrieval_config.rerank_top_n, retrieval_config.min_inliers
+  top_n = retrieval_config.rerank_top_n
   verified = {} if verified is None else verified
   selected = list(itertools.islice((e for e in ranked if e.image_id not in skip), top_n))
   missing = list(dict.fromkeys(e.image_id for e in selected if e.image_id not in verified))
@@ -150,12 +153,18 @@ def rerank(
     if entry.image_id in selected_ids:
       inliers = verified[entry.image_id]
       entry = dataclasses.replace(entry, inliers=inliers)
-      if inliers >= min_inliers:
+      if inliers > 0:
         passed.append((inliers, position, entry))
         continue
     others.append(entry)
   passed.sort(key=lambda item: (-item[0], -item[2].score, item[1]))
   return [entry for _, _, entry in passed] + others
+
+
+def is_verified(entry: RankedImage, retrieval_config: DelfRetrievalConfig) -> bool:
+  """Whether a ranked entry was verified as the same place: RANSAC kept at least
+  ``retrieval_config.min_inliers`` inliers."""
+  return entry.inliers is not None and entry.inliers >= retrieval_config.min_inliers
 
 
 def use_search_settings(index: LocalFeatureIndex, retrieval_config: DelfRetrievalConfig) -> None:

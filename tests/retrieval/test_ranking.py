@@ -9,6 +9,7 @@ from delf_ret.config import DelfRetrievalConfig
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.retrieval.ranking import RankedImage
 from delf_ret.retrieval.ranking import aggregate_votes
+from delf_ret.retrieval.ranking import is_verified
 from delf_ret.retrieval.ranking import rank_database
 from delf_ret.retrieval.ranking import rerank
 
@@ -65,6 +66,32 @@ def test_rank_then_rerank_puts_geometrically_consistent_image_first():
   )
   assert reranked[0].image_id == "match" and reranked[0].inliers == 40
   assert reranked[1].image_id == "decoy" and reranked[1].inliers < 10
+  config = DelfRetrievalConfig(min_inliers=10)
+  assert is_verified(reranked[0], config) and not is_verified(reranked[1], config)
+
+
+def test_rerank_orders_by_inliers_below_min_inliers_as_the_official_code():
+  # The official reranking sorts by (inliers, first-stage score) with no threshold:
+  # min_inliers only says which are verified, it does not change the order.
+  rng = np.random.default_rng(2)
+  query = make_features(rng.uniform(0, 300, (30, 2)), random_unit_descriptors(rng, 30, 8))
+  part = {
+    name: make_features(query.locations[:n], query.descriptors[:n])
+    for name, n in (("a", 0), ("b", 6), ("c", 12), ("d", 12))
+  }
+  ranked = [
+    RankedImage(name, score) for name, score in (("a", 9), ("b", 8), ("c", 7), ("d", 7), ("e", 6))
+  ]
+  config = DelfRetrievalConfig(rerank_top_n=4, min_inliers=50)
+  out = rerank(query, ranked, part.__getitem__, config)
+  assert [(e.image_id, e.inliers) for e in out] == [
+    ("c", 12),  # Ties on inliers and score keep the first-stage order.
+    ("d", 12),
+    ("b", 6),
+    ("a", 0),
+    ("e", None),
+  ]
+  assert not any(is_verified(e, config) for e in out)
 
 
 def test_rerank_keeps_first_stage_order_below_threshold_and_tail():
