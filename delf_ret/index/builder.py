@@ -6,6 +6,14 @@ at the end; a rerun loads the saved index and skips the images already in it,
 so an interrupted build resumes, and new feature files can be added later
 without retraining.
 
+A build (and a removal) holds the index folder's writer lock from loading the
+index to its last save (delf_ret.index.lock): a second writer on the same
+folder is refused at once instead of losing the first one's images.
+
+A feature file with no features is not indexed (an image with nothing to match
+could never be found): it is reported with the failures, so the tool lists it
+and exits 1, and a later run tries it again.
+
 This is the TensorFlow-free half of indexing: delf_ret.retrieval.indexing.index_database
 extracts the missing feature files of images first, then calls build_index.
 """
@@ -28,6 +36,7 @@ from delf_ret.index.local_index import IndexParams
 from delf_ret.index.local_index import LocalFeatureIndex
 from delf_ret.index.local_index import LocalIndexError
 from delf_ret.index.local_index import remove_leftover_versions
+from delf_ret.index.lock import writer_lock
 
 
 def list_feature_files(features_dir: str | pathlib.Path) -> list[pathlib.Path]:
@@ -79,7 +88,8 @@ def training_sample(paths: list[pathlib.Path], size: int, seed: int = 0) -> np.n
 def open_or_create(index_dir: pathlib.Path, params: IndexParams, dim: int) -> LocalFeatureIndex:
   """Loads the index saved in ``index_dir`` (checking type and dimension) or makes a new one.
 
-  Version folders that a killed save left behind are removed first.
+  Version folders that a killed save left behind are removed first (this takes the
+  folder's writer lock; IndexBusyError if another process is writing it).
   """
   remove_leftover_versions(index_dir)
   if (index_dir / "CURRENT").is_file():
@@ -103,7 +113,9 @@ def open_or_create(index_dir: pathlib.Path, params: IndexParams, dim: int) -> Lo
 
 def _descriptors_for(features: LocalFeatures, dim: int, path: pathlib.Path) -> np.ndarray:
   if features.num_features == 0:
-    return np.zeros((0, dim), np.float32)
+    raise FeatureFileError(
+      f"{path}: no features (an image with nothing to match could never be found); not indexed"
+    )
   if features.descriptor_dim != dim:
     raise FeatureFileError(
       f"{path}: {features.descriptor_dim}-d descriptors, but the index "
@@ -125,22 +137,47 @@ def build_index(
   ``params`` come from the config (IndexParams.from_config); an IVF-PQ index is
   trained on up to ``params.train_sample_size`` descriptors first. Returns the
   index and (path, reason) of the files that could not be added (unreadable,
-  or of another descriptor dimension). ``dim``: the descriptor dimension the
+  of another descriptor dimension, or without features). Holds the folder's
+  writer lock throughout (IndexBusyError if another process writes it). ``dim``: the descriptor dimension the
   config fixes (its pca_dim); without it, that of the first readable file.
   """
   index_dir = pathlib.Path(index_dir)
   dim = dim or descriptor_dim(feature_paths)
-  index = open_or_create(index_dir, params, dim)
-  if index.needs_training:
-    sample = training_sample(feature_paths, params.train_sample_size)
-    if sample.shape[0] < max(params.nlist, 2**params.pq_nbits):
-      raise LocalIndexError(
-        f"IVF-PQ needs at least max(nlist, 2^pq_nbits) = "
-        f"{max(params.nlist, 2**params.pq_nbits)} training descriptors, the feature files "
-        f"hold {sample.shape[0]}: use index_type 'flat' or a smaller nlist"
-      )
-    log(f"training the IVF-PQ quantisers on {sample.shape[0]} descriptors")
-    index.train(sample)
+  with writer_lock(index_dir):
+    index = open_or_create(index_dir, params, dim)
+    if index.needs_training:
+      _train(index, feature_paths, params, log)
+    failures = _add_all(index, feature_paths, index_dir, dim, save_every, log)
+  return index, failures
+
+
+def _train(
+  index: LocalFeatureIndex,
+  feature_paths: list[pathlib.Path],
+  params: IndexParams,
+  log: Callable[[str], None],
+) -> None:
+  """Trains a new IVF-PQ index on a sample of the feature files."""
+  sample = training_sample(feature_paths, params.train_sample_size)
+  if sample.shape[0] < max(params.nlist, 2**params.pq_nbits):
+    raise LocalIndexError(
+      f"IVF-PQ needs at least max(nlist, 2^pq_nbits) = "
+      f"{max(params.nlist, 2**params.pq_nbits)} training descriptors, the feature files "
+      f"hold {sample.shape[0]}: use index_type 'flat' or a smaller nlist"
+    )
+  log(f"training the IVF-PQ quantisers on {sample.shape[0]} descriptors")
+  index.train(sample)
+
+
+def _add_all(
+  index: LocalFeatureIndex,
+  feature_paths: list[pathlib.Path],
+  index_dir: pathlib.Path,
+  dim: int,
+  save_every: int,
+  log: Callable[[str], None],
+) -> list[tuple[pathlib.Path, str]]:
+  """Adds the feature files not yet indexed, saving as it goes; returns the failures."""
   failures = []
   total, added, start = len(feature_paths), 0, time.time()
   unsaved = not (index_dir / "CURRENT").is_file()
@@ -167,7 +204,7 @@ def build_index(
   if unsaved:
     index.save(index_dir)
   log(f"index at {index_dir}: {len(index)} images ({added} added now)")
-  return index, failures
+  return failures
 
 
 def remove_images(
@@ -178,13 +215,16 @@ def remove_images(
   Raises LocalIndexError naming the ids that are not in the index (nothing is removed then).
   """
   index_dir = pathlib.Path(index_dir)
-  index = LocalFeatureIndex.load(index_dir)
-  unknown = [name for name in image_ids if name not in index]
-  if unknown:
-    raise LocalIndexError(f"not in the index: {', '.join(unknown)}")
-  for name in image_ids:
-    index.delete(name)
-  index.compact()
-  index.save(index_dir)
+  if not (index_dir / "CURRENT").is_file():
+    LocalFeatureIndex.load(index_dir)  # "no index in ...", without making the folder.
+  with writer_lock(index_dir):
+    index = LocalFeatureIndex.load(index_dir)
+    unknown = [name for name in image_ids if name not in index]
+    if unknown:
+      raise LocalIndexError(f"not in the index: {', '.join(unknown)}")
+    for name in image_ids:
+      index.delete(name)
+    index.compact()
+    index.save(index_dir)
   log(f"removed {len(image_ids)} images; {len(index)} images left in {index_dir}")
   return index

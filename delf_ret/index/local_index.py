@@ -27,9 +27,19 @@ test_index_api.py checks it): ``image_ids()``, ``slot_of``, ``__contains__``,
 ``dim``, ``num_descriptors``, ``serialized_bytes()``, ``needs_training``;
 ``train``, ``add``, ``delete``, ``compact``, ``save``, ``load``.
 
-Saving is crash-safe: each save writes a new version folder, fsyncs it, then
-atomically replaces the ``CURRENT`` file that names the live version; the old
-version is removed only afterwards. A crash at any point leaves a loadable index.
+Saving is crash-safe: each save writes a new version folder (``v-<random>``,
+marked as delf-ret's by a ``.delfret-version`` file inside), fsyncs it, then
+atomically replaces the ``CURRENT`` file that names the live version (through a
+uniquely named temporary file); older versions are removed only afterwards. A
+crash at any point leaves a loadable index. Writers hold the folder's writer
+lock (delf_ret.index.lock): a second writer is refused, so no save removes a
+version another writer has just written. Readers take no lock: a reader whose
+version was replaced while it read reads the new one.
+
+Only delf-ret's own version folders are ever removed: those holding the marker,
+and, from indexes saved before the marker existed, ``v-<letters, digits, _>``
+folders holding nothing but delf-ret's ``index.faiss`` / ``meta.json`` files.
+Any other ``v-*`` entry (a user's ``v-2023/report.txt``) is left alone.
 """
 
 from __future__ import annotations
@@ -40,28 +50,30 @@ import os
 import pathlib
 import re
 import shutil
+import stat
 import tempfile
-import time
 import typing
 from typing import Any
 
 import faiss
 import numpy as np
 
-from delf_ret.atomic import LEFTOVER_AGE_SECONDS
+from delf_ret.atomic import atomic_write
 from delf_ret.atomic import remove_leftovers
 from delf_ret.atomic import respect_umask
-from delf_ret.errors import DelfRetError
+from delf_ret.index.errors import LocalIndexError
+from delf_ret.index.faiss_file import check_faiss_file
+from delf_ret.index.lock import writer_lock
 from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
 
 FORMAT_VERSION = 1
 KEYPOINT_BITS = 20  # Up to 1,048,576 descriptors per image.
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 COARSE_QUANTIZERS = ("flat", "hnsw")
-
-
-class LocalIndexError(DelfRetError):
-  """The index cannot be used as asked (wrong dimension, corrupt files, unknown image...)."""
+VERSION_MARKER = ".delfret-version"  # In every version folder delf-ret writes.
+VERSION_FILES = frozenset({"index.faiss", "meta.json"})  # What a version folder holds.
+VERSION_NAME = re.compile(r"v-[A-Za-z0-9_]+")
+LOAD_ATTEMPTS = 5  # A reader retries when a writer replaced the version it was reading.
 
 
 # The config's index defaults (protos/delf_config.proto), the only place they are set.
@@ -348,11 +360,25 @@ class LocalFeatureIndex:
   # Persistence ------------------------------------------------------------
 
   def save(self, folder: str | os.PathLike) -> None:
-    """Writes the index to ``folder`` crash-safely (see the module docstring)."""
+    """Writes the index to ``folder`` crash-safely, holding its writer lock (see the module
+    docstring); IndexBusyError if another process is writing the folder."""
     folder = pathlib.Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    version_dir = pathlib.Path(tempfile.mkdtemp(prefix="v-", dir=folder))
-    respect_umask(version_dir, directory=True)  # mkdtemp makes 0700 folders.
+    with writer_lock(folder):
+      version_dir = pathlib.Path(tempfile.mkdtemp(prefix="v-", dir=folder))
+      try:
+        respect_umask(version_dir, directory=True)  # mkdtemp makes 0700 folders.
+        (version_dir / VERSION_MARKER).write_text("delf-ret index version\n")
+        self._write_version(version_dir)
+      except BaseException:
+        shutil.rmtree(version_dir, ignore_errors=True)
+        raise
+      with atomic_write(folder / "CURRENT", "w") as pointer:  # A unique temporary name.
+        pointer.write(version_dir.name)
+      _fsync_dir(folder)
+      _remove_versions(folder, keep=version_dir.name)
+
+  def _write_version(self, version_dir: pathlib.Path) -> None:
+    """Writes index.faiss and meta.json into a new version folder and fsyncs them."""
     faiss.write_index(self._faiss, str(version_dir / "index.faiss"))
     meta = {
       "format_version": FORMAT_VERSION,
@@ -363,61 +389,42 @@ class LocalFeatureIndex:
       "next_slot": self._next_slot,
     }
     (version_dir / "meta.json").write_text(json.dumps(meta))
-    for name in ("index.faiss", "meta.json"):
+    for name in (VERSION_MARKER, "index.faiss", "meta.json"):
       with open(version_dir / name, "rb") as handle:
         os.fsync(handle.fileno())
     _fsync_dir(version_dir)
-    pointer_tmp = folder / ".CURRENT.tmp"
-    pointer_tmp.write_text(version_dir.name)
-    with open(pointer_tmp, "rb") as handle:
-      os.fsync(handle.fileno())
-    os.replace(pointer_tmp, folder / "CURRENT")
-    _fsync_dir(folder)
-    for stale in folder.glob("v-*"):
-      if stale.name != version_dir.name and stale.is_dir():
-        shutil.rmtree(stale, ignore_errors=True)
 
   @classmethod
   def load(cls, folder: str | os.PathLike, expected_dim: int | None = None) -> "LocalFeatureIndex":
-    """Reads an index saved by :meth:`save`; checks format version and dimension."""
+    """Reads an index saved by :meth:`save`; checks format version, dimension and that its
+    files agree. Takes no lock: when a writer replaces the version being read, reads the new one."""
     folder = pathlib.Path(folder)
-    version = _current_version(folder)
-    if version is None:
-      raise LocalIndexError(f"no index in {folder} (CURRENT file missing)")
-    if not re.fullmatch(r"v-[A-Za-z0-9_]+", version):
-      raise LocalIndexError(
-        f"index in {folder} is damaged: CURRENT names {version[:80]!r}, not a version folder"
-      )
-    version_dir = folder / version
-    try:
-      meta = json.loads((version_dir / "meta.json").read_text())
-    except (OSError, ValueError) as error:
-      raise LocalIndexError(f"index metadata in {version_dir} unreadable: {error}") from None
-    if not isinstance(meta, dict):
-      raise LocalIndexError(f"index metadata in {version_dir} is damaged (not a JSON object)")
-    if meta.get("format_version") != FORMAT_VERSION:
-      raise LocalIndexError(
-        f"index format version {meta.get('format_version')} in {folder}; "
-        f"this delf-ret reads version {FORMAT_VERSION}"
-      )
-    try:
-      dim, params = meta["dim"], IndexParams(**meta["params"])
-      images = {str(name): int(slot) for name, slot in dict(meta["images"]).items()}
-      deleted_slots = {int(slot) for slot in meta["deleted_slots"]}
-      next_slot = int(meta["next_slot"])
-      if (
-        not isinstance(dim, int)
-        or dim <= 0
-        or next_slot < 0
-        or any(slot < 0 or slot >= next_slot for slot in images.values())
-      ):
-        raise ValueError("dimension or slots out of range")
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-      raise LocalIndexError(f"index metadata in {version_dir} is damaged ({error!r})") from None
+    for attempt in range(LOAD_ATTEMPTS):
+      version = _current_version(folder)
+      if version is None:
+        raise LocalIndexError(f"no index in {folder} (CURRENT file missing)")
+      if not VERSION_NAME.fullmatch(version):
+        raise LocalIndexError(
+          f"index in {folder} is damaged: CURRENT names {version[:80]!r}, not a version folder"
+        )
+      try:
+        return cls._load_version(folder, folder / version, expected_dim)
+      except LocalIndexError:
+        # Replaced (and being removed) by a writer that saved a newer version: read that one.
+        if _current_version(folder) == version or attempt == LOAD_ATTEMPTS - 1:
+          raise
+    raise AssertionError("unreachable")
+
+  @classmethod
+  def _load_version(
+    cls, folder: pathlib.Path, version_dir: pathlib.Path, expected_dim: int | None
+  ) -> "LocalFeatureIndex":
+    dim, params, images, deleted_slots, next_slot = _read_meta(folder, version_dir)
     if expected_dim is not None and dim != expected_dim:
       raise LocalIndexError(
         f"index in {folder} holds {dim}-d descriptors, expected {expected_dim}-d"
       )
+    check_faiss_file(version_dir / "index.faiss")  # Lengths fit the file: no huge allocation.
     try:
       faiss_index = faiss.read_index(str(version_dir / "index.faiss"))
     except (RuntimeError, MemoryError, ValueError, OverflowError, TypeError) as error:
@@ -430,25 +437,115 @@ class LocalFeatureIndex:
     index._slot_names = {slot: name for name, slot in images.items()}
     index._deleted_slots = deleted_slots
     index._next_slot = next_slot
+    unknown = set(np.unique(_faiss_ids(faiss_index) >> KEYPOINT_BITS).tolist())
+    unknown -= set(index._slot_names) | deleted_slots
+    if unknown:
+      raise LocalIndexError(
+        f"index in {version_dir} is damaged: index.faiss holds descriptors of "
+        f"{len(unknown)} images meta.json does not list (e.g. slot {min(unknown)})"
+      )
     return index
 
 
-def remove_leftover_versions(
-  folder: str | os.PathLike, min_age_seconds: float = LEFTOVER_AGE_SECONDS
-) -> int:
-  """Deletes version folders a killed save left (not named by CURRENT, untouched for a minute).
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+  """json object_pairs_hook: a dict, refusing a key given twice (an image id listed twice)."""
+  result: dict[str, Any] = {}
+  for key, value in pairs:
+    if key in result:
+      raise ValueError(f"{key!r} given twice")
+    result[key] = value
+  return result
 
-  Its temporary CURRENT pointer goes too (atomic.remove_leftovers, the same age
-  rule). Returns how many version folders were removed. Called by writers before they save.
-  """
-  folder = pathlib.Path(folder)
-  current = _current_version(folder) if folder.is_dir() else None
-  removed, now = 0, time.time()
-  for path in folder.glob("v-*") if folder.is_dir() else []:
-    if path.name != current and path.is_dir() and now - path.stat().st_mtime >= min_age_seconds:
+
+def _read_meta(
+  folder: pathlib.Path, version_dir: pathlib.Path
+) -> tuple[int, IndexParams, dict[str, int], set[int], int]:
+  """(dim, params, image id -> slot, deleted slots, next slot) from a version's meta.json,
+  checked: format version, slots unique and in range, no id or key twice."""
+  try:
+    meta = json.loads((version_dir / "meta.json").read_text(), object_pairs_hook=_unique_keys)
+  except (OSError, ValueError) as error:
+    raise LocalIndexError(f"index metadata in {version_dir} unreadable: {error}") from None
+  if not isinstance(meta, dict):
+    raise LocalIndexError(f"index metadata in {version_dir} is damaged (not a JSON object)")
+  if meta.get("format_version") != FORMAT_VERSION:
+    raise LocalIndexError(
+      f"index format version {meta.get('format_version')} in {folder}; "
+      f"this delf-ret reads version {FORMAT_VERSION}"
+    )
+  try:
+    dim, params = meta["dim"], IndexParams(**meta["params"])
+    images = {str(name): int(slot) for name, slot in dict(meta["images"]).items()}
+    deleted_list = [int(slot) for slot in meta["deleted_slots"]]
+    deleted_slots = set(deleted_list)
+    next_slot = int(meta["next_slot"])
+    if not isinstance(dim, int) or dim <= 0 or next_slot < 0:
+      raise ValueError("dimension or next slot out of range")
+    slots = [*images.values(), *deleted_list]
+    if any(slot < 0 or slot >= next_slot for slot in slots):
+      raise ValueError(f"a slot outside 0..{next_slot - 1}")
+    if len(set(slots)) != len(slots):
+      raise ValueError("several images (or a deleted one) share a slot")
+  except (KeyError, TypeError, ValueError, AttributeError) as error:
+    raise LocalIndexError(f"index metadata in {version_dir} is damaged ({error!r})") from None
+  return dim, params, images, deleted_slots, next_slot
+
+
+def _faiss_ids(index: faiss.Index) -> np.ndarray:
+  """The ids of every descriptor in a faiss index delf-ret wrote (int64 [ntotal])."""
+  if isinstance(index, faiss.IndexIDMap):
+    return faiss.vector_to_array(index.id_map).astype(np.int64)
+  invlists: Any = faiss.extract_index_ivf(index).invlists
+  chunks = [np.zeros(0, np.int64)]
+  for list_no in range(invlists.nlist):
+    size = invlists.list_size(list_no)
+    if size:
+      ids = invlists.get_ids(list_no)
+      chunks.append(faiss.rev_swig_ptr(ids, size).astype(np.int64))
+      invlists.release_ids(list_no, ids)
+  return np.concatenate(chunks)
+
+
+def _is_our_version(path: pathlib.Path) -> bool:
+  """Whether ``path`` is a version folder delf-ret wrote: marked, or (saved before the marker
+  existed) a ``v-<word>`` folder holding only delf-ret's index files. Symlinks never are."""
+  try:
+    if not VERSION_NAME.fullmatch(path.name) or not stat.S_ISDIR(path.lstat().st_mode):
+      return False
+    entries = {entry.name: entry for entry in os.scandir(path)}
+  except OSError:
+    return False
+  if VERSION_MARKER in entries:
+    return entries[VERSION_MARKER].is_file(follow_symlinks=False)
+  return (
+    bool(entries)
+    and set(entries) <= VERSION_FILES
+    and all(entry.is_file(follow_symlinks=False) for entry in entries.values())
+  )
+
+
+def _remove_versions(folder: pathlib.Path, keep: str | None) -> int:
+  """Removes delf-ret's version folders in ``folder`` other than ``keep``; the caller holds
+  the writer lock, so none is being written. Returns how many were removed."""
+  removed = 0
+  for path in sorted(folder.glob("v-*")):
+    if path.name != keep and _is_our_version(path):
       shutil.rmtree(path, ignore_errors=True)
       removed += 1
-  remove_leftovers(folder, min_age_seconds=min_age_seconds)
+  return removed
+
+
+def remove_leftover_versions(folder: str | os.PathLike) -> int:
+  """Deletes the version folders (and temporary CURRENT pointers) a killed save left:
+  delf-ret's versions that CURRENT does not name. Takes the writer lock (IndexBusyError
+  if another process writes the folder), so none of them is being written. Returns how
+  many version folders were removed."""
+  folder = pathlib.Path(folder)
+  if not folder.is_dir():
+    return 0
+  with writer_lock(folder):
+    removed = _remove_versions(folder, keep=_current_version(folder))
+    remove_leftovers(folder, min_age_seconds=0.0)
   return removed
 
 

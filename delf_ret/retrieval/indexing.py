@@ -42,6 +42,7 @@ from delf_ret.index import IndexParams
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.index.builder import build_index
 from delf_ret.index.builder import list_feature_files
+from delf_ret.index.lock import writer_lock
 
 if TYPE_CHECKING:
   from delf_ret.config import DelfConfig
@@ -195,11 +196,42 @@ def index_database(
     save_every: the index is saved after every this many added images (and at the end).
     log: progress lines.
 
+  The index folder's writer lock is taken first and held to the end, so a second
+  writer on the same folder is refused at once (IndexBusyError), before it spends
+  time extracting.
+
   Raises InputError on images without an extractor, images and feature files
   together, or images of which none could be extracted; LocalIndexError (from
   the builder) on an index that does not fit ``params`` or nothing to index.
   """
-  features_dir = pathlib.Path(features_dir)
+  with writer_lock(index_dir):
+    return _index_database(
+      index_dir,
+      pathlib.Path(features_dir),
+      params,
+      images,
+      extract,
+      feature_paths,
+      dim,
+      log,
+      overwrite=overwrite,
+      save_every=save_every,
+    )
+
+
+def _index_database(
+  index_dir: str | os.PathLike,
+  features_dir: pathlib.Path,
+  params: IndexParams,
+  images: Sequence[pathlib.Path] | None,
+  extract: Extract | None,
+  feature_paths: Sequence[pathlib.Path] | None,
+  dim: int | None,
+  log: Callable[[str], None],
+  overwrite: bool,
+  save_every: int,
+) -> IndexedDatabase:
+  """index_database, under the writer lock."""
   failures: Failures = []
   extracted, start = 0, time.perf_counter()
   if images is not None:

@@ -61,9 +61,10 @@ def test_bad_files_are_reported_not_fatal(tmp_path):
   index, failures = build_index(
     list_feature_files(features), tmp_path / "index", IndexParams(), log=lambda line: None
   )
-  assert sorted(index.image_ids()) == ["a", "b", "empty"]
+  assert sorted(index.image_ids()) == ["a", "b"]  # An image without features is not indexed.
   reasons = {path.name: reason for path, reason in failures}
-  assert set(reasons) == {"broken.delf", "wrong_dim.delf"}
+  assert set(reasons) == {"broken.delf", "wrong_dim.delf", "empty.delf"}
+  assert "no features" in reasons["empty.delf"]
   assert "8-d descriptors, but the index holds 16-d" in reasons["wrong_dim.delf"]
 
 

@@ -55,8 +55,8 @@ def test_current_umask_reads_the_mask_without_changing_it(umask, mask):
 
 
 def test_leftover_temporary_files_are_removed_but_fresh_ones_kept(tmp_path):
-  old = tmp_path / ".graf1.delf.k2j3h4.tmp"
-  fresh = tmp_path / ".box.delf.a8s7d6.tmp"
+  old = tmp_path / ".graf1.delf.delfret-k2j3h4ab.tmp"
+  fresh = tmp_path / ".box.delf.delfret-a8s7d6cd.tmp"
   keep = tmp_path / "graf1.delf"
   for path in (old, fresh, keep):
     path.write_bytes(b"partial")
