@@ -13,8 +13,11 @@ Every input mode is converted by one rule:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import warnings
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -56,7 +59,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
   if path.stat().st_size == 0:
     raise ImageReadError(f"{path}: file is empty (0 bytes)")
   try:
-    with Image.open(path) as image:
+    with _without_bomb_warning(), Image.open(path) as image:
       width, height = image.size
       if width * height > max_pixels:
         raise ImageReadError(
@@ -76,6 +79,15 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
     if "truncated" in reason.lower():
       reason = f"truncated file ({reason})"
     raise ImageReadError(f"{path}: corrupt or unreadable image: {reason}") from None
+
+
+@contextlib.contextmanager
+def _without_bomb_warning() -> Iterator[None]:
+  """Pillow's DecompressionBombWarning off for the block: load_image's own pixel limit refuses
+  such images with its clearer error (or, under a larger limit, reads them as asked)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    yield
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:

@@ -114,8 +114,11 @@ def main(argv: list[str]) -> int:
   require_flags(FLAGS, "features_dir")
   dataset = None
   if FLAGS.dataset_gnd_path or FLAGS.dataset_gt_dir:
-    if FLAGS.list_images_path:
-      raise InputError("give the images of a dataset with --images_dir, not --list_images_path")
+    if FLAGS.list_images_path or FLAGS.recursive:
+      raise InputError(
+        "give the images of a dataset with --images_dir (its database list names them), "
+        "without --list_images_path or --recursive"
+      )
     dataset = load_dataset(FLAGS.dataset_gnd_path, FLAGS.dataset_gt_dir, FLAGS.images_dir)
   inputs = _inputs(dataset)
   missing = inputs.pop("missing", [])

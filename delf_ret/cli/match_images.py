@@ -28,6 +28,7 @@ from absl import flags
 
 from delf_ret import config as config_lib
 from delf_ret.atomic import write_bytes_atomic
+from delf_ret.cli.common import config_default_help
 from delf_ret.cli.common import define_config_flags
 from delf_ret.cli.common import load_config_from_flags
 from delf_ret.cli.common import print_error
@@ -87,7 +88,7 @@ flags.DEFINE_enum(
   "RANSAC implementation: OpenCV (fast) or scikit-image (as the official code).",
 )
 for _flag, _field in MATCH_FLAGS.items():
-  FLAGS[_flag].help += f" Default: the config's retrieval_config.{_field}."
+  FLAGS[_flag].help += config_default_help(f"retrieval_config.{_field}")
 
 
 def match_overrides() -> list[str]:

@@ -13,6 +13,7 @@ looked up by id in --database_images_dir).
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 from absl import flags
@@ -39,7 +40,9 @@ flags.DEFINE_string("image", None, "Query image.")
 flags.DEFINE_list("box", [], "Query box x1,y1,x2,y2 in pixels (default: whole image).")
 flags.DEFINE_string("index_dir", None, "Index of the database images (build_index).")
 flags.DEFINE_string("features_dir", None, "Feature files of the database images.")
-flags.DEFINE_integer("num_results", 10, "How many top results to print and write.")
+flags.DEFINE_integer(
+  "num_results", 10, "How many top results to print and write (a positive number).", lower_bound=1
+)
 flags.DEFINE_string("output_json", None, "JSON file for the top results.")
 flags.DEFINE_string("contact_sheet", None, "PNG file: the query and the top results.")
 flags.DEFINE_string("database_images_dir", None, "Database images, for --contact_sheet.")
@@ -47,15 +50,18 @@ define_backend_flag()
 
 
 def _box(values: list[str]) -> tuple[float, float, float, float] | None:
+  """--box as (x1, y1, x2, y2) pixels, or None; InputError unless it is 4 finite numbers."""
   if not values:
     return None
   try:
     if len(values) != 4:
       raise ValueError
     x1, y1, x2, y2 = (float(v) for v in values)
-    return x1, y1, x2, y2
   except ValueError:
-    raise InputError(f"--box needs 4 numbers x1,y1,x2,y2, got {values}") from None
+    raise InputError(f"--box needs 4 numbers x1,y1,x2,y2, got {','.join(values)}") from None
+  if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+    raise InputError(f"--box needs 4 finite numbers x1,y1,x2,y2 (pixels), got {','.join(values)}")
+  return x1, y1, x2, y2
 
 
 def _contact_sheet(path: str, query_image: np.ndarray, top: list) -> None:
@@ -77,11 +83,11 @@ def main(argv: list[str]) -> int:
   require_flags(FLAGS, "image", "index_dir", "features_dir")
   if FLAGS.contact_sheet:
     require_flags(FLAGS, "database_images_dir")
+  box = _box(FLAGS.box)
   # Lazy: TensorFlow, imported once the flags are checked (--help answers at once).
   from delf_ret.extract.extractor import DelfExtractor
 
   config = load_config_from_flags()
-  box = _box(FLAGS.box)
   index = load_index(FLAGS.index_dir, config.retrieval_config)
   image = load_image(FLAGS.image)
   if box is not None:
