@@ -6,6 +6,8 @@ from setuptools import find_packages
 from setuptools import setup
 
 README = pathlib.Path(__file__).parent / "README.md"
+TFDS = ["tensorflow-datasets>=4.9", "importlib_resources>=6.0"]
+SKIMAGE = ["scikit-image>=0.22"]
 
 setup(
   name="delf-ret",
@@ -29,16 +31,12 @@ setup(
   },
   install_requires=[
     "tensorflow>=2.16",
-    "tensorflow-datasets>=4.9",
-    # tensorflow_datasets builders import importlib_resources through etils.epath,
-    # which does not declare it for Python >= 3.11.
-    "importlib_resources>=6.0",
     # tf.summary (training logs) needs TensorBoard installed.
     "tensorboard>=2.16",
-    "scikit-learn>=1.3",
-    "scikit-image>=0.22",
     "faiss-cpu>=1.8",
     "numpy>=1.26",
+    # The official Revisited ground truths gnd_r*.mat (scipy.io.loadmat).
+    "scipy>=1.11",
     "matplotlib>=3.8",
     "absl-py>=2.0",
     # The committed *_pb2.py modules were generated for protobuf 7.35.
@@ -49,10 +47,26 @@ setup(
     # Progress bars of the command-line tools.
     "tqdm>=4.60",
   ],
+  # Optional parts (README, "Set-up"); the code that needs one names its pip command.
   extras_require={
-    # Tests, the proto compiler (tests/test_protos.py) and the style tools .ci/run checks;
-    # ruff pinned to a minor version so that its formatter does not drift.
-    "test": ["pytest>=7.4", "grpcio-tools>=1.85", "ruff>=0.17,<0.18", "mypy>=1.10"],
+    # The tensorflow_datasets builder of GLDv2 (delf_ret.train.tfds_gldv2). Its builders
+    # import importlib_resources through etils.epath, which does not declare it for
+    # Python >= 3.11.
+    "tfds": TFDS,
+    # scikit-image: the non-default RANSAC back-end (ransac_backend: "skimage") and the
+    # sample photos of self-supervised training (selfsup.use_skimage_photos).
+    "skimage": SKIMAGE,
+    # Tests (with every optional part, which they test), the proto compiler
+    # (tests/test_protos.py) and the style tools .ci/run checks; ruff pinned to a minor
+    # version so that its formatter does not drift.
+    "test": [
+      "pytest>=7.4",
+      "grpcio-tools>=1.85",
+      "ruff>=0.17,<0.18",
+      "mypy>=1.10",
+      *TFDS,
+      *SKIMAGE,
+    ],
   },
   entry_points={
     "console_scripts": [

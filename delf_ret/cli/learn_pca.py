@@ -4,7 +4,7 @@ Usage:
   learn_pca --config_path configs/my.pbtxt --images_dir photos/ --output_dir pca/
 
 Raw descriptors are extracted with the config (PCA off), L2-normalised, and a
-full PCA is fitted with scikit-learn (delf_ret.extract.pca_training). Writes
+full PCA is fitted with numpy, one SVD (delf_ret.extract.pca_training). Writes
 pca_mean.npy, pca_projection.npy and pca_variances.npy to OUTPUT_DIR (each
 atomically) and prints the pca_parameters block to paste into the config.
 Exit status 1 if some images could not be used (they are left out).

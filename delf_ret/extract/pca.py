@@ -1,4 +1,4 @@
-"""PCA of local descriptors: learning (scikit-learn), applying (numpy), files (.npy).
+"""PCA of local descriptors: learning and applying (numpy), files (.npy).
 
 Descriptor arrays are float32 [N, D]. A PCA model is three arrays:
 mean [D], projection [K, D] (rows = principal directions by decreasing
@@ -43,19 +43,23 @@ def l2_normalize(vectors: np.ndarray, epsilon: float = 1e-12) -> np.ndarray:
 
 
 def learn_pca(descriptors: np.ndarray) -> PcaModel:
-  """Fits a full PCA to descriptors [N, D] (N >= 2) with scikit-learn."""
-  # Lazy: scikit-learn (5 s) only to learn a PCA; extraction applies one with numpy.
-  from sklearn.decomposition import PCA
+  """Fits a full PCA to descriptors [N, D] (N >= 2): min(N, D) components.
 
+  The SVD of the centred descriptors (float64), as scikit-learn's PCA with the full
+  solver computes it: variances are squared singular values / (N - 1), and each
+  direction's sign makes its largest-magnitude coordinate positive (deterministic).
+  """
   descriptors = np.asarray(descriptors, dtype=np.float64)
   if descriptors.ndim != 2 or descriptors.shape[0] < 2:
     raise PcaError(f"need at least 2 descriptors of shape [N, D], got {descriptors.shape}")
-  pca = PCA(n_components=min(descriptors.shape), svd_solver="full")
-  pca.fit(descriptors)
+  mean = descriptors.mean(axis=0)
+  _, singular, directions = np.linalg.svd(descriptors - mean, full_matrices=False)
+  largest = np.abs(directions).argmax(axis=1)
+  directions *= np.sign(directions[np.arange(len(directions)), largest])[:, None]
   return PcaModel(
-    mean=pca.mean_.astype(np.float32),
-    projection=pca.components_.astype(np.float32),
-    variances=pca.explained_variance_.astype(np.float32),
+    mean=mean.astype(np.float32),
+    projection=directions.astype(np.float32),
+    variances=(singular**2 / (descriptors.shape[0] - 1)).astype(np.float32),
   )
 
 

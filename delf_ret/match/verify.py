@@ -17,6 +17,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from delf_ret.config import ConfigError
 from delf_ret.features import LocalFeatures
 from delf_ret.match.putative import DescriptorMatcher
 from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
@@ -129,10 +130,17 @@ def _spans_a_plane(points: np.ndarray) -> bool:
 
 def _skimage_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams):
   """(3x3 transform, inlier mask) or (None, None) with scikit-image's RANSAC."""
-  # Lazy: scikit-image (1-3 s to import) only where its backend runs; OpenCV is the default.
-  from skimage.measure import ransac
-  from skimage.transform import AffineTransform
-  from skimage.transform import ProjectiveTransform
+  # Lazy: scikit-image (1-3 s to import, an extra) only where its backend runs; OpenCV is
+  # the default.
+  try:
+    from skimage.measure import ransac
+    from skimage.transform import AffineTransform
+    from skimage.transform import ProjectiveTransform
+  except ImportError:
+    raise ConfigError(
+      "ransac_backend 'skimage' needs scikit-image, which is not installed: "
+      "pip install 'delf-ret[skimage]' (or use the default backend, opencv)"
+    ) from None
 
   model_class = AffineTransform if params.transform == "affine" else ProjectiveTransform
   min_samples = TRANSFORMS[params.transform]

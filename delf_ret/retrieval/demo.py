@@ -9,20 +9,30 @@ matches of two image pairs.
 Data: a labels CSV (``image,landmark``; an empty landmark marks a distractor):
 each photo of a landmark is a query, the other photos of its landmark are its
 positives (written in the Revisited layout by delf_ret.datasets.labelled).
+
+An output folder belongs to one data set: the first thing a run writes there is
+``demo_data.json``, naming the data and a digest of its photos. A run on other
+photos (e.g. the bundled ones, then ../shared/data) starts clean: it removes what
+the demo wrote there, with one line saying so, and leaves any other file alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import pathlib
+import re
+import shutil
 import time
 from typing import Callable
 
 import numpy as np
 
+from delf_ret.atomic import atomic_write
 from delf_ret.config import DelfConfig
+from delf_ret.datasets.labelled import read_labels
 from delf_ret.datasets.labelled import write_labelled_benchmark
 from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import read_revisited_gnd
@@ -45,6 +55,11 @@ CONTACT_SHEET_RESULTS = 4
 # The longest side of the pictures the demo draws and of contact-sheet tiles (pixels).
 PICTURE_SIDE = 640
 THUMBNAIL_SIDE = 256
+# The record of the data set an output folder belongs to, written first by every run.
+DATA_RECORD = "demo_data.json"
+# What a run writes into its output folder besides the record and matches_<pair>.png.
+OUTPUT_ENTRIES = ("dataset", "features", "index", "retrieval", "top_results.png")
+_MATCH_PICTURE = re.compile(r"matches_[A-Za-z0-9_.-]+\.png")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +150,101 @@ class ContentCache:
     return self._cache[key]
 
 
+def _file_sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as handle:
+    for block in iter(lambda: handle.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def data_digest(data: DemoData) -> str:
+  """SHA-256 (hex) of a demo data set: the name, landmark and bytes of each labelled photo,
+  and the names and bytes of the match pairs (the same photos give the same digest)."""
+  digest = hashlib.sha256()
+  for path, landmark in sorted(read_labels(data.labels_csv), key=lambda row: row[0].stem):
+    digest.update(f"{path.stem}\t{landmark}\t{_file_sha256(path)}\n".encode())
+  for path_a, path_b, name in data.match_pairs:
+    digest.update(f"pair {name}\t{_file_sha256(path_a)}\t{_file_sha256(path_b)}\n".encode())
+  return digest.hexdigest()
+
+
+def _read_record(path: pathlib.Path) -> dict | None:
+  """The output folder's data record; None if there is none; {} if it cannot be read."""
+  if not path.exists():
+    return None
+  try:
+    record = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    return {}
+  return record if isinstance(record, dict) else {}
+
+
+def _demo_written(output_dir: pathlib.Path, record: dict | None) -> list[str]:
+  """What the demo wrote in ``output_dir`` (names of entries that exist), as its record says;
+  without a usable record, the demo's own names (OUTPUT_ENTRIES, matches_*.png)."""
+  names = record.get("written") if record else None
+  if not isinstance(names, list):
+    names = [*OUTPUT_ENTRIES, *(path.name for path in output_dir.glob("matches_*.png"))]
+  # Only the demo's names, whatever a damaged record says.
+  names = [
+    name
+    for name in names
+    if isinstance(name, str) and (name in OUTPUT_ENTRIES or _MATCH_PICTURE.fullmatch(name))
+  ]
+  return [name for name in names if (output_dir / name).exists()]
+
+
+def claim_output_dir(
+  output_dir: pathlib.Path, data: DemoData, log: Callable[[str], None] = print
+) -> None:
+  """Makes ``output_dir`` the output folder of ``data`` and records it (DATA_RECORD).
+
+  A folder made from other photos (its record names another digest, or it holds a demo
+  ground truth but no readable record, as an older delf-ret left it) starts clean: what
+  the demo wrote there (OUTPUT_ENTRIES and its matches_*.png) is removed, with one log
+  line; other files stay. Raises InputError for a folder that holds the demo's entries
+  without any sign that the demo made them (it is not a demo output folder).
+  """
+  record_path = output_dir / DATA_RECORD
+  digest = data_digest(data)
+  record = _read_record(record_path)
+  if record is not None and record.get("digest") == digest:
+    return
+  written = _demo_written(output_dir, record)
+  made_by_demo = record is not None or (output_dir / "dataset" / "gnd_demo.pkl").is_file()
+  if written and not made_by_demo:
+    raise InputError(
+      f"{output_dir} holds {written[0]} but no {DATA_RECORD}: it is not a delf_demo output "
+      f"folder; give another --output_dir"
+    )
+  if written:
+    for name in written:
+      path = output_dir / name
+      if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+      else:
+        path.unlink()
+    before = (record or {}).get("data") or "photos it did not record"
+    log(
+      f"{output_dir} was made from other photos ({before}), now {data.name}: starting clean "
+      f"(removed {', '.join(written)})"
+    )
+  pictures = [f"matches_{name}.png" for _, _, name in data.match_pairs]
+  output_dir.mkdir(parents=True, exist_ok=True)
+  with atomic_write(record_path, "w") as handle:
+    json.dump(
+      {
+        "data": data.name,
+        "labels_csv": str(data.labels_csv.resolve()),
+        "digest": digest,
+        "written": [*OUTPUT_ENTRIES, *pictures],
+      },
+      handle,
+      indent=1,
+    )
+
+
 def run_demo(
   config: DelfConfig,
   data: DemoData,
@@ -145,11 +255,13 @@ def run_demo(
   """Runs the whole pipeline on ``data`` into ``output_dir`` (see the module docstring).
 
   extractor: a DelfExtractor (default: one built from ``config``).
-  A second run reuses the feature files, the index and the per-query caches.
+  A second run on the same photos reuses the feature files, the index and the per-query
+  caches; a run on other photos starts the folder clean (claim_output_dir).
   """
   from delf_ret.extract.extractor import DelfExtractor
 
   output_dir = pathlib.Path(output_dir)
+  claim_output_dir(output_dir, data, log)
   seconds = {}
   paths = write_labelled_benchmark(data.labels_csv, output_dir / "dataset", name="demo")
   dataset = read_revisited_gnd(paths["gnd_path"], paths["images_dir"])

@@ -84,7 +84,14 @@ def load_training_photos(
 def skimage_photos(max_side: int) -> list[np.ndarray]:
   """The natural photos bundled with scikit-image (no network), as RGB uint8 [H, W, 3] with
   their longer side at most max_side pixels."""
-  import skimage.data
+  # Lazy: scikit-image (1-3 s to import, an extra), only for its sample photos.
+  try:
+    import skimage.data
+  except ImportError:
+    raise TrainingDataError(
+      "selfsup.use_skimage_photos needs scikit-image, which is not installed: "
+      "pip install 'delf-ret[skimage]' (or set selfsup.use_skimage_photos=false)"
+    ) from None
 
   photos = []
   for name in SKIMAGE_PHOTOS:

@@ -14,7 +14,8 @@ and pass it as the manual folder::
 Splits "train" and "validation" are the same seeded stratified split as the
 TFRecord shards of prepare_gldv2 (20% validation, seed 0). Examples hold the
 JPEG image, the image id, the original landmark id and the contiguous label.
-Unreadable images are skipped with a warning.
+Unreadable images are skipped with a warning. Needs the ``[tfds]`` extra
+(``pip install 'delf-ret[tfds]'``); importing this module without it raises GldDataError.
 """
 
 from __future__ import annotations
@@ -23,12 +24,20 @@ import logging
 import pathlib
 
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
 
+from delf_ret.train.gldv2 import GldDataError
 from delf_ret.train.gldv2 import TrainImage
 from delf_ret.train.gldv2 import read_train_csv
 from delf_ret.train.gldv2 import stratified_split
+
+try:
+  import tensorflow_datasets as tfds
+except ImportError:  # An extra: the rest of delf-ret does without it.
+  raise GldDataError(
+    "the gldv2_clean tfds builder needs tensorflow-datasets, which is not installed: "
+    "pip install 'delf-ret[tfds]' (prepare_gldv2 writes TFRecord shards without it)"
+  ) from None
 
 VALIDATION_SHARE = 0.2
 SEED = 0

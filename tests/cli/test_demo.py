@@ -1,6 +1,7 @@
 """delf_demo end to end through its console script, on the photos bundled with the package."""
 
 import os
+import re
 import shutil
 
 import pytest
@@ -46,6 +47,9 @@ def test_demo_runs_the_whole_pipeline_on_the_bundled_photos_then_reuses_features
   second = run_demo(*FAST, cwd=tmp_path)
   assert second.returncode == 0, second.stderr[-3000:]
   assert "features: 0 photos extracted, 20 reused" in second.stdout
+  # The cached rerun states one seconds-per-query figure (the queries' recorded stage total).
+  (total,) = re.findall(r"seconds per query: .*total (\d+\.\d+)", second.stdout)
+  assert set(re.findall(r"(\d+\.\d+) s per query", second.stdout)) == {total}, second.stdout
 
 
 def test_demo_names_a_data_folder_without_labels(tmp_path):
