@@ -47,6 +47,18 @@ def _parse_into(text: str, message, label: str) -> None:
     raise ConfigError(f"invalid {label}: {error}") from None
 
 
+def _read_text(path: pathlib.Path, label: str) -> str:
+  """The UTF-8 text of a config file; ConfigError naming it when it is not text."""
+  try:
+    return path.read_text(encoding="utf-8")
+  except UnicodeDecodeError as error:
+    raise ConfigError(
+      f"{label} {path}: not a UTF-8 text file ({error.reason} at byte {error.start})"
+    ) from None
+  except OSError as error:
+    raise ConfigError(f"{label} {path}: cannot read ({error.strerror or error})") from None
+
+
 def _existing_file(path: str | os.PathLike, label: str) -> pathlib.Path:
   """``path`` as a Path; raises '<label> file not found' when it is not a file."""
   path = pathlib.Path(path)
@@ -87,7 +99,7 @@ def parse_config_text(text: str, base_dir: str | os.PathLike | None = None) -> D
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> DelfConfig:
   """Reads a .pbtxt config, applies ``field.path=value`` overrides and validates it."""
   path = _existing_file(path, "config")
-  config = parse_config_text(path.read_text(), base_dir=path.parent)
+  config = parse_config_text(_read_text(path, "config"), base_dir=path.parent)
   apply_overrides(config, overrides)
   validate(config)
   for message in unsupported_settings(config):
@@ -212,6 +224,31 @@ def _convert(field: descriptor_lib.FieldDescriptor, text: str):
   raise ValueError(f"field {field.name} cannot be set from the command line")
 
 
+# Pixels of one pyramid level, the network's input. ResNet50 to conv4 takes about 0.22 GB and
+# 1.5 s per megapixel on 2 CPU cores (measured: 1 MP 1.5 s, 4.2 MP 6 s and +0.9 GB peak), so a
+# 16 MP level (4096 x 4096) needs about 4 GB and 25 s, and a whole pyramid of such levels fits
+# 24 GB; the default config's largest level is 2048 x 2048 (max_image_size 1024, scale 2).
+# Levels of 60-90 MP used to abort the process after minutes.
+MAX_LEVEL_PIXELS = 4096 * 4096
+
+
+def _check_pyramid_bound(config: DelfConfig) -> None:
+  """ConfigError when max_image_size (or min_image_size) and image_scales make a level, of a
+  square image, larger than MAX_LEVEL_PIXELS whatever the image."""
+  side = max(config.max_image_size, config.min_image_size)
+  if config.max_image_size <= 0 or not config.image_scales:
+    return  # Unbounded images: delf_ret.extract.extractor.pyramid_levels checks each image.
+  largest = max(config.image_scales)
+  level = round(side * largest)
+  if level * level > MAX_LEVEL_PIXELS:
+    raise ConfigError(
+      f"image_scales {largest:g} with max_image_size {config.max_image_size} makes pyramid "
+      f"levels of up to {level}x{level} pixels, more than the {MAX_LEVEL_PIXELS / 1e6:.1f} "
+      f"megapixels one level may have (about 4 GB of memory); lower image_scales or "
+      f"max_image_size"
+    )
+
+
 # Official DELF layer names -> the delf-ret layer of the same network stage.
 OFFICIAL_LAYER_NAMES = {"resnet_v1_50/block3": "conv4_block6_out"}
 
@@ -253,6 +290,7 @@ def validate(config: DelfConfig) -> None:
     raise ConfigError("image_scales is empty: give at least one scale")
   if any(scale <= 0 for scale in config.image_scales):
     raise ConfigError(f"image_scales must be positive, got {list(config.image_scales)}")
+  _check_pyramid_bound(config)
   local = config.delf_local_config
   if local.max_feature_num <= 0:
     raise ConfigError(f"max_feature_num must be positive, got {local.max_feature_num}")
@@ -296,6 +334,12 @@ _POSITIVE = (
 )
 
 
+# Nearest neighbours per query descriptor: faiss's GPU indexes answer at most 2048, votes
+# beyond a few hundred neighbours are noise, and the search's result buffers (12 bytes per
+# neighbour and query descriptor) stay at 25 MB for 1000 query descriptors.
+MAX_NEIGHBORS_PER_DESCRIPTOR = 2048
+
+
 def _validate_retrieval(retrieval) -> None:
   for name, choices in _CHOICES.items():
     if getattr(retrieval, name) not in choices:
@@ -303,6 +347,11 @@ def _validate_retrieval(retrieval) -> None:
         f"retrieval_config.{name} must be one of {choices}, got {getattr(retrieval, name)!r}"
       )
   _require_positive(retrieval, _POSITIVE, "retrieval_config.")
+  if retrieval.neighbors_per_descriptor > MAX_NEIGHBORS_PER_DESCRIPTOR:
+    raise ConfigError(
+      f"retrieval_config.neighbors_per_descriptor must be at most "
+      f"{MAX_NEIGHBORS_PER_DESCRIPTOR}, got {retrieval.neighbors_per_descriptor}"
+    )
   if retrieval.rerank_top_n < 0 or retrieval.min_inliers < 0:
     raise ConfigError("retrieval_config.rerank_top_n and min_inliers must not be negative")
   if not 0.0 <= retrieval.match_ratio_threshold < 1.0:
@@ -333,7 +382,7 @@ def load_training_config(
   if path is not None:
     path = _existing_file(path, "training config")
     source = f"training config {path}"
-    _parse_into(path.read_text(), config, source)
+    _parse_into(_read_text(path, "training config"), config, source)
     weights = config.backbone_weights
     if weights not in ("imagenet", "random") and weights and not os.path.isabs(weights):
       config.backbone_weights = str(path.parent / weights)

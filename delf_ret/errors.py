@@ -8,7 +8,7 @@ anything else is a bug and keeps its traceback.
 
 The subclasses live beside the code that raises them: ConfigError
 (delf_ret.config), ImageReadError (delf_ret.images), FeatureFileError
-(delf_ret.features), ImageTooSmallError (delf_ret.extract.extractor), PcaError
+(delf_ret.features), ImageTooSmallError and ImageTooLargeError (delf_ret.extract.extractor), PcaError
 (delf_ret.extract.pca), BackboneWeightsError (delf_ret.model), CompactWeightsError
 (delf_ret.model.compact), LocalIndexError and IndexBusyError (delf_ret.index), GroundTruthError
 (delf_ret.evaluation.ground_truth), RankingError (delf_ret.evaluation.metrics),

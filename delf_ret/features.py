@@ -11,6 +11,7 @@ feature is a ``DelfFeature`` message with its descriptor as a ``DatumProto``
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 from typing import Callable
@@ -24,6 +25,8 @@ from delf_ret.errors import InputError
 from delf_ret.protos import delf_features_pb2
 
 FEATURE_SUFFIX = ".delf"
+# A .datum array has at most this many dimensions (numpy's limit is 64; DELF writes 1 or 2).
+MAX_DATUM_DIMS = 8
 
 
 class FeatureFileError(DelfRetError):
@@ -114,8 +117,32 @@ def to_proto(features: LocalFeatures) -> delf_features_pb2.DelfFeatures:
   return message
 
 
+def _datum_shape(datum: delf_features_pb2.DatumProto, what: str) -> tuple[int, ...]:
+  """The stored shape of a DatumProto; FeatureFileError unless its values fill it exactly.
+
+  The product is taken over Python integers, so no shape overflows into a false match.
+  """
+  shape = tuple(int(d) for d in datum.shape.dim)
+  count = len(datum.float_list.value)
+  if len(shape) > MAX_DATUM_DIMS or any(d < 0 for d in shape) or math.prod(shape) != count:
+    raise FeatureFileError(f"{what}: {count} values do not fill the shape {list(shape)[:8]}")
+  return shape
+
+
+def _check_finite(arrays: dict[str, np.ndarray], where: str) -> None:
+  """FeatureFileError naming the first array that holds a NaN or an infinity."""
+  for name, array in arrays.items():
+    if not np.all(np.isfinite(array)):
+      raise FeatureFileError(f"{where}: {name} hold NaN or infinite values")
+
+
 def from_proto(message: delf_features_pb2.DelfFeatures) -> LocalFeatures:
-  """Reads the arrays out of a ``DelfFeatures`` message."""
+  """Reads the arrays out of a ``DelfFeatures`` message.
+
+  Raises FeatureFileError when a descriptor's values do not fill its stored
+  shape, descriptors differ in dimension or have none, or any value is NaN or
+  infinite.
+  """
   n = len(message.feature)
   locations = np.empty((n, 2), np.float32)
   scales = np.empty(n, np.float32)
@@ -127,11 +154,24 @@ def from_proto(message: delf_features_pb2.DelfFeatures) -> LocalFeatures:
     scales[i] = feature.scale
     attention[i] = feature.strength
     orientations[i] = feature.orientation
+    _datum_shape(feature.descriptor, f"feature {i}'s descriptor")
     rows.append(np.asarray(feature.descriptor.float_list.value, np.float32))
   dims = {row.shape[0] for row in rows}
   if len(dims) > 1:
     raise FeatureFileError(f"descriptors of different dimensions in one file: {sorted(dims)}")
+  if dims == {0}:
+    raise FeatureFileError(f"{n} features with zero-dimensional (empty) descriptors")
   descriptors = np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+  _check_finite(
+    {
+      "locations": locations,
+      "scales": scales,
+      "attention scores": attention,
+      "orientations": orientations,
+      "descriptors": descriptors,
+    },
+    "features",
+  )
   return LocalFeatures(locations, scales, descriptors, attention, orientations)
 
 
@@ -198,12 +238,12 @@ def read_datum(path: str | os.PathLike) -> np.ndarray:
   """Reads an official DELF ``.datum`` file: float32 array of the stored shape.
 
   Raises FeatureFileError naming the file if it is missing, not a DatumProto,
-  or its values do not fill its shape.
+  its values do not fill its shape (at most MAX_DATUM_DIMS dimensions), or a
+  value is NaN or infinite.
   """
   path = pathlib.Path(path)
   datum = _parse_file(path, delf_features_pb2.DatumProto(), "file", "a .datum file")
-  shape = tuple(int(d) for d in datum.shape.dim)
-  values = np.asarray(datum.float_list.value, np.float32)
-  if any(d < 0 for d in shape) or int(np.prod(shape)) != values.size:
-    raise FeatureFileError(f"{path}: {values.size} values do not fill the shape {shape}")
-  return values.reshape(shape)
+  shape = _datum_shape(datum, str(path))
+  values = np.asarray(datum.float_list.value, np.float32).reshape(shape)
+  _check_finite({"values": values}, str(path))
+  return values

@@ -82,40 +82,101 @@ DATASETS: dict[str, tuple[RemoteFile, ...]] = {
 _SUFFIXES = {"jpg": (".jpg", ".jpeg"), "gt": (".txt",)}
 
 
+# Bounds of one download. The largest published file (oxbuild_images-v1.tgz) is 1.9 GB;
+# 4 GiB leaves room for a mirror's recompression while an endless body stops. 4 hours lets
+# the largest file arrive at 140 KB/s; a slower or stalled transfer stops there and the next
+# run resumes its .part file.
+MAX_DOWNLOAD_BYTES = 4 << 30
+MAX_DOWNLOAD_SECONDS = 4 * 3600.0
+
+
+class _Restart(DownloadError):
+  """The server answered another range than asked: download_file starts the file again."""
+
+
+def _resume_offset(partial: pathlib.Path, max_bytes: int, log: Callable[[str], None]) -> int:
+  """Where to resume ``partial``: its size, or 0 (deleting it) when it already holds the
+  most a download may have (a full .part is never appended to)."""
+  offset = partial.stat().st_size if partial.exists() else 0
+  if offset >= max_bytes:
+    log(f"  {partial.name} already holds {offset} bytes, the most a download may have: restarting")
+    partial.unlink()
+    return 0
+  return offset
+
+
+def _range_start(response) -> int | None:
+  """The first byte a 206 response holds (its Content-Range), or None when it does not say."""
+  content_range = response.headers.get("Content-Range", "")
+  unit, _, rest = content_range.partition(" ")
+  first = rest.partition("-")[0]
+  return int(first) if unit == "bytes" and first.isdigit() else None
+
+
 def download_file(
   url: str,
   target: pathlib.Path,
   log: Callable[[str], None] = print,
   timeout: float = 60.0,
   chunk_bytes: int = 1 << 20,
+  max_bytes: int = MAX_DOWNLOAD_BYTES,
+  max_seconds: float = MAX_DOWNLOAD_SECONDS,
 ) -> None:
-  """Downloads ``url`` to ``target`` via ``target.part``; resumes a partial download."""
+  """Downloads ``url`` to ``target`` via ``target.part``; resumes a partial download.
+
+  timeout: seconds one network read may wait; max_seconds: the whole transfer (the
+  .part file is kept, to resume). A body of more than ``max_bytes`` bytes stops the
+  transfer, deletes the .part file and raises DownloadError; so does a declared length
+  above it, before anything is read.
+  """
   partial = target.with_name(target.name + ".part")
   target.parent.mkdir(parents=True, exist_ok=True)
-  offset = partial.stat().st_size if partial.exists() else 0
+  offset = _resume_offset(partial, max_bytes, log)
   request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+  deadline = time.monotonic() + max_seconds
   try:
     with urllib.request.urlopen(request, timeout=timeout) as response:
-      resumed = offset and response.status == 206
-      mode = "ab" if resumed else "wb"
+      if offset and response.status == 206 and _range_start(response) != offset:
+        partial.unlink(missing_ok=True)  # Not the range asked for: fetch the whole file.
+        raise _Restart
+      resumed = bool(offset) and response.status == 206
       done = offset if resumed else 0
       length = response.headers.get("Content-Length")
-      total = done + int(length) if length else None
+      total = done + int(length) if length and length.isdigit() else None
+      if total is not None and total > max_bytes:
+        raise DownloadError(
+          f"downloading {url}: the server announces {total} bytes, more than the "
+          f"{max_bytes} a download may have"
+        )
       last_report = time.time()
-      with open(partial, mode) as handle:
+      with open(partial, "ab" if resumed else "wb") as handle:
         while chunk := response.read(chunk_bytes):
           handle.write(chunk)
           done += len(chunk)
+          if done > max_bytes:
+            handle.close()
+            partial.unlink()
+            raise DownloadError(
+              f"downloading {url}: more than {max_bytes} bytes, the most a download may "
+              f"have; stopped and deleted {partial.name}"
+            )
+          if time.monotonic() > deadline:
+            raise DownloadError(
+              f"downloading {url}: not finished after {max_seconds:.0f} s ({done} bytes); "
+              f"run again to resume"
+            )
           if time.time() - last_report > 5:
             last_report = time.time()
             share = f" ({100 * done / total:.0f}%)" if total else ""
             log(f"  {target.name}: {done / 2**20:.1f} MiB{share}")
+  except _Restart:
+    return download_file(url, target, log, timeout, chunk_bytes, max_bytes, max_seconds)
   except urllib.error.HTTPError as error:
     if error.code == 416 and offset:  # The partial file is not a prefix the server knows.
       partial.unlink()
-      return download_file(url, target, log, timeout, chunk_bytes)
+      return download_file(url, target, log, timeout, chunk_bytes, max_bytes, max_seconds)
     raise DownloadError(f"downloading {url} failed: {error}") from None
-  except (urllib.error.URLError, OSError) as error:
+  except (urllib.error.URLError, OSError, ValueError) as error:
     raise DownloadError(f"downloading {url} failed: {error}; run again to resume") from None
   if total is not None and done != total:
     raise DownloadError(f"downloading {url}: got {done} of {total} bytes; run again to resume")
@@ -205,11 +266,19 @@ def download_dataset(
   mirror_url: fetch every file as ``mirror_url/<file name>`` instead of from
     its official URL (a local mirror); digests are checked all the same.
   sha256: {file name: SHA-256 hex digest} for files the table does not know
-    (or to override it).
+    (or to override it); a name the dataset does not have raises DownloadError.
+  Each file is bounded by MAX_DOWNLOAD_BYTES and MAX_DOWNLOAD_SECONDS (download_file).
   """
   sha256 = dict(sha256 or {})
   if name not in DATASETS:
     raise DownloadError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+  file_names = [remote.file_name for remote in DATASETS[name]]
+  unknown = sorted(set(sha256) - set(file_names))
+  if unknown:
+    raise DownloadError(
+      f"--sha256 names {', '.join(unknown)}, which {name} does not have; its files are "
+      f"{', '.join(file_names)}"
+    )
   dataset_dir = pathlib.Path(output_dir) / name
   downloads = dataset_dir / "downloads"
   downloads.mkdir(parents=True, exist_ok=True)

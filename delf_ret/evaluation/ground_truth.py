@@ -8,7 +8,9 @@
 (b) Revisited ROxford5k / RParis6k: ``gnd_<dataset>.pkl``, a dict with
     ``imlist`` and ``qimlist`` (names without extension) and ``gnd``, one dict
     per query with ``bbx`` (x1, y1, x2, y2) and 0-based index lists ``easy``,
-    ``hard``, ``junk``.
+    ``hard``, ``junk``; or the official ``gnd_<dataset>.mat`` of the same
+    content (1-based indices), which the DELG instructions download. Both are
+    read without running code and with bounded sizes (delf_ret.evaluation.gnd_files).
 
 Both become a RetrievalDataset whose ``gnd`` entries hold 0-based database
 indices (``good``/``ok``/``junk`` for (a), ``easy``/``hard``/``junk`` for (b))
@@ -26,6 +28,7 @@ import pickle
 import numpy as np
 
 from delf_ret.errors import DelfRetError
+from delf_ret.evaluation import gnd_files
 
 
 class GroundTruthError(DelfRetError):
@@ -53,8 +56,20 @@ class RetrievalDataset:
     return self.images_dir / f"{name}{self.extension}"
 
 
+def _read_text(path: pathlib.Path) -> str:
+  """The UTF-8 text of a ground-truth file; GroundTruthError naming it if it is not text."""
+  try:
+    return path.read_text(encoding="utf-8")
+  except UnicodeDecodeError as error:
+    raise GroundTruthError(
+      f"{path}: not a UTF-8 text file ({error.reason} at byte {error.start})"
+    ) from None
+  except OSError as error:
+    raise GroundTruthError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
 def _read_names(path: pathlib.Path) -> list[str]:
-  return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+  return [line.strip() for line in _read_text(path).splitlines() if line.strip()]
 
 
 def read_original_gt(
@@ -72,7 +87,7 @@ def read_original_gt(
   qimlist, gnd = [], []
   for query_file in query_files:
     prefix = query_file.name[: -len("_query.txt")]
-    fields = query_file.read_text().split()
+    fields = _read_text(query_file).split()
     if len(fields) != 5:
       raise GroundTruthError(f"{query_file}: expected 'name x1 y1 x2 y2', got {fields}")
     query_name = check_image_name(
@@ -111,14 +126,15 @@ def load_dataset(
   images_dir: str | os.PathLike | None = None,
   name: str | None = None,
 ) -> RetrievalDataset:
-  """A benchmark from exactly one of a Revisited ``gnd_*.pkl`` file and an original gt folder.
+  """A benchmark from exactly one of a Revisited ``gnd_*.pkl`` (or official ``gnd_*.mat``) file
+  and an original gt folder.
 
   name: the dataset's name in reports (default: from the pkl file name, or the
   gt folder's name).
   """
   if bool(gnd_path) == bool(gt_dir):
     raise GroundTruthError(
-      "give exactly one of a Revisited gnd_<dataset>.pkl file "
+      "give exactly one of a Revisited gnd_<dataset>.pkl (or .mat) file "
       "(--dataset_gnd_path) and an original ground-truth folder "
       "(--dataset_gt_dir)"
     )
@@ -142,39 +158,12 @@ def in_query_order(dataset: RetrievalDataset, qimlist: list[str]) -> RetrievalDa
   return dataclasses.replace(dataset, qimlist=list(qimlist), gnd=[dataset.gnd[i] for i in order])
 
 
-# The only globals a published gnd_<dataset>.pkl may name: numpy arrays and their parts.
-_PICKLE_GLOBALS = {
-  ("numpy.core.multiarray", "_reconstruct"),
-  ("numpy._core.multiarray", "_reconstruct"),
-  ("numpy.core.multiarray", "scalar"),
-  ("numpy._core.multiarray", "scalar"),
-  ("numpy", "ndarray"),
-  ("numpy", "dtype"),
-  ("_codecs", "encode"),
-}
-
-
-class _GroundTruthUnpickler(pickle.Unpickler):
-  """Builds only containers, strings, numbers and numpy arrays; any other global is refused.
-
-  A pickle can name any importable callable (os.system, builtins.exec, ...)
-  and have it called while loading; the published ground-truth files hold
-  dicts, lists, strings, numbers and numpy arrays only.
-  """
-
-  def find_class(self, module: str, name: str):
-    if (module, name) in _PICKLE_GLOBALS:
-      return super().find_class(module, name)
-    raise pickle.UnpicklingError(
-      f"refused to load {module}.{name}: a ground-truth file holds "
-      f"only lists, dicts, strings, numbers and numpy arrays"
-    )
-
-
 def load_ground_truth_pickle(path: str | os.PathLike) -> object:
-  """The object in a ground-truth pickle, read with _GroundTruthUnpickler (never runs code)."""
-  with open(path, "rb") as handle:
-    return _GroundTruthUnpickler(handle, encoding="latin1").load()
+  """The object in a ground-truth pickle, read by delf_ret.evaluation.gnd_files (never runs code).
+
+  Raises pickle.UnpicklingError or ValueError with the reason (the caller names the file).
+  """
+  return gnd_files.load_gnd_pickle(gnd_files.read_file_bytes(pathlib.Path(path)))
 
 
 _BAD_NAME_PARTS = ("/", "\\", "\0")
@@ -201,80 +190,153 @@ def check_image_name(name: object, source: str) -> str:
   return name
 
 
+# What a damaged or hostile ground-truth file can make the readers raise besides
+# GroundTruthError (LookupError: KeyError, IndexError and unknown codecs).
+_FILE_ERRORS = (
+  pickle.UnpicklingError,
+  EOFError,
+  ValueError,
+  TypeError,
+  AttributeError,
+  ImportError,
+  LookupError,
+  MemoryError,
+  OverflowError,
+  RecursionError,
+  NotImplementedError,
+  OSError,
+)
+
+
+def _short(value: object) -> str:
+  """``value`` as one line of at most 200 characters."""
+  text = " ".join(str(value).split())
+  return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _one_line(error: BaseException) -> str:
+  return _short(error) or type(error).__name__
+
+
 def read_revisited_gnd(
-  pkl_path: str | os.PathLike, images_dir: str | os.PathLike | None = None, name: str | None = None
+  gnd_path: str | os.PathLike, images_dir: str | os.PathLike | None = None, name: str | None = None
 ) -> RetrievalDataset:
-  """Reads a Revisited gnd_<dataset>.pkl file."""
-  pkl_path = pathlib.Path(pkl_path)
-  if not pkl_path.is_file():
-    raise GroundTruthError(f"ground-truth file not found: {pkl_path}")
+  """Reads a Revisited ``gnd_<dataset>.pkl`` file, or the official ``gnd_<dataset>.mat``.
+
+  Sizes are bounded: at most gnd_files.MAX_IMAGES database images and
+  MAX_QUERIES queries, each easy/hard/junk list at most as long as the
+  database, bbx 4 numbers. Any problem raises GroundTruthError naming the file.
+  """
+  gnd_path = pathlib.Path(gnd_path)
+  if not gnd_path.is_file():
+    raise GroundTruthError(f"ground-truth file not found: {gnd_path}")
+  is_mat = gnd_path.suffix.lower() == ".mat"
   try:
-    data = load_ground_truth_pickle(pkl_path)
-  except (
-    pickle.UnpicklingError,
-    EOFError,
-    ValueError,
-    TypeError,
-    AttributeError,
-    ImportError,
-    IndexError,
-    KeyError,
-    MemoryError,
-    OverflowError,
-  ) as error:
-    raise GroundTruthError(f"{pkl_path}: not a readable ground-truth pickle ({error})") from None
-  if not isinstance(data, dict):
+    data = gnd_files.read_file_bytes(gnd_path)
+    content = gnd_files.load_gnd_mat(data) if is_mat else gnd_files.load_gnd_pickle(data)
+    imlist, qimlist, gnd = _revisited_content(gnd_path, content, 1 if is_mat else 0)
+  except GroundTruthError:
+    raise
+  except _FILE_ERRORS as error:
+    kind = "MAT-file" if is_mat else "pickle"
     raise GroundTruthError(
-      f"{pkl_path}: expected a dict with imlist, qimlist and gnd, got {type(data).__name__}"
-    )
-  missing = [key for key in ("imlist", "qimlist", "gnd") if key not in data]
-  if missing:
-    raise GroundTruthError(f"{pkl_path}: missing keys {missing}")
-  for key in ("imlist", "qimlist", "gnd"):
-    if not isinstance(data[key], (list, tuple)):
-      raise GroundTruthError(f"{pkl_path}: {key} must be a list, got {type(data[key]).__name__}")
-  imlist = [check_image_name(n, str(pkl_path)) for n in data["imlist"]]
-  qimlist = [check_image_name(n, str(pkl_path)) for n in data["qimlist"]]
-  for names, what in ((imlist, "imlist"), (qimlist, "qimlist")):
-    duplicates = [name for name, count in collections.Counter(names).items() if count > 1]
-    if duplicates:
-      duplicate = duplicates[0]
-      raise GroundTruthError(f"{pkl_path}: {what} lists {duplicate!r} twice")
-  if len(data["gnd"]) != len(qimlist):
-    raise GroundTruthError(f"{pkl_path}: {len(data['gnd'])} gnd entries for {len(qimlist)} queries")
-  gnd = []
-  for number, entry in enumerate(data["gnd"]):
-    if not isinstance(entry, dict):
-      raise GroundTruthError(
-        f"{pkl_path}: gnd entry {number} must be a dict, got {type(entry).__name__}"
-      )
-    try:
-      converted: dict[str, np.ndarray] = {
-        "bbx": np.asarray(entry.get("bbx", []), np.float64).reshape(-1)
-      }
-      for kind in ("easy", "hard", "junk"):
-        converted[kind] = np.asarray(entry.get(kind, []), np.int64).reshape(-1)
-    except (TypeError, ValueError) as error:
-      raise GroundTruthError(f"{pkl_path}: gnd entry {number} is malformed ({error})") from None
-    box = converted["bbx"]
-    if box.size not in (0, 4) or not np.all(np.isfinite(box)):
-      raise GroundTruthError(
-        f"{pkl_path}: gnd entry {number} bbx must be 4 finite numbers "
-        f"(x1, y1, x2, y2), got {box.tolist()}"
-      )
-    for kind in ("easy", "hard", "junk"):
-      ids = converted[kind]
-      if ids.size and (ids.min() < 0 or ids.max() >= len(imlist)):
-        raise GroundTruthError(
-          f"{pkl_path}: gnd entry {number} {kind} index out of range (0..{len(imlist) - 1})"
-        )
-    gnd.append(converted)
-  dataset_name = name or pkl_path.stem.removeprefix("gnd_")
+      f"{gnd_path}: not a readable ground-truth {kind} ({_one_line(error)})"
+    ) from None
   return RetrievalDataset(
-    dataset_name,
+    name or gnd_path.stem.removeprefix("gnd_"),
     "revisited",
     imlist,
     qimlist,
     gnd,
     pathlib.Path(images_dir) if images_dir else None,
   )
+
+
+def _names(path: pathlib.Path, value: object, key: str, limit: int) -> list[str]:
+  """The image names of ``imlist`` or ``qimlist``: plain, distinct, at most ``limit``."""
+  if not isinstance(value, (list, tuple)):
+    raise GroundTruthError(f"{path}: {key} must be a list, got {type(value).__name__}")
+  if len(value) > limit:
+    raise GroundTruthError(f"{path}: {key} lists {len(value)} images, more than {limit}")
+  names = [check_image_name(n, str(path)) for n in value]
+  duplicates = [name for name, count in collections.Counter(names).items() if count > 1]
+  if duplicates:
+    raise GroundTruthError(f"{path}: {key} lists {duplicates[0]!r} twice")
+  return names
+
+
+def _revisited_content(
+  path: pathlib.Path, data: object, base: int
+) -> tuple[list[str], list[str], list[dict[str, np.ndarray]]]:
+  """imlist, qimlist and checked 0-based gnd entries of a loaded file (``base``: its first index)."""
+  if not isinstance(data, dict):
+    raise GroundTruthError(
+      f"{path}: expected a dict with imlist, qimlist and gnd, got {type(data).__name__}"
+    )
+  missing = [key for key in ("imlist", "qimlist", "gnd") if key not in data]
+  if missing:
+    raise GroundTruthError(f"{path}: missing keys {missing}")
+  imlist = _names(path, data["imlist"], "imlist", gnd_files.MAX_IMAGES)
+  qimlist = _names(path, data["qimlist"], "qimlist", gnd_files.MAX_QUERIES)
+  if not isinstance(data["gnd"], (list, tuple)):
+    raise GroundTruthError(f"{path}: gnd must be a list, got {type(data['gnd']).__name__}")
+  if len(data["gnd"]) != len(qimlist):
+    raise GroundTruthError(f"{path}: {len(data['gnd'])} gnd entries for {len(qimlist)} queries")
+  return (
+    imlist,
+    qimlist,
+    [_gnd_entry(path, n, e, len(imlist), base) for n, e in enumerate(data["gnd"])],
+  )
+
+
+def _numbers(value: object, limit: int, what: str) -> np.ndarray:
+  """A flat float64 array of at most ``limit`` numbers from a 1-D array or a flat list."""
+  if isinstance(value, np.ndarray):
+    if value.dtype.kind not in "biuf":
+      raise ValueError(f"{what} holds {value.dtype} values, not numbers")
+    array = value.reshape(-1)
+  elif isinstance(value, (list, tuple)):
+    if len(value) > limit:
+      raise ValueError(f"{what} has {len(value)} values, more than {limit}")
+    if not all(type(v) in (int, float) for v in value):
+      raise ValueError(f"{what} must be a flat list of numbers")
+    array = np.array(value, np.float64).reshape(-1)
+  else:
+    raise ValueError(f"{what} must be a list or array of numbers, got {type(value).__name__}")
+  if array.size > limit:
+    raise ValueError(f"{what} has {array.size} values, more than {limit}")
+  return array.astype(np.float64)
+
+
+def _gnd_entry(
+  path: pathlib.Path, number: int, entry: object, database_size: int, base: int
+) -> dict[str, np.ndarray]:
+  """One query's checked ground truth: bbx (4 finite numbers or none), 0-based index arrays."""
+  if not isinstance(entry, dict):
+    raise GroundTruthError(f"{path}: gnd entry {number} must be a dict, got {type(entry).__name__}")
+  try:
+    box = _numbers(entry.get("bbx", []), 4, "bbx")
+  except ValueError:
+    box = np.full(5, np.nan)  # Refused below, with the values' requirement.
+  if box.size not in (0, 4) or not np.all(np.isfinite(box)):
+    raise GroundTruthError(
+      f"{path}: gnd entry {number} bbx must be 4 finite numbers "
+      f"(x1, y1, x2, y2), got {_short(entry.get('bbx'))}"
+    )
+  converted = {"bbx": box}
+  try:
+    for kind in ("easy", "hard", "junk"):
+      ids = _numbers(entry.get(kind, []), database_size, kind)
+      if not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)):
+        raise ValueError(f"{kind} holds values that are not whole numbers")
+      converted[kind] = ids - base
+  except ValueError as error:
+    raise GroundTruthError(f"{path}: gnd entry {number} is malformed ({error})") from None
+  for kind in ("easy", "hard", "junk"):
+    ids = converted[kind]
+    if ids.size and (ids.min() < 0 or ids.max() >= database_size):
+      raise GroundTruthError(
+        f"{path}: gnd entry {number} {kind} index out of range (0..{database_size - 1})"
+      )
+    converted[kind] = ids.astype(np.int64)
+  return converted

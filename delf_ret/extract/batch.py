@@ -11,6 +11,7 @@ from typing import Callable
 from delf_ret.atomic import remove_leftovers
 from delf_ret.errors import InputError
 from delf_ret.extract.extractor import DelfExtractor
+from delf_ret.extract.extractor import ImageTooLargeError
 from delf_ret.extract.extractor import ImageTooSmallError
 from delf_ret.extract.settings import check_feature_folder
 from delf_ret.extract.settings import extraction_settings
@@ -57,7 +58,7 @@ def extract_all(
   """Writes OUTPUT_DIR/<image stem>.delf for every image whose file is missing.
 
   Files are written atomically, so a rerun after an interruption skips the
-  finished images. Unreadable or too small images, and feature files that
+  finished images. Unreadable, too small or too large images, and feature files that
   cannot be written (e.g. a name too long for the file system), are logged and
   skipped. A folder that cannot be written into (missing rights, full or
   read-only disk) stops the run with InputError. The folder records the
@@ -92,7 +93,7 @@ def extract_all(
       continue
     try:
       features = extractor.extract_file(path)
-    except (ImageReadError, ImageTooSmallError) as error:
+    except (ImageReadError, ImageTooSmallError, ImageTooLargeError) as error:
       reason = str(error)
       log(f"[{i}/{total}] ERROR {reason}")
       failures.append((path, reason))

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from delf_ret.config import MAX_LEVEL_PIXELS
 from delf_ret.config import ConfigError
 from delf_ret.config import DelfConfig
 from delf_ret.errors import DelfRetError
@@ -24,6 +25,10 @@ from delf_ret.model.delf import load_delf_model
 
 class ImageTooSmallError(DelfRetError):
   """The image is smaller than the smallest side extraction works with."""
+
+
+class ImageTooLargeError(DelfRetError):
+  """A pyramid level of the image would exceed MAX_LEVEL_PIXELS (see delf_ret.config)."""
 
 
 def base_resize_factor(height: int, width: int, max_image_size: int, min_image_size: int) -> float:
@@ -45,13 +50,21 @@ def pyramid_levels(
   keypoints map back exactly to original pixels despite rounding.
 
   Raises ImageTooSmallError if no level is at least ``min_scaled_side`` on its
-  shorter side.
+  shorter side, and ImageTooLargeError (naming the settings) if a level would
+  have more than MAX_LEVEL_PIXELS pixels, before any level reaches the network.
   """
   factor = base_resize_factor(height, width, config.max_image_size, config.min_image_size)
   levels = []
   for scale in config.image_scales:
     total = factor * scale
     size = (max(1, int(round(height * total))), max(1, int(round(width * total))))
+    if size[0] * size[1] > MAX_LEVEL_PIXELS:
+      raise ImageTooLargeError(
+        f"image of {width}x{height} pixels: the pyramid level of image_scales {scale:g} "
+        f"(max_image_size {config.max_image_size}) would be {size[1]}x{size[0]} pixels, "
+        f"more than the {MAX_LEVEL_PIXELS / 1e6:.1f} megapixels one level may have (about "
+        f"4 GB of memory); set max_image_size (e.g. 1024) or lower image_scales"
+      )
     if min(size) >= config.min_scaled_side:
       levels.append((float(scale), (size[0] / height, size[1] / width), size))
   if not levels:
@@ -152,13 +165,13 @@ class DelfExtractor:
   def extract_raw_file(self, path: str | os.PathLike) -> SelectedFeatures:
     """Reads an image file (see delf_ret.images) and selects its raw features.
 
-    Raises ImageReadError or ImageTooSmallError, both naming the file.
+    Raises ImageReadError, ImageTooSmallError or ImageTooLargeError, each naming the file.
     """
     image = load_image(path, max_pixels=self.config.max_image_pixels)
     try:
       return self.extract_raw(image)
-    except ImageTooSmallError as error:
-      raise ImageTooSmallError(f"{path}: {error}") from None
+    except (ImageTooSmallError, ImageTooLargeError) as error:
+      raise type(error)(f"{path}: {error}") from None
 
   def extract_file(self, path: str | os.PathLike) -> LocalFeatures:
     """Reads an image file and extracts its final features (errors as extract_raw_file)."""

@@ -20,6 +20,7 @@ import numpy as np
 from delf_ret import config as config_lib
 from delf_ret.config import DelfConfig
 from delf_ret.extract.extractor import DelfExtractor
+from delf_ret.extract.extractor import ImageTooLargeError
 from delf_ret.extract.extractor import ImageTooSmallError
 from delf_ret.extract.pca import PcaError
 from delf_ret.extract.pca import PcaModel
@@ -64,7 +65,7 @@ def extract_raw_features(
   for i, path in enumerate(image_paths, 1):
     try:
       raw[path] = extractor.extract_raw_file(path)
-    except (ImageReadError, ImageTooSmallError) as error:
+    except (ImageReadError, ImageTooSmallError, ImageTooLargeError) as error:
       failures.append(str(error))
       log(f"[{i}/{len(image_paths)}] ERROR {error}")
       continue

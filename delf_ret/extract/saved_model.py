@@ -288,13 +288,18 @@ class SavedModelExtractor:
       score_threshold=tf.constant(score_threshold, tf.float32),
       max_feature_num=tf.constant(max_feature_num, tf.int32),
     )
+    returned = _checked_outputs(
+      self.path,
+      {name: outputs[name].numpy() for name in ("locations", "scales", "scores", "descriptors")},
+      "locations",
+      totals,
+    )
     level_of_total = {float(total): scale for total, (scale, _, _) in zip(totals, levels)}
-    scales = np.array([level_of_total[float(s)] for s in outputs["scales"].numpy()], np.float32)
     return SelectedFeatures(
-      locations=outputs["locations"].numpy(),
-      scales=scales,
-      descriptors=outputs["descriptors"].numpy(),
-      attention=outputs["scores"].numpy(),
+      locations=returned["locations"],
+      scales=np.array([level_of_total[float(s)] for s in returned["scales"]], np.float32),
+      descriptors=returned["descriptors"],
+      attention=returned["scores"],
     )
 
   def _select_official(
@@ -322,11 +327,58 @@ class SavedModelExtractor:
     missing = {"boxes", "features", "scales", "scores"} - set(outputs)
     if missing:
       raise ModelFileError(f"{self.path}: the serving signature lacks outputs {sorted(missing)}")
-    boxes = outputs["boxes"].numpy().reshape(-1, 4)
+    returned = _checked_outputs(
+      self.path,
+      {name: outputs[name].numpy() for name in ("boxes", "features", "scales", "scores")},
+      "boxes",
+      np.array([scale for scale, _, _ in levels], np.float32),
+    )
+    boxes = returned["boxes"]
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0 / ratio  # (y, x) in original pixels.
     return SelectedFeatures(
       locations=centres.astype(np.float32),
-      scales=outputs["scales"].numpy().reshape(-1).astype(np.float32),
-      descriptors=outputs["features"].numpy().reshape(boxes.shape[0], -1),
-      attention=outputs["scores"].numpy().reshape(-1).astype(np.float32),
+      scales=returned["scales"],
+      descriptors=returned["features"],
+      attention=returned["scores"],
     )
+
+
+# Width of each output's rows: boxes/locations hold (y, x) corners or centres, descriptors
+# any width (None), scales and scores one value (scores may come as [N, 1]).
+_OUTPUT_WIDTHS = {"boxes": 4, "locations": 2, "features": None, "descriptors": None}
+
+
+def _checked_outputs(
+  path, outputs: dict[str, np.ndarray], rows_of: str, requested: np.ndarray
+) -> dict[str, np.ndarray]:
+  """A SavedModel's outputs as float32 [N, ...] arrays, refused (ModelFileError naming the model)
+  unless every output has the N rows of ``rows_of``, descriptors are [N, D] with D > 0 when N > 0,
+  values are finite and every scale is one of the ``requested`` scales."""
+  count = int(np.prod(outputs[rows_of].shape[:1])) if outputs[rows_of].ndim else -1
+  checked = {}
+  for name, value in outputs.items():
+    value = np.asarray(value, np.float32)
+    width = _OUTPUT_WIDTHS.get(name, 1)
+    if name in ("scales", "scores") and value.ndim == 2 and value.shape[1] == 1:
+      value = value[:, 0]
+    expected = (count,) if width == 1 else (count, width) if width else None
+    if (
+      value.shape[:1] != (count,)
+      or (expected and value.shape != expected)
+      or (width is None and (value.ndim != 2 or (count and not value.shape[1])))
+    ):
+      raise ModelFileError(
+        f"{path}: the model returned {name} of shape {list(value.shape)} for "
+        f"{count} {rows_of}; every output must have one row per feature"
+        + (f" of {width} values" if width and width > 1 else "")
+      )
+    if not np.all(np.isfinite(value)):
+      raise ModelFileError(f"{path}: the model returned NaN or infinite {name}")
+    checked[name] = value
+  unrequested = sorted({float(s) for s in checked["scales"]} - {float(s) for s in requested})
+  if unrequested:
+    raise ModelFileError(
+      f"{path}: the model returned features of scales {unrequested[:5]}, which were not "
+      f"requested (requested: {[round(float(s), 4) for s in requested]})"
+    )
+  return checked

@@ -81,13 +81,21 @@ def _differences(old: dict, new: dict) -> str:
 
 
 def _recorded(record: pathlib.Path) -> dict | None:
-  """The settings recorded in ``record`` ({} if unreadable); None if there is no record."""
+  """The settings recorded in ``record`` ({} if unreadable: not UTF-8, not JSON, or JSON that
+  is not an object with a "config" text and "files" digests); None if there is no record."""
   if not record.is_file():
     return None
   try:
-    return json.loads(record.read_text())
-  except (ValueError, OSError):
+    recorded = json.loads(record.read_text(encoding="utf-8"))
+  except (ValueError, OSError, RecursionError):  # UnicodeDecodeError and JSONDecodeError too.
     return {}
+  if (
+    not isinstance(recorded, dict)
+    or not isinstance(recorded.get("config", ""), str)
+    or not isinstance(recorded.get("files", {}), dict)
+  ):
+    return {}
+  return recorded
 
 
 def check_feature_folder(
