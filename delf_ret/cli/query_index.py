@@ -5,7 +5,8 @@ Usage:
       --image photo.jpg [--box x1,y1,x2,y2] [--num_results 10] \
       [--output_json top.json] [--contact_sheet top.png --database_images_dir photos/]
 
-Prints rank, image id, first-stage vote score and RANSAC inliers of the top
+Prints rank, image id, first-stage vote score, RANSAC inliers and whether the pair is
+verified (at least retrieval_config.min_inliers inliers) of the top
 results. --contact_sheet draws the query and the top results (their images are
 looked up by id in --database_images_dir).
 """
@@ -31,6 +32,7 @@ from delf_ret.images import ImageReadError
 from delf_ret.images import crop_to_box
 from delf_ret.images import list_images
 from delf_ret.images import load_image
+from delf_ret.retrieval.ranking import is_verified
 from delf_ret.retrieval.ranking import load_index
 from delf_ret.retrieval.ranking import retrieve
 
@@ -99,10 +101,13 @@ def main(argv: list[str]) -> int:
     f"{FLAGS.image}: {features.num_features} features; top {len(top)} of "
     f"{len(index)} indexed images"
   )
-  print(f"{'rank':>4}  {'image':<40} {'score':>8} {'inliers':>7}")
+  retrieval = config.retrieval_config
+  print(f"{'rank':>4}  {'image':<40} {'score':>8} {'inliers':>7}  verified")
   for rank, entry in enumerate(top, 1):
     inliers = "-" if entry.inliers is None else entry.inliers
-    print(f"{rank:>4}  {entry.image_id:<40} {entry.score:>8.2f} {inliers:>7}")
+    verified = "-" if entry.inliers is None else "yes" if is_verified(entry, retrieval) else "no"
+    print(f"{rank:>4}  {entry.image_id:<40} {entry.score:>8.2f} {inliers:>7}  {verified}")
+  print(f"verified: at least {retrieval.min_inliers} RANSAC inliers (retrieval_config.min_inliers)")
   if FLAGS.output_json:
     with atomic_write(FLAGS.output_json, "w") as handle:
       json.dump(
@@ -110,7 +115,13 @@ def main(argv: list[str]) -> int:
           "query": FLAGS.image,
           "num_features": features.num_features,
           "results": [
-            {"rank": r, "image_id": e.image_id, "score": e.score, "inliers": e.inliers}
+            {
+              "rank": r,
+              "image_id": e.image_id,
+              "score": e.score,
+              "inliers": e.inliers,
+              "verified": is_verified(e, retrieval),
+            }
             for r, e in enumerate(top, 1)
           ],
         },

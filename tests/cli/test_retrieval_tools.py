@@ -195,6 +195,13 @@ def test_query_then_remove_image(workspace, tmp_path):
   assert len(top) == 4
   # The database copy of the query image matches every feature in place.
   assert top[0]["image_id"] == QUERY_IMAGE and top[0]["inliers"] > 10
+  # Verified: at least the config's min_inliers, in the JSON and the printed table.
+  from delf_ret.config import load_config
+
+  min_inliers = load_config(workspace["config"]).retrieval_config.min_inliers
+  assert top[0]["verified"] == (top[0]["inliers"] >= min_inliers)
+  assert [e["verified"] for e in top] == [e["inliers"] >= min_inliers for e in top]
+  assert f"verified: at least {min_inliers} RANSAC inliers" in result.stdout
   assert (tmp_path / "top.png").read_bytes()[:4] == b"\x89PNG"
   # Remove it (in a copy of the index) and query again: it never comes back.
   import shutil
