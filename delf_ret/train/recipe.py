@@ -75,12 +75,15 @@ def write_selfsup_photos(data_dir: str | os.PathLike, listing: str | os.PathLike
 
 def _stage_times(output_dir: pathlib.Path, selfsup_model: str | None) -> dict:
   """{stage: {"step", "seconds"}} from each stage's time file; the selfsup stage is
-  {"model": selfsup_model} when the recipe started from an existing model."""
-  stages = {}
+  {"model": selfsup_model} when the recipe started from an existing model, the tuning
+  stage {"skipped": true} when it never ran (``--no_tuning``: no tuning folder)."""
+  stages: dict[str, dict] = {}
   for stage in STAGES:
     time_file = output_dir / stage / f"{stage}_time.json"
     if stage == "selfsup" and selfsup_model:
       stages[stage] = {"model": str(selfsup_model)}
+    elif stage == "tuning" and not (output_dir / stage).exists():
+      stages[stage] = {"skipped": True}
     elif time_file.is_file():
       stages[stage] = json.loads(time_file.read_text())
     else:

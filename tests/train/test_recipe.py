@@ -54,6 +54,14 @@ def test_training_facts_need_every_stage_time_file(tmp_path, capsys):
   facts = json.loads(capsys.readouterr().out)
   assert facts["stages"]["selfsup"] == {"model": "/m/selfsup.npz"}
   assert facts["training_steps"] == 6
+  # --no_tuning: no tuning folder at all; the stage is recorded as skipped.
+  import shutil
+
+  shutil.rmtree(tmp_path / "tuning")
+  assert recipe.main(args) == 0
+  facts = json.loads(capsys.readouterr().out)
+  assert facts["stages"]["tuning"] == {"skipped": True}
+  assert facts["training_steps"] == 2
   with pytest.raises(SystemExit):
     recipe.main(["facts", str(tmp_path), "not a number", "x"])
 
