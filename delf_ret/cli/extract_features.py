@@ -38,6 +38,8 @@ from delf_ret.errors import DelfRetError
 from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import RetrievalDataset
 from delf_ret.evaluation.ground_truth import load_dataset
+from delf_ret.extract.settings import extraction_settings
+from delf_ret.extract.settings import nothing_left
 from delf_ret.features import LocalFeatures
 from delf_ret.features import feature_file_names
 from delf_ret.images import crop_to_box
@@ -121,7 +123,14 @@ def main(argv: list[str]) -> int:
     dataset, image_paths = _dataset_images()
   else:
     image_paths = image_paths_from_flags()
-  feature_file_names(image_paths)  # Two images with one id are refused before any work.
+  names = feature_file_names(image_paths)  # Two images with one id are refused before any work.
+  settings = extraction_settings(config, config.model_path or None)
+  if not FLAGS.overwrite and nothing_left(FLAGS.output_dir, settings, names):
+    print(
+      f"done: nothing left to do, all {len(image_paths)} feature files are in "
+      f"{FLAGS.output_dir} with the same settings"
+    )
+    return 0
   # Lazy: TensorFlow, imported once the flags are checked (--help answers at once).
   from delf_ret.extract.batch import extract_all
   from delf_ret.extract.extractor import DelfExtractor

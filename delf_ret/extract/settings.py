@@ -98,6 +98,18 @@ def _recorded(record: pathlib.Path) -> dict | None:
   return recorded
 
 
+def nothing_left(folder: str | os.PathLike, settings: dict | None, names: list[str]) -> bool:
+  """Whether ``folder`` already holds every feature file of ``names``, recorded as made with
+  ``settings`` (so a run could stop before it loads a model); False when unidentifiable."""
+  folder = pathlib.Path(folder)
+  if settings is None or _recorded(folder / SETTINGS_FILE) != settings:
+    return False
+  try:
+    return all((folder / name).is_file() for name in names)
+  except OSError:  # E.g. a name too long for the file system: left to the run to report.
+    return False
+
+
 def check_feature_folder(
   folder: str | os.PathLike,
   settings: dict | None,

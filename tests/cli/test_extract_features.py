@@ -139,6 +139,15 @@ def test_interrupted_run_resumes_to_same_files(config_path, tmp_path):
   assert names == sorted(p.name for p in resumed.glob("*.delf"))
   for name in names:
     assert (reference / name).read_bytes() == (resumed / name).read_bytes(), name
+  # A rerun with every file made says so before it loads TensorFlow and the model (it
+  # never reaches the per-image loop that logs "skipped").
+  again = run_cli("delf_ret.cli.extract_features", *args, f"--output_dir={resumed}")
+  assert again.returncode == 0 and "skipped" not in again.stdout + again.stderr
+  assert again.stdout.strip().splitlines()[-1] == (
+    f"done: nothing left to do, all {len(images)} feature files are in {resumed} with the "
+    "same settings"
+  )
+  assert "tensorflow" not in again.stderr.lower()
 
 
 def test_learn_pca_cli_writes_loadable_files(config_path, tmp_path, shared_data):
