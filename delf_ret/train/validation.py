@@ -7,7 +7,11 @@ positives are the photos of its label. The figures: that all-pairs mAP, the shar
 same-label pairs that reach ``min_inliers``, and the different-label pairs that do; when
 the shards hold labels out of training (``prepare_labelled_photos --holdout_labels``),
 also the mAP and share of those labels' photos alone ("unseen"), the only figures that
-compare models on landmarks none of them trained on.
+compare models on landmarks none of them trained on. Ranking every pair by inliers leaves
+out the first stage; the "pipeline" figures run delf-ret's retrieval itself (a flat index
+of the validation photos, votes, RANSAC reranking of the top ``rerank_top_n``, the query
+itself skipped) and give the mAP after votes and after reranking, of all photos and of the
+unseen ones: what a model's attention does to the vote ranking shows there.
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ import numpy as np
 import tensorflow as tf
 
 from delf_ret.config import DelfConfig
+from delf_ret.config import DelfRetrievalConfig
 from delf_ret.evaluation.false_positives import count_false_positives
 from delf_ret.evaluation.metrics import all_pairs_map
 from delf_ret.features import LocalFeatures
+from delf_ret.index import LocalFeatureIndex
 from delf_ret.match import RansacParams
 from delf_ret.match import verify_pair
+from delf_ret.retrieval.ranking import retrieve
 from delf_ret.train.gldv2 import LABEL_MAP_FILE
 from delf_ret.train.gldv2 import SPLIT_FILE
 from delf_ret.train.photos import TrainingDataError
@@ -75,6 +82,58 @@ def inlier_matrix(features: list[LocalFeatures], params: RansacParams) -> np.nda
     for b in range(a + 1, count):
       inliers[a, b] = inliers[b, a] = verify_pair(features[a], features[b], params).num_inliers
   return inliers
+
+
+def pipeline_scores(
+  features: list[LocalFeatures], retrieval_config: DelfRetrievalConfig
+) -> tuple[np.ndarray, np.ndarray]:
+  """Scores [N, N] of photo d for query q from delf-ret's retrieval over a flat index of all
+  N photos: (after votes, after reranking), each N - position in q's list (0: not listed).
+  The query itself is left out of reranking; all_pairs_map ignores the diagonal."""
+  count = len(features)
+  votes, reranked = np.zeros((count, count)), np.zeros((count, count))
+  dims = {f.descriptors.shape[1] for f in features if f.num_features}
+  if not dims:
+    return votes, reranked
+  index = LocalFeatureIndex(dims.pop())
+  for i, feature in enumerate(features):
+    if feature.num_features:
+      index.add(str(i), feature.descriptors)
+  for query in range(count):
+    if not features[query].num_features:
+      continue
+    result = retrieve(
+      features[query],
+      index,
+      lambda name: features[int(name)],
+      retrieval_config,
+      junk_by_split={"validation": {str(query)}},
+    )
+    for scores, ranked in ((votes, result.ranked), (reranked, result.reranked)):
+      for position, entry in enumerate(ranked):
+        scores[query, int(entry.image_id)] = count - position
+  return votes, reranked
+
+
+def pipeline_figures(
+  votes: np.ndarray, reranked: np.ndarray, labels: list[int], unseen: Sequence[int] = ()
+) -> dict:
+  """mAP (percent) after votes and after reranking of :func:`pipeline_scores`, over every
+  photo with another of its label, and over the unseen labels' photos (None: no query)."""
+  label_array = np.asarray(labels)
+  has_positive = [i for i in range(len(labels)) if np.sum(label_array == labels[i]) > 1]
+  figures: dict = {}
+  for name, queries in (
+    ("", has_positive),
+    ("unseen_", [i for i in has_positive if labels[i] in unseen]),
+  ):
+    if name and not unseen:
+      continue
+    for stage, scores in (("votes", votes), ("reranked", reranked)):
+      figures[f"{name}{stage}_map"] = (
+        round(100.0 * all_pairs_map(scores, labels, queries), 2) if queries else None
+      )
+  return figures
 
 
 def validation_figures(
@@ -155,7 +214,9 @@ def validate_model(
       log(f"validation: extracted {index + 1}/{len(photos)} photos")
   retrieval = config.retrieval_config
   inliers = inlier_matrix(features, RansacParams.from_config(retrieval))
-  figures = validation_figures(inliers, labels, retrieval.min_inliers, held_out_labels(shards_dir))
+  unseen = held_out_labels(shards_dir)
+  figures = validation_figures(inliers, labels, retrieval.min_inliers, unseen)
+  figures["pipeline"] = pipeline_figures(*pipeline_scores(features, retrieval), labels, unseen)
   figures["shards"] = str(pathlib.Path(shards_dir).resolve())
   figures["mean_features"] = round(float(np.mean([f.num_features for f in features])), 1)
   return figures

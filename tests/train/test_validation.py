@@ -9,6 +9,8 @@ import pytest
 from conftest import run_command
 from conftest import tool_env
 from delf_ret.default_model import default_config_path
+from delf_ret.train.validation import pipeline_figures
+from delf_ret.train.validation import pipeline_scores
 from delf_ret.train.validation import validation_figures
 
 
@@ -39,6 +41,43 @@ def test_figures_of_a_hand_built_inlier_matrix():
   alone = validation_figures(inliers, [0, 1, 2, 3], min_inliers=10)
   assert (alone["map_by_inliers"], alone["queries"], alone["related_pairs"]) == (None, 0, 0)
   assert alone["unrelated_verified"] == 2  # (0, 1) with 30 and (0, 2) with 12
+
+
+def test_pipeline_figures_run_votes_then_reranking_without_the_query_itself():
+  from conftest import make_features
+  from conftest import random_unit_descriptors
+  from delf_ret.config import DelfRetrievalConfig
+
+  rng = np.random.default_rng(0)
+  points = rng.uniform(0, 300, (40, 2))
+  a, b = random_unit_descriptors(rng, 40, 8), random_unit_descriptors(rng, 40, 8)
+  # Photos 0, 1: one scene (same descriptors, shifted); 2, 3: another; 4: nothing.
+  features = [
+    make_features(points, a),
+    make_features(points + [5.0, 9.0], a),
+    make_features(points, b),
+    make_features(points[:30] + [12.0, 3.0], b[:30]),
+    make_features(np.zeros((0, 2)), np.zeros((0, 8), np.float32)),
+  ]
+  config = DelfRetrievalConfig(neighbors_per_descriptor=2, rerank_top_n=3)
+  votes, reranked = pipeline_scores(features, config)
+  # By votes each query's scene partner is in the first two places (5 or 4, beside the
+  # query itself, which is indexed too); reranking skips the query, so the verified partner
+  # comes first (5). Photo 4 has no features: never listed, never a query (0).
+  partners = ((0, 1), (1, 0), (2, 3), (3, 2))
+  assert all(votes[q, d] >= 4 for q, d in partners)
+  assert all(reranked[q, d] == 5 for q, d in partners)
+  assert np.all(votes[4] == 0) and np.all(votes[:, 4] == 0)
+  figures = pipeline_figures(votes, reranked, [0, 0, 1, 1, 2], unseen=[1])
+  assert figures == {
+    "votes_map": 100.0,
+    "reranked_map": 100.0,
+    "unseen_votes_map": 100.0,
+    "unseen_reranked_map": 100.0,
+  }
+  # Labels that pair photos of different scenes: their partner ranks below the real one.
+  crossed = pipeline_figures(votes, reranked, [0, 1, 0, 1, 2])
+  assert crossed["votes_map"] < 100 and "unseen_votes_map" not in crossed
 
 
 @pytest.mark.slow  # Prepares shards of 15 photos and extracts 9 with the default model (~40 s).
@@ -72,6 +111,13 @@ def test_validate_command_on_labelled_shards(tmp_path, shared_data):
   assert 0 <= figures["map_by_inliers"] <= 100
   assert figures["unseen"]["queries"] == 5 and len(figures["unseen"]["labels"]) == 1
   assert 0 <= figures["unseen"]["map_by_inliers"] <= 100
+  assert set(figures["pipeline"]) == {
+    "votes_map",
+    "reranked_map",
+    "unseen_votes_map",
+    "unseen_reranked_map",
+  }
+  assert all(0 <= value <= 100 for value in figures["pipeline"].values())
   missing = run_command(
     [sys.executable, *args, str(tmp_path / "nowhere")], timeout=120, env=tool_env()
   )
