@@ -138,6 +138,13 @@ def test_tensorflow_logs_kept_when_the_user_sets_their_level(tmp_path, shared_da
 # Item 4: Ctrl-C.
 
 
+def _default_sigint() -> None:
+  """In the child before exec: Ctrl-C's default action, even where this test runs with SIGINT
+  ignored (a background job of a non-interactive shell inherits SIG_IGN, and Python then
+  keeps ignoring it)."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, env) -> subprocess.Popen:
   return subprocess.Popen(
     args,
@@ -146,6 +153,7 @@ def start(args, env) -> subprocess.Popen:
     stdin=subprocess.DEVNULL,
     text=True,
     env=env,
+    preexec_fn=_default_sigint,
   )
 
 
