@@ -23,6 +23,7 @@ from google.protobuf import descriptor as descriptor_lib
 from google.protobuf import text_format
 
 from delf_ret.errors import DelfRetError
+from delf_ret.errors import read_utf8_text
 from delf_ret.protos import delf_config_pb2
 from delf_ret.protos import delf_train_config_pb2
 
@@ -49,14 +50,7 @@ def _parse_into(text: str, message, label: str) -> None:
 
 def _read_text(path: pathlib.Path, label: str) -> str:
   """The UTF-8 text of a config file; ConfigError naming it when it is not text."""
-  try:
-    return path.read_text(encoding="utf-8")
-  except UnicodeDecodeError as error:
-    raise ConfigError(
-      f"{label} {path}: not a UTF-8 text file ({error.reason} at byte {error.start})"
-    ) from None
-  except OSError as error:
-    raise ConfigError(f"{label} {path}: cannot read ({error.strerror or error})") from None
+  return read_utf8_text(path, ConfigError, f"{label} {path}")
 
 
 def _existing_file(path: str | os.PathLike, label: str) -> pathlib.Path:

@@ -21,6 +21,8 @@ Those raised in several modules live here: InputError, and ModelFileError (the
 
 from __future__ import annotations
 
+import pathlib
+
 
 class DelfRetError(Exception):
   """Base class of every error the package raises for unusable input."""
@@ -32,3 +34,14 @@ class InputError(DelfRetError):
 
 class ModelFileError(DelfRetError):
   """A DELF model file is missing, not a .keras file, unreadable or not a DELF model."""
+
+
+def read_utf8_text(path: pathlib.Path, error: type[DelfRetError], name: str) -> str:
+  """The UTF-8 text of ``path``; ``error`` with ``name`` (how the file is named in the
+  message, e.g. "config my.pbtxt") when it cannot be read or is not text."""
+  try:
+    return path.read_text(encoding="utf-8")
+  except UnicodeDecodeError as reason:
+    raise error(f"{name}: not a UTF-8 text file ({reason.reason} at byte {reason.start})") from None
+  except OSError as reason:
+    raise error(f"{name}: cannot read ({reason.strerror or reason})") from None

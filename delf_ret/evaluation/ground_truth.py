@@ -28,6 +28,7 @@ import pickle
 import numpy as np
 
 from delf_ret.errors import DelfRetError
+from delf_ret.errors import read_utf8_text
 from delf_ret.evaluation import gnd_files
 
 
@@ -58,14 +59,7 @@ class RetrievalDataset:
 
 def _read_text(path: pathlib.Path) -> str:
   """The UTF-8 text of a ground-truth file; GroundTruthError naming it if it is not text."""
-  try:
-    return path.read_text(encoding="utf-8")
-  except UnicodeDecodeError as error:
-    raise GroundTruthError(
-      f"{path}: not a UTF-8 text file ({error.reason} at byte {error.start})"
-    ) from None
-  except OSError as error:
-    raise GroundTruthError(f"{path}: cannot read ({error.strerror or error})") from None
+  return read_utf8_text(path, GroundTruthError, str(path))
 
 
 def _read_names(path: pathlib.Path) -> list[str]:
