@@ -6,6 +6,15 @@ feature is a ``DelfFeature`` message with its descriptor as a ``DatumProto``
 ``<id>`` are in ``<id>.delf``, and an image's id is its file stem
 (``photos/all_souls_000013.jpg`` -> ``all_souls_000013`` ->
 ``all_souls_000013.delf``); this module is the one place that rule is written.
+
+Reading a feature file does not visit its features one by one in Python: the
+files ``write_features`` writes (and the official DELF tools') hold features of
+one byte layout each, so :func:`read_features` checks that every feature record
+has the first one's layout (its tags, lengths and shape, compared as byte
+columns) and takes the values out of the byte array as float32 columns. A file
+of any other layout (a field missing from some features, unknown fields, a
+descriptor split in parts) is read through the protobuf parser; both give the
+same arrays and the same errors.
 """
 
 from __future__ import annotations
@@ -162,6 +171,141 @@ def from_proto(message: delf_features_pb2.DelfFeatures) -> LocalFeatures:
   if dims == {0}:
     raise FeatureFileError(f"{n} features with zero-dimensional (empty) descriptors")
   descriptors = np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+  return _checked_features(locations, scales, descriptors, attention, orientations)
+
+
+# Field numbers of DelfFeature's float fields (wire type 5, four little-endian bytes).
+_FLOAT_FIELDS = {2: "x", 3: "y", 4: "scale", 5: "orientation", 6: "strength"}
+
+
+class _NotUniform(Exception):
+  """A feature file whose features are not all of the first one's byte layout."""
+
+
+def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+  """(value, position after it) of the protobuf varint at ``pos``."""
+  value = shift = 0
+  while pos < end and shift < 64:
+    byte = data[pos]
+    pos += 1
+    value |= (byte & 0x7F) << shift
+    shift += 7
+    if not byte & 0x80:
+      return value, pos
+  raise _NotUniform
+
+
+def _field(data: bytes, pos: int, end: int, wire_type: int) -> tuple[int, int, int]:
+  """(field number, start, end of its value) of the field at ``pos``, which must have
+  ``wire_type`` (2: length-delimited, 5: fixed 32 bits)."""
+  key, pos = _varint(data, pos, end)
+  if key & 7 != wire_type:
+    raise _NotUniform
+  size = 4
+  if wire_type == 2:
+    size, pos = _varint(data, pos, end)
+  if pos + size > end:
+    raise _NotUniform
+  return key >> 3, pos, pos + size
+
+
+def _feature_layout(data: bytes, start: int, end: int) -> tuple[dict[str, int], int, int, tuple]:
+  """The layout of the DelfFeature record data[start:end]: (float field name -> offset of
+  its bytes, offset of the descriptor's values, their count, the descriptor's shape), with
+  offsets relative to ``start``; _NotUniform unless it is the simple layout (each field
+  once, a shaped packed descriptor, nothing unknown)."""
+  floats: dict[str, int] = {}
+  values = count = -1
+  shape: tuple = ()
+  pos = start
+  while pos < end:
+    wire_type = 2 if data[pos] == 0x0A else 5
+    number, value_start, pos = _field(data, pos, end, wire_type)
+    if number == 1 and values < 0:
+      values, count, shape = _descriptor_layout(data, value_start, pos)
+    elif number in _FLOAT_FIELDS and _FLOAT_FIELDS[number] not in floats:
+      floats[_FLOAT_FIELDS[number]] = value_start - start
+    else:
+      raise _NotUniform
+  if values < 0:
+    raise _NotUniform
+  return floats, values - start, count, shape
+
+
+def _descriptor_layout(data: bytes, pos: int, end: int) -> tuple[int, int, tuple]:
+  """(offset of the values, their count, shape) of a DatumProto holding its shape, then its
+  values as one packed float list."""
+  number, shape_start, pos = _field(data, pos, end, 2)
+  if number != 1:
+    raise _NotUniform
+  number, dims_start, dims_end = _field(data, shape_start, pos, 2)
+  if number != 1 or dims_end != pos:
+    raise _NotUniform
+  dims = []
+  while dims_start < dims_end:
+    dim, dims_start = _varint(data, dims_start, dims_end)
+    dims.append(dim)
+  number, list_start, list_end = _field(data, pos, end, 2)
+  if number != 2 or list_end != end:
+    raise _NotUniform
+  number, values, values_end = _field(data, list_start, list_end, 2)
+  if number != 1 or values_end != list_end or (values_end - values) % 4:
+    raise _NotUniform
+  count = (values_end - values) // 4
+  if not count:
+    raise _NotUniform  # Empty descriptors: the parser's error.
+  if not 0 < len(dims) <= MAX_DATUM_DIMS or any(d >= 1 << 63 for d in dims):
+    raise _NotUniform  # No shape, or a negative dimension: the parser's error.
+  if math.prod(dims) != count:
+    raise _NotUniform
+  return values, count, tuple(dims)
+
+
+def _uniform_features(data: bytes) -> LocalFeatures | None:
+  """The features of a serialized DelfFeatures whose records all have the first one's byte
+  layout (see the module docstring), read as byte columns; None for any other file."""
+  try:
+    if not data or data[0] != 0x0A:
+      return None
+    size, start = _varint(data, 1, len(data))
+    stride = start + size
+    if len(data) % stride:
+      return None
+    floats, values, count, _ = _feature_layout(data, start, stride)
+  except _NotUniform:
+    return None
+  records = np.frombuffer(data, np.uint8).reshape(-1, stride)
+  structure = np.ones(stride, bool)  # The bytes every record must share: all but values.
+  structure[start + values : start + values + 4 * count] = False
+  for offset in floats.values():
+    structure[start + offset : start + offset + 4] = False
+  if not (records[:, structure] == records[0, structure]).all():
+    return None
+
+  def column(offset: int, width: int) -> np.ndarray:
+    return records[:, start + offset : start + offset + 4 * width].copy().view("<f4")
+
+  zeros = np.zeros(len(records), np.float32)
+  fields = {name: column(offset, 1)[:, 0] for name, offset in floats.items()}
+  x, y = fields.get("x", zeros), fields.get("y", zeros)
+  return _checked_features(
+    np.stack([y, x], axis=1),
+    fields.get("scale", zeros),
+    column(values, count).astype(np.float32, copy=False),
+    fields.get("strength", zeros),
+    fields.get("orientation", zeros),
+  )
+
+
+def _checked_features(
+  locations: np.ndarray,
+  scales: np.ndarray,
+  descriptors: np.ndarray,
+  attention: np.ndarray,
+  orientations: np.ndarray,
+) -> LocalFeatures:
+  """LocalFeatures of the arrays; FeatureFileError naming the first that holds a NaN or an
+  infinity."""
   _check_finite(
     {
       "locations": locations,
@@ -188,23 +332,43 @@ def _parse_file(path: pathlib.Path, message, missing: str, kind: str):
   """
   if not path.is_file():
     raise FeatureFileError(f"{path}: {missing} not found")
+  return _parse(path, path.read_bytes(), message, kind)
+
+
+class _ParseError(FeatureFileError):
+  """A file's bytes are not the message it should hold (the message names the file)."""
+
+
+def _parse(path: pathlib.Path, data: bytes, message, kind: str):
+  """``message`` parsed from ``data``, the bytes of ``path``; FeatureFileError otherwise."""
   try:
-    message.ParseFromString(path.read_bytes())
+    message.ParseFromString(data)
   except (DecodeError, ValueError, RuntimeError) as error:
-    raise FeatureFileError(f"{path}: not {kind} ({error})") from None
+    raise _ParseError(f"{path}: not {kind} ({error})") from None
   return message
 
 
 def read_features(path: str | os.PathLike) -> LocalFeatures:
-  """Reads one image's features; raises FeatureFileError on a bad file."""
+  """Reads one image's features; raises FeatureFileError on a bad file.
+
+  Features of one byte layout (every file ``write_features`` writes) are read as byte
+  columns, any other file through the protobuf parser (see the module docstring).
+  """
   path = pathlib.Path(path)
-  message = _parse_file(
-    path, delf_features_pb2.DelfFeatures(), "feature file", "a DELF feature file"
-  )
+  if not path.is_file():
+    raise FeatureFileError(f"{path}: feature file not found")
+  data = path.read_bytes()
   try:
-    return from_proto(message)
+    features = _uniform_features(data)
+    if features is None:
+      features = from_proto(
+        _parse(path, data, delf_features_pb2.DelfFeatures(), "a DELF feature file")
+      )
+  except _ParseError:
+    raise
   except FeatureFileError as error:
     raise FeatureFileError(f"{path}: {error}") from None
+  return features
 
 
 def check_same_dimension(

@@ -10,13 +10,20 @@ Usage:
   # its query images are not indexed unless the dataset lists them in its database.
   build_index --config_path my.pbtxt --dataset_gnd_path gnd_roxford5k.pkl \
       --images_dir roxford5k/jpg --features_dir features/ --index_dir index/
+  # With labels (for recognition): rows image,label (an empty label: unlabelled);
+  # rerun with another labels file to relabel indexed images.
+  build_index --config_path my.pbtxt --images_dir photos/ --labels_csv labels.csv \
+      --features_dir features/ --index_dir index/
   # Remove images by id (feature file stem); nothing is added in this run:
   build_index --config_path my.pbtxt --index_dir index/ --remove_images a,b
 
 The index type and its parameters come from the config's retrieval_config.
 The index is saved every --save_every images; running the same command again
 after an interruption skips the images already indexed, and running it with
-new images adds them without retraining. Exit status 1 if some images or
+new images adds them without retraining. The index records each image's
+absolute path when images are given (--images_dir / --list_images_path; from
+feature files alone no path is recorded), and the labels of --labels_csv.
+Exit status 1 if some images or
 feature files failed (they are listed), 2 on unusable input.
 """
 
@@ -38,6 +45,7 @@ from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import load_dataset
 from delf_ret.index import IndexParams
 from delf_ret.index.builder import remove_images
+from delf_ret.index.labels import read_image_labels
 from delf_ret.retrieval.indexing import database_feature_paths
 from delf_ret.retrieval.indexing import database_image_paths
 from delf_ret.retrieval.indexing import index_database
@@ -66,6 +74,14 @@ flags.DEFINE_boolean(
   False,
   "Delete and recompute feature files of --features_dir "
   "that were made with other settings (otherwise such a folder is refused).",
+)
+flags.DEFINE_string(
+  "labels_csv",
+  None,
+  "CSV file of image,label rows (header optional; an image is named by its file name or "
+  "id, an empty label marks an unlabelled image): each listed image's label is recorded "
+  "in the index, also for images already indexed. Every listed image must be indexed "
+  "or among the images to index.",
 )
 flags.DEFINE_list("remove_images", [], "Image ids to remove from the index (nothing is added).")
 flags.DEFINE_integer("save_every", 500, "Save the index after every this many added images.")
@@ -109,9 +125,12 @@ def main(argv: list[str]) -> int:
   require_flags(FLAGS, "index_dir")
   config = load_config_from_flags()
   if FLAGS.remove_images:
+    if FLAGS.labels_csv:
+      raise InputError("--labels_csv labels images to index; run it without --remove_images")
     remove_images(FLAGS.index_dir, FLAGS.remove_images, log=log)
     return 0
   require_flags(FLAGS, "features_dir")
+  labels = read_image_labels(FLAGS.labels_csv) if FLAGS.labels_csv else None
   dataset = None
   if FLAGS.dataset_gnd_path or FLAGS.dataset_gt_dir:
     if FLAGS.list_images_path or FLAGS.recursive:
@@ -136,6 +155,7 @@ def main(argv: list[str]) -> int:
     overwrite=FLAGS.overwrite,
     save_every=FLAGS.save_every,
     log=log,
+    labels=labels,
     **inputs,
   )
   if dataset is not None:

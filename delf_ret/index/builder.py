@@ -14,6 +14,13 @@ A feature file with no features is not indexed (an image with nothing to match
 could never be found): it is reported with the failures, so the tool lists it
 and exits 1, and a later run tries it again.
 
+Each image's record (delf_ret.index.local_index: the absolute path of its image
+file and a label) is stored when it is added, from ``image_paths`` (image id ->
+image file, known when the caller indexes images rather than feature files)
+and ``labels`` (image id -> label, e.g. from a labels CSV file,
+delf_ret.index.labels). Images already in the index get their record updated
+from the same two mappings, so rerunning with a labels file relabels them.
+
 This is the TensorFlow-free half of indexing: delf_ret.retrieval.indexing.index_database
 extracts the missing feature files of images first, then calls build_index.
 """
@@ -24,6 +31,7 @@ import os
 import pathlib
 import time
 from typing import Callable
+from typing import Mapping
 
 import numpy as np
 
@@ -111,7 +119,9 @@ def open_or_create(index_dir: pathlib.Path, params: IndexParams, dim: int) -> Lo
   return LocalFeatureIndex(dim, params)
 
 
-def _descriptors_for(features: LocalFeatures, dim: int, path: pathlib.Path) -> np.ndarray:
+def descriptors_for(features: LocalFeatures, dim: int, path: pathlib.Path) -> np.ndarray:
+  """The descriptors [N, dim] of one feature file to index; FeatureFileError (naming the
+  file) when it has no features or descriptors of another dimension."""
   if features.num_features == 0:
     raise FeatureFileError(
       f"{path}: no features (an image with nothing to match could never be found); not indexed"
@@ -131,6 +141,8 @@ def build_index(
   save_every: int = 500,
   log: Callable[[str], None] = print,
   dim: int | None = None,
+  image_paths: Mapping[str, str | os.PathLike] | None = None,
+  labels: Mapping[str, str] | None = None,
 ) -> tuple[LocalFeatureIndex, list[tuple[pathlib.Path, str]]]:
   """Adds every feature file not yet in the index at ``index_dir`` and saves it.
 
@@ -140,24 +152,57 @@ def build_index(
   of another descriptor dimension, or without features). Holds the folder's
   writer lock throughout (IndexBusyError if another process writes it). ``dim``: the descriptor dimension the
   config fixes (its pca_dim); without it, that of the first readable file.
+  ``image_paths`` (image id -> image file) and ``labels`` (image id -> label, "" for
+  none) are recorded with each image, the new ones and those already indexed; ids
+  in them that end up not indexed (their feature file failed) are ignored.
   """
   index_dir = pathlib.Path(index_dir)
   dim = dim or descriptor_dim(feature_paths)
+  records = _Records(dict(image_paths or {}), dict(labels or {}))
   with writer_lock(index_dir):
     index = open_or_create(index_dir, params, dim)
     if index.needs_training:
-      _train(index, feature_paths, params, log)
-    failures = _add_all(index, feature_paths, index_dir, dim, save_every, log)
+      train_from_files(index, feature_paths, params, log)
+    updated = records.update(index)
+    if updated:
+      log(f"updated the path or label of {updated} images already indexed")
+    failures = _add_all(index, feature_paths, index_dir, dim, save_every, log, records, updated)
   return index, failures
 
 
-def _train(
+class _Records:
+  """The paths and labels to record: image id -> image file, image id -> label ("": none)."""
+
+  def __init__(self, image_paths: dict[str, str | os.PathLike], labels: dict[str, str]):
+    self.paths = {name: os.path.abspath(path) for name, path in image_paths.items()}
+    self.labels = labels
+
+  def add(self, index: LocalFeatureIndex, image_id: str, descriptors: np.ndarray) -> None:
+    """Adds a new image with its record."""
+    label = self.labels.get(image_id) or None
+    index.add(image_id, descriptors, path=self.paths.get(image_id), label=label)
+
+  def update(self, index: LocalFeatureIndex) -> int:
+    """Records the paths and labels of images already indexed; returns how many changed."""
+    changed = 0
+    for image_id in index.image_ids():
+      path, label = self.paths.get(image_id), self.labels.get(image_id)
+      if (path is not None and path != index.image_path(image_id)) or (
+        label is not None and (label or None) != index.image_label(image_id)
+      ):
+        index.set_image_record(image_id, path=path, label=label)
+        changed += 1
+    return changed
+
+
+def train_from_files(
   index: LocalFeatureIndex,
   feature_paths: list[pathlib.Path],
   params: IndexParams,
   log: Callable[[str], None],
 ) -> None:
-  """Trains a new IVF-PQ index on a sample of the feature files."""
+  """Trains a new IVF-PQ index on a sample of the feature files (training_sample: up to
+  params.train_sample_size descriptors, seeded); LocalIndexError if there are too few."""
   sample = training_sample(feature_paths, params.train_sample_size)
   if sample.shape[0] < max(params.nlist, 2**params.pq_nbits):
     raise LocalIndexError(
@@ -176,22 +221,25 @@ def _add_all(
   dim: int,
   save_every: int,
   log: Callable[[str], None],
+  records: _Records,
+  updated: int,
 ) -> list[tuple[pathlib.Path, str]]:
-  """Adds the feature files not yet indexed, saving as it goes; returns the failures."""
+  """Adds the feature files not yet indexed with their records, saving as it goes (and at
+  the end when ``updated`` records changed); returns the failures."""
   failures = []
   total, added, start = len(feature_paths), 0, time.time()
-  unsaved = not (index_dir / "CURRENT").is_file()
+  unsaved = bool(updated) or not (index_dir / "CURRENT").is_file()
   for i, path in enumerate(feature_paths, 1):
     name = image_id_of(path)
     if name in index:
       continue
     try:
-      descriptors = _descriptors_for(read_features(path), dim, path)
+      descriptors = descriptors_for(read_features(path), dim, path)
     except FeatureFileError as error:
       log(f"[{i}/{total}] ERROR {error}")
       failures.append((path, str(error)))
       continue
-    index.add(name, descriptors)
+    records.add(index, name, descriptors)
     added += 1
     unsaved = True
     if added % save_every == 0:

@@ -5,10 +5,12 @@ it before reading the data, so 8 changed bytes made it allocate gigabytes
 before failing. :func:`check_faiss_file` walks the file the way faiss 1.15
 reads the index types delf-ret writes (IndexIDMap2 over IndexFlatL2 or
 IndexHNSWFlat; IndexIVFPQ and IndexIVFPQFastScan with a flat or HNSW coarse
-quantiser, array or block inverted lists), checks every stored length against
+quantiser, array, block or on-disk inverted lists), checks every stored length against
 the bytes left in the file and the counts against each other, and refuses any
 other index type. Only the headers and length fields are read (the file is
-never loaded whole), so a check costs a few reads per inverted list.
+never loaded whole), so a check costs a few reads per inverted list. On-disk
+inverted lists (faiss' OnDiskInvertedLists, of an index merged with ``on_disk``)
+are checked against the size of their data file, ON_DISK_FILE beside the index file.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from delf_ret.index.errors import LocalIndexError
 
 # The faiss index types delf-ret writes (LocalFeatureIndex), by their four-byte file tags.
 ID_MAP2, FLAT_L2, HNSW_FLAT, IVF_PQ, IVF_PQ_FAST_SCAN = b"IxM2", b"IxF2", b"IHNf", b"IwPQ", b"IwPf"
-ARRAY_LISTS, BLOCK_LISTS = b"ilar", b"ilbl"
+ARRAY_LISTS, BLOCK_LISTS, ON_DISK_LISTS = b"ilar", b"ilbl", b"ilod"
+ON_DISK_FILE = "index.ivfdata"  # The data of on-disk inverted lists, beside index.faiss.
 MAX_LISTS = 1 << 22  # IVF lists (bounded by the centroids stored once trained).
 MAX_DEPTH = 4  # IDMap2 > HNSW > flat storage; IVF > HNSW quantiser > flat storage.
 
@@ -32,6 +35,7 @@ class _Walker:
 
   def __init__(self, handle: BinaryIO, path: pathlib.Path, size: int):
     self.handle, self.path, self.size = handle, path, size
+    self.on_disk_name: str | None = None  # The data file named by on-disk inverted lists.
 
   def fail(self, reason: str) -> LocalIndexError:
     return LocalIndexError(f"index file {self.path} is corrupt: {reason}")
@@ -77,9 +81,10 @@ class _Walker:
     return dim, ntotal
 
 
-def check_faiss_file(path: str | os.PathLike) -> None:
+def check_faiss_file(path: str | os.PathLike) -> str | None:
   """Raises LocalIndexError (one line, naming the file) unless ``path`` holds an index of a
-  type delf-ret writes whose every stored length fits the file; reads no array data."""
+  type delf-ret writes whose every stored length fits the file; reads no array data.
+  Returns the data file name stored in on-disk inverted lists (None: other lists)."""
   path = pathlib.Path(path)
   try:
     with open(path, "rb") as handle:
@@ -89,6 +94,7 @@ def check_faiss_file(path: str | os.PathLike) -> None:
         raise walker.fail(f"{walker.left} bytes follow the index")
   except OSError as error:
     raise LocalIndexError(f"index file {path} unreadable: {error}") from None
+  return walker.on_disk_name
 
 
 def _index(walker: _Walker, depth: int) -> tuple[int, int]:
@@ -160,6 +166,8 @@ def _ivfpq(walker: _Walker, depth: int, fast_scan: bool) -> tuple[int, int]:
 def _inverted_lists(walker: _Walker, nlist: int, code_size: int, blocks: bool) -> int:
   """Walks the inverted lists; returns how many entries they hold."""
   tag = walker.read(4, "the inverted lists type")
+  if tag == ON_DISK_LISTS and not blocks:
+    return _on_disk_lists(walker, nlist, code_size)
   if tag != (BLOCK_LISTS if blocks else ARRAY_LISTS):
     raise walker.fail(f"inverted lists of type {tag!r} are not what delf-ret writes")
   if walker.number("Q", "the inverted lists header") != nlist:
@@ -185,6 +193,40 @@ def _inverted_lists(walker: _Walker, nlist: int, code_size: int, blocks: bool) -
       raise walker.fail(f"an inverted list claims {entries} entries, {walker.left} bytes are left")
     walker.skip(entries * (8 + code_size), "an inverted list")
     total += entries
+  return total
+
+
+def _on_disk_lists(walker: _Walker, nlist: int, code_size: int) -> int:
+  """Walks on-disk inverted lists (after their tag): each list's (size, capacity, offset)
+  must lie in the data file (its codes, then its ids); returns how many entries they hold."""
+  if walker.number("Q", "the on-disk lists header") != nlist:
+    raise walker.fail("the on-disk lists and the IVF header disagree on the number of lists")
+  if walker.number("Q", "the on-disk lists header") != code_size:
+    raise walker.fail("the on-disk lists and the index disagree on the code size")
+  count = walker.number("Q", "the on-disk lists")
+  if count != nlist or count > walker.left // 24:
+    raise walker.fail(f"{count} on-disk lists for {nlist} lists")
+  lists = struct.unpack(f"<{3 * count}Q", walker.read(24 * count, "the on-disk lists"))
+  walker.vector(16, "the on-disk free slots")
+  name_length = walker.number("Q", "the on-disk data file name")
+  if name_length > min(walker.left, 1 << 16):
+    raise walker.fail(f"an on-disk data file name of {name_length} bytes")
+  walker.on_disk_name = walker.read(name_length, "the on-disk data file name").decode(
+    "utf-8", "replace"
+  )
+  total_size = walker.number("Q", "the on-disk data size")
+  data = walker.path.parent / ON_DISK_FILE
+  try:
+    data_size = os.path.getsize(data)
+  except OSError as error:
+    raise walker.fail(f"its data file {data} is unreadable ({error.strerror})") from None
+  if total_size > data_size:
+    raise walker.fail(f"its data file {data} holds {data_size} bytes, the lists {total_size}")
+  total = 0
+  for size, capacity, offset in zip(lists[::3], lists[1::3], lists[2::3]):
+    if size > capacity or offset + capacity * (code_size + 8) > total_size:
+      raise walker.fail(f"an on-disk list ({size} entries at byte {offset}) overruns its data")
+    total += size
   return total
 
 

@@ -23,9 +23,26 @@ Index types:
 Callers use the index through its methods and properties only (tests/index/
 test_index_api.py checks it): ``image_ids()``, ``slot_of``, ``__contains__``,
 ``len``; ``search`` (hits by slot) and ``search_images`` (hits by image id);
+``image_path`` / ``image_label`` / ``set_image_record`` (each image's record);
 ``set_search_breadth`` (nprobe / ef_search) and the read-only ``params``;
 ``dim``, ``num_descriptors``, ``serialized_bytes()``, ``needs_training``;
 ``train``, ``add``, ``delete``, ``compact``, ``save``, ``load``.
+
+Each image may carry a record: the absolute path of its image file and a label
+(a landmark name, for recognition), given to ``add`` and changed with
+``set_image_record``. Records are saved in the version's ``meta.json`` (key
+``records``: image id -> {"path", "label"}, only images that have one) and
+checked on load like the rest of it; an index saved before records existed
+has none (``image_path`` / ``image_label`` return None) and still loads.
+``delete`` drops the image's record, ``compact`` keeps the others.
+
+An IVF-PQ index merged from shards with ``on_disk`` (delf_ret.index.shards) keeps
+its inverted lists in faiss' on-disk format: ``index.ivfdata`` beside
+``index.faiss`` in the version folder, memory-mapped, so it may be larger than
+memory. Such an index is searched as any other but is read-only (adding or
+deleting an image raises LocalIndexError: build the shards again and merge
+them); saving it again (new records, a new search breadth) hard-links the data
+file into the new version.
 
 Saving is crash-safe: each save writes a new version folder (``v-<random>``,
 marked as delf-ret's by a ``.delfret-version`` file inside), fsyncs it, then
@@ -57,11 +74,13 @@ from typing import Any
 
 import faiss
 import numpy as np
+from faiss.contrib.ondisk import merge_ondisk
 
 from delf_ret.atomic import atomic_write
 from delf_ret.atomic import remove_leftovers
 from delf_ret.atomic import respect_umask
 from delf_ret.index.errors import LocalIndexError
+from delf_ret.index.faiss_file import ON_DISK_FILE
 from delf_ret.index.faiss_file import check_faiss_file
 from delf_ret.index.lock import writer_lock
 from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
@@ -71,9 +90,11 @@ KEYPOINT_BITS = 20  # Up to 1,048,576 descriptors per image.
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 COARSE_QUANTIZERS = ("flat", "hnsw")
 VERSION_MARKER = ".delfret-version"  # In every version folder delf-ret writes.
-VERSION_FILES = frozenset({"index.faiss", "meta.json"})  # What a version folder holds.
+VERSION_FILES = frozenset({"index.faiss", "meta.json"})  # What a pre-marker version folder holds.
 VERSION_NAME = re.compile(r"v-[A-Za-z0-9_]+")
 LOAD_ATTEMPTS = 5  # A reader retries when a writer replaced the version it was reading.
+MAX_PATH_CHARS = 4096  # Longest image path a record holds (Linux' PATH_MAX).
+MAX_LABEL_CHARS = 1024  # Longest label a record holds.
 
 
 # The config's index defaults (protos/delf_config.proto), the only place they are set.
@@ -137,6 +158,36 @@ def _fsync_dir(path: pathlib.Path) -> None:
     os.close(fd)
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+  """What the index remembers of an image besides its descriptors.
+
+  path: absolute path of the image file when it was indexed (None: unknown).
+  label: its label, e.g. a landmark name (None: unlabelled, e.g. a distractor).
+  """
+
+  path: str | None = None
+  label: str | None = None
+
+
+def check_record(image_id: str, path: str | None, label: str | None) -> ImageRecord:
+  """The record of ``image_id``, checked: the path absolute, both non-empty text of at most
+  MAX_PATH_CHARS / MAX_LABEL_CHARS characters without NUL or line breaks; ValueError otherwise."""
+  for what, value, limit in (("path", path, MAX_PATH_CHARS), ("label", label, MAX_LABEL_CHARS)):
+    if value is None:
+      continue
+    if not isinstance(value, str):
+      raise ValueError(f"image {image_id!r}: {what} is a {type(value).__name__}, not text")
+    if not value or len(value) > limit or any(char in value for char in "\0\n\r"):
+      raise ValueError(
+        f"image {image_id!r}: {what} must be 1 to {limit} characters without NUL or line "
+        f"breaks, got {value[:80]!r}"
+      )
+  if path is not None and not os.path.isabs(path):
+    raise ValueError(f"image {image_id!r}: path {path[:80]!r} is not absolute")
+  return ImageRecord(path, label)
+
+
 class LocalFeatureIndex:
   """Descriptors [N, dim] of many images; images identified by string ids."""
 
@@ -148,6 +199,9 @@ class LocalFeatureIndex:
     self._images: dict[str, int] = {}  # image id -> slot
     self._slot_names: dict[int, str] = {}  # slot -> image id (live images only)
     self._deleted_slots: set[int] = set()  # hnsw: slots deleted but still in the graph
+    self._records: dict[str, ImageRecord] = {}  # image id -> record (only images that have one)
+    self._on_disk = False  # Inverted lists in ON_DISK_FILE (read-only).
+    self._on_disk_sources: list[str] = []  # Shard index files the next save merges on disk.
     self._next_slot = 0
     self._faiss = self._new_faiss_index()
 
@@ -225,6 +279,19 @@ class LocalFeatureIndex:
       raise LocalIndexError(f"image {image_id!r} is not in the index")
     return self._images[image_id]
 
+  def image_path(self, image_id: str) -> str | None:
+    """The absolute path of an indexed image's file, recorded when it was added (None: not
+    recorded, e.g. an index built before paths were recorded); LocalIndexError if not indexed."""
+    return self._record(image_id).path
+
+  def image_label(self, image_id: str) -> str | None:
+    """The label of an indexed image (None: unlabelled); LocalIndexError if not indexed."""
+    return self._record(image_id).label
+
+  def _record(self, image_id: str) -> ImageRecord:
+    self.slot_of(image_id)  # LocalIndexError when the image is not indexed.
+    return self._records.get(image_id, ImageRecord())
+
   def __len__(self) -> int:
     return len(self._images)
 
@@ -266,11 +333,23 @@ class LocalFeatureIndex:
       )
     return descriptors
 
-  def add(self, image_id: str, descriptors: np.ndarray) -> None:
-    """Adds one image's descriptors [N, dim]; the id must be new."""
+  def add(
+    self,
+    image_id: str,
+    descriptors: np.ndarray,
+    path: str | os.PathLike | None = None,
+    label: str | None = None,
+  ) -> None:
+    """Adds one image's descriptors [N, dim]; the id must be new.
+
+    path: the image file (recorded as an absolute path; None: not recorded); label: its
+    label (None: none). Both are returned by image_path / image_label and saved.
+    """
     descriptors = self._check(descriptors)
+    self._check_writable()
     if image_id in self._images:
       raise LocalIndexError(f"image {image_id!r} is already in the index")
+    record = self._checked_record(image_id, path, label)
     if self.needs_training:
       raise LocalIndexError("the IVF-PQ index must be trained before adding images")
     if descriptors.shape[0] >= 1 << KEYPOINT_BITS:
@@ -282,13 +361,46 @@ class LocalFeatureIndex:
       self._faiss.add_with_ids(descriptors, ids)
     self._images[image_id] = slot
     self._slot_names[slot] = image_id
+    self._store_record(image_id, record)
+
+  def set_image_record(
+    self, image_id: str, path: str | os.PathLike | None = None, label: str | None = None
+  ) -> None:
+    """Changes the record of an indexed image (saved with the index by :meth:`save`).
+
+    path: its image file (made absolute); label: its label. None leaves that field as it
+    is; an empty string clears it. LocalIndexError if the image is not indexed or a value
+    is unusable (a label with a line break, a path over MAX_PATH_CHARS characters).
+    """
+    old = self._record(image_id)
+    path = old.path if path is None else (os.fspath(path) or None)
+    label = old.label if label is None else (label or None)
+    self._store_record(image_id, self._checked_record(image_id, path, label))
+
+  @staticmethod
+  def _checked_record(
+    image_id: str, path: str | os.PathLike | None, label: str | None
+  ) -> ImageRecord:
+    try:
+      text = None if path is None else os.fspath(path)
+      return check_record(image_id, os.path.abspath(text) if text else text, label)
+    except (TypeError, ValueError) as error:
+      raise LocalIndexError(f"cannot record {error}") from None
+
+  def _store_record(self, image_id: str, record: ImageRecord) -> None:
+    if record == ImageRecord():
+      self._records.pop(image_id, None)
+    else:
+      self._records[image_id] = record
 
   def delete(self, image_id: str) -> None:
     """Removes one image (see the module docstring for HNSW)."""
     if image_id not in self._images:
       raise LocalIndexError(f"image {image_id!r} is not in the index")
+    self._check_writable()
     slot = self._images.pop(image_id)
     del self._slot_names[slot]
+    self._records.pop(image_id, None)
     if self._params.index_type == "hnsw":
       self._deleted_slots.add(slot)
     else:
@@ -297,6 +409,91 @@ class LocalFeatureIndex:
         _remove_from_fast_scan(self._faiss, selector)
       else:
         self._faiss.remove_ids(selector)
+
+  def _check_writable(self) -> None:
+    if self._on_disk or self._on_disk_sources:
+      raise LocalIndexError(
+        "the index keeps its inverted lists on disk and is read-only: build the shards "
+        "again and merge them to change its images"
+      )
+
+  # Sharded building (delf_ret.index.shards) ------------------------------
+
+  def _add_at(
+    self,
+    slot: int,
+    image_id: str,
+    descriptors: np.ndarray,
+    path: str | os.PathLike | None = None,
+    label: str | None = None,
+  ) -> None:
+    """:meth:`add` with the image taking ``slot`` (at least the next free one; the slots
+    skipped stay unused), so that a shard's images get the slots planned for them."""
+    if slot < self._next_slot:
+      raise LocalIndexError(
+        f"slot {slot} of image {image_id!r} is taken (next free: {self._next_slot})"
+      )
+    next_slot = self._next_slot
+    self._next_slot = slot
+    try:
+      self.add(image_id, descriptors, path, label)
+    except BaseException:
+      self._next_slot = next_slot
+      raise
+
+  def _reserve_slots(self, end: int) -> None:
+    """Makes ``end`` the next free slot at least (a shard owns the slots below its end)."""
+    self._next_slot = max(self._next_slot, int(end))
+
+  def _merge_from(self, other: "LocalFeatureIndex") -> None:
+    """Moves every image of ``other`` into this index, keeping their slots and records.
+
+    ``other`` has this index's type, dimension and trained quantisers (checked by the
+    caller, delf_ret.index.shards) and no slot in common with it; it is left empty. IVF:
+    faiss' merge_from moves the inverted lists' entries; flat: the vectors are appended
+    (merge_from of the id maps); HNSW: the vectors are added to this graph.
+    """
+    self._check_writable()
+    other.compact()
+    self._take_images_of(other)
+    if self._params.index_type == "hnsw":
+      old = faiss.downcast_index(_id_map(other._faiss).index)
+      if old.ntotal:
+        ids = faiss.vector_to_array(_id_map(other._faiss).id_map).astype(np.int64)
+        self._faiss.add_with_ids(old.reconstruct_n(0, old.ntotal), ids)
+    else:
+      self._faiss.merge_from(other._faiss, 0)
+    other._images, other._slot_names, other._records = {}, {}, {}
+
+  def _take_images_of(self, other: "LocalFeatureIndex") -> None:
+    """Adds the images, slots and records of ``other`` (no slot in common) to this index's."""
+    taken = set(self._slot_names) | self._deleted_slots
+    if taken & (set(other._slot_names) | other._deleted_slots):
+      raise LocalIndexError("the indexes to merge share slots")
+    self._images.update(other._images)
+    self._slot_names.update(other._slot_names)
+    self._records.update(other._records)
+    self._next_slot = max(self._next_slot, other._next_slot)
+
+  @classmethod
+  def _merged_on_disk(
+    cls, first: "LocalFeatureIndex", shard_files: list[str]
+  ) -> "LocalFeatureIndex":
+    """An empty index with the trained quantisers of IVF-PQ shard ``first`` whose next
+    :meth:`save` merges the inverted lists of ``shard_files`` (the shards' index.faiss) into
+    an on-disk ``index.ivfdata`` of the new version (faiss.contrib.ondisk.merge_ondisk); the
+    caller adds the shards' images with :meth:`_take_images_of`."""
+    if first._params.index_type != "ivfpq" or first._params.pq_fast_scan:
+      raise LocalIndexError(
+        "on-disk inverted lists hold IVF-PQ codes in faiss' array layout: they need index_type "
+        f"ivfpq without pq_fast_scan, not {first._params.index_type!r}"
+        + (" with pq_fast_scan" if first._params.pq_fast_scan else "")
+      )
+    merged = cls(first._dim, first._params)
+    merged._faiss = faiss.clone_index(first._faiss)
+    merged._faiss.reset()  # The trained quantisers, no entries.
+    merged._on_disk_sources = list(shard_files)
+    return merged
 
   def search(self, descriptors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """k nearest database descriptors of each query descriptor [Q, dim].
@@ -378,7 +575,13 @@ class LocalFeatureIndex:
       _remove_versions(folder, keep=version_dir.name)
 
   def _write_version(self, version_dir: pathlib.Path) -> None:
-    """Writes index.faiss and meta.json into a new version folder and fsyncs them."""
+    """Writes index.faiss and meta.json (and an on-disk index's index.ivfdata) into a new
+    version folder and fsyncs them."""
+    if self._on_disk_sources:
+      merge_ondisk(self._faiss, self._on_disk_sources, str(version_dir.absolute() / ON_DISK_FILE))
+      self._on_disk, self._on_disk_sources = True, []
+    elif self._on_disk:
+      _link_on_disk_lists(self._faiss, version_dir.absolute() / ON_DISK_FILE)
     faiss.write_index(self._faiss, str(version_dir / "index.faiss"))
     meta = {
       "format_version": FORMAT_VERSION,
@@ -387,9 +590,13 @@ class LocalFeatureIndex:
       "images": self._images,
       "deleted_slots": sorted(self._deleted_slots),
       "next_slot": self._next_slot,
+      "records": {
+        name: dataclasses.asdict(record) for name, record in sorted(self._records.items())
+      },
     }
     (version_dir / "meta.json").write_text(json.dumps(meta))
-    for name in (VERSION_MARKER, "index.faiss", "meta.json"):
+    names = [VERSION_MARKER, "index.faiss", "meta.json", *([ON_DISK_FILE] if self._on_disk else [])]
+    for name in names:
       with open(version_dir / name, "rb") as handle:
         os.fsync(handle.fileno())
     _fsync_dir(version_dir)
@@ -419,14 +626,21 @@ class LocalFeatureIndex:
   def _load_version(
     cls, folder: pathlib.Path, version_dir: pathlib.Path, expected_dim: int | None
   ) -> "LocalFeatureIndex":
-    dim, params, images, deleted_slots, next_slot = _read_meta(folder, version_dir)
+    dim, params, images, deleted_slots, next_slot, records = _read_meta(folder, version_dir)
     if expected_dim is not None and dim != expected_dim:
       raise LocalIndexError(
         f"index in {folder} holds {dim}-d descriptors, expected {expected_dim}-d"
       )
-    check_faiss_file(version_dir / "index.faiss")  # Lengths fit the file: no huge allocation.
+    # Lengths fit the file: no huge allocation.
+    data_name = check_faiss_file(version_dir / "index.faiss")
+    on_disk = data_name is not None
+    # On disk: the data file beside index.faiss, mapped read-only (where the folder moved,
+    # faiss is told to look beside index.faiss; it says so on stdout).
+    flags = faiss.IO_FLAG_READ_ONLY if on_disk else 0
+    if on_disk and data_name != str(version_dir.absolute() / ON_DISK_FILE):
+      flags |= faiss.IO_FLAG_ONDISK_SAME_DIR
     try:
-      faiss_index = faiss.read_index(str(version_dir / "index.faiss"))
+      faiss_index = faiss.read_index(str(version_dir.absolute() / "index.faiss"), flags)
     except (RuntimeError, MemoryError, ValueError, OverflowError, TypeError) as error:
       raise LocalIndexError(f"index file in {version_dir} is corrupt: {error}") from None
     if faiss_index.d != dim:
@@ -436,7 +650,9 @@ class LocalFeatureIndex:
     index._images = images
     index._slot_names = {slot: name for name, slot in images.items()}
     index._deleted_slots = deleted_slots
+    index._records = records
     index._next_slot = next_slot
+    index._on_disk = on_disk
     unknown = set(np.unique(_faiss_ids(faiss_index) >> KEYPOINT_BITS).tolist())
     unknown -= set(index._slot_names) | deleted_slots
     if unknown:
@@ -459,9 +675,11 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _read_meta(
   folder: pathlib.Path, version_dir: pathlib.Path
-) -> tuple[int, IndexParams, dict[str, int], set[int], int]:
-  """(dim, params, image id -> slot, deleted slots, next slot) from a version's meta.json,
-  checked: format version, slots unique and in range, no id or key twice."""
+) -> tuple[int, IndexParams, dict[str, int], set[int], int, dict[str, ImageRecord]]:
+  """(dim, params, image id -> slot, deleted slots, next slot, image id -> record) from a
+  version's meta.json, checked: format version, slots unique and in range, no id or key
+  twice, records only of indexed images and well formed (see _read_records; none in an index
+  saved before records existed)."""
   try:
     meta = json.loads((version_dir / "meta.json").read_text(), object_pairs_hook=_unique_keys)
   except (OSError, ValueError) as error:
@@ -486,9 +704,25 @@ def _read_meta(
       raise ValueError(f"a slot outside 0..{next_slot - 1}")
     if len(set(slots)) != len(slots):
       raise ValueError("several images (or a deleted one) share a slot")
+    records = _read_records(meta.get("records", {}), images)
   except (KeyError, TypeError, ValueError, AttributeError) as error:
     raise LocalIndexError(f"index metadata in {version_dir} is damaged ({error!r})") from None
-  return dim, params, images, deleted_slots, next_slot
+  return dim, params, images, deleted_slots, next_slot, records
+
+
+def _read_records(stored: Any, images: dict[str, int]) -> dict[str, ImageRecord]:
+  """The ``records`` of meta.json: an object image id -> {"path": text or null, "label":
+  text or null} naming only indexed images; ValueError (or TypeError) otherwise."""
+  if not isinstance(stored, dict):
+    raise TypeError(f"records are a {type(stored).__name__}, not an object")
+  records = {}
+  for name, fields in stored.items():
+    if name not in images:
+      raise ValueError(f"a record of image {name[:80]!r}, which is not indexed")
+    if not isinstance(fields, dict) or set(fields) != {"path", "label"}:
+      raise ValueError(f"the record of image {name!r} is not {{path, label}}: {fields!r:.80}")
+    records[name] = check_record(name, fields["path"], fields["label"])
+  return records
 
 
 def _faiss_ids(index: faiss.Index) -> np.ndarray:
@@ -580,6 +814,18 @@ def _remove_from_fast_scan(index: faiss.IndexIVFFastScan, selector: faiss.IDSele
       packer.pack_1_c(faiss.swig_ptr(zero_code), offset, codes)
 
 
+def _link_on_disk_lists(index: faiss.Index, target: pathlib.Path) -> None:
+  """Puts the data file of an on-disk index's inverted lists at ``target`` (a hard link, or a
+  copy across file systems) and makes the index name it when written."""
+  lists = typing.cast(faiss.InvertedLists, faiss.extract_index_ivf(index).invlists)
+  invlists: Any = faiss.downcast_InvertedLists(lists)
+  try:
+    os.link(invlists.filename, target)
+  except OSError:
+    shutil.copyfile(invlists.filename, target)
+  invlists.filename = str(target)
+
+
 def _id_map(index: faiss.Index) -> faiss.IndexIDMap2:
   """The IndexIDMap2 wrapping a flat or HNSW index."""
   return typing.cast(faiss.IndexIDMap2, index)
@@ -588,6 +834,15 @@ def _id_map(index: faiss.Index) -> faiss.IndexIDMap2:
 def _hnsw(index: faiss.Index) -> faiss.HNSW:
   """The graph of an IndexHNSW (given as its base class)."""
   return typing.cast(faiss.IndexHNSW, faiss.downcast_index(index)).hnsw
+
+
+def current_faiss_file(folder: str | os.PathLike) -> pathlib.Path:
+  """The index.faiss of the version saved in ``folder`` (the one CURRENT names)."""
+  folder = pathlib.Path(folder)
+  version = _current_version(folder)
+  if version is None or not VERSION_NAME.fullmatch(version):
+    raise LocalIndexError(f"no index in {folder} (CURRENT file missing or damaged)")
+  return folder / version / "index.faiss"
 
 
 def _current_version(folder: pathlib.Path) -> str | None:

@@ -4,7 +4,9 @@
 ``build_index`` tool make: it extracts the images whose feature file is missing
 (one ``<image id>.delf`` per image in ``features_dir``), then builds or resumes
 the index at ``index_dir`` from the feature files (delf_ret.index.builder). It
-takes images (with an extractor) or feature files.
+takes images (with an extractor) or feature files. Given images, the index
+records each image's absolute path; given a labels file (delf_ret.index.labels),
+each listed image's label.
 
 Why here and not in index/: extracting images needs the DELF model
 (TensorFlow), and index/ stays TensorFlow-free; the feature-file half is
@@ -25,6 +27,7 @@ import time
 import typing
 from typing import TYPE_CHECKING
 from typing import Callable
+from typing import Collection
 from typing import Protocol
 from typing import Sequence
 from typing import runtime_checkable
@@ -37,11 +40,13 @@ from delf_ret.evaluation.ground_truth import RetrievalDataset
 from delf_ret.features import LocalFeatures
 from delf_ret.features import feature_file_name
 from delf_ret.features import feature_file_names
+from delf_ret.features import image_id_of
 from delf_ret.features import write_features
 from delf_ret.index import IndexParams
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.index.builder import build_index
 from delf_ret.index.builder import list_feature_files
+from delf_ret.index.labels import ImageLabels
 from delf_ret.index.lock import writer_lock
 
 if TYPE_CHECKING:
@@ -177,6 +182,7 @@ def index_database(
   overwrite: bool = False,
   save_every: int = 500,
   log: Callable[[str], None] = print,
+  labels: ImageLabels | None = None,
 ) -> IndexedDatabase:
   """Indexes a database: extracts the missing feature files, then builds or resumes the index.
 
@@ -195,6 +201,11 @@ def index_database(
     overwrite: a DelfExtractor recomputes feature files made with other settings.
     save_every: the index is saved after every this many added images (and at the end).
     log: progress lines.
+    labels: labels to record (images already indexed are relabelled); every image it
+      lists must be indexed or among those to index (checked before any work).
+
+  With ``images``, each image's absolute path is recorded in the index (also for
+  images already indexed, so a moved collection is recorded anew).
 
   The index folder's writer lock is taken first and held to the end, so a second
   writer on the same folder is refused at once (IndexBusyError), before it spends
@@ -216,6 +227,7 @@ def index_database(
       log,
       overwrite=overwrite,
       save_every=save_every,
+      labels=labels,
     )
 
 
@@ -230,10 +242,12 @@ def _index_database(
   log: Callable[[str], None],
   overwrite: bool,
   save_every: int,
+  labels: ImageLabels | None,
 ) -> IndexedDatabase:
   """index_database, under the writer lock."""
   failures: Failures = []
   extracted, start = 0, time.perf_counter()
+  image_paths: dict[str, pathlib.Path] = {}
   if images is not None:
     if extract is None:
       raise InputError(f"images to index into {features_dir} but no extractor given")
@@ -241,15 +255,40 @@ def _index_database(
       raise InputError("give images or feature files to index, not both")
     if not images:
       raise InputError(f"no images to index into {features_dir}")
+    image_paths = {image_id_of(path): path for path in images}
+    _check_labels(labels, image_paths, index_dir)
     paths, failures, extracted = extract_missing(images, features_dir, extract, overwrite, log)
     if not paths:
       raise InputError(f"no image could be extracted into {features_dir}, e.g. {failures[0][1]}")
-  elif feature_paths is not None:
-    paths = list(feature_paths)
   else:
-    paths = list_feature_files(features_dir)
+    paths = list_feature_files(features_dir) if feature_paths is None else list(feature_paths)
+    _check_labels(labels, {image_id_of(path) for path in paths}, index_dir)
   seconds = {"extraction": time.perf_counter() - start}
   start = time.perf_counter()
-  index, index_failures = build_index(paths, index_dir, params, save_every, log, dim)
+  index, index_failures = build_index(
+    paths,
+    index_dir,
+    params,
+    save_every,
+    log,
+    dim,
+    image_paths=image_paths,
+    labels=None if labels is None else labels.labels,
+  )
   seconds["index"] = time.perf_counter() - start
   return IndexedDatabase(index, paths, failures + index_failures, extracted, seconds)
+
+
+def _check_labels(
+  labels: ImageLabels | None, to_index: Collection[str], index_dir: str | os.PathLike
+) -> None:
+  """LabelsFileError (naming the file and row) when ``labels`` lists an image that is neither
+  among the ids ``to_index`` nor in the index at ``index_dir`` (read only if needed)."""
+  if labels is None:
+    return
+  if set(labels.labels) <= set(to_index):
+    return
+  indexed: set[str] = set()
+  if (pathlib.Path(index_dir) / "CURRENT").is_file():
+    indexed = set(LocalFeatureIndex.load(index_dir).image_ids())
+  labels.check_known(set(to_index) | indexed)
