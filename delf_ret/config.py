@@ -364,6 +364,15 @@ def _validate_retrieval(retrieval) -> None:
     )
   if any(k <= 0 for k in retrieval.eval_ks):
     raise ConfigError(f"retrieval_config.eval_ks must be positive, got {list(retrieval.eval_ks)}")
+  if retrieval.recognition_top_k < 1:
+    raise ConfigError(
+      f"retrieval_config.recognition_top_k must be at least 1, got {retrieval.recognition_top_k}"
+    )
+  if retrieval.recognition_min_score < 0:
+    raise ConfigError(
+      f"retrieval_config.recognition_min_score must not be negative, got "
+      f"{retrieval.recognition_min_score}"
+    )
 
 
 def load_training_config(

@@ -138,6 +138,8 @@ def test_example_retrieval_block_lists_the_proto_defaults():
     ("retrieval_config.rerank_top_n=-1", "must not be negative"),
     ("retrieval_config.eval_ks=1,0", "eval_ks must be positive"),
     ("retrieval_config.match_ratio_threshold=1.5", "match_ratio_threshold must be in"),
+    ("retrieval_config.recognition_top_k=0", "recognition_top_k must be at least 1"),
+    ("retrieval_config.recognition_min_score=-1", "recognition_min_score must not be negative"),
   ],
 )
 def test_bad_retrieval_settings_are_rejected(override, message):

@@ -1,44 +1,71 @@
-r"""Queries the index with one image: top database images, RANSAC-verified.
+r"""Queries the index with one image, or many: top database images, RANSAC-verified.
 
 Usage:
   query_index --config_path my.pbtxt --index_dir index/ --features_dir features/ \
       --image photo.jpg [--box x1,y1,x2,y2] [--num_results 10] \
-      [--output_json top.json] [--contact_sheet top.png --database_images_dir photos/]
+      [--output_json top.json] [--contact_sheet top.png [--database_images_dir photos/]]
+  # Many query photos in one run (model, index and features loaded once):
+  query_index --index_dir index/ --features_dir features/ \
+      --list_images_path queries.txt (or --images_dir queries/) \
+      --output_json results.json --output_csv results.csv
 
 Prints rank, image id, first-stage vote score, RANSAC inliers and whether the pair is
 verified (at least retrieval_config.min_inliers inliers) of the top
-results. --contact_sheet draws the query and the top results (their images are
-looked up by id in --database_images_dir).
+results (and each result's label where the index records labels).
+--contact_sheet draws the query and the top results: their images are the files
+the index recorded at build time, or, with --database_images_dir (for a moved
+collection), the files of that folder named by image id.
+
+Many queries: one progress line per query, then one JSON (every query's ranked
+results) and one CSV (query,rank,image_id,score,inliers,verified[,label]), both
+written atomically at the end. Each answer is also appended to
+<output>.partial as it is found: when the run is interrupted, the same command
+resumes from there (with other settings or another index it starts afresh); the
+file is removed once the results are written. A query photo that cannot be read
+is reported in one line and skipped; exit status 1 when some were skipped.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import pathlib
 
 import numpy as np
+from absl import app
 from absl import flags
 
 from delf_ret.atomic import atomic_write
 from delf_ret.cli.common import define_backend_flag
 from delf_ret.cli.common import define_config_flags
+from delf_ret.cli.common import define_progress_flag
 from delf_ret.cli.common import load_config_from_flags
+from delf_ret.cli.common import log
+from delf_ret.cli.common import report_failures
 from delf_ret.cli.common import require_flags
 from delf_ret.cli.common import run_tool
+from delf_ret.cli.inputs import define_image_flags
+from delf_ret.cli.inputs import image_paths_from_flags
 from delf_ret.errors import InputError
 from delf_ret.features import feature_loader
 from delf_ret.features import image_id_of
 from delf_ret.images import ImageReadError
-from delf_ret.images import crop_to_box
 from delf_ret.images import list_images
 from delf_ret.images import load_image
+from delf_ret.index import LocalFeatureIndex
+from delf_ret.retrieval.ranking import RankedImage
 from delf_ret.retrieval.ranking import is_verified
 from delf_ret.retrieval.ranking import load_index
-from delf_ret.retrieval.ranking import retrieve
+from delf_ret.retrieval.recognition import QueryAnswer
+from delf_ret.retrieval.recognition import QueryJournal
+from delf_ret.retrieval.recognition import QueryRunner
+from delf_ret.retrieval.recognition import answer_queries
 
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig .pbtxt (extraction and retrieval_config).")
-flags.DEFINE_string("image", None, "Query image.")
+flags.DEFINE_string("image", None, "Query image (one query; see --images_dir for many).")
+define_image_flags("query images (many queries in one run, instead of --image)")
 flags.DEFINE_list("box", [], "Query box x1,y1,x2,y2 in pixels (default: whole image).")
 flags.DEFINE_string("index_dir", None, "Index of the database images (build_index).")
 flags.DEFINE_string("features_dir", None, "Feature files of the database images.")
@@ -46,9 +73,18 @@ flags.DEFINE_integer(
   "num_results", 10, "How many top results to print and write (a positive number).", lower_bound=1
 )
 flags.DEFINE_string("output_json", None, "JSON file for the top results.")
-flags.DEFINE_string("contact_sheet", None, "PNG file: the query and the top results.")
-flags.DEFINE_string("database_images_dir", None, "Database images, for --contact_sheet.")
+flags.DEFINE_string(
+  "output_csv", None, "CSV file for the top results of many queries (one row per result)."
+)
+flags.DEFINE_string("contact_sheet", None, "PNG file: the query and the top results (--image).")
+flags.DEFINE_string(
+  "database_images_dir",
+  None,
+  "Database images for --contact_sheet, by image id, instead of the paths the index "
+  "recorded (for a moved collection).",
+)
 define_backend_flag()
+define_progress_flag()
 
 
 def _box(values: list[str]) -> tuple[float, float, float, float] | None:
@@ -66,74 +102,173 @@ def _box(values: list[str]) -> tuple[float, float, float, float] | None:
   return x1, y1, x2, y2
 
 
-def _contact_sheet(path: str, query_image: np.ndarray, top: list) -> None:
+def database_image(index: LocalFeatureIndex, image_id: str, override: dict | None) -> pathlib.Path:
+  """The file of a database image: in --database_images_dir (``override``, {id: path}) when it
+  is there, else the path the index recorded; ImageReadError when neither gives a file."""
+  if override is not None and image_id in override:
+    return override[image_id]
+  recorded = index.image_path(image_id)
+  if recorded is not None and pathlib.Path(recorded).is_file():
+    return pathlib.Path(recorded)
+  where = f"not in --database_images_dir {FLAGS.database_images_dir}" if override else ""
+  if recorded is None:
+    reason = "the index recorded no path for it (built from feature files or before paths were "
+    reason += "recorded)"
+  else:
+    reason = f"its recorded file {recorded} is missing (moved?)"
+  hint = "" if override else "; give --database_images_dir"
+  raise ImageReadError(
+    f"no image file for database image {image_id}: {'; '.join(filter(None, (where, reason)))}{hint}"
+  )
+
+
+def _check_recorded_paths(index: LocalFeatureIndex) -> None:
+  """ImageReadError, before any work, when the index recorded no image path at all."""
+  if len(index) and all(index.image_path(image_id) is None for image_id in index.image_ids()):
+    raise ImageReadError(
+      f"{FLAGS.index_dir} records no image paths (built from feature files, or before paths "
+      f"were recorded): give --database_images_dir for --contact_sheet"
+    )
+
+
+def _contact_sheet(path: str, query_image: np.ndarray, index, top: list[RankedImage]) -> None:
   from delf_ret.evaluation.visualize import draw_contact_sheet  # Lazy: matplotlib.
 
-  by_id = {image_id_of(p): p for p in list_images(FLAGS.database_images_dir)}
+  override = None
+  if FLAGS.database_images_dir:
+    override = {image_id_of(p): p for p in list_images(FLAGS.database_images_dir)}
+  files = [database_image(index, entry.image_id, override) for entry in top]
   images, captions = [], []
-  for rank, entry in enumerate(top, 1):
-    if entry.image_id not in by_id:
-      raise ImageReadError(f"no image named {entry.image_id} in {FLAGS.database_images_dir}")
-    images.append(load_image(by_id[entry.image_id]))
+  for rank, (entry, file) in enumerate(zip(top, files), 1):
+    images.append(load_image(file))
     inliers = "-" if entry.inliers is None else entry.inliers
     captions.append(f"{rank}. {entry.image_id}\nscore {entry.score:.1f}, inliers {inliers}")
   draw_contact_sheet(path, query_image, images, captions, query_caption="query")
 
 
-def main(argv: list[str]) -> int:
-  del argv
-  require_flags(FLAGS, "image", "index_dir", "features_dir")
-  if FLAGS.contact_sheet:
-    require_flags(FLAGS, "database_images_dir")
-  box = _box(FLAGS.box)
-  # Lazy: TensorFlow, imported once the flags are checked (--help answers at once).
-  from delf_ret.extract.extractor import DelfExtractor
+def _labels(index: LocalFeatureIndex) -> dict[str, str | None] | None:
+  """{image id: label} when the index records a label for some image, else None."""
+  labels = {image_id: index.image_label(image_id) for image_id in index.image_ids()}
+  return labels if any(label is not None for label in labels.values()) else None
 
-  config = load_config_from_flags()
-  index = load_index(FLAGS.index_dir, config.retrieval_config)
-  image = load_image(FLAGS.image)
-  if box is not None:
-    image = crop_to_box(image, box)
-  features = DelfExtractor(config, backend=FLAGS.backend).extract(image)
-  result = retrieve(features, index, feature_loader(FLAGS.features_dir), config.retrieval_config)
-  top = result.reranked[: FLAGS.num_results]
-  print(
-    f"{FLAGS.image}: {features.num_features} features; top {len(top)} of "
-    f"{len(index)} indexed images"
-  )
-  retrieval = config.retrieval_config
-  print(f"{'rank':>4}  {'image':<40} {'score':>8} {'inliers':>7}  verified")
+
+def _result_rows(top: list[RankedImage], labels, retrieval) -> list[dict]:
+  rows = []
+  for rank, entry in enumerate(top, 1):
+    row = {
+      "rank": rank,
+      "image_id": entry.image_id,
+      "score": entry.score,
+      "inliers": entry.inliers,
+      "verified": is_verified(entry, retrieval),
+    }
+    if labels is not None:
+      row["label"] = labels.get(entry.image_id)
+    rows.append(row)
+  return rows
+
+
+def _print_table(top: list[RankedImage], labels, retrieval) -> None:
+  label_head = "  label" if labels is not None else ""
+  print(f"{'rank':>4}  {'image':<40} {'score':>8} {'inliers':>7}  verified{label_head}")
   for rank, entry in enumerate(top, 1):
     inliers = "-" if entry.inliers is None else entry.inliers
     verified = "-" if entry.inliers is None else "yes" if is_verified(entry, retrieval) else "no"
-    print(f"{rank:>4}  {entry.image_id:<40} {entry.score:>8.2f} {inliers:>7}  {verified}")
+    label = f"  {labels.get(entry.image_id) or '-'}" if labels is not None else ""
+    if labels is not None:
+      verified = f"{verified:<8}"
+    print(f"{rank:>4}  {entry.image_id:<40} {entry.score:>8.2f} {inliers:>7}  {verified}{label}")
   print(f"verified: at least {retrieval.min_inliers} RANSAC inliers (retrieval_config.min_inliers)")
+
+
+def _single(runner: QueryRunner, labels) -> int:
+  image, features = runner.features(FLAGS.image)
+  answer = runner.answer_features(FLAGS.image, features)
+  top = answer.ranked[: FLAGS.num_results]
+  print(
+    f"{FLAGS.image}: {features.num_features} features; top {len(top)} of "
+    f"{len(runner.index)} indexed images"
+  )
+  retrieval = runner.config.retrieval_config
+  _print_table(top, labels, retrieval)
   if FLAGS.output_json:
     with atomic_write(FLAGS.output_json, "w") as handle:
-      json.dump(
-        {
-          "query": FLAGS.image,
-          "num_features": features.num_features,
-          "results": [
-            {
-              "rank": r,
-              "image_id": e.image_id,
-              "score": e.score,
-              "inliers": e.inliers,
-              "verified": is_verified(e, retrieval),
-            }
-            for r, e in enumerate(top, 1)
-          ],
-        },
-        handle,
-        indent=2,
-      )
+      results = _result_rows(top, labels, retrieval)
+      data = {"query": FLAGS.image, "num_features": features.num_features, "results": results}
+      json.dump(data, handle, indent=2)
   if FLAGS.contact_sheet:
-    _contact_sheet(FLAGS.contact_sheet, image, top)
+    _contact_sheet(FLAGS.contact_sheet, image, runner.index, top)
   for path in (FLAGS.output_json, FLAGS.contact_sheet):
     if path:
       print(f"wrote {path}")
   return 0
+
+
+def _write_batch(answers: list[QueryAnswer], failures, labels, retrieval) -> None:
+  queries = [
+    {
+      "query": answer.query,
+      "num_features": answer.num_features,
+      "results": _result_rows(answer.ranked[: FLAGS.num_results], labels, retrieval),
+    }
+    for answer in answers
+  ]
+  if FLAGS.output_json:
+    with atomic_write(FLAGS.output_json, "w") as handle:
+      failed = [{"query": path, "error": reason} for path, reason in failures]
+      json.dump({"queries": queries, "failed": failed}, handle, indent=2)
+  if FLAGS.output_csv:
+    columns = ["query", "rank", "image_id", "score", "inliers", "verified"]
+    columns += ["label"] if labels is not None else []
+    with atomic_write(FLAGS.output_csv, "w") as handle:
+      writer = csv.DictWriter(handle, columns, lineterminator="\n")
+      writer.writeheader()
+      for answer in answers:
+        for row in _result_rows(answer.ranked[: FLAGS.num_results], labels, retrieval):
+          writer.writerow({"query": answer.query, **row})
+
+
+def _batch(runner: QueryRunner, paths: list[pathlib.Path], labels) -> int:
+  retrieval = runner.config.retrieval_config
+  journal_path = f"{FLAGS.output_json or FLAGS.output_csv}.partial"
+  journal = QueryJournal(journal_path, runner.fingerprint(FLAGS.features_dir))
+  log(f"answering {len(paths)} queries against {len(runner.index)} indexed images")
+  batch = answer_queries([str(p) for p in paths], runner, journal, log)
+  _write_batch(batch.answers, batch.failures, labels, retrieval)
+  journal.remove()
+  resumed = f" ({batch.resumed} from an earlier run)" if batch.resumed else ""
+  log(f"answered {len(batch.answers)} of {len(paths)} queries{resumed}")
+  for path in (FLAGS.output_json, FLAGS.output_csv):
+    if path:
+      print(f"wrote {path}")
+  return report_failures(batch.failures, "queries")
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  many = bool(FLAGS.images_dir or FLAGS.list_images_path)
+  if many == bool(FLAGS.image):
+    raise app.UsageError("give --image, or --images_dir or --list_images_path for many queries")
+  require_flags(FLAGS, "index_dir", "features_dir")
+  if many and FLAGS.contact_sheet:
+    raise app.UsageError("--contact_sheet draws one query: use it with --image")
+  if many and not (FLAGS.output_json or FLAGS.output_csv):
+    raise app.UsageError("many queries need --output_json or --output_csv")
+  box = _box(FLAGS.box)
+  paths = image_paths_from_flags() if many else []
+  config = load_config_from_flags()
+  index = load_index(FLAGS.index_dir, config.retrieval_config)
+  if FLAGS.contact_sheet and not FLAGS.database_images_dir:
+    _check_recorded_paths(index)
+  # Lazy: TensorFlow, imported once the inputs are checked (--help answers at once).
+  from delf_ret.extract.extractor import DelfExtractor
+
+  extractor = DelfExtractor(config, backend=FLAGS.backend)
+  runner = QueryRunner(
+    extractor.extract, index, feature_loader(FLAGS.features_dir), config, FLAGS.num_results, box
+  )
+  labels = _labels(index)
+  return _batch(runner, paths, labels) if many else _single(runner, labels)
 
 
 def run() -> None:
