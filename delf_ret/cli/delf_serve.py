@@ -1,0 +1,117 @@
+r"""A local web page to search an index by photo and see why each result matched.
+
+Usage:
+  delf_serve                                   # the bundled demo photos (indexed once)
+  delf_serve --index_dir index/ --features_dir features/ [--images_dir photos/] \
+      [--config_path my.pbtxt] [--port 8000]
+
+Open the printed address in a browser: upload a photo or pick an indexed one, draw a query
+box, see the ranked results (vote score, RANSAC inliers, verified, label), the match
+picture of any result and the recognised label; add labelled photos to the gallery and
+remove them. The model and every database image's features stay in memory, so a query
+is extraction, search and reranking only.
+
+Images are found through the index's records (build_index records each image's path);
+--images_dir names folders for indexes without them. Without --index_dir, the bundled
+demo photos are indexed into --cache_dir on the first start and reused afterwards.
+
+Safety: the server listens on 127.0.0.1 only; another --host needs --allow_remote (anyone
+who can reach it can search and change the gallery). Uploads over --max_upload_mb and
+photos over the config's max_image_pixels are refused; files are served by image id
+only; gallery changes need the page's per-start token.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from absl import flags
+
+from delf_ret.cli.common import define_backend_flag
+from delf_ret.cli.common import define_config_flags
+from delf_ret.cli.common import define_progress_flag
+from delf_ret.cli.common import load_config_from_flags
+from delf_ret.cli.common import log
+from delf_ret.cli.common import run_tool
+from delf_ret.errors import InputError
+
+FLAGS = flags.FLAGS
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (another needs --allow_remote).")
+flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port).", lower_bound=0)
+flags.DEFINE_boolean(
+  "allow_remote", False, "Allow a --host other than 127.0.0.1 / localhost / ::1."
+)
+flags.DEFINE_string("index_dir", None, "Index folder (build_index). Default: the demo photos.")
+flags.DEFINE_string("features_dir", None, "Feature files of the indexed images (with --index_dir).")
+flags.DEFINE_multi_string(
+  "images_dir", [], "Folder of indexed images, for ids the index has no path for (repeatable)."
+)
+flags.DEFINE_string(
+  "cache_dir", None, "Where the demo photos are indexed (default: ~/.cache/delf_ret/serve)."
+)
+flags.DEFINE_float(
+  "max_upload_mb", 32.0, "Largest upload accepted, in MiB (a positive number).", lower_bound=0.01
+)
+define_config_flags("DelfConfig .pbtxt (extraction and retrieval_config).")
+define_backend_flag()
+define_progress_flag()
+
+
+def _check_host() -> None:
+  if FLAGS.host in LOCAL_HOSTS:
+    return
+  if not FLAGS.allow_remote:
+    raise InputError(
+      f"--host {FLAGS.host} would let other machines use the page (search, change the "
+      "gallery); give --allow_remote as well if that is meant"
+    )
+  log(f"WARNING: listening on {FLAGS.host}: anyone who can reach this port can use the page")
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  _check_host()
+  if bool(FLAGS.index_dir) != bool(FLAGS.features_dir):
+    raise InputError("--index_dir and --features_dir go together")
+  # Lazy: TensorFlow (the extractor), matplotlib and Flask, imported once the flags are checked.
+  try:
+    from delf_ret.serve.app import create_app
+    from delf_ret.serve.app import make_server
+  except ModuleNotFoundError as error:
+    if error.name not in ("flask", "werkzeug"):
+      raise
+    raise InputError("delf_serve needs Flask: pip install 'delf-ret[serve]'") from None
+  from delf_ret.extract.extractor import DelfExtractor
+  from delf_ret.serve.demo import default_cache_dir
+  from delf_ret.serve.demo import demo_photos_dir
+  from delf_ret.serve.demo import prepare_demo_index
+  from delf_ret.serve.service import SearchService
+
+  config = load_config_from_flags()
+  log(f"model: {config.model_path}")
+  extractor = DelfExtractor(config, backend=FLAGS.backend)
+  index_dir, features_dir, images = FLAGS.index_dir, FLAGS.features_dir, FLAGS.images_dir
+  if not index_dir:
+    cache = FLAGS.cache_dir or default_cache_dir()
+    index_dir, features_dir = prepare_demo_index(cache, config, lambda: extractor, log)
+    images = [*images, demo_photos_dir()]
+  service = SearchService(config, index_dir, features_dir, extractor.extract, images, log)
+  app = create_app(service, secrets.token_urlsafe(32), int(FLAGS.max_upload_mb * 2**20))
+  server = make_server(FLAGS.host, FLAGS.port, app)
+  host = f"[{FLAGS.host}]" if ":" in FLAGS.host else FLAGS.host
+  log(f"{len(service.index)} photos indexed ({index_dir})")
+  log(f"serving http://{host}:{server.server_port}/ (Ctrl-C stops)")
+  try:
+    server.serve_forever()
+  finally:
+    server.server_close()
+  return 0
+
+
+def run() -> None:
+  run_tool(main)
+
+
+if __name__ == "__main__":
+  run()
