@@ -8,6 +8,10 @@ from setuptools import setup
 README = pathlib.Path(__file__).parent / "README.md"
 TFDS = ["tensorflow-datasets>=4.9", "importlib_resources>=6.0"]
 SKIMAGE = ["scikit-image>=0.22"]
+# Apache Beam: extraction and index building on many machines (docs/scaling.md).
+BEAM = ["apache-beam>=2.60"]
+# The local web page (delf_serve).
+SERVE = ["flask>=3.0"]
 
 setup(
   name="delf-ret",
@@ -27,6 +31,8 @@ setup(
       "default_model/*.pbtxt",
       "default_model/*.md",
       "default_model/*.json",
+      "serve/templates/*.html",
+      "serve/static/*",
     ]
   },
   install_requires=[
@@ -39,8 +45,9 @@ setup(
     "scipy>=1.11",
     "matplotlib>=3.8",
     "absl-py>=2.0",
-    # The committed *_pb2.py modules were generated for protobuf 7.35.
-    "protobuf>=7.35",
+    # The committed *_pb2.py modules are protoc 31.1 gencode (grpcio-tools 1.74.0,
+    # scripts/regenerate_protos.py): protobuf 6.31 and newer; apache-beam needs < 7.
+    "protobuf>=6.31,<8",
     "pillow>=10.0",
     # Self-supervised training views, SIFT-verified real pairs, demo pictures.
     "opencv-python-headless>=4.8",
@@ -56,16 +63,20 @@ setup(
     # scikit-image: the non-default RANSAC back-end (ransac_backend: "skimage") and the
     # sample photos of self-supervised training (selfsup.use_skimage_photos).
     "skimage": SKIMAGE,
-    # Tests (with every optional part, which they test), the proto compiler
-    # (tests/test_protos.py) and the style tools .ci/run checks; ruff pinned to a minor
-    # version so that its formatter does not drift.
+    "beam": BEAM,
+    "serve": SERVE,
+    # Tests (with the optional parts they test; Beam's tests build their own environment,
+    # since apache-beam needs protobuf < 7) and the style tools .ci/run checks; ruff pinned
+    # to a minor version so that its formatter does not drift.
     "test": [
       "pytest>=7.4",
-      "grpcio-tools>=1.85",
       "ruff>=0.17,<0.18",
       "mypy>=1.10",
       *TFDS,
       *SKIMAGE,
+      *SERVE,
+      # Drives Debian's Chromium (/usr/bin/chromium) in the page's tests; no browser download.
+      "playwright>=1.45",
     ],
   },
   entry_points={
@@ -83,6 +94,12 @@ setup(
       "prepare_labelled_photos=delf_ret.cli.prepare_labelled_photos:run",
       "train_delf=delf_ret.cli.train_delf:run",
       "delf_demo=delf_ret.cli.delf_demo:run",
+      "extract_features_beam=delf_ret.cli.extract_features_beam:run",
+      "build_index_beam=delf_ret.cli.build_index_beam:run",
+      "merge_index=delf_ret.cli.merge_index:run",
+      "recognize=delf_ret.cli.recognize:run",
+      "make_benchmark=delf_ret.cli.make_benchmark:run",
+      "delf_serve=delf_ret.cli.delf_serve:run",
     ],
   },
 )

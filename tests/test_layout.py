@@ -234,7 +234,7 @@ def test_every_package_error_derives_from_the_base_class():
 def test_each_console_script_is_its_cli_module():
   setup = (REPO / "setup.py").read_text()
   scripts = re.findall(r'"(\w+)=delf_ret\.cli\.(\w+):run"', setup)
-  assert len(scripts) == 13 and all(script == module for script, module in scripts)
+  assert len(scripts) == 19 and all(script == module for script, module in scripts)
   modules = {path.stem for path in (PACKAGE / "cli").glob("*.py")}
   assert {script for script, _ in scripts} | {"__init__", "common", "inputs"} == modules
 

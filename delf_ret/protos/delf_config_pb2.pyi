@@ -18,7 +18,7 @@ class DelfPcaParameters(_message.Message):
     pca_dim: int
     use_whitening: bool
     pca_variances_path: str
-    def __init__(self, mean_path: _Optional[str] = ..., projection_matrix_path: _Optional[str] = ..., pca_dim: _Optional[int] = ..., use_whitening: _Optional[bool] = ..., pca_variances_path: _Optional[str] = ...) -> None: ...
+    def __init__(self, mean_path: _Optional[str] = ..., projection_matrix_path: _Optional[str] = ..., pca_dim: _Optional[int] = ..., use_whitening: bool = ..., pca_variances_path: _Optional[str] = ...) -> None: ...
 
 class DelfLocalFeatureConfig(_message.Message):
     __slots__ = ("use_pca", "layer_name", "iou_threshold", "max_feature_num", "score_threshold", "pca_parameters", "use_resized_coordinates")
@@ -36,7 +36,7 @@ class DelfLocalFeatureConfig(_message.Message):
     score_threshold: float
     pca_parameters: DelfPcaParameters
     use_resized_coordinates: bool
-    def __init__(self, use_pca: _Optional[bool] = ..., layer_name: _Optional[str] = ..., iou_threshold: _Optional[float] = ..., max_feature_num: _Optional[int] = ..., score_threshold: _Optional[float] = ..., pca_parameters: _Optional[_Union[DelfPcaParameters, _Mapping]] = ..., use_resized_coordinates: _Optional[bool] = ...) -> None: ...
+    def __init__(self, use_pca: bool = ..., layer_name: _Optional[str] = ..., iou_threshold: _Optional[float] = ..., max_feature_num: _Optional[int] = ..., score_threshold: _Optional[float] = ..., pca_parameters: _Optional[_Union[DelfPcaParameters, _Mapping]] = ..., use_resized_coordinates: bool = ...) -> None: ...
 
 class DelfGlobalConfig(_message.Message):
     __slots__ = ("use_pca", "pca_parameters", "image_scales_ind")
@@ -46,7 +46,7 @@ class DelfGlobalConfig(_message.Message):
     use_pca: bool
     pca_parameters: DelfPcaParameters
     image_scales_ind: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, use_pca: _Optional[bool] = ..., pca_parameters: _Optional[_Union[DelfPcaParameters, _Mapping]] = ..., image_scales_ind: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, use_pca: bool = ..., pca_parameters: _Optional[_Union[DelfPcaParameters, _Mapping]] = ..., image_scales_ind: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DelfRetrievalConfig(_message.Message):
     __slots__ = ("index_type", "nlist", "pq_m", "pq_nbits", "hnsw_m", "nprobe", "ef_search", "train_sample_size", "neighbors_per_descriptor", "vote_weighting", "rerank_top_n", "min_inliers", "match_distance_threshold", "ransac_transform", "ransac_residual_threshold", "ransac_max_trials", "eval_ks", "match_ratio_threshold", "match_mutual", "ransac_stop_probability", "ransac_seed", "ransac_backend", "rerank_skip_junk", "pq_fast_scan", "coarse_quantizer", "recognition_top_k", "recognition_min_score")
@@ -104,7 +104,7 @@ class DelfRetrievalConfig(_message.Message):
     coarse_quantizer: str
     recognition_top_k: int
     recognition_min_score: float
-    def __init__(self, index_type: _Optional[str] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., pq_nbits: _Optional[int] = ..., hnsw_m: _Optional[int] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., train_sample_size: _Optional[int] = ..., neighbors_per_descriptor: _Optional[int] = ..., vote_weighting: _Optional[str] = ..., rerank_top_n: _Optional[int] = ..., min_inliers: _Optional[int] = ..., match_distance_threshold: _Optional[float] = ..., ransac_transform: _Optional[str] = ..., ransac_residual_threshold: _Optional[float] = ..., ransac_max_trials: _Optional[int] = ..., eval_ks: _Optional[_Iterable[int]] = ..., match_ratio_threshold: _Optional[float] = ..., match_mutual: _Optional[bool] = ..., ransac_stop_probability: _Optional[float] = ..., ransac_seed: _Optional[int] = ..., ransac_backend: _Optional[str] = ..., rerank_skip_junk: _Optional[bool] = ..., pq_fast_scan: _Optional[bool] = ..., coarse_quantizer: _Optional[str] = ..., recognition_top_k: _Optional[int] = ..., recognition_min_score: _Optional[float] = ...) -> None: ...
+    def __init__(self, index_type: _Optional[str] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., pq_nbits: _Optional[int] = ..., hnsw_m: _Optional[int] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., train_sample_size: _Optional[int] = ..., neighbors_per_descriptor: _Optional[int] = ..., vote_weighting: _Optional[str] = ..., rerank_top_n: _Optional[int] = ..., min_inliers: _Optional[int] = ..., match_distance_threshold: _Optional[float] = ..., ransac_transform: _Optional[str] = ..., ransac_residual_threshold: _Optional[float] = ..., ransac_max_trials: _Optional[int] = ..., eval_ks: _Optional[_Iterable[int]] = ..., match_ratio_threshold: _Optional[float] = ..., match_mutual: bool = ..., ransac_stop_probability: _Optional[float] = ..., ransac_seed: _Optional[int] = ..., ransac_backend: _Optional[str] = ..., rerank_skip_junk: bool = ..., pq_fast_scan: bool = ..., coarse_quantizer: _Optional[str] = ..., recognition_top_k: _Optional[int] = ..., recognition_min_score: _Optional[float] = ...) -> None: ...
 
 class DelfConfig(_message.Message):
     __slots__ = ("model_path", "image_scales", "delf_local_config", "max_image_size", "min_image_size", "min_scaled_side", "max_image_pixels", "use_square_images", "use_local_features", "use_global_features", "delf_global_config", "is_tf2_exported", "retrieval_config")
@@ -134,4 +134,4 @@ class DelfConfig(_message.Message):
     delf_global_config: DelfGlobalConfig
     is_tf2_exported: bool
     retrieval_config: DelfRetrievalConfig
-    def __init__(self, model_path: _Optional[str] = ..., image_scales: _Optional[_Iterable[float]] = ..., delf_local_config: _Optional[_Union[DelfLocalFeatureConfig, _Mapping]] = ..., max_image_size: _Optional[int] = ..., min_image_size: _Optional[int] = ..., min_scaled_side: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., use_square_images: _Optional[bool] = ..., use_local_features: _Optional[bool] = ..., use_global_features: _Optional[bool] = ..., delf_global_config: _Optional[_Union[DelfGlobalConfig, _Mapping]] = ..., is_tf2_exported: _Optional[bool] = ..., retrieval_config: _Optional[_Union[DelfRetrievalConfig, _Mapping]] = ...) -> None: ...
+    def __init__(self, model_path: _Optional[str] = ..., image_scales: _Optional[_Iterable[float]] = ..., delf_local_config: _Optional[_Union[DelfLocalFeatureConfig, _Mapping]] = ..., max_image_size: _Optional[int] = ..., min_image_size: _Optional[int] = ..., min_scaled_side: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., use_square_images: bool = ..., use_local_features: bool = ..., use_global_features: bool = ..., delf_global_config: _Optional[_Union[DelfGlobalConfig, _Mapping]] = ..., is_tf2_exported: bool = ..., retrieval_config: _Optional[_Union[DelfRetrievalConfig, _Mapping]] = ...) -> None: ...

@@ -15,17 +15,23 @@ SCRIPTS = re.findall(r'"(\w+)=delf_ret\.cli\.(\w+):run"', (REPO / "setup.py").re
 # One flag of each tool and a word of its help text.
 OWN_FLAG = {
   "build_index": "--dataset_gnd_path",
+  "build_index_beam": "--beam_pipeline_options",
   "create_delf_model": "--backbone_weights",
   "delf_demo": "--output_dir",
+  "delf_serve": "--port",
   "download_dataset": "--sha256",
   "export_delf_model": "--compact_path",
   "extract_features": "--overwrite",
+  "extract_features_beam": "--beam_pipeline_options",
   "learn_pca": "--max_images",
+  "make_benchmark": "--labels_csv",
   "match_images": "--image_1_path",
+  "merge_index": "--shards_dir",
   "perform_retrieval": "--dataset_gnd_path",
   "prepare_gldv2": "--num_shards",
   "prepare_labelled_photos": "--label_column",
   "query_index": "--contact_sheet",
+  "recognize": "--calibrate",
   "train_delf": "--stage",
 }
 
