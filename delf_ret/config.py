@@ -131,8 +131,9 @@ def unsupported_settings(config: DelfConfig) -> list[str]:
     lines.append("use_local_features false is ignored: delf-ret extracts local features")
   if config.use_global_features or config.HasField("delf_global_config"):
     lines.append(
-      "use_global_features / delf_global_config: global (DELG) features are not "
-      "supported yet; only local features are extracted"
+      "use_global_features / delf_global_config: extract_features writes global "
+      "descriptors (.delg_global), but build_index, query_index and perform_retrieval "
+      "rank with local features only"
     )
   return lines
 
@@ -142,6 +143,9 @@ _PATH_FIELDS = (
   "delf_local_config.pca_parameters.mean_path",
   "delf_local_config.pca_parameters.projection_matrix_path",
   "delf_local_config.pca_parameters.pca_variances_path",
+  "delf_global_config.pca_parameters.mean_path",
+  "delf_global_config.pca_parameters.projection_matrix_path",
+  "delf_global_config.pca_parameters.pca_variances_path",
 )
 
 

@@ -178,8 +178,9 @@ def from_proto(message: delf_features_pb2.DelfFeatures) -> LocalFeatures:
 _FLOAT_FIELDS = {2: "x", 3: "y", 4: "scale", 5: "orientation", 6: "strength"}
 
 
-class _NotUniform(Exception):
-  """A feature file whose features are not all of the first one's byte layout."""
+class _NotUniform(DelfRetError):
+  """A feature file whose features are not all of the first one's byte layout (internal:
+  read_features then parses it with protobuf)."""
 
 
 def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -411,3 +412,50 @@ def read_datum(path: str | os.PathLike) -> np.ndarray:
   values = np.asarray(datum.float_list.value, np.float32).reshape(shape)
   _check_finite({"values": values}, str(path))
   return values
+
+
+GLOBAL_SUFFIX = ".delg_global"
+# Longest global descriptor a .delg_global file may hold (DELG's is 2048-d, before PCA).
+MAX_GLOBAL_DIM = 1 << 16
+
+
+def global_file_name(image_id: str) -> str:
+  """The global descriptor file name of an image id: ``<id>.delg_global`` (official DELG)."""
+  return f"{image_id}{GLOBAL_SUFFIX}"
+
+
+def _checked_global(array: np.ndarray, where: str) -> np.ndarray:
+  """``array`` as float32 [D]; FeatureFileError unless it is 1-d, 0 < D <= MAX_GLOBAL_DIM
+  and finite."""
+  if array.ndim != 1 or not 0 < array.shape[0] <= MAX_GLOBAL_DIM:
+    raise FeatureFileError(
+      f"{where}: a global descriptor is a 1-d array of 1 to {MAX_GLOBAL_DIM} values, "
+      f"got shape {list(array.shape)[:8]}"
+    )
+  _check_finite({"global descriptor values": array}, where)
+  return array
+
+
+def write_global_descriptor(path: str | os.PathLike, array: np.ndarray) -> None:
+  """Writes one image's global descriptor float [D] as an official DELG ``.delg_global``
+  file (a DatumProto of shape [D], as the official ``datum_io.WriteToFile``), atomically.
+
+  Raises FeatureFileError unless the array is 1-d, of 1 to MAX_GLOBAL_DIM finite values.
+  """
+  write_datum(path, _checked_global(np.asarray(array, np.float32), str(path)))
+
+
+def read_global_descriptor(path: str | os.PathLike) -> np.ndarray:
+  """Reads a ``.delg_global`` file (ours or the official DELG tool's): float32 [D].
+
+  Raises FeatureFileError naming the file if it is missing, not a DatumProto, or
+  not a 1-d array of 1 to MAX_GLOBAL_DIM finite values. The size is checked before
+  parsing, so a huge file is refused without reading it whole.
+  """
+  path = pathlib.Path(path)
+  if path.is_file() and path.stat().st_size > 16 * MAX_GLOBAL_DIM + 64:
+    raise FeatureFileError(
+      f"{path}: {path.stat().st_size} bytes, more than a global descriptor of at most "
+      f"{MAX_GLOBAL_DIM} values takes"
+    )
+  return _checked_global(read_datum(path), str(path))

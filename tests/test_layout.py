@@ -46,6 +46,7 @@ LIGHT_MODULES = [
   "delf_ret.errors",
   "delf_ret.evaluation",
   "delf_ret.extract.geometry",
+  "delf_ret.extract.global_features",
   "delf_ret.extract.pca",
   "delf_ret.extract.selection",
   "delf_ret.extract.settings",

@@ -37,7 +37,7 @@ def test_official_delg_config_loads_and_reports_global_features(caplog):
     pytest.approx(454.6)
   )
   warnings = [r.getMessage() for r in caplog.records]
-  assert len(warnings) == 1 and "global (DELG) features are not supported" in warnings[0]
+  assert len(warnings) == 1 and "rank with local features only" in warnings[0]
 
 
 @pytest.mark.parametrize(

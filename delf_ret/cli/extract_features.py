@@ -10,7 +10,11 @@ its index (database) images:
       --images_dir roxford5k/jpg --image_set query --output_features_dir features/query
 
 Each image's features go to OUTPUT_DIR/<image stem>.delf (DelfFeatures
-protobuf), written atomically. Images whose feature file exists are skipped,
+protobuf), written atomically. With use_global_features: true in the config, its
+global descriptor goes beside it to OUTPUT_DIR/<image stem>.delg_global (the
+official DELG file: a DatumProto of the descriptor; docs/global.md): the output
+of an official DELG SavedModel, or GeM pooling of a delf-ret model's conv4 map at
+the delf_global_config.image_scales_ind scales. Images whose files exist are skipped,
 so an interrupted run resumes when the same command is run again. Unreadable
 images are reported one line each; the exit status is 1 if any failed.
 """
@@ -38,14 +42,19 @@ from delf_ret.errors import DelfRetError
 from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import RetrievalDataset
 from delf_ret.evaluation.ground_truth import load_dataset
+from delf_ret.extract.global_features import GlobalExtraction
 from delf_ret.extract.settings import extraction_settings
 from delf_ret.extract.settings import nothing_left
 from delf_ret.features import LocalFeatures
 from delf_ret.features import feature_file_names
+from delf_ret.features import global_file_name
+from delf_ret.features import image_id_of
 from delf_ret.images import crop_to_box
 from delf_ret.images import load_image
 
 if TYPE_CHECKING:
+  import numpy as np
+
   from delf_ret.extract.extractor import DelfExtractor
 
 FLAGS = flags.FLAGS
@@ -82,23 +91,42 @@ class QueryCrops:
   image cropped to its box (x1, y1, x2, y2 pixels, delf_ret.images.crop_to_box), then
   extracted, as perform_retrieval extracts its queries."""
 
-  def __init__(self, extractor: DelfExtractor, dataset: RetrievalDataset):
+  def __init__(
+    self,
+    extractor: DelfExtractor,
+    dataset: RetrievalDataset,
+    global_extraction: GlobalExtraction | None = None,
+  ):
     self.config = extractor.config
     self.model_file = extractor.model_file
     self._extractor = extractor
+    self._global = global_extraction
     self._boxes = {
       dataset.image_path(name): dataset.gnd[number].get("bbx")
       for number, name in enumerate(dataset.qimlist)
     }
 
-  def extract_file(self, path: str | os.PathLike) -> LocalFeatures:
+  def _cropped(self, path: str | os.PathLike):
     image = load_image(path, max_pixels=self.config.max_image_pixels)
     box = self._boxes.get(pathlib.Path(path))
     if box is not None and len(box) == 4:
       image = crop_to_box(image, box)
+    return image
+
+  def extract_file(self, path: str | os.PathLike) -> LocalFeatures:
+    image = self._cropped(path)
     try:
       return self._extractor.extract(image)
     except DelfRetError as error:  # E.g. ImageTooSmallError, which cannot name the file.
+      raise type(error)(f"{path}: {error}") from None
+
+  def extract_file_with_global(self, path: str | os.PathLike) -> tuple[LocalFeatures, np.ndarray]:
+    """Local features and global descriptor of the cropped query (with_global runs)."""
+    assert self._global is not None
+    image = self._cropped(path)
+    try:
+      return self._global.extract_with_global(image)
+    except DelfRetError as error:
       raise type(error)(f"{path}: {error}") from None
 
 
@@ -124,6 +152,9 @@ def main(argv: list[str]) -> int:
   else:
     image_paths = image_paths_from_flags()
   names = feature_file_names(image_paths)  # Two images with one id are refused before any work.
+  with_global = config.use_global_features
+  if with_global:
+    names += [global_file_name(image_id_of(path)) for path in image_paths]
   settings = extraction_settings(config, config.model_path or None)
   if not FLAGS.overwrite and nothing_left(FLAGS.output_dir, settings, names):
     print(
@@ -136,10 +167,18 @@ def main(argv: list[str]) -> int:
   from delf_ret.extract.extractor import DelfExtractor
 
   extractor = DelfExtractor(config, backend=FLAGS.backend)
+  global_extraction = GlobalExtraction(extractor) if with_global else None
   if dataset is not None and FLAGS.image_set == "query":
-    extractor = typing.cast("DelfExtractor", QueryCrops(extractor, dataset))
+    extractor = typing.cast("DelfExtractor", QueryCrops(extractor, dataset, global_extraction))
+  elif global_extraction is not None:
+    extractor = typing.cast("DelfExtractor", global_extraction)
   failures = extract_all(
-    extractor, image_paths, pathlib.Path(FLAGS.output_dir), log=log, overwrite=FLAGS.overwrite
+    extractor,
+    image_paths,
+    pathlib.Path(FLAGS.output_dir),
+    log=log,
+    overwrite=FLAGS.overwrite,
+    with_global=with_global,
   )
   if report_failures(failures, f"of {len(image_paths)} images"):
     return 1

@@ -21,10 +21,15 @@ signature takes ``input_image`` uint8 [H, W, 3], ``input_scales`` float [S],
 ``input_global_scales_ind`` int [G]) and returns ``boxes`` [N, 4] (ymin, xmin,
 ymax, xmax receptive-field boxes in pixels of the input image), ``features``
 [N, D] (raw descriptors), ``scales`` [N] and ``scores`` [N] or [N, 1] (DELG also
-``global_descriptors``, unused). The image is shrunk to ``max_image_size`` first
+``global_descriptors`` [G, D'], one raw global descriptor per scale of
+``input_global_scales_ind``). The image is shrunk to ``max_image_size`` first
 and keypoints are the box centres mapped back to the original image, as the
-official extractor computes them. ``export_official_signature`` writes such a
-model from a delf-ret model (for tests and for tools that expect that layout).
+official extractor computes them. ``select_with_global`` also returns the global
+descriptors, which delf_ret.extract.global_features pools as the official DELG
+extractor does. ``export_official_signature`` writes such a model from a delf-ret
+model (for tests and for tools that expect that layout); its DELG stand-in's
+global output is GeM (p = 3) of the conv4 map at each global scale (the published
+DELG models pool conv5 and add a learned FC layer).
 """
 
 from __future__ import annotations
@@ -108,6 +113,8 @@ class DelfServingModule(tf.Module):
 
 
 OFFICIAL_INPUTS = ("input_image", "input_scales", "input_max_feature_num", "input_abs_thres")
+GLOBAL_INPUT = "input_global_scales_ind"  # DELG: indices into input_scales of the global scales.
+GLOBAL_OUTPUT = "global_descriptors"  # DELG: one raw global descriptor per global scale.
 
 
 class OfficialSignatureModule(tf.Module):
@@ -148,9 +155,25 @@ class OfficialSignatureModule(tf.Module):
     self, input_image, input_scales, input_max_feature_num, input_abs_thres, input_global_scales_ind
   ):
     outputs = self._local(input_image, input_scales, input_max_feature_num, input_abs_thres)
-    pooled = tf.reduce_mean(outputs["features"], axis=0, keepdims=True)  # Stand-in global output.
-    outputs["global_descriptors"] = tf.math.l2_normalize(pooled, axis=1)
+    outputs["global_descriptors"] = self._global(input_image, input_scales, input_global_scales_ind)
     return outputs
+
+  def _global(self, image, scales, indices):
+    """Stand-in DELG global output: raw GeM (p = 3, eps 1e-6) of the conv4 map of the image
+    resized to each scale ``scales[i]``, i in ``indices``: float32 [G, D]."""
+    height = tf.cast(tf.shape(image)[0], tf.float64)
+    width = tf.cast(tf.shape(image)[1], tf.float64)
+    depth = self.inner.model.backbone.output.shape[-1]
+    pooled = tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=[depth])
+    for j in tf.range(tf.size(indices)):
+      scale = tf.cast(tf.gather(scales, indices[j]), tf.float64)
+      size_y = tf.maximum(tf.constant(1.0, tf.float64), tf.round(height * scale))
+      size_x = tf.maximum(tf.constant(1.0, tf.float64), tf.round(width * scale))
+      resized = resize_image(image, tf.cast(tf.stack([size_y, size_x]), tf.int32))[None]
+      features, _ = self.inner.model.feature_maps(resized, training=False)
+      cubes = tf.pow(tf.maximum(features[0], 1e-6), 3.0)
+      pooled = pooled.write(j, tf.pow(tf.reduce_mean(cubes, axis=[0, 1]), 1.0 / 3.0))
+    return tf.reshape(pooled.stack(), [-1, depth])
 
 
 def export_official_signature(
@@ -219,6 +242,7 @@ class SavedModelExtractor:
     self.path = path
     signatures = dict(self.loaded.signatures)
     self.official = None
+    self._global_output = False
     if "extract" in signatures:
       self.signature = signatures["extract"]
     else:
@@ -226,6 +250,9 @@ class SavedModelExtractor:
         inputs = set(function.structured_input_signature[1])
         if set(OFFICIAL_INPUTS) <= inputs:
           self.signature, self.official = function, inputs
+          self._global_output = GLOBAL_INPUT in inputs and GLOBAL_OUTPUT in set(
+            function.structured_outputs
+          )
           break
       else:
         self.signature = self._tf1_tensors()
@@ -243,6 +270,11 @@ class SavedModelExtractor:
             f"(or a TF1 graph with tensors of those names); found {found}"
           )
         self.official = set(OFFICIAL_INPUTS)
+
+  @property
+  def has_global_output(self) -> bool:
+    """Whether the model returns DELG global descriptors (official DELG signature)."""
+    return self._global_output
 
   def _tf1_tensors(self):
     """A function over the TF1 graph's tensors ``input_image:0`` ... -> ``boxes:0`` ..., or None.
@@ -276,11 +308,17 @@ class SavedModelExtractor:
     max_feature_num: int,
     global_scales_ind: list[int] | None = None,
   ) -> SelectedFeatures:
-    """Selected raw features for the pyramid ``levels`` of delf_ret.extract.pyramid_levels."""
+    """Selected raw features for the pyramid ``levels`` of delf_ret.extract.pyramid_levels.
+
+    global_scales_ind: for a DELG model, the positions in ``levels`` its global output
+    is computed at (all levels when None or empty; positions past the levels are
+    dropped); the global output itself is dropped (see :meth:`select_with_global`).
+    """
     if self.official is not None:
+      positions = [i for i in global_scales_ind or () if 0 <= i < len(levels)]
       return self._select_official(
-        image, levels, base_factor, score_threshold, max_feature_num, global_scales_ind
-      )
+        image, levels, base_factor, score_threshold, max_feature_num, positions
+      )[0]
     totals = np.array([scale * base_factor for scale, _, _ in levels], np.float32)
     outputs = self.signature(
       image=tf.constant(image, tf.uint8),
@@ -302,10 +340,31 @@ class SavedModelExtractor:
       attention=returned["scores"],
     )
 
+  def select_with_global(
+    self,
+    image: np.ndarray,
+    levels: list[tuple[float, tuple[float, float], tuple[int, int]]],
+    base_factor: float,
+    score_threshold: float,
+    max_feature_num: int,
+    global_positions: list[int],
+  ) -> tuple[SelectedFeatures, np.ndarray | None]:
+    """:meth:`select` and, for a DELG model (``has_global_output``), its raw global
+    descriptors float32 [G, D] at the levels of ``global_positions`` (positions in
+    ``levels``, at least one), one row per position in increasing order; None otherwise."""
+    if not global_positions or not all(0 <= i < len(levels) for i in global_positions):
+      raise ValueError(f"global positions {global_positions} must index the {len(levels)} levels")
+    if self.official is None:
+      return self.select(image, levels, base_factor, score_threshold, max_feature_num), None
+    return self._select_official(
+      image, levels, base_factor, score_threshold, max_feature_num, sorted(global_positions)
+    )
+
   def _select_official(
-    self, image, levels, base_factor, score_threshold, max_feature_num, global_scales_ind
-  ):
-    """The official extractor's steps: shrink to max_image_size, run, box centres back."""
+    self, image, levels, base_factor, score_threshold, max_feature_num, global_positions
+  ) -> tuple[SelectedFeatures, np.ndarray | None]:
+    """The official extractor's steps: shrink to max_image_size, run, box centres back; the
+    DELG global output too (None for a model without one)."""
     height, width = image.shape[:2]
     resized_image = image
     ratio = np.ones(2)
@@ -319,10 +378,8 @@ class SavedModelExtractor:
       "input_max_feature_num": tf.constant(max_feature_num, tf.int32),
       "input_abs_thres": tf.constant(score_threshold, tf.float32),
     }
-    if "input_global_scales_ind" in self.official:
-      inputs["input_global_scales_ind"] = tf.constant(
-        list(global_scales_ind or range(len(levels))), tf.int32
-      )
+    if self.official and GLOBAL_INPUT in self.official:
+      inputs[GLOBAL_INPUT] = tf.constant(list(global_positions or range(len(levels))), tf.int32)
     outputs = self.signature(**inputs)
     missing = {"boxes", "features", "scales", "scores"} - set(outputs)
     if missing:
@@ -335,12 +392,16 @@ class SavedModelExtractor:
     )
     boxes = returned["boxes"]
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0 / ratio  # (y, x) in original pixels.
-    return SelectedFeatures(
+    selected = SelectedFeatures(
       locations=centres.astype(np.float32),
       scales=returned["scales"],
       descriptors=returned["features"],
       attention=returned["scores"],
     )
+    if not self._global_output:
+      return selected, None
+    count = len(global_positions or range(len(levels)))
+    return selected, _checked_global(self.path, outputs[GLOBAL_OUTPUT].numpy(), count)
 
 
 # Width of each output's rows: boxes/locations hold (y, x) corners or centres, descriptors
@@ -382,3 +443,19 @@ def _checked_outputs(
       f"requested (requested: {[round(float(s), 4) for s in requested]})"
     )
   return checked
+
+
+def _checked_global(path, value: np.ndarray, count: int) -> np.ndarray:
+  """A DELG model's global output as float32 [count, D] (a single [D] row is taken as [1, D]);
+  ModelFileError naming the model unless it has one row per global scale, D > 0, finite."""
+  value = np.asarray(value, np.float32)
+  if value.ndim == 1 and count == 1:
+    value = value[None]
+  if value.ndim != 2 or value.shape[0] != count or not value.shape[1]:
+    raise ModelFileError(
+      f"{path}: the model returned global_descriptors of shape {list(value.shape)} for "
+      f"{count} global scales; expected one row per scale"
+    )
+  if not np.all(np.isfinite(value)):
+    raise ModelFileError(f"{path}: the model returned NaN or infinite global_descriptors")
+  return value

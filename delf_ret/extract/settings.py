@@ -63,8 +63,17 @@ def extraction_settings(config: DelfConfig, model_file: str | None) -> dict | No
     files["pca_projection"] = _digest(source.projection_matrix_path, "PCA projection")
     if source.use_whitening:
       files["pca_variances"] = _digest(source.pca_variances_path, "PCA variances")
+  global_pca = settings.delf_global_config.pca_parameters
+  if config.use_global_features and config.delf_global_config.use_pca:
+    source = config.delf_global_config.pca_parameters
+    files["global_pca_mean"] = _digest(source.mean_path, "global PCA mean")
+    files["global_pca_projection"] = _digest(source.projection_matrix_path, "global PCA projection")
+    if source.use_whitening:
+      files["global_pca_variances"] = _digest(source.pca_variances_path, "global PCA variances")
   for field in ("mean_path", "projection_matrix_path", "pca_variances_path"):
     pca.ClearField(field)
+    if settings.HasField("delf_global_config"):
+      global_pca.ClearField(field)
   return {"config": text_format.MessageToString(settings), "files": files}
 
 
