@@ -75,6 +75,9 @@ setup(
       *TFDS,
       *SKIMAGE,
       *SERVE,
+      # The reference ASMK implementation (tests/index/test_asmk_reference.py); builds from
+      # source (needs a C compiler).
+      "asmk==0.1.1",
       # Drives Debian's Chromium (/usr/bin/chromium) in the page's tests; no browser download.
       "playwright>=1.45",
     ],

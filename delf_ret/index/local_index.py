@@ -71,6 +71,7 @@ import stat
 import tempfile
 import typing
 from typing import Any
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -559,20 +560,7 @@ class LocalFeatureIndex:
   def save(self, folder: str | os.PathLike) -> None:
     """Writes the index to ``folder`` crash-safely, holding its writer lock (see the module
     docstring); IndexBusyError if another process is writing the folder."""
-    folder = pathlib.Path(folder)
-    with writer_lock(folder):
-      version_dir = pathlib.Path(tempfile.mkdtemp(prefix="v-", dir=folder))
-      try:
-        respect_umask(version_dir, directory=True)  # mkdtemp makes 0700 folders.
-        (version_dir / VERSION_MARKER).write_text("delf-ret index version\n")
-        self._write_version(version_dir)
-      except BaseException:
-        shutil.rmtree(version_dir, ignore_errors=True)
-        raise
-      with atomic_write(folder / "CURRENT", "w") as pointer:  # A unique temporary name.
-        pointer.write(version_dir.name)
-      _fsync_dir(folder)
-      _remove_versions(folder, keep=version_dir.name)
+    save_version(folder, self._write_version)
 
   def _write_version(self, version_dir: pathlib.Path) -> None:
     """Writes index.faiss and meta.json (and an on-disk index's index.ivfdata) into a new
@@ -596,31 +584,16 @@ class LocalFeatureIndex:
     }
     (version_dir / "meta.json").write_text(json.dumps(meta))
     names = [VERSION_MARKER, "index.faiss", "meta.json", *([ON_DISK_FILE] if self._on_disk else [])]
-    for name in names:
-      with open(version_dir / name, "rb") as handle:
-        os.fsync(handle.fileno())
-    _fsync_dir(version_dir)
+    fsync_version(version_dir, names)
 
   @classmethod
   def load(cls, folder: str | os.PathLike, expected_dim: int | None = None) -> "LocalFeatureIndex":
     """Reads an index saved by :meth:`save`; checks format version, dimension and that its
     files agree. Takes no lock: when a writer replaces the version being read, reads the new one."""
     folder = pathlib.Path(folder)
-    for attempt in range(LOAD_ATTEMPTS):
-      version = _current_version(folder)
-      if version is None:
-        raise LocalIndexError(f"no index in {folder} (CURRENT file missing)")
-      if not VERSION_NAME.fullmatch(version):
-        raise LocalIndexError(
-          f"index in {folder} is damaged: CURRENT names {version[:80]!r}, not a version folder"
-        )
-      try:
-        return cls._load_version(folder, folder / version, expected_dim)
-      except LocalIndexError:
-        # Replaced (and being removed) by a writer that saved a newer version: read that one.
-        if _current_version(folder) == version or attempt == LOAD_ATTEMPTS - 1:
-          raise
-    raise AssertionError("unreachable")
+    return load_version(
+      folder, lambda version_dir: cls._load_version(folder, version_dir, expected_dim)
+    )
 
   @classmethod
   def _load_version(
@@ -661,6 +634,59 @@ class LocalFeatureIndex:
         f"{len(unknown)} images meta.json does not list (e.g. slot {min(unknown)})"
       )
     return index
+
+
+_Loaded = typing.TypeVar("_Loaded")
+
+
+def save_version(folder: str | os.PathLike, write: Callable[[pathlib.Path], None]) -> None:
+  """Saves a new version of the index in ``folder`` crash-safely, holding its writer lock (see
+  the module docstring): ``write(version_dir)`` fills a new marked version folder and fsyncs
+  its files (:func:`fsync_version`), then ``CURRENT`` is replaced atomically and older versions
+  are removed. IndexBusyError if another process is writing the folder."""
+  folder = pathlib.Path(folder)
+  with writer_lock(folder):
+    version_dir = pathlib.Path(tempfile.mkdtemp(prefix="v-", dir=folder))
+    try:
+      respect_umask(version_dir, directory=True)  # mkdtemp makes 0700 folders.
+      (version_dir / VERSION_MARKER).write_text("delf-ret index version\n")
+      write(version_dir)
+    except BaseException:
+      shutil.rmtree(version_dir, ignore_errors=True)
+      raise
+    with atomic_write(folder / "CURRENT", "w") as pointer:  # A unique temporary name.
+      pointer.write(version_dir.name)
+    _fsync_dir(folder)
+    _remove_versions(folder, keep=version_dir.name)
+
+
+def fsync_version(version_dir: pathlib.Path, names: list[str]) -> None:
+  """Flushes the files ``names`` of a version folder, then the folder, to disk."""
+  for name in names:
+    with open(version_dir / name, "rb") as handle:
+      os.fsync(handle.fileno())
+  _fsync_dir(version_dir)
+
+
+def load_version(folder: pathlib.Path, read: Callable[[pathlib.Path], _Loaded]) -> _Loaded:
+  """``read(version_dir)`` of the version ``CURRENT`` names in ``folder``; takes no lock: when
+  ``read`` raises LocalIndexError because a writer replaced that version meanwhile, reads the
+  new one. LocalIndexError when there is no index or CURRENT is damaged."""
+  for attempt in range(LOAD_ATTEMPTS):
+    version = _current_version(folder)
+    if version is None:
+      raise LocalIndexError(f"no index in {folder} (CURRENT file missing)")
+    if not VERSION_NAME.fullmatch(version):
+      raise LocalIndexError(
+        f"index in {folder} is damaged: CURRENT names {version[:80]!r}, not a version folder"
+      )
+    try:
+      return read(folder / version)
+    except LocalIndexError:
+      # Replaced (and being removed) by a writer that saved a newer version: read that one.
+      if _current_version(folder) == version or attempt == LOAD_ATTEMPTS - 1:
+        raise
+  raise AssertionError("unreachable")
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
