@@ -229,3 +229,39 @@ def write_gldv2_layout(
     for landmark, ids in images.items():
       handle.write(f"{landmark},{' '.join(ids)}\n")
   return layout
+
+
+# Smaller images and a shallower reranking keep the demo short; the pipeline is the same.
+FAST_DEMO = [
+  "--config_override=max_image_size=320",
+  "--config_override=retrieval_config.rerank_top_n=4",
+  "--config_override=retrieval_config.ransac_max_trials=200",
+]
+
+
+def demo_environment(**extra: str) -> dict[str, str]:
+  """A user's environment: no DELF_RET_SHARED_DATA, so the demo looks at ../shared/data."""
+  env = {key: value for key, value in os.environ.items() if key != "DELF_RET_SHARED_DATA"}
+  return dict(env, TF_CPP_MIN_LOG_LEVEL="2", **extra)
+
+
+@pytest.fixture(scope="session")
+def bundled_demo_run(tmp_path_factory):
+  """One delf_demo run (FAST_DEMO) on the bundled photos, shared by the tests that need a
+  first run: (the folder it ran in, holding demo_output/; the completed process). Its
+  parent has no shared/data, so the demo falls back to the bundled photos. Tests that run
+  the demo again work on their own copy (copy_demo_folder), never in this folder."""
+  folder = tmp_path_factory.mktemp("bundled_demo") / "clone"
+  folder.mkdir()
+  result = run_command(
+    [installed_script("delf_demo"), *FAST_DEMO], timeout=900, env=demo_environment(), cwd=folder
+  )
+  return folder, result
+
+
+def copy_demo_folder(source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
+  """``source`` (a folder holding demo_output/) copied to ``target``, symlinks as they are."""
+  import shutil
+
+  shutil.copytree(source, target, symlinks=True)
+  return target

@@ -6,17 +6,12 @@ import shutil
 
 import pytest
 
+from conftest import FAST_DEMO as FAST
+from conftest import copy_demo_folder
 from conftest import run_command
 
 # Runs the delf_demo console script end to end.
 pytestmark = pytest.mark.slow
-
-# Smaller images and a shallower reranking keep the test short; the pipeline is the same.
-FAST = [
-  "--config_override=max_image_size=320",
-  "--config_override=retrieval_config.rerank_top_n=4",
-  "--config_override=retrieval_config.ransac_max_trials=200",
-]
 
 
 def run_demo(*args, cwd):
@@ -27,9 +22,13 @@ def run_demo(*args, cwd):
   return run_command([script, *args], timeout=900, env=env, cwd=cwd)
 
 
-def test_demo_runs_the_whole_pipeline_on_the_bundled_photos_then_reuses_features(tmp_path):
-  output = tmp_path / "demo_output"
-  first = run_demo(*FAST, cwd=tmp_path)
+def test_demo_runs_the_whole_pipeline_on_the_bundled_photos_then_reuses_features(
+  bundled_demo_run, tmp_path
+):
+  # The first run (FAST, no shared data found) is shared with test_new_user_27.py; the
+  # second runs in a copy of its folder.
+  ran_in, first = bundled_demo_run
+  output = ran_in / "demo_output"
   assert first.returncode == 0, first.stderr[-3000:]
   assert "data: bundled demo photos" in first.stdout
   assert "delf_ret/default_model/delf_default.npz" in first.stdout
@@ -44,7 +43,8 @@ def test_demo_runs_the_whole_pipeline_on_the_bundled_photos_then_reuses_features
   ):
     assert (output / name).is_file(), name
   assert "after RANSAC reranking" in first.stdout and f"output folder: {output}" in first.stdout
-  second = run_demo(*FAST, cwd=tmp_path)
+  clone = copy_demo_folder(ran_in, tmp_path / "clone")
+  second = run_demo(*FAST, cwd=clone)
   assert second.returncode == 0, second.stderr[-3000:]
   assert "features: 0 photos extracted, 20 reused" in second.stdout
   # The cached rerun states one seconds-per-query figure (the queries' recorded stage total).

@@ -2,24 +2,20 @@
 
 import dataclasses
 import json
-import os
 import pathlib
 import pickle
 
 import numpy as np
 import pytest
 
+from conftest import FAST_DEMO
+from conftest import copy_demo_folder
+from conftest import demo_environment
 from conftest import installed_script
 from conftest import make_features
 from conftest import random_unit_descriptors
 from conftest import run_command
 
-# Smaller images and a shallower reranking keep the demo short; the pipeline is the same.
-FAST_DEMO = [
-  "--config_override=max_image_size=320",
-  "--config_override=retrieval_config.rerank_top_n=4",
-  "--config_override=retrieval_config.ransac_max_trials=200",
-]
 # A few rows of the shared labels.csv: two landmarks (one of them the match pair's) and two
 # distractors, in the layout the demo reads from ../shared/data.
 SHARED_ROWS = [
@@ -30,12 +26,6 @@ SHARED_ROWS = [
   "distractors/apple.jpg,",
   "distractors/baboon.jpg,",
 ]
-
-
-def _environment(**extra: str) -> dict[str, str]:
-  """The user's environment: no DELF_RET_SHARED_DATA, so the demo looks at ../shared/data."""
-  env = {key: value for key, value in os.environ.items() if key != "DELF_RET_SHARED_DATA"}
-  return dict(env, TF_CPP_MIN_LOG_LEVEL="2", **extra)
 
 
 def _shared_beside(root: pathlib.Path, shared_data: pathlib.Path) -> None:
@@ -50,18 +40,19 @@ def _shared_beside(root: pathlib.Path, shared_data: pathlib.Path) -> None:
 
 
 @pytest.mark.slow  # Runs the delf_demo console script twice.
-def test_demo_second_run_on_other_data_starts_clean(tmp_path, shared_data):
-  clone = tmp_path / "clone"
-  clone.mkdir()
-  demo = [installed_script("delf_demo"), *FAST_DEMO]
-  first = run_command(demo, timeout=900, env=_environment(), cwd=clone)
+def test_demo_second_run_on_other_data_starts_clean(bundled_demo_run, tmp_path, shared_data):
+  # The first run (FAST_DEMO, no ../shared/data) is shared with tests/cli/test_demo.py; this
+  # test goes on in a copy of its folder.
+  ran_in, first = bundled_demo_run
   assert first.returncode == 0, first.stderr[-3000:]
+  clone = copy_demo_folder(ran_in, tmp_path / "clone")
+  demo = [installed_script("delf_demo"), *FAST_DEMO]
   assert "data: bundled demo photos" in first.stdout
   output = clone / "demo_output"
   (output / "notes.txt").write_text("the user's own file\n")
 
   _shared_beside(tmp_path, shared_data)
-  second = run_command(demo, timeout=900, env=_environment(), cwd=clone)
+  second = run_command(demo, timeout=900, env=demo_environment(), cwd=clone)
   assert second.returncode == 0, second.stderr[-3000:]
   assert "data: shared landmarks and distractors" in second.stdout
   clean = [line for line in second.stdout.splitlines() if "starting clean" in line]
@@ -110,7 +101,7 @@ def test_official_delg_command_lines_extract_cropped_queries_and_retrieve(tmp_pa
 
   gnd_path, facts = _revisited_dataset(tmp_path / "data", shared_data)
   features = tmp_path / "features"
-  env = _environment()
+  env = demo_environment()
   for image_set in ("query", "index"):
     extracted = run_command(
       [

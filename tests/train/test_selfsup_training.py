@@ -61,9 +61,13 @@ TINY_STAGES = [
 ]
 
 
+PHOTO_SIDE = 320  # Longest side of recipe_data's photos (selfsup.photo_max_side is 256).
+
+
 def recipe_data(root, shared_data):
   """A DATA_DIR at test size: train/ (4 overlapping Strecha photos), train_sequences/ (the
-  same 4 as one scene) and train_landmarks/ (5 photos of each of 3 landmarks, +2)."""
+  same 4 as one scene) and train_landmarks/ (5 photos of each of 3 landmarks, +2), each
+  scaled down to PHOTO_SIDE px at most."""
   from test_labelled_photos import photo_folder
 
   for folder in ("train/fountain", "train_sequences/fountain"):
@@ -75,6 +79,17 @@ def recipe_data(root, shared_data):
   rows = "".join(f"fountain/000{i}.jpg,fountain,strecha\n" for i in range(4))
   (root / "train_sequences" / "labels.csv").write_text("image,scene,source\n" + rows)
   photo_folder(root / "train_landmarks", shared_data, header=("image", "landmark", "source"))
+  # Photos of at most PHOTO_SIDE px: the recipe's steps after training (PCA, calibration,
+  # validation) extract features with the packaged config (up to 1024 px, 5 scales); on the
+  # full-size photos that was about a fifth of this test's CPU time.
+  from PIL import Image
+
+  for path in root.glob("train*/**/*.jpg"):
+    with Image.open(path) as photo:
+      photo.load()
+      small = photo.convert("RGB")
+    small.thumbnail((PHOTO_SIDE, PHOTO_SIDE))
+    small.save(path, quality=95)
   return root
 
 
