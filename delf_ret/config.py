@@ -129,11 +129,13 @@ def unsupported_settings(config: DelfConfig) -> list[str]:
     lines.append("use_square_images is ignored: images keep their aspect ratio")
   if not config.use_local_features:
     lines.append("use_local_features false is ignored: delf-ret extracts local features")
-  if config.use_global_features or config.HasField("delf_global_config"):
+  if (
+    config.use_global_features or config.HasField("delf_global_config")
+  ) and config.retrieval_config.first_stage != "global":
     lines.append(
       "use_global_features / delf_global_config: extract_features writes global "
       "descriptors (.delg_global), but build_index, query_index and perform_retrieval "
-      "rank with local features only"
+      'rank with local features only (retrieval_config.first_stage: "global" uses them)'
     )
   return lines
 

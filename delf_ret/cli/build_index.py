@@ -17,7 +17,14 @@ Usage:
   # Remove images by id (feature file stem); nothing is added in this run:
   build_index --config_path my.pbtxt --index_dir index/ --remove_images a,b
 
-The index type and its parameters come from the config's retrieval_config.
+The index type and its parameters come from the config's retrieval_config, and so does
+the first stage it is built for (retrieval_config.first_stage): "votes" (the faiss index
+of local descriptors, in --index_dir), "asmk" (ASMK / ASMK*, codebook trained at the
+first build, in INDEX_DIR/asmk) or "global" (global descriptors, from the .delg_global
+files that extraction with use_global_features: true writes, PCA-whitened, in
+INDEX_DIR/global). Adding and removing images keeps the configured stage in step; a
+folder built for another first stage is refused. The .delf files are always needed:
+reranking reads them. Labels (--labels_csv) are recorded by a votes index only.
 The index is saved every --save_every images; running the same command again
 after an interruption skips the images already indexed, and running it with
 new images adds them without retraining. The index records each image's
@@ -43,12 +50,13 @@ from delf_ret.cli.inputs import define_image_flags
 from delf_ret.cli.inputs import image_paths_from_flags
 from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import load_dataset
-from delf_ret.index import IndexParams
 from delf_ret.index.builder import remove_images
 from delf_ret.index.labels import read_image_labels
+from delf_ret.retrieval.first_stage import check_stage
+from delf_ret.retrieval.first_stage import remove_from_first_stage
 from delf_ret.retrieval.indexing import database_feature_paths
 from delf_ret.retrieval.indexing import database_image_paths
-from delf_ret.retrieval.indexing import index_database
+from delf_ret.retrieval.indexing import index_first_stage
 
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig .pbtxt (extraction and retrieval_config).")
@@ -109,10 +117,10 @@ def _inputs(dataset) -> dict:
   return {}
 
 
-def _warn_outside(index, dataset) -> None:
+def _warn_outside(stage, dataset) -> None:
   """Logs a warning when the index holds images outside the dataset's database list."""
   database = set(dataset.imlist)
-  outside = sorted(name for name in index.image_ids() if name not in database)
+  outside = sorted(name for name in stage.image_ids() if name not in database)
   if outside:
     log(
       f"warning: the index also holds {len(outside)} images outside {dataset.name}'s "
@@ -127,9 +135,15 @@ def main(argv: list[str]) -> int:
   if FLAGS.remove_images:
     if FLAGS.labels_csv:
       raise InputError("--labels_csv labels images to index; run it without --remove_images")
-    remove_images(FLAGS.index_dir, FLAGS.remove_images, log=log)
+    if check_stage(FLAGS.index_dir, config.retrieval_config) == "votes":
+      remove_images(FLAGS.index_dir, FLAGS.remove_images, log=log)
+    else:
+      remove_from_first_stage(
+        FLAGS.index_dir, FLAGS.remove_images, config.retrieval_config, log=log
+      )
     return 0
   require_flags(FLAGS, "features_dir")
+  check_stage(FLAGS.index_dir, config.retrieval_config)  # Another stage's folder: refused first.
   labels = read_image_labels(FLAGS.labels_csv) if FLAGS.labels_csv else None
   dataset = None
   if FLAGS.dataset_gnd_path or FLAGS.dataset_gt_dir:
@@ -147,10 +161,10 @@ def main(argv: list[str]) -> int:
     log(f"extracting features of {len(inputs['images'])} images into {FLAGS.features_dir}")
     inputs["extract"] = DelfExtractor(config, backend=FLAGS.backend)
   local = config.delf_local_config
-  indexed = index_database(
+  indexed = index_first_stage(
     FLAGS.index_dir,
     FLAGS.features_dir,
-    IndexParams.from_config(config.retrieval_config),
+    config,
     dim=local.pca_parameters.pca_dim if local.use_pca else None,  # Fixed by the config's PCA.
     overwrite=FLAGS.overwrite,
     save_every=FLAGS.save_every,
@@ -159,7 +173,7 @@ def main(argv: list[str]) -> int:
     **inputs,
   )
   if dataset is not None:
-    _warn_outside(indexed.index, dataset)
+    _warn_outside(indexed.stage, dataset)
   return report_failures([*missing, *indexed.failures], "inputs")
 
 

@@ -12,7 +12,8 @@ MODEL_CARD.md), or --config_path.
 
 Steps, all written to --output_dir: features of every photo (features/, reused
 by a second run) -> index (index/) -> every labelled photo as a query, ranked by
-descriptor votes, then RANSAC-reranked (retrieval/: ranked_lists.json, mAP.txt,
+the config's first stage (retrieval_config.first_stage: descriptor votes, ASMK or
+global descriptors), then RANSAC-reranked (retrieval/: ranked_lists.json, mAP.txt,
 metrics.json, pr_<split>.png) -> top_results.png (three queries and their top
 results) -> matches_<pair>.png (verified matches of two image pairs). Prints the
 mAP before and after reranking, the seconds per step and the output folder.
@@ -79,7 +80,8 @@ def main(argv: list[str]) -> int:
   print(
     "\nmAP (%)              " + "  ".join(f"{split:>8}" for split in summary.mean_ap["first_stage"])
   )
-  for stage, label in (("first_stage", "votes"), ("reranked", "after RANSAC reranking")):
+  first = config.retrieval_config.first_stage
+  for stage, label in (("first_stage", first), ("reranked", "after RANSAC reranking")):
     print(
       f"  {label:<22}"
       + "  ".join(

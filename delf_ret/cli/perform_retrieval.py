@@ -12,7 +12,11 @@ The official DELG command line works too, on the feature files of extract_featur
 
 The database images must be indexed first (build_index with the same config;
 their feature files are read from --features_dir for reranking), or, without
---index_dir, they are indexed from --features_dir. Queries are cropped to their
+--index_dir, they are indexed from --features_dir. The first stage is the config's
+retrieval_config.first_stage: "votes", "asmk" or "global" (the index must have been
+built for it; "global" needs use_global_features: true and the database's .delg_global
+files, and extracts each query's global descriptor too). Reranking and the metrics are
+the same for all three. Queries are cropped to their
 box, extracted with the config, and cached (or read from --query_features_dir).
 Writes to --output_dir: ranked_lists.json (first-stage and reranked lists), mAP.txt,
 metrics.json and pr_<split>.png (delf_ret.retrieval.benchmark.run_benchmark).
@@ -42,13 +46,18 @@ from delf_ret.evaluation.ground_truth import RetrievalDataset
 from delf_ret.evaluation.ground_truth import load_dataset
 from delf_ret.extract.settings import SETTINGS_FILE
 from delf_ret.extract.settings import check_database_features
+from delf_ret.extract.settings import extraction_settings
 from delf_ret.features import LocalFeatures
 from delf_ret.features import feature_file_name
-from delf_ret.index import IndexParams
-from delf_ret.index import LocalFeatureIndex
+from delf_ret.features import global_file_name
 from delf_ret.retrieval.benchmark import run_benchmark
+from delf_ret.retrieval.first_stage import FirstStageIndex
+from delf_ret.retrieval.first_stage import QueryExtract
+from delf_ret.retrieval.first_stage import configured_stage
+from delf_ret.retrieval.first_stage import open_first_stage
+from delf_ret.retrieval.first_stage import query_extractor
 from delf_ret.retrieval.indexing import database_feature_paths
-from delf_ret.retrieval.indexing import index_database
+from delf_ret.retrieval.indexing import index_first_stage
 
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig .pbtxt (extraction and retrieval_config).")
@@ -101,9 +110,9 @@ def _config() -> DelfConfig:
   return config
 
 
-def _index_features(config: DelfConfig, dataset: RetrievalDataset) -> LocalFeatureIndex:
-  """The index of the dataset's database feature files (--features_dir), built or resumed in
-  OUTPUT_DIR/index. Raises InputError when a database image has no feature file."""
+def _index_features(config: DelfConfig, dataset: RetrievalDataset) -> FirstStageIndex:
+  """The first stage of the dataset's database feature files (--features_dir), built or
+  resumed in OUTPUT_DIR/index. Raises InputError when a database image has no feature file."""
   feature_paths, missing = database_feature_paths(dataset, FLAGS.features_dir)
   if missing:
     raise InputError(
@@ -112,22 +121,26 @@ def _index_features(config: DelfConfig, dataset: RetrievalDataset) -> LocalFeatu
       f"(extract_features --image_set index) or give the index with --index_dir"
     )
   local = config.delf_local_config
-  return index_database(
+  return index_first_stage(
     pathlib.Path(FLAGS.output_dir) / "index",
     FLAGS.features_dir,
-    IndexParams.from_config(config.retrieval_config),
+    config,
     feature_paths=feature_paths,
     dim=local.pca_parameters.pca_dim if local.use_pca else None,  # Fixed by the config's PCA.
     log=log,
-  ).index
+  ).stage
 
 
-def _read_query_features(dataset: RetrievalDataset) -> Callable[[np.ndarray], LocalFeatures]:
+def _read_query_features(
+  dataset: RetrievalDataset, with_global: bool
+) -> Callable[[np.ndarray], LocalFeatures]:
   """Puts the query feature files of --query_features_dir into run_benchmark's query cache
   (OUTPUT_DIR/query_features), dropping the cached lists (OUTPUT_DIR/ranked) of a query whose
   features changed; returns the query extractor, which is then never called."""
   folder, output_dir = pathlib.Path(FLAGS.query_features_dir), pathlib.Path(FLAGS.output_dir)
   paths = [folder / feature_file_name(name) for name in dataset.qimlist]
+  if with_global:  # The global first stage also needs each query's .delg_global file.
+    paths += [folder / global_file_name(name) for name in dataset.qimlist]
   missing = [path for path in paths if not path.is_file()]
   if missing:
     raise InputError(
@@ -139,7 +152,7 @@ def _read_query_features(dataset: RetrievalDataset) -> Callable[[np.ndarray], Lo
   except (OSError, UnicodeDecodeError, ValueError):
     recorded = None
   check_database_features(FLAGS.features_dir, recorded if isinstance(recorded, dict) else None)
-  for name, path in zip(dataset.qimlist, paths):
+  for name, path in zip([*dataset.qimlist, *dataset.qimlist], paths):
     data, cached = path.read_bytes(), output_dir / "query_features" / path.name
     if cached.is_file() and cached.read_bytes() == data:
       continue
@@ -161,16 +174,27 @@ def main(argv: list[str]) -> int:
   if not FLAGS.query_features_dir:
     require_flags(FLAGS, "images_dir")
   config = _config()
+  with_global = configured_stage(config.retrieval_config) == "global"
   dataset = load_dataset(
     FLAGS.dataset_gnd_path, FLAGS.dataset_gt_dir, FLAGS.images_dir, FLAGS.dataset_name
   )
+  if FLAGS.index_dir:
+    stage = open_first_stage(FLAGS.index_dir, config.retrieval_config)
+  else:
+    stage = _index_features(config, dataset)
+  extract: QueryExtract | None = None
+  if FLAGS.query_features_dir:
+    extract = _read_query_features(dataset, with_global)
+  elif with_global:  # Queries give (features, global descriptor); same settings as the database.
+    check_database_features(FLAGS.features_dir, extraction_settings(config, config.model_path))
+    extract = query_extractor(config, FLAGS.backend)
   benchmark = run_benchmark(
     config,
     dataset,
-    FLAGS.index_dir or _index_features(config, dataset),
+    stage,
     FLAGS.features_dir,
     FLAGS.output_dir,
-    extract=_read_query_features(dataset) if FLAGS.query_features_dir else None,
+    extract=extract,
     backend=FLAGS.backend,
     log=log,
   )

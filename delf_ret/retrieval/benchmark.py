@@ -37,6 +37,8 @@ from delf_ret.retrieval.dataset_runner import evaluate_results
 from delf_ret.retrieval.dataset_runner import mean_seconds
 from delf_ret.retrieval.dataset_runner import run_queries
 from delf_ret.retrieval.dataset_runner import write_ranked_lists
+from delf_ret.retrieval.first_stage import FirstStageIndex
+from delf_ret.retrieval.first_stage import QueryExtract
 from delf_ret.retrieval.ranking import RetrievalResult
 from delf_ret.retrieval.ranking import load_index
 
@@ -87,10 +89,10 @@ def delf_query_extractor(
 def run_benchmark(
   config: DelfConfig,
   dataset: RetrievalDataset,
-  index: LocalFeatureIndex | str | os.PathLike,
+  index: LocalFeatureIndex | FirstStageIndex | str | os.PathLike,
   features_dir: str | os.PathLike,
   output_dir: str | os.PathLike,
-  extract: Callable[[np.ndarray], LocalFeatures] | None = None,
+  extract: QueryExtract | None = None,
   backend: str = "compiled",
   also_score: Sequence[RetrievalDataset] = (),
   log: Callable[[str], None] = print,
@@ -101,11 +103,13 @@ def run_benchmark(
     config: retrieval settings (``retrieval_config``) and, unless ``extract``
       is given, the query extraction settings.
     dataset: queries, database and ground truth (evaluation.ground_truth).
-    index: the database index, or its folder (build_index).
+    index: the database's first stage (votes index, ASMK or global), or its folder
+      (build_index; a votes index).
     features_dir: the database images' feature files (<image id>.delf), read
       for reranking.
     output_dir: caches (query_features/, ranked/) and the report files.
-    extract: query image -> features; default: DELF with ``config`` and ``backend``.
+    extract: query image -> features, or (features, global descriptor [D]) for the
+      global first stage; default: DELF with ``config`` and ``backend``.
     also_score: further ground truths of the same queries (e.g. the original
       protocol beside the Revisited one); their splits join each stage's metrics.
     log: progress lines.

@@ -1,7 +1,8 @@
 """Running every query of a retrieval dataset against an index, resumably, and scoring it.
 
 Data flow per query: cropped query image -> query features (cached as
-``<work_dir>/query_features/<query>.delf``) -> ranked list -> reranked list
+``<work_dir>/query_features/<query>.delf``, and ``<query>.delg_global`` for the global
+first stage) -> first-stage ranked list -> reranked list
 (cached as ``<work_dir>/ranked/<query>.json``). A rerun reuses both caches,
 so an interrupted run resumes. Scoring turns the lists into database indices
 and applies the dataset's protocol.
@@ -28,12 +29,19 @@ from delf_ret.evaluation.metrics import revisited_splits
 from delf_ret.extract.settings import check_feature_folder
 from delf_ret.features import LocalFeatures
 from delf_ret.features import feature_file_name
+from delf_ret.features import global_file_name
 from delf_ret.features import read_features
+from delf_ret.features import read_global_descriptor
 from delf_ret.features import write_features
+from delf_ret.features import write_global_descriptor
 from delf_ret.images import crop_to_box
 from delf_ret.images import load_image
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.index import LocalIndexError
+from delf_ret.retrieval.first_stage import FirstStageError
+from delf_ret.retrieval.first_stage import FirstStageIndex
+from delf_ret.retrieval.first_stage import QueryExtract
+from delf_ret.retrieval.first_stage import VotesStage
 from delf_ret.retrieval.ranking import RankedImage
 from delf_ret.retrieval.ranking import RetrievalResult
 from delf_ret.retrieval.ranking import retrieve
@@ -42,8 +50,11 @@ from delf_ret.retrieval.ranking import retrieve
 STAGES = {"first_stage": "ranked", "reranked": "reranked"}
 
 
-def check_database_indexed(dataset: RetrievalDataset, index: LocalFeatureIndex) -> None:
-  """Raises LocalIndexError if database images of the dataset are missing from the index."""
+def check_database_indexed(
+  dataset: RetrievalDataset, index: LocalFeatureIndex | FirstStageIndex
+) -> None:
+  """Raises LocalIndexError if database images of the dataset are missing from the index
+  (a votes index or any first stage)."""
   missing = [name for name in dataset.imlist if name not in index]
   if missing:
     raise LocalIndexError(
@@ -57,19 +68,35 @@ def query_features(
   dataset: RetrievalDataset,
   query: int,
   cache_dir: pathlib.Path,
-  extract: Callable[[np.ndarray], LocalFeatures],
-) -> LocalFeatures:
-  """Features of query ``query`` cropped to its box; extracted once, then read from the cache."""
-  path = cache_dir / feature_file_name(dataset.qimlist[query])
-  if path.exists():
-    return read_features(path)
-  image = load_image(dataset.image_path(dataset.qimlist[query]))
+  extract: QueryExtract,
+  with_global: bool = False,
+) -> tuple[LocalFeatures, np.ndarray | None]:
+  """Features of query ``query`` cropped to its box, and with ``with_global`` its global
+  descriptor (else None); extracted once (``<query>.delf``, ``<query>.delg_global``), then
+  read from the cache.
+
+  extract: image -> features, or -> (features, global descriptor float32 [D]); one that
+  gives no global descriptor where ``with_global`` asks for it raises FirstStageError.
+  """
+  name = dataset.qimlist[query]
+  path, global_path = cache_dir / feature_file_name(name), cache_dir / global_file_name(name)
+  if path.exists() and (not with_global or global_path.exists()):
+    return read_features(path), read_global_descriptor(global_path) if with_global else None
+  image = load_image(dataset.image_path(name))
   box = dataset.gnd[query].get("bbx")
   if box is not None and len(box) == 4:
     image = crop_to_box(image, box)
-  features = extract(image)
+  extracted = extract(image)
+  features, descriptor = extracted if isinstance(extracted, tuple) else (extracted, None)
+  if with_global:
+    if descriptor is None:
+      raise FirstStageError(
+        f"query {name}: first_stage global needs the query's global descriptor, and the "
+        f"query extractor gives local features only"
+      )
+    write_global_descriptor(global_path, descriptor)
   write_features(path, features)
-  return features
+  return features, descriptor if with_global else None
 
 
 def _entries_json(entries: list[RankedImage]) -> list[list]:
@@ -134,15 +161,18 @@ def split_junk_names(dataset: RetrievalDataset) -> list[dict[str, set[str]]] | N
 
 def run_queries(
   dataset: RetrievalDataset,
-  index: LocalFeatureIndex,
+  index: LocalFeatureIndex | FirstStageIndex,
   load_features: Callable[[str], LocalFeatures],
-  extract: Callable[[np.ndarray], LocalFeatures],
+  extract: QueryExtract,
   retrieval_config,
   work_dir: str | pathlib.Path,
   log: Callable[[str], None] = print,
   features_settings: dict | None = None,
 ) -> list[RetrievalResult]:
   """Ranked and reranked lists of every query, in qimlist order (cached in ``work_dir``).
+
+  index: a votes index or a first stage (delf_ret.retrieval.first_stage); for the global
+  stage ``extract`` must give (features, global descriptor) (first_stage.query_extractor).
 
   Revisited datasets with ``retrieval_config.rerank_skip_junk`` get one
   reranked list per split (ranking.retrieve). A cached list made with
@@ -167,6 +197,8 @@ def run_queries(
     if retrieval_config.rerank_skip_junk and retrieval_config.rerank_top_n > 0
     else None
   )
+  stage = VotesStage(index) if isinstance(index, LocalFeatureIndex) else index
+  with_global = stage.needs_global  # The query's global descriptor is extracted too.
   results, start, computed = [], time.time(), 0
   total = len(dataset.qimlist)
   for i, name in enumerate(dataset.qimlist):
@@ -177,10 +209,15 @@ def run_queries(
         results.append(_result_from_json(data))
         continue
     extraction_start = time.perf_counter()
-    query = query_features(dataset, i, features_dir, extract)
+    query, descriptor = query_features(dataset, i, features_dir, extract, with_global)
     extraction = time.perf_counter() - extraction_start
     result = retrieve(
-      query, index, load_features, retrieval_config, None if junk is None else junk[i]
+      query,
+      stage,
+      load_features,
+      retrieval_config,
+      None if junk is None else junk[i],
+      descriptor,
     )
     result.seconds = {"extraction": extraction, **result.seconds}
     lists = _lists_json(result)

@@ -1,7 +1,8 @@
 """The demo pipeline end to end on a small labelled photo set (what ``delf_demo`` runs).
 
-image -> features (one .delf file per photo, reused by a second run) -> index ->
-ranked list of every labelled query -> RANSAC-verified list -> report (mAP.txt,
+image -> features (one .delf file per photo, reused by a second run) -> index (the
+config's first stage: votes, ASMK or global descriptors) -> ranked list of every
+labelled query -> RANSAC-verified list -> report (mAP.txt,
 metrics.json, pr_<split>.png, ranked_lists.json), plus pictures a person can
 check: a contact sheet of the top results of three queries and the verified
 matches of two image pairs.
@@ -38,17 +39,21 @@ from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import read_revisited_gnd
 from delf_ret.evaluation.visualize import draw_contact_sheet
 from delf_ret.evaluation.visualize import draw_matches
+from delf_ret.extract.global_features import GlobalExtraction
 from delf_ret.features import LocalFeatures
 from delf_ret.features import feature_loader
+from delf_ret.features import global_file_name
 from delf_ret.features import image_id_of
+from delf_ret.features import read_global_descriptor
 from delf_ret.images import load_image
 from delf_ret.images import shrink_to_max_side
-from delf_ret.index import IndexParams
 from delf_ret.match import RansacParams
 from delf_ret.match import verify_pair
 from delf_ret.retrieval.benchmark import BenchmarkRun
 from delf_ret.retrieval.benchmark import run_benchmark
-from delf_ret.retrieval.indexing import index_database
+from delf_ret.retrieval.first_stage import QueryExtract
+from delf_ret.retrieval.first_stage import configured_stage
+from delf_ret.retrieval.indexing import index_first_stage
 
 CONTACT_SHEET_QUERIES = 3
 CONTACT_SHEET_RESULTS = 4
@@ -129,25 +134,32 @@ class ContentCache:
   """image -> features, reusing the features of images already extracted (same pixels).
 
   The labelled queries are whole database photos: their features are the
-  database features, so the demo extracts each photo once.
+  database features, so the demo extracts each photo once. With the global first
+  stage an entry is (features, global descriptor), as the query extractor gives it
+  (first_stage.query_extractor); :meth:`features` is the local features either way.
   """
 
-  def __init__(self, extract: Callable[[np.ndarray], LocalFeatures]):
+  def __init__(self, extract: QueryExtract):
     self._extract = extract
-    self._cache: dict[str, LocalFeatures] = {}
+    self._cache: dict[str, LocalFeatures | tuple[LocalFeatures, np.ndarray]] = {}
 
   @staticmethod
   def key(image: np.ndarray) -> str:
     return hashlib.sha256(str(image.shape).encode() + image.tobytes()).hexdigest()
 
-  def add(self, image: np.ndarray, features: LocalFeatures) -> None:
+  def add(self, image: np.ndarray, features: LocalFeatures | tuple[LocalFeatures, np.ndarray]):
     self._cache[self.key(image)] = features
 
-  def __call__(self, image: np.ndarray) -> LocalFeatures:
+  def __call__(self, image: np.ndarray) -> LocalFeatures | tuple[LocalFeatures, np.ndarray]:
     key = self.key(image)
     if key not in self._cache:
       self._cache[key] = self._extract(image)
     return self._cache[key]
+
+  def features(self, image: np.ndarray) -> LocalFeatures:
+    """The local features of an image (extracted unless cached)."""
+    entry = self(image)
+    return entry[0] if isinstance(entry, tuple) else entry
 
 
 def _file_sha256(path: pathlib.Path) -> str:
@@ -266,17 +278,15 @@ def run_demo(
   paths = write_labelled_benchmark(data.labels_csv, output_dir / "dataset", name="demo")
   dataset = read_revisited_gnd(paths["gnd_path"], paths["images_dir"])
   extractor = extractor or DelfExtractor(config)
-  cache = ContentCache(extractor.extract)
+  with_global = configured_stage(config.retrieval_config) == "global"
+  cache = ContentCache(
+    GlobalExtraction(extractor).extract_with_global if with_global else extractor.extract
+  )
 
   features_dir = output_dir / "features"
   image_paths = [dataset.image_path(name) for name in dataset.imlist]
-  indexed = index_database(
-    output_dir / "index",
-    features_dir,
-    IndexParams.from_config(config.retrieval_config),
-    images=image_paths,
-    extract=extractor,
-    log=log,
+  indexed = index_first_stage(
+    output_dir / "index", features_dir, config, images=image_paths, extract=extractor, log=log
   )
   if indexed.failures:
     raise InputError(
@@ -287,8 +297,12 @@ def run_demo(
   start = time.time()
   load_features = feature_loader(features_dir)
   for path in image_paths:
+    features = load_features(image_id_of(path))
     cache.add(
-      load_image(path, max_pixels=config.max_image_pixels), load_features(image_id_of(path))
+      load_image(path, max_pixels=config.max_image_pixels),
+      (features, read_global_descriptor(features_dir / global_file_name(image_id_of(path))))
+      if with_global
+      else features,
     )
   seconds["extraction"] = indexed.seconds["extraction"] + time.time() - start
   seconds["index"] = indexed.seconds["index"]
@@ -299,7 +313,13 @@ def run_demo(
 
   start = time.time()
   run = run_benchmark(
-    config, dataset, indexed.index, features_dir, output_dir / "retrieval", extract=cache, log=log
+    config,
+    dataset,
+    indexed.stage,
+    features_dir,
+    output_dir / "retrieval",
+    extract=cache,
+    log=log,
   )
   seconds["retrieval"] = time.time() - start
   mean_ap = {
@@ -328,7 +348,7 @@ def _match_pictures(
   for path_a, path_b, name in data.match_pairs:
     image_a = load_image(path_a, max_pixels=config.max_image_pixels)
     image_b = load_image(path_b, max_pixels=config.max_image_pixels)
-    features_a, features_b = cache(image_a), cache(image_b)
+    features_a, features_b = cache.features(image_a), cache.features(image_b)
     result = verify_pair(features_a, features_b, params)
     inliers = result.matches[result.inliers]
     picture_a, factor_a = shrink_to_max_side(image_a, PICTURE_SIDE)

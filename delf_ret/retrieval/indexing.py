@@ -1,4 +1,5 @@
-"""Indexing a database in one call: images -> .delf feature files -> LocalFeatureIndex.
+"""Indexing a database in one call: images -> .delf feature files -> LocalFeatureIndex
+(or, with ``index_first_stage``, the first stage the config asks for: votes, ASMK or global).
 
 ``index_database`` is the call the demo (retrieval.demo), the benchmarks and the
 ``build_index`` tool make: it extracts the images whose feature file is missing
@@ -37,6 +38,7 @@ from delf_ret.errors import DelfRetError
 from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import GroundTruthError
 from delf_ret.evaluation.ground_truth import RetrievalDataset
+from delf_ret.extract.global_features import GlobalExtraction
 from delf_ret.features import LocalFeatures
 from delf_ret.features import feature_file_name
 from delf_ret.features import feature_file_names
@@ -48,6 +50,11 @@ from delf_ret.index.builder import build_index
 from delf_ret.index.builder import list_feature_files
 from delf_ret.index.labels import ImageLabels
 from delf_ret.index.lock import writer_lock
+from delf_ret.retrieval.first_stage import FirstStageIndex
+from delf_ret.retrieval.first_stage import VotesStage
+from delf_ret.retrieval.first_stage import build_first_stage
+from delf_ret.retrieval.first_stage import check_stage
+from delf_ret.retrieval.first_stage import use_search_settings
 
 if TYPE_CHECKING:
   from delf_ret.config import DelfConfig
@@ -137,7 +144,8 @@ def extract_missing(
 
   A DelfExtractor goes through delf_ret.extract.batch.extract_all (the folder
   records the extraction settings; files of other settings are refused, or
-  recomputed with ``overwrite``). A plain function image file -> features is
+  recomputed with ``overwrite``); when its config has ``use_global_features``, each
+  image's ``<image id>.delg_global`` is written too (global_features.GlobalExtraction). A plain function image file -> features is
   called for each missing file, in the order of ``images``; an image it raises
   a DelfRetError for is a failure (the caller owns the folder: nothing records
   which function made the files). Returns (the feature file of each image
@@ -149,7 +157,12 @@ def extract_missing(
     from delf_ret.extract.batch import extract_all
 
     extractor = typing.cast("DelfExtractor", extract)
-    failures = extract_all(extractor, list(images), features_dir, log, overwrite=overwrite)
+    with_global = extractor.config.use_global_features
+    if with_global:  # Both files of each image (.delf, .delg_global), from one extraction.
+      extractor = typing.cast("DelfExtractor", GlobalExtraction(extractor))
+    failures = extract_all(
+      extractor, list(images), features_dir, log, overwrite=overwrite, with_global=with_global
+    )
   else:
     try:
       features_dir.mkdir(parents=True, exist_ok=True)
@@ -231,22 +244,21 @@ def index_database(
     )
 
 
-def _index_database(
+def _prepare_inputs(
   index_dir: str | os.PathLike,
   features_dir: pathlib.Path,
-  params: IndexParams,
   images: Sequence[pathlib.Path] | None,
   extract: Extract | None,
   feature_paths: Sequence[pathlib.Path] | None,
-  dim: int | None,
   log: Callable[[str], None],
   overwrite: bool,
-  save_every: int,
   labels: ImageLabels | None,
-) -> IndexedDatabase:
-  """index_database, under the writer lock."""
+) -> tuple[list[pathlib.Path], Failures, int, dict[str, pathlib.Path]]:
+  """The feature files to index (the images' ones extracted first where missing), failed
+  images, files extracted, and image id -> image file (images given only); see
+  index_database."""
   failures: Failures = []
-  extracted, start = 0, time.perf_counter()
+  extracted = 0
   image_paths: dict[str, pathlib.Path] = {}
   if images is not None:
     if extract is None:
@@ -263,6 +275,27 @@ def _index_database(
   else:
     paths = list_feature_files(features_dir) if feature_paths is None else list(feature_paths)
     _check_labels(labels, {image_id_of(path) for path in paths}, index_dir)
+  return paths, failures, extracted, image_paths
+
+
+def _index_database(
+  index_dir: str | os.PathLike,
+  features_dir: pathlib.Path,
+  params: IndexParams,
+  images: Sequence[pathlib.Path] | None,
+  extract: Extract | None,
+  feature_paths: Sequence[pathlib.Path] | None,
+  dim: int | None,
+  log: Callable[[str], None],
+  overwrite: bool,
+  save_every: int,
+  labels: ImageLabels | None,
+) -> IndexedDatabase:
+  """index_database, under the writer lock."""
+  start = time.perf_counter()
+  paths, failures, extracted, image_paths = _prepare_inputs(
+    index_dir, features_dir, images, extract, feature_paths, log, overwrite, labels
+  )
   seconds = {"extraction": time.perf_counter() - start}
   start = time.perf_counter()
   index, index_failures = build_index(
@@ -277,6 +310,87 @@ def _index_database(
   )
   seconds["index"] = time.perf_counter() - start
   return IndexedDatabase(index, paths, failures + index_failures, extracted, seconds)
+
+
+@dataclasses.dataclass
+class IndexedStage:
+  """What index_first_stage did: as IndexedDatabase, with the first stage it built
+  (delf_ret.retrieval.first_stage) in place of the votes index."""
+
+  stage: FirstStageIndex
+  feature_paths: list[pathlib.Path]
+  failures: Failures
+  extracted: int
+  seconds: dict[str, float]
+
+
+def index_first_stage(
+  index_dir: str | os.PathLike,
+  features_dir: str | os.PathLike,
+  config: DelfConfig,
+  images: Sequence[pathlib.Path] | None = None,
+  extract: Extract | None = None,
+  feature_paths: Sequence[pathlib.Path] | None = None,
+  dim: int | None = None,
+  overwrite: bool = False,
+  save_every: int = 500,
+  log: Callable[[str], None] = print,
+  labels: ImageLabels | None = None,
+) -> IndexedStage:
+  """Indexes a database for the first stage the config asks for (retrieval_config.first_stage).
+
+  "votes": index_database with IndexParams.from_config (the arguments mean the same);
+  "asmk" / "global": the same extraction of missing feature files, then
+  first_stage.build_first_stage in ``index_dir/asmk`` or ``index_dir/global`` (no votes
+  index is built; the .delf files stay needed for reranking). A folder holding another
+  first stage is refused (FirstStageError naming both) before any work. Labels are
+  recorded by the votes index only: with another stage they are refused (InputError).
+  """
+  retrieval_config = config.retrieval_config
+  name = check_stage(index_dir, retrieval_config)
+  if name == "votes":
+    indexed = index_database(
+      index_dir,
+      features_dir,
+      IndexParams.from_config(retrieval_config),
+      images=images,
+      extract=extract,
+      feature_paths=feature_paths,
+      dim=dim,
+      overwrite=overwrite,
+      save_every=save_every,
+      log=log,
+      labels=labels,
+    )
+    use_search_settings(indexed.index, retrieval_config)
+    return IndexedStage(
+      VotesStage(indexed.index),
+      indexed.feature_paths,
+      indexed.failures,
+      indexed.extracted,
+      indexed.seconds,
+    )
+  if labels is not None:
+    raise InputError(
+      f"labels are recorded by a votes index only; first_stage {name!r} does not record them"
+    )
+  if name == "global" and not config.use_global_features:
+    raise InputError(
+      "first_stage global needs global descriptors: set use_global_features: true "
+      "(extraction writes <id>.delg_global beside each .delf)"
+    )
+  with writer_lock(index_dir):
+    start = time.perf_counter()
+    paths, failures, extracted, _ = _prepare_inputs(
+      index_dir, pathlib.Path(features_dir), images, extract, feature_paths, log, overwrite, None
+    )
+    seconds = {"extraction": time.perf_counter() - start}
+    start = time.perf_counter()
+    stage, stage_failures = build_first_stage(
+      index_dir, paths, retrieval_config, save_every=save_every, log=log
+    )
+    seconds["index"] = time.perf_counter() - start
+  return IndexedStage(stage, paths, failures + stage_failures, extracted, seconds)
 
 
 def _check_labels(

@@ -1,6 +1,7 @@
-"""Ranking database images for a query: descriptor votes, then RANSAC reranking.
+"""Ranking database images for a query: the first stage, then RANSAC reranking.
 
-Data flow: query features -> index search -> ranked list -> verified list.
+Data flow: query features -> first stage (descriptor votes, ASMK or global
+descriptors: delf_ret.retrieval.first_stage) -> ranked list -> verified list.
 Reranking calls delf_ret.match; matching never calls back. Every setting comes
 from the config's ``retrieval_config`` (a ``DelfRetrievalConfig`` message; a
 default-constructed one holds the defaults).
@@ -15,15 +16,24 @@ import time
 from typing import Callable
 from typing import Collection
 from typing import Iterator
+from typing import overload
 
 import numpy as np
 
 from delf_ret.config import DelfRetrievalConfig
 from delf_ret.features import LocalFeatures
-from delf_ret.index import IndexParams
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.match import RansacParams
 from delf_ret.match import verify_candidates
+from delf_ret.retrieval.first_stage import AsmkStage
+from delf_ret.retrieval.first_stage import FirstStageError
+from delf_ret.retrieval.first_stage import FirstStageIndex
+from delf_ret.retrieval.first_stage import GlobalStage
+from delf_ret.retrieval.first_stage import VotesStage
+from delf_ret.retrieval.first_stage import check_stage
+from delf_ret.retrieval.first_stage import use_search_settings
+from delf_ret.retrieval.first_stage import vote_ranking
+from delf_ret.retrieval.first_stage import vote_totals
 from delf_ret.timing import add_seconds
 
 
@@ -34,39 +44,6 @@ class RankedImage:
   image_id: str
   score: float
   inliers: int | None = None
-
-
-def vote_totals(
-  slots: np.ndarray, distances: np.ndarray, weighting: str
-) -> tuple[np.ndarray, np.ndarray]:
-  """Scores per database image from the k-NN hits [Q, k] of Q query descriptors, without loops.
-
-  Each query descriptor votes at most once per image (its closest hit there):
-  ``weighting`` (retrieval_config.vote_weighting) "count" adds 1, "similarity"
-  adds the cosine similarity 1 - d^2 / 2 of unit descriptors (d^2 = squared L2
-  distance, as the index returns it), floored at 0. ``slots`` number the
-  images (LocalFeatureIndex slots, or ImageHits.images positions); numbers < 0
-  (no hit) are ignored. Returns (image numbers int64 [S] ascending, scores
-  float64 [S]) for every image hit at least once.
-  """
-  if weighting not in ("count", "similarity"):
-    raise ValueError(f"weighting must be 'count' or 'similarity', got {weighting!r}")
-  slots, distances = np.asarray(slots), np.asarray(distances, np.float64)
-  valid = slots >= 0
-  rows = np.nonzero(valid)[0]
-  hit_slots, hit_distances = slots[valid].astype(np.int64), distances[valid]
-  # Sort by (query row, slot, distance): the first entry of each (row, slot) run is its closest hit.
-  order = np.lexsort((hit_distances, hit_slots, rows))
-  rows, hit_slots, hit_distances = rows[order], hit_slots[order], hit_distances[order]
-  first = np.ones(rows.shape[0], bool)
-  first[1:] = (rows[1:] != rows[:-1]) | (hit_slots[1:] != hit_slots[:-1])
-  hit_slots, hit_distances = hit_slots[first], hit_distances[first]
-  if weighting == "count":
-    votes = np.ones(hit_slots.shape[0])
-  else:
-    votes = np.maximum(0.0, 1.0 - hit_distances / 2.0)
-  unique_slots, inverse = np.unique(hit_slots, return_inverse=True)
-  return unique_slots, np.bincount(inverse, weights=votes, minlength=unique_slots.shape[0])
 
 
 def aggregate_votes(slots: np.ndarray, distances: np.ndarray, weighting: str) -> dict[int, float]:
@@ -82,17 +59,10 @@ def rank_database(
 
   query_descriptors: float32 [Q, D]; each looks up its
   ``neighbors_per_descriptor`` nearest database descriptors and votes by
-  ``vote_weighting`` (see vote_totals).
+  ``vote_weighting`` (see first_stage.vote_totals).
   """
-  if query_descriptors.shape[0] == 0 or len(index) == 0:
-    return []
-  hits = index.search_images(query_descriptors, retrieval_config.neighbors_per_descriptor)
-  voted, scores = vote_totals(hits.images, hits.distances, retrieval_config.vote_weighting)
-  ranked = [
-    RankedImage(hits.image_ids[image], score)
-    for image, score in zip(voted.tolist(), scores.tolist())
-  ]
-  return sorted(ranked, key=lambda entry: (-entry.score, entry.image_id))
+  ranked = vote_ranking(index, query_descriptors, retrieval_config)
+  return [RankedImage(image_id, score) for image_id, score in ranked]
 
 
 def _timed_loads(
@@ -167,17 +137,34 @@ def is_verified(entry: RankedImage, retrieval_config: DelfRetrievalConfig) -> bo
   return entry.inliers is not None and entry.inliers >= retrieval_config.min_inliers
 
 
-def use_search_settings(index: LocalFeatureIndex, retrieval_config: DelfRetrievalConfig) -> None:
-  """Sets the search breadth (nprobe, ef_search) of a loaded index from the config."""
-  configured = IndexParams.from_config(retrieval_config)
-  index.set_search_breadth(nprobe=configured.nprobe, ef_search=configured.ef_search)
+@overload
+def load_index(
+  index: FirstStageIndex, retrieval_config: DelfRetrievalConfig
+) -> FirstStageIndex: ...
 
 
+@overload
 def load_index(
   index: LocalFeatureIndex | str | os.PathLike, retrieval_config: DelfRetrievalConfig
-) -> LocalFeatureIndex:
-  """The index (loaded from its folder unless already loaded) with the config's search breadth."""
+) -> LocalFeatureIndex: ...
+
+
+def load_index(index, retrieval_config):
+  """The votes index (loaded from its folder unless already loaded) with the config's search
+  breadth; a first stage opened with first_stage.open_first_stage is returned as it is.
+
+  A folder is opened only as a votes index: FirstStageError (one line naming both) when the
+  folder holds another first stage or the config asks for another.
+  """
+  if isinstance(index, (VotesStage, AsmkStage, GlobalStage)):
+    return index
   if not isinstance(index, LocalFeatureIndex):
+    wanted = check_stage(index, retrieval_config)  # Another stage's folder: refused.
+    if wanted != "votes":
+      raise FirstStageError(
+        f"{index}: this tool ranks with first_stage 'votes' only, the config asks for "
+        f"first_stage {wanted!r}"
+      )
     index = LocalFeatureIndex.load(index)
   use_search_settings(index, retrieval_config)
   return index
@@ -201,29 +188,40 @@ class RetrievalResult:
 
 def first_stage(
   query: LocalFeatures,
-  index: LocalFeatureIndex,
+  index: LocalFeatureIndex | FirstStageIndex,
   retrieval_config: DelfRetrievalConfig,
   timings: dict[str, float] | None = None,
+  global_descriptor: np.ndarray | None = None,
 ) -> list[RankedImage]:
-  """rank_database for a query's features (none: an empty list); seconds in timings["search"]."""
+  """The first-stage ranked list of a query (none ranked: an empty list); seconds in
+  timings["search"].
+
+  index: a votes index (descriptor votes, rank_database) or a first stage of
+  delf_ret.retrieval.first_stage (votes, ASMK or global); global_descriptor: the
+  query's raw global descriptor float32 [D], which the global stage needs.
+  """
   start = time.perf_counter()
-  ranked = rank_database(
-    index,
-    query.descriptors if query.num_features else np.zeros((0, index.dim), np.float32),
-    retrieval_config,
-  )
+  stage = VotesStage(index) if isinstance(index, LocalFeatureIndex) else index
+  ranked = [
+    RankedImage(image_id, score)
+    for image_id, score in stage.rank(query, global_descriptor, retrieval_config)
+  ]
   add_seconds(timings, "search", start)
   return ranked
 
 
 def retrieve(
   query: LocalFeatures,
-  index: LocalFeatureIndex,
+  index: LocalFeatureIndex | FirstStageIndex,
   load_features: Callable[[str], LocalFeatures],
   retrieval_config: DelfRetrievalConfig,
   junk_by_split: dict[str, set[str]] | None = None,
+  global_descriptor: np.ndarray | None = None,
 ) -> RetrievalResult:
   """Ranks the database for one query, then verifies the top (settings from the config).
+
+  index and global_descriptor: as for :func:`first_stage`; the reranking is the same for
+  every first stage.
 
   junk_by_split: {split: junk image ids} of a Revisited query: one reranked
     list per split, each skipping that split's junk images (as the official
@@ -231,7 +229,7 @@ def retrieve(
     the splits; ``reranked`` is then the medium split's list.
   """
   seconds: dict[str, float] = {}
-  ranked = first_stage(query, index, retrieval_config, seconds)
+  ranked = first_stage(query, index, retrieval_config, seconds, global_descriptor)
   if retrieval_config.rerank_top_n == 0:
     return RetrievalResult(ranked, list(ranked), seconds=seconds)
   if not junk_by_split:
