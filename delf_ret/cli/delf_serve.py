@@ -24,6 +24,8 @@ only; gallery changes need the page's per-start token.
 from __future__ import annotations
 
 import secrets
+import signal
+import tempfile
 
 from absl import flags
 
@@ -38,7 +40,9 @@ from delf_ret.errors import InputError
 FLAGS = flags.FLAGS
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (another needs --allow_remote).")
-flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port).", lower_bound=0)
+flags.DEFINE_integer(
+  "port", 8000, "Port to listen on (0: any free port).", lower_bound=0, upper_bound=65535
+)
 flags.DEFINE_boolean(
   "allow_remote", False, "Allow a --host other than 127.0.0.1 / localhost / ::1."
 )
@@ -76,6 +80,7 @@ def main(argv: list[str]) -> int:
     raise InputError("--index_dir and --features_dir go together")
   # Lazy: TensorFlow (the extractor), matplotlib and Flask, imported once the flags are checked.
   try:
+    from delf_ret.serve.app import LOCAL_HOST_NAMES
     from delf_ret.serve.app import create_app
     from delf_ret.serve.app import make_server
   except ModuleNotFoundError as error:
@@ -97,16 +102,46 @@ def main(argv: list[str]) -> int:
     index_dir, features_dir = prepare_demo_index(cache, config, lambda: extractor, log)
     images = [*images, demo_photos_dir()]
   service = SearchService(config, index_dir, features_dir, extractor.extract, images, log)
-  app = create_app(service, secrets.token_urlsafe(32), int(FLAGS.max_upload_mb * 2**20))
-  server = make_server(FLAGS.host, FLAGS.port, app)
-  host = f"[{FLAGS.host}]" if ":" in FLAGS.host else FLAGS.host
-  log(f"{len(service.index)} photos indexed ({index_dir})")
-  log(f"serving http://{host}:{server.server_port}/ (Ctrl-C stops)")
-  try:
-    server.serve_forever()
-  finally:
-    server.server_close()
+  # Uploads being decoded and match pictures being drawn; removed when the server stops.
+  with tempfile.TemporaryDirectory(prefix="delf_serve-") as scratch:
+    token, limit = secrets.token_urlsafe(32), int(FLAGS.max_upload_mb * 2**20)
+    # A local server answers only to local names; one open to others to any name.
+    hosts = None if FLAGS.host not in LOCAL_HOSTS else LOCAL_HOST_NAMES
+    app = create_app(service, token, limit, scratch, hosts)
+    server = make_server(FLAGS.host, FLAGS.port, app)
+    host = f"[{FLAGS.host}]" if ":" in FLAGS.host else FLAGS.host
+    # Werkzeug's serve_forever returns quietly on KeyboardInterrupt: Ctrl-C and SIGTERM raise
+    # _Stopped instead, so that both print one line and exit 128 + the signal's number.
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {number: signal.getsignal(number) for number in stops}
+    for number in stops:
+      if previous[number] != signal.SIG_IGN:  # A shell's background job ignores SIGINT.
+        signal.signal(number, _stop)
+    try:
+      log(f"{len(service.index)} photos indexed ({index_dir})")
+      log(f"serving http://{host}:{server.server_port}/ (Ctrl-C stops)")
+      server.serve_forever()
+    except _Stopped as stopped:
+      log(f"stopped ({stopped.name})")
+      return 128 + stopped.number
+    finally:
+      for number in stops:
+        signal.signal(number, previous[number])
+      server.server_close()
   return 0
+
+
+class _Stopped(Exception):
+  """Ctrl-C or SIGTERM (a service manager, ``kill``) while serving."""
+
+  def __init__(self, number: int):
+    super().__init__(number)
+    self.number = number
+    self.name = "Ctrl-C" if number == signal.SIGINT else signal.Signals(number).name
+
+
+def _stop(number: int, frame: object) -> None:
+  raise _Stopped(number)
 
 
 def run() -> None:

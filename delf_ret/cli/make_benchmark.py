@@ -50,7 +50,9 @@ flags.DEFINE_string(
   "name", None, "Dataset name (gnd_<name>.pkl). Default: the name of --output_dir."
 )
 flags.DEFINE_boolean(
-  "overwrite", False, "Replace a non-empty --output_dir (otherwise it is refused)."
+  "overwrite",
+  False,
+  "Replace a benchmark already in --output_dir (a non-empty folder is refused otherwise).",
 )
 
 # Characters a label may not hold: it names files of the gt/ folder.
@@ -79,6 +81,30 @@ def labelled_photos(labels_csv: str, images_dir: str) -> list[tuple[pathlib.Path
   return rows
 
 
+def check_output(output: pathlib.Path, overwrite: bool, images_dir: str, labels_csv: str) -> None:
+  """InputError unless ``output`` may receive the benchmark: it must not hold the photos or the
+  labels file (replacing it deletes its old contents, and the benchmark only links to the
+  photos), and a non-empty one is replaced only with ``overwrite`` and only when it is a
+  benchmark written before (a folder with a gnd_*.pkl file)."""
+  target = output.resolve()
+  for flag, given in (("--images_dir", images_dir), ("--labels_csv", labels_csv)):
+    inside = pathlib.Path(given).resolve()
+    if inside == target or target in inside.parents:
+      raise InputError(
+        f"--output_dir {output} holds {flag} {given}: the benchmark replaces the folder's "
+        "contents (and only links to the photos); choose a folder of its own"
+      )
+  if not output.exists() or (output.is_dir() and not any(output.iterdir())):
+    return
+  if not overwrite:
+    raise InputError(f"{output} exists and is not empty; give --overwrite to replace it")
+  if not output.is_dir() or not any(output.glob("gnd_*.pkl")):
+    raise InputError(
+      f"{output} is not a benchmark (no gnd_*.pkl in it): --overwrite replaces only a benchmark "
+      "written before; choose an empty or new folder"
+    )
+
+
 def _replace(target: pathlib.Path, built: pathlib.Path) -> None:
   """Moves ``built`` to ``target``; an old ``target`` is moved aside first, then deleted."""
   if target.exists():
@@ -94,8 +120,7 @@ def main(argv: list[str]) -> int:
   del argv
   require_flags(FLAGS, "labels_csv", "images_dir", "output_dir")
   output = pathlib.Path(FLAGS.output_dir)
-  if output.exists() and (not output.is_dir() or any(output.iterdir())) and not FLAGS.overwrite:
-    raise InputError(f"{output} exists and is not empty; give --overwrite to replace it")
+  check_output(output, FLAGS.overwrite, FLAGS.images_dir, FLAGS.labels_csv)
   name = FLAGS.name or output.resolve().name
   rows = labelled_photos(FLAGS.labels_csv, FLAGS.images_dir)
   output.resolve().parent.mkdir(parents=True, exist_ok=True)

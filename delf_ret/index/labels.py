@@ -56,7 +56,8 @@ def read_image_labels(csv_path: str | os.PathLike) -> ImageLabels:
   a label is unusable (over MAX_LABEL_CHARS characters, a NUL), or it lists no image.
   """
   path = pathlib.Path(csv_path)
-  text = read_utf8_text(path, LabelsFileError, f"labels file {path}")
+  # A byte order mark (spreadsheets write one in "CSV UTF-8") is not part of the first image.
+  text = read_utf8_text(path, LabelsFileError, f"labels file {path}").removeprefix("\ufeff")
   labels: dict[str, str] = {}
   rows: dict[str, int] = {}
   first = True

@@ -11,21 +11,25 @@ path on disk):
   POST /api/gallery/add       photo upload + label -> job id (adds it to the index)
   POST /api/gallery/remove    image id -> job id (deletes it from the index)
 
-Every POST needs the per-start token (header ``X-Delf-Token``; 403 without it). Uploads
-over ``max_upload_bytes`` are refused before they are read (413); photos over the
-config's ``max_image_pixels`` before they are decoded. Errors are JSON ``{"error": ...}``
+A local server answers only requests whose ``Host`` header names 127.0.0.1, localhost or
+[::1] (403 otherwise: DNS rebinding). Every POST needs the per-start token (header
+``X-Delf-Token``; 403 without it). Uploads over ``max_upload_bytes`` are refused before
+they are read (413); photos over the config's ``max_image_pixels`` before they are decoded. Errors are JSON ``{"error": ...}``
 for the API and a short page otherwise, never a traceback.
 """
 
 from __future__ import annotations
 
+import collections
 import hmac
 import importlib.resources
 import logging
 import pathlib
 import sys
 import tempfile
+import threading
 import traceback
+from typing import Collection
 
 from flask import Flask
 from flask import Response
@@ -41,7 +45,6 @@ from delf_ret.errors import DelfRetError
 from delf_ret.retrieval.ranking import is_verified
 from delf_ret.serve.jobs import Job
 from delf_ret.serve.jobs import JobRunner
-from delf_ret.serve.service import IMAGE_ID
 from delf_ret.serve.service import RESULTS_SHOWN
 from delf_ret.serve.service import THUMBNAIL_SIDE
 from delf_ret.serve.service import VIEW_SIDE
@@ -50,8 +53,12 @@ from delf_ret.serve.service import Box
 from delf_ret.serve.service import SearchService
 from delf_ret.serve.service import check_label
 from delf_ret.serve.service import decode_upload
+from delf_ret.serve.service import is_image_id
 
 TOKEN_HEADER = "X-Delf-Token"
+# The names a local server answers to (``Host`` header without the port).
+LOCAL_HOST_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+MATCH_PICTURES_KEPT = 64  # The latest match pictures drawn, kept in memory (PNG bytes).
 SIZES = {"thumb": THUMBNAIL_SIDE, "view": VIEW_SIDE}
 CONTENT_POLICY = (
   "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
@@ -60,11 +67,17 @@ CONTENT_POLICY = (
 
 
 def create_app(
-  service: SearchService, token: str, max_upload_bytes: int, scratch_dir: str | None = None
+  service: SearchService,
+  token: str,
+  max_upload_bytes: int,
+  scratch_dir: str | None = None,
+  allowed_hosts: Collection[str] | None = LOCAL_HOST_NAMES,
 ) -> Flask:
   """The application over ``service``; ``token`` guards every POST; uploads are limited to
   ``max_upload_bytes``; uploads and match pictures go to ``scratch_dir`` (default: a new
-  temporary folder)."""
+  temporary folder). Requests whose ``Host`` header names another host than
+  ``allowed_hosts`` (None: any) are refused: a web page elsewhere that makes its own name
+  resolve to 127.0.0.1 (DNS rebinding) can then neither read the page's token nor the photos."""
   package = importlib.resources.files("delf_ret.serve")
   app = Flask(
     __name__,
@@ -74,7 +87,7 @@ def create_app(
   app.config.update(MAX_CONTENT_LENGTH=max_upload_bytes, DEBUG=False, PROPAGATE_EXCEPTIONS=False)
   scratch = pathlib.Path(scratch_dir or tempfile.mkdtemp(prefix="delf_serve-"))
   runner = JobRunner()
-  _guard(app, token, max_upload_bytes)
+  _guard(app, token, max_upload_bytes, allowed_hosts)
 
   @app.get("/")
   def page():
@@ -87,7 +100,7 @@ def create_app(
   @app.get("/photo/<image_id>")
   def photo(image_id: str):
     side = SIZES.get(request.args.get("size", "thumb"))
-    data = service.picture(image_id, side) if side and IMAGE_ID.fullmatch(image_id) else None
+    data = service.picture(image_id, side) if side and is_image_id(image_id) else None
     if data is None:
       abort(404, "no such photo")
     return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "no-cache"})
@@ -97,8 +110,16 @@ def create_app(
   return app
 
 
-def _guard(app: Flask, token: str, max_upload_bytes: int) -> None:
-  """The token check of every POST and the error pages (one line, never a traceback)."""
+def _guard(
+  app: Flask, token: str, max_upload_bytes: int, allowed_hosts: Collection[str] | None
+) -> None:
+  """The Host check of every request, the token check of every POST and the error pages (one
+  line, never a traceback)."""
+
+  @app.before_request
+  def check_host():
+    if allowed_hosts is not None and host_name(request.host) not in allowed_hosts:
+      abort(403, "this server answers only at the address it printed (127.0.0.1 or localhost)")
 
   @app.before_request
   def check_token():
@@ -135,6 +156,8 @@ def _query_routes(
   app: Flask, service: SearchService, runner: JobRunner, scratch: pathlib.Path
 ) -> None:
   """POST /api/query, GET /api/jobs/<job> and the match pictures of a query's results."""
+  pictures: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
+  pictures_lock = threading.Lock()
 
   @app.post("/api/query")
   def query():
@@ -165,14 +188,23 @@ def _query_routes(
   @app.get("/api/jobs/<job_id>/match/<image_id>.png")
   def match(job_id: str, image_id: str):
     job = runner.get(job_id)
-    if (
-      job is None or job.kind != "query" or job.state != "done" or not IMAGE_ID.fullmatch(image_id)
-    ):
+    if job is None or job.kind != "query" or job.state != "done" or not is_image_id(image_id):
       abort(404, "no such result")
-    target = scratch / f"match-{job.job_id}-{image_id}.png"
-    if not target.is_file():
-      service.match_picture(job.result, image_id, target)
-    return Response(target.read_bytes(), mimetype="image/png")
+    key = (job.job_id, image_id)
+    with pictures_lock:
+      data = pictures.get(key)
+    if data is None:
+      # Drawn into a file of a fresh name (no id in it), read back and kept in memory: two
+      # requests for one picture never read a half-drawn file, and scratch does not grow.
+      with tempfile.TemporaryDirectory(dir=scratch) as folder:
+        target = pathlib.Path(folder) / "match.png"
+        service.match_picture(job.result, image_id, target)
+        data = target.read_bytes()
+      with pictures_lock:
+        pictures[key] = data
+        while len(pictures) > MATCH_PICTURES_KEPT:
+          pictures.popitem(last=False)
+    return Response(data, mimetype="image/png")
 
 
 def _gallery_routes(
@@ -202,6 +234,14 @@ def _gallery_routes(
       return {"removed": image_id}
 
     return jsonify(job=runner.submit("remove", work).job_id), 202
+
+
+def host_name(host: str) -> str:
+  """The name of a ``Host`` header without its port, lower case: ``[::1]:8000`` -> ``[::1]``."""
+  host = host.strip().lower()
+  if host.startswith("["):
+    return host[: host.find("]") + 1]
+  return host.partition(":")[0]
 
 
 def make_server(host: str, port: int, app: Flask) -> BaseWSGIServer:

@@ -58,8 +58,7 @@ from delf_ret.retrieval.recognition import RecognitionResult
 from delf_ret.retrieval.recognition import recognize
 
 GALLERY_DIR = "gallery_photos"  # Inside the index folder: the photos added through the page.
-# An image id the page may name: letters, digits, '_', '-', '.', not starting with a dot.
-IMAGE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
+MAX_ID_CHARS = 255  # The longest image id a request may name (a file stem: NAME_MAX).
 MAX_LABEL_CHARS = 200
 PICTURE_SIDE = 640  # Longest side (pixels) of each photo in a match picture.
 THUMBNAIL_SIDE = 256  # Longest side of the grid's thumbnails.
@@ -161,6 +160,7 @@ class SearchService:
     self._extract = extract
     self._lock = threading.RLock()
     self._folder_images = image_folders_map(image_dirs)
+    self._version = self._saved_version()  # Read before loading: a change meanwhile shows.
     self.index = load_index(self.index_dir, config.retrieval_config)
     self._features: dict[str, LocalFeatures] = {}
     ids = self.index.image_ids()
@@ -188,7 +188,7 @@ class SearchService:
   def has_photo(self, image_id: str) -> bool:
     """Whether ``image_id`` is a well-formed id of an indexed image."""
     with self._lock:
-      return bool(IMAGE_ID.fullmatch(image_id)) and image_id in self.index
+      return is_image_id(image_id) and image_id in self.index
 
   def label(self, image_id: str) -> str | None:
     with self._lock:
@@ -197,7 +197,7 @@ class SearchService:
   def image_file(self, image_id: str) -> pathlib.Path | None:
     """The image file of an indexed id (its record, else the image folders); None if unknown."""
     with self._lock:
-      if not IMAGE_ID.fullmatch(image_id) or image_id not in self.index:
+      if not is_image_id(image_id) or image_id not in self.index:
         return None
       recorded = self.index.image_path(image_id)
       path = pathlib.Path(recorded) if recorded else self._folder_images.get(image_id)
@@ -307,13 +307,35 @@ class SearchService:
 
   # Gallery changes (worker thread) -------------------------------------------------------
 
+  def _saved_version(self) -> str | None:
+    """The index version saved in the index folder (its ``CURRENT`` file); None if unreadable."""
+    try:
+      return (self.index_dir / "CURRENT").read_text(encoding="utf-8").strip()
+    except (OSError, ValueError):
+      return None
+
+  def _check_not_changed_elsewhere(self) -> None:
+    """InputError when another program (build_index, a second server) saved the index since
+    this one loaded it: saving the page's copy would silently undo that program's changes."""
+    if self._saved_version() != self._version:
+      raise InputError(
+        f"the index in {self.index_dir} was changed by another program since the server "
+        "started; restart delf_serve to load it, then change the gallery again"
+      )
+
+  def _saved(self) -> None:
+    self.index.save(self.index_dir)
+    self._version = self._saved_version()
+
   def add_photo(self, data: bytes, image: np.ndarray, name: str, label: str | None) -> str:
     """Stores an uploaded photo (its bytes, decoded as ``image``) in the gallery folder,
     extracts and writes its features, adds it to the index with its label and saves the
     index; returns its new image id (from ``name``, made unique)."""
     label = check_label(label)
+    self._check_not_changed_elsewhere()
     features = self._extract(image)
     with self._lock:
+      self._check_not_changed_elsewhere()
       image_id = self._new_id(name)
       suffix = pathlib.Path(name).suffix.lower()
       path = self.gallery_dir / f"{image_id}{suffix if suffix in IMAGE_SUFFIXES else '.img'}"
@@ -322,7 +344,7 @@ class SearchService:
       write_features(self.features_dir / feature_file_name(image_id), features)
       self.index.add(image_id, features.descriptors, path=path.resolve(), label=label)
       try:
-        self.index.save(self.index_dir)
+        self._saved()
       except BaseException:  # Not saved (e.g. another writer holds the index): undo it all.
         self.index.delete(image_id)
         path.unlink(missing_ok=True)
@@ -337,11 +359,16 @@ class SearchService:
     with self._lock:
       if image_id not in self.index:
         raise InputError(f"no indexed photo {image_id[:80]!r}")
+      self._check_not_changed_elsewhere()
       owned = self._is_gallery_photo(image_id)
       path = self.index.image_path(image_id)
       self.index.delete(image_id)
       self.index.compact()
-      self.index.save(self.index_dir)
+      try:
+        self._saved()
+      except BaseException:  # Not saved: memory goes back to the index as it is saved.
+        self.index = load_index(self.index_dir, self.config.retrieval_config)
+        raise
       self._features.pop(image_id, None)
       self._thumbnails = {k: v for k, v in self._thumbnails.items() if k[0] != image_id}
       if owned and path:
@@ -349,12 +376,26 @@ class SearchService:
         (self.features_dir / feature_file_name(image_id)).unlink(missing_ok=True)
 
   def _new_id(self, name: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", pathlib.Path(name).stem).strip("_")[:60] or "photo"
+    stem = re.sub(r"[^\w-]+", "_", pathlib.Path(name).stem).strip("_")[:60] or "photo"
     candidate, number = stem, 1
     while candidate in self.index or (self.features_dir / feature_file_name(candidate)).exists():
       number += 1
       candidate = f"{stem}_{number}"
     return candidate
+
+
+def is_image_id(text: str) -> bool:
+  """Whether a request's ``text`` can name an image id (a file stem, as build_index makes
+  them, spaces and any script included): 1 to MAX_ID_CHARS printable characters without a
+  path separator, not "." or "..". The id is then only looked up in the index: it never
+  becomes part of a path."""
+  return (
+    0 < len(text) <= MAX_ID_CHARS
+    and text.isprintable()
+    and "/" not in text
+    and "\\" not in text
+    and text not in (".", "..")
+  )
 
 
 def check_label(label: str | None) -> str | None:

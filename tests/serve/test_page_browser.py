@@ -85,7 +85,10 @@ def server(tmp_path_factory):
   cache = tmp_path_factory.mktemp("serve_cache")
   process, url, lines = start_server(cache)
   yield {"url": url, "cache": cache, "start": "".join(lines)}
-  stop_server(process)
+  rest = stop_server(process)
+  # SIGTERM stops it like Ctrl-C: one line, its temporary folder removed, no traceback.
+  assert rest.rstrip().endswith("stopped (SIGTERM)") and "Traceback" not in rest, rest
+  assert process.returncode == 128 + 15
 
 
 @pytest.fixture(scope="module")
