@@ -57,6 +57,7 @@ from delf_ret.retrieval.first_stage import remove_from_first_stage
 from delf_ret.retrieval.indexing import database_feature_paths
 from delf_ret.retrieval.indexing import database_image_paths
 from delf_ret.retrieval.indexing import index_first_stage
+from delf_ret.retrieval.indexing import remove_from_database_store
 
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig .pbtxt (extraction and retrieval_config).")
@@ -141,6 +142,7 @@ def main(argv: list[str]) -> int:
       remove_from_first_stage(
         FLAGS.index_dir, FLAGS.remove_images, config.retrieval_config, log=log
       )
+    remove_from_database_store(FLAGS.index_dir, FLAGS.remove_images, log=log)
     return 0
   require_flags(FLAGS, "features_dir")
   check_stage(FLAGS.index_dir, config.retrieval_config)  # Another stage's folder: refused first.

@@ -56,6 +56,7 @@ from delf_ret.retrieval.first_stage import QueryExtract
 from delf_ret.retrieval.first_stage import configured_stage
 from delf_ret.retrieval.first_stage import open_first_stage
 from delf_ret.retrieval.first_stage import query_extractor
+from delf_ret.retrieval.indexing import database_feature_loader
 from delf_ret.retrieval.indexing import database_feature_paths
 from delf_ret.retrieval.indexing import index_first_stage
 
@@ -178,6 +179,7 @@ def main(argv: list[str]) -> int:
   dataset = load_dataset(
     FLAGS.dataset_gnd_path, FLAGS.dataset_gt_dir, FLAGS.images_dir, FLAGS.dataset_name
   )
+  index_dir = FLAGS.index_dir or pathlib.Path(FLAGS.output_dir) / "index"
   if FLAGS.index_dir:
     stage = open_first_stage(FLAGS.index_dir, config.retrieval_config)
   else:
@@ -197,6 +199,7 @@ def main(argv: list[str]) -> int:
     extract=extract,
     backend=FLAGS.backend,
     log=log,
+    load_features=database_feature_loader(index_dir, FLAGS.features_dir, log),
   )
   print((pathlib.Path(FLAGS.output_dir) / "mAP.txt").read_text(), end="")
   log("wrote " + ", ".join(str(path) for path in benchmark.written))

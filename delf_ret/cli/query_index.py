@@ -48,12 +48,12 @@ from delf_ret.cli.common import run_tool
 from delf_ret.cli.inputs import define_image_flags
 from delf_ret.cli.inputs import image_paths_from_flags
 from delf_ret.errors import InputError
-from delf_ret.features import feature_loader
 from delf_ret.features import image_id_of
 from delf_ret.images import ImageReadError
 from delf_ret.images import list_images
 from delf_ret.images import load_image
 from delf_ret.index import LocalFeatureIndex
+from delf_ret.retrieval.indexing import database_feature_loader
 from delf_ret.retrieval.ranking import RankedImage
 from delf_ret.retrieval.ranking import is_verified
 from delf_ret.retrieval.ranking import load_index
@@ -265,7 +265,12 @@ def main(argv: list[str]) -> int:
 
   extractor = DelfExtractor(config, backend=FLAGS.backend)
   runner = QueryRunner(
-    extractor.extract, index, feature_loader(FLAGS.features_dir), config, FLAGS.num_results, box
+    extractor.extract,
+    index,
+    database_feature_loader(FLAGS.index_dir, FLAGS.features_dir, log),
+    config,
+    FLAGS.num_results,
+    box,
   )
   labels = _labels(index)
   return _batch(runner, paths, labels) if many else _single(runner, labels)

@@ -51,9 +51,9 @@ from delf_ret.cli.inputs import image_paths_from_flags
 from delf_ret.errors import InputError
 from delf_ret.evaluation.recognition import choose_min_score
 from delf_ret.evaluation.recognition import evaluate_recognition
-from delf_ret.features import feature_loader
 from delf_ret.features import image_id_of
 from delf_ret.index.labels import read_image_labels
+from delf_ret.retrieval.indexing import database_feature_loader
 from delf_ret.retrieval.ranking import load_index
 from delf_ret.retrieval.recognition import BatchAnswers
 from delf_ret.retrieval.recognition import QueryAnswer
@@ -225,7 +225,13 @@ def main(argv: list[str]) -> int:
   if not any(label is not None for label in labels.values()):
     log(f"warning: no image of {FLAGS.index_dir} has a label: every answer is {UNKNOWN}")
   extractor = DelfExtractor(config, backend=FLAGS.backend)
-  runner = QueryRunner(extractor.extract, index, feature_loader(FLAGS.features_dir), config, 1)
+  runner = QueryRunner(
+    extractor.extract,
+    index,
+    database_feature_loader(FLAGS.index_dir, FLAGS.features_dir, log),
+    config,
+    1,
+  )
   batch = _answers(runner, paths, many)
   records, scored = _recognise(batch.answers, labels, retrieval)
   metrics = None

@@ -96,6 +96,7 @@ def run_benchmark(
   backend: str = "compiled",
   also_score: Sequence[RetrievalDataset] = (),
   log: Callable[[str], None] = print,
+  load_features: Callable[[str], LocalFeatures] | None = None,
 ) -> BenchmarkRun:
   """Runs every query of ``dataset`` and writes the report to ``output_dir``.
 
@@ -113,6 +114,9 @@ def run_benchmark(
     also_score: further ground truths of the same queries (e.g. the original
       protocol beside the Revisited one); their splits join each stage's metrics.
     log: progress lines.
+    load_features: image id -> database features for reranking; default: the
+      ``.delf`` files of ``features_dir`` (retrieval.indexing.database_feature_loader
+      reads an index's packed store).
   """
   output_dir = pathlib.Path(output_dir)
   retrieval_config = config.retrieval_config
@@ -130,7 +134,7 @@ def run_benchmark(
   results = run_queries(
     dataset,
     index,
-    feature_loader(features_dir),
+    load_features or feature_loader(features_dir),
     extract or delf_query_extractor(config, backend),
     retrieval_config,
     output_dir,

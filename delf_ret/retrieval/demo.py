@@ -41,7 +41,6 @@ from delf_ret.evaluation.visualize import draw_contact_sheet
 from delf_ret.evaluation.visualize import draw_matches
 from delf_ret.extract.global_features import GlobalExtraction
 from delf_ret.features import LocalFeatures
-from delf_ret.features import feature_loader
 from delf_ret.features import global_file_name
 from delf_ret.features import image_id_of
 from delf_ret.features import read_global_descriptor
@@ -53,6 +52,7 @@ from delf_ret.retrieval.benchmark import BenchmarkRun
 from delf_ret.retrieval.benchmark import run_benchmark
 from delf_ret.retrieval.first_stage import QueryExtract
 from delf_ret.retrieval.first_stage import configured_stage
+from delf_ret.retrieval.indexing import database_feature_loader
 from delf_ret.retrieval.indexing import index_first_stage
 
 CONTACT_SHEET_QUERIES = 3
@@ -295,7 +295,7 @@ def run_demo(
   # index_database logged the index ("index at ...: N images"). The queries are whole
   # database photos: they reuse these features instead of re-extracting.
   start = time.time()
-  load_features = feature_loader(features_dir)
+  load_features = database_feature_loader(output_dir / "index", features_dir, log)
   for path in image_paths:
     features = load_features(image_id_of(path))
     cache.add(
@@ -320,6 +320,7 @@ def run_demo(
     output_dir / "retrieval",
     extract=cache,
     log=log,
+    load_features=load_features,
   )
   seconds["retrieval"] = time.time() - start
   mean_ap = {

@@ -42,12 +42,18 @@ from delf_ret.extract.global_features import GlobalExtraction
 from delf_ret.features import LocalFeatures
 from delf_ret.features import feature_file_name
 from delf_ret.features import feature_file_names
+from delf_ret.features import feature_loader
 from delf_ret.features import image_id_of
 from delf_ret.features import write_features
 from delf_ret.index import IndexParams
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.index.builder import build_index
 from delf_ret.index.builder import list_feature_files
+from delf_ret.index.feature_store import STORE_FOLDER
+from delf_ret.index.feature_store import FeatureStore
+from delf_ret.index.feature_store import FeatureStoreError
+from delf_ret.index.feature_store import sync_feature_store
+from delf_ret.index.feature_store import update_feature_store
 from delf_ret.index.labels import ImageLabels
 from delf_ret.index.lock import writer_lock
 from delf_ret.retrieval.first_stage import FirstStageIndex
@@ -363,6 +369,7 @@ def index_first_stage(
       labels=labels,
     )
     use_search_settings(indexed.index, retrieval_config)
+    sync_database_store(index_dir, features_dir, indexed.index.image_ids(), log)
     return IndexedStage(
       VotesStage(indexed.index),
       indexed.feature_paths,
@@ -390,7 +397,67 @@ def index_first_stage(
       index_dir, paths, retrieval_config, save_every=save_every, log=log
     )
     seconds["index"] = time.perf_counter() - start
+  sync_database_store(index_dir, features_dir, stage.image_ids(), log)
   return IndexedStage(stage, paths, failures + stage_failures, extracted, seconds)
+
+
+def sync_database_store(
+  index_dir: str | os.PathLike,
+  features_dir: str | os.PathLike,
+  image_ids: Sequence[str],
+  log: Callable[[str], None] = print,
+) -> None:
+  """Brings the index's packed feature store (``index_dir/features``: the database's local
+  features in memory-mapped files, reranking's fast reader) in step with the ``.delf`` files
+  of ``image_ids`` in ``features_dir``, which stay the source of truth; writes nothing when
+  it already is (delf_ret.index.feature_store.sync_feature_store). An index of several
+  feature folders gets no store update (reranking reads one folder's .delf files; the
+  readers find such a store stale and read the files)."""
+  elsewhere = [
+    i for i in image_ids if not (pathlib.Path(features_dir) / feature_file_name(i)).is_file()
+  ]
+  if elsewhere:
+    log(
+      f"feature store not updated: {len(elsewhere)} indexed images have no feature file in "
+      f"{features_dir} (e.g. {elsewhere[0]!r}); reranking reads the .delf files"
+    )
+    return
+  store = sync_feature_store(pathlib.Path(index_dir) / STORE_FOLDER, features_dir, image_ids)
+  log(f"feature store at {store.folder}: {len(store)} images")
+
+
+def remove_from_database_store(
+  index_dir: str | os.PathLike, image_ids: Sequence[str], log: Callable[[str], None] = print
+) -> None:
+  """Removes ``image_ids`` (those it holds) from the index's packed feature store, if any."""
+  folder = pathlib.Path(index_dir) / STORE_FOLDER
+  if not (folder / "CURRENT").exists():
+    return
+  held = [image_id for image_id in image_ids if image_id in FeatureStore.open(folder)]
+  if held:
+    store = update_feature_store(folder, remove=held)
+    log(f"feature store at {store.folder}: {len(store)} images")
+
+
+def database_feature_loader(
+  index_dir: str | os.PathLike | None,
+  features_dir: str | os.PathLike,
+  log: Callable[[str], None] = print,
+) -> Callable[[str], LocalFeatures]:
+  """Reranking's reader of database features (image id -> LocalFeatures): the packed store
+  of the index at ``index_dir`` when it holds one in step with the ``.delf`` files of
+  ``features_dir`` (images it lacks are read from those files), else the ``.delf`` files,
+  with a warning when the store is stale or damaged."""
+  folder = None if index_dir is None else pathlib.Path(index_dir) / STORE_FOLDER
+  if folder is None or not (folder / "CURRENT").exists():
+    return feature_loader(features_dir)
+  try:
+    store = FeatureStore.open(folder)
+    store.check_fresh(features_dir, store.image_ids())
+  except FeatureStoreError as error:
+    log(f"warning: {error}; reranking reads the .delf files instead (build_index syncs it)")
+    return feature_loader(features_dir)
+  return store.loader(fallback_dir=features_dir)
 
 
 def _check_labels(
