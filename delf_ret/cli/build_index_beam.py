@@ -101,13 +101,18 @@ def _image_paths(feature_ids: set[str]) -> dict:
 
 def main(argv: list[str]) -> int:
   del argv
+  config = load_config_from_flags()
+  if config.retrieval_config.first_stage != "votes":
+    raise InputError(
+      f"build_index_beam builds the votes index only; first_stage "
+      f"{config.retrieval_config.first_stage!r} is built by build_index"
+    )
   require_beam()
   require_flags(FLAGS, "features_dir")
   if FLAGS.shards_only == bool(FLAGS.index_dir):
     raise InputError("give --index_dir, or --shards_only with --shards_dir (not both)")
   if FLAGS.shards_only:
     require_flags(FLAGS, "shards_dir")
-  config = load_config_from_flags()
   paths = list_feature_files(FLAGS.features_dir)
   feature_ids = {image_id_of(path) for path in paths}
   labels = None

@@ -84,6 +84,11 @@ def main(argv: list[str]) -> int:
   require_flags(FLAGS, "output_dir")
   pipeline_argv = _pipeline_argv()
   config = load_config_from_flags()
+  if config.use_global_features:
+    raise InputError(
+      "extract_features_beam writes local features (.delf) only; global descriptors "
+      "(use_global_features) are written by extract_features"
+    )
   remote_inputs = _remote(FLAGS.images_dir) or _remote(FLAGS.list_images_path)
   if remote_inputs and FLAGS.recursive:
     raise InputError("--recursive reads local folders only")

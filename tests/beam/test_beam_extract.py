@@ -77,6 +77,27 @@ def test_without_apache_beam_one_line_names_the_extra(tmp_path):
   assert not output.exists()
 
 
+@pytest.mark.slow  # Runs the console script.
+def test_global_descriptors_are_refused_in_one_line(tmp_path):
+  # The pipeline writes .delf files only: a global-feature config must not lose its
+  # .delg_global files silently.
+  output = tmp_path / "features"
+  command = [
+    installed_script("extract_features_beam"),
+    f"--images_dir={BUNDLED_IMAGES}",
+    f"--output_dir={output}",
+    "--config_override=use_global_features=true",
+  ]
+  result = run_command(command, timeout=600, env=tool_env())
+  assert result.returncode == 2, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert errors == [
+    "error: extract_features_beam writes local features (.delf) only; global descriptors "
+    "(use_global_features) are written by extract_features"
+  ]
+  assert "Traceback" not in result.stderr and not output.exists()
+
+
 @pytest.mark.slow  # Builds (or reuses) the Beam environment; runs a child Python.
 def test_protos_import_under_protobuf_6(beam_venv):
   code = (

@@ -231,3 +231,26 @@ def test_merge_index_tool(tmp_path, features, two_shards):
   assert again.stderr.strip() == (
     f"error: {index_dir} already holds an index; merge the shards into a new folder"
   )
+
+
+@pytest.mark.slow  # Runs the console script.
+def test_build_index_beam_refuses_the_other_first_stages(tmp_path, features):
+  # Sharded building makes a votes index: an asmk or global config must not get one silently.
+  tool = installed_script("build_index_beam")
+  for stage in ("asmk", "global"):
+    result = run_command(
+      [
+        tool,
+        f"--features_dir={features}",
+        f"--index_dir={tmp_path / stage}",
+        f"--config_override=retrieval_config.first_stage={stage}",
+      ],
+      timeout=120,
+      env=tool_env(),
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+      f"error: build_index_beam builds the votes index only; first_stage {stage!r} is built by "
+      "build_index"
+    ]
+    assert not (tmp_path / stage).exists()
