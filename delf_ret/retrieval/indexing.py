@@ -433,7 +433,8 @@ def remove_from_database_store(
   folder = pathlib.Path(index_dir) / STORE_FOLDER
   if not (folder / "CURRENT").exists():
     return
-  held = [image_id for image_id in image_ids if image_id in FeatureStore.open(folder)]
+  store = FeatureStore.open(folder)
+  held = [image_id for image_id in image_ids if image_id in store]
   if held:
     store = update_feature_store(folder, remove=held)
     log(f"feature store at {store.folder}: {len(store)} images")
