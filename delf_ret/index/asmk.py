@@ -411,6 +411,64 @@ class AsmkIndex:
       self._dead_entries += int(self._word_counts[slot])
     self._capacity[slot] = 0
 
+  def merge_from(self, other: "AsmkIndex") -> None:
+    """Appends the images of ``other`` after this index's, in ``other``'s order of adding,
+    without aggregating anything again (shards of one database built apart, see
+    delf_ret.index.shards). Both must share the codebook (bit for bit), the kernel and
+    assignment settings (STORED_PARAMS) and the extraction settings record; LocalIndexError,
+    with nothing added, when they differ or an image id is in both."""
+    if other is self:
+      raise LocalIndexError("an ASMK index cannot be merged into itself")
+    if other.dim != self._dim:
+      raise LocalIndexError(
+        f"cannot merge an ASMK index of {other.dim}-d descriptors into one of {self._dim}-d"
+      )
+    if not np.array_equal(self._trained_codebook(), other._trained_codebook()):
+      raise LocalIndexError("cannot merge ASMK indexes built over different codebooks")
+    for name in STORED_PARAMS:
+      mine, theirs = getattr(self._params, name), getattr(other.params, name)
+      if mine != theirs:
+        raise LocalIndexError(f"cannot merge ASMK indexes built with {name} {mine} and {theirs}")
+    if None not in (self._settings, other.settings) and self._settings != other.settings:
+      raise LocalIndexError(
+        "cannot merge ASMK indexes of descriptors made with other extraction settings"
+      )
+    shared = sorted(set(self._images) & set(other._images))
+    if shared:
+      raise LocalIndexError(f"image {shared[0]!r} is in both ASMK indexes")
+    if self._next_slot + len(other) > MAX_SLOTS:
+      raise LocalIndexError(f"the merged ASMK index would number more than {MAX_SLOTS} images")
+    other._file_pending()
+    if len(other._segments) != 1 or other._dead_entries:
+      other._merge_segments()
+    their_slots = np.array(sorted(other._slot_names), np.int64)
+    new_slots = np.full(max(other._next_slot, 1), -1, np.int64)
+    new_slots[their_slots] = self._next_slot + np.arange(len(their_slots))
+    if len(their_slots):
+      words, slots, vectors = other._segments[0].entries()
+      live = new_slots[slots] >= 0
+      self._segments.append(
+        _Segment.build(
+          words[live], new_slots[slots[live]], vectors[live], self._params.codebook_size
+        )
+      )
+    counts = other._word_counts[their_slots]
+    needed = self._next_slot + len(their_slots)
+    if needed > len(self._capacity):
+      grown = np.zeros(max(needed, 2 * len(self._capacity)), np.int64)
+      grown[: len(self._capacity)] = self._capacity
+      self._capacity = grown
+    self._capacity[self._next_slot : needed] = counts
+    for slot, new_slot in zip(their_slots.tolist(), new_slots[their_slots].tolist()):
+      name = other._slot_names[slot]
+      self._images[name] = new_slot
+      self._slot_names[new_slot] = name
+    self._next_slot = needed
+    if self._settings is None:
+      self._settings = other.settings
+    if len(self._segments) > MAX_SEGMENTS:
+      self._merge_segments()
+
   def _file_pending(self) -> None:
     """Files the pending images into a new segment; merges the segments when there are many."""
     if self._pending:

@@ -109,6 +109,29 @@ class GlobalDescriptorIndex:
       self._names[slot] = image_id
     self._next_slot += len(image_ids)
 
+  def descriptors(self) -> tuple[list[str], np.ndarray]:
+    """(image ids in order of adding, their descriptors float32 [N, dim])."""
+    count = self._faiss.ntotal
+    if not count:
+      return [], np.zeros((0, self._dim), np.float32)
+    slots = faiss.vector_to_array(self._faiss.id_map)
+    rows = self._faiss.index.reconstruct_n(0, count).reshape(count, self._dim)
+    order = np.argsort(slots, kind="stable")
+    return [self._names[int(slot)] for slot in slots[order]], rows[order]
+
+  def merge_from(self, other: "GlobalDescriptorIndex") -> None:
+    """Appends the images of ``other`` (same dimension) after this index's, in its order of
+    adding; GlobalIndexError, with nothing added, for another dimension or an id in both."""
+    if other is self:
+      raise GlobalIndexError("a global index cannot be merged into itself")
+    if other.dim != self._dim:
+      raise GlobalIndexError(
+        f"cannot merge a global index of {other.dim}-d descriptors into one of {self._dim}-d"
+      )
+    image_ids, rows = other.descriptors()
+    if image_ids:
+      self.add_many(image_ids, rows)
+
   def delete(self, image_id: str) -> None:
     """Removes an image; GlobalIndexError if it is not in the index."""
     if image_id not in self._slots:
@@ -141,12 +164,7 @@ class GlobalDescriptorIndex:
     """Writes the index to ``folder/global_index.npz`` atomically, holding the folder's
     writer lock (IndexBusyError if another process is writing it)."""
     folder = pathlib.Path(folder)
-    count = self._faiss.ntotal
-    slots = faiss.vector_to_array(self._faiss.id_map) if count else np.zeros(0, np.int64)
-    descriptors = self._faiss.index.reconstruct_n(0, count).reshape(count, self._dim)
-    order = np.argsort(slots, kind="stable")  # Order of adding.
-    ids = [self._names[int(slot)] for slot in slots[order]]
-    descriptors = descriptors[order]
+    ids, descriptors = self.descriptors()
     with writer_lock(folder):
       with atomic_write(folder / INDEX_FILE) as handle:
         np.savez(

@@ -225,6 +225,51 @@ def test_add_and_delete_without_retraining_equal_a_fresh_build(tmp_path, binary)
   assert nothing == [("img1", 0.0), ("img3", 0.0)]  # No words: every score 0, in order of adding.
 
 
+@pytest.mark.parametrize("binary", [True, False])
+def test_merged_shards_equal_one_index_built_from_all_images(binary):
+  rng = np.random.default_rng(5)
+  codebook, images, params = random_database(rng, binary=binary)
+  queries = [images["img2"][:30], random_unit_descriptors(rng, 50, DIM)]
+  first = build(codebook, images, params, ["img0", "img1", "img2"])
+  first.search_images(queries[0])  # Filed, then a pending image.
+  first.add("img3", images["img3"])
+  second = build(codebook, images, params, ["img4", "img5", "img6", "img7"])
+  second.delete("img5")
+  first.merge_from(second)
+  kept = ["img0", "img1", "img2", "img3", "img4", "img6", "img7"]
+  fresh = build(codebook, images, params, kept)
+  assert first.image_ids() == kept and len(first) == 7
+  assert [first.num_words(name) for name in kept] == [fresh.num_words(name) for name in kept]
+  for got, want in zip(scores(first, queries), scores(fresh, queries)):
+    assert got == pytest.approx(want, abs=1e-12)
+  first.delete("img6")  # The merged images behave like added ones.
+  first.add("img5", images["img5"])
+  fresh = build(codebook, images, params, ["img0", "img1", "img2", "img3", "img4", "img7", "img5"])
+  for got, want in zip(scores(first, queries), scores(fresh, queries)):
+    assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_merging_refuses_other_codebooks_settings_and_shared_images():
+  rng = np.random.default_rng(6)
+  codebook, images, params = random_database(rng)
+  index = build(codebook, images, params, ["img0", "img1"])
+  before = scores(index, [images["img0"]])
+  with pytest.raises(LocalIndexError, match="different codebooks"):
+    index.merge_from(build(codebook + 1e-3, images, params, ["img2"]))
+  with pytest.raises(LocalIndexError, match="alpha"):
+    index.merge_from(build(codebook, images, dataclasses.replace(params, alpha=2.0), ["img2"]))
+  with pytest.raises(LocalIndexError, match="'img1' is in both"):
+    index.merge_from(build(codebook, images, params, ["img2", "img1"]))
+  with pytest.raises(LocalIndexError, match="into itself"):
+    index.merge_from(index)
+  other = AsmkIndex(DIM, params, {"other": "settings"})
+  other.set_codebook(codebook)
+  other.add("img3", images["img3"])
+  with pytest.raises(LocalIndexError, match="other extraction settings"):
+    index.merge_from(other)
+  assert index.image_ids() == ["img0", "img1"] and scores(index, [images["img0"]]) == before
+
+
 def test_save_load_round_trip_and_refusals(tmp_path):
   rng = np.random.default_rng(4)
   codebook, images, params = random_database(rng)

@@ -134,3 +134,22 @@ def test_damaged_or_missing_files_are_clear_errors(tmp_path):
   )
   with pytest.raises(GlobalIndexError, match="is damaged"):  # Pickled ids are never loaded.
     GlobalDescriptorIndex.load(tmp_path)
+
+
+def test_merge_appends_the_other_index_in_its_order(filled):
+  filled, _ = filled
+  rng = np.random.default_rng(9)
+  other = GlobalDescriptorIndex(filled.dim)
+  rows = random_unit_descriptors(rng, 3, filled.dim)
+  other.add_many(["m0", "m1", "m2"], rows)
+  other.delete("m1")
+  before = filled.image_ids()
+  filled.merge_from(other)
+  assert filled.image_ids() == [*before, "m0", "m2"]
+  np.testing.assert_array_equal(filled.descriptor("m2"), rows[2])
+  assert filled.search_images(rows[2], 1)[0][0] == "m2"
+  with pytest.raises(GlobalIndexError, match="already in the index"):
+    filled.merge_from(other)
+  with pytest.raises(GlobalIndexError, match="into one of"):
+    filled.merge_from(GlobalDescriptorIndex(filled.dim + 1))
+  assert filled.image_ids() == [*before, "m0", "m2"]
