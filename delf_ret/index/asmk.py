@@ -376,6 +376,24 @@ class AsmkIndex:
   def add(self, image_id: str, descriptors: np.ndarray, settings: dict | None = None) -> None:
     """Adds one image's descriptors [N, D] (N >= 1); the id must be new. settings: the
     extraction settings record of the descriptors, refused when the index's differs."""
+    if image_id in self._images:  # Before the work of aggregating.
+      raise LocalIndexError(f"image {image_id!r} is already in the index")
+    words, vectors = self.aggregate(descriptors, query=False)
+    if not len(words):
+      raise LocalIndexError(f"image {image_id!r} has no descriptors to index")
+    self.add_aggregated(image_id, words, vectors, settings)
+
+  def add_aggregated(
+    self,
+    image_id: str,
+    words: np.ndarray,
+    vectors: np.ndarray,
+    settings: dict | None = None,
+  ) -> None:
+    """Adds one image by its aggregated vectors, as :meth:`aggregate` (query=False) returns
+    them: distinct words int [U] (U >= 1) of the codebook and vectors [U, B] (uint8 packed
+    bits for binary ASMK*, else float32 [U, D]). The id must be new; settings as in
+    :meth:`add`."""
     if image_id in self._images:
       raise LocalIndexError(f"image {image_id!r} is already in the index")
     if settings is not None and self._settings is not None and settings != self._settings:
@@ -383,9 +401,26 @@ class AsmkIndex:
         f"the descriptors of image {image_id!r} were made with other extraction settings than "
         "the ASMK index's"
       )
-    words, vectors = self.aggregate(descriptors, query=False)
-    if not len(words):
-      raise LocalIndexError(f"image {image_id!r} has no descriptors to index")
+    words, vectors = np.asarray(words), np.asarray(vectors)
+    num_words = self._trained_codebook().shape[0]
+    width = -(-self._dim // 8) if self._params.binary else self._dim
+    vector_type = np.uint8 if self._params.binary else np.float32
+    if (
+      words.ndim != 1
+      or not len(words)
+      or words.dtype.kind not in "iu"
+      or words.min() < 0
+      or words.max() >= num_words
+      or len(np.unique(words)) != len(words)
+    ):
+      raise LocalIndexError(
+        f"image {image_id!r}: words must be distinct codebook entries 0..{num_words - 1}"
+      )
+    if vectors.dtype != vector_type or vectors.shape != (len(words), width):
+      raise LocalIndexError(
+        f"image {image_id!r}: vectors {vectors.dtype} {list(vectors.shape)}, expected "
+        f"{np.dtype(vector_type)} [{len(words)}, {width}]"
+      )
     if settings is not None and self._settings is None and not self._images:
       self._settings = settings
     slot = self._next_slot

@@ -249,6 +249,23 @@ def test_merged_shards_equal_one_index_built_from_all_images(binary):
     assert got == pytest.approx(want, abs=1e-12)
 
 
+def test_adding_aggregated_vectors_equals_adding_descriptors():
+  rng = np.random.default_rng(7)
+  codebook, images, params = random_database(rng)
+  index = build(codebook, images, params, ["img0"])
+  words, vectors = index.aggregate(images["img1"], query=False)
+  index.add_aggregated("img1", words, vectors, SETTINGS)
+  fresh = build(codebook, images, params, ["img0", "img1"])
+  assert scores(index, [images["img1"]]) == scores(fresh, [images["img1"]])
+  with pytest.raises(LocalIndexError, match="distinct codebook entries"):
+    index.add_aggregated("img2", words[[0, 0]], vectors[[0, 0]])
+  with pytest.raises(LocalIndexError, match=r"expected uint8 \[2, 5\]"):
+    index.add_aggregated("img2", words[:2], vectors[:2].astype(np.float32))
+  with pytest.raises(LocalIndexError, match="other extraction settings"):
+    index.add_aggregated("img2", words, vectors, {"other": "settings"})
+  assert index.image_ids() == ["img0", "img1"]
+
+
 def test_merging_refuses_other_codebooks_settings_and_shared_images():
   rng = np.random.default_rng(6)
   codebook, images, params = random_database(rng)
