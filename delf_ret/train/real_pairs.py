@@ -116,7 +116,10 @@ def sift_matches(
   matched_a = xy_a[[m.queryIdx for m in good]]
   matched_b = xy_b[[m.trainIdx for m in good]]
   cv2.setRNGSeed(seed)
-  _, mask = cv2.findFundamentalMat(matched_a, matched_b, cv2.USAC_MAGSAC, ransac_px, 0.999, 10000)
+  try:
+    _, mask = cv2.findFundamentalMat(matched_a, matched_b, cv2.USAC_MAGSAC, ransac_px, 0.999, 10000)
+  except cv2.error:  # OpenCV's USAC asserts when every model it fits is degenerate.
+    return np.zeros((0, 4), np.float32)
   if mask is None:
     return np.zeros((0, 4), np.float32)
   keep = mask.ravel().astype(bool)

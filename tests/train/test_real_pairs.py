@@ -27,3 +27,18 @@ def test_strecha_camera_file(tmp_path):
   path.write_text("1 2\n")
   with pytest.raises(TrainingDataError, match="camera file"):
     real_pairs.read_strecha_camera(path)
+
+
+def test_unrelated_photos_whose_fundamental_fit_opencv_rejects_give_no_matches(shared_data):
+  # Two ImageNet birds: OpenCV's USAC_MAGSAC raised "!model.empty()" on their ratio-test
+  # matches (at the selfsup stage's 640 px), which stopped a recipe run.
+  from delf_ret.train.photos import load_training_photos
+
+  folder = shared_data / "train_objects"
+  names = ["n01820546_lorikeet.jpg", "n01824575_coucal.jpg"]
+  if not all((folder / name).is_file() for name in names):
+    pytest.skip("train_objects photos not in ../shared/data")
+  photos, _, _ = load_training_photos([folder / name for name in names], 640, 192)
+  sift = [real_pairs.sift_keypoints(photo) for photo in photos]
+  matches = real_pairs.sift_matches(*sift)
+  assert matches.shape == (0, 4) and matches.dtype == np.float32
