@@ -390,13 +390,18 @@ def check_same_dimension(
 DATUM_SUFFIX = ".datum"
 
 
-def write_datum(path: str | os.PathLike, array: np.ndarray) -> None:
-  """Writes a float array of any shape as an official DELF ``.datum`` file (DatumProto), atomically."""
+def datum_bytes(array: np.ndarray) -> bytes:
+  """The bytes of an official DELF ``.datum`` file (DatumProto) of a float array of any shape."""
   array = np.asarray(array, np.float32)
   datum = delf_features_pb2.DatumProto()
   datum.shape.dim.extend(int(d) for d in array.shape)
   datum.float_list.value.extend(array.reshape(-1).tolist())
-  write_bytes_atomic(path, datum.SerializeToString())
+  return datum.SerializeToString()
+
+
+def write_datum(path: str | os.PathLike, array: np.ndarray) -> None:
+  """Writes a float array of any shape as an official DELF ``.datum`` file (DatumProto), atomically."""
+  write_bytes_atomic(path, datum_bytes(array))
 
 
 def read_datum(path: str | os.PathLike) -> np.ndarray:
@@ -436,13 +441,20 @@ def _checked_global(array: np.ndarray, where: str) -> np.ndarray:
   return array
 
 
+def global_descriptor_bytes(array: np.ndarray, where: str) -> bytes:
+  """The bytes of the ``.delg_global`` file of one image's global descriptor float [D]
+  (those :func:`write_global_descriptor` writes); FeatureFileError naming ``where`` unless
+  the array is 1-d, of 1 to MAX_GLOBAL_DIM finite values."""
+  return datum_bytes(_checked_global(np.asarray(array, np.float32), where))
+
+
 def write_global_descriptor(path: str | os.PathLike, array: np.ndarray) -> None:
   """Writes one image's global descriptor float [D] as an official DELG ``.delg_global``
   file (a DatumProto of shape [D], as the official ``datum_io.WriteToFile``), atomically.
 
   Raises FeatureFileError unless the array is 1-d, of 1 to MAX_GLOBAL_DIM finite values.
   """
-  write_datum(path, _checked_global(np.asarray(array, np.float32), str(path)))
+  write_bytes_atomic(path, global_descriptor_bytes(array, str(path)))
 
 
 def read_global_descriptor(path: str | os.PathLike) -> np.ndarray:

@@ -10,7 +10,10 @@ Usage:
   # Only the shards (e.g. built on a cluster); merge them later with merge_index:
   build_index_beam --config_path my.pbtxt --features_dir features/ --shards_dir shards/ \
       --shards_only
-  merge_index --shards_dir shards/ --index_dir index/
+  merge_index --shards_dir shards/ --index_dir index/ --features_dir features/
+  # The ASMK or global first stage (retrieval_config.first_stage) instead of the votes index:
+  build_index_beam --config_path my.pbtxt --features_dir features/ --index_dir index/ \
+      --config_override=retrieval_config.first_stage=asmk
 
 What it does: trains the index's quantiser once on a sample of the feature files
 (here, as build_index does), plans shards of --images_per_shard consecutive
@@ -21,7 +24,13 @@ pipeline (one shard per element), then merges them into a new --index_dir
 same files). --shards_dir (default: <index_dir>.shards) holds the quantiser and
 shards; it is removed after the merge unless --keep_shards. A killed run resumes:
 finished shards are kept. The index type and its parameters come from the
-config's retrieval_config. Needs the beam extra: pip install 'delf-ret[beam]'.
+config's retrieval_config. With first_stage "asmk" the ASMK codebook is trained once
+(on build_index's sample) and the shards aggregated over it; with "global" the
+shards hold the .delg_global descriptors and the whitening is learned once, at the
+merge, on all of them (delf_ret.retrieval.stage_shards); either ranks like build_index's
+index of the same files. Image paths and labels are recorded by votes indexes only.
+The packed feature store (<index_dir>/features/, reranking's reader) is written as
+build_index writes it. Needs the beam extra: pip install 'delf-ret[beam]'.
 Exit status 1 if some feature files failed (they are listed), 2 on unusable input.
 """
 
@@ -44,10 +53,13 @@ from delf_ret.errors import InputError
 from delf_ret.features import image_id_of
 from delf_ret.index import IndexParams
 from delf_ret.index.beam_pipeline import build_index_beam
-from delf_ret.index.beam_pipeline import require_beam
+from delf_ret.index.beam_pipeline import require_beam_for_index
 from delf_ret.index.builder import descriptor_dim
 from delf_ret.index.builder import list_feature_files
 from delf_ret.index.labels import read_image_labels
+from delf_ret.retrieval.first_stage import configured_stage
+from delf_ret.retrieval.indexing import sync_database_store
+from delf_ret.retrieval.stage_shards import build_stage_sharded
 
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig .pbtxt (retrieval_config: the index type and parameters).")
@@ -99,21 +111,48 @@ def _image_paths(feature_ids: set[str]) -> dict:
   return paths
 
 
+def _stage_sharded(config, paths: list) -> tuple[list[str] | None, list]:
+  """The ASMK or global first stage, sharded (image records are kept by votes indexes only)."""
+  stage = config.retrieval_config.first_stage
+  if FLAGS.images_dir or FLAGS.list_images_path or FLAGS.labels_csv:
+    raise InputError(
+      f"image paths and labels (--images_dir, --list_images_path, --labels_csv) are recorded "
+      f"by a votes index only; build_index_beam does not record them for first_stage {stage!r}"
+    )
+  return build_stage_sharded(
+    paths,
+    FLAGS.index_dir,
+    _shards_dir(),
+    config.retrieval_config,
+    FLAGS.images_per_shard,
+    beam_argv=shlex.split(FLAGS.beam_pipeline_options),
+    keep_shards=FLAGS.keep_shards,
+    log=log,
+  )
+
+
+def _shards_dir() -> str:
+  return FLAGS.shards_dir or f"{FLAGS.index_dir.rstrip('/')}.shards"
+
+
 def main(argv: list[str]) -> int:
   del argv
   config = load_config_from_flags()
-  if config.retrieval_config.first_stage != "votes":
-    raise InputError(
-      f"build_index_beam builds the votes index only; first_stage "
-      f"{config.retrieval_config.first_stage!r} is built by build_index"
-    )
-  require_beam()
+  stage = configured_stage(config.retrieval_config)
+  require_beam_for_index()
   require_flags(FLAGS, "features_dir")
   if FLAGS.shards_only == bool(FLAGS.index_dir):
     raise InputError("give --index_dir, or --shards_only with --shards_dir (not both)")
   if FLAGS.shards_only:
     require_flags(FLAGS, "shards_dir")
+  if FLAGS.on_disk and stage != "votes":
+    raise InputError(f"--on_disk merges IVF-PQ votes indexes, not first_stage {stage!r}")
   paths = list_feature_files(FLAGS.features_dir)
+  if stage != "votes":
+    image_ids, failures = _stage_sharded(config, paths)
+    if image_ids is not None:
+      sync_database_store(FLAGS.index_dir, FLAGS.features_dir, image_ids, log)
+    return report_failures(failures, "feature files")
   feature_ids = {image_id_of(path) for path in paths}
   labels = None
   if FLAGS.labels_csv:
@@ -123,7 +162,7 @@ def main(argv: list[str]) -> int:
   index, failures = build_index_beam(
     paths,
     FLAGS.index_dir,
-    FLAGS.shards_dir or f"{FLAGS.index_dir.rstrip('/')}.shards",
+    _shards_dir(),
     IndexParams.from_config(config.retrieval_config),
     dim=local.pca_parameters.pca_dim if local.use_pca else descriptor_dim(paths),
     images_per_shard=FLAGS.images_per_shard,
@@ -134,6 +173,8 @@ def main(argv: list[str]) -> int:
     on_disk=FLAGS.on_disk,
     log=log,
   )
+  if index is not None:
+    sync_database_store(FLAGS.index_dir, FLAGS.features_dir, index.image_ids(), log)
   return report_failures(failures, "feature files")
 
 

@@ -9,8 +9,8 @@ On Dataflow (images and features on GCS; workers from a container with delf-ret[
       --temp_location=gs://bucket/tmp --sdk_container_image=IMAGE"
 
 The same feature files as extract_features (docs/scaling.md): each worker builds the
-extractor once and extracts with the single-machine code; OUTPUT_DIR/<image stem>.delf is
-written atomically through Beam's file systems (gs://, s3:// with Beam's extras), which
+extractor once and extracts with the single-machine code; OUTPUT_DIR/<image stem>.delf (and,
+with use_global_features in the config, <image stem>.delg_global) is written atomically through Beam's file systems (gs://, s3:// with Beam's extras), which
 --images_dir (not --recursive) and --list_images_path may name too; the model and PCA files
 are local paths on every worker. Images
 whose feature file exists are skipped, so a killed pipeline resumes when the same command
@@ -39,9 +39,13 @@ from delf_ret.cli.common import run_tool
 from delf_ret.cli.inputs import define_image_flags
 from delf_ret.cli.inputs import image_paths_from_flags
 from delf_ret.errors import InputError
+from delf_ret.extract.beam_options import pipeline_options
+from delf_ret.extract.beam_options import require_beam
 from delf_ret.extract.settings import extraction_settings
 from delf_ret.extract.settings import nothing_left
 from delf_ret.features import feature_file_names
+from delf_ret.features import global_file_name
+from delf_ret.features import image_id_of
 
 FLAGS = flags.FLAGS
 define_config_flags()
@@ -84,16 +88,13 @@ def main(argv: list[str]) -> int:
   require_flags(FLAGS, "output_dir")
   pipeline_argv = _pipeline_argv()
   config = load_config_from_flags()
-  if config.use_global_features:
-    raise InputError(
-      "extract_features_beam writes local features (.delf) only; global descriptors "
-      "(use_global_features) are written by extract_features"
-    )
   remote_inputs = _remote(FLAGS.images_dir) or _remote(FLAGS.list_images_path)
   if remote_inputs and FLAGS.recursive:
     raise InputError("--recursive reads local folders only")
   local_paths = [] if remote_inputs else image_paths_from_flags()
   names = feature_file_names(local_paths)  # Two images with one id are refused before any work.
+  if config.use_global_features:
+    names += [global_file_name(image_id_of(path)) for path in local_paths]
   settings = extraction_settings(config, config.model_path or None)
   if (
     local_paths
@@ -111,12 +112,11 @@ def main(argv: list[str]) -> int:
   logging.getLogger("apache_beam.io.gcp").setLevel(logging.ERROR)
   # Lazy: Apache Beam and TensorFlow, imported once the flags are checked (--help answers
   # at once).
+  from delf_ret.extract.beam_pipeline import DOING
   from delf_ret.extract.beam_pipeline import extract_with_beam
-  from delf_ret.extract.beam_pipeline import pipeline_options
   from delf_ret.extract.beam_pipeline import remote_image_paths
-  from delf_ret.extract.beam_pipeline import require_beam
 
-  require_beam()  # Without the beam extra: one line naming it.
+  require_beam(DOING)  # Without the beam extra: one line naming it.
   image_paths: list[str] | list[pathlib.Path] = local_paths
   if remote_inputs:
     image_paths = remote_image_paths(FLAGS.images_dir, FLAGS.list_images_path)

@@ -15,7 +15,8 @@ file, then read as extract_features reads it); the model and PCA files are read 
 which every worker must have (the shipped default model is in the package).
 
 Needs the ``beam`` extra (``pip install 'delf-ret[beam]'``): without it this module imports,
-and running a pipeline raises BeamPipelineError saying so.
+and running a pipeline raises BeamPipelineError saying so (delf_ret.extract.beam_options, which
+also makes Beam's options, shared with index building).
 """
 
 from __future__ import annotations
@@ -32,22 +33,30 @@ from typing import Callable
 from typing import Iterator
 from typing import Sequence
 
+import numpy as np
+
 from delf_ret.atomic import TEMP_MARK
 from delf_ret.atomic import TEMP_NAME
 from delf_ret.atomic import remove_leftovers
 from delf_ret.config import DelfConfig
-from delf_ret.errors import DelfRetError
 from delf_ret.errors import InputError
 from delf_ret.extract.batch import prepare_output_dir
+from delf_ret.extract.beam_options import require_beam
 from delf_ret.extract.extractor import DelfExtractor
 from delf_ret.extract.extractor import ImageTooLargeError
 from delf_ret.extract.extractor import ImageTooSmallError
+from delf_ret.extract.global_features import GlobalExtraction
+from delf_ret.extract.global_features import GlobalFeatureError
 from delf_ret.extract.settings import SETTINGS_FILE
 from delf_ret.extract.settings import check_feature_folder
 from delf_ret.extract.settings import extraction_settings
 from delf_ret.features import FEATURE_SUFFIX
+from delf_ret.features import GLOBAL_SUFFIX
 from delf_ret.features import LocalFeatures
 from delf_ret.features import feature_file_names
+from delf_ret.features import global_descriptor_bytes
+from delf_ret.features import global_file_name
+from delf_ret.features import image_id_of
 from delf_ret.features import to_proto
 from delf_ret.images import IMAGE_SUFFIXES
 from delf_ret.images import ImageReadError
@@ -61,28 +70,12 @@ try:  # An extra: the rest of delf-ret, and this module's import, do without it.
   from apache_beam.metrics.metric import MetricsFilter
   from apache_beam.options.pipeline_options import PipelineOptions
   from apache_beam.options.pipeline_options import StandardOptions
-except ImportError as error:
+except ImportError:
   beam = None
-  _MISSING = str(error)
 
-
-class BeamPipelineError(DelfRetError):
-  """Apache Beam is not installed, or a Beam pipeline of delf-ret cannot run."""
-
-
-def require_beam() -> None:
-  """BeamPipelineError (one line, naming the extra to install) when apache-beam is missing."""
-  if beam is None:
-    raise BeamPipelineError(
-      f"extracting with Beam needs apache-beam ({_MISSING}): pip install 'delf-ret[beam]'"
-    )
-
-
+DOING = "extracting"  # What require_beam's error says this pipeline does.
 # Beam metrics of the extraction.
 NAMESPACE = "delf_ret.extract"
-# The in-process runner. Beam's "DirectRunner" first tries the Prism runner, which downloads
-# a binary; the tools run this one instead when DirectRunner or no runner is asked for.
-LOCAL_RUNNER = "FnApiRunner"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,17 +86,6 @@ class ExtractionSummary:
   extracted: int
   skipped: int
   failures: list[tuple[str, str]]
-
-
-def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
-  """Beam's options from command-line words (e.g. ``["--direct_num_workers=2"]``); the runner
-  is the in-process LOCAL_RUNNER when none or "DirectRunner" is named."""
-  require_beam()
-  options = PipelineOptions(list(argv))
-  standard = options.view_as(StandardOptions)
-  if standard.runner is None or standard.runner.lower() in ("direct", "directrunner"):
-    standard.runner = LOCAL_RUNNER
-  return options
 
 
 def is_local(path: str) -> bool:
@@ -137,9 +119,10 @@ def _listed(pattern: str) -> list[str]:
 
 
 def feature_files_in(folder: str) -> set[str]:
-  """The names of the feature files in ``folder`` (one listing, on any Beam file system)."""
+  """The names of the feature files (``.delf``, ``.delg_global``) in ``folder`` (one listing,
+  on any Beam file system)."""
   names = (FileSystems.split(path)[1] for path in _listed(FileSystems.join(folder, "*")))
-  return {name for name in names if name.endswith(FEATURE_SUFFIX)}
+  return {name for name in names if name.endswith((FEATURE_SUFFIX, GLOBAL_SUFFIX))}
 
 
 def remove_finished_leftovers(folder: str, log: Callable[[str], None]) -> int:
@@ -163,7 +146,7 @@ def remote_image_paths(images_dir: str | None, list_images_path: str | None) -> 
   (gs://, s3://): the folder's files with an image suffix, in sorted order, or the list's lines
   (blank lines and '#' comments skipped; a path without ``scheme://`` is relative to the list's
   folder). Raises InputError when the list is missing or no image is named."""
-  require_beam()
+  require_beam(DOING)
   if bool(images_dir) == bool(list_images_path):
     raise InputError("give exactly one of --images_dir and --list_images_path")
   if images_dir:
@@ -188,12 +171,18 @@ def remote_image_paths(images_dir: str | None, list_images_path: str | None) -> 
   return paths
 
 
+# What an image that cannot be extracted raises (logged and counted, never raised further).
+IMAGE_ERRORS = (ImageReadError, ImageTooSmallError, ImageTooLargeError, GlobalFeatureError)
+
+
 class ExtractFeatures(beam.DoFn if beam is not None else object):  # type: ignore[misc]
   """(image path, feature file name) -> the feature file in ``output_dir``; yields its path.
 
-  The extractor is built once per worker (``setup``) from the serialized DelfConfig. An image
-  whose feature file exists is skipped (a retried bundle, a resumed run); an image that cannot
-  be read or extracted is logged and counted, never raised.
+  The extractor is built once per worker (``setup``) from the serialized DelfConfig; with
+  ``use_global_features`` it also writes the image's ``<id>.delg_global`` (before the
+  ``.delf``: as extract_features, global_features.GlobalExtraction, one extraction for both).
+  An image whose files exist is skipped (a retried bundle, a resumed run); an image that
+  cannot be read or extracted is logged and counted, never raised.
   """
 
   def __init__(
@@ -212,41 +201,55 @@ class ExtractFeatures(beam.DoFn if beam is not None else object):  # type: ignor
     self._failed = Metrics.counter(NAMESPACE, "failed")
     self._failures = Metrics.string_set(NAMESPACE, "failures")
     self._extractor: DelfExtractor | None = None
+    self._global: GlobalExtraction | None = None
 
   def setup(self) -> None:
-    self._extractor = DelfExtractor(
-      DelfConfig.FromString(self._config_bytes), backend=self._backend
-    )
+    config = DelfConfig.FromString(self._config_bytes)
+    self._extractor = DelfExtractor(config, backend=self._backend)
+    if config.use_global_features:
+      self._global = GlobalExtraction(self._extractor)
 
   def process(self, element: tuple[str, str]) -> Iterator[str]:
     path, name = element
     target = FileSystems.join(self._output_dir, name)
-    if FileSystems.exists(target):
+    global_target = None
+    if self._global is not None:
+      global_target = FileSystems.join(self._output_dir, global_file_name(image_id_of(name)))
+    if FileSystems.exists(target) and (global_target is None or FileSystems.exists(global_target)):
       self._skipped.inc()
       return
     try:
-      features = self._extract(path)
-    except (ImageReadError, ImageTooSmallError, ImageTooLargeError) as error:
+      features, descriptor = self._extract(path)
+    except IMAGE_ERRORS as error:
       self._fail(path, str(error))
       return
     try:
+      if global_target is not None and descriptor is not None:
+        write_bytes_anywhere(global_target, global_descriptor_bytes(descriptor, global_target))
       write_bytes_anywhere(target, to_proto(features).SerializeToString())
     except OSError as error:  # E.g. a name too long for the file system.
       self._fail(path, f"{path}: cannot write {name}: {error.strerror or error}")
       return
     self._extracted.inc()
+    extra = "" if descriptor is None else f" and a {descriptor.shape[0]}-d global descriptor"
     self._log(
       f"{pathlib.Path(path).name}: {features.num_features} features "
-      f"(dim {features.descriptor_dim}) -> {target}"
+      f"(dim {features.descriptor_dim}){extra} -> {target}"
     )
     yield target
 
-  def _extract(self, path: str) -> LocalFeatures:
-    """extract_file of a local image; another file system's through a local copy (its errors
-    name the image's own path)."""
+  def _run(self, path: str) -> tuple[LocalFeatures, np.ndarray | None]:
+    """The local features of a local image file and, with global features, its descriptor."""
     assert self._extractor is not None  # Built by setup().
+    if self._global is not None:
+      return self._global.extract_file_with_global(path)
+    return self._extractor.extract_file(path), None
+
+  def _extract(self, path: str) -> tuple[LocalFeatures, np.ndarray | None]:
+    """:meth:`_run` on a local image; another file system's through a local copy (its errors
+    name the image's own path)."""
     if is_local(path):
-      return self._extractor.extract_file(path)
+      return self._run(path)
     with tempfile.TemporaryDirectory(prefix="delf_ret_image_") as folder:
       local = os.path.join(folder, FileSystems.split(path)[1])
       try:
@@ -256,8 +259,8 @@ class ExtractFeatures(beam.DoFn if beam is not None else object):  # type: ignor
       except OSError as error:  # Beam's BeamIOError too: e.g. no such file.
         raise ImageReadError(f"{path}: cannot read: {error}") from None
       try:
-        return self._extractor.extract_file(local)
-      except (ImageReadError, ImageTooSmallError, ImageTooLargeError) as error:
+        return self._run(local)
+      except IMAGE_ERRORS as error:
         raise type(error)(str(error).replace(local, path)) from None
 
   def _fail(self, path: str, reason: str) -> None:
@@ -326,21 +329,27 @@ def extract_with_beam(
   overwrite: bool = False,
   log: Callable[[str], None] = print,
 ) -> ExtractionSummary:
-  """Writes OUTPUT_DIR/<image stem>.delf for every image whose file is missing, with a Beam
-  pipeline run with ``options`` (see pipeline_options); returns what it did. Image paths and
+  """Writes OUTPUT_DIR/<image stem>.delf (and, with the config's ``use_global_features``,
+  <image stem>.delg_global) for every image whose files are missing, with a Beam
+  pipeline run with ``options`` (delf_ret.extract.beam_options.pipeline_options); returns what it did. Image paths and
   OUTPUT_DIR are local paths or those of another Beam file system (gs://...).
 
   The folder is prepared as extract_features prepares it (prepare_feature_folder); images
   whose feature file exists are skipped before the pipeline starts (and again by the
   workers). Raises InputError for two images with one image id or an unusable folder.
   """
-  require_beam()
+  require_beam(DOING)
   paths = [str(path) for path in image_paths]
   names = feature_file_names([pathlib.Path(path) for path in paths])  # Ids: names, no suffix.
   settings = extraction_settings(config, config.model_path or None)
   prepare_feature_folder(output_dir, settings, overwrite, log)
   existing = feature_files_in(output_dir)
-  todo = [(path, name) for path, name in zip(paths, names) if name not in existing]
+  todo = [
+    (path, name)
+    for path, name in zip(paths, names)
+    if name not in existing
+    or (config.use_global_features and global_file_name(image_id_of(name)) not in existing)
+  ]
   skipped = len(paths) - len(todo)
   counts: dict[str, int] = {"extracted": 0, "skipped": 0}
   failures: list[tuple[str, str]] = []

@@ -73,6 +73,7 @@ from delf_ret.index.errors import LocalIndexError
 from delf_ret.index.local_index import VERSION_MARKER
 from delf_ret.index.local_index import fsync_version
 from delf_ret.index.local_index import load_version
+from delf_ret.index.local_index import read_version_meta
 from delf_ret.index.local_index import save_version
 from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
 
@@ -202,6 +203,21 @@ def aggregate(
     return unique, np.packbits(sums > 0, axis=1)
   norms = np.linalg.norm(sums, axis=1, keepdims=True)
   return unique, (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def top_order(scores: np.ndarray, k: int | None) -> np.ndarray:
+  """Positions (int64 [min(k, S)]) of the ``k`` (None: all) largest of ``scores`` float [S], by
+  decreasing score, ties in order of position: the first k of a stable argsort of ``-scores``,
+  found with a partition (O(S)) and a sort of the k (and their ties) only."""
+  if k is None or int(k) >= len(scores):
+    return np.argsort(-np.asarray(scores, np.float64), kind="stable")
+  k = int(k)
+  if k <= 0:
+    return np.zeros(0, np.int64)
+  negated = -np.asarray(scores, np.float64)
+  kth = np.partition(negated, k - 1)[k - 1]
+  candidates = np.flatnonzero(negated <= kth)  # The k best and every tie of the k-th.
+  return candidates[np.argsort(negated[candidates], kind="stable")][:k]
 
 
 def binary_similarity(first: np.ndarray, second: np.ndarray, dim: int) -> np.ndarray:
@@ -537,6 +553,12 @@ class AsmkIndex:
   def score_images(self, descriptors: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Similarity of a query image's descriptors [N, D] with every indexed image: (image ids
     in order of adding, float64 scores [I] in [-1, 1]; see the module docstring)."""
+    slots, scores = self._slot_scores(descriptors)
+    return [self._slot_names[slot] for slot in slots.tolist()], scores
+
+  def _slot_scores(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(slots int64 [I] of the indexed images, ascending: order of adding; their scores
+    float64 [I]) for a query image's descriptors [N, D]."""
     words, vectors = self.aggregate(descriptors, query=True)
     self._file_pending()
     sums = np.zeros(len(self._word_counts), np.float64)
@@ -544,9 +566,8 @@ class AsmkIndex:
       self._accumulate(segment, words, vectors, sums)
     slots = np.array(sorted(self._slot_names), np.int64)
     if not len(words) or not len(slots):
-      return self.image_ids(), np.zeros(len(slots), np.float64)
-    scores = sums[slots] / np.sqrt(self._word_counts[slots] * float(len(words)))
-    return [self._slot_names[slot] for slot in slots.tolist()], scores
+      return slots, np.zeros(len(slots), np.float64)
+    return slots, sums[slots] / np.sqrt(self._word_counts[slots] * float(len(words)))
 
   def _accumulate(
     self, segment: _Segment, words: np.ndarray, vectors: np.ndarray, sums: np.ndarray
@@ -576,12 +597,11 @@ class AsmkIndex:
 
   def search_images(self, descriptors: np.ndarray, k: int | None = None) -> list[tuple[str, float]]:
     """The ``k`` (None: all) indexed images most similar to a query image's descriptors [N, D],
-    as (image id, score) by decreasing score (ties: in order of adding)."""
-    image_ids, scores = self.score_images(descriptors)
-    order = np.argsort(-scores, kind="stable")
-    if k is not None:
-      order = order[: max(0, int(k))]
-    return [(image_ids[i], float(scores[i])) for i in order.tolist()]
+    as (image id, score) by decreasing score (ties: in order of adding). Only the k images
+    returned are sorted and named (:func:`top_order`)."""
+    slots, scores = self._slot_scores(descriptors)
+    order = top_order(scores, k)
+    return [(self._slot_names[int(slots[i])], float(scores[i])) for i in order.tolist()]
 
   # Persistence ------------------------------------------------------------
 
@@ -671,17 +691,7 @@ class AsmkIndex:
 
 def _read_meta(folder: pathlib.Path, version_dir: pathlib.Path) -> dict[str, Any]:
   """meta.json of a version, checked: {"dim", "params" (AsmkParams), "settings", "images"}."""
-  try:
-    meta = json.loads((version_dir / "meta.json").read_text())
-  except (OSError, ValueError) as error:
-    raise LocalIndexError(f"ASMK index metadata in {version_dir} unreadable: {error}") from None
-  if not isinstance(meta, dict) or meta.get("kind") != KIND:
-    raise LocalIndexError(f"{folder} holds no ASMK index (meta.json is not an ASMK index's)")
-  if meta.get("format_version") != FORMAT_VERSION:
-    raise LocalIndexError(
-      f"ASMK index format version {meta.get('format_version')} in {folder}; "
-      f"this delf-ret reads version {FORMAT_VERSION}"
-    )
+  meta = read_version_meta(folder, version_dir, KIND, FORMAT_VERSION, "ASMK index")
   try:
     params = AsmkParams(**meta["params"]).check()
     images = {str(name): int(slot) for name, slot in dict(meta["images"]).items()}

@@ -13,10 +13,14 @@ pipeline resumes. Feature files, the quantiser and the shards are read and
 written by local path: every worker must see them at the same path (the local
 runner; a shared mount on a cluster).
 
+The other first stages (ASMK, global descriptors) build their shards with the same
+runner, :func:`run_shard_steps`, with their own step (delf_ret.retrieval.stage_shards).
+
 Beam's options are command-line words (``--beam_pipeline_options`` of the tool,
-as tensorflow-datasets names it). The runner is Beam's in-process FnApiRunner
-when none or "DirectRunner" is named (Beam's DirectRunner would first try the
-Prism runner, which downloads a binary).
+as tensorflow-datasets names it; delf_ret.extract.beam_options, shared with extraction):
+the runner is Beam's in-process FnApiRunner when none or "DirectRunner" is named (Beam's
+DirectRunner would first try the Prism runner, which downloads a binary), and Beam logs
+warnings only unless ``--default_sdk_harness_log_level`` is given.
 
 Needs the ``beam`` extra (``pip install 'delf-ret[beam]'``): without it this module
 imports, and running a pipeline raises BeamIndexError saying so.
@@ -24,15 +28,16 @@ imports, and running a pipeline raises BeamIndexError saying so.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pathlib
-import shutil
 from typing import Callable
 from typing import Mapping
 from typing import Sequence
 
+from delf_ret.extract.beam_options import BeamPipelineError
+from delf_ret.extract.beam_options import pipeline_options
+from delf_ret.extract.beam_options import require_beam
 from delf_ret.index.errors import LocalIndexError
 from delf_ret.index.local_index import IndexParams
 from delf_ret.index.local_index import LocalFeatureIndex
@@ -44,48 +49,24 @@ from delf_ret.index.shards import build_shard
 from delf_ret.index.shards import merge_shards
 from delf_ret.index.shards import plan_shards
 from delf_ret.index.shards import read_shard
+from delf_ret.index.shards import remove_shards
 from delf_ret.index.shards import train_quantiser
 
 try:  # An extra: the rest of delf-ret, and this module's import, do without it.
   import apache_beam as beam
-  from apache_beam.options.pipeline_options import PipelineOptions
-  from apache_beam.options.pipeline_options import StandardOptions
-except ImportError as error:
+except ImportError:
   beam = None
-  _MISSING = str(error)
 
-# The in-process runner, used when no runner or "DirectRunner" is asked for.
-LOCAL_RUNNER = "FnApiRunner"
+DOING = "building an index"  # What the error without apache-beam says this pipeline does.
 
 
-class BeamIndexError(LocalIndexError):
+class BeamIndexError(LocalIndexError, BeamPipelineError):
   """Apache Beam is not installed, or the index-building pipeline failed."""
 
 
-def require_beam() -> None:
+def require_beam_for_index() -> None:
   """BeamIndexError (one line, naming the extra to install) when apache-beam is missing."""
-  if beam is None:
-    raise BeamIndexError(
-      f"building an index with Beam needs apache-beam ({_MISSING}): pip install 'delf-ret[beam]'"
-    )
-
-
-def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
-  """Beam's options from command-line words (e.g. ``["--direct_num_workers=2"]``); the runner
-  is LOCAL_RUNNER when none or "DirectRunner" is named, and Beam logs warnings only unless
-  ``--default_sdk_harness_log_level`` is given."""
-  require_beam()
-  # Workers log warnings only unless asked otherwise (Beam logs each bundle at INFO level).
-  quiet = not any(word.startswith("--default_sdk_harness_log_level") for word in argv)
-  options = PipelineOptions(
-    [*(["--default_sdk_harness_log_level=WARNING"] if quiet else []), *argv]
-  )
-  if quiet:
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-  standard = options.view_as(StandardOptions)
-  if standard.runner is None or standard.runner.lower() in ("direct", "directrunner"):
-    standard.runner = LOCAL_RUNNER
-  return options
+  require_beam(DOING, BeamIndexError)
 
 
 class _BuildShard:
@@ -99,16 +80,16 @@ class _BuildShard:
     return str(info.folder)
 
 
-def build_shards_with_beam(
+def run_shard_steps(
   plans: Sequence[ShardPlan],
-  quantiser_dir: str | os.PathLike,
-  shards_dir: str | os.PathLike,
+  step: Callable[[ShardPlan], str],
   beam_argv: Sequence[str] = (),
-) -> list[ShardInfo]:
-  """Builds the planned shards with a Beam pipeline of options ``beam_argv``; returns their
-  infos in plan order. BeamIndexError (one line) when the pipeline fails."""
-  options = pipeline_options(beam_argv)
-  step = _BuildShard(str(quantiser_dir), str(shards_dir))
+) -> None:
+  """Runs ``step`` (picklable: it goes to the workers) on every plan with a Beam pipeline of
+  options ``beam_argv``, one element per plan. BeamIndexError (one line) when the pipeline
+  fails; a LocalIndexError of a step is raised as it is."""
+  require_beam_for_index()
+  options = pipeline_options(beam_argv, quiet=True)
   try:
     with beam.Pipeline(options=options) as pipeline:
       _ = (
@@ -124,6 +105,18 @@ def build_shards_with_beam(
     raise BeamIndexError(
       f"the index pipeline failed: {type(error).__name__}: {reason[-1] if reason else ''}"
     ) from None
+
+
+def build_shards_with_beam(
+  plans: Sequence[ShardPlan],
+  quantiser_dir: str | os.PathLike,
+  shards_dir: str | os.PathLike,
+  beam_argv: Sequence[str] = (),
+) -> list[ShardInfo]:
+  """Builds the planned shards of a votes index with a Beam pipeline of options
+  ``beam_argv``; returns their infos in plan order. BeamIndexError (one line) when the
+  pipeline fails."""
+  run_shard_steps(plans, _BuildShard(str(quantiser_dir), str(shards_dir)), beam_argv)
   return [read_shard(pathlib.Path(shards_dir) / plan.name) for plan in plans]
 
 
@@ -152,7 +145,7 @@ def build_index_beam(
   inverted lists (delf_ret.index.shards.merge_shards).
   Returns the merged index (None without ``index_dir``) and the failed feature files.
   """
-  require_beam()
+  require_beam_for_index()
   if index_dir is not None and (pathlib.Path(index_dir) / "CURRENT").is_file():
     raise BeamIndexError(f"{index_dir} already holds an index; build into a new folder")
   if images_per_shard < 1:
@@ -169,8 +162,5 @@ def build_index_beam(
     return None, [failure for info in infos for failure in info.failures]
   index, failures = merge_shards([info.folder for info in infos], index_dir, log, on_disk)
   if not keep_shards:
-    for folder in [quantiser_dir, *(info.folder for info in infos)]:
-      shutil.rmtree(folder, ignore_errors=True)
-    with contextlib.suppress(OSError):
-      shards_dir.rmdir()  # Only when nothing else is in it.
+    remove_shards(shards_dir, [info.folder for info in infos])
   return index, failures

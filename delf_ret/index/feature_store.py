@@ -73,6 +73,7 @@ from delf_ret.index.errors import LocalIndexError
 from delf_ret.index.local_index import VERSION_MARKER
 from delf_ret.index.local_index import fsync_version
 from delf_ret.index.local_index import load_version
+from delf_ret.index.local_index import read_version_meta
 from delf_ret.index.local_index import save_version
 from delf_ret.index.lock import writer_lock
 
@@ -312,17 +313,9 @@ def _open_version(folder: pathlib.Path, version_dir: pathlib.Path) -> FeatureSto
 def _read_meta(folder: pathlib.Path, version_dir: pathlib.Path) -> dict[str, Any]:
   """meta.json of a version, checked (types, ranges, one source per image, ids unique)."""
   path = version_dir / META_FILE
-  try:
-    meta = json.loads(path.read_text())
-  except (OSError, ValueError) as error:
-    raise FeatureStoreError(f"feature store file {path} unreadable: {error}") from None
-  if not isinstance(meta, dict) or meta.get("kind") != KIND:
-    raise FeatureStoreError(f"{folder} holds no feature store ({path} is not a store's)")
-  if meta.get("format_version") != FORMAT_VERSION:
-    raise FeatureStoreError(
-      f"feature store format version {meta.get('format_version')!r} in {folder}; "
-      f"this delf-ret reads version {FORMAT_VERSION}"
-    )
+  meta = read_version_meta(
+    folder, version_dir, KIND, FORMAT_VERSION, "feature store", FeatureStoreError
+  )
   reason = _meta_problem(meta)
   if reason:
     raise FeatureStoreError(f"feature store file {path} is damaged: {reason}")

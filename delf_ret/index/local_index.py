@@ -689,6 +689,33 @@ def load_version(folder: pathlib.Path, read: Callable[[pathlib.Path], _Loaded]) 
   raise AssertionError("unreachable")
 
 
+def read_version_meta(
+  folder: pathlib.Path,
+  version_dir: pathlib.Path,
+  kind: str,
+  format_version: int,
+  what: str,
+  error: type[LocalIndexError] = LocalIndexError,
+) -> dict[str, Any]:
+  """The ``meta.json`` object of a version folder of a versioned store that names its
+  ``kind`` (e.g. "asmk"), checked for that kind and ``format_version``; ``error`` naming the
+  file or ``folder`` and ``what`` the folder should hold (e.g. "ASMK index") otherwise. The
+  caller checks the other fields."""
+  path = version_dir / "meta.json"
+  try:
+    meta = json.loads(path.read_text())
+  except (OSError, ValueError) as reason:
+    raise error(f"{what} file {path} unreadable: {reason}") from None
+  if not isinstance(meta, dict) or meta.get("kind") != kind:
+    raise error(f"{folder} holds no {what} ({path} is not of kind {kind!r})")
+  if meta.get("format_version") != format_version:
+    raise error(
+      f"{what} format version {meta.get('format_version')!r} in {folder}; "
+      f"this delf-ret reads version {format_version}"
+    )
+  return meta
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
   """json object_pairs_hook: a dict, refusing a key given twice (an image id listed twice)."""
   result: dict[str, Any] = {}

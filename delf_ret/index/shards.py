@@ -22,6 +22,11 @@ Apache Beam pipeline, delf_ret.index.beam_pipeline; ``merge_index`` runs the las
    the shards' vectors (graphs cannot be merged), in slot order. Image records
    (paths, labels) come along.
 
+The same plan, ``shard.json`` and checks serve the shards of the other first stages
+(``stage`` in ``shard.json``: "asmk", "global"; delf_ret.retrieval.stage_shards builds and
+merges those with :func:`shard_info`, :func:`finished_shard` and :func:`save_shard`); shards
+of different stages are never merged.
+
 A shard whose ``shard.json`` matches its plan is finished: building it again
 does nothing, so a killed pipeline resumes. Shard folders must be on a file
 system that the merging machine reads (a local folder for the local runner, a
@@ -30,11 +35,13 @@ shared mount on a cluster).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import pathlib
+import shutil
 from typing import Any
 from typing import Callable
 from typing import Mapping
@@ -178,9 +185,18 @@ def _settings(params: IndexParams) -> dict[str, Any]:
   return settings
 
 
+VOTES = "votes"  # The first stage of a shard.json without "stage" (written before it existed).
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardInfo:
-  """A finished shard's ``shard.json``: its plan (number, count, slots), settings and failures."""
+  """A finished shard's ``shard.json``: its plan (number, count, slots), settings and failures.
+
+  stage: the first stage the shard is part of ("votes": a LocalFeatureIndex; others see
+  delf_ret.retrieval.stage_shards); dim, settings, quantiser: what its shards must share (the
+  descriptor dimension, the settings, a fingerprint of what was trained once); images: images
+  it holds; failures: (feature file, reason) of the files it could not add.
+  """
 
   folder: pathlib.Path
   number: int
@@ -193,6 +209,56 @@ class ShardInfo:
   quantiser: str
   images: int
   failures: Failures
+  stage: str = VOTES
+
+
+def shard_info(
+  plan: ShardPlan,
+  shards_dir: str | os.PathLike,
+  stage: str,
+  dim: int,
+  settings: dict[str, Any],
+  quantiser: str,
+) -> ShardInfo:
+  """The info an unbuilt shard of ``plan`` will have in ``shards_dir/<plan.name>`` (no images,
+  no failures yet)."""
+  return ShardInfo(
+    pathlib.Path(shards_dir) / plan.name,
+    plan.number,
+    plan.count,
+    plan.first_slot,
+    plan.end_slot,
+    plan.total_slots,
+    dim,
+    settings,
+    quantiser,
+    0,
+    [],
+    stage,
+  )
+
+
+def finished_shard(expected: ShardInfo) -> ShardInfo | None:
+  """The info of the shard finished in ``expected.folder`` when it was built as ``expected``
+  says (its images and failures aside); None when it is not (unfinished, or another plan's
+  or settings')."""
+  done = _finished(expected.folder)
+  if done is not None and dataclasses.replace(done, images=0, failures=[]) == expected:
+    return done
+  return None
+
+
+def save_shard(info: ShardInfo, save: Callable[[pathlib.Path], None]) -> None:
+  """Writes a shard crash-safely under its folder's writer lock: the old ``shard.json`` is
+  removed (unfinished until the end), ``save(folder)`` writes the shard's index, then the new
+  ``shard.json`` is written atomically."""
+  folder = info.folder
+  with writer_lock(folder):
+    (folder / SHARD_FILE).unlink(missing_ok=True)
+    remove_leftover_versions(folder)
+    save(folder)
+    with atomic_write(folder / SHARD_FILE, "w") as handle:
+      json.dump(_to_json(info), handle)
 
 
 def build_shard(
@@ -207,10 +273,11 @@ def build_shard(
   quantiser is not built again; an unfinished one or another plan's is rebuilt.
   """
   quantiser = LocalFeatureIndex.load(quantiser_dir)
-  expected = _info(plan, quantiser, shards_dir, images=0, failures=[])
-  folder = expected.folder
-  done = _finished(folder)
-  if done is not None and dataclasses.replace(done, images=0, failures=[]) == expected:
+  expected = shard_info(
+    plan, shards_dir, VOTES, quantiser.dim, _settings(quantiser.params), fingerprint(quantiser)
+  )
+  done = finished_shard(expected)
+  if done is not None:
     log(f"{plan.name}: already built ({done.images} images)")
     return done
   index, failures = quantiser, []
@@ -226,36 +293,9 @@ def build_shard(
     index._add_at(slot, image_id_of(path), descriptors, image_path, label)
   index._reserve_slots(plan.end_slot)
   info = dataclasses.replace(expected, images=len(index), failures=failures)
-  with writer_lock(folder):
-    (folder / SHARD_FILE).unlink(missing_ok=True)  # Unfinished until the new one is written.
-    remove_leftover_versions(folder)
-    index.save(folder)
-    with atomic_write(folder / SHARD_FILE, "w") as handle:
-      json.dump(_to_json(info), handle)
+  save_shard(info, index.save)
   log(f"{plan.name}: {len(index)} images in slots {plan.first_slot}..{plan.end_slot - 1}")
   return info
-
-
-def _info(
-  plan: ShardPlan,
-  quantiser: LocalFeatureIndex,
-  shards_dir: str | os.PathLike,
-  images: int,
-  failures: Failures,
-) -> ShardInfo:
-  return ShardInfo(
-    pathlib.Path(shards_dir) / plan.name,
-    plan.number,
-    plan.count,
-    plan.first_slot,
-    plan.end_slot,
-    plan.total_slots,
-    quantiser.dim,
-    _settings(quantiser.params),
-    fingerprint(quantiser),
-    images,
-    failures,
-  )
 
 
 def _to_json(info: ShardInfo) -> dict[str, Any]:
@@ -291,6 +331,8 @@ def read_shard(folder: str | os.PathLike) -> ShardInfo:
       raise ValueError("shard number or slot range out of bounds")
     if not isinstance(info.settings, dict) or not isinstance(info.quantiser, str):
       raise ValueError("settings or quantiser malformed")
+    if not isinstance(info.stage, str):
+      raise ValueError("first stage malformed")
     failures = [(str(path), str(reason)) for path, reason in info.failures]
   except (OSError, ValueError, TypeError) as error:
     raise ShardError(f"{path} is damaged: {error}") from None
@@ -304,7 +346,7 @@ def check_shards(infos: Sequence[ShardInfo]) -> list[ShardInfo]:
     raise ShardError("no shards to merge")
   first = infos[0]
   for info in infos[1:]:
-    for what in ("settings", "dim", "quantiser", "count", "total_slots"):
+    for what in ("stage", "settings", "dim", "quantiser", "count", "total_slots"):
       if getattr(info, what) != getattr(first, what):
         raise ShardError(
           f"shards {first.folder} and {info.folder} were made with other {_WHAT[what]}: "
@@ -328,6 +370,7 @@ def check_shards(infos: Sequence[ShardInfo]) -> list[ShardInfo]:
 
 
 _WHAT = {
+  "stage": "first stages",
   "settings": "index settings",
   "dim": "descriptor dimensions",
   "quantiser": "trained quantisers",
@@ -368,6 +411,11 @@ def merge_shards(
   then read-only (delf_ret.index.local_index).
   """
   infos = check_shards([read_shard(folder) for folder in shard_dirs])
+  if infos[0].stage != VOTES:
+    raise ShardError(
+      f"{infos[0].folder} is a shard of first_stage {infos[0].stage!r}, not of a votes index "
+      "(delf_ret.retrieval.stage_shards merges it; merge_index does)"
+    )
   index_dir = pathlib.Path(index_dir)
   with writer_lock(index_dir):
     if (index_dir / "CURRENT").is_file():
@@ -426,3 +474,13 @@ def build_sharded(
   for plan in plans:
     build_shard(plan, shards_dir / QUANTISER_DIR, shards_dir, log)
   return merge_shards([shards_dir / plan.name for plan in plans], index_dir, log)
+
+
+def remove_shards(shards_dir: str | os.PathLike, folders: Sequence[str | os.PathLike]) -> None:
+  """Removes the quantiser and the shard ``folders`` of ``shards_dir`` (after a merge), and the
+  folder itself if nothing else is in it."""
+  shards_dir = pathlib.Path(shards_dir)
+  for folder in [shards_dir / QUANTISER_DIR, *folders]:
+    shutil.rmtree(folder, ignore_errors=True)
+  with contextlib.suppress(OSError):
+    shards_dir.rmdir()  # Only when nothing else is in it.

@@ -23,8 +23,11 @@ import venv
 import pytest
 from test_wheel import dependency_folders
 
+from conftest import BUNDLED_IMAGES
 from conftest import REPO
+from conftest import installed_script
 from conftest import run_command
+from conftest import tool_env
 
 # What the environment installs besides delf-ret (the "beam" extra of setup.py, and protobuf
 # pinned to the lowest minor delf-ret's generated modules support).
@@ -116,3 +119,36 @@ def beam_venv() -> pathlib.Path:
       _build(env_dir)
       complete.write_text(record)
   return env_dir / "bin"
+
+
+# The shipped default model on photos capped at 256 px (a fraction of a second per photo), with
+# global descriptors (1024-d: the default model has no global PCA): .delf and .delg_global files.
+GLOBAL_OVERRIDES = (
+  "--config_override=max_image_size=256",
+  "--config_override=use_global_features=true",
+  "--config_override=delf_global_config.use_pca=false",
+)
+GLOBAL_PHOTOS = ("leuven_a", "leuven_b", "river_2", "roofs_1", "sacre_coeur_1", "sacre_coeur_2")
+
+
+@pytest.fixture(scope="session")
+def global_photos(tmp_path_factory) -> pathlib.Path:
+  """A folder of copies of the bundled GLOBAL_PHOTOS."""
+  photos = tmp_path_factory.mktemp("global_photos")
+  for name in GLOBAL_PHOTOS:
+    shutil.copy(BUNDLED_IMAGES / f"{name}.jpg", photos)
+  return photos
+
+
+@pytest.fixture(scope="session")
+def global_features(global_photos, tmp_path_factory) -> pathlib.Path:
+  """The feature folder the single-machine extract_features (this interpreter, protobuf 7)
+  writes for GLOBAL_PHOTOS with GLOBAL_OVERRIDES: a .delf and a .delg_global file per photo,
+  and the settings record."""
+  output = tmp_path_factory.mktemp("global_features")
+  command = [installed_script("extract_features"), f"--images_dir={global_photos}"]
+  result = run_command(
+    [*command, *GLOBAL_OVERRIDES, f"--output_dir={output}"], timeout=600, env=tool_env()
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return output

@@ -1,6 +1,7 @@
 """extract_features_beam on real photos, through the console script of the Beam virtual
 environment (apache-beam, protobuf 6.31; tests/beam/conftest.py): the same feature files as
-extract_features, a killed pipeline resumed, a corrupt image reported."""
+extract_features (with global descriptors too), a killed pipeline resumed, a corrupt image
+reported."""
 
 import importlib.util
 import os
@@ -11,14 +12,15 @@ import time
 
 import pytest
 
+from beam.conftest import GLOBAL_OVERRIDES
+from beam.conftest import GLOBAL_PHOTOS
 from conftest import BUNDLED_IMAGES
 from conftest import installed_script
 from conftest import run_command
 from conftest import tool_env
 
-PHOTOS = ("aero_1", "leuven_a", "river_1", "roofs_1", "sacre_coeur_1")
-# The shipped default model on photos capped at 256 px: a fraction of a second per photo.
-SMALL = "--config_override=max_image_size=256"
+# With global descriptors: every pipeline writes .delf and .delg_global files (beam/conftest.py).
+PHOTOS = GLOBAL_PHOTOS
 TWO_WORKERS = "--direct_num_workers=2 --direct_running_mode=multi_processing"
 # The environment's own delf-ret and packages: no PYTHONPATH.
 BEAM_ENV = {
@@ -28,21 +30,14 @@ BEAM_ENV = {
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-  folder = tmp_path_factory.mktemp("photos")
-  for name in PHOTOS:
-    shutil.copy(BUNDLED_IMAGES / f"{name}.jpg", folder)
-  return folder
+def photos(global_photos):
+  return global_photos
 
 
 @pytest.fixture(scope="module")
-def reference(photos, tmp_path_factory):
+def reference(global_features):
   """The feature folder of the single-machine extract_features (this interpreter, protobuf 7)."""
-  output = tmp_path_factory.mktemp("reference")
-  command = [installed_script("extract_features"), f"--images_dir={photos}", SMALL]
-  result = run_command([*command, f"--output_dir={output}"], timeout=600, env=tool_env())
-  assert result.returncode == 0, result.stderr[-3000:]
-  return output
+  return global_features
 
 
 def beam_command(beam_venv, images_dir, output_dir, *extra):
@@ -50,7 +45,7 @@ def beam_command(beam_venv, images_dir, output_dir, *extra):
     str(beam_venv / "extract_features_beam"),
     f"--images_dir={images_dir}",
     f"--output_dir={output_dir}",
-    SMALL,
+    *GLOBAL_OVERRIDES,
     *extra,
   ]
 
@@ -77,27 +72,6 @@ def test_without_apache_beam_one_line_names_the_extra(tmp_path):
   assert not output.exists()
 
 
-@pytest.mark.slow  # Runs the console script.
-def test_global_descriptors_are_refused_in_one_line(tmp_path):
-  # The pipeline writes .delf files only: a global-feature config must not lose its
-  # .delg_global files silently.
-  output = tmp_path / "features"
-  command = [
-    installed_script("extract_features_beam"),
-    f"--images_dir={BUNDLED_IMAGES}",
-    f"--output_dir={output}",
-    "--config_override=use_global_features=true",
-  ]
-  result = run_command(command, timeout=600, env=tool_env())
-  assert result.returncode == 2, result.stderr[-3000:]
-  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-  assert errors == [
-    "error: extract_features_beam writes local features (.delf) only; global descriptors "
-    "(use_global_features) are written by extract_features"
-  ]
-  assert "Traceback" not in result.stderr and not output.exists()
-
-
 @pytest.mark.slow  # Builds (or reuses) the Beam environment; runs a child Python.
 def test_protos_import_under_protobuf_6(beam_venv):
   code = (
@@ -118,7 +92,8 @@ def test_two_workers_write_the_bytes_of_extract_features(beam_venv, photos, refe
   result = run_command(command, timeout=600, env=BEAM_ENV)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"summary: {len(PHOTOS)} extracted, 0 skipped" in result.stdout
-  assert folder_bytes(output) == folder_bytes(reference)
+  assert "and a 1024-d global descriptor" in result.stderr + result.stdout
+  assert folder_bytes(output) == folder_bytes(reference)  # .delf and .delg_global files.
   again = run_command(command, timeout=600, env=BEAM_ENV)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "nothing left to do" in again.stdout
@@ -242,7 +217,10 @@ def test_images_and_features_on_another_file_system(beam_venv, photos, reference
   output = tmp_path / "features"
   command = [str(beam_venv / "python"), "-c", MIRROR_RUN, f"--list_images_path=mirror://{listing}"]
   result = run_command(
-    [*command, f"--output_dir=mirror://{output}", SMALL], timeout=600, env=BEAM_ENV, cwd=tmp_path
+    [*command, f"--output_dir=mirror://{output}", *GLOBAL_OVERRIDES],
+    timeout=600,
+    env=BEAM_ENV,
+    cwd=tmp_path,
   )
   assert result.returncode == 1, result.stderr[-3000:]
   assert f"summary: {len(PHOTOS)} extracted, 0 skipped (done before), 1 failed" in result.stdout
@@ -250,7 +228,10 @@ def test_images_and_features_on_another_file_system(beam_venv, photos, reference
   assert folder_bytes(output) == folder_bytes(reference)
   by_folder = [str(beam_venv / "python"), "-c", MIRROR_RUN, f"--images_dir=mirror://{images}"]
   again = run_command(
-    [*by_folder, f"--output_dir=mirror://{output}", SMALL], timeout=600, env=BEAM_ENV, cwd=tmp_path
+    [*by_folder, f"--output_dir=mirror://{output}", *GLOBAL_OVERRIDES],
+    timeout=600,
+    env=BEAM_ENV,
+    cwd=tmp_path,
   )
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"summary: 0 extracted, {len(PHOTOS)} skipped" in again.stdout

@@ -1,15 +1,21 @@
 """build_index_beam on real feature files in the Beam virtual environment: the same index as
-build_index's."""
+build_index's, for the votes, ASMK and global first stages."""
 
 import numpy as np
 import pytest
 
+from beam.conftest import GLOBAL_OVERRIDES
+from beam.conftest import GLOBAL_PHOTOS
 from conftest import BUNDLED_IMAGES
 from conftest import installed_script
 from conftest import run_command
 from conftest import tool_env
+from delf_ret.config import load_config
+from delf_ret.default_model import default_config_path
 from delf_ret.features import read_features
+from delf_ret.features import read_global_descriptor
 from delf_ret.index import LocalFeatureIndex
+from delf_ret.retrieval.first_stage import open_first_stage
 
 PHOTOS = ["sacre_coeur_1", "sacre_coeur_2", "leuven_a", "leuven_b", "roofs_1", "river_2"]
 # The shipped default model on small images; an IVF-PQ index, so that shards are merged with
@@ -84,3 +90,51 @@ def test_build_index_beam_equals_build_index(tmp_path, beam_venv):
     assert merged.image_path(name) == expected.image_path(name) == f"{BUNDLED_IMAGES / name}.jpg"
     assert merged.image_label(name) == expected.image_label(name)
   assert merged.image_label("sacre_coeur_1") == "sacre_coeur"
+
+
+@pytest.mark.slow  # Runs build_index and build_index_beam (a pipeline of 2 workers) on real photos.
+@pytest.mark.parametrize("stage", ["asmk", "global"])
+def test_build_index_beam_of_a_first_stage_ranks_like_build_index(
+  tmp_path, beam_venv, global_features, stage
+):
+  common = [
+    *GLOBAL_OVERRIDES,
+    f"--config_override=retrieval_config.first_stage={stage}",
+    f"--features_dir={global_features}",
+  ]
+  single = run_command(
+    [installed_script("build_index"), *common, f"--index_dir={tmp_path / 'single'}"],
+    timeout=600,
+    env=tool_env(),
+  )
+  assert single.returncode == 0, single.stderr[-3000:]
+  options = "--direct_num_workers=2 --direct_running_mode=multi_processing"
+  sharded = run_command(
+    [
+      str(beam_venv / "build_index_beam"),
+      *common,
+      f"--index_dir={tmp_path / 'sharded'}",
+      "--images_per_shard=2",
+      f"--beam_pipeline_options={options}",
+    ],
+    timeout=600,
+    env=tool_env(),
+  )
+  assert sharded.returncode == 0, sharded.stderr[-3000:]
+  assert f"{stage} index at" in sharded.stdout and "from 3 shards" in sharded.stdout
+  assert not (tmp_path / "sharded.shards").exists()  # Removed after the merge.
+  for name in ("single", "sharded"):  # The packed feature store reranking reads.
+    assert (tmp_path / name / "features" / "CURRENT").is_file()
+  overrides = [word.split("=", 1)[1] for word in common if word.startswith("--config_override")]
+  config = load_config(default_config_path(), overrides).retrieval_config
+  query = read_features(global_features / "sacre_coeur_2.delf")
+  query_global = read_global_descriptor(global_features / "sacre_coeur_2.delg_global")
+  expected, merged = (open_first_stage(tmp_path / name, config) for name in ("single", "sharded"))
+  assert merged.image_ids() == expected.image_ids() == sorted(GLOBAL_PHOTOS)
+  theirs = expected.rank(query, query_global, config)
+  ours = merged.rank(query, query_global, config)
+  assert [name for name, _ in ours] == [name for name, _ in theirs]
+  assert len(ours) >= 3 and ours[0][0] == "sacre_coeur_2"
+  np.testing.assert_allclose(
+    [score for _, score in ours], [score for _, score in theirs], rtol=0, atol=1e-6
+  )

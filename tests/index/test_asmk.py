@@ -16,6 +16,7 @@ from delf_ret.index import LocalIndexError
 from delf_ret.index import asmk
 from delf_ret.index.asmk import AsmkIndex
 from delf_ret.index.asmk import AsmkParams
+from delf_ret.index.asmk import top_order
 from delf_ret.index.local_index import remove_leftover_versions
 
 # Two words of 2-d descriptors, one assignment each side (the hand-computed cases).
@@ -133,6 +134,21 @@ def test_an_image_is_most_similar_to_itself_with_score_one():
     assert ranked[0] == ("img2", pytest.approx(1.0, abs=1e-6))
     assert all(score < 0.9 for _, score in ranked[1:])
     assert index.num_words("img2") == len(index.aggregate(images[2], query=False)[0])
+
+
+def test_top_k_is_the_head_of_the_full_ranking_ties_in_order_of_adding():
+  rng = np.random.default_rng(4)
+  scores = rng.integers(0, 5, 40).astype(np.float64)  # Many ties.
+  full = np.argsort(-scores, kind="stable")
+  for k in (None, 0, 1, 7, 13, 39, 40, 60):
+    expected = full if k is None else full[: max(k, 0)]
+    np.testing.assert_array_equal(top_order(scores, k), expected)
+  index = AsmkIndex(DIM, AsmkParams(codebook_size=16))
+  index.set_codebook(random_unit_descriptors(rng, 16, DIM))
+  for number in range(12):
+    index.add(f"img{number}", random_unit_descriptors(rng, 30, DIM))
+  query = random_unit_descriptors(rng, 30, DIM)
+  assert index.search_images(query, 5) == index.search_images(query)[:5]
 
 
 def test_codebook_size_rule():

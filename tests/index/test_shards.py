@@ -1,4 +1,5 @@
-"""Sharded index building: shards + merge equal one build; mismatched shards refused; merge_index."""
+"""Sharded index building: shards + merge equal one build (votes, ASMK, global first stages);
+mismatched shards refused; merge_index."""
 
 import gc
 import json
@@ -13,10 +14,14 @@ from conftest import make_features
 from conftest import random_unit_descriptors
 from conftest import run_command
 from conftest import tool_env
+from delf_ret.config import DelfRetrievalConfig
+from delf_ret.config import parse_config_text
 from delf_ret.features import write_features
+from delf_ret.features import write_global_descriptor
 from delf_ret.index import IndexParams
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.index import LocalIndexError
+from delf_ret.index.asmk import AsmkParams
 from delf_ret.index.builder import build_index
 from delf_ret.index.builder import list_feature_files
 from delf_ret.index.shards import QUANTISER_DIR
@@ -27,6 +32,14 @@ from delf_ret.index.shards import merge_shards
 from delf_ret.index.shards import plan_shards
 from delf_ret.index.shards import shard_folders
 from delf_ret.index.shards import train_quantiser
+from delf_ret.retrieval.first_stage import build_first_stage
+from delf_ret.retrieval.first_stage import built_stage
+from delf_ret.retrieval.first_stage import open_first_stage
+from delf_ret.retrieval.first_stage import read_whitening
+from delf_ret.retrieval.stage_shards import build_asmk_shard
+from delf_ret.retrieval.stage_shards import build_stage_sharded
+from delf_ret.retrieval.stage_shards import merge_stage_shards
+from delf_ret.retrieval.stage_shards import train_asmk_quantiser
 
 DIM = 16
 QUIET = {"log": lambda line: None}
@@ -234,23 +247,144 @@ def test_merge_index_tool(tmp_path, features, two_shards):
 
 
 @pytest.mark.slow  # Runs the console script.
-def test_build_index_beam_refuses_the_other_first_stages(tmp_path, features):
-  # Sharded building makes a votes index: an asmk or global config must not get one silently.
+def test_build_index_beam_refuses_an_unknown_first_stage_in_one_line(tmp_path, features):
   tool = installed_script("build_index_beam")
-  for stage in ("asmk", "global"):
-    result = run_command(
-      [
-        tool,
-        f"--features_dir={features}",
-        f"--index_dir={tmp_path / stage}",
-        f"--config_override=retrieval_config.first_stage={stage}",
-      ],
-      timeout=120,
-      env=tool_env(),
+  result = run_command(
+    [
+      tool,
+      f"--features_dir={features}",
+      f"--index_dir={tmp_path / 'index'}",
+      "--config_override=retrieval_config.first_stage=nearest",
+    ],
+    timeout=120,
+    env=tool_env(),
+  )
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip().splitlines() == [
+    "error: retrieval_config.first_stage 'nearest' is not one of 'votes', 'asmk', 'global'"
+  ]
+  assert not (tmp_path / "index").exists()
+
+
+def stage_config(stage: str, **fields) -> DelfRetrievalConfig:
+  text = " ".join(f"{name}: {value}" for name, value in fields.items())
+  return parse_config_text(f'retrieval_config {{ first_stage: "{stage}" {text} }}').retrieval_config
+
+
+@pytest.fixture(scope="module")
+def stage_features(tmp_path_factory, features):
+  """The feature folder with a 4-d global descriptor beside each feature file but img03's (10
+  descriptors: enough to learn a 4-d whitening)."""
+  folder = tmp_path_factory.mktemp("stage_features")
+  for path in features.iterdir():
+    shutil.copy(path, folder)
+  rng = np.random.default_rng(11)
+  for number in range(11):
+    if number != 3:
+      vector = rng.normal(size=4) + np.array([3.0, 0, 0, 0])
+      write_global_descriptor(
+        folder / f"img{number:02d}.delg_global", vector / np.linalg.norm(vector)
+      )
+  return folder
+
+
+def stage_ranking(index_dir, retrieval_config, query_descriptors, query_global):
+  stage = open_first_stage(index_dir, retrieval_config)
+  query = make_features(np.zeros((len(query_descriptors), 2)), query_descriptors)
+  ranked = stage.rank(query, query_global, retrieval_config)
+  return [name for name, _ in ranked], np.array([score for _, score in ranked])
+
+
+STAGE_CONFIGS = {"asmk": {"asmk_codebook_size": 16}, "global": {}}
+
+
+@pytest.mark.parametrize("stage", list(STAGE_CONFIGS))
+def test_stage_shards_merged_rank_like_a_single_build(tmp_path, stage_features, stage):
+  retrieval_config = stage_config(stage, **STAGE_CONFIGS[stage])
+  paths = list_feature_files(stage_features)
+  _, single_failures = build_first_stage(tmp_path / "single", paths, retrieval_config, **QUIET)
+  query = random_unit_descriptors(np.random.default_rng(9), 30, DIM)
+  query_global = np.array([0.9, 0.3, -0.2, 0.1], np.float32)
+  expected = stage_ranking(tmp_path / "single", retrieval_config, query, query_global)
+  assert len(expected[0]) >= 8
+  for per_shard in (3, 20):
+    ids, failures = build_stage_sharded(
+      paths, tmp_path / f"merged{per_shard}", tmp_path / f"shards{per_shard}", retrieval_config,
+      per_shard, beam_argv=None, **QUIET,
+    )  # fmt: skip
+    assert sorted(failures) == sorted((str(path), reason) for path, reason in single_failures)
+    assert built_stage(tmp_path / f"merged{per_shard}") == stage
+    assert not (tmp_path / f"shards{per_shard}").exists()  # Removed after the merge.
+    names, scores = stage_ranking(
+      tmp_path / f"merged{per_shard}", retrieval_config, query, query_global
     )
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [
-      f"error: build_index_beam builds the votes index only; first_stage {stage!r} is built by "
-      "build_index"
-    ]
-    assert not (tmp_path / stage).exists()
+    assert names == expected[0]
+    np.testing.assert_allclose(scores, expected[1], rtol=0, atol=1e-6)
+  if stage == "global":  # The whitening was learned, the same as the single build's.
+    single, merged = (read_whitening(tmp_path / name / "global") for name in ("single", "merged3"))
+    assert single is not None and merged is not None
+    for ours, theirs in zip(merged, single):
+      np.testing.assert_array_equal(ours, theirs)
+
+
+def test_stage_shards_of_other_stages_or_codebooks_are_refused(tmp_path, stage_features):
+  paths = list_feature_files(stage_features)
+  shards = {}
+  for name, stage, fields in [
+    ("asmk", "asmk", {"asmk_codebook_size": 16}),
+    ("asmk8", "asmk", {"asmk_codebook_size": 8}),
+    ("global", "global", {}),
+  ]:
+    build_stage_sharded(
+      paths, None, tmp_path / name, stage_config(stage, **fields), 6, beam_argv=None, **QUIET
+    )
+    shards[name] = shard_folders(tmp_path / name)
+  lines = []  # A resumed run reuses the codebook and keeps the finished shards.
+  asmk16 = stage_config("asmk", asmk_codebook_size=16)
+  build_stage_sharded(paths, None, tmp_path / "asmk", asmk16, 6, beam_argv=None, log=lines.append)
+  assert lines[0].startswith("reusing the trained ASMK codebook")
+  assert sum("already built (6 images)" in line for line in lines) == 1
+  with pytest.raises(ShardError, match="made with other first stages: asmk vs global"):
+    merge_stage_shards([shards["asmk"][0], shards["global"][1]], tmp_path / "index")
+  with pytest.raises(ShardError, match="made with other index settings"):
+    merge_stage_shards([shards["asmk"][0], shards["asmk8"][1]], tmp_path / "index")
+  with pytest.raises(ShardError, match="no shard holds slots 6..11: a shard is missing"):
+    merge_stage_shards(shards["global"][:1], tmp_path / "index")
+  with pytest.raises(ShardError, match="shard of first_stage 'asmk', not of a votes index"):
+    merge_shards(shards["asmk"], tmp_path / "index")
+  assert not (tmp_path / "index").exists()  # Nothing written by a refused merge.
+  # A codebook retrained on the same settings (another seed): the same settings, not the same
+  # codebook.
+  other = tmp_path / "other"
+  params = AsmkParams.from_config(stage_config("asmk", asmk_codebook_size=16), seed=1)
+  train_asmk_quantiser(paths, other / QUANTISER_DIR, params, **QUIET)
+  build_asmk_shard(plan_shards(paths, 2)[1], other / QUANTISER_DIR, other, **QUIET)
+  with pytest.raises(ShardError, match="made with other trained quantisers"):
+    merge_stage_shards([shards["asmk"][0], *shard_folders(other)], tmp_path / "index")
+  merge_stage_shards(shards["asmk"], tmp_path / "index", **QUIET)
+  with pytest.raises(ShardError, match="already holds an index"):
+    merge_stage_shards(shards["asmk"], tmp_path / "index", **QUIET)
+
+
+@pytest.mark.slow  # Runs the console script.
+def test_merge_index_tool_merges_global_shards_with_the_feature_store(tmp_path, stage_features):
+  paths = list_feature_files(stage_features)
+  build_stage_sharded(
+    paths, None, tmp_path / "shards", stage_config("global"), 4, beam_argv=None, **QUIET
+  )
+  index_dir = tmp_path / "index"
+  result = run_command(
+    [
+      installed_script("merge_index"),
+      f"--shards_dir={tmp_path / 'shards'}",
+      f"--index_dir={index_dir}",
+      f"--features_dir={stage_features}",
+    ],
+    timeout=300,
+    env=tool_env(),
+  )
+  # img03 has no global descriptor and img05b is no feature file: both reported (exit 1).
+  assert result.returncode == 1, result.stderr
+  assert "global index at" in result.stdout and "2 feature files failed" in result.stderr
+  assert built_stage(index_dir) == "global" and (index_dir / "features" / "CURRENT").is_file()
+  assert len(open_first_stage(index_dir, stage_config("global"))) == 10
