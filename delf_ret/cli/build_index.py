@@ -24,7 +24,8 @@ first build, in INDEX_DIR/asmk) or "global" (global descriptors, from the .delg_
 files that extraction with use_global_features: true writes, PCA-whitened, in
 INDEX_DIR/global). Adding and removing images keeps the configured stage in step; a
 folder built for another first stage is refused. The .delf files are always needed:
-reranking reads them. Labels (--labels_csv) are recorded by a votes index only.
+reranking reads them. Paths and labels (--labels_csv) are recorded whatever the stage
+(asmk and global: in INDEX_DIR/records.json).
 The index is saved every --save_every images; running the same command again
 after an interruption skips the images already indexed, and running it with
 new images adds them without retraining. The index records each image's

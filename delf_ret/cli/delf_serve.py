@@ -6,12 +6,14 @@ Usage:
       [--config_path my.pbtxt] [--port 8000]
 
 Open the printed address in a browser: upload a photo or pick an indexed one, draw a query
-box, see the ranked results (vote score, RANSAC inliers, verified, label), the match
+box, see the ranked results (first-stage score, RANSAC inliers, verified, label), the match
 picture of any result and the recognised label; add labelled photos to the gallery and
 remove them. The model and every database image's features stay in memory, so a query
 is extraction, search and reranking only.
 
-Images are found through the index's records (build_index records each image's path);
+The index may be of any first stage (retrieval_config.first_stage: votes, asmk, global; the
+config must ask for the one it was built with). Images are found through the index's
+records (build_index records each image's path);
 --images_dir names folders for indexes without them. Without --index_dir, the bundled
 demo photos are indexed into --cache_dir on the first start and reused afterwards.
 
@@ -36,6 +38,7 @@ from delf_ret.cli.common import load_config_from_flags
 from delf_ret.cli.common import log
 from delf_ret.cli.common import run_tool
 from delf_ret.errors import InputError
+from delf_ret.retrieval.first_stage import query_extractor
 
 FLAGS = flags.FLAGS
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -87,7 +90,6 @@ def main(argv: list[str]) -> int:
     if error.name not in ("flask", "werkzeug"):
       raise
     raise InputError("delf_serve needs Flask: pip install 'delf-ret[serve]'") from None
-  from delf_ret.extract.extractor import DelfExtractor
   from delf_ret.serve.demo import default_cache_dir
   from delf_ret.serve.demo import demo_photos_dir
   from delf_ret.serve.demo import prepare_demo_index
@@ -95,13 +97,16 @@ def main(argv: list[str]) -> int:
 
   config = load_config_from_flags()
   log(f"model: {config.model_path}")
-  extractor = DelfExtractor(config, backend=FLAGS.backend)
+  # What the configured first stage needs of a query (local features; global: and its
+  # global descriptor); the service refuses an index of another stage.
+  extract = query_extractor(config, FLAGS.backend)
+  extract.load()
   index_dir, features_dir, images = FLAGS.index_dir, FLAGS.features_dir, FLAGS.images_dir
   if not index_dir:
     cache = FLAGS.cache_dir or default_cache_dir()
-    index_dir, features_dir = prepare_demo_index(cache, config, lambda: extractor, log)
+    index_dir, features_dir = prepare_demo_index(cache, config, extract.delf_extractor, log)
     images = [*images, demo_photos_dir()]
-  service = SearchService(config, index_dir, features_dir, extractor.extract, images, log)
+  service = SearchService(config, index_dir, features_dir, extract, images, log)
   # Uploads being decoded and match pictures being drawn; removed when the server stops.
   with tempfile.TemporaryDirectory(prefix="delf_serve-") as scratch:
     token, limit = secrets.token_urlsafe(32), int(FLAGS.max_upload_mb * 2**20)
@@ -118,7 +123,7 @@ def main(argv: list[str]) -> int:
       if previous[number] != signal.SIG_IGN:  # A shell's background job ignores SIGINT.
         signal.signal(number, _stop)
     try:
-      log(f"{len(service.index)} photos indexed ({index_dir})")
+      log(f"{len(service.stage)} photos indexed ({index_dir})")
       log(f"serving http://{host}:{server.server_port}/ (Ctrl-C stops)")
       server.serve_forever()
     except _Stopped as stopped:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pathlib
 
+from absl import app
 from absl import flags
 
 from delf_ret.errors import InputError
@@ -46,6 +47,19 @@ def define_image_flags(what: str = "images") -> None:
 def image_paths_from_flags() -> list[pathlib.Path]:
   """The image paths named by --images_dir (with --recursive) or --list_images_path."""
   return resolve_image_inputs(FLAGS.images_dir, FLAGS.list_images_path, FLAGS.recursive)
+
+
+def query_inputs_from_flags(image: str | None) -> tuple[list[pathlib.Path], bool]:
+  """(query image paths, whether there are many) from a tool's --image (one query) or
+  --images_dir / --list_images_path (many); app.UsageError unless exactly one way is given.
+  For --image the list is that one path, unread."""
+  many = bool(FLAGS.images_dir or FLAGS.list_images_path)
+  if many == bool(image):
+    raise app.UsageError("give --image, or --images_dir or --list_images_path for many queries")
+  if not many:
+    assert image  # Given (checked above).
+    return [pathlib.Path(image)], False
+  return image_paths_from_flags(), True
 
 
 def resolve_image_inputs(

@@ -9,7 +9,10 @@ Usage:
       --list_images_path queries.txt (or --images_dir queries/) \
       --output_json results.json --output_csv results.csv
 
-Prints rank, image id, first-stage vote score, RANSAC inliers and whether the pair is
+The index is ranked with the first stage it was built with (retrieval_config.first_stage:
+votes, asmk or global; a config asking for another is refused), then the top is reranked
+from the database's features. Prints rank, image id, first-stage score, RANSAC inliers and
+whether the pair is
 verified (at least retrieval_config.min_inliers inliers) of the top
 results (and each result's label where the index records labels).
 --contact_sheet draws the query and the top results: their images are the files
@@ -46,21 +49,20 @@ from delf_ret.cli.common import report_failures
 from delf_ret.cli.common import require_flags
 from delf_ret.cli.common import run_tool
 from delf_ret.cli.inputs import define_image_flags
-from delf_ret.cli.inputs import image_paths_from_flags
+from delf_ret.cli.inputs import query_inputs_from_flags
 from delf_ret.errors import InputError
 from delf_ret.features import image_id_of
 from delf_ret.images import ImageReadError
 from delf_ret.images import list_images
 from delf_ret.images import load_image
-from delf_ret.index import LocalFeatureIndex
-from delf_ret.retrieval.indexing import database_feature_loader
+from delf_ret.retrieval.first_stage import FirstStageIndex
 from delf_ret.retrieval.ranking import RankedImage
 from delf_ret.retrieval.ranking import is_verified
-from delf_ret.retrieval.ranking import load_index
 from delf_ret.retrieval.recognition import QueryAnswer
 from delf_ret.retrieval.recognition import QueryJournal
 from delf_ret.retrieval.recognition import QueryRunner
 from delf_ret.retrieval.recognition import answer_queries
+from delf_ret.retrieval.recognition import gallery_labels
 
 FLAGS = flags.FLAGS
 define_config_flags("DelfConfig .pbtxt (extraction and retrieval_config).")
@@ -102,7 +104,7 @@ def _box(values: list[str]) -> tuple[float, float, float, float] | None:
   return x1, y1, x2, y2
 
 
-def database_image(index: LocalFeatureIndex, image_id: str, override: dict | None) -> pathlib.Path:
+def database_image(index: FirstStageIndex, image_id: str, override: dict | None) -> pathlib.Path:
   """The file of a database image: in --database_images_dir (``override``, {id: path}) when it
   is there, else the path the index recorded; ImageReadError when neither gives a file."""
   if override is not None and image_id in override:
@@ -122,7 +124,7 @@ def database_image(index: LocalFeatureIndex, image_id: str, override: dict | Non
   )
 
 
-def _check_recorded_paths(index: LocalFeatureIndex) -> None:
+def _check_recorded_paths(index: FirstStageIndex) -> None:
   """ImageReadError, before any work, when the index recorded no image path at all."""
   if len(index) and all(index.image_path(image_id) is None for image_id in index.image_ids()):
     raise ImageReadError(
@@ -146,9 +148,9 @@ def _contact_sheet(path: str, query_image: np.ndarray, index, top: list[RankedIm
   draw_contact_sheet(path, query_image, images, captions, query_caption="query")
 
 
-def _labels(index: LocalFeatureIndex) -> dict[str, str | None] | None:
+def _labels(index: FirstStageIndex) -> dict[str, str | None] | None:
   """{image id: label} when the index records a label for some image, else None."""
-  labels = {image_id: index.image_label(image_id) for image_id in index.image_ids()}
+  labels = gallery_labels(index)
   return labels if any(label is not None for label in labels.values()) else None
 
 
@@ -182,22 +184,22 @@ def _print_table(top: list[RankedImage], labels, retrieval) -> None:
 
 
 def _single(runner: QueryRunner, labels) -> int:
-  image, features = runner.features(FLAGS.image)
-  answer = runner.answer_features(FLAGS.image, features)
+  image, query = runner.features(FLAGS.image)
+  answer = runner.answer_features(FLAGS.image, query)
   top = answer.ranked[: FLAGS.num_results]
   print(
-    f"{FLAGS.image}: {features.num_features} features; top {len(top)} of "
-    f"{len(runner.index)} indexed images"
+    f"{FLAGS.image}: {answer.num_features} features; top {len(top)} of "
+    f"{len(runner.stage)} indexed images (first_stage {runner.stage.name})"
   )
   retrieval = runner.config.retrieval_config
   _print_table(top, labels, retrieval)
   if FLAGS.output_json:
     with atomic_write(FLAGS.output_json, "w") as handle:
       results = _result_rows(top, labels, retrieval)
-      data = {"query": FLAGS.image, "num_features": features.num_features, "results": results}
+      data = {"query": FLAGS.image, "num_features": answer.num_features, "results": results}
       json.dump(data, handle, indent=2)
   if FLAGS.contact_sheet:
-    _contact_sheet(FLAGS.contact_sheet, image, runner.index, top)
+    _contact_sheet(FLAGS.contact_sheet, image, runner.stage, top)
   for path in (FLAGS.output_json, FLAGS.contact_sheet):
     if path:
       print(f"wrote {path}")
@@ -232,7 +234,7 @@ def _batch(runner: QueryRunner, paths: list[pathlib.Path], labels) -> int:
   retrieval = runner.config.retrieval_config
   journal_path = f"{FLAGS.output_json or FLAGS.output_csv}.partial"
   journal = QueryJournal(journal_path, runner.fingerprint(FLAGS.features_dir))
-  log(f"answering {len(paths)} queries against {len(runner.index)} indexed images")
+  log(f"answering {len(paths)} queries against {len(runner.stage)} indexed images")
   batch = answer_queries([str(p) for p in paths], runner, journal, log)
   _write_batch(batch.answers, batch.failures, labels, retrieval)
   journal.remove()
@@ -246,34 +248,22 @@ def _batch(runner: QueryRunner, paths: list[pathlib.Path], labels) -> int:
 
 def main(argv: list[str]) -> int:
   del argv
-  many = bool(FLAGS.images_dir or FLAGS.list_images_path)
-  if many == bool(FLAGS.image):
-    raise app.UsageError("give --image, or --images_dir or --list_images_path for many queries")
+  queries, many = query_inputs_from_flags(FLAGS.image)
   require_flags(FLAGS, "index_dir", "features_dir")
   if many and FLAGS.contact_sheet:
     raise app.UsageError("--contact_sheet draws one query: use it with --image")
   if many and not (FLAGS.output_json or FLAGS.output_csv):
     raise app.UsageError("many queries need --output_json or --output_csv")
   box = _box(FLAGS.box)
-  paths = image_paths_from_flags() if many else []
   config = load_config_from_flags()
-  index = load_index(FLAGS.index_dir, config.retrieval_config)
-  if FLAGS.contact_sheet and not FLAGS.database_images_dir:
-    _check_recorded_paths(index)
-  # Lazy: TensorFlow, imported once the inputs are checked (--help answers at once).
-  from delf_ret.extract.extractor import DelfExtractor
-
-  extractor = DelfExtractor(config, backend=FLAGS.backend)
-  runner = QueryRunner(
-    extractor.extract,
-    index,
-    database_feature_loader(FLAGS.index_dir, FLAGS.features_dir, log),
-    config,
-    FLAGS.num_results,
-    box,
+  # The stage the index was built with; the model loads at the first query extracted.
+  runner = QueryRunner.open(
+    config, FLAGS.index_dir, FLAGS.features_dir, FLAGS.num_results, box, FLAGS.backend, log
   )
-  labels = _labels(index)
-  return _batch(runner, paths, labels) if many else _single(runner, labels)
+  if FLAGS.contact_sheet and not FLAGS.database_images_dir:
+    _check_recorded_paths(runner.stage)
+  labels = _labels(runner.stage)
+  return _batch(runner, queries, labels) if many else _single(runner, labels)
 
 
 def run() -> None:

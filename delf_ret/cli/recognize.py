@@ -12,7 +12,8 @@ Usage:
   recognize --index_dir gallery_index/ --features_dir features/ --images_dir validation/ \
       --ground_truth_csv validation.csv --calibrate
 
-Each query is retrieved and reranked as by query_index; its recognition_top_k
+Each query is retrieved and reranked as by query_index (with the first stage the gallery
+was built with: votes, asmk or global; labels are recorded by each); its recognition_top_k
 best verified neighbours (at least min_inliers RANSAC inliers) vote for their
 labels with their inliers, and the winning label is the answer when its summed
 inliers reach recognition_min_score, otherwise "unknown" (see
@@ -34,7 +35,6 @@ import collections
 import csv
 import json
 
-from absl import app
 from absl import flags
 
 from delf_ret.atomic import atomic_write
@@ -47,14 +47,12 @@ from delf_ret.cli.common import report_failures
 from delf_ret.cli.common import require_flags
 from delf_ret.cli.common import run_tool
 from delf_ret.cli.inputs import define_image_flags
-from delf_ret.cli.inputs import image_paths_from_flags
+from delf_ret.cli.inputs import query_inputs_from_flags
 from delf_ret.errors import InputError
 from delf_ret.evaluation.recognition import choose_min_score
 from delf_ret.evaluation.recognition import evaluate_recognition
 from delf_ret.features import image_id_of
 from delf_ret.index.labels import read_image_labels
-from delf_ret.retrieval.indexing import database_feature_loader
-from delf_ret.retrieval.ranking import load_index
 from delf_ret.retrieval.recognition import BatchAnswers
 from delf_ret.retrieval.recognition import QueryAnswer
 from delf_ret.retrieval.recognition import QueryJournal
@@ -105,12 +103,14 @@ def _ground_truth(query_ids: list[str]) -> dict[str, str | None] | None:
   return {query: labels[query] or None for query in query_ids}
 
 
-def _query_paths() -> list[str]:
-  paths = [str(p) for p in image_paths_from_flags()] if not FLAGS.image else [FLAGS.image]
+def _query_paths() -> tuple[list[str], bool]:
+  """(query photos, whether there are many); InputError when two share an id."""
+  queries, many = query_inputs_from_flags(FLAGS.image)
+  paths = [FLAGS.image] if not many else [str(p) for p in queries]
   twice = [i for i, n in collections.Counter(image_id_of(p) for p in paths).items() if n > 1]
   if twice:
     raise InputError(f"two query photos have the id {twice[0]!r} (their file name): rename one")
-  return paths
+  return paths, many
 
 
 def _percent(value: float | None) -> str:
@@ -157,13 +157,13 @@ def _calibrate(answers: dict, ground_truth: dict, config) -> None:
 def _answers(runner: QueryRunner, paths: list[str], many: bool) -> BatchAnswers:
   """Every query answered (many: resumably, bad photos skipped; one: a bad photo is an error)."""
   if not many:
-    _, features = runner.features(paths[0])
-    return BatchAnswers([runner.answer_features(paths[0], features)], [])
+    _, query = runner.features(paths[0])
+    return BatchAnswers([runner.answer_features(paths[0], query)], [])
   output = FLAGS.output_json or FLAGS.output_csv
   journal = None
   if output:
     journal = QueryJournal(f"{output}.partial", runner.fingerprint(FLAGS.features_dir))
-  log(f"recognising {len(paths)} queries in a gallery of {len(runner.index)} images")
+  log(f"recognising {len(paths)} queries in a gallery of {len(runner.stage)} images")
   batch = answer_queries(paths, runner, journal, log)
   batch.journal = journal
   return batch
@@ -207,31 +207,20 @@ def _evaluate(records: list[dict], ground_truth: dict, retrieval) -> dict:
 
 def main(argv: list[str]) -> int:
   del argv
-  many = bool(FLAGS.images_dir or FLAGS.list_images_path)
-  if many == bool(FLAGS.image):
-    raise app.UsageError("give --image, or --images_dir or --list_images_path for many queries")
+  paths, many = _query_paths()
   require_flags(FLAGS, "index_dir", "features_dir")
   if FLAGS.calibrate:
     require_flags(FLAGS, "ground_truth_csv")
-  paths = _query_paths()
   ground_truth = _ground_truth([image_id_of(p) for p in paths])
-  # Lazy: TensorFlow, imported once the flags are checked (--help answers at once).
-  from delf_ret.extract.extractor import DelfExtractor
-
   config = load_config_from_flags()
   retrieval = config.retrieval_config
-  index = load_index(FLAGS.index_dir, retrieval)
-  labels = gallery_labels(index)
+  # The stage the gallery was built with; the model loads at the first query extracted.
+  runner = QueryRunner.open(
+    config, FLAGS.index_dir, FLAGS.features_dir, 1, None, FLAGS.backend, log
+  )
+  labels = gallery_labels(runner.stage)
   if not any(label is not None for label in labels.values()):
     log(f"warning: no image of {FLAGS.index_dir} has a label: every answer is {UNKNOWN}")
-  extractor = DelfExtractor(config, backend=FLAGS.backend)
-  runner = QueryRunner(
-    extractor.extract,
-    index,
-    database_feature_loader(FLAGS.index_dir, FLAGS.features_dir, log),
-    config,
-    1,
-  )
   batch = _answers(runner, paths, many)
   records, scored = _recognise(batch.answers, labels, retrieval)
   metrics = None

@@ -17,8 +17,10 @@ The first stage ranks the database for a query before RANSAC reranks the top
   the database at the first build (:data:`WHITENING_FILE`; see :func:`whitening_rule`).
 
 Each stage object answers ``rank(query features, query global descriptor, retrieval
-config) -> [(image id, score)]`` by decreasing score, plus ``len``, ``in`` and
-``image_ids()``. Which stage a folder holds is read from its files
+config) -> [(image id, score)]`` by decreasing score, plus ``len``, ``in``,
+``image_ids()`` and each image's record, ``image_path(id)`` / ``image_label(id)`` (a votes
+index keeps them in its meta.json, the other stages in ``<index>/records.json``:
+delf_ret.index.records). Which stage a folder holds is read from its files
 (:func:`built_stage`); a folder built for one stage and opened or extended with a
 config asking for another is refused in one line naming both (:func:`check_stage`).
 The ``.delf`` files stay needed: reranking reads them whatever the stage. No
@@ -27,11 +29,14 @@ TensorFlow (only :func:`query_extractor` loads it, when it extracts).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
 import zipfile
+from typing import TYPE_CHECKING
 from typing import Callable
+from typing import Mapping
 from typing import Protocol
 from typing import Sequence
 
@@ -59,8 +64,18 @@ from delf_ret.index.asmk import codebook_size_for
 from delf_ret.index.global_index import INDEX_FILE
 from delf_ret.index.global_index import GlobalDescriptorIndex
 from delf_ret.index.global_index import GlobalIndexError
+from delf_ret.index.local_index import ImageRecord
 from delf_ret.index.local_index import LocalIndexError
 from delf_ret.index.lock import writer_lock
+from delf_ret.index.records import RECORDS_FILE
+from delf_ret.index.records import Records
+from delf_ret.index.records import read_records
+from delf_ret.index.records import update_records_file
+from delf_ret.index.records import updated_records
+from delf_ret.index.records import write_records
+
+if TYPE_CHECKING:
+  from delf_ret.extract.extractor import DelfExtractor
 
 STAGES = ("votes", "asmk", "global")
 ASMK_FOLDER = "asmk"
@@ -147,6 +162,18 @@ class FirstStageIndex(Protocol):
 
   def image_ids(self) -> list[str]: ...
 
+  def image_path(self, image_id: str) -> str | None: ...
+
+  def image_label(self, image_id: str) -> str | None: ...
+
+  def add_image(
+    self, image_id: str, query: "Query", path: str | os.PathLike | None, label: str | None
+  ) -> None: ...
+
+  def delete_image(self, image_id: str) -> None: ...
+
+  def save(self, index_dir: str | os.PathLike) -> None: ...
+
   def rank(
     self,
     query: LocalFeatures,
@@ -173,6 +200,29 @@ class VotesStage:
   def image_ids(self) -> list[str]:
     return self.index.image_ids()
 
+  def image_path(self, image_id: str) -> str | None:
+    """The recorded absolute path of an indexed image's file (None: not recorded)."""
+    return self.index.image_path(image_id)
+
+  def image_label(self, image_id: str) -> str | None:
+    """The recorded label of an indexed image (None: unlabelled)."""
+    return self.index.image_label(image_id)
+
+  def add_image(
+    self, image_id: str, query: "Query", path: str | os.PathLike | None, label: str | None
+  ) -> None:
+    """Adds one image (a new id) by its local descriptors, with its record."""
+    self.index.add(image_id, query.features.descriptors, path=path, label=label)
+
+  def delete_image(self, image_id: str) -> None:
+    """Deletes an indexed image and its record (the index is compacted)."""
+    self.index.delete(image_id)
+    self.index.compact()
+
+  def save(self, index_dir: str | os.PathLike) -> None:
+    """Saves the index (crash-safe) in its folder ``index_dir``."""
+    self.index.save(index_dir)
+
   def rank(
     self,
     query: LocalFeatures,
@@ -185,14 +235,48 @@ class VotesStage:
     return vote_ranking(self.index, query.descriptors, retrieval_config)
 
 
-class AsmkStage:
+class _RecordsKept:
+  """The image records of a stage kept in ``<index>/records.json`` (delf_ret.index.records)."""
+
+  _image_records: Records
+
+  def __contains__(self, image_id: str) -> bool:  # Overridden by each stage.
+    raise NotImplementedError
+
+  def set_records(self, records: Records) -> None:
+    """Replaces the records held in memory (as read from or written to records.json)."""
+    self._image_records = dict(records)
+
+  def _record(self, image_id: str) -> ImageRecord:
+    if image_id not in self:
+      raise FirstStageError(f"image {image_id!r} is not indexed")
+    return self._image_records.get(image_id, ImageRecord())
+
+  def image_path(self, image_id: str) -> str | None:
+    """The recorded absolute path of an indexed image's file (None: not recorded)."""
+    return self._record(image_id).path
+
+  def image_label(self, image_id: str) -> str | None:
+    """The recorded label of an indexed image (None: unlabelled)."""
+    return self._record(image_id).label
+
+  def _set_record(self, image_id: str, path: str | os.PathLike | None, label: str | None) -> None:
+    paths = {} if path is None else {image_id: path}
+    self._image_records = updated_records(self._image_records, paths, {image_id: label or ""})
+
+  def _save_records(self, index_dir: str | os.PathLike) -> None:
+    write_records(index_dir, {i: r for i, r in self._image_records.items() if i in self})
+
+
+class AsmkStage(_RecordsKept):
   """ASMK / ASMK* image similarities through an AsmkIndex (docs/asmk.md)."""
 
   name = "asmk"
   needs_global = False
 
-  def __init__(self, asmk: AsmkIndex):
+  def __init__(self, asmk: AsmkIndex, records: Records | None = None):
     self.asmk = asmk
+    self._image_records = dict(records or {})
 
   def __len__(self) -> int:
     return len(self.asmk)
@@ -202,6 +286,29 @@ class AsmkStage:
 
   def image_ids(self) -> list[str]:
     return self.asmk.image_ids()
+
+  def add_image(
+    self, image_id: str, query: "Query", path: str | os.PathLike | None, label: str | None
+  ) -> None:
+    """Adds one image (a new id) by its local descriptors, with its record."""
+    self._set_record(image_id, path, label)  # Checked before the index changes.
+    try:
+      self.asmk.add(image_id, query.features.descriptors)
+    except BaseException:
+      self._image_records.pop(image_id, None)
+      raise
+
+  def delete_image(self, image_id: str) -> None:
+    """Deletes an indexed image and its record."""
+    self.asmk.delete(image_id)
+    self._image_records.pop(image_id, None)
+
+  def save(self, index_dir: str | os.PathLike) -> None:
+    """Saves the ASMK index (``index_dir/asmk``) and the records (``index_dir/records.json``),
+    both crash-safe, under the folder's writer lock (IndexBusyError if another writes it)."""
+    with writer_lock(index_dir):
+      self.asmk.save(pathlib.Path(index_dir) / ASMK_FOLDER)
+      self._save_records(index_dir)
 
   def rank(
     self,
@@ -217,20 +324,27 @@ class AsmkStage:
     return sorted(ranked, key=lambda entry: (-entry[1], entry[0]))
 
 
-class GlobalStage:
+class GlobalStage(_RecordsKept):
   """Inner products of whitened global descriptors through a GlobalDescriptorIndex.
 
   descriptors: the whitened database descriptors; whitening: (mean float32 [D], projection
   float32 [K, D]) learned on the database
-  (applied to every descriptor before it is indexed or searched), or None.
+  (applied to every descriptor before it is indexed or searched), or None; records: image
+  id -> record (path, label) of the images that have one.
   """
 
   name = "global"
   needs_global = True
 
-  def __init__(self, index: GlobalDescriptorIndex, whitening: tuple[np.ndarray, np.ndarray] | None):
+  def __init__(
+    self,
+    index: GlobalDescriptorIndex,
+    whitening: tuple[np.ndarray, np.ndarray] | None,
+    records: Records | None = None,
+  ):
     self.descriptors = index
     self.whitening = whitening
+    self._image_records = dict(records or {})
 
   def __len__(self) -> int:
     return len(self.descriptors)
@@ -240,6 +354,33 @@ class GlobalStage:
 
   def image_ids(self) -> list[str]:
     return self.descriptors.image_ids()
+
+  def add_image(
+    self, image_id: str, query: "Query", path: str | os.PathLike | None, label: str | None
+  ) -> None:
+    """Adds one image (a new id) by its raw global descriptor (whitened here), with its
+    record; FirstStageError when the query has no global descriptor."""
+    if query.global_descriptor is None:
+      raise FirstStageError(f"image {image_id!r} has no global descriptor to index")
+    self._set_record(image_id, path, label)
+    try:
+      self.descriptors.add(image_id, self.whiten(query.global_descriptor))
+    except BaseException:
+      self._image_records.pop(image_id, None)
+      raise
+
+  def delete_image(self, image_id: str) -> None:
+    """Deletes an indexed image and its record."""
+    self.descriptors.delete(image_id)
+    self._image_records.pop(image_id, None)
+
+  def save(self, index_dir: str | os.PathLike) -> None:
+    """Saves the global index (``index_dir/global``) and the records
+    (``index_dir/records.json``), both crash-safe, under the folder's writer lock
+    (IndexBusyError if another writes it)."""
+    with writer_lock(index_dir):
+      self.descriptors.save(pathlib.Path(index_dir) / GLOBAL_FOLDER)
+      self._save_records(index_dir)
 
   def whiten(self, descriptors: np.ndarray) -> np.ndarray:
     """Raw descriptors float [D] or [N, D] as indexed: whitened (if learned), unit L2 norm."""
@@ -304,6 +445,26 @@ def check_stage(index_dir: str | os.PathLike, retrieval_config: DelfRetrievalCon
   return wanted
 
 
+def saved_version(index_dir: str | os.PathLike) -> str:
+  """A text that changes whenever the first stage or the records of ``index_dir`` are saved
+  (by this or another program): the saved version names, and the file identity (inode,
+  modification time, size) of the files saved whole; "" for a folder without an index."""
+  index_dir = pathlib.Path(index_dir)
+  parts = []
+  for path in (index_dir / "CURRENT", index_dir / ASMK_FOLDER / "CURRENT"):
+    try:
+      parts.append(path.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+      parts.append("")
+  for path in (index_dir / GLOBAL_FOLDER / INDEX_FILE, index_dir / RECORDS_FILE):
+    try:
+      stat = path.stat()
+      parts.append(f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}")
+    except OSError:
+      parts.append("")
+  return "|".join(parts).strip("|")
+
+
 # Opening ---------------------------------------------------------------------------
 
 
@@ -323,11 +484,15 @@ def open_first_stage(
     raise FirstStageError(
       f"no index of first_stage {name!r} in {index_dir}: build it with build_index"
     )
+  stage: AsmkStage | GlobalStage
   if name == "asmk":
     params = AsmkParams.from_config(retrieval_config)
-    return AsmkStage(AsmkIndex.load(index_dir / ASMK_FOLDER, expected_params=params))
-  folder = index_dir / GLOBAL_FOLDER
-  return GlobalStage(GlobalDescriptorIndex.load(folder), read_whitening(folder))
+    stage = AsmkStage(AsmkIndex.load(index_dir / ASMK_FOLDER, expected_params=params))
+  else:
+    folder = index_dir / GLOBAL_FOLDER
+    stage = GlobalStage(GlobalDescriptorIndex.load(folder), read_whitening(folder))
+  stage.set_records(read_records(index_dir, known=set(stage.image_ids())))
+  return stage
 
 
 # Building --------------------------------------------------------------------------
@@ -348,6 +513,8 @@ def build_first_stage(
   retrieval_config: DelfRetrievalConfig,
   save_every: int = 500,
   log: Callable[[str], None] = print,
+  image_paths: Mapping[str, str | os.PathLike] | None = None,
+  labels: Mapping[str, str] | None = None,
 ) -> tuple[FirstStageIndex, Failures]:
   """Builds or extends the ASMK or global first stage of ``index_dir`` from feature files.
 
@@ -355,14 +522,22 @@ def build_first_stage(
   beside each) that the stage lacks are added; an interrupted build resumes. Votes
   indexes are built by delf_ret.index.builder. Returns (the stage, (path, reason) of each
   file that could not be added). The caller holds the index folder's writer lock.
+
+  image_paths: image id -> image file, recorded (absolute) for the images the stage holds,
+  also for those already indexed; labels: image id -> label ("" clears it). Both go to
+  ``<index>/records.json`` (delf_ret.index.records) once the stage is saved.
   """
   index_dir = pathlib.Path(index_dir)
   name = check_stage(index_dir, retrieval_config)
+  stage: AsmkStage | GlobalStage
   if name == "asmk":
-    return _build_asmk(index_dir, list(feature_paths), retrieval_config, save_every, log)
-  if name == "global":
-    return _build_global(index_dir, list(feature_paths), log)
-  raise FirstStageError("votes indexes are built by delf_ret.index.builder.build_index")
+    stage, failures = _build_asmk(index_dir, list(feature_paths), retrieval_config, save_every, log)
+  elif name == "global":
+    stage, failures = _build_global(index_dir, list(feature_paths), log)
+  else:
+    raise FirstStageError("votes indexes are built by delf_ret.index.builder.build_index")
+  stage.set_records(update_records_file(index_dir, stage.image_ids(), image_paths, labels))
+  return stage, failures
 
 
 def _read_descriptors(path: pathlib.Path, failures: Failures) -> np.ndarray | None:
@@ -409,7 +584,7 @@ def _build_asmk(
   retrieval_config: DelfRetrievalConfig,
   save_every: int,
   log: Callable[[str], None],
-) -> tuple[FirstStageIndex, Failures]:
+) -> tuple[AsmkStage, Failures]:
   folder = index_dir / ASMK_FOLDER
   params = AsmkParams.from_config(retrieval_config)
   settings = recorded_settings(paths[0].parent) if paths else None
@@ -508,7 +683,7 @@ def _read_globals(paths: list[pathlib.Path], failures: Failures) -> tuple[list[s
 
 def _build_global(
   index_dir: pathlib.Path, paths: list[pathlib.Path], log: Callable[[str], None]
-) -> tuple[FirstStageIndex, Failures]:
+) -> tuple[GlobalStage, Failures]:
   folder = index_dir / GLOBAL_FOLDER
   stage = None
   if (folder / INDEX_FILE).is_file():
@@ -576,6 +751,7 @@ def remove_from_first_stage(
       stage.descriptors.save(index_dir / GLOBAL_FOLDER)
     else:
       raise FirstStageError("votes indexes remove images with delf_ret.index.builder")
+    stage.set_records(update_records_file(index_dir, stage.image_ids(), remove=image_ids))
   log(f"removed {len(image_ids)} images; {len(stage)} images left in {index_dir}")
   return stage
 
@@ -585,25 +761,62 @@ def remove_from_first_stage(
 QueryExtract = Callable[[np.ndarray], "LocalFeatures | tuple[LocalFeatures, np.ndarray]"]
 
 
-def query_extractor(config: DelfConfig, backend: str = "compiled") -> QueryExtract:
+@dataclasses.dataclass(frozen=True)
+class Query:
+  """What a first stage ranks a query with: its local features, and its raw global descriptor
+  float32 [D] (None unless the query extractor gives one: first_stage "global")."""
+
+  features: LocalFeatures
+  global_descriptor: np.ndarray | None = None
+
+  @classmethod
+  def of(cls, extracted: "LocalFeatures | tuple[LocalFeatures, np.ndarray] | Query") -> "Query":
+    """A query extractor's answer (features, or (features, global descriptor)) as a Query."""
+    if isinstance(extracted, Query):
+      return extracted
+    if isinstance(extracted, tuple):
+      return cls(extracted[0], extracted[1])
+    return cls(extracted)
+
+
+class QueryExtractor:
   """image uint8 [H, W, 3] -> what the configured first stage needs of a query: DELF
   features, and for "global" (features, global descriptor float32 [D]) from one
-  GlobalExtraction. The model loads on the first call (a resumed run whose queries are all
-  cached never loads it)."""
-  global_stage = configured_stage(config.retrieval_config) == "global"
-  extract: Callable | None = None
+  GlobalExtraction. The model loads on the first call or :meth:`load` (a resumed run whose
+  queries are all cached never loads it)."""
 
-  def run(image: np.ndarray):
-    nonlocal extract
-    if extract is None:
-      # Lazy: TensorFlow (the extractor), only when a query is extracted.
-      from delf_ret.extract.extractor import DelfExtractor
+  def __init__(self, config: DelfConfig, backend: str = "compiled"):
+    self.config, self.backend = config, backend
+    self.with_global = configured_stage(config.retrieval_config) == "global"
+    self._extract: Callable | None = None
+    self._extractor: DelfExtractor | None = None
 
-      extractor = DelfExtractor(config, backend=backend)
-      if global_stage:
-        extract = GlobalExtraction(extractor).extract_with_global
-      else:
-        extract = extractor.extract
-    return extract(image)
+  def load(self) -> None:
+    """Loads the model now (errors of the model or its settings are raised here)."""
+    if self._extract is not None:
+      return
+    # Lazy: TensorFlow (the extractor), only when a query is extracted.
+    from delf_ret.extract.extractor import DelfExtractor
 
-  return run
+    extractor = self._extractor = DelfExtractor(self.config, backend=self.backend)
+    if self.with_global:
+      self._extract = GlobalExtraction(extractor).extract_with_global
+    else:
+      self._extract = extractor.extract
+
+  def delf_extractor(self) -> DelfExtractor:
+    """The DelfExtractor the queries are extracted with (loaded now if not yet), e.g. to
+    extract database images with the same model (delf_ret.retrieval.indexing)."""
+    self.load()
+    assert self._extractor is not None
+    return self._extractor
+
+  def __call__(self, image: np.ndarray) -> "LocalFeatures | tuple[LocalFeatures, np.ndarray]":
+    self.load()
+    assert self._extract is not None
+    return self._extract(image)
+
+
+def query_extractor(config: DelfConfig, backend: str = "compiled") -> QueryExtractor:
+  """The query extractor of the configured first stage (see QueryExtractor)."""
+  return QueryExtractor(config, backend)

@@ -22,6 +22,7 @@ which is what gets indexed for a benchmark.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import time
@@ -59,11 +60,14 @@ from delf_ret.index.lock import writer_lock
 from delf_ret.retrieval.first_stage import FirstStageIndex
 from delf_ret.retrieval.first_stage import VotesStage
 from delf_ret.retrieval.first_stage import build_first_stage
+from delf_ret.retrieval.first_stage import built_stage
 from delf_ret.retrieval.first_stage import check_stage
+from delf_ret.retrieval.first_stage import open_first_stage
 from delf_ret.retrieval.first_stage import use_search_settings
 
 if TYPE_CHECKING:
   from delf_ret.config import DelfConfig
+  from delf_ret.config import DelfRetrievalConfig
   from delf_ret.extract.extractor import DelfExtractor
 
 Failures = list[tuple[pathlib.Path, str]]
@@ -259,10 +263,14 @@ def _prepare_inputs(
   log: Callable[[str], None],
   overwrite: bool,
   labels: ImageLabels | None,
+  indexed: Callable[[], Collection[str]] | None = None,
 ) -> tuple[list[pathlib.Path], Failures, int, dict[str, pathlib.Path]]:
   """The feature files to index (the images' ones extracted first where missing), failed
   images, files extracted, and image id -> image file (images given only); see
-  index_database."""
+  index_database. indexed: the ids already in the index, asked only when labels name others
+  than those to index (None: those of the votes index at ``index_dir``)."""
+  if indexed is None:
+    indexed = functools.partial(_votes_ids, index_dir)
   failures: Failures = []
   extracted = 0
   image_paths: dict[str, pathlib.Path] = {}
@@ -274,13 +282,13 @@ def _prepare_inputs(
     if not images:
       raise InputError(f"no images to index into {features_dir}")
     image_paths = {image_id_of(path): path for path in images}
-    _check_labels(labels, image_paths, index_dir)
+    _check_labels(labels, image_paths, indexed)
     paths, failures, extracted = extract_missing(images, features_dir, extract, overwrite, log)
     if not paths:
       raise InputError(f"no image could be extracted into {features_dir}, e.g. {failures[0][1]}")
   else:
     paths = list_feature_files(features_dir) if feature_paths is None else list(feature_paths)
-    _check_labels(labels, {image_id_of(path) for path in paths}, index_dir)
+    _check_labels(labels, {image_id_of(path) for path in paths}, indexed)
   return paths, failures, extracted, image_paths
 
 
@@ -349,8 +357,9 @@ def index_first_stage(
   "asmk" / "global": the same extraction of missing feature files, then
   first_stage.build_first_stage in ``index_dir/asmk`` or ``index_dir/global`` (no votes
   index is built; the .delf files stay needed for reranking). A folder holding another
-  first stage is refused (FirstStageError naming both) before any work. Labels are
-  recorded by the votes index only: with another stage they are refused (InputError).
+  first stage is refused (FirstStageError naming both) before any work. Every stage records
+  the images' absolute paths (images given) and ``labels``: a votes index in its meta.json,
+  the others in ``index_dir/records.json`` (delf_ret.index.records).
   """
   retrieval_config = config.retrieval_config
   name = check_stage(index_dir, retrieval_config)
@@ -377,10 +386,6 @@ def index_first_stage(
       indexed.extracted,
       indexed.seconds,
     )
-  if labels is not None:
-    raise InputError(
-      f"labels are recorded by a votes index only; first_stage {name!r} does not record them"
-    )
   if name == "global" and not config.use_global_features:
     raise InputError(
       "first_stage global needs global descriptors: set use_global_features: true "
@@ -388,13 +393,21 @@ def index_first_stage(
     )
   with writer_lock(index_dir):
     start = time.perf_counter()
-    paths, failures, extracted, _ = _prepare_inputs(
-      index_dir, pathlib.Path(features_dir), images, extract, feature_paths, log, overwrite, None
+    inputs = (images, extract, feature_paths, log, overwrite, labels)
+    known = _stage_ids(index_dir, retrieval_config)
+    paths, failures, extracted, image_paths = _prepare_inputs(
+      index_dir, pathlib.Path(features_dir), *inputs, known
     )
     seconds = {"extraction": time.perf_counter() - start}
     start = time.perf_counter()
     stage, stage_failures = build_first_stage(
-      index_dir, paths, retrieval_config, save_every=save_every, log=log
+      index_dir,
+      paths,
+      retrieval_config,
+      save_every=save_every,
+      log=log,
+      image_paths=image_paths,
+      labels=None if labels is None else labels.labels,
     )
     seconds["index"] = time.perf_counter() - start
   sync_database_store(index_dir, features_dir, stage.image_ids(), log)
@@ -462,15 +475,32 @@ def database_feature_loader(
 
 
 def _check_labels(
-  labels: ImageLabels | None, to_index: Collection[str], index_dir: str | os.PathLike
+  labels: ImageLabels | None, to_index: Collection[str], indexed: Callable[[], Collection[str]]
 ) -> None:
   """LabelsFileError (naming the file and row) when ``labels`` lists an image that is neither
-  among the ids ``to_index`` nor in the index at ``index_dir`` (read only if needed)."""
+  among the ids ``to_index`` nor in the index (``indexed()``, asked only if needed)."""
   if labels is None:
     return
   if set(labels.labels) <= set(to_index):
     return
-  indexed: set[str] = set()
+  labels.check_known(set(to_index) | set(indexed()))
+
+
+def _votes_ids(index_dir: str | os.PathLike) -> list[str]:
+  """The image ids of the votes index at ``index_dir`` (none when it has none yet)."""
   if (pathlib.Path(index_dir) / "CURRENT").is_file():
-    indexed = set(LocalFeatureIndex.load(index_dir).image_ids())
-  labels.check_known(set(to_index) | indexed)
+    return LocalFeatureIndex.load(index_dir).image_ids()
+  return []
+
+
+def _stage_ids(
+  index_dir: str | os.PathLike, retrieval_config: DelfRetrievalConfig
+) -> Callable[[], list[str]]:
+  """A function giving the image ids of the first stage built at ``index_dir`` (none yet: [])."""
+
+  def ids() -> list[str]:
+    if built_stage(index_dir) is None:
+      return []
+    return open_first_stage(index_dir, retrieval_config).image_ids()
+
+  return ids

@@ -10,10 +10,13 @@ image without a label still takes its place among the top k but votes for no
 label, so unlabelled photos in a gallery pull doubtful answers towards "unknown".
 
 Batch queries: :class:`QueryRunner` answers one query photo at a time with the
-extractor, index and feature files loaded once; :func:`answer_queries` runs a
-list of photos, skipping (and reporting) unreadable ones, and records each
-answer in a :class:`QueryJournal` (a JSON-lines file) so that an interrupted
-run, started again with the same settings, resumes where it stopped.
+extractor, first stage (votes, ASMK or global) and database features loaded once
+(:meth:`QueryRunner.open` is how query_index and recognize open an index folder;
+delf_serve's service uses the same pieces: first_stage.open_first_stage,
+query_extractor and Query); :func:`answer_queries` runs a list of photos, skipping
+(and reporting) unreadable ones, and records each answer in a :class:`QueryJournal`
+(a JSON-lines file) so that an interrupted run, started again with the same settings,
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ from delf_ret.features import image_id_of
 from delf_ret.images import crop_to_box
 from delf_ret.images import load_image
 from delf_ret.index import LocalFeatureIndex
+from delf_ret.retrieval.first_stage import FirstStageIndex
+from delf_ret.retrieval.first_stage import Query
+from delf_ret.retrieval.first_stage import QueryExtract
+from delf_ret.retrieval.first_stage import VotesStage
+from delf_ret.retrieval.first_stage import open_first_stage
+from delf_ret.retrieval.first_stage import query_extractor
+from delf_ret.retrieval.indexing import database_feature_loader
 from delf_ret.retrieval.ranking import RankedImage
 from delf_ret.retrieval.ranking import is_verified
 from delf_ret.retrieval.ranking import retrieve
@@ -102,8 +112,9 @@ def verified_candidates(
   ]
 
 
-def gallery_labels(index: LocalFeatureIndex) -> dict[str, str | None]:
-  """{image id: label or None} of every image of the index (labels recorded by build_index)."""
+def gallery_labels(index: FirstStageIndex | LocalFeatureIndex) -> dict[str, str | None]:
+  """{image id: label or None} of every image of the index or first stage (labels recorded by
+  build_index)."""
   return {image_id: index.image_label(image_id) for image_id in index.image_ids()}
 
 
@@ -156,46 +167,87 @@ class QueryAnswer:
 
 
 class QueryRunner:
-  """Answers query photos one at a time; the extractor, index and features are loaded once.
+  """Answers query photos one at a time; the extractor, first stage and features are loaded once.
 
-  extract: image uint8 [H, W, 3] -> LocalFeatures (e.g. DelfExtractor.extract).
+  extract: image uint8 [H, W, 3] -> what the first stage needs of a query: LocalFeatures, or
+    (LocalFeatures, global descriptor float32 [D]) for "global" (first_stage.query_extractor).
+  index: the first stage (first_stage.open_first_stage: votes, ASMK or global; a
+    LocalFeatureIndex is taken as the votes stage); it holds the images' records
+    (image_path / image_label).
+  load_features: image id -> its LocalFeatures, for reranking (the packed store or .delf files).
   num_results: entries kept of each reranked list (at least rerank_top_n are kept).
   box: (x1, y1, x2, y2) pixels each query is cropped to, or None.
+  prepare: loads the model ahead of the first query (its errors stop a batch, where a
+    photo's own errors only skip that photo); None: nothing to load.
   """
 
   def __init__(
     self,
-    extract: Callable[[np.ndarray], LocalFeatures],
-    index: LocalFeatureIndex,
+    extract: QueryExtract,
+    index: FirstStageIndex | LocalFeatureIndex,
     load_features: Callable[[str], LocalFeatures],
     config: DelfConfig,
     num_results: int,
     box: tuple[float, float, float, float] | None = None,
+    prepare: Callable[[], None] | None = None,
   ):
-    self.extract, self.index, self.load_features = extract, index, load_features
+    self.extract, self.load_features = extract, load_features
+    self.prepare = prepare or (lambda: None)
+    self.stage: FirstStageIndex = (
+      VotesStage(index) if isinstance(index, LocalFeatureIndex) else index
+    )
     self.config = config
     self.keep = max(num_results, config.retrieval_config.rerank_top_n)
     self.box = box
 
-  def features(self, path: str | os.PathLike) -> tuple[np.ndarray, LocalFeatures]:
-    """The query image (cropped to the box) and its features; DelfRetError for an unusable
-    image (unreadable, too small, too large, a box outside it)."""
+  @classmethod
+  def open(
+    cls,
+    config: DelfConfig,
+    index_dir: str | os.PathLike,
+    features_dir: str | os.PathLike,
+    num_results: int,
+    box: tuple[float, float, float, float] | None = None,
+    backend: str = "compiled",
+    log: Callable[[str], None] = print,
+  ) -> "QueryRunner":
+    """The runner of the tools that query an index folder (query_index, recognize): the
+    first stage it was built with (the config's retrieval_config.first_stage must agree:
+    FirstStageError naming both otherwise), the query extractor that stage needs (the
+    model loads at the first extraction) and reranking's reader of the database features
+    (the index's packed store, else the .delf files of ``features_dir``)."""
+    stage = open_first_stage(index_dir, config.retrieval_config)
+    extract = query_extractor(config, backend)
+    loader = database_feature_loader(index_dir, features_dir, log)
+    return cls(extract, stage, loader, config, num_results, box, extract.load)
+
+  def features(self, path: str | os.PathLike) -> tuple[np.ndarray, Query]:
+    """The query image (cropped to the box) and what the first stage needs of it (its local
+    features, and its global descriptor for "global"); DelfRetError for an unusable image
+    (unreadable, too small, too large, a box outside it)."""
     image = load_image(path, self.config.max_image_pixels)
     if self.box is not None:
       image = crop_to_box(image, self.box)
-    return image, self.extract(image)
+    return image, Query.of(self.extract(image))
 
-  def answer_features(self, path: str | os.PathLike, features: LocalFeatures) -> QueryAnswer:
-    """Ranks and reranks the gallery for a query's features."""
-    result = retrieve(features, self.index, self.load_features, self.config.retrieval_config)
-    return QueryAnswer(str(path), features.num_features, result.reranked[: self.keep])
+  def answer_features(self, path: str | os.PathLike, query: Query | LocalFeatures) -> QueryAnswer:
+    """Ranks the database with the first stage and reranks the top for a query."""
+    query = Query.of(query)
+    result = retrieve(
+      query.features,
+      self.stage,
+      self.load_features,
+      self.config.retrieval_config,
+      global_descriptor=query.global_descriptor,
+    )
+    return QueryAnswer(str(path), query.features.num_features, result.reranked[: self.keep])
 
   def fingerprint(self, features_dir: str | os.PathLike) -> str:
-    """What the answers depend on: config, index contents, features folder, kept entries, box."""
+    """What the answers depend on: config (its first stage included), the stage's images,
+    features folder, kept entries, box."""
     digest = hashlib.sha256(self.config.SerializeToString(deterministic=True))
-    ids = sorted(self.index.image_ids())
-    settings = [ids, self.index.num_descriptors, str(pathlib.Path(features_dir).resolve())]
-    settings += [self.keep, self.box]
+    settings: list = [self.stage.name, sorted(self.stage.image_ids())]
+    settings += [str(pathlib.Path(features_dir).resolve()), self.keep, self.box]
     digest.update(json.dumps(settings).encode())
     return digest.hexdigest()
 
@@ -267,6 +319,8 @@ def answer_queries(
   stop the run. Queries already in ``journal`` are not run again.
   """
   batch = BatchAnswers([], [])
+  if journal is None or any(str(path) not in journal.answers for path in paths):
+    runner.prepare()  # The model's errors stop the run here, not once per photo.
   for number, path in enumerate(paths, 1):
     step = f"[{number}/{len(paths)}] {path}"
     if journal is not None and str(path) in journal.answers:

@@ -91,7 +91,7 @@ def create_app(
 
   @app.get("/")
   def page():
-    return render_template("index.html", token=token, count=len(service.index))
+    return render_template("index.html", token=token, count=len(service.stage))
 
   @app.get("/api/photos")
   def photos():

@@ -4,8 +4,9 @@
 ``labels.csv``). The first start extracts them and builds the index into
 ``<cache>/demo-<digest>/`` (``features/``, ``index/``), where the digest covers the
 config and the photos, so other settings or photos get a folder of their own; the
-index records each photo's path and label. Later starts find the finished index (its
-``READY`` file) and load it; an interrupted first start resumes (index_database).
+index (of the configured first stage) records each photo's path and label. Later starts
+find the finished index (its ``READY`` file) and load it; an interrupted first start
+resumes (index_first_stage).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from delf_ret.atomic import write_bytes_atomic
 from delf_ret.config import DelfConfig
 from delf_ret.config import to_text
 from delf_ret.datasets.labelled import read_labels
-from delf_ret.index import IndexParams
+from delf_ret.index.labels import read_image_labels
 from delf_ret.retrieval.demo import bundled_demo_data
 from delf_ret.retrieval.demo import data_digest
 from delf_ret.retrieval.indexing import Extract
-from delf_ret.retrieval.indexing import index_database
+from delf_ret.retrieval.indexing import index_first_stage
 
 READY = "READY"  # Written into the demo's folder once its index holds every photo's record.
 
@@ -61,18 +62,16 @@ def prepare_demo_index(
     log(f"demo photos: index at {index_dir} (made earlier)")
     return index_dir, features_dir
   log(f"demo photos: indexing the bundled photos into {folder} (once; later starts reuse it)")
-  rows = read_labels(demo_photos_dir() / "labels.csv")
-  indexed = index_database(
+  labels_csv = demo_photos_dir() / "labels.csv"
+  # The configured first stage, each photo's path and label recorded (index_first_stage).
+  index_first_stage(
     index_dir,
     features_dir,
-    IndexParams.from_config(config.retrieval_config),
-    images=[path for path, _ in rows],
+    config,
+    images=[path.resolve() for path, _ in read_labels(labels_csv)],
     extract=extract(),
     log=log,
+    labels=read_image_labels(labels_csv),
   )
-  for path, label in rows:
-    if path.stem in indexed.index:
-      indexed.index.set_image_record(path.stem, path=path.resolve(), label=label or "")
-  indexed.index.save(index_dir)
   write_bytes_atomic(folder / READY, b"index of the bundled demo photos, with their records\n")
   return index_dir, features_dir

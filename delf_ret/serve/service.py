@@ -1,18 +1,21 @@
 """What the page's queries run on, kept in memory: the model, the index and every database
 image's features; queries, match pictures and gallery changes.
 
-A query is extraction (skipped for a database photo queried whole: its features are in
-memory) -> ranked list (delf_ret.retrieval.ranking.first_stage) -> RANSAC reranking of
-the top (ranking.rerank) -> recognition of its label from the verified neighbours
-(delf_ret.retrieval.recognition.recognize). Nothing is read from disk during a query.
+A query is extraction (skipped for a database photo queried whole: its features, and its
+global descriptor for first_stage "global", are in memory) -> ranked list by the first
+stage the index was built with (votes, asmk or global: first_stage.open_first_stage,
+ranking.first_stage) -> RANSAC reranking of the top (ranking.rerank) -> recognition of
+its label from the verified neighbours (delf_ret.retrieval.recognition.recognize).
+Nothing is read from disk during a query.
 
 Files are reached only by image id: each id is looked up in the index's image records
-(or, for indexes without records, in the image folders given at start); no path from a
-request reaches the file system. Photos added to the gallery are stored in the service's
-own folder (``<index folder>/gallery_photos``), their features in the features folder,
-both written atomically; the index is saved through its crash-safe save. Every method
-that reads or changes the index is called from one worker thread (delf_ret.serve.jobs),
-except the read-only look-ups, which take the service's lock.
+(the stage's image_path / image_label, whatever the stage; or, for indexes without
+records, in the image folders given at start); no path from a request reaches the file
+system. Photos added to the gallery are stored in the service's own folder
+(``<index folder>/gallery_photos``), their features in the features folder, both
+written atomically; the index is saved through its stage's crash-safe save. Every
+method that reads or changes the index is called from one worker thread
+(delf_ret.serve.jobs), except the read-only look-ups, which take the service's lock.
 """
 
 from __future__ import annotations
@@ -39,8 +42,11 @@ from delf_ret.errors import InputError
 from delf_ret.evaluation.visualize import draw_matches
 from delf_ret.features import LocalFeatures
 from delf_ret.features import feature_file_name
+from delf_ret.features import global_file_name
 from delf_ret.features import read_features
+from delf_ret.features import read_global_descriptor
 from delf_ret.features import write_features
+from delf_ret.features import write_global_descriptor
 from delf_ret.images import IMAGE_SUFFIXES
 from delf_ret.images import ImageReadError
 from delf_ret.images import crop_to_box
@@ -49,10 +55,14 @@ from delf_ret.images import load_image
 from delf_ret.images import shrink_to_max_side
 from delf_ret.match import RansacParams
 from delf_ret.match import verify_pair
+from delf_ret.retrieval.first_stage import FirstStageIndex
+from delf_ret.retrieval.first_stage import Query
+from delf_ret.retrieval.first_stage import QueryExtract
+from delf_ret.retrieval.first_stage import open_first_stage
+from delf_ret.retrieval.first_stage import saved_version
 from delf_ret.retrieval.ranking import RankedImage
 from delf_ret.retrieval.ranking import first_stage
 from delf_ret.retrieval.ranking import is_verified
-from delf_ret.retrieval.ranking import load_index
 from delf_ret.retrieval.ranking import rerank
 from delf_ret.retrieval.recognition import RecognitionResult
 from delf_ret.retrieval.recognition import recognize
@@ -139,7 +149,9 @@ class SearchService:
     config: the DelfConfig (extraction and retrieval_config).
     index_dir: the index folder (the gallery photos are stored inside it).
     features_dir: the ``<image id>.delf`` files of the indexed images.
-    extract: image [H, W, 3] uint8 -> LocalFeatures (a DelfExtractor's ``extract``).
+    extract: image [H, W, 3] uint8 -> what the index's first stage needs of a query:
+      LocalFeatures, or (LocalFeatures, global descriptor) for "global"
+      (first_stage.query_extractor of the same config).
     image_dirs: folders whose images stand for indexed ids the index has no path for.
     log: progress lines while the features load.
   """
@@ -149,7 +161,7 @@ class SearchService:
     config: DelfConfig,
     index_dir: str | os.PathLike,
     features_dir: str | os.PathLike,
-    extract: Callable[[np.ndarray], LocalFeatures],
+    extract: QueryExtract,
     image_dirs: Sequence[str | os.PathLike] = (),
     log: Callable[[str], None] = print,
   ):
@@ -160,12 +172,17 @@ class SearchService:
     self._extract = extract
     self._lock = threading.RLock()
     self._folder_images = image_folders_map(image_dirs)
-    self._version = self._saved_version()  # Read before loading: a change meanwhile shows.
-    self.index = load_index(self.index_dir, config.retrieval_config)
+    self._version = saved_version(self.index_dir)  # Read before loading: a change shows.
+    # The stage the index was built with (the config must ask for it).
+    self.stage: FirstStageIndex = open_first_stage(self.index_dir, config.retrieval_config)
     self._features: dict[str, LocalFeatures] = {}
-    ids = self.index.image_ids()
+    self._globals: dict[str, np.ndarray] = {}  # Raw global descriptors (first_stage global).
+    ids = self.stage.image_ids()
     for number, image_id in enumerate(ids, 1):
       self._features[image_id] = read_features(self.features_dir / feature_file_name(image_id))
+      if self.stage.needs_global:
+        path = self.features_dir / global_file_name(image_id)
+        self._globals[image_id] = read_global_descriptor(path)
       if number % 100 == 0 or number == len(ids):
         log(f"[{number}/{len(ids)}] database features loaded")
     self._thumbnails: dict[tuple[str, int], bytes] = {}
@@ -178,28 +195,28 @@ class SearchService:
       return [
         {
           "id": image_id,
-          "label": self.index.image_label(image_id),
+          "label": self.stage.image_label(image_id),
           "has_image": self.image_file(image_id) is not None,
           "added": self._is_gallery_photo(image_id),
         }
-        for image_id in self.index.image_ids()
+        for image_id in self.stage.image_ids()
       ]
 
   def has_photo(self, image_id: str) -> bool:
     """Whether ``image_id`` is a well-formed id of an indexed image."""
     with self._lock:
-      return is_image_id(image_id) and image_id in self.index
+      return is_image_id(image_id) and image_id in self.stage
 
   def label(self, image_id: str) -> str | None:
     with self._lock:
-      return self.index.image_label(image_id) if image_id in self.index else None
+      return self.stage.image_label(image_id) if image_id in self.stage else None
 
   def image_file(self, image_id: str) -> pathlib.Path | None:
     """The image file of an indexed id (its record, else the image folders); None if unknown."""
     with self._lock:
-      if not is_image_id(image_id) or image_id not in self.index:
+      if not is_image_id(image_id) or image_id not in self.stage:
         return None
-      recorded = self.index.image_path(image_id)
+      recorded = self.stage.image_path(image_id)
       path = pathlib.Path(recorded) if recorded else self._folder_images.get(image_id)
     return path if path is not None and path.is_file() else None
 
@@ -222,7 +239,7 @@ class SearchService:
     return buffer.getvalue()
 
   def _is_gallery_photo(self, image_id: str) -> bool:
-    path = self.index.image_path(image_id)
+    path = self.stage.image_path(image_id)
     return path is not None and pathlib.Path(path).parent == self.gallery_dir.resolve()
 
   # Queries (worker thread) ---------------------------------------------------------------
@@ -245,16 +262,19 @@ class SearchService:
       image = box.crop(image)
     progress("extracting features", 0.05)
     if database_id is not None and box is None:
-      features = self._features[database_id]
+      query = Query(self._features[database_id], self._globals.get(database_id))
     else:
-      features = self._extract(image)
+      query = Query.of(self._extract(image))
+    features = query.features
     seconds["extraction"] = time.perf_counter() - start
     progress("searching the index", 0.45)
     retrieval = self.config.retrieval_config
     skip = {database_id} if database_id else set()
     # No lock: only this (the worker) thread changes the index and the features.
     ranked = [
-      e for e in first_stage(features, self.index, retrieval, seconds) if e.image_id not in skip
+      e
+      for e in first_stage(features, self.stage, retrieval, seconds, query.global_descriptor)
+      if e.image_id not in skip
     ]
     candidates = min(retrieval.rerank_top_n, len(ranked))
     loaded = [0]
@@ -266,7 +286,7 @@ class SearchService:
 
     reranked = rerank(features, ranked, load, retrieval, timings=seconds)
     verified = [(e.image_id, e.inliers or 0) for e in reranked if is_verified(e, retrieval)]
-    labels = {image_id: self.index.image_label(image_id) for image_id, _ in verified}
+    labels = {image_id: self.stage.image_label(image_id) for image_id, _ in verified}
     recognition = recognize(
       verified, labels, retrieval.recognition_top_k, retrieval.recognition_min_score
     )
@@ -307,25 +327,18 @@ class SearchService:
 
   # Gallery changes (worker thread) -------------------------------------------------------
 
-  def _saved_version(self) -> str | None:
-    """The index version saved in the index folder (its ``CURRENT`` file); None if unreadable."""
-    try:
-      return (self.index_dir / "CURRENT").read_text(encoding="utf-8").strip()
-    except (OSError, ValueError):
-      return None
-
   def _check_not_changed_elsewhere(self) -> None:
     """InputError when another program (build_index, a second server) saved the index since
     this one loaded it: saving the page's copy would silently undo that program's changes."""
-    if self._saved_version() != self._version:
+    if saved_version(self.index_dir) != self._version:
       raise InputError(
         f"the index in {self.index_dir} was changed by another program since the server "
         "started; restart delf_serve to load it, then change the gallery again"
       )
 
   def _saved(self) -> None:
-    self.index.save(self.index_dir)
-    self._version = self._saved_version()
+    self.stage.save(self.index_dir)
+    self._version = saved_version(self.index_dir)
 
   def add_photo(self, data: bytes, image: np.ndarray, name: str, label: str | None) -> str:
     """Stores an uploaded photo (its bytes, decoded as ``image``) in the gallery folder,
@@ -333,7 +346,7 @@ class SearchService:
     index; returns its new image id (from ``name``, made unique)."""
     label = check_label(label)
     self._check_not_changed_elsewhere()
-    features = self._extract(image)
+    query = Query.of(self._extract(image))
     with self._lock:
       self._check_not_changed_elsewhere()
       image_id = self._new_id(name)
@@ -341,44 +354,54 @@ class SearchService:
       path = self.gallery_dir / f"{image_id}{suffix if suffix in IMAGE_SUFFIXES else '.img'}"
       self.gallery_dir.mkdir(parents=True, exist_ok=True)
       write_bytes_atomic(path, data)
-      write_features(self.features_dir / feature_file_name(image_id), features)
-      self.index.add(image_id, features.descriptors, path=path.resolve(), label=label)
+      written = [path, self.features_dir / feature_file_name(image_id)]
+      write_features(written[1], query.features)
+      if query.global_descriptor is not None:  # Beside the .delf, as extraction writes it.
+        written.append(self.features_dir / global_file_name(image_id))
+        write_global_descriptor(written[2], query.global_descriptor)
       try:
-        self._saved()
-      except BaseException:  # Not saved (e.g. another writer holds the index): undo it all.
-        self.index.delete(image_id)
-        path.unlink(missing_ok=True)
-        (self.features_dir / feature_file_name(image_id)).unlink(missing_ok=True)
+        self.stage.add_image(image_id, query, path.resolve(), label)
+        try:
+          self._saved()
+        except BaseException:  # Not saved (e.g. another writer holds the index): undo it.
+          self.stage.delete_image(image_id)
+          raise
+      except BaseException:
+        for file in written:
+          file.unlink(missing_ok=True)
         raise
-      self._features[image_id] = features
+      self._features[image_id] = query.features
+      if query.global_descriptor is not None:
+        self._globals[image_id] = query.global_descriptor
     return image_id
 
   def remove_photo(self, image_id: str) -> None:
     """Deletes an image from the index and saves it; a photo the page added is deleted with
     its feature file, other files are left alone."""
     with self._lock:
-      if image_id not in self.index:
+      if image_id not in self.stage:
         raise InputError(f"no indexed photo {image_id[:80]!r}")
       self._check_not_changed_elsewhere()
       owned = self._is_gallery_photo(image_id)
-      path = self.index.image_path(image_id)
-      self.index.delete(image_id)
-      self.index.compact()
+      path = self.stage.image_path(image_id)
+      self.stage.delete_image(image_id)
       try:
         self._saved()
       except BaseException:  # Not saved: memory goes back to the index as it is saved.
-        self.index = load_index(self.index_dir, self.config.retrieval_config)
+        self.stage = open_first_stage(self.index_dir, self.config.retrieval_config)
         raise
       self._features.pop(image_id, None)
+      self._globals.pop(image_id, None)
       self._thumbnails = {k: v for k, v in self._thumbnails.items() if k[0] != image_id}
       if owned and path:
         pathlib.Path(path).unlink(missing_ok=True)
         (self.features_dir / feature_file_name(image_id)).unlink(missing_ok=True)
+        (self.features_dir / global_file_name(image_id)).unlink(missing_ok=True)
 
   def _new_id(self, name: str) -> str:
     stem = re.sub(r"[^\w-]+", "_", pathlib.Path(name).stem).strip("_")[:60] or "photo"
     candidate, number = stem, 1
-    while candidate in self.index or (self.features_dir / feature_file_name(candidate)).exists():
+    while candidate in self.stage or (self.features_dir / feature_file_name(candidate)).exists():
       number += 1
       candidate = f"{stem}_{number}"
     return candidate

@@ -128,7 +128,7 @@ def test_gallery_changes_need_the_page_token(client, service):
     assert "token" in response.get_json()["error"]
     photo = (BUNDLED_IMAGES / "river_2.jpg").read_bytes()
     assert upload(client, "/api/gallery/add", photo, token=token, label="x").status_code == 403
-  assert sorted(service.index.image_ids()) == sorted(PHOTOS)
+  assert sorted(service.stage.image_ids()) == sorted(PHOTOS)
   page = client.get("/")
   assert TOKEN in page.get_data(as_text=True)  # The page carries it.
   assert page.headers["Content-Security-Policy"].startswith("default-src 'self';")
@@ -173,7 +173,7 @@ def test_a_query_and_a_gallery_photo_round_trip(client, service):
   added = upload(client, "/api/gallery/add", photo, name="My photo!.jpg", label="roofs")
   status = wait(client, added.get_json()["job"])
   assert status["result"] == {"added": "My_photo"}
-  assert service.index.image_label("My_photo") == "roofs"
+  assert service.stage.image_label("My_photo") == "roofs"
   path = service.image_file("My_photo")
   assert path is not None and path.parent == service.gallery_dir.resolve()
   assert path.read_bytes() == photo
@@ -181,7 +181,7 @@ def test_a_query_and_a_gallery_photo_round_trip(client, service):
     "/api/gallery/remove", data={"image_id": "My_photo"}, headers={"X-Delf-Token": TOKEN}
   )
   assert wait(client, removed.get_json()["job"])["state"] == "done"
-  assert "My_photo" not in service.index and not path.exists()
+  assert "My_photo" not in service.stage and not path.exists()
 
 
 def test_a_non_local_host_needs_allow_remote():

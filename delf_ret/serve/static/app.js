@@ -203,7 +203,7 @@ function openMatch(jobId, entry) {
   const dialog = $("match-dialog");
   $("match-title").textContent = `Match: query – ${entry.id}`;
   $("match-caption").textContent =
-    `rank ${entry.rank}, vote score ${entry.score}, ${entry.inliers === null ? "not verified" : entry.inliers + " RANSAC inliers"}` +
+    `rank ${entry.rank}, score ${entry.score}, ${entry.inliers === null ? "not verified" : entry.inliers + " RANSAC inliers"}` +
     (entry.label ? `, label ${entry.label}` : "");
   const image = $("match-image");
   image.hidden = true;
