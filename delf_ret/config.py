@@ -134,8 +134,8 @@ def unsupported_settings(config: DelfConfig) -> list[str]:
   ) and config.retrieval_config.first_stage != "global":
     lines.append(
       "use_global_features / delf_global_config: extract_features writes global "
-      "descriptors (.delg_global), but build_index, query_index and perform_retrieval "
-      'rank with local features only (retrieval_config.first_stage: "global" uses them)'
+      "descriptors (.delg_global), but every tool ranks with local features unless "
+      'retrieval_config.first_stage is "global"'
     )
   return lines
 

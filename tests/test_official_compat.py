@@ -37,7 +37,9 @@ def test_official_delg_config_loads_and_reports_global_features(caplog):
     pytest.approx(454.6)
   )
   warnings = [r.getMessage() for r in caplog.records]
-  assert len(warnings) == 1 and "rank with local features only" in warnings[0]
+  assert len(warnings) == 1 and warnings[0].endswith(
+    'every tool ranks with local features unless retrieval_config.first_stage is "global"'
+  )
 
 
 @pytest.mark.parametrize(

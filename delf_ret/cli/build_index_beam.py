@@ -28,9 +28,11 @@ config's retrieval_config. With first_stage "asmk" the ASMK codebook is trained 
 (on build_index's sample) and the shards aggregated over it; with "global" the
 shards hold the .delg_global descriptors and the whitening is learned once, at the
 merge, on all of them (delf_ret.retrieval.stage_shards); either ranks like build_index's
-index of the same files. Image paths and labels are recorded by votes indexes only.
-The packed feature store (<index_dir>/features/, reranking's reader) is written as
-build_index writes it. Needs the beam extra: pip install 'delf-ret[beam]'.
+index of the same files. Image paths and labels are recorded by every first stage, as
+build_index records them (a votes index in its meta.json, the others in
+<index_dir>/records.json). The packed feature store (<index_dir>/features/, reranking's
+reader) is written as build_index writes it. Needs the beam extra:
+pip install 'delf-ret[beam]'.
 Exit status 1 if some feature files failed (they are listed), 2 on unusable input.
 """
 
@@ -111,24 +113,14 @@ def _image_paths(feature_ids: set[str]) -> dict:
   return paths
 
 
-def _stage_sharded(config, paths: list) -> tuple[list[str] | None, list]:
-  """The ASMK or global first stage, sharded (image records are kept by votes indexes only)."""
-  stage = config.retrieval_config.first_stage
-  if FLAGS.images_dir or FLAGS.list_images_path or FLAGS.labels_csv:
-    raise InputError(
-      f"image paths and labels (--images_dir, --list_images_path, --labels_csv) are recorded "
-      f"by a votes index only; build_index_beam does not record them for first_stage {stage!r}"
-    )
-  return build_stage_sharded(
-    paths,
-    FLAGS.index_dir,
-    _shards_dir(),
-    config.retrieval_config,
-    FLAGS.images_per_shard,
-    beam_argv=shlex.split(FLAGS.beam_pipeline_options),
-    keep_shards=FLAGS.keep_shards,
-    log=log,
-  )
+def _labels(feature_ids: set[str]) -> dict[str, str] | None:
+  """Image id -> label of --labels_csv (None without it); every image it names must have a
+  feature file."""
+  if not FLAGS.labels_csv:
+    return None
+  labels = read_image_labels(FLAGS.labels_csv)
+  labels.check_known(feature_ids)
+  return labels.labels
 
 
 def _shards_dir() -> str:
@@ -148,16 +140,24 @@ def main(argv: list[str]) -> int:
   if FLAGS.on_disk and stage != "votes":
     raise InputError(f"--on_disk merges IVF-PQ votes indexes, not first_stage {stage!r}")
   paths = list_feature_files(FLAGS.features_dir)
+  feature_ids = {image_id_of(path) for path in paths}
+  labels = _labels(feature_ids)
   if stage != "votes":
-    image_ids, failures = _stage_sharded(config, paths)
+    image_ids, failures = build_stage_sharded(
+      paths,
+      FLAGS.index_dir,
+      _shards_dir(),
+      config.retrieval_config,
+      FLAGS.images_per_shard,
+      beam_argv=shlex.split(FLAGS.beam_pipeline_options),
+      keep_shards=FLAGS.keep_shards,
+      log=log,
+      image_paths=_image_paths(feature_ids),
+      labels=labels,
+    )
     if image_ids is not None:
       sync_database_store(FLAGS.index_dir, FLAGS.features_dir, image_ids, log)
     return report_failures(failures, "feature files")
-  feature_ids = {image_id_of(path) for path in paths}
-  labels = None
-  if FLAGS.labels_csv:
-    labels = read_image_labels(FLAGS.labels_csv)
-    labels.check_known(feature_ids)
   local = config.delf_local_config
   index, failures = build_index_beam(
     paths,
@@ -168,7 +168,7 @@ def main(argv: list[str]) -> int:
     images_per_shard=FLAGS.images_per_shard,
     beam_argv=shlex.split(FLAGS.beam_pipeline_options),
     image_paths=_image_paths(feature_ids),
-    labels=None if labels is None else labels.labels,
+    labels=labels,
     keep_shards=FLAGS.keep_shards,
     on_disk=FLAGS.on_disk,
     log=log,

@@ -19,8 +19,10 @@ overlap nor leave a gap (a missing shard); otherwise the tool names the two shar
 and the difference. ASMK shards are appended over their shared codebook into
 <index_dir>/asmk/, global-descriptor shards concatenated into <index_dir>/global/
 with the whitening learned once on all of them (delf_ret.retrieval.stage_shards), as
-build_index saves those first stages. Votes shards: IVF-PQ shards are
-merged with faiss' merge_from, flat ones appended, HNSW graphs rebuilt; with
+build_index saves those first stages; the image records (paths, labels) the shards
+were built with come along (a votes index's meta.json, or <index_dir>/records.json).
+Votes shards: IVF-PQ shards are merged with faiss' merge_from, flat ones appended,
+HNSW graphs rebuilt; with
 --on_disk, IVF-PQ shards (without pq_fast_scan) are merged into faiss' on-disk
 inverted lists (faiss.contrib.ondisk.merge_ondisk: index.ivfdata beside
 index.faiss, memory-mapped when searched), for an index larger than memory; such

@@ -24,8 +24,9 @@ Apache Beam pipeline, delf_ret.index.beam_pipeline; ``merge_index`` runs the las
 
 The same plan, ``shard.json`` and checks serve the shards of the other first stages
 (``stage`` in ``shard.json``: "asmk", "global"; delf_ret.retrieval.stage_shards builds and
-merges those with :func:`shard_info`, :func:`finished_shard` and :func:`save_shard`); shards
-of different stages are never merged.
+merges those with :func:`shard_info`, :func:`finished_shard` and :func:`save_shard`, each
+shard's image records in a ``records.json`` of delf_ret.index.records); shards of different
+stages are never merged.
 
 A shard whose ``shard.json`` matches its plan is finished: building it again
 does nothing, so a killed pipeline resumes. Shard folders must be on a file

@@ -540,8 +540,9 @@ def build_first_stage(
   return stage, failures
 
 
-def _read_descriptors(path: pathlib.Path, failures: Failures) -> np.ndarray | None:
-  """The descriptors [N, D] of a feature file with features; else None and a failure."""
+def read_descriptors(path: pathlib.Path, failures: Failures) -> np.ndarray | None:
+  """The descriptors [N, D] (float32) of a feature file with features; else None, with
+  (path, reason) appended to ``failures`` (unreadable file, or no features to index)."""
   try:
     features = read_features(path)
   except (FeatureFileError, OSError) as error:
@@ -553,13 +554,15 @@ def _read_descriptors(path: pathlib.Path, failures: Failures) -> np.ndarray | No
   return features.descriptors
 
 
-def _train_asmk(
+def train_asmk(
   paths: list[pathlib.Path], params: AsmkParams, settings: dict | None, log: Callable[[str], None]
 ) -> AsmkIndex:
-  """A new AsmkIndex with a codebook trained on the descriptors of at most
-  CODEBOOK_TRAINING_IMAGES of ``paths`` (evenly spaced)."""
+  """A new, empty AsmkIndex with a codebook trained on the descriptors of at most
+  CODEBOOK_TRAINING_IMAGES of ``paths`` (evenly spaced; build_index's sample, also the
+  sharded build's: delf_ret.retrieval.stage_shards). settings: the extraction settings record
+  of the descriptors. FirstStageError when no sampled file has features or training fails."""
   picked = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), CODEBOOK_TRAINING_IMAGES)))
-  sample = [_read_descriptors(paths[i], []) for i in picked.astype(int).tolist()]
+  sample = [read_descriptors(paths[i], []) for i in picked.astype(int).tolist()]
   arrays = [array for array in sample if array is not None]
   if not arrays:
     raise FirstStageError(f"no readable feature file with features among {len(paths)} to index")
@@ -593,12 +596,12 @@ def _build_asmk(
   else:
     if not paths:
       raise FirstStageError(f"no feature files to build the ASMK index in {folder}")
-    index = _train_asmk(paths, params, settings, log)
+    index = train_asmk(paths, params, settings, log)
   todo = [path for path in paths if image_id_of(path) not in index]
   failures: Failures = []
   added = 0
   for number, path in enumerate(todo, 1):
-    descriptors = _read_descriptors(path, failures)
+    descriptors = read_descriptors(path, failures)
     if descriptors is None:
       continue
     try:
@@ -648,7 +651,9 @@ def read_whitening(folder: pathlib.Path) -> tuple[np.ndarray, np.ndarray] | None
   return mean, projection
 
 
-def _write_whitening(folder: pathlib.Path, whitening: tuple[np.ndarray, np.ndarray] | None) -> None:
+def write_whitening(folder: pathlib.Path, whitening: tuple[np.ndarray, np.ndarray] | None) -> None:
+  """Writes ``folder/whitening.npz`` atomically (:func:`read_whitening` reads it): (mean [D],
+  projection [K, D]) float32, or None where no whitening was learned."""
   folder.mkdir(parents=True, exist_ok=True)
   mean, projection = whitening or (np.zeros(0, np.float32), np.zeros((0, 0), np.float32))
   with atomic_write(folder / WHITENING_FILE) as handle:
@@ -713,7 +718,7 @@ def _build_global(
         else f"not whitened ({len(ids)} images, fewer than {WHITENING_IMAGES_PER_DIM} per dimension)"
       )
     )
-    _write_whitening(folder, whitening)
+    write_whitening(folder, whitening)
     dim = descriptors.shape[1] if whitening is None else whitening[1].shape[0]
     stage = GlobalStage(GlobalDescriptorIndex(dim), whitening)
   if ids:

@@ -19,8 +19,12 @@ with its ``whitening.npz``), so query_index and perform_retrieval open it as the
 build_index result, and it ranks the same images with the same scores (same codebook, same
 images in the same order; same whitening of the same descriptors). The Beam pipeline runs
 the shard steps (delf_ret.index.beam_pipeline.run_shard_steps); ``build_index_beam`` and
-``merge_index`` are the tools. Image records (paths, labels) are not kept by these shards.
-No TensorFlow.
+``merge_index`` are the tools.
+
+Image records (absolute paths, labels; delf_ret.index.records) come along as with votes
+shards: the plan gives each file's record, each shard keeps those of the images it holds in
+its own ``records.json``, and the merge writes them to ``<index>/records.json`` (as
+build_index records them) under the index's writer lock, after the stage. No TensorFlow.
 """
 
 from __future__ import annotations
@@ -33,29 +37,35 @@ import os
 import pathlib
 from typing import Any
 from typing import Callable
+from typing import Collection
+from typing import Mapping
 from typing import Sequence
 
 import numpy as np
 
-from delf_ret.atomic import atomic_write
 from delf_ret.config import DelfRetrievalConfig
 from delf_ret.extract.global_features import apply_whitening
 from delf_ret.extract.global_features import learn_pca_whitening
 from delf_ret.features import FeatureFileError
 from delf_ret.features import global_file_name
 from delf_ret.features import image_id_of
-from delf_ret.features import read_features
 from delf_ret.features import read_global_descriptor
 from delf_ret.index.asmk import STORED_PARAMS
 from delf_ret.index.asmk import AsmkIndex
 from delf_ret.index.asmk import AsmkParams
-from delf_ret.index.asmk import codebook_size_for
 from delf_ret.index.beam_pipeline import BeamIndexError
 from delf_ret.index.beam_pipeline import require_beam_for_index
 from delf_ret.index.beam_pipeline import run_shard_steps
 from delf_ret.index.errors import LocalIndexError
 from delf_ret.index.global_index import GlobalDescriptorIndex
 from delf_ret.index.lock import writer_lock
+from delf_ret.index.records import Records
+from delf_ret.index.records import RecordsError
+from delf_ret.index.records import merge_records
+from delf_ret.index.records import read_records
+from delf_ret.index.records import records_path
+from delf_ret.index.records import updated_records
+from delf_ret.index.records import write_records
 from delf_ret.index.shards import QUANTISER_DIR
 from delf_ret.index.shards import VOTES
 from delf_ret.index.shards import ShardError
@@ -70,15 +80,16 @@ from delf_ret.index.shards import remove_shards
 from delf_ret.index.shards import save_shard
 from delf_ret.index.shards import shard_info
 from delf_ret.retrieval.first_stage import ASMK_FOLDER
-from delf_ret.retrieval.first_stage import CODEBOOK_TRAINING_IMAGES
 from delf_ret.retrieval.first_stage import GLOBAL_FOLDER
-from delf_ret.retrieval.first_stage import WHITENING_FILE
-from delf_ret.retrieval.first_stage import WHITENING_FORMAT
 from delf_ret.retrieval.first_stage import WHITENING_IMAGES_PER_DIM
+from delf_ret.retrieval.first_stage import Failures as FirstStageFailures
 from delf_ret.retrieval.first_stage import FirstStageError
 from delf_ret.retrieval.first_stage import built_stage
+from delf_ret.retrieval.first_stage import read_descriptors
 from delf_ret.retrieval.first_stage import recorded_settings
+from delf_ret.retrieval.first_stage import train_asmk
 from delf_ret.retrieval.first_stage import whitening_rule
+from delf_ret.retrieval.first_stage import write_whitening
 
 ASMK = "asmk"
 GLOBAL = "global"
@@ -89,45 +100,6 @@ Log = Callable[[str], None]
 
 
 # ASMK ------------------------------------------------------------------------------
-
-
-def _read_descriptors(path: pathlib.Path, failures: Failures) -> np.ndarray | None:
-  """The descriptors [N, D] of a feature file with features; else None and a failure (as
-  build_index: first_stage)."""
-  try:
-    features = read_features(path)
-  except (FeatureFileError, OSError) as error:
-    failures.append((str(path), f"{path}: {error}"))
-    return None
-  if not features.num_features:
-    failures.append((str(path), f"{path}: no features to index"))
-    return None
-  return features.descriptors
-
-
-def _train_asmk(
-  paths: list[pathlib.Path], params: AsmkParams, settings: dict | None, log: Log
-) -> AsmkIndex:
-  """A new AsmkIndex with a codebook trained as build_index trains it (first_stage): on the
-  descriptors of at most CODEBOOK_TRAINING_IMAGES of ``paths`` (evenly spaced)."""
-  picked = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), CODEBOOK_TRAINING_IMAGES)))
-  sample = [_read_descriptors(paths[i], []) for i in picked.astype(int).tolist()]
-  arrays = [array for array in sample if array is not None]
-  if not arrays:
-    raise FirstStageError(f"no readable feature file with features among {len(paths)} to index")
-  descriptors = np.concatenate(arrays)
-  estimated = round(descriptors.shape[0] / len(arrays) * len(paths))
-  asmk = AsmkIndex(descriptors.shape[1], params, settings)
-  words = params.codebook_size or codebook_size_for(estimated)
-  log(
-    f"training an ASMK codebook of {words} words on {descriptors.shape[0]} descriptors of "
-    f"{len(arrays)} images"
-  )
-  try:
-    asmk.train(descriptors, estimated)
-  except LocalIndexError as error:
-    raise FirstStageError(f"cannot train the ASMK codebook: {error}") from None
-  return asmk
 
 
 def asmk_fingerprint(asmk: AsmkIndex) -> str:
@@ -170,7 +142,7 @@ def train_asmk_quantiser(
     return asmk_fingerprint(saved)
   if not paths:
     raise FirstStageError("no feature files to build the ASMK index of")
-  asmk = _train_asmk(paths, params, settings, log)
+  asmk = train_asmk(paths, params, settings, log)
   asmk.save(quantiser_dir)
   return asmk_fingerprint(asmk)
 
@@ -179,31 +151,93 @@ def build_asmk_shard(
   plan: ShardPlan, quantiser_dir: str | os.PathLike, shards_dir: str | os.PathLike, log: Log = print
 ) -> ShardInfo:
   """Aggregates the feature files of ``plan`` over the codebook at ``quantiser_dir`` into an
-  AsmkIndex in ``shards_dir/<plan.name>`` (files that cannot be added are the shard's
+  AsmkIndex in ``shards_dir/<plan.name>``, with the plan's image records (paths, labels) of
+  the images it holds in its ``records.json`` (files that cannot be added are the shard's
   failures, as build_index reports them); a shard finished with this plan and codebook is
-  kept."""
+  kept (its records rewritten when the plan's differ)."""
   asmk = AsmkIndex.load(quantiser_dir)
   expected = shard_info(
     plan, shards_dir, ASMK, asmk.dim, _asmk_settings(asmk), asmk_fingerprint(asmk)
   )
-  done = finished_shard(expected)
+  records = plan_records(plan)
+  done = _finished_with_records(
+    expected, records, lambda folder: AsmkIndex.load(folder).image_ids(), log
+  )
   if done is not None:
-    log(f"{plan.name}: already built ({done.images} images)")
     return done
-  failures: Failures = []
+  failures: FirstStageFailures = []
   for file in plan.files:
     path = pathlib.Path(file)
-    descriptors = _read_descriptors(path, failures)
+    descriptors = read_descriptors(path, failures)
     if descriptors is None:
       continue
     try:
       asmk.add(image_id_of(path), descriptors, asmk.settings)
     except LocalIndexError as error:
-      failures.append((str(path), f"{path}: {error}"))
-  info = dataclasses.replace(expected, images=len(asmk), failures=failures)
-  save_shard(info, asmk.save)
+      failures.append((path, f"{path}: {error}"))
+  info = dataclasses.replace(
+    expected, images=len(asmk), failures=[(str(path), reason) for path, reason in failures]
+  )
+  save_shard(info, _saver(asmk.save, _held(records, asmk.image_ids())))
   log(f"{plan.name}: {len(asmk)} images aggregated")
   return info
+
+
+# Records ----------------------------------------------------------------------------
+
+
+def plan_records(plan: ShardPlan) -> Records:
+  """The image records (absolute path, label) that ``plan`` gives its files' images (only
+  images with a path or a label); RecordsError naming an image whose path or label cannot
+  be recorded."""
+  ids = [image_id_of(file) for file in plan.files]
+  paths = {name: path for name, path in zip(ids, plan.image_paths) if path is not None}
+  labels = {name: label for name, label in zip(ids, plan.labels) if label is not None}
+  return updated_records({}, paths, labels)
+
+
+def _held(records: Records, image_ids: Collection[str]) -> Records:
+  """The records of the images a shard holds."""
+  held = set(image_ids)
+  return {name: record for name, record in records.items() if name in held}
+
+
+def _saver(
+  save: Callable[[pathlib.Path], None], records: Records
+) -> Callable[[pathlib.Path], None]:
+  """``save`` (a shard's index), then the shard's ``records.json`` in the same folder."""
+
+  def save_with_records(folder: pathlib.Path) -> None:
+    save(folder)
+    write_records(folder, records)
+
+  return save_with_records
+
+
+def _finished_with_records(
+  expected: ShardInfo,
+  records: Records,
+  held_ids: Callable[[pathlib.Path], Collection[str]],
+  log: Log,
+) -> ShardInfo | None:
+  """finished_shard(expected); its ``records.json`` rewritten (under the folder's writer lock)
+  when it holds other records than ``records`` gives the images of the shard (``held_ids``:
+  the ids its index holds), as after a resumed run with other image paths or labels."""
+  done = finished_shard(expected)
+  if done is None:
+    return None
+  held = _held(records, held_ids(done.folder))
+  try:
+    stored = read_records(done.folder)
+  except RecordsError:
+    stored = None
+  if stored != held:
+    with writer_lock(done.folder):
+      write_records(done.folder, held)
+    log(f"{done.folder.name}: already built ({done.images} images), image records updated")
+  else:
+    log(f"{done.folder.name}: already built ({done.images} images)")
+  return done
 
 
 # Global descriptors -----------------------------------------------------------------
@@ -231,11 +265,15 @@ def build_global_shard(
 ) -> ShardInfo:
   """The raw global descriptors (``<id>.delg_global`` beside each feature file of ``plan``)
   in a GlobalDescriptorIndex in ``shards_dir/<plan.name>``; a missing or unreadable file, or
-  one of another dimension than ``dim``, is a failure. A finished shard is kept."""
+  one of another dimension than ``dim``, is a failure. The plan's image records of the
+  images it holds go to its ``records.json``. A finished shard is kept (its records rewritten
+  when the plan's differ)."""
   expected = shard_info(plan, shards_dir, GLOBAL, dim, {}, "")
-  done = finished_shard(expected)
+  records = plan_records(plan)
+  done = _finished_with_records(
+    expected, records, lambda folder: GlobalDescriptorIndex.load(folder, dim).image_ids(), log
+  )
   if done is not None:
-    log(f"{plan.name}: already built ({done.images} images)")
     return done
   failures: Failures = []
   ids: list[str] = []
@@ -257,23 +295,9 @@ def build_global_shard(
   if ids:
     table.add_many(ids, np.stack(rows))
   info = dataclasses.replace(expected, images=len(table), failures=failures)
-  save_shard(info, table.save)
+  save_shard(info, _saver(table.save, _held(records, ids)))
   log(f"{plan.name}: {len(table)} global descriptors")
   return info
-
-
-def _write_whitening(folder: pathlib.Path, whitening: tuple[np.ndarray, np.ndarray] | None) -> None:
-  """``folder/whitening.npz`` as build_index writes it (first_stage.read_whitening reads it)."""
-  folder.mkdir(parents=True, exist_ok=True)
-  mean, projection = whitening or (np.zeros(0, np.float32), np.zeros((0, 0), np.float32))
-  with atomic_write(folder / WHITENING_FILE) as handle:
-    np.savez(
-      handle,
-      format_version=np.array(WHITENING_FORMAT, np.int64),
-      learned=np.array(whitening is not None),
-      mean=mean,
-      projection=projection,
-    )
 
 
 # Merging ---------------------------------------------------------------------------
@@ -325,12 +349,22 @@ def _merge_global(infos: list[ShardInfo], folder: pathlib.Path, log: Log) -> lis
       else f"not whitened ({len(ids)} images, fewer than {WHITENING_IMAGES_PER_DIM} per dimension)"
     )
   )
-  _write_whitening(folder, whitening)
+  write_whitening(folder, whitening)
   rows = raw if whitening is None else apply_whitening(raw, *whitening)
   table = GlobalDescriptorIndex(rows.shape[1])
   table.add_many(ids, rows)
   table.save(folder)
   return table.image_ids()
+
+
+def _merge_records(infos: list[ShardInfo], index_dir: pathlib.Path, ids: list[str]) -> None:
+  """The shards' image records, merged into ``<index>/records.json`` (for the merged ``ids``;
+  written when there are any, or to replace a stale file). Shards built before records
+  were kept have none. The caller holds the index folder's writer lock."""
+  held = set(ids)
+  records = merge_records(read_records(info.folder, known=held) for info in infos)
+  if records or records_path(index_dir).is_file():
+    write_records(index_dir, records)
 
 
 def merge_stage_shards(
@@ -341,9 +375,11 @@ def merge_stage_shards(
 ) -> tuple[str, list[str], Failures]:
   """Merges finished shards of any first stage into a new index folder (refused when it
   holds an index): votes shards by delf_ret.index.shards.merge_shards (``on_disk`` there),
-  ASMK and global shards into ``<index>/asmk`` / ``<index>/global`` as build_index saves them.
-  The shards must pass check_shards (one stage, plan, settings and codebook; no overlap or
-  gap). Returns (the stage, the merged image ids in order, the shards' failures)."""
+  ASMK and global shards into ``<index>/asmk`` / ``<index>/global`` as build_index saves them,
+  with their image records in ``<index>/records.json`` (delf_ret.index.records), written
+  after the stage. The shards must pass check_shards (one stage, plan, settings and
+  codebook; no overlap or gap). Returns (the stage, the merged image ids in order, the
+  shards' failures)."""
   infos = check_shards([read_shard(folder) for folder in shard_dirs])
   stage = infos[0].stage
   if stage == VOTES:
@@ -361,6 +397,7 @@ def merge_stage_shards(
       ids = _merge_asmk(infos, index_dir / ASMK_FOLDER, log)
     else:
       ids = _merge_global(infos, index_dir / GLOBAL_FOLDER, log)
+    _merge_records(infos, index_dir, ids)
   log(f"{stage} index at {index_dir}: {len(ids)} images from {len(infos)} shards")
   return stage, ids, [failure for info in infos for failure in info.failures]
 
@@ -410,13 +447,17 @@ def build_stage_sharded(
   beam_argv: Sequence[str] | None = (),
   keep_shards: bool = False,
   log: Log = print,
+  image_paths: Mapping[str, str | os.PathLike] | None = None,
+  labels: Mapping[str, str] | None = None,
 ) -> tuple[list[str] | None, Failures]:
   """The ASMK or global first stage (``retrieval_config.first_stage``) of the feature files,
   built in shards of ``images_per_shard`` files with Beam (options ``beam_argv``; None: one
   shard after the other in this process, without Beam) and merged into ``index_dir`` (None:
   the shards are left in ``shards_dir`` for merge_index). keep_shards: keep ``shards_dir``
-  after merging. Returns (the merged image ids in order, None without ``index_dir``; the
-  files that could not be added)."""
+  after merging. image_paths / labels: image id -> image file / label ("": none), recorded
+  as build_index records them (absolute paths; in each shard, then in ``<index>/records.json``;
+  RecordsError for an unusable one, before any work). Returns (the merged image ids in order,
+  None without ``index_dir``; the files that could not be added)."""
   stage = retrieval_config.first_stage
   if stage not in SHARDED_STAGES:
     raise FirstStageError(f"first_stage {stage!r} is not built by these shards")
@@ -427,8 +468,16 @@ def build_stage_sharded(
   if images_per_shard < 1:
     raise BeamIndexError(f"images per shard must be at least 1, got {images_per_shard}")
   shards_dir = pathlib.Path(shards_dir)
+  feature_ids = {image_id_of(path) for path in feature_paths}
+  updated_records(  # An unusable path or label is refused before any work.
+    {},
+    {name: path for name, path in (image_paths or {}).items() if name in feature_ids},
+    {name: label for name, label in (labels or {}).items() if name in feature_ids},
+  )
   dim = _prepare(stage, feature_paths, shards_dir, retrieval_config, log)
-  plans = plan_shards(feature_paths, -(-len(feature_paths) // images_per_shard))
+  plans = plan_shards(
+    feature_paths, -(-len(feature_paths) // images_per_shard), image_paths, labels
+  )
   log(f"building {len(plans)} {stage} shards of {len(feature_paths)} feature files")
   if beam_argv is None:
     for plan in plans:

@@ -15,6 +15,8 @@ from delf_ret.default_model import default_config_path
 from delf_ret.features import read_features
 from delf_ret.features import read_global_descriptor
 from delf_ret.index import LocalFeatureIndex
+from delf_ret.index.local_index import ImageRecord
+from delf_ret.index.records import read_records
 from delf_ret.retrieval.first_stage import open_first_stage
 
 PHOTOS = ["sacre_coeur_1", "sacre_coeur_2", "leuven_a", "leuven_b", "roofs_1", "river_2"]
@@ -95,12 +97,16 @@ def test_build_index_beam_equals_build_index(tmp_path, beam_venv):
 @pytest.mark.slow  # Runs build_index and build_index_beam (a pipeline of 2 workers) on real photos.
 @pytest.mark.parametrize("stage", ["asmk", "global"])
 def test_build_index_beam_of_a_first_stage_ranks_like_build_index(
-  tmp_path, beam_venv, global_features, stage
+  tmp_path, beam_venv, global_photos, global_features, stage
 ):
+  labels = tmp_path / "labels.csv"
+  labels.write_text("image,label\nsacre_coeur_1.jpg,sacre_coeur\nleuven_a.jpg,\n")
   common = [
     *GLOBAL_OVERRIDES,
     f"--config_override=retrieval_config.first_stage={stage}",
     f"--features_dir={global_features}",
+    f"--images_dir={global_photos}",  # Recorded with the labels (already extracted).
+    f"--labels_csv={labels}",
   ]
   single = run_command(
     [installed_script("build_index"), *common, f"--index_dir={tmp_path / 'single'}"],
@@ -125,6 +131,11 @@ def test_build_index_beam_of_a_first_stage_ranks_like_build_index(
   assert not (tmp_path / "sharded.shards").exists()  # Removed after the merge.
   for name in ("single", "sharded"):  # The packed feature store reranking reads.
     assert (tmp_path / name / "features" / "CURRENT").is_file()
+  records = [read_records(tmp_path / name) for name in ("single", "sharded")]
+  assert records[0] == records[1] and len(records[1]) == len(GLOBAL_PHOTOS)
+  assert records[1]["sacre_coeur_1"] == ImageRecord(
+    str(global_photos / "sacre_coeur_1.jpg"), "sacre_coeur"
+  )
   overrides = [word.split("=", 1)[1] for word in common if word.startswith("--config_override")]
   config = load_config(default_config_path(), overrides).retrieval_config
   query = read_features(global_features / "sacre_coeur_2.delf")

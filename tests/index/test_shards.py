@@ -24,6 +24,9 @@ from delf_ret.index import LocalIndexError
 from delf_ret.index.asmk import AsmkParams
 from delf_ret.index.builder import build_index
 from delf_ret.index.builder import list_feature_files
+from delf_ret.index.local_index import ImageRecord
+from delf_ret.index.records import RECORDS_FILE
+from delf_ret.index.records import read_records
 from delf_ret.index.shards import QUANTISER_DIR
 from delf_ret.index.shards import ShardError
 from delf_ret.index.shards import build_shard
@@ -302,7 +305,16 @@ STAGE_CONFIGS = {"asmk": {"asmk_codebook_size": 16}, "global": {}}
 def test_stage_shards_merged_rank_like_a_single_build(tmp_path, stage_features, stage):
   retrieval_config = stage_config(stage, **STAGE_CONFIGS[stage])
   paths = list_feature_files(stage_features)
-  _, single_failures = build_first_stage(tmp_path / "single", paths, retrieval_config, **QUIET)
+  # Records of images in every shard, "" (no label), and of img03 (no global descriptor) and
+  # img05b (no feature file), which the index does not hold.
+  images = {name: f"photos/{name}.jpg" for name in ("img00", "img03", "img05b", "img07", "img10")}
+  labels = {"img00": "tower", "img03": "bridge", "img05b": "x", "img08": "tower", "img09": ""}
+  records = {"image_paths": images, "labels": labels}
+  _, single_failures = build_first_stage(
+    tmp_path / "single", paths, retrieval_config, **records, **QUIET
+  )
+  expected_records = (tmp_path / "single" / RECORDS_FILE).read_text()
+  assert "img08" in expected_records and "img09" not in expected_records
   query = random_unit_descriptors(np.random.default_rng(9), 30, DIM)
   query_global = np.array([0.9, 0.3, -0.2, 0.1], np.float32)
   expected = stage_ranking(tmp_path / "single", retrieval_config, query, query_global)
@@ -310,10 +322,12 @@ def test_stage_shards_merged_rank_like_a_single_build(tmp_path, stage_features, 
   for per_shard in (3, 20):
     ids, failures = build_stage_sharded(
       paths, tmp_path / f"merged{per_shard}", tmp_path / f"shards{per_shard}", retrieval_config,
-      per_shard, beam_argv=None, **QUIET,
+      per_shard, beam_argv=None, **records, **QUIET,
     )  # fmt: skip
     assert sorted(failures) == sorted((str(path), reason) for path, reason in single_failures)
     assert built_stage(tmp_path / f"merged{per_shard}") == stage
+    # The image records: the same records.json as the single build's.
+    assert (tmp_path / f"merged{per_shard}" / RECORDS_FILE).read_text() == expected_records
     assert not (tmp_path / f"shards{per_shard}").exists()  # Removed after the merge.
     names, scores = stage_ranking(
       tmp_path / f"merged{per_shard}", retrieval_config, query, query_global
@@ -339,11 +353,15 @@ def test_stage_shards_of_other_stages_or_codebooks_are_refused(tmp_path, stage_f
       paths, None, tmp_path / name, stage_config(stage, **fields), 6, beam_argv=None, **QUIET
     )
     shards[name] = shard_folders(tmp_path / name)
-  lines = []  # A resumed run reuses the codebook and keeps the finished shards.
+  lines = []  # A resumed run reuses the codebook and keeps the finished shards,
   asmk16 = stage_config("asmk", asmk_codebook_size=16)
-  build_stage_sharded(paths, None, tmp_path / "asmk", asmk16, 6, beam_argv=None, log=lines.append)
+  build_stage_sharded(  # updating their image records (new labels) without rebuilding them.
+    paths, None, tmp_path / "asmk", asmk16, 6, beam_argv=None, log=lines.append,
+    labels={"img01": "tower"},
+  )  # fmt: skip
   assert lines[0].startswith("reusing the trained ASMK codebook")
-  assert sum("already built (6 images)" in line for line in lines) == 1
+  assert sum("already built (6 images), image records updated" in line for line in lines) == 1
+  assert sum(line.endswith(": already built (5 images)") for line in lines) == 1
   with pytest.raises(ShardError, match="made with other first stages: asmk vs global"):
     merge_stage_shards([shards["asmk"][0], shards["global"][1]], tmp_path / "index")
   with pytest.raises(ShardError, match="made with other index settings"):
@@ -362,6 +380,11 @@ def test_stage_shards_of_other_stages_or_codebooks_are_refused(tmp_path, stage_f
   with pytest.raises(ShardError, match="made with other trained quantisers"):
     merge_stage_shards([shards["asmk"][0], *shard_folders(other)], tmp_path / "index")
   merge_stage_shards(shards["asmk"], tmp_path / "index", **QUIET)
+  assert read_records(tmp_path / "index") == {"img01": ImageRecord(None, "tower")}
+  assert not (tmp_path / "global_index" / RECORDS_FILE).exists()
+  merge_stage_shards(shards["global"], tmp_path / "global_index", **QUIET)
+  assert read_records(tmp_path / "global_index") == {}  # Built without records: none written.
+  assert not (tmp_path / "global_index" / RECORDS_FILE).exists()
   with pytest.raises(ShardError, match="already holds an index"):
     merge_stage_shards(shards["asmk"], tmp_path / "index", **QUIET)
 
@@ -370,8 +393,9 @@ def test_stage_shards_of_other_stages_or_codebooks_are_refused(tmp_path, stage_f
 def test_merge_index_tool_merges_global_shards_with_the_feature_store(tmp_path, stage_features):
   paths = list_feature_files(stage_features)
   build_stage_sharded(
-    paths, None, tmp_path / "shards", stage_config("global"), 4, beam_argv=None, **QUIET
-  )
+    paths, None, tmp_path / "shards", stage_config("global"), 4, beam_argv=None, **QUIET,
+    image_paths={"img02": tmp_path / "img02.jpg"}, labels={"img02": "tower", "img09": "bridge"},
+  )  # fmt: skip
   index_dir = tmp_path / "index"
   result = run_command(
     [
@@ -388,3 +412,7 @@ def test_merge_index_tool_merges_global_shards_with_the_feature_store(tmp_path, 
   assert "global index at" in result.stdout and "2 feature files failed" in result.stderr
   assert built_stage(index_dir) == "global" and (index_dir / "features" / "CURRENT").is_file()
   assert len(open_first_stage(index_dir, stage_config("global"))) == 10
+  assert read_records(index_dir) == {  # The shards' image records came along.
+    "img02": ImageRecord(str(tmp_path / "img02.jpg"), "tower"),
+    "img09": ImageRecord(None, "bridge"),
+  }
