@@ -31,22 +31,34 @@ ransac); index build seconds; bytes per image of each first stage (its files on
 disk: the votes index folder, ``asmk/``, ``global/``; the ``.delf`` files read for
 reranking are the same for all and counted apart).
 
-Optional scale part (``--scale_images``): synthetic databases of N images for ASMK*
-and global, descriptors drawn from the real ones with noise: build seconds, peak
-RSS growth, ms per query; with an estimate for 1,000,000 images.
+Optional small-database part (``--thousand_images 1000``): a query against a synthetic
+database of demo-photo features with noise through the whole pipeline (index_first_stage
+with its packed feature store, then retrieve: first stage + RANSAC reranking of the top
+rerank_top_n), for votes, ASMK* and global: median seconds per query by stage.
+
+Optional scale part (``--scale_sizes 100000,1000000``): synthetic databases for ASMK* and
+global, descriptors drawn from the dev part's real ones with noise (run_scale): index bytes,
+RSS after build and peak RSS (a fresh process per first stage and size), ms per query
+(median of 20). ASMK* aggregation (1000 descriptors per image against the codebook) is far
+too slow here for a million images, so it is measured on a pool of synthetic images and the
+database is drawn from the pool's aggregated vectors (words resampled, bits flipped) and
+added with AsmkIndex.add_aggregated: build seconds = measured aggregation rate x images +
+measured insertion. Votes is not built at these sizes; its bytes are stated.
 
 Results go to benchmarks/results/first_stage.json; the table in docs/benchmarks.md
 (between the first_stage markers) is rendered from it (``--render_only`` re-renders
 it without running anything).
 
 Usage: python benchmarks/first_stage.py [--datasets demo,mini_landmarks,ukbench]
-           [--budget_s 1200] [--scale_images 100000] [--render_only]
+           [--budget_s 1200] [--thousand_images 1000] [--scale_sizes 100000,1000000]
+           [--scale_only] [--render_only]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import resource
 import shutil
@@ -61,10 +73,17 @@ from default_model import ukbench_score
 from results_io import render_between
 from results_io import write_result
 
+from delf_ret.provenance import environment
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULT = REPO / "benchmarks" / "results" / "first_stage.json"
 DOC = REPO / "docs" / "benchmarks.md"
 START, END = "<!-- first_stage: start -->", "<!-- first_stage: end -->"
+README = REPO / "README.md"  # Its summary table: render_summary.
+SUMMARY_START, SUMMARY_END = (
+  "<!-- first_stage summary: start -->",
+  "<!-- first_stage summary: end -->",
+)
 DATASETS = ("demo", "mini_landmarks", "ukbench")
 METHODS = ("votes", "asmk_star", "asmk", "global")
 LABELS = {"votes": "votes", "asmk_star": "ASMK*", "asmk": "ASMK", "global": "global (GeM conv4)"}
@@ -240,112 +259,516 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
+  """Peak resident set size of this process so far, MB (getrusage ru_maxrss)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_scale(
-  num_images: int,
-  features_dir: pathlib.Path,
-  per_image: int,
-  queries: int,
-  deadline: float,
-  codebook_words: int,
-) -> dict:
-  """ASMK* and global on a synthetic database of ``num_images`` images: each image's
-  ``per_image`` descriptors drawn from the real database's (with Gaussian noise, sigma 0.05
-  per dimension, renormalised); global descriptors likewise from the real ones."""
+def available_mb() -> float:
+  """Memory the machine can still give, MB (/proc/meminfo MemAvailable)."""
+  for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+    if line.startswith("MemAvailable:"):
+      return int(line.split()[1]) / 1024
+  return float("inf")
+
+
+# Synthetic scale databases (see run_scale).
+SCALE_NOISE = 0.05  # Gaussian noise per descriptor dimension (then L2-normalised).
+WORD_RESAMPLE = 0.1  # Share of a synthetic image's aggregated entries moved to another word.
+BIT_FLIP = 0.05  # Probability of each sign bit of an aggregated vector flipping.
+SCALE_QUERIES = 20
+# The ASMK* database is added in 4 batches, each filed into one inverted-file segment by a
+# search (AsmkIndex keeps at most 4 segments before merging them all, which at 1,000,000
+# images needs more memory than this machine has). Filing a batch peaks at about
+# FILING_BYTES_PER_ENTRY bytes per entry of it (its pending vectors included; measured at
+# 100,000 images) above what is already held, so later batches are smaller.
+BATCH_SHARES = (0.337, 0.271, 0.218, 0.174)
+FILING_BYTES_PER_ENTRY = 52
+SAVE_MAX_ENTRIES = 200_000_000  # Larger ASMK* scale indexes are not saved (see scale_asmk).
+
+
+def real_scale_sources(work: pathlib.Path, sources: list[str]):
+  """The real local descriptors (a list of float32 [n, D], one per image) and global
+  descriptors (float32 [I, G]) of the ``sources`` datasets' database features."""
   from delf_ret.features import read_features
   from delf_ret.features import read_global_descriptor
+
+  local, global_ = [], []
+  for name in sources:
+    folder = work / name / "features"
+    for path in sorted(folder.glob("*.delf")):
+      local.append(read_features(path).descriptors.astype(np.float32))
+      global_.append(read_global_descriptor(path.with_suffix(".delg_global")))
+  if not local:
+    raise SystemExit(
+      f"no .delf files under {work}/{{{','.join(sources)}}}/features: run the dev-set part first"
+    )
+  return local, np.stack(global_).astype(np.float32)
+
+
+def noisy(rng: np.random.Generator, rows: np.ndarray) -> np.ndarray:
+  """``rows`` float32 [n, D] plus Gaussian noise (SCALE_NOISE per dimension), L2-normalised."""
+  out = rows + rng.normal(0, SCALE_NOISE, rows.shape).astype(np.float32)
+  return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def synthetic_image(rng: np.random.Generator, local: list[np.ndarray], per_image: int):
+  """One synthetic image's descriptors [per_image, D]: a random real image's descriptors
+  (drawn without replacement when it has enough) with noise."""
+  real = local[int(rng.integers(len(local)))]
+  rows = rng.choice(real.shape[0], per_image, replace=real.shape[0] < per_image)
+  return noisy(rng, real[rows])
+
+
+def scale_pool(work: pathlib.Path, local, per_image: int, pool_images: int, words: int) -> dict:
+  """The ASMK* codebook of ``words`` words and the aggregated vectors of ``pool_images``
+  synthetic images, aggregated by AsmkIndex.aggregate and timed (saved to
+  ``work/pool.npz``); returns the timing record."""
+  from delf_ret.index.asmk import MAX_POINTS_PER_WORD
   from delf_ret.index.asmk import AsmkIndex
   from delf_ret.index.asmk import AsmkParams
-  from delf_ret.index.asmk import codebook_size_for
+
+  rng = np.random.default_rng(1)
+  dim = local[0].shape[1]
+  # The codebook: faiss k-means' initialisation (a random sample of the database's
+  # descriptors), without its iterations (see the timing record).
+  sample = noisy(rng, np.concatenate(local)[rng.integers(0, sum(map(len, local)), words)])
+  asmk = AsmkIndex(dim, AsmkParams(codebook_size=words))
+  asmk.set_codebook(sample)
+  pool_words, pool_vectors, lengths = [], [], []
+  seconds = 0.0
+  for i in range(pool_images):
+    descriptors = synthetic_image(rng, local, per_image)
+    start = time.perf_counter()
+    w, v = asmk.aggregate(descriptors, query=False)
+    seconds += time.perf_counter() - start
+    pool_words.append(w.astype(np.int32))
+    pool_vectors.append(v)
+    lengths.append(len(w))
+    if i % 100 == 0:
+      print(f"scale pool: aggregated {i}/{pool_images} ({seconds:.0f} s)", flush=True)
+  work.mkdir(parents=True, exist_ok=True)
+  np.savez(
+    work / "pool.npz",
+    codebook=asmk.codebook(),
+    words=np.concatenate(pool_words),
+    vectors=np.concatenate(pool_vectors),
+    lengths=np.array(lengths, np.int64),
+  )
+  per_descriptor = seconds / (pool_images * per_image)
+  return {
+    "images": pool_images,
+    "seconds_per_image": round(seconds / pool_images, 4),
+    "words_per_image_mean": round(float(np.mean(lengths)), 1),
+    "kmeans_iteration_seconds_estimate": round(per_descriptor * MAX_POINTS_PER_WORD * words),
+  }
+
+
+def asmk_batches(rng: np.random.Generator, pool: dict, count: int, block: int = 5000):
+  """Synthetic images' aggregated entries, ``block`` images at a time: each a random pool
+  image's (words int32, packed sign bits), WORD_RESAMPLE of its entries moved to a word drawn
+  from the pool's entries (so word frequencies stay the pool's; a word the image already has
+  is dropped), each bit flipped with probability BIT_FLIP. Yields (lengths, words, vectors)
+  of the block, image by image."""
+  words, vectors, lengths = pool["words"], pool["vectors"], pool["lengths"]
+  starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+  flips = np.packbits(rng.random((1 << 16, 8 * vectors.shape[1])) < BIT_FLIP, axis=1)
+  for first in range(0, count, block):
+    n = min(block, count - first)
+    source = rng.integers(0, len(lengths), n)
+    counts = lengths[source]
+    rows = np.repeat(starts[source] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    image = np.repeat(np.arange(n, dtype=np.int64), counts)
+    w = words[rows].astype(np.int64)
+    moved = rng.random(len(w)) < WORD_RESAMPLE
+    w[moved] = words[rng.integers(0, len(words), int(moved.sum()))]
+    v = vectors[rows] ^ flips[rng.integers(0, len(flips), len(rows))]
+    keys, keep = np.unique(image * (1 << 32) + w, return_index=True)
+    yield (
+      np.bincount(keys >> 32, minlength=n),
+      (keys & 0xFFFFFFFF).astype(np.int32),
+      v[keep],
+    )
+
+
+def scale_asmk(work: pathlib.Path, local, num_images: int, per_image: int) -> dict:
+  """ASMK* on ``num_images`` synthetic images added by AsmkIndex.add_aggregated (see
+  asmk_batches), in the BATCH_SHARES batches; figures of this process."""
+  from delf_ret.index.asmk import AsmkIndex
+  from delf_ret.index.asmk import AsmkParams
+
+  base = rss_mb()
+  with np.load(work / "pool.npz") as stored:
+    pool = {k: stored[k] for k in stored.files}
+  codebook = pool.pop("codebook")
+  asmk = AsmkIndex(codebook.shape[1], AsmkParams(codebook_size=codebook.shape[0]))
+  asmk.set_codebook(codebook)
+  rng = np.random.default_rng(2)
+  probe = noisy(rng, local[0][:1])
+  sizes = [int(round(share * num_images)) for share in BATCH_SHARES]
+  sizes[-1] = num_images - sum(sizes[:-1])
+  added = entries = 0
+  insert_seconds = generate_seconds = filing_seconds = 0.0
+  stopped = None
+  for batch, size in enumerate(sizes):
+    start = time.perf_counter()
+    batch_entries = 0
+    for lengths, words, vectors in asmk_batches(rng, pool, size):
+      generate_seconds += time.perf_counter() - start
+      start = time.perf_counter()
+      ends = np.cumsum(lengths).tolist()
+      begin = 0
+      for i, end in enumerate(ends):
+        asmk.add_aggregated(f"img{added + i:07d}", words[begin:end], vectors[begin:end])
+        begin = end
+      added += len(ends)
+      batch_entries += ends[-1]
+      insert_seconds += time.perf_counter() - start
+      start = time.perf_counter()
+    entries += batch_entries
+    need = (FILING_BYTES_PER_ENTRY - 9) * batch_entries / 2**20 + 1024  # Beyond the pending.
+    if available_mb() < need:
+      stopped = f"batch {batch + 1}: {available_mb():.0f} MB available, filing needs ~{need:.0f}"
+      break
+    start = time.perf_counter()
+    asmk.search_images(probe, 1)  # Files the batch into a segment.
+    filing_seconds += time.perf_counter() - start
+    print(
+      f"scale asmk* {num_images}: {added} images, {entries} entries, RSS {rss_mb():.0f} MB, "
+      f"peak {peak_rss_mb():.0f} MB",
+      flush=True,
+    )
+  steady = rss_mb()
+  totals, aggregation = [], []
+  for _ in range(SCALE_QUERIES):
+    query = synthetic_image(rng, local, per_image)
+    start = time.perf_counter()
+    asmk.aggregate(query, query=True)
+    aggregation.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    asmk.search_images(query, 100)
+    totals.append(time.perf_counter() - start)
+  words = codebook.shape[0]
+  index_bytes = entries * (4 + -(-codebook.shape[1] // 8)) + 8 * (words + 1) + codebook.nbytes
+  index_bytes += 8 * added
+  saved: dict = {"build_peak_rss_mb": round(peak_rss_mb())}
+  # Saving merges the 4 segments into one in memory: done where it fits (SAVE_MAX_ENTRIES).
+  if entries <= SAVE_MAX_ENTRIES:
+    folder = work / f"asmk_saved_{num_images}"
+    shutil.rmtree(folder, ignore_errors=True)
+    before = peak_rss_mb()
+    start = time.perf_counter()
+    asmk.save(folder)
+    saved = {
+      "save_seconds": round(time.perf_counter() - start, 1),
+      "saved_bytes": folder_bytes(folder, skip=""),
+      "save_peak_rss_mb": round(peak_rss_mb()),
+      # Above the RSS after build, per entry (when the save set the peak).
+      "save_peak_bytes_per_entry": round((peak_rss_mb() - steady) * 2**20 / entries, 1),
+      "save_set_peak": peak_rss_mb() > before,
+    }
+    shutil.rmtree(folder, ignore_errors=True)
+  return {
+    **saved,
+    "images": added,
+    "stopped": stopped,
+    "entries": entries,
+    "entries_per_image": round(entries / max(1, added), 1),
+    "insert_seconds": round(insert_seconds + filing_seconds, 1),
+    "filing_seconds": round(filing_seconds, 1),
+    "synthesis_seconds": round(generate_seconds, 1),
+    "index_bytes": int(index_bytes),
+    "rss_mb": round(steady),
+    "rss_growth_mb": round(steady - base),
+    "peak_rss_mb": round(peak_rss_mb()),
+    "ms_per_query_median": round(1000 * float(np.median(totals)), 1),
+    "query_aggregation_ms_median": round(1000 * float(np.median(aggregation)), 1),
+  }
+
+
+def scale_global(local_global: np.ndarray, num_images: int) -> dict:
+  """Global descriptors of ``num_images`` synthetic images (real ones with noise) in a
+  GlobalDescriptorIndex (add_many, 10,000 at a time); figures of this process."""
   from delf_ret.index.global_index import GlobalDescriptorIndex
 
-  rng = np.random.default_rng(0)
-  real = np.concatenate([read_features(p).descriptors for p in sorted(features_dir.glob("*.delf"))])
-  real_global = np.stack(
-    [read_global_descriptor(p) for p in sorted(features_dir.glob("*.delg_global"))]
-  )
-
-  def noisy(rows: np.ndarray, count: int) -> np.ndarray:
-    out = rows[rng.integers(0, rows.shape[0], count)] + rng.normal(
-      0, 0.05, (count, rows.shape[1])
-    ).astype(np.float32)
-    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
-
-  result: dict = {"images": num_images, "descriptors_per_image": per_image}
-  # Global.
-  base, base_peak = rss_mb(), peak_rss_mb()
-  start = time.perf_counter()
-  gindex = GlobalDescriptorIndex(real_global.shape[1])
+  base = rss_mb()
+  rng = np.random.default_rng(3)
+  dim = local_global.shape[1]
+  table = GlobalDescriptorIndex(dim)
+  seconds = 0.0
   chunk = 10000
-  for s in range(0, num_images, chunk):
-    n = min(chunk, num_images - s)
-    gindex.add_many([f"img{i:07d}" for i in range(s, s + n)], noisy(real_global, n))
-  build = time.perf_counter() - start
+  for first in range(0, num_images, chunk):
+    n = min(chunk, num_images - first)
+    rows = noisy(rng, local_global[rng.integers(0, len(local_global), n)])
+    ids = [f"img{i:07d}" for i in range(first, first + n)]
+    start = time.perf_counter()
+    table.add_many(ids, rows)
+    seconds += time.perf_counter() - start
+  steady = rss_mb()
   times = []
-  for _ in range(queries):
-    q = noisy(real_global, 1)[0]
-    t = time.perf_counter()
-    gindex.search_images(q, 100)
-    times.append(time.perf_counter() - t)
-  result["global"] = {
-    "dim": int(real_global.shape[1]),
-    "build_seconds": round(build, 1),
-    "rss_growth_mb": round(rss_mb() - base),
-    "peak_rss_growth_mb": round(peak_rss_mb() - base_peak),
+  for _ in range(SCALE_QUERIES):
+    query = noisy(rng, local_global[rng.integers(0, len(local_global), 1)])[0]
+    start = time.perf_counter()
+    table.search_images(query, 100)
+    times.append(time.perf_counter() - start)
+  return {
+    "images": num_images,
+    "dim": dim,
+    "build_seconds": round(seconds, 1),
+    "index_bytes": (4 * dim + 8) * num_images,
+    "rss_mb": round(steady),
+    "rss_growth_mb": round(steady - base),
+    "peak_rss_mb": round(peak_rss_mb()),
     "ms_per_query_median": round(1000 * float(np.median(times)), 2),
   }
-  print(f"scale global: {result['global']}", flush=True)
-  del gindex
-  # ASMK*.
-  base, base_peak = rss_mb(), peak_rss_mb()
-  params = AsmkParams(codebook_size=codebook_words)
-  index = AsmkIndex(real.shape[1], params)
-  start = time.perf_counter()
-  index.train(noisy(real, min(50 * codebook_words, num_images * per_image)))
-  train_seconds = time.perf_counter() - start
-  added = 0
-  for i in range(num_images):
-    if time.time() > deadline:
-      break
-    index.add(f"img{i:07d}", noisy(real, per_image))
-    added += 1
-    if i % 10000 == 0:
-      print(f"scale asmk*: {i}/{num_images} ({time.perf_counter() - start:.0f} s)", flush=True)
-  build = time.perf_counter() - start
-  times = []
-  for _ in range(queries):
-    q = noisy(real, per_image)
-    t = time.perf_counter()
-    index.search_images(q, 100)
-    times.append(time.perf_counter() - t)
-  result["asmk_star"] = {
-    "images_added": added,
-    "stopped_early": added < num_images,
-    "codebook_words": codebook_words,
-    "codebook_words_by_rule": codebook_size_for(num_images * per_image),
-    "train_seconds": round(train_seconds, 1),
-    "build_seconds": round(build, 1),
-    "rss_growth_mb": round(rss_mb() - base),
-    "peak_rss_growth_mb": round(peak_rss_mb() - base_peak),
-    "ms_per_query_median": round(1000 * float(np.median(times)), 1),
+
+
+def votes_estimate(num_images: int, per_image: int, dim: int) -> dict:
+  """Bytes the votes index would hold (not built): flat float32 descriptors plus a faiss id
+  each, or IVF-PQ codes of the packaged pq_m / pq_nbits plus the id."""
+  from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
+
+  config = DelfRetrievalConfig()
+  descriptors = num_images * per_image
+  return {
+    "descriptors": descriptors,
+    "flat_bytes": descriptors * (4 * dim + 8),
+    "ivfpq_bytes": descriptors * (config.pq_m * config.pq_nbits // 8 + 8),
+    "ivfpq": f"pq_m {config.pq_m}, pq_nbits {config.pq_nbits}, 8-byte faiss ids",
   }
-  print(f"scale asmk*: {result['asmk_star']}", flush=True)
-  del index
-  a, g = result["asmk_star"], result["global"]
-  factor = 1_000_000 / max(1, a["images_added"])
-  gfactor = 1_000_000 / num_images
-  result["million_estimate"] = (
-    f"1,000,000 images, extrapolated linearly from this run (not measured): ASMK* about "
-    f"{a['rss_growth_mb'] * factor / 1024:.1f} GB and {a['build_seconds'] * factor / 3600:.1f}"
-    f" h to build on this machine, query time growing with the inverted lists (about "
-    f"{a['ms_per_query_median'] * factor:.0f} ms if linear); global about "
-    f"{g['rss_growth_mb'] * gfactor / 1024:.1f} GB ({g['dim']}-d float32: "
-    f"{4 * g['dim'] / 1024:.0f} KiB per image) and about {g['ms_per_query_median'] * gfactor:.0f}"
-    f" ms per query by exhaustive search"
-  )
+
+
+def run_scale(args, work_dir: pathlib.Path) -> dict:
+  """The scale part: each (first stage, size) measured in a fresh child process (its own
+  peak RSS), ASMK* from a pool of aggregated synthetic images (see the module docstring)."""
+  import subprocess
+  import sys
+
+  from delf_ret.index.asmk import codebook_size_for
+
+  sizes = [int(s) for s in args.scale_sizes.split(",") if s]
+  sources = [s for s in args.scale_source.split(",") if s]
+  work = work_dir / "scale"
+  local, real_global = real_scale_sources(work_dir, sources)
+  words = args.scale_codebook or codebook_size_for(max(sizes) * args.scale_per_image)
+  result: dict = {
+    "descriptors_per_image": args.scale_per_image,
+    "descriptor_source": f"{', '.join(sources)} database features ({len(local)} images)",
+    "synthesis": (
+      f"each synthetic image: a random real image's {args.scale_per_image} descriptors with "
+      f"Gaussian noise (sigma {SCALE_NOISE} per dimension, renormalised); ASMK* database "
+      f"images: a random pool image's aggregated vectors, {WORD_RESAMPLE:.0%} of its entries "
+      f"moved to words drawn from the pool's entries, each sign bit flipped with probability "
+      f"{BIT_FLIP}; global: a random real global descriptor with the same noise"
+    ),
+    "codebook_words": words,
+    "asmk_batch_shares": list(BATCH_SHARES),
+    "codebook_words_by_rule": {str(n): codebook_size_for(n * args.scale_per_image) for n in sizes},
+  }
+  start = time.perf_counter()
+  result["aggregation"] = scale_pool(work, local, args.scale_per_image, args.scale_pool, words)
+  print(f"scale pool: {result['aggregation']} ({time.perf_counter() - start:.0f} s)", flush=True)
+  result["sizes"] = {}
+  for n in sizes:
+    row: dict = {}
+    for part in ("global", "asmk_star"):
+      out = work / f"{part}_{n}.json"
+      command = [
+        sys.executable,
+        __file__,
+        "--scale_child",
+        f"{part}:{n}",
+        "--work_dir",
+        str(work_dir),
+        "--scale_source",
+        args.scale_source,
+        "--scale_per_image",
+        str(args.scale_per_image),
+      ]
+      subprocess.run(command, check=True)
+      row[part] = json.loads(out.read_text())
+      print(f"scale {part} {n}: {row[part]}", flush=True)
+    a = row["asmk_star"]
+    a["aggregation_seconds_estimate"] = round(result["aggregation"]["seconds_per_image"] * n)
+    a["build_seconds_estimate"] = a["aggregation_seconds_estimate"] + round(a["insert_seconds"])
+    row["votes"] = votes_estimate(n, args.scale_per_image, local[0].shape[1])
+    result["sizes"][str(n)] = row
   return result
+
+
+def scale_child(args) -> None:
+  """One (first stage, size) of the scale part, in this process; writes its JSON."""
+  part, size = args.scale_child.split(":")
+  work_dir = pathlib.Path(args.work_dir)
+  local, real_global = real_scale_sources(work_dir, args.scale_source.split(","))
+  if part == "global":
+    figures = scale_global(real_global, int(size))
+  else:
+    figures = scale_asmk(work_dir / "scale", local, int(size), args.scale_per_image)
+  (work_dir / "scale" / f"{part}_{size}.json").write_text(json.dumps(figures))
+
+
+THOUSAND_METHODS = ("votes", "asmk_star", "global")
+THOUSAND_STAGES = ("search", "loading", "matching", "ransac")
+
+
+def run_thousand(args, work_dir: pathlib.Path) -> dict:
+  """A query against a synthetic database of ``args.thousand_images`` images through the
+  real pipeline (index_first_stage with its packed feature store, retrieve: first stage and
+  RANSAC reranking of the top rerank_top_n), for votes, ASMK* and global; after extraction.
+
+  Each database image: a demo photo's features (the dev part's ``demo/features``, shipped
+  default model) with SCALE_NOISE on its descriptors and global descriptor and 1 px of noise
+  on its keypoints; each query likewise from a random demo photo."""
+  from delf_ret import config as config_lib
+  from delf_ret.default_model import CONFIG_FILE
+  from delf_ret.default_model import default_model_dir
+  from delf_ret.features import LocalFeatures
+  from delf_ret.features import read_features
+  from delf_ret.features import read_global_descriptor
+  from delf_ret.features import write_features
+  from delf_ret.features import write_global_descriptor
+  from delf_ret.retrieval import retrieve
+  from delf_ret.retrieval.indexing import database_feature_loader
+  from delf_ret.retrieval.indexing import index_first_stage
+
+  rng = np.random.default_rng(4)
+  source = work_dir / "demo" / "features"
+  photos = [
+    (read_features(path), read_global_descriptor(path.with_suffix(".delg_global")))
+    for path in sorted(source.glob("*.delf"))
+  ]
+  if not photos:
+    raise SystemExit(f"no .delf files in {source}: run the dev-set part (demo) first")
+
+  def synthetic(features, global_descriptor):
+    return (
+      LocalFeatures(
+        features.locations + rng.normal(0, 1.0, features.locations.shape).astype(np.float32),
+        features.scales,
+        noisy(rng, features.descriptors),
+        features.attention,
+        features.orientations,
+      ),
+      noisy(rng, global_descriptor[None])[0],
+    )
+
+  work = work_dir / "thousand"
+  shutil.rmtree(work, ignore_errors=True)
+  features_dir = work / "features"
+  features_dir.mkdir(parents=True)
+  paths = []
+  for i in range(args.thousand_images):
+    features, global_descriptor = synthetic(*photos[i % len(photos)])
+    path = features_dir / f"syn{i:05d}.delf"
+    write_features(path, features)
+    write_global_descriptor(path.with_suffix(".delg_global"), global_descriptor)
+    paths.append(path)
+  model_dir = pathlib.Path(default_model_dir())
+  base = config_lib.load_config(model_dir / CONFIG_FILE, GLOBAL_OVERRIDES)
+  result: dict = {
+    "images": args.thousand_images,
+    "queries": args.thousand_queries,
+    "features_per_image": int(np.mean([len(f.descriptors) for f, _ in photos])),
+    "asmk_kmeans_iterations": args.thousand_kmeans_iterations,
+    "methods": {},
+  }
+  for method in THOUSAND_METHODS:
+    config = config_lib.DelfConfig()
+    config.CopyFrom(base)
+    config_lib.apply_overrides(
+      config,
+      OVERRIDES[method]
+      + [f"retrieval_config.asmk_kmeans_iterations={args.thousand_kmeans_iterations}"],
+    )
+    index_dir = work / method / "index"
+    start = time.perf_counter()
+    indexed = index_first_stage(
+      index_dir, features_dir, config, feature_paths=paths, log=lambda line: None
+    )
+    build = time.perf_counter() - start
+    assert not indexed.failures, indexed.failures
+    load = database_feature_loader(index_dir, features_dir, log=print)
+    stages: dict[str, list[float]] = {k: [] for k in (*THOUSAND_STAGES, "total")}
+    for _ in range(args.thousand_queries):
+      query, global_descriptor = synthetic(*photos[int(rng.integers(len(photos)))])
+      start = time.perf_counter()
+      run = retrieve(
+        query, indexed.stage, load, config.retrieval_config, global_descriptor=global_descriptor
+      )
+      stages["total"].append(time.perf_counter() - start)
+      for key in THOUSAND_STAGES:
+        stages[key].append(run.seconds.get(key, 0.0))
+    entry = {
+      "build_seconds": round(build, 1),
+      "ranked_images_last_query": len(run.ranked),
+      "seconds_per_query_median": {k: round(float(np.median(v)), 4) for k, v in stages.items()},
+    }
+    if method == "asmk_star":
+      entry["codebook_words"] = int(getattr(indexed.stage, "asmk").codebook().shape[0])
+    result["methods"][method] = entry
+    print(f"thousand {method}: {entry}", flush=True)
+  result["rerank_top_n"] = base.retrieval_config.rerank_top_n
+  result["votes_index_type"] = base.retrieval_config.index_type
+  result["retrieval"] = thousand_settings(base.retrieval_config)
+  return result
+
+
+def thousand_settings(retrieval_config) -> dict:
+  """The packaged matching and verification settings a small-database run used."""
+  return {
+    name: getattr(retrieval_config, name)
+    for name in (
+      "match_ratio_threshold",
+      "match_mutual",
+      "ransac_method",
+      "ransac_transform",
+      "min_inliers",
+      "rerank_min_inliers",
+    )
+    if hasattr(retrieval_config, name)
+  }
+
+
+def render_summary(result: dict) -> str:
+  """The README's short table: medium mAP on mini_landmarks and UKBench mAP (first stage /
+  reranked), bytes per image, a query against 1,000 images and the 1,000,000-image run."""
+  datasets, thousand = result["datasets"], result.get("thousand", {}).get("methods", {})
+  big = result.get("scale", {}).get("sizes", {}).get("1000000", {})
+
+  def maps(name: str, method: str, split: str) -> str:
+    entry = datasets.get(name, {}).get("methods", {}).get(method)
+    if entry is None:
+      return "-"
+    return " / ".join(f"{entry['mAP'][stage][split]:.1f}" for stage in ("first_stage", "reranked"))
+
+  def million(method: str) -> str:
+    entry = big.get(method)
+    if method == "votes" and entry:
+      return f"not built: {gb(entry['ivfpq_bytes'])} as IVF-PQ"
+    if not entry:
+      return "-"
+    return f"{mb_gb(entry['peak_rss_mb'])} peak, {entry['ms_per_query_median']:,.0f} ms"
+
+  lines = [
+    "| first stage | mini-landmarks medium mAP | UKBench mAP | bytes / image "
+    "| 1,000 images: s / query | 1,000,000 images: memory, per query |",
+    "|---|---|---|---|---|---|",
+  ]
+  for method in METHODS:
+    if not any(method in row["methods"] for row in datasets.values()):
+      continue
+    sizes = [
+      row["methods"][method]["bytes_per_image"]
+      for row in datasets.values()
+      if method in row["methods"]
+    ]
+    seconds = thousand.get(method, {}).get("seconds_per_query_median", {}).get("total")
+    lines.append(
+      f"| {LABELS[method]} | {maps('mini_landmarks', method, 'medium')} "
+      f"| {maps('ukbench', method, 'easy')} | {max(sizes):,} "
+      f"| {'-' if seconds is None else f'{seconds:.2f}'} | {million(method)} |"
+    )
+  return "\n".join(lines)
 
 
 def render_table(result: dict) -> str:
@@ -431,27 +854,216 @@ def render_table(result: dict) -> str:
   notes.extend(result.get("notes", []))
   if result.get("left_out"):
     notes.append("Left out of this run: " + "; ".join(result["left_out"]) + ".")
-  scale = result.get("scale")
-  if scale:
-    a, g = scale["asmk_star"], scale["global"]
-    if a.get("stopped_early"):
-      notes.append(
-        f"The ASMK* scale build stopped at {a['images_added']:,} of {scale['images']:,} images "
-        f"(time budget); its figures are for {a['images_added']:,} images."
-      )
-    notes.append(
-      f"Scale ({scale['images']:,} synthetic images, {scale['descriptors_per_image']} "
-      f"descriptors each): ASMK* build {a['build_seconds']:g} s, RSS +"
-      f"{a['rss_growth_mb']:,} MB, {a['ms_per_query_median']:g} ms / query; global "
-      f"build {g['build_seconds']:g} s, +{g['rss_growth_mb']:,} MB, "
-      f"{g['ms_per_query_median']:g} ms / query. {scale.get('million_estimate', '')}."
-    )
   notes.append(
     f"One run on {result['environment'].get('cpu_cores', '?')} shared, loaded CPU cores "
     f"(`benchmarks/results/first_stage.json`; `python benchmarks/first_stage.py`)."
   )
   lines.extend(f"- {n}" for n in notes)
+  if result.get("thousand"):
+    lines.extend(["", *render_thousand(result["thousand"])])
+  if result.get("scale", {}).get("sizes"):
+    lines.extend(["", *render_scale(result["scale"], result.get("thousand"))])
   return "\n".join(lines)
+
+
+def gb(value: float) -> str:
+  """Bytes as GB (10^9 bytes)."""
+  return f"{value / 1e9:.2f} GB"
+
+
+def mb_gb(value: float) -> str:
+  """MiB (as RSS figures are recorded) as GB (10^9 bytes)."""
+  return f"{value * 2**20 / 1e9:.1f} GB"
+
+
+def duration(seconds: float) -> str:
+  return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds:g} s"
+
+
+def render_thousand(thousand: dict) -> list[str]:
+  """The small-database query table (run_thousand) and its notes."""
+  ms = thousand["methods"]
+  lines = [
+    f"Query against {thousand['images']:,} images (after extraction; reranking "
+    f"{thousand['rerank_top_n']} included), median seconds of {thousand['queries']} queries:",
+    "",
+    "| first stage | search | loading | matching | RANSAC | total | aim 0.3 s |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for method, entry in ms.items():
+    t = entry["seconds_per_query_median"]
+    lines.append(
+      f"| {LABELS[method]} | "
+      + " | ".join(f"{t[k]:.3f}" for k in (*THOUSAND_STAGES, "total"))
+      + f" | {'met' if t['total'] < 0.3 else 'not met'} |"
+    )
+  lines.append("")
+  few = {
+    m: e["ranked_images_last_query"]
+    for m, e in ms.items()
+    if e.get("ranked_images_last_query", thousand["rerank_top_n"]) < thousand["rerank_top_n"]
+  }
+  words = ms.get("asmk_star", {}).get("codebook_words")
+  lines.append(
+    f"- Database: {thousand['images']:,} synthetic images, each a demo photo's features "
+    f"(shipped default model, about {thousand['features_per_image']} per image) with noise, "
+    "indexed by `index_first_stage` (packed feature store) and queried by "
+    "`delf_ret.retrieval.retrieve` with the packaged retrieval settings ("
+    + ", ".join(
+      f"{k} {round(v, 4) if isinstance(v, float) else v}"
+      for k, v in thousand.get("retrieval", {}).items()
+    )
+    + "; votes: the "
+    f"{thousand.get('votes_index_type', 'flat')} index of "
+    f"{thousand['images'] * thousand['features_per_image']:,} descriptors)"
+    + (
+      f"; ASMK* codebook {words:,} words (the rule), its k-means cut to "
+      f"{thousand['asmk_kmeans_iterations']} iteration(s) to keep the build short (the query "
+      "cost does not depend on it)."
+      if words
+      else "."
+    )
+  )
+  if thousand.get("load_average_1min"):
+    first, last = thousand["load_average_1min"]
+    lines.append(
+      f"- Run on {thousand['environment'].get('cpu_cores', '?')} CPU cores shared with other "
+      f"jobs: 1-minute load average {first:g} at the start, {last:g} at the end."
+    )
+  if few:
+    lines.append(
+      "- "
+      + "; ".join(f"{LABELS[m]} ranked only {n} images (the last query)" for m, n in few.items())
+      + f", fewer than the {thousand['rerank_top_n']} reranked: votes rank only the images "
+      "that the query descriptors' nearest neighbours vote for, so fewer were verified."
+    )
+  return lines
+
+
+def render_scale(scale: dict, thousand: dict | None) -> list[str]:
+  """The scale table (run_scale) and what it says about the issue's aims."""
+  sizes = list(scale["sizes"])
+  rows = {n: scale["sizes"][n] for n in sizes}
+  head = [f"ASMK* {int(n):,}" for n in sizes] + [f"global {int(n):,}" for n in sizes]
+  agg = scale["aggregation"]
+  lines = [
+    f"Scale: synthetic databases, {scale['descriptors_per_image']} descriptors per image "
+    "(median of 20 queries each):",
+    "",
+    "| figure | " + " | ".join(head) + " |",
+    "|---|" + "---|" * len(head),
+  ]
+
+  def row(label, asmk_fn, global_fn):
+    cells = [asmk_fn(rows[n]["asmk_star"]) for n in sizes]
+    cells += [global_fn(rows[n]["global"]) for n in sizes]
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+  row("images indexed", lambda a: f"{a['images']:,}", lambda g: f"{g['images']:,}")
+  row(
+    "build time",
+    lambda a: (
+      f"~{duration(a['build_seconds_estimate'])} (aggregation extrapolated; insertion "
+      f"{duration(a['insert_seconds'])} measured)"
+    ),
+    lambda g: duration(g["build_seconds"]),
+  )
+  row("index bytes", lambda a: gb(a["index_bytes"]), lambda g: gb(g["index_bytes"]))
+  row(
+    "RSS after build / peak RSS while building",
+    lambda a: f"{mb_gb(a['rss_mb'])} / {mb_gb(a.get('build_peak_rss_mb', a['peak_rss_mb']))}",
+    lambda g: f"{mb_gb(g['rss_mb'])} / {mb_gb(g['peak_rss_mb'])}",
+  )
+  row(
+    "ms / query",
+    lambda a: (
+      f"{a['ms_per_query_median']:,.0f} (query aggregation {a['query_aggregation_ms_median']:,.0f})"
+    ),
+    lambda g: f"{g['ms_per_query_median']:,.1f}",
+  )
+  lines.append("")
+  big = sizes[-1]
+  a, g = rows[big]["asmk_star"], rows[big]["global"]
+  notes = [
+    f"Descriptors: {scale['descriptor_source']}; {scale['synthesis']}.",
+    f"ASMK* codebook: {scale['codebook_words']:,} words (codebook_size_for: "
+    + ", ".join(f"{v:,} for {int(k):,} images" for k, v in scale["codebook_words_by_rule"].items())
+    + "), the k-means initialisation (a random sample of noisy real descriptors) without its "
+    f"iterations: one iteration over the {scale['codebook_words'] * 256:,}-descriptor sample "
+    f"faiss would use takes about {agg['kmeans_iteration_seconds_estimate']:,} s here "
+    "(estimated from the aggregation rate), 20 of them too long for this run.",
+    f"ASMK* build: aggregating 1000 descriptors per image with this codebook was measured on "
+    f"{agg['images']:,} synthetic images ({agg['seconds_per_image']:.3f} s per image, "
+    f"{agg['words_per_image_mean']:.0f} words per image); the database images were then "
+    "drawn from those aggregated vectors and added with `AsmkIndex.add_aggregated` (insertion "
+    "measured), so build seconds are the aggregation rate times the images plus the measured "
+    "insertion. Added in 4 batches, each filed into the inverted file by a search; RSS and "
+    "peak RSS are of a fresh process per column.",
+  ]
+  saved = [n for n in sizes if rows[n]["asmk_star"].get("save_seconds") is not None]
+  if saved:
+    s = rows[saved[-1]]["asmk_star"]
+    per_entry = s["save_peak_bytes_per_entry"]
+    unsaved = [n for n in sizes if n not in saved]
+    notes.append(
+      f"Saving the ASMK* index of {int(saved[-1]):,} images took {duration(s['save_seconds'])} and "
+      f"{gb(s['saved_bytes'])} on disk; it merges the inverted-file segments in memory, peaking "
+      f"{per_entry:.0f} bytes per entry above the built index"
+      + (
+        "".join(
+          f"; at {int(n):,} images ({rows[n]['asmk_star']['entries']:,} entries) that is "
+          f"{gb(per_entry * rows[n]['asmk_star']['entries'] + rows[n]['asmk_star']['rss_mb'] * 2**20)}"
+          " in all: not tried, it would not fit a 24 GB machine (a save writing the segments "
+          "word by word to the files, without merging them in memory, would)"
+          for n in unsaved
+        )
+      )
+      + "."
+    )
+  for n in sizes:
+    v = rows[n]["votes"]
+    notes.append(
+      f"Votes at {int(n):,} images (not built): {v['descriptors']:,} descriptors, "
+      f"{gb(v['flat_bytes'])} flat, {gb(v['ivfpq_bytes'])} IVF-PQ ({v['ivfpq']})."
+    )
+  limit = 24e9
+  verdict = []
+  peak = a.get("build_peak_rss_mb", a["peak_rss_mb"])
+  verdict.append(
+    f"ASMK* at {int(big):,} images: {gb(a['index_bytes'])} index, {mb_gb(a['rss_mb'])} RSS "
+    f"after build, {mb_gb(peak)} peak while building (aim under 16 GB: "
+    f"{'met' if peak * 2**20 < 16e9 else 'not met'}), "
+    f"{a['ms_per_query_median']:,.0f} ms per query (aim under 1 s: "
+    f"{'met' if a['ms_per_query_median'] < 1000 else 'not met'}: "
+    f"{a['query_aggregation_ms_median']:,.0f} ms assign the query's 1000 descriptors to 5 of "
+    f"{scale['codebook_words']:,} words by exact search, the rest scans those words' inverted "
+    "lists in single-threaded numpy; a query under 1 s would take a faster quantiser (HNSW), "
+    "fewer query assignments, or a multi-threaded / compiled scan)"
+  )
+  verdict.append(
+    f"global at {int(big):,} images: {gb(g['index_bytes'])} index, "
+    f"{mb_gb(g['rss_mb'])} RSS (aim under 2 GB: "
+    f"{'met' if g['rss_mb'] * 2**20 < 2e9 else 'not met'}; "
+    f"{g['dim']}-d float32 is {4 * g['dim']:,} B per image: float16 and PCA to "
+    f"{g['dim'] // 2}-d would make it a quarter), {g['ms_per_query_median']:,.0f} ms per query "
+    f"by exact search (aim under 50 ms: {'met' if g['ms_per_query_median'] < 50 else 'not met'}"
+    "; it would take an approximate index, e.g. faiss IVF probing a few lists, or HNSW)"
+  )
+  v = rows[big]["votes"]
+  fits = [
+    f"{int(n):,}: flat {'fits' if rows[n]['votes']['flat_bytes'] < limit else 'does not fit'},"
+    f" IVF-PQ {'fits' if rows[n]['votes']['ivfpq_bytes'] < limit else 'does not fit'}"
+    for n in sizes
+  ]
+  verdict.append(
+    "votes on a 24 GB machine: " + "; ".join(fits) + f" (at {int(big):,} images IVF-PQ "
+    f"needs {gb(v['ivfpq_bytes'])}: pq_m 10 would make it "
+    f"{gb(v['descriptors'] * 18)}, else shards on "
+    f"{-(-v['ivfpq_bytes'] // int(20e9))} machines)"
+  )
+  notes.append("Against the aims: " + "; ".join(verdict) + ".")
+  lines.extend(f"- {n}" for n in notes)
+  return lines
 
 
 def main():
@@ -467,31 +1079,46 @@ def main():
     help="skip the datasets (and scale part) that would start after this",
   )
   parser.add_argument(
-    "--scale_images",
-    type=int,
-    default=0,
-    help="synthetic database size for the scale part (0: skip it)",
+    "--scale_sizes",
+    default="",
+    help="synthetic database sizes of the scale part, comma-separated (empty: skip it)",
   )
   parser.add_argument("--scale_per_image", type=int, default=1000)
   parser.add_argument(
     "--scale_source",
-    default="mini_landmarks",
-    help="dataset whose database features the synthetic ones are drawn from",
+    default="demo,mini_landmarks,ukbench",
+    help="datasets whose database features (in --work_dir) the synthetic ones are drawn from",
   )
   parser.add_argument(
-    "--scale_budget_s",
-    type=float,
-    default=900.0,
-    help="the ASMK* adds stop after this many seconds (figures say so)",
+    "--scale_pool",
+    type=int,
+    default=500,
+    help="synthetic images aggregated (and timed) for the ASMK* pool",
   )
   parser.add_argument(
-    "--scale_only", action="store_true", help="run only the scale part and add it to --output"
+    "--scale_only",
+    action="store_true",
+    help="skip the dev-set part: run only the scale and small-database parts asked for, adding them to --output",
   )
   parser.add_argument(
     "--scale_codebook",
     type=int,
-    default=2048,
-    help="ASMK* codebook words of the scale part (the rule's size takes hours to train here)",
+    default=0,
+    help="ASMK* codebook words of the scale part (0: codebook_size_for the largest size)",
+  )
+  parser.add_argument("--scale_child", default="", help=argparse.SUPPRESS)
+  parser.add_argument(
+    "--thousand_images",
+    type=int,
+    default=0,
+    help="run the query-against-a-small-database part with this many images (0: skip it)",
+  )
+  parser.add_argument("--thousand_queries", type=int, default=10)
+  parser.add_argument(
+    "--thousand_kmeans_iterations",
+    type=int,
+    default=1,
+    help="ASMK* codebook k-means iterations of that part (build cost only)",
   )
   parser.add_argument(
     "--note",
@@ -501,6 +1128,9 @@ def main():
   )
   parser.add_argument("--render_only", action="store_true")
   args = parser.parse_args()
+  if args.scale_child:
+    scale_child(args)
+    return
   if not args.render_only and not args.scale_only:
     from delf_ret import config as config_lib
     from delf_ret.default_model import CONFIG_FILE
@@ -536,27 +1166,30 @@ def main():
       write_result(args.output, {**result, "benchmark_seconds": round(time.time() - start)})
     result["benchmark_seconds"] = round(time.time() - start)
     write_result(args.output, result)
-  if args.scale_images and not args.render_only:
-    source = pathlib.Path(args.work_dir) / args.scale_source / "features"
-    result = {}
-    result["scale"] = run_scale(
-      args.scale_images,
-      source,
-      args.scale_per_image,
-      20,
-      time.time() + args.scale_budget_s,
-      args.scale_codebook,
-    )
-    scale = result["scale"]
+  if args.scale_sizes and not args.render_only:
+    start = time.time()
+    load = os.getloadavg()[0]
+    scale = run_scale(args, pathlib.Path(args.work_dir))
+    scale["seconds"] = round(time.time() - start)
+    scale["load_average_1min"] = [round(load, 1), round(os.getloadavg()[0], 1)]
+    scale["environment"] = environment()
     result = json.loads(pathlib.Path(args.output).read_text())  # As written now.
     result["scale"] = scale
-    result["scale"]["descriptor_source"] = f"{args.scale_source} database features"
+    write_result(args.output, result)
+  if args.thousand_images and not args.render_only:
+    load = os.getloadavg()[0]
+    thousand = run_thousand(args, pathlib.Path(args.work_dir))
+    thousand["load_average_1min"] = [round(load, 1), round(os.getloadavg()[0], 1)]
+    thousand["environment"] = environment()
+    result = json.loads(pathlib.Path(args.output).read_text())  # As written now.
+    result["thousand"] = thousand
     write_result(args.output, result)
   result = json.loads(pathlib.Path(args.output).read_text())
   if args.note:
     result["notes"] = result.get("notes", []) + args.note
     write_result(args.output, result)
   render_between(DOC, render_table(result), START, END)
+  render_between(README, render_summary(result), SUMMARY_START, SUMMARY_END)
 
 
 if __name__ == "__main__":

@@ -564,7 +564,7 @@ class AsmkIndex:
     sums = np.zeros(len(self._word_counts), np.float64)
     for segment in self._segments:
       self._accumulate(segment, words, vectors, sums)
-    slots = np.array(sorted(self._slot_names), np.int64)
+    slots = np.flatnonzero(self._word_counts > 0)  # Every indexed image has a word.
     if not len(words) or not len(slots):
       return slots, np.zeros(len(slots), np.float64)
     return slots, sums[slots] / np.sqrt(self._word_counts[slots] * float(len(words)))
@@ -576,6 +576,12 @@ class AsmkIndex:
     with the segment's entries of the same words to ``sums`` (float64 [slots])."""
     starts, ends = segment.offsets[words], segment.offsets[words + 1]
     lengths = ends - starts
+    if self._params.binary:  # The kernel of each of the D + 1 possible Hamming distances.
+      table = selective_kernel(
+        1.0 - 2.0 * np.arange(self._dim + 1) / self._dim,
+        self._params.alpha,
+        self._params.similarity_threshold,
+      )
     # Query words in chunks of at most CHUNK_ENTRIES entries (one word may exceed it alone).
     chunk_of = np.cumsum(lengths) // CHUNK_ENTRIES
     for chunk in np.unique(chunk_of).tolist():
@@ -587,11 +593,14 @@ class AsmkIndex:
       query_rows = np.repeat(members, counts)
       first = np.repeat(np.cumsum(counts) - counts, counts)
       entries = np.arange(total) - first + np.repeat(starts[members], counts)
-      if self._params.binary:
-        similarity = binary_similarity(vectors[query_rows], segment.vectors[entries], self._dim)
+      if self._params.binary:  # table[h] = selective_kernel(binary_similarity), bit for bit.
+        hamming = np.bitwise_count(
+          np.bitwise_xor(vectors[query_rows], segment.vectors[entries])
+        ).sum(axis=1, dtype=np.int64)
+        kernel = table[hamming]
       else:
         similarity = np.einsum("ij,ij->i", vectors[query_rows], segment.vectors[entries])
-      kernel = selective_kernel(similarity, self._params.alpha, self._params.similarity_threshold)
+        kernel = selective_kernel(similarity, self._params.alpha, self._params.similarity_threshold)
       # A deleted image's entries add to its own slot, which no result reports.
       sums += np.bincount(segment.slots[entries], weights=kernel, minlength=len(sums))
 
