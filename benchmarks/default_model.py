@@ -8,7 +8,9 @@ Methods (all through the same matching, index, voting, RANSAC and evaluation cod
     nothing, the top features are kept) and a PCA learned the same way (on
     the same training photos);
   * opencv_sift: OpenCV SIFT, 1000 features at the same maximum image side,
-    L2-normalised; putative matches by Lowe's ratio test (0.8), its usual rule.
+    L2-normalised; putative matches by Lowe's ratio test (0.8), its usual rule (no
+    mutual check); RANSAC, spread check, min_inliers and reranking line as the default
+    model's config.
 Benchmarks:
   * pairs (../shared/data/pairs): putative matches and RANSAC inliers (the
     config's retrieval_config matching and RANSAC); for graf1/graf3 the inliers
@@ -264,7 +266,26 @@ def matching_rule(retrieval_config) -> str:
     rule.append(f"distance < {retrieval_config.match_distance_threshold:g}")
   if retrieval_config.match_ratio_threshold:
     rule.append(f"ratio < {retrieval_config.match_ratio_threshold:g}")
+  if retrieval_config.match_mutual:
+    rule.append("mutual")
   return ", ".join(rule)
+
+
+def verification_rule(retrieval_config) -> str:
+  """The RANSAC method, spread check, min_inliers and reranking line of a retrieval config,
+  as one table cell."""
+  method = {"ransac": "RANSAC"}.get(
+    retrieval_config.ransac_method, retrieval_config.ransac_method.replace("usac_", "USAC ")
+  )
+  parts = [
+    f"{retrieval_config.ransac_transform} {method} {retrieval_config.ransac_residual_threshold:g} px"
+  ]
+  if retrieval_config.min_inlier_spread:
+    parts.append(f"spread >= {retrieval_config.min_inlier_spread:g}")
+  parts.append(f"verified at >= {retrieval_config.min_inliers}")
+  line = max(1, retrieval_config.rerank_min_inliers)
+  parts.append("any inlier moves up" if line == 1 else f"moves up at >= {line}")
+  return ", ".join(parts)
 
 
 def build_methods(
@@ -323,7 +344,8 @@ def build_methods(
     sift_retrieval = config_lib.DelfConfig().retrieval_config
     sift_retrieval.CopyFrom(default_config.retrieval_config)
     config_lib.apply_overrides(
-      sift_retrieval, ["match_distance_threshold=2.0", "match_ratio_threshold=0.8"]
+      sift_retrieval,
+      ["match_distance_threshold=2.0", "match_ratio_threshold=0.8", "match_mutual=false"],
     )
     sift = lambda image: sift_features(image, unit_descriptors=True, max_side=max_side)  # noqa: E731
     methods["opencv_sift"] = (
@@ -493,6 +515,7 @@ def run_all(
     result["methods"][name] = {
       "description": description,
       "putative_matches": matching_rule(retrieval_config),
+      "verification": verification_rule(retrieval_config),
     }
     params = RansacParams.from_config(retrieval_config)
     run_pairs(result, name, cached, params, homography)
@@ -576,6 +599,7 @@ def render_tables(result: dict) -> str:
       ],
     )
   row("putative matches", [result["methods"][m]["putative_matches"] for m in shown])
+  row("verification", [result["methods"][m].get("verification", "-") for m in shown])
   row(
     "extraction seconds / image",
     [result["methods"][m]["extraction_seconds_per_image"] for m in shown],

@@ -317,6 +317,7 @@ _CHOICES = {
   "vote_weighting": ("count", "similarity"),
   "ransac_transform": ("affine", "homography"),
   "ransac_backend": ("opencv", "skimage"),
+  "ransac_method": ("ransac", "usac_default", "usac_accurate", "usac_magsac"),
   "coarse_quantizer": ("flat", "hnsw"),
 }
 _POSITIVE = (
@@ -352,8 +353,15 @@ def _validate_retrieval(retrieval) -> None:
       f"retrieval_config.neighbors_per_descriptor must be at most "
       f"{MAX_NEIGHBORS_PER_DESCRIPTOR}, got {retrieval.neighbors_per_descriptor}"
     )
-  if retrieval.rerank_top_n < 0 or retrieval.min_inliers < 0:
-    raise ConfigError("retrieval_config.rerank_top_n and min_inliers must not be negative")
+  if min(retrieval.rerank_top_n, retrieval.min_inliers, retrieval.rerank_min_inliers) < 0:
+    raise ConfigError(
+      "retrieval_config.rerank_top_n, min_inliers and rerank_min_inliers must not be negative"
+    )
+  if not 0.0 <= retrieval.min_inlier_spread <= 1.0:
+    raise ConfigError(
+      f"retrieval_config.min_inlier_spread must be in [0, 1] (0: off), got "
+      f"{retrieval.min_inlier_spread}"
+    )
   if not 0.0 <= retrieval.match_ratio_threshold < 1.0:
     raise ConfigError(
       f"retrieval_config.match_ratio_threshold must be in [0, 1) (0: off), got "

@@ -1,13 +1,17 @@
-"""Chooses a model's matching rule and min_inliers on training photos only; writes them into its config.
+"""Chooses a model's verification on training photos only and writes it into its config.
 
 Verification must say no to unrelated photos. Related training pairs (neighbours
-within a scene or camera sequence, two photos of one landmark) and unrelated ones (photos of different folders or
-of different landmarks / object classes) come from delf_ret.train.calibration. For each
-candidate putative-matching rule (distance tests, Lowe's ratio test), every pair is
-matched and verified with the config's RANSAC; min_inliers is set just above the most
-inliers any unrelated pair reaches, and the rule that lets the largest share of
-related pairs through at that threshold is written into the config's
-retrieval_config with its min_inliers. Never run it on evaluation sets.
+within a scene or camera sequence, two photos of one landmark) and unrelated ones (photos
+of different folders or of different landmarks / object classes) come from
+delf_ret.train.calibration. Every candidate putative-matching rule (RULES: distance or
+Lowe's ratio test, with or without the mutual check) is tried with every verifier
+(VERIFIERS: the RANSAC method and the inliers' spread check, retrieval_config
+ransac_method and min_inlier_spread); for each, min_inliers is set just above the most
+inliers any unrelated pair reaches, and the combination that lets the largest share of
+related pairs through at that threshold is written into the config's retrieval_config
+with its min_inliers, rerank_min_inliers (the same line: only verified candidates move up
+in reranking) and the table of every combination. Other fields of the block are kept.
+Never run it on evaluation sets.
 
 Usage: python scripts/calibrate_matching.py CONFIG.pbtxt TRAIN_DIR [TRAIN_DIR ...]
            [--related 150] [--unrelated 1500] [--dry_run]
@@ -19,71 +23,184 @@ import argparse
 import json
 import pathlib
 import re
+from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 
-# (label, match_distance_threshold, match_ratio_threshold); 2.0 turns the distance test off
-# for unit descriptors.
+# (label, match_distance_threshold, match_ratio_threshold, match_mutual); 2.0 turns the
+# distance test off for unit descriptors. The mutual check alone is left out: several times
+# the putative matches of a ratio test, and a line near 60 inliers (training data, 2026-12-07).
 RULES = [
-  ("distance 0.8", 0.8, 0.0),
-  ("distance 0.6", 0.6, 0.0),
-  ("distance 0.5", 0.5, 0.0),
-  ("distance 0.45", 0.45, 0.0),
-  ("distance 0.4", 0.4, 0.0),
-  ("distance 0.35", 0.35, 0.0),
-  ("ratio 0.9", 2.0, 0.9),
-  ("ratio 0.85", 2.0, 0.85),
-  ("ratio 0.8", 2.0, 0.8),
+  ("distance 0.8", 0.8, 0.0, False),
+  ("distance 0.5", 0.5, 0.0, False),
+  ("ratio 0.9", 2.0, 0.9, False),
+  ("ratio 0.85", 2.0, 0.85, False),
+  ("ratio 0.8", 2.0, 0.8, False),
+  ("ratio 0.9, mutual", 2.0, 0.9, True),
+  ("ratio 0.85, mutual", 2.0, 0.85, True),
+  ("ratio 0.8, mutual", 2.0, 0.8, True),
 ]
+# (label, ransac_method, min_inlier_spread).
+VERIFIERS = [
+  ("RANSAC", "ransac", 0.0),
+  ("RANSAC, spread 0.02", "ransac", 0.02),
+  ("MAGSAC++", "usac_magsac", 0.0),
+  ("MAGSAC++, spread 0.02", "usac_magsac", 0.02),
+]
+# The fields this script writes into retrieval_config.
+CALIBRATED = (
+  "match_distance_threshold",
+  "match_ratio_threshold",
+  "match_mutual",
+  "ransac_method",
+  "min_inlier_spread",
+  "min_inliers",
+  "rerank_min_inliers",
+)
 
 
-def evaluate_rules(config, features, related, unrelated) -> dict:
-  """{rule label: its figures} for every rule of RULES (prints one JSON line each)."""
+class Pair(NamedTuple):
+  """A training pair's features: A, B (LocalFeatures) and the matcher built on A (None when A
+  has no features)."""
+
+  features_a: Any
+  features_b: Any
+  matcher: Any
+
+
+def pair_inliers(config, pairs: list[Pair], rule: tuple, verifiers: list[tuple]) -> np.ndarray:
+  """Inliers int [len(pairs), len(verifiers)] of every pair under one matching rule: the
+  putative matches are found once per pair and verified by each verifier."""
   from delf_ret import config as config_lib
   from delf_ret.match import RansacParams
-  from delf_ret.match import verify_pair
-  from delf_ret.train.calibration import threshold_above
+  from delf_ret.match import verify_matches
 
-  results = {}
-  for rule, distance, ratio in RULES:
+  _, distance, ratio, mutual = rule
+  params = []
+  for _, method, spread in verifiers:
     retrieval = config_lib.DelfConfig().retrieval_config
     retrieval.CopyFrom(config.retrieval_config)
     retrieval.match_distance_threshold, retrieval.match_ratio_threshold = distance, ratio
-    params = RansacParams.from_config(retrieval)
+    retrieval.match_mutual, retrieval.ransac_method = mutual, method
+    retrieval.min_inlier_spread = spread
+    params.append(RansacParams.from_config(retrieval))
+  counts = np.zeros((len(pairs), len(verifiers)), np.int64)
+  for row, pair in enumerate(pairs):
+    if pair.matcher is None or pair.features_b.num_features == 0:
+      continue
+    first = params[0]
+    matches = pair.matcher.match(
+      pair.features_b.descriptors, first.distance_threshold, first.ratio_threshold, first.mutual
+    )
+    for column, verifier in enumerate(params):
+      counts[row, column] = verify_matches(
+        pair.features_a.locations, pair.features_b.locations, matches, verifier
+      ).num_inliers
+  return counts
+
+
+def evaluate(config, related: list[Pair], unrelated: list[Pair]) -> dict:
+  """{(rule label, verifier label): its figures} for every rule of RULES and verifier of
+  VERIFIERS (prints one JSON line each)."""
+  from delf_ret.train.calibration import threshold_above
+
+  results = {}
+  for rule in RULES:
     counts = {
-      kind: [verify_pair(features(a), features(b), params).num_inliers for a, b in pairs]
-      for kind, pairs in (("related", related), ("unrelated", unrelated))
+      "related": pair_inliers(config, related, rule, VERIFIERS),
+      "unrelated": pair_inliers(config, unrelated, rule, VERIFIERS),
     }
-    min_inliers = threshold_above(counts["unrelated"])
-    results[rule] = {
-      "distance": distance,
-      "ratio": ratio,
-      "min_inliers": min_inliers,
-      "related_verified": round(float(np.mean(np.array(counts["related"]) >= min_inliers)), 3),
-      "related_median": float(np.median(counts["related"])),
-      "unrelated_p99": round(float(np.percentile(counts["unrelated"], 99)), 1),
-    }
-    print(rule, json.dumps(results[rule]), flush=True)
+    for column, (verifier, method, spread) in enumerate(VERIFIERS):
+      related_counts, unrelated_counts = (
+        counts["related"][:, column],
+        counts["unrelated"][:, column],
+      )
+      min_inliers = threshold_above(unrelated_counts.tolist())
+      figures = {
+        "distance": rule[1],
+        "ratio": rule[2],
+        "mutual": rule[3],
+        "method": method,
+        "spread": spread,
+        "min_inliers": min_inliers,
+        "related_verified": round(float(np.mean(related_counts >= min_inliers)), 3),
+        "related_median": float(np.median(related_counts)),
+        "unrelated_p99": round(float(np.percentile(unrelated_counts, 99)), 1),
+      }
+      results[(rule[0], verifier)] = figures
+      print(f"{rule[0]} / {verifier}", json.dumps(figures), flush=True)
   return results
 
 
-def config_block(results: dict, best: str, num_related: int, num_unrelated: int) -> str:
-  """The retrieval_config block written into the config, with the table of every rule."""
+def best_of(results: dict) -> tuple[str, str]:
+  """The combination verifying the most related pairs; ties: fewer min_inliers, then the
+  earlier rule and verifier."""
+  order = list(results)
+  return max(
+    order,
+    key=lambda k: (results[k]["related_verified"], -results[k]["min_inliers"], -order.index(k)),
+  )
+
+
+def config_block(
+  results: dict, best: tuple[str, str], num_related: int, num_unrelated: int, kept: str = ""
+) -> str:
+  """The retrieval_config block written into the config: the table of every combination,
+  the chosen fields, then ``kept`` (the old block's other lines, as they were)."""
   table = "".join(
-    f"  #   {label}: min_inliers {r['min_inliers']}, {100 * r['related_verified']:.1f}% of "
-    f"related pairs verified (median {r['related_median']:g} inliers)\n"
-    for label, r in results.items()
+    f"  #   {rule} / {verifier}: min_inliers {r['min_inliers']}, "
+    f"{100 * r['related_verified']:.1f}% (median {r['related_median']:g})\n"
+    for (rule, verifier), r in results.items()
   )
   chosen = results[best]
+  method = chosen["method"]
   return (
     f"retrieval_config {{\n  # Chosen by scripts/calibrate_matching.py on training photos: "
     f"min_inliers is one more than\n  # the most inliers of {num_unrelated} unrelated "
-    f"training pairs; {best} verifies the most of\n  # {num_related} related pairs "
-    f"at its threshold:\n{table}"
+    f"training pairs; {best[0]} / {best[1]} verifies the most\n  # of {num_related} "
+    f"related pairs at its threshold (share of related pairs verified, median inliers);\n"
+    f"  # only verified candidates move up in reranking (rerank_min_inliers):\n{table}"
     f"  match_distance_threshold: {chosen['distance']}\n"
     f"  match_ratio_threshold: {chosen['ratio']}\n"
-    f"  min_inliers: {chosen['min_inliers']}\n}}\n"
+    f"  match_mutual: {str(chosen['mutual']).lower()}\n"
+    f'  ransac_method: "{method}"\n'
+    f"  min_inlier_spread: {chosen['spread']}\n"
+    f"  min_inliers: {chosen['min_inliers']}\n"
+    f"  rerank_min_inliers: {chosen['min_inliers']}\n"
+    f"{kept}}}\n"
   )
+
+
+def kept_lines(block_body: str) -> str:
+  """The lines of an old retrieval_config block body that calibration does not write: every
+  line but its "Chosen by" comment run and the CALIBRATED fields (other fields keep the
+  comments just above them)."""
+  kept, in_calibration_comment = [], False
+  for line in block_body.splitlines(keepends=True):
+    stripped = line.strip()
+    if stripped.startswith("# Chosen by scripts/calibrate_matching.py"):
+      in_calibration_comment = True
+      continue
+    if in_calibration_comment and stripped.startswith("#"):
+      continue
+    in_calibration_comment = False
+    if stripped.split(":")[0] in CALIBRATED:
+      continue
+    kept.append(line)
+  return "".join(kept)
+
+
+def write_block(config_text: str, results: dict, best, num_related: int, num_unrelated: int):
+  """config_text with its retrieval_config block replaced by the calibrated one (other
+  fields of the old block kept; a block is added when there was none)."""
+  pattern = re.compile(r"retrieval_config \{\n(.*?)\n?\}\n", flags=re.S)
+  found = pattern.search(config_text)
+  kept = kept_lines(found.group(1) + "\n") if found else ""
+  block = config_block(results, best, num_related, num_unrelated, kept)
+  if not found:
+    return config_text + block
+  return config_text[: found.start()] + block + config_text[found.end() :]
 
 
 def main() -> None:
@@ -97,6 +214,7 @@ def main() -> None:
 
   from delf_ret import config as config_lib
   from delf_ret.extract.extractor import DelfExtractor
+  from delf_ret.match import DescriptorMatcher
   from delf_ret.train.calibration import calibration_pairs
   from delf_ret.train.calibration import calibration_photos
 
@@ -110,7 +228,7 @@ def main() -> None:
       f"unrelated training pairs; the config keeps its matching rule)"
     )
     return
-  extractor, cache = DelfExtractor(config), {}
+  extractor, cache, matchers = DelfExtractor(config), {}, {}
 
   def features(path):
     if path not in cache:
@@ -119,19 +237,24 @@ def main() -> None:
         print(f"extracted {len(cache)} photos", flush=True)
     return cache[path]
 
-  results = evaluate_rules(config, features, related, unrelated)
-  best = max(
-    results,
-    key=lambda r: (results[r]["related_verified"], -results[r]["min_inliers"]),
-  )
-  print(f"best: {best}")
+  def pair(path_a, path_b) -> Pair:
+    features_a = features(path_a)
+    if path_a not in matchers:
+      matchers[path_a] = (
+        DescriptorMatcher(features_a.descriptors) if features_a.num_features else None
+      )
+    return Pair(features_a, features(path_b), matchers[path_a])
+
+  related_pairs = [pair(a, b) for a, b in related]
+  unrelated_pairs = [pair(a, b) for a, b in unrelated]
+  results = evaluate(config, related_pairs, unrelated_pairs)
+  best = best_of(results)
+  print(f"best: {best[0]} / {best[1]}")
   if args.dry_run:
     return
-  block = config_block(results, best, len(related), len(unrelated))
-  text = re.sub(
-    r"retrieval_config \{.*?\n\}\n", lambda _: block, config_path.read_text(), flags=re.S
+  config_path.write_text(
+    write_block(config_path.read_text(), results, best, len(related), len(unrelated))
   )
-  config_path.write_text(text)
   print(f"wrote {config_path}")
 
 

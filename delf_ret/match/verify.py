@@ -28,6 +28,13 @@ MIN_TRIANGLE_AREA = 1.0  # px^2: a sample with a flatter triangle is degenerate.
 
 # Transform name -> points in RANSAC's minimal sample.
 TRANSFORMS = {"affine": 3, "homography": 4}
+# ransac_method -> OpenCV's method flag (the skimage backend runs "ransac" only).
+METHODS = {
+  "ransac": cv2.RANSAC,
+  "usac_default": cv2.USAC_DEFAULT,
+  "usac_accurate": cv2.USAC_ACCURATE,
+  "usac_magsac": cv2.USAC_MAGSAC,
+}
 
 
 def _decimal(value: float) -> float:
@@ -50,7 +57,8 @@ class RansacParams:
   retrieval_config defaults (the published DELF example): L2 distance below
   0.8, no ratio test, affine, 20 px, 1000 trials with no early stop (stop
   probability 1; a value below 1 stops at that confidence: scikit-image's
-  stop_probability, OpenCV's confidence), seed 0.
+  stop_probability, OpenCV's confidence), seed 0, classic RANSAC, no spread
+  check (min_spread: the least :func:`inlier_spread` of a verified pair).
   """
 
   distance_threshold: float = _decimal(_DEFAULTS.match_distance_threshold)
@@ -62,6 +70,23 @@ class RansacParams:
   stop_probability: float = _DEFAULTS.ransac_stop_probability
   seed: int = _DEFAULTS.ransac_seed
   backend: str = _DEFAULTS.ransac_backend
+  method: str = _DEFAULTS.ransac_method
+  min_spread: float = _decimal(_DEFAULTS.min_inlier_spread)
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ConfigError(
+        f"retrieval_config.ransac_method must be one of {tuple(METHODS)}, got {self.method!r}"
+      )
+    if self.backend == "skimage" and self.method != "ransac":
+      raise ConfigError(
+        f"retrieval_config.ransac_method {self.method!r} needs ransac_backend 'opencv' "
+        "(scikit-image runs classic RANSAC only)"
+      )
+    if not 0.0 <= self.min_spread <= 1.0:
+      raise ConfigError(
+        f"retrieval_config.min_inlier_spread must be in [0, 1], got {self.min_spread}"
+      )
 
   @classmethod
   def from_config(cls, retrieval_config: DelfRetrievalConfig) -> "RansacParams":
@@ -76,6 +101,8 @@ class RansacParams:
       stop_probability=retrieval_config.ransac_stop_probability,
       seed=retrieval_config.ransac_seed,
       backend=retrieval_config.ransac_backend,
+      method=retrieval_config.ransac_method,
+      min_spread=_decimal(retrieval_config.min_inlier_spread),
     )
 
 
@@ -128,6 +155,37 @@ def _spans_a_plane(points: np.ndarray) -> bool:
   return bool(singular[-1] > 1.0)  # pixels (root-sum-square spread across the best line)
 
 
+def _hull_area(points: np.ndarray) -> float:
+  """Area (px^2) of the convex hull of points [K, 2]; 0 for fewer than 3."""
+  if points.shape[0] < 3:
+    return 0.0
+  return float(cv2.contourArea(cv2.convexHull(points.astype(np.float32))))
+
+
+def _box_area(points: np.ndarray) -> float:
+  """Area (px^2) of the bounding box of points [K, 2], each side at least 1 px."""
+  if points.shape[0] == 0:
+    return 1.0
+  sides = np.maximum(points.max(axis=0) - points.min(axis=0), 1.0)
+  return float(sides[0] * sides[1])
+
+
+def inlier_spread(
+  inliers_a: np.ndarray, inliers_b: np.ndarray, keypoints_a: np.ndarray, keypoints_b: np.ndarray
+) -> float:
+  """How far the inliers spread: the smaller, over the two images, of the area of the
+  inliers' convex hull over the area of the bounding box of all that image's keypoints.
+
+  inliers_*: the inliers' points [K, 2] in each image; keypoints_*: every keypoint of that
+  image [N, 2] (pixels, either coordinate order). From 0 (a bundle of matches along parallel
+  lines, one small patch) to 1 (the inliers cover the whole keypoint area of both images).
+  """
+  return min(
+    _hull_area(inliers_a) / _box_area(keypoints_a),
+    _hull_area(inliers_b) / _box_area(keypoints_b),
+  )
+
+
 def _skimage_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams):
   """(3x3 transform, inlier mask) or (None, None) with scikit-image's RANSAC."""
   # Lazy: scikit-image (1-3 s to import, an extra) only where its backend runs; OpenCV is
@@ -165,8 +223,9 @@ def _skimage_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams
 
 
 def _opencv_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams):
-  """(3x3 transform, inlier mask) or (None, None) with OpenCV's RANSAC (seeded)."""
+  """(3x3 transform, inlier mask) or (None, None) with OpenCV's RANSAC or USAC (seeded)."""
   cv2.setRNGSeed(params.seed)
+  method = METHODS[params.method]
   src, dst = source.astype(np.float32), target.astype(np.float32)
   # OpenCV needs a confidence below 1; this close to 1 it runs all max_trials iterations, which
   # is what stop_probability 1 means (scikit-image's default, the official DELF setting).
@@ -176,7 +235,7 @@ def _opencv_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams)
       model, mask = cv2.estimateAffine2D(
         src,
         dst,
-        method=cv2.RANSAC,
+        method=method,
         ransacReprojThreshold=params.residual_threshold,
         maxIters=params.max_trials,
         confidence=confidence,
@@ -187,7 +246,7 @@ def _opencv_ransac(source: np.ndarray, target: np.ndarray, params: RansacParams)
       matrix, mask = cv2.findHomography(
         src,
         dst,
-        cv2.RANSAC,
+        method,
         params.residual_threshold,
         maxIters=params.max_trials,
         confidence=confidence,
@@ -215,8 +274,9 @@ def verify_matches(
   """RANSAC on putative matches between keypoints (y, x) [N_A, 2] and [N_B, 2].
 
   Fewer matches than the transform's minimal sample, or degenerate point sets
-  (collinear, identical), give zero inliers and no transform, never an error.
-  The backend (params.backend) is OpenCV or scikit-image.
+  (collinear, identical), give zero inliers and no transform, never an error; so do
+  inliers whose :func:`inlier_spread` (against all keypoints of each image) is below
+  params.min_spread. The backend (params.backend) is OpenCV or scikit-image.
   """
   if params.transform not in TRANSFORMS:
     raise ValueError(f"transform must be one of {sorted(TRANSFORMS)}, got {params.transform!r}")
@@ -234,6 +294,13 @@ def verify_matches(
   transform, inliers = RANSAC_BACKENDS[params.backend](source, target, params)
   if transform is None or not np.all(np.isfinite(transform)):
     return none
+  if params.min_spread > 0:
+    keypoints_a = np.asarray(locations_a, np.float64)
+    keypoints_b = np.asarray(locations_b, np.float64)
+    if inlier_spread(source[inliers], target[inliers], keypoints_a, keypoints_b) < (
+      params.min_spread
+    ):
+      return none
   return Verification(matches, inliers, transform)
 
 

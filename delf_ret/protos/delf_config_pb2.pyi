@@ -49,7 +49,7 @@ class DelfGlobalConfig(_message.Message):
     def __init__(self, use_pca: bool = ..., pca_parameters: _Optional[_Union[DelfPcaParameters, _Mapping]] = ..., image_scales_ind: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DelfRetrievalConfig(_message.Message):
-    __slots__ = ("index_type", "nlist", "pq_m", "pq_nbits", "hnsw_m", "nprobe", "ef_search", "train_sample_size", "neighbors_per_descriptor", "vote_weighting", "rerank_top_n", "min_inliers", "match_distance_threshold", "ransac_transform", "ransac_residual_threshold", "ransac_max_trials", "eval_ks", "match_ratio_threshold", "match_mutual", "ransac_stop_probability", "ransac_seed", "ransac_backend", "rerank_skip_junk", "pq_fast_scan", "coarse_quantizer", "recognition_top_k", "recognition_min_score", "asmk_codebook_size", "asmk_binary", "asmk_alpha", "asmk_similarity_threshold", "asmk_query_assignments", "asmk_database_assignments", "asmk_kmeans_iterations", "first_stage")
+    __slots__ = ("index_type", "nlist", "pq_m", "pq_nbits", "hnsw_m", "nprobe", "ef_search", "train_sample_size", "neighbors_per_descriptor", "vote_weighting", "rerank_top_n", "min_inliers", "match_distance_threshold", "ransac_transform", "ransac_residual_threshold", "ransac_max_trials", "eval_ks", "match_ratio_threshold", "match_mutual", "ransac_stop_probability", "ransac_seed", "ransac_backend", "rerank_skip_junk", "pq_fast_scan", "coarse_quantizer", "recognition_top_k", "recognition_min_score", "asmk_codebook_size", "asmk_binary", "asmk_alpha", "asmk_similarity_threshold", "asmk_query_assignments", "asmk_database_assignments", "asmk_kmeans_iterations", "first_stage", "ransac_method", "min_inlier_spread", "rerank_min_inliers")
     INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
     NLIST_FIELD_NUMBER: _ClassVar[int]
     PQ_M_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +85,9 @@ class DelfRetrievalConfig(_message.Message):
     ASMK_DATABASE_ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     ASMK_KMEANS_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     FIRST_STAGE_FIELD_NUMBER: _ClassVar[int]
+    RANSAC_METHOD_FIELD_NUMBER: _ClassVar[int]
+    MIN_INLIER_SPREAD_FIELD_NUMBER: _ClassVar[int]
+    RERANK_MIN_INLIERS_FIELD_NUMBER: _ClassVar[int]
     index_type: str
     nlist: int
     pq_m: int
@@ -120,7 +123,10 @@ class DelfRetrievalConfig(_message.Message):
     asmk_database_assignments: int
     asmk_kmeans_iterations: int
     first_stage: str
-    def __init__(self, index_type: _Optional[str] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., pq_nbits: _Optional[int] = ..., hnsw_m: _Optional[int] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., train_sample_size: _Optional[int] = ..., neighbors_per_descriptor: _Optional[int] = ..., vote_weighting: _Optional[str] = ..., rerank_top_n: _Optional[int] = ..., min_inliers: _Optional[int] = ..., match_distance_threshold: _Optional[float] = ..., ransac_transform: _Optional[str] = ..., ransac_residual_threshold: _Optional[float] = ..., ransac_max_trials: _Optional[int] = ..., eval_ks: _Optional[_Iterable[int]] = ..., match_ratio_threshold: _Optional[float] = ..., match_mutual: bool = ..., ransac_stop_probability: _Optional[float] = ..., ransac_seed: _Optional[int] = ..., ransac_backend: _Optional[str] = ..., rerank_skip_junk: bool = ..., pq_fast_scan: bool = ..., coarse_quantizer: _Optional[str] = ..., recognition_top_k: _Optional[int] = ..., recognition_min_score: _Optional[float] = ..., asmk_codebook_size: _Optional[int] = ..., asmk_binary: bool = ..., asmk_alpha: _Optional[float] = ..., asmk_similarity_threshold: _Optional[float] = ..., asmk_query_assignments: _Optional[int] = ..., asmk_database_assignments: _Optional[int] = ..., asmk_kmeans_iterations: _Optional[int] = ..., first_stage: _Optional[str] = ...) -> None: ...
+    ransac_method: str
+    min_inlier_spread: float
+    rerank_min_inliers: int
+    def __init__(self, index_type: _Optional[str] = ..., nlist: _Optional[int] = ..., pq_m: _Optional[int] = ..., pq_nbits: _Optional[int] = ..., hnsw_m: _Optional[int] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., train_sample_size: _Optional[int] = ..., neighbors_per_descriptor: _Optional[int] = ..., vote_weighting: _Optional[str] = ..., rerank_top_n: _Optional[int] = ..., min_inliers: _Optional[int] = ..., match_distance_threshold: _Optional[float] = ..., ransac_transform: _Optional[str] = ..., ransac_residual_threshold: _Optional[float] = ..., ransac_max_trials: _Optional[int] = ..., eval_ks: _Optional[_Iterable[int]] = ..., match_ratio_threshold: _Optional[float] = ..., match_mutual: bool = ..., ransac_stop_probability: _Optional[float] = ..., ransac_seed: _Optional[int] = ..., ransac_backend: _Optional[str] = ..., rerank_skip_junk: bool = ..., pq_fast_scan: bool = ..., coarse_quantizer: _Optional[str] = ..., recognition_top_k: _Optional[int] = ..., recognition_min_score: _Optional[float] = ..., asmk_codebook_size: _Optional[int] = ..., asmk_binary: bool = ..., asmk_alpha: _Optional[float] = ..., asmk_similarity_threshold: _Optional[float] = ..., asmk_query_assignments: _Optional[int] = ..., asmk_database_assignments: _Optional[int] = ..., asmk_kmeans_iterations: _Optional[int] = ..., first_stage: _Optional[str] = ..., ransac_method: _Optional[str] = ..., min_inlier_spread: _Optional[float] = ..., rerank_min_inliers: _Optional[int] = ...) -> None: ...
 
 class DelfConfig(_message.Message):
     __slots__ = ("model_path", "image_scales", "delf_local_config", "max_image_size", "min_image_size", "min_scaled_side", "max_image_pixels", "use_square_images", "use_local_features", "use_global_features", "delf_global_config", "is_tf2_exported", "retrieval_config")

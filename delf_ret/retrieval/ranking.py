@@ -20,6 +20,7 @@ from typing import overload
 
 import numpy as np
 
+from delf_ret.config import ConfigError
 from delf_ret.config import DelfRetrievalConfig
 from delf_ret.features import LocalFeatures
 from delf_ret.index import LocalFeatureIndex
@@ -92,13 +93,15 @@ def rerank(
   The candidates are the first ``rerank_top_n`` entries of ``ranked`` whose
   id is not in ``skip`` (the official DELG reranking skips a split's junk
   images this way). Matching and RANSAC settings:
-  RansacParams.from_config(retrieval_config). The order is the official code's
-  (detect_to_retrieve/image_reranking.py): candidates with inliers come first, by
-  decreasing inliers (ties: first-stage score, then first-stage order); then every
-  other entry in first-stage order. Verified ones carry their inliers, the others
-  None. ``min_inliers`` does not change the order: it is the line above which a pair
-  counts as the same place (see :func:`is_verified`), so a strict line that turns
-  unrelated photos away still lets weaker true matches rise above unmatched ones.
+  RansacParams.from_config(retrieval_config). Candidates with at least
+  ``rerank_min_inliers`` inliers come first, by decreasing inliers (ties: first-stage
+  score, then first-stage order); then every other entry in first-stage order.
+  ``rerank_min_inliers`` 1 (or 0) is the official code's order
+  (detect_to_retrieve/image_reranking.py): any inlier moves a candidate up; a higher
+  line leaves candidates with chance inlier counts where the first stage put them.
+  Verified ones carry their inliers, the others None. ``min_inliers`` does not change
+  the order: it is the line above which a pair counts as the same place (see
+  :func:`is_verified`).
 
   verified: {image id: inliers} of pairs already verified for this query;
     only the missing candidates are loaded and verified, and their counts
@@ -106,6 +109,7 @@ def rerank(
   timings: seconds added to its "loading", "matching" and "ransac" entries.
   """
   top_n = retrieval_config.rerank_top_n
+  promote_at = _promotion_line(retrieval_config)
   verified = {} if verified is None else verified
   selected = list(itertools.islice((e for e in ranked if e.image_id not in skip), top_n))
   missing = list(dict.fromkeys(e.image_id for e in selected if e.image_id not in verified))
@@ -123,12 +127,21 @@ def rerank(
     if entry.image_id in selected_ids:
       inliers = verified[entry.image_id]
       entry = dataclasses.replace(entry, inliers=inliers)
-      if inliers > 0:
+      if inliers >= promote_at:
         passed.append((inliers, position, entry))
         continue
     others.append(entry)
   passed.sort(key=lambda item: (-item[0], -item[2].score, item[1]))
   return [entry for _, _, entry in passed] + others
+
+
+def _promotion_line(retrieval_config: DelfRetrievalConfig) -> int:
+  """The inliers a candidate needs to move up in :func:`rerank`: rerank_min_inliers, at least
+  1 (0 and 1 are both the official order); ConfigError when negative."""
+  line = retrieval_config.rerank_min_inliers
+  if line < 0:
+    raise ConfigError(f"retrieval_config.rerank_min_inliers must not be negative, got {line}")
+  return max(1, line)
 
 
 def is_verified(entry: RankedImage, retrieval_config: DelfRetrievalConfig) -> bool:

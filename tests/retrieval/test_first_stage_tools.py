@@ -38,6 +38,8 @@ OVERRIDES = [
   "image_scales=0.7071,1.0",
   "use_global_features=true",
   "delf_global_config.use_pca=false",
+  # The default line (29, chosen on full-size training photos) is beyond these 256 px photos.
+  "retrieval_config.min_inliers=20",
 ]
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from conftest import make_features
 from conftest import random_unit_descriptors
+from delf_ret.config import ConfigError
 from delf_ret.config import DelfRetrievalConfig
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.retrieval.ranking import RankedImage
@@ -70,9 +71,9 @@ def test_rank_then_rerank_puts_geometrically_consistent_image_first():
   assert is_verified(reranked[0], config) and not is_verified(reranked[1], config)
 
 
-def test_rerank_orders_by_inliers_below_min_inliers_as_the_official_code():
-  # The official reranking sorts by (inliers, first-stage score) with no threshold:
-  # min_inliers only says which are verified, it does not change the order.
+def _partial_copies():
+  """A query (30 random points) and candidates a-d holding its first 0, 6, 12, 12 features
+  (RANSAC keeps all of them: 0, 6, 12, 12 inliers), ranked a, b, c, d, e by the first stage."""
   rng = np.random.default_rng(2)
   query = make_features(rng.uniform(0, 300, (30, 2)), random_unit_descriptors(rng, 30, 8))
   part = {
@@ -82,7 +83,17 @@ def test_rerank_orders_by_inliers_below_min_inliers_as_the_official_code():
   ranked = [
     RankedImage(name, score) for name, score in (("a", 9), ("b", 8), ("c", 7), ("d", 7), ("e", 6))
   ]
-  config = DelfRetrievalConfig(rerank_top_n=4, min_inliers=50)
+  return query, part, ranked
+
+
+@pytest.mark.parametrize("rerank_min_inliers", [0, 1])
+def test_rerank_orders_by_inliers_below_min_inliers_as_the_official_code(rerank_min_inliers):
+  # The official reranking sorts by (inliers, first-stage score) with no threshold:
+  # min_inliers only says which are verified, it does not change the order.
+  query, part, ranked = _partial_copies()
+  config = DelfRetrievalConfig(
+    rerank_top_n=4, min_inliers=50, rerank_min_inliers=rerank_min_inliers
+  )
   out = rerank(query, ranked, part.__getitem__, config)
   assert [(e.image_id, e.inliers) for e in out] == [
     ("c", 12),  # Ties on inliers and score keep the first-stage order.
@@ -92,6 +103,24 @@ def test_rerank_orders_by_inliers_below_min_inliers_as_the_official_code():
     ("e", None),
   ]
   assert not any(is_verified(e, config) for e in out)
+
+
+@pytest.mark.parametrize(
+  "line, order",
+  [
+    (6, ["c", "d", "b", "a", "e"]),  # b's 6 inliers reach the line: it moves above a.
+    (7, ["c", "d", "a", "b", "e"]),  # Only c and d move up; a and b keep their order.
+    (13, ["a", "b", "c", "d", "e"]),  # None reaches 13: the first-stage order.
+  ],
+)
+def test_rerank_min_inliers_moves_up_only_candidates_reaching_it(line, order):
+  query, part, ranked = _partial_copies()
+  config = DelfRetrievalConfig(rerank_top_n=4, rerank_min_inliers=line)
+  out = rerank(query, ranked, part.__getitem__, config)
+  assert [e.image_id for e in out] == order
+  assert {e.image_id: e.inliers for e in out} == {"a": 0, "b": 6, "c": 12, "d": 12, "e": None}
+  with pytest.raises(ConfigError, match="rerank_min_inliers"):
+    rerank(query, ranked, part.__getitem__, DelfRetrievalConfig(rerank_min_inliers=-1))
 
 
 def test_rerank_keeps_first_stage_order_below_threshold_and_tail():
