@@ -83,6 +83,15 @@ def test_docs_rerank_speed_table_is_rendered_from_its_json():
   )
 
 
+def test_first_stage_tables_are_rendered_from_their_json():
+  module = load_benchmark("first_stage")
+  result = json.loads(module.RESULT.read_text())
+  assert between(module.DOC.read_text(), module.START, module.END) == module.render_table(result)
+  readme = module.README.read_text()
+  summary = between(readme, module.SUMMARY_START, module.SUMMARY_END)
+  assert summary == module.render_summary(result)
+
+
 def test_render_between_replaces_only_the_marked_block(tmp_path, capsys):
   results_io = load_benchmark("results_io")
   path = tmp_path / "doc.md"
