@@ -847,9 +847,9 @@ def render_table(result: dict) -> str:
     notes.append(
       f"Every database here has at most {max(sizes)} images, fewer than the {top_n} "
       "reranked: reranking verifies the whole database whatever the first stage, so the "
-      "reranked rows differ between stages only through ties in inlier count (often 0), "
-      "ordered by first-stage score, and images a stage did not rank at all; the "
-      "first-stage rows and the costs are what tells the stages apart here."
+      "reranked rows differ between stages only in the order of the candidates that do not "
+      "move up (fewer inliers than rerank_min_inliers, or tied), which keep first-stage "
+      "order, and in images a stage did not rank at all."
     )
   notes.extend(result.get("notes", []))
   if result.get("left_out"):
