@@ -27,6 +27,7 @@ from PIL import UnidentifiedImageError
 
 from delf_ret.errors import DelfRetError
 from delf_ret.errors import InputError
+from delf_ret.errors import read_utf8_text
 from delf_ret.protos.delf_config_pb2 import DelfConfig
 
 
@@ -124,13 +125,13 @@ def read_image_list(list_path: str | os.PathLike) -> list[pathlib.Path]:
   A relative path is taken relative to the list file's folder; where no file
   is there but one is relative to the working directory (how the official
   DELF tools read their lists), that one is used. Raises InputError for a
-  missing list or one that names no image.
+  missing or unreadable list, one that is not UTF-8 text, or one that names no image.
   """
   list_path = pathlib.Path(list_path)
   if not list_path.is_file():
     raise InputError(f"image list not found: {list_path}")
   paths = []
-  for line in list_path.read_text().splitlines():
+  for line in read_utf8_text(list_path, InputError, f"image list {list_path}").splitlines():
     line = line.strip()
     if line and not line.startswith("#"):
       path = pathlib.Path(line)

@@ -121,6 +121,9 @@ def test_image_lists_read_paths_beside_the_list_or_as_official_tools_do(tmp_path
   paths = read_image_list(lists / "images.txt")
   # Beside the list; relative to the working directory (official reading); neither: beside.
   assert paths == [lists / "photos" / "a.jpg", pathlib.Path("data/b.jpg"), lists / "missing.jpg"]
+  (lists / "latin1.txt").write_bytes("photos/caf\xe9.jpg\n".encode("latin-1"))
+  with pytest.raises(InputError, match=r"latin1.txt: not a UTF-8 text file \(invalid"):
+    read_image_list(lists / "latin1.txt")
 
 
 def test_crop_to_box_rounds_as_the_official_code():

@@ -51,13 +51,16 @@ from delf_ret.cli.inputs import define_image_flags
 from delf_ret.cli.inputs import image_paths_from_flags
 from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import load_dataset
+from delf_ret.features import image_id_of
 from delf_ret.index.builder import remove_images
 from delf_ret.index.labels import read_image_labels
 from delf_ret.retrieval.first_stage import check_stage
 from delf_ret.retrieval.first_stage import remove_from_first_stage
+from delf_ret.retrieval.indexing import check_labels_known
 from delf_ret.retrieval.indexing import database_feature_paths
 from delf_ret.retrieval.indexing import database_image_paths
 from delf_ret.retrieval.indexing import index_first_stage
+from delf_ret.retrieval.indexing import missing_feature_files
 from delf_ret.retrieval.indexing import remove_from_database_store
 
 FLAGS = flags.FLAGS
@@ -159,9 +162,16 @@ def main(argv: list[str]) -> int:
   inputs = _inputs(dataset)
   missing = inputs.pop("missing", [])
   if "images" in inputs:
+    images = inputs["images"]
+    # A bad labels row is refused before the model loads (index_first_stage checks it again).
+    ids = [image_id_of(path) for path in images]
+    check_labels_known(FLAGS.index_dir, config.retrieval_config, labels, ids)
+    # Lazy: TensorFlow (the model), needed only when images are given.
     from delf_ret.extract.extractor import DelfExtractor
 
-    log(f"extracting features of {len(inputs['images'])} images into {FLAGS.features_dir}")
+    count = missing_feature_files(images, FLAGS.features_dir, config.use_global_features)
+    done = f" (the other {len(images) - count} have theirs)" if count < len(images) else ""
+    log(f"extracting features of {count} images into {FLAGS.features_dir}{done}")
     inputs["extract"] = DelfExtractor(config, backend=FLAGS.backend)
   local = config.delf_local_config
   indexed = index_first_stage(

@@ -20,14 +20,17 @@ demo photos are indexed into --cache_dir on the first start and reused afterward
 Safety: the server listens on 127.0.0.1 only; another --host needs --allow_remote (anyone
 who can reach it can search and change the gallery). Uploads over --max_upload_mb and
 photos over the config's max_image_pixels are refused; files are served by image id
-only; gallery changes need the page's per-start token.
+only; gallery changes need the page's per-start token. A --port in use is refused in one
+line (exit status 2) before the model loads.
 """
 
 from __future__ import annotations
 
+import pathlib
 import secrets
 import signal
 import tempfile
+from typing import TYPE_CHECKING
 
 from absl import flags
 
@@ -39,6 +42,10 @@ from delf_ret.cli.common import log
 from delf_ret.cli.common import run_tool
 from delf_ret.errors import InputError
 from delf_ret.retrieval.first_stage import query_extractor
+
+if TYPE_CHECKING:
+  from delf_ret.config import DelfConfig
+  from delf_ret.serve.service import SearchService
 
 FLAGS = flags.FLAGS
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -81,39 +88,29 @@ def main(argv: list[str]) -> int:
   _check_host()
   if bool(FLAGS.index_dir) != bool(FLAGS.features_dir):
     raise InputError("--index_dir and --features_dir go together")
-  # Lazy: TensorFlow (the extractor), matplotlib and Flask, imported once the flags are checked.
+  # Lazy: Flask and matplotlib (the app, its service), imported once the flags are checked.
   try:
     from delf_ret.serve.app import LOCAL_HOST_NAMES
     from delf_ret.serve.app import create_app
+    from delf_ret.serve.app import listen
     from delf_ret.serve.app import make_server
   except ModuleNotFoundError as error:
     if error.name not in ("flask", "werkzeug"):
       raise
     raise InputError("delf_serve needs Flask: pip install 'delf-ret[serve]'") from None
-  from delf_ret.serve.demo import default_cache_dir
-  from delf_ret.serve.demo import demo_photos_dir
-  from delf_ret.serve.demo import prepare_demo_index
-  from delf_ret.serve.service import SearchService
 
   config = load_config_from_flags()
-  log(f"model: {config.model_path}")
-  # What the configured first stage needs of a query (local features; global: and its
-  # global descriptor); the service refuses an index of another stage.
-  extract = query_extractor(config, FLAGS.backend)
-  extract.load()
-  index_dir, features_dir, images = FLAGS.index_dir, FLAGS.features_dir, FLAGS.images_dir
-  if not index_dir:
-    cache = FLAGS.cache_dir or default_cache_dir()
-    index_dir, features_dir = prepare_demo_index(cache, config, extract.delf_extractor, log)
-    images = [*images, demo_photos_dir()]
-  service = SearchService(config, index_dir, features_dir, extract, images, log)
+  # The port first: one in use is refused at once, before the model loads (and the demo
+  # photos are indexed).
+  listening = listen(FLAGS.host, FLAGS.port)
   # Uploads being decoded and match pictures being drawn; removed when the server stops.
-  with tempfile.TemporaryDirectory(prefix="delf_serve-") as scratch:
+  with listening, tempfile.TemporaryDirectory(prefix="delf_serve-") as scratch:
+    service, index_dir = _service(config)
     token, limit = secrets.token_urlsafe(32), int(FLAGS.max_upload_mb * 2**20)
     # A local server answers only to local names; one open to others to any name.
     hosts = None if FLAGS.host not in LOCAL_HOSTS else LOCAL_HOST_NAMES
     app = create_app(service, token, limit, scratch, hosts)
-    server = make_server(FLAGS.host, FLAGS.port, app)
+    server = make_server(FLAGS.host, FLAGS.port, app, listening)
     host = f"[{FLAGS.host}]" if ":" in FLAGS.host else FLAGS.host
     # Werkzeug's serve_forever returns quietly on KeyboardInterrupt: Ctrl-C and SIGTERM raise
     # _Stopped instead, so that both print one line and exit 128 + the signal's number.
@@ -124,7 +121,7 @@ def main(argv: list[str]) -> int:
         signal.signal(number, _stop)
     try:
       log(f"{len(service.stage)} photos indexed ({index_dir})")
-      log(f"serving http://{host}:{server.server_port}/ (Ctrl-C stops)")
+      log(f"serving http://{host}:{server.port}/ (Ctrl-C stops)")
       server.serve_forever()
     except _Stopped as stopped:
       log(f"stopped ({stopped.name})")
@@ -134,6 +131,28 @@ def main(argv: list[str]) -> int:
         signal.signal(number, previous[number])
       server.server_close()
   return 0
+
+
+def _service(config: DelfConfig) -> tuple[SearchService, str | pathlib.Path]:
+  """(the search service of --index_dir, or of the demo photos indexed into the cache; its
+  index folder): loads the model and every database image's features."""
+  # Lazy: the demo (its index, TensorFlow's extraction) and the service, as in main.
+  from delf_ret.serve.demo import default_cache_dir
+  from delf_ret.serve.demo import demo_photos_dir
+  from delf_ret.serve.demo import prepare_demo_index
+  from delf_ret.serve.service import SearchService
+
+  log(f"model: {config.model_path}")
+  # What the configured first stage needs of a query (local features; global: and its
+  # global descriptor); the service refuses an index of another stage.
+  extract = query_extractor(config, FLAGS.backend)
+  extract.load()
+  index_dir, features_dir, images = FLAGS.index_dir, FLAGS.features_dir, FLAGS.images_dir
+  if not index_dir:
+    cache = FLAGS.cache_dir or default_cache_dir()
+    index_dir, features_dir = prepare_demo_index(cache, config, extract.delf_extractor, log)
+    images = [*images, demo_photos_dir()]
+  return SearchService(config, index_dir, features_dir, extract, images, log), index_dir
 
 
 class _Stopped(Exception):

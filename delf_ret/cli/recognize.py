@@ -24,6 +24,9 @@ accuracy ("unknown" is right for a non-landmark photo). --calibrate tries every
 threshold on those photos and prints the pbtxt line of the one with the best
 accuracy (GAP never rewards "unknown", so it would always choose 0).
 
+--output_csv writes query,label,score rows, an unknown answer with an empty label (as
+--ground_truth_csv marks a photo of no gallery landmark; --output_json: null).
+
 Many queries: answers are appended to <output>.partial as they are found, so an
 interrupted run resumes (like query_index); a photo that cannot be read is
 reported in one line and skipped (exit status 1).
@@ -70,7 +73,12 @@ define_image_flags("query photos (many queries in one run, instead of --image)")
 flags.DEFINE_string("index_dir", None, "Index of the labelled gallery (build_index --labels_csv).")
 flags.DEFINE_string("features_dir", None, "Feature files of the gallery images.")
 flags.DEFINE_string("output_json", None, "JSON file of the answers (with votes and neighbours).")
-flags.DEFINE_string("output_csv", None, 'CSV file of the answers: query,label,score ("unknown").')
+flags.DEFINE_string(
+  "output_csv",
+  None,
+  "CSV file of the answers: query,label,score rows; an empty label: unknown (as in "
+  "--ground_truth_csv, so a gallery label named unknown stays apart).",
+)
 flags.DEFINE_string(
   "ground_truth_csv",
   None,
@@ -132,7 +140,8 @@ def _write(records: list[dict], failures, metrics) -> None:
       writer = csv.writer(handle, lineterminator="\n")
       writer.writerow(["query", "label", "score"])
       for record in records:
-        writer.writerow([record["query"], record["label"] or UNKNOWN, f"{record['score']:g}"])
+        # Unknown is an empty label (JSON: null), never a word a gallery label could be.
+        writer.writerow([record["query"], record["label"] or "", f"{record['score']:g}"])
   for path in (FLAGS.output_json, FLAGS.output_csv):
     if path:
       print(f"wrote {path}")

@@ -145,7 +145,7 @@ def remote_image_paths(images_dir: str | None, list_images_path: str | None) -> 
   """The images of a folder (not its sub-folders) or a list file on another Beam file system
   (gs://, s3://): the folder's files with an image suffix, in sorted order, or the list's lines
   (blank lines and '#' comments skipped; a path without ``scheme://`` is relative to the list's
-  folder). Raises InputError when the list is missing or no image is named."""
+  folder). Raises InputError when the list is missing, not UTF-8 text, or no image is named."""
   require_beam(DOING)
   if bool(images_dir) == bool(list_images_path):
     raise InputError("give exactly one of --images_dir and --list_images_path")
@@ -159,7 +159,14 @@ def remote_image_paths(images_dir: str | None, list_images_path: str | None) -> 
   if not FileSystems.exists(list_images_path):
     raise InputError(f"image list not found: {list_images_path}")
   with FileSystems.open(list_images_path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
-    lines = [line.strip() for line in file.read().decode("utf-8").splitlines()]
+    data = file.read()
+  try:
+    lines = [line.strip() for line in data.decode("utf-8").splitlines()]
+  except UnicodeDecodeError as reason:  # The wording of delf_ret.errors.read_utf8_text.
+    raise InputError(
+      f"image list {list_images_path}: not a UTF-8 text file ({reason.reason} at byte "
+      f"{reason.start})"
+    ) from None
   folder = FileSystems.split(list_images_path)[0]
   paths = [
     line if "://" in line else FileSystems.join(folder, line)

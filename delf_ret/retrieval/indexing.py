@@ -44,6 +44,7 @@ from delf_ret.features import LocalFeatures
 from delf_ret.features import feature_file_name
 from delf_ret.features import feature_file_names
 from delf_ret.features import feature_loader
+from delf_ret.features import global_file_name
 from delf_ret.features import image_id_of
 from delf_ret.features import write_features
 from delf_ret.index import IndexParams
@@ -472,6 +473,37 @@ def database_feature_loader(
     log(f"warning: {error}; reranking reads the .delf files instead (build_index syncs it)")
     return feature_loader(features_dir)
   return store.loader(fallback_dir=features_dir)
+
+
+def check_labels_known(
+  index_dir: str | os.PathLike,
+  retrieval_config: DelfRetrievalConfig,
+  labels: ImageLabels | None,
+  to_index: Collection[str],
+) -> None:
+  """The check index_first_stage makes of ``labels``, for a caller to make before costly work
+  (loading the model): LabelsFileError naming the file and row of an image that is neither
+  among the ids ``to_index`` nor in the first stage built at ``index_dir`` (read only if
+  needed); FirstStageError when that folder holds another first stage."""
+  if check_stage(index_dir, retrieval_config) == "votes":
+    indexed: Callable[[], Collection[str]] = functools.partial(_votes_ids, index_dir)
+  else:
+    indexed = _stage_ids(index_dir, retrieval_config)
+  _check_labels(labels, to_index, indexed)
+
+
+def missing_feature_files(
+  images: Sequence[pathlib.Path], features_dir: str | os.PathLike, with_global: bool = False
+) -> int:
+  """How many of ``images`` extraction would write: those without ``<id>.delf`` in
+  ``features_dir`` (with_global: or without ``<id>.delg_global``)."""
+  folder = pathlib.Path(features_dir)
+  count = 0
+  for image in images:
+    image_id = image_id_of(image)
+    names = [feature_file_name(image_id)] + ([global_file_name(image_id)] if with_global else [])
+    count += not all(os.path.exists(folder / name) for name in names)
+  return count
 
 
 def _check_labels(

@@ -21,10 +21,12 @@ for the API and a short page otherwise, never a traceback.
 from __future__ import annotations
 
 import collections
+import errno
 import hmac
 import importlib.resources
 import logging
 import pathlib
+import socket
 import sys
 import tempfile
 import threading
@@ -38,10 +40,14 @@ from flask import jsonify
 from flask import render_template
 from flask import request
 from werkzeug.exceptions import HTTPException
+from werkzeug.serving import LISTEN_QUEUE
 from werkzeug.serving import BaseWSGIServer
+from werkzeug.serving import get_sockaddr
 from werkzeug.serving import make_server as werkzeug_server
+from werkzeug.serving import select_address_family
 
 from delf_ret.errors import DelfRetError
+from delf_ret.errors import InputError
 from delf_ret.retrieval.ranking import is_verified
 from delf_ret.serve.jobs import Job
 from delf_ret.serve.jobs import JobRunner
@@ -244,12 +250,43 @@ def host_name(host: str) -> str:
   return host.partition(":")[0]
 
 
-def make_server(host: str, port: int, app: Flask) -> BaseWSGIServer:
-  """A threaded server of ``app`` on ``host``:``port`` (0: a free port, see ``server_port``):
+def listen(host: str, port: int) -> socket.socket:
+  """A TCP socket bound to ``host``:``port`` (0: a free port) and listening, bound as
+  Werkzeug's server binds one; delf_serve opens it before the model loads. Raises InputError
+  (one line) when the port is in use or the address cannot be listened on."""
+  family = select_address_family(host, port)
+  listening = socket.socket(family, socket.SOCK_STREAM)
+  try:
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # As Werkzeug's server.
+    listening.bind(get_sockaddr(host, port, family))
+    listening.listen(LISTEN_QUEUE)
+  except OSError as error:
+    listening.close()
+    if error.errno == errno.EADDRINUSE:
+      raise InputError(
+        f"port {port} on {host} is in use (another program listens there: stop it, or give "
+        "another --port; --port 0 takes a free one)"
+      ) from None
+    raise InputError(
+      f"cannot listen on port {port} of {host} ({error.strerror or error})"
+    ) from None
+  return listening
+
+
+def make_server(
+  host: str, port: int, app: Flask, listening: socket.socket | None = None
+) -> BaseWSGIServer:
+  """A threaded server of ``app`` on ``host``:``port`` (0: a free port, see its ``port``):
   each request in its own thread, so pages answer while a query runs. Requests are not
-  logged one line each (the page polls its jobs several times a second); errors are."""
+  logged one line each (the page polls its jobs several times a second); errors are.
+
+  listening: a socket from ``listen(host, port)`` to serve on (the server uses a duplicate;
+  the caller closes it); None: the server binds itself (a port in use: Werkzeug's message
+  and exit status 1).
+  """
   logging.getLogger("werkzeug").setLevel(logging.WARNING)
-  return werkzeug_server(host, port, app, threaded=True)
+  fd = None if listening is None else listening.fileno()
+  return werkzeug_server(host, port, app, threaded=True, fd=fd)
 
 
 def _error(message: str, code: int):

@@ -235,3 +235,20 @@ def test_images_and_features_on_another_file_system(beam_venv, photos, reference
   )
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"summary: 0 extracted, {len(PHOTOS)} skipped" in again.stdout
+
+
+@pytest.mark.slow  # The Beam environment's tool, which loads TensorFlow (no pipeline runs).
+def test_a_list_on_another_file_system_that_is_not_utf8_is_one_line(beam_venv, tmp_path):
+  listing = tmp_path / "list.txt"
+  listing.write_bytes(b"caf\xe9.jpg\n")  # Latin-1, not UTF-8.
+  command = [str(beam_venv / "python"), "-c", MIRROR_RUN, f"--list_images_path=mirror://{listing}"]
+  result = run_command(
+    [*command, f"--output_dir=mirror://{tmp_path / 'features'}"], timeout=600, env=BEAM_ENV
+  )
+  assert result.returncode == 2, result.stderr[-3000:]
+  # (Before it, TensorFlow's and Beam's start-up notices of this direct run.)
+  assert "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+    f"error: image list mirror://{listing}: not a UTF-8 text file (invalid continuation byte "
+    "at byte 3)"
+  )

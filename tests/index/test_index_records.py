@@ -13,6 +13,7 @@ from conftest import make_features
 from conftest import random_unit_descriptors
 from conftest import run_command
 from conftest import tool_env
+from delf_ret.config import DelfRetrievalConfig
 from delf_ret.features import write_features
 from delf_ret.index import IndexParams
 from delf_ret.index import LocalFeatureIndex
@@ -20,7 +21,9 @@ from delf_ret.index import LocalIndexError
 from delf_ret.index.builder import build_index
 from delf_ret.index.labels import LabelsFileError
 from delf_ret.index.labels import read_image_labels
+from delf_ret.retrieval.indexing import check_labels_known
 from delf_ret.retrieval.indexing import index_database
+from delf_ret.retrieval.indexing import missing_feature_files
 
 DIM = 8
 
@@ -191,6 +194,14 @@ def test_builder_records_paths_and_labels_and_relabels(tmp_path):
       index_dir, tmp_path / "features", IndexParams(), labels=read_image_labels(labels), **quiet
     )
   assert LocalFeatureIndex.load(index_dir).image_label("a") is None
+  # The same check for build_index to make before the model loads: against the stage built.
+  with pytest.raises(LabelsFileError, match=f"{labels}: row 2 names image 'zz', which is"):
+    check_labels_known(index_dir, DelfRetrievalConfig(), read_image_labels(labels), ["b"])
+  check_labels_known(index_dir, DelfRetrievalConfig(), read_image_labels(labels), ["zz"])
+  # What extraction would write (build_index's count): the images without their files.
+  images = [tmp_path / "photos" / f"{name}.jpg" for name in "abcd"]
+  assert missing_feature_files(images, tmp_path / "features") == 1
+  assert missing_feature_files(images, tmp_path / "features", with_global=True) == 4
 
 
 @pytest.mark.slow
@@ -240,3 +251,11 @@ def test_build_index_tool_records_the_bundled_photos_and_labels(tmp_path):
     f"error: {relabel}: row 3 names image 'not_a_photo', which is neither indexed nor among "
     "the images to index"
   )
+  # With images to index as well: refused the same way, before the model loads and extracts.
+  result = run_command(
+    [tool, *common, f"--images_dir={BUNDLED_IMAGES}", f"--labels_csv={relabel}"],
+    timeout=300,
+    env=tool_env(),
+  )
+  assert result.returncode == 2 and "extracting" not in result.stdout, result.stdout
+  assert result.stderr.strip().splitlines()[-1].startswith(f"error: {relabel}: row 3 names")

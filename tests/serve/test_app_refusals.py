@@ -3,13 +3,14 @@ three bundled photos at 256 px), and the console script's host check.
 
 Refused: paths in requests (files are named by image id only), uploads over the size
 limit (before they are read) and photos over the pixel limit (before they are decoded),
-POSTs without the page's token, corrupt uploads (a message, never a traceback), and a
-non-local --host without --allow_remote.
+POSTs without the page's token, corrupt uploads (a message, never a traceback), and, by
+the console script, a non-local --host without --allow_remote and a port in use.
 """
 
 from __future__ import annotations
 
 import io
+import socket
 import time
 
 import numpy as np
@@ -191,6 +192,32 @@ def test_a_non_local_host_needs_allow_remote():
   assert result.returncode == 2
   assert result.stderr.startswith("error: --host 0.0.0.0 would let other machines")
   assert "--allow_remote" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(tmp_path):
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    start = time.monotonic()
+    # An index folder that does not exist: were the port checked after the model and the
+    # index, this would be their error, not the port's.
+    result = run_command(
+      [
+        installed_script("delf_serve"),
+        f"--port={port}",
+        f"--index_dir={tmp_path / 'none'}",
+        f"--features_dir={tmp_path / 'none'}",
+      ],
+      timeout=120,
+      env=tool_env(),
+    )
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.splitlines() == [
+    f"error: port {port} on 127.0.0.1 is in use (another program listens there: stop it, or "
+    "give another --port; --port 0 takes a free one)"
+  ]
+  assert "model:" not in result.stdout and time.monotonic() - start < 60
 
 
 def test_a_query_box_crops_the_query_and_a_bad_box_is_refused(client, service):
