@@ -5,6 +5,7 @@ weights again."""
 import json
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -30,10 +31,50 @@ SCRIPT = REPO / "scripts" / "train_default_model.sh"
 RECIPE = REPO / "configs" / "delf_default_model.pbtxt"
 
 
-def train_selfsup(photos, output_dir, *flags, timeout):
+def selfsup_command(photos, output_dir, *flags) -> list[str]:
   """``train_delf --stage=selfsup`` with the recipe's config, from ``photos`` into ``output_dir``."""
   command = ["train_delf", "--stage=selfsup", f"--photos={photos}", f"--output_dir={output_dir}"]
-  return run_command([*command, f"--config_path={RECIPE}", *flags], timeout=timeout, env=ENV)
+  return [*command, f"--config_path={RECIPE}", *flags]
+
+
+def train_selfsup(photos, output_dir, *flags, timeout):
+  return run_command(selfsup_command(photos, output_dir, *flags), timeout=timeout, env=ENV)
+
+
+@pytest.fixture
+def background():
+  """Processes a test starts beside its other work; those still running at its end are killed."""
+  processes: list[subprocess.Popen] = []
+  yield processes
+  for process in processes:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+
+
+def start_selfsup(background, photos, output_dir, *flags) -> subprocess.Popen:
+  """:func:`selfsup_command` started in the background (to run beside other work), listed in
+  ``background`` (the fixture); see :func:`finish`."""
+  process = subprocess.Popen(
+    selfsup_command(photos, output_dir, *flags),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    stdin=subprocess.DEVNULL,
+    text=True,
+    env=ENV,
+  )
+  background.append(process)
+  return process
+
+
+def finish(process: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+  """Waits for a :func:`start_selfsup` process: its completed process (output captured)."""
+  try:
+    stdout, stderr = process.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    raise
+  return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def model_weights(path) -> list[np.ndarray]:
@@ -111,13 +152,20 @@ def test_usage_on_bad_arguments(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_recipe_resumes_each_stage_and_packages_a_loadable_model(tmp_path, shared_data):
+def test_killed_recipe_resumes_each_stage_and_packages_a_loadable_model(
+  tmp_path, shared_data, background
+):
   data = recipe_data(tmp_path / "data", shared_data)
   out = tmp_path / "run"
   command = ["bash", str(SCRIPT), str(data), str(out), *TINY, *TINY_STAGES]
   # Killed in the self-supervised stage, then in the tuning stage; the third run finishes.
-  kill_after_checkpoint(command, out / "selfsup" / "checkpoints" / "ckpt-2.index", env=ENV)
-  kill_after_checkpoint(command, out / "tuning" / "checkpoints" / "ckpt-2.index", env=ENV)
+  # Killed once the checkpoint state file names ckpt-2: killed after the index but before
+  # that file, the run has no checkpoint to resume from (seen on a loaded machine).
+  kill_after_checkpoint(command, out / "selfsup" / "checkpoints" / "checkpoint", env=ENV)
+  # The uninterrupted selfsup run to compare with (below) runs beside the rest of the recipe.
+  straight = tmp_path / "straight"
+  straight_run = start_selfsup(background, out / "selfsup_photos.txt", straight, *TINY)
+  kill_after_checkpoint(command, out / "tuning" / "checkpoints" / "checkpoint", env=ENV)
   import tensorflow as tf
 
   tuning_step = int(
@@ -126,15 +174,16 @@ def test_killed_recipe_resumes_each_stage_and_packages_a_loadable_model(tmp_path
   assert 2 <= tuning_step < 4
   result = run_command(command, timeout=900, env=ENV)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "done: selfsup at step 8" in result.stdout
+  # The selfsup stage finished in the second run: train_delf says there is nothing left.
+  assert "done: selfsup at step 8, nothing left to train" in result.stdout
   assert f"at step {tuning_step}" in result.stdout  # "resumed from ... at step N"
   assert "done: tuning at step 4" in result.stdout
   assert "initialised from the tuning checkpoint" in result.stdout
   assert "done: attention at step 2" in result.stdout
   # Killed and resumed, the recipe's deterministic training ends where an uninterrupted run does.
-  straight = tmp_path / "straight"
-  result = train_selfsup(out / "selfsup_photos.txt", straight, *TINY, timeout=900)
+  result = finish(straight_run, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "done: selfsup at step 8" in result.stdout
   assert_same_weights(out / "selfsup" / "delf_model.keras", straight / "delf_model.keras")
   check_packaged_model(out, data)
 
@@ -177,7 +226,7 @@ def check_packaged_model(out, data) -> None:
 
 
 @pytest.mark.slow
-def test_recipe_reruns_to_the_same_weights(tmp_path, shared_data):
+def test_recipe_reruns_to_the_same_weights(tmp_path, shared_data, background):
   """Two runs of the recipe at its real batch size give bit-identical weights.
 
   Without the config's ``deterministic: true`` such runs on 2 cores already
@@ -185,16 +234,15 @@ def test_recipe_reruns_to_the_same_weights(tmp_path, shared_data):
   order) and drift apart over the 2000 steps of a full run.
   """
   photos = shared_data / "train" / "strecha" / "fountain-P11"
+  flags = ["--num_steps=4", "--config_override=selfsup.use_skimage_photos=false"]
+  # Side by side: two processes (nothing shared but the photos), half the waiting on 2 cores.
+  started = [
+    start_selfsup(background, photos, tmp_path / name, *flags) for name in ("first", "second")
+  ]
   runs = []
-  for name in ("first", "second"):
+  for name, process in zip(("first", "second"), started):
     out = tmp_path / name
-    result = train_selfsup(
-      photos,
-      out,
-      "--num_steps=4",
-      "--config_override=selfsup.use_skimage_photos=false",
-      timeout=900,
-    )
+    result = finish(process, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: selfsup at step 4" in result.stdout
     assert "selfsup: deterministic training (TensorFlow op determinism" in result.stdout

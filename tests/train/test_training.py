@@ -4,6 +4,8 @@ The data is a tiny GLDv2-layout copy of the shared landmark photos; crops are
 64 px and the backbone starts from random weights so each step stays fast.
 """
 
+import math
+import re
 import subprocess
 import sys
 
@@ -58,21 +60,24 @@ def test_scripts_print_usage_on_bad_arguments(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_run(shards, tmp_path_factory):
-  """Both stages, 3 steps each, through scripts/run_train.sh: (output folder, process result)."""
+  """Both stages, 3 steps each, through scripts/run_train.sh with NUM_DEVICES 2 (the mirrored
+  strategy on two CPU devices): (output folder, process result). The single-device default
+  strategy is the killed-and-resumed run's (test_killed_run_resumes_at_the_saved_step)."""
   run = tmp_path_factory.mktemp("train") / "run"
-  result = run_script("run_train.sh", shards, run, 1, *TINY, "--config_override=max_steps=3")
+  result = run_script("run_train.sh", shards, run, 2, *TINY, "--config_override=max_steps=3")
   assert result.returncode == 0, result.stderr[-3000:]
   return run, result
 
 
-def test_run_train_both_stages_then_frozen_backbone(trained_run):
+def test_run_train_both_stages_on_two_devices_then_frozen_backbone(trained_run):
   from delf_ret.model import load_delf_model
 
   run, result = trained_run
   assert "done: tuning at step 3" in result.stdout
   assert "initialised from the tuning checkpoint" in result.stdout
   assert "done: attention at step 3" in result.stdout
-  assert "1 replica(s), global batch 4, per-replica batch 4" in result.stdout
+  # Both stages ran mirrored on the two CPU devices.
+  assert result.stdout.count("2 replica(s), global batch 4, per-replica batch 2") == 2
   tuning = load_delf_model(run / "tuning" / "delf_model.keras")
   attention = load_delf_model(run / "attention" / "delf_model.keras")
   for a, b in zip(tuning.backbone.weights, attention.backbone.weights):
@@ -86,23 +91,28 @@ def test_run_train_both_stages_then_frozen_backbone(trained_run):
 
 
 def test_attention_without_tuning_keeps_the_given_models_backbone(shards, tmp_path):
+  from delf_ret.config import load_training_config
   from delf_ret.default_model import WEIGHTS_FILE
   from delf_ret.default_model import default_model_dir
   from delf_ret.model import load_delf_model
+  from delf_ret.train.trainer import TrainingError
+  from delf_ret.train.trainer import train_stage
 
-  args = [sys.executable, "-m", "delf_ret.cli.train_delf", "--stage=attention"]
-  args += [f"--data_dir={shards}", f"--output_dir={tmp_path / 'attention'}", *TINY]
-  result = run_command(
-    [*args, "--config_override=max_steps=2", "--config_override=attention_max_steps=2"],
-    timeout=900,
-    env=ENV,
+  # Neither a tuning folder nor a model to keep: refused before any work (in this process;
+  # train_delf turns a TrainingError into one line, see test_selfsup_training).
+  config = load_training_config(
+    None, [flag.split("=", 1)[1] for flag in TINY] + ["attention_max_steps=2"]
   )
-  # Neither a tuning folder nor a model to keep: refused in one line.
-  assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
-    "error: the attention stage needs the tuning output folder (init_from) or "
+  with pytest.raises(TrainingError) as refused:
+    train_stage("attention", shards, tmp_path / "refused", config, log=lambda line: None)
+  assert str(refused.value) == (
+    "the attention stage needs the tuning output folder (init_from) or "
     "backbone_weights naming the weights its backbone keeps"
   )
+  assert not (tmp_path / "refused").exists()
   weights = default_model_dir() / WEIGHTS_FILE
+  args = [sys.executable, "-m", "delf_ret.cli.train_delf", "--stage=attention"]
+  args += [f"--data_dir={shards}", f"--output_dir={tmp_path / 'attention'}", *TINY]
   given = f"--config_override=backbone_weights={weights}"
   result = run_command(
     [*args, "--config_override=attention_max_steps=2", given], timeout=900, env=ENV
@@ -150,7 +160,11 @@ def test_export_gives_the_checkpoint_features_then_compute_pca(trained_run, tmp_
   ]
 
 
-def test_killed_run_resumes_at_the_saved_step(shards, tmp_path):
+def test_killed_run_resumes_at_the_saved_step_and_equals_an_uninterrupted_run(shards, tmp_path):
+  from delf_ret.config import load_training_config
+  from delf_ret.model import load_delf_model
+  from delf_ret.train.trainer import train_stage
+
   out = tmp_path / "tuning"
   command = [
     sys.executable,
@@ -162,44 +176,44 @@ def test_killed_run_resumes_at_the_saved_step(shards, tmp_path):
     *TINY,
     "--config_override=max_steps=50",
   ]
-  kill_after_checkpoint(command, out / "checkpoints" / "ckpt-2.index", env=ENV, linger=1.0)
+  # The checkpoint state file, written after ckpt-2's index: killed in between, there is
+  # nothing to resume from.
+  kill_after_checkpoint(command, out / "checkpoints" / "checkpoint", env=ENV)
   import tensorflow as tf
 
   saved_step = int(tf.train.latest_checkpoint(str(out / "checkpoints")).rsplit("-", 1)[1])
   assert saved_step >= 2
   result = run_command([*command, "--num_steps=1"], timeout=600, env=ENV)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "1 replica(s), global batch 4, per-replica batch 4" in result.stdout  # One device.
   assert f"at step {saved_step}" in result.stdout  # "resumed from ... at step N"
   assert f"done: tuning at step {saved_step + 1}" in result.stdout
   reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(out / "checkpoints")))
   iterations = [name for name in reader.get_variable_to_shape_map() if "iterations" in name]
   assert iterations and int(reader.get_tensor(iterations[0])) == saved_step + 1
-  # Run again with the stage finished: it says so, with no loss to report.
-  finished = [*command[:-1], f"--config_override=max_steps={saved_step + 1}"]
-  result = run_command(finished, timeout=600, env=ENV)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert f"done: tuning at step {saved_step + 1}, nothing left to train" in result.stdout
-
-
-def test_resumed_training_equals_uninterrupted(shards, tmp_path):
-  from delf_ret.config import load_training_config
-  from delf_ret.train.trainer import train_stage
-
-  config = load_training_config(None, [flag.split("=", 1)[1] for flag in TINY] + ["max_steps=4"])
-  quiet = lambda line: None  # noqa: E731
-  straight = train_stage("tuning", shards, tmp_path / "straight", config, log=quiet)
-  train_stage("tuning", shards, tmp_path / "split", config, num_steps=2, log=quiet)
-  resumed = train_stage("tuning", shards, tmp_path / "split", config, log=quiet)
-  assert resumed.step == straight.step == 4
-  assert resumed.loss == pytest.approx(straight.loss, rel=1e-4)
-
-
-def test_mirrored_strategy_on_two_cpu_devices(shards, tmp_path):
-  result = run_script(
-    "train_tuning.sh", shards, tmp_path / "mirrored", 2, *TINY, "--config_override=max_steps=2"
+  # Killed and resumed, the run ends where an uninterrupted one does (same weights, same
+  # input position: the iterator is in the checkpoint). The uninterrupted run in this process.
+  config = load_training_config(None, [flag.split("=", 1)[1] for flag in TINY] + ["max_steps=50"])
+  straight = train_stage(
+    "tuning", shards, tmp_path / "straight", config, num_steps=saved_step + 1, log=lambda _: None
   )
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "2 replica(s), global batch 4, per-replica batch 2" in result.stdout
+  assert straight.step == saved_step + 1
+  resumed_loss = re.search(rf"done: tuning at step {saved_step + 1}, loss (\S+)", result.stdout)
+  assert resumed_loss and float(resumed_loss[1]) == pytest.approx(straight.loss, abs=2e-4)
+  resumed_model = load_delf_model(out / "delf_model.keras")
+  straight_model = load_delf_model(tmp_path / "straight" / "delf_model.keras")
+  assert len(resumed_model.weights) == len(straight_model.weights) > 0
+  for a, b in zip(resumed_model.weights, straight_model.weights):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+  # Run again with the stage finished: no step taken, no loss to report (train_delf's
+  # "nothing left to train": test_selfsup_training's recipe run, third time through).
+  config = load_training_config(
+    None, [flag.split("=", 1)[1] for flag in TINY] + [f"max_steps={saved_step + 1}"]
+  )
+  lines = []
+  finished = train_stage("tuning", shards, out, config, log=lines.append)
+  assert finished.step == saved_step + 1 and math.isnan(finished.loss), lines
+  assert any(f"at step {saved_step + 1}" in line for line in lines)  # Resumed, nothing run.
 
 
 def free_port():
