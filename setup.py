@@ -70,6 +70,8 @@ setup(
     # to a minor version so that its formatter does not drift.
     "test": [
       "pytest>=7.4",
+      # Two test processes (pyproject.toml's addopts): the suite is half subprocess start-ups.
+      "pytest-xdist>=3.5",
       "ruff>=0.17,<0.18",
       "mypy>=1.10",
       *TFDS,
