@@ -65,18 +65,25 @@ def test_dimension_mismatch_raises():
     DescriptorMatcher(np.zeros((3, 40), np.float32)).nearest(np.zeros((2, 128), np.float32))
 
 
-@pytest.mark.parametrize(
-  "backend, stop_probability", [("opencv", 0.99), ("skimage", 0.99), ("opencv", 1.0)]
-)
-def test_ransac_recovers_affine_with_60_percent_outliers(backend, stop_probability):
+def affine_with_outliers(n: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(points_a, points_b, is_true): n points (y, x) in a 600 px square, mapped by AFFINE_XY,
+  60% of points_b then replaced by random points (seed 1)."""
   rng = np.random.default_rng(1)
-  n = 300
   points_a = rng.uniform(0, 600, (n, 2))
   points_b = apply_xy(AFFINE_XY, points_a)
   outliers = rng.permutation(n)[: int(0.6 * n)]
   points_b[outliers] = rng.uniform(0, 600, (len(outliers), 2))
   is_true = np.ones(n, bool)
   is_true[outliers] = False
+  return points_a, points_b, is_true
+
+
+@pytest.mark.parametrize(
+  "backend, stop_probability", [("opencv", 0.99), ("skimage", 0.99), ("opencv", 1.0)]
+)
+def test_ransac_recovers_affine_with_60_percent_outliers(backend, stop_probability):
+  n = 300
+  points_a, points_b, is_true = affine_with_outliers(n)
   # stop_probability 1 (all trials, the official setting) is valid for OpenCV too.
   params = RansacParams(backend=backend, stop_probability=stop_probability)
   result = verify_matches(points_a, points_b, np.stack([np.arange(n)] * 2, axis=1), params)

@@ -2,6 +2,9 @@
 
 import numpy as np
 import pytest
+from test_match import AFFINE_XY
+from test_match import affine_with_outliers
+from test_match import apply_xy
 
 from delf_ret.config import ConfigError
 from delf_ret.config import DelfRetrievalConfig
@@ -9,13 +12,7 @@ from delf_ret.match import RansacParams
 from delf_ret.match import verify_matches
 from delf_ret.match.verify import inlier_spread
 
-AFFINE_XY = np.array([[1.1, 0.2, 30.0], [-0.1, 0.9, -12.0], [0.0, 0.0, 1.0]])
 SQUARE = np.array([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0], [100.0, 100.0]])  # box: 10000 px^2
-
-
-def apply_xy(matrix, points_yx):
-  xy1 = np.c_[points_yx[:, ::-1], np.ones(len(points_yx))] @ matrix.T
-  return (xy1[:, :2] / xy1[:, 2:])[:, ::-1]
 
 
 def test_inlier_spread_by_hand():
@@ -58,14 +55,8 @@ def test_min_spread_turns_away_inliers_in_one_small_patch():
 
 @pytest.mark.parametrize("method", ["usac_magsac", "usac_accurate", "usac_default"])
 def test_usac_methods_recover_affine_with_60_percent_outliers(method):
-  rng = np.random.default_rng(1)
   n = 300
-  points_a = rng.uniform(0, 600, (n, 2))
-  points_b = apply_xy(AFFINE_XY, points_a)
-  outliers = rng.permutation(n)[: int(0.6 * n)]
-  points_b[outliers] = rng.uniform(0, 600, (len(outliers), 2))
-  is_true = np.ones(n, bool)
-  is_true[outliers] = False
+  points_a, points_b, is_true = affine_with_outliers(n)
   matches = np.stack([np.arange(n)] * 2, axis=1)
   for transform in ("affine", "homography"):
     params = RansacParams(method=method, transform=transform)
