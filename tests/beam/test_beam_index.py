@@ -48,16 +48,9 @@ def test_without_the_extra_the_tool_says_what_to_install(tmp_path):
     pytest.skip("apache-beam is installed here")
 
 
-@pytest.mark.slow  # Builds (or reuses) the Beam environment; extracts photos; runs a pipeline.
-def test_build_index_beam_equals_build_index(tmp_path, beam_venv):
-  images = tmp_path / "images.txt"
-  # In the order of their feature files' names: the order of the feature folder's shards.
-  images.write_text("".join(f"{BUNDLED_IMAGES / name}.jpg\n" for name in sorted(PHOTOS)))
-  labels = tmp_path / "labels.csv"
-  labels.write_text("image,label\nsacre_coeur_1.jpg,sacre_coeur\nleuven_a.jpg,\n")
-  features = tmp_path / "features"
-  common = [*OVERRIDES, f"--features_dir={features}", f"--list_images_path={images}"]
-  common.append(f"--labels_csv={labels}")
+def build_single_and_sharded(beam_venv, common, tmp_path):
+  """build_index into tmp_path/single, then build_index_beam (2 workers, 2 images a shard)
+  into tmp_path/sharded, both with the flags ``common``; the Beam tool's completed process."""
   single = run_command(
     [installed_script("build_index"), *common, f"--index_dir={tmp_path / 'single'}"],
     timeout=600,
@@ -77,6 +70,20 @@ def test_build_index_beam_equals_build_index(tmp_path, beam_venv):
     env=tool_env(),
   )
   assert sharded.returncode == 0, sharded.stderr[-3000:]
+  return sharded
+
+
+@pytest.mark.slow  # Builds (or reuses) the Beam environment; extracts photos; runs a pipeline.
+def test_build_index_beam_equals_build_index(tmp_path, beam_venv):
+  images = tmp_path / "images.txt"
+  # In the order of their feature files' names: the order of the feature folder's shards.
+  images.write_text("".join(f"{BUNDLED_IMAGES / name}.jpg\n" for name in sorted(PHOTOS)))
+  labels = tmp_path / "labels.csv"
+  labels.write_text("image,label\nsacre_coeur_1.jpg,sacre_coeur\nleuven_a.jpg,\n")
+  features = tmp_path / "features"
+  common = [*OVERRIDES, f"--features_dir={features}", f"--list_images_path={images}"]
+  common.append(f"--labels_csv={labels}")
+  sharded = build_single_and_sharded(beam_venv, common, tmp_path)
   assert "index at" in sharded.stdout and "from 3 shards" in sharded.stdout
   assert not (tmp_path / "sharded.shards").exists()  # Removed after the merge.
   expected, merged = (LocalFeatureIndex.load(tmp_path / name) for name in ("single", "sharded"))
@@ -108,25 +115,7 @@ def test_build_index_beam_of_a_first_stage_ranks_like_build_index(
     f"--images_dir={global_photos}",  # Recorded with the labels (already extracted).
     f"--labels_csv={labels}",
   ]
-  single = run_command(
-    [installed_script("build_index"), *common, f"--index_dir={tmp_path / 'single'}"],
-    timeout=600,
-    env=tool_env(),
-  )
-  assert single.returncode == 0, single.stderr[-3000:]
-  options = "--direct_num_workers=2 --direct_running_mode=multi_processing"
-  sharded = run_command(
-    [
-      str(beam_venv / "build_index_beam"),
-      *common,
-      f"--index_dir={tmp_path / 'sharded'}",
-      "--images_per_shard=2",
-      f"--beam_pipeline_options={options}",
-    ],
-    timeout=600,
-    env=tool_env(),
-  )
-  assert sharded.returncode == 0, sharded.stderr[-3000:]
+  sharded = build_single_and_sharded(beam_venv, common, tmp_path)
   assert f"{stage} index at" in sharded.stdout and "from 3 shards" in sharded.stdout
   assert not (tmp_path / "sharded.shards").exists()  # Removed after the merge.
   for name in ("single", "sharded"):  # The packed feature store reranking reads.
