@@ -72,6 +72,7 @@ import tempfile
 import typing
 from typing import Any
 from typing import Callable
+from typing import Container
 
 import faiss
 import numpy as np
@@ -764,13 +765,19 @@ def _read_meta(
 
 
 def _read_records(stored: Any, images: dict[str, int]) -> dict[str, ImageRecord]:
-  """The ``records`` of meta.json: an object image id -> {"path": text or null, "label":
-  text or null} naming only indexed images; ValueError (or TypeError) otherwise."""
+  """The ``records`` of meta.json, naming only indexed images (see :func:`parse_records`)."""
+  return parse_records(stored, images)
+
+
+def parse_records(stored: Any, indexed: Container[str] | None = None) -> dict[str, ImageRecord]:
+  """Stored records, an object image id -> {"path": text or null, "label": text or null},
+  each checked by :func:`check_record`; ValueError (or TypeError) otherwise, and for an id
+  not in ``indexed`` (None: any id)."""
   if not isinstance(stored, dict):
     raise TypeError(f"records are a {type(stored).__name__}, not an object")
   records = {}
   for name, fields in stored.items():
-    if name not in images:
+    if indexed is not None and name not in indexed:
       raise ValueError(f"a record of image {name[:80]!r}, which is not indexed")
     if not isinstance(fields, dict) or set(fields) != {"path", "label"}:
       raise ValueError(f"the record of image {name!r} is not {{path, label}}: {fields!r:.80}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any
 from typing import Collection
 from typing import Iterable
 from typing import Mapping
@@ -33,6 +32,7 @@ from delf_ret.atomic import atomic_write
 from delf_ret.index.errors import LocalIndexError
 from delf_ret.index.local_index import ImageRecord
 from delf_ret.index.local_index import check_record
+from delf_ret.index.local_index import parse_records
 
 RECORDS_FILE = "records.json"
 RECORDS_FORMAT = 1
@@ -70,23 +70,12 @@ def read_records(index_dir: str | os.PathLike, known: Collection[str] | None = N
     version = data.get("format_version")
     if version != RECORDS_FORMAT:
       raise RecordsError(f"{path}: format version {version!r}, expected {RECORDS_FORMAT}")
-    records = _parse(data.get("records"))
+    records = parse_records(data.get("records"))
   except (ValueError, TypeError) as error:
     raise RecordsError(f"{path}: the image records are damaged ({error})") from None
   if known is not None:
     known = set(known)
     records = {image_id: r for image_id, r in records.items() if image_id in known}
-  return records
-
-
-def _parse(stored: Any) -> Records:
-  if not isinstance(stored, dict):
-    raise TypeError(f"records are a {type(stored).__name__}, not an object")
-  records = {}
-  for image_id, fields in stored.items():
-    if not isinstance(fields, dict) or set(fields) != {"path", "label"}:
-      raise ValueError(f"the record of image {image_id[:80]!r} is not {{path, label}}")
-    records[image_id] = check_record(image_id, fields["path"], fields["label"])
   return records
 
 
