@@ -15,6 +15,8 @@ import importlib.resources
 import math
 import os
 import pathlib
+from typing import Any
+from typing import Callable
 from typing import Iterable
 from typing import Iterator
 
@@ -312,13 +314,24 @@ def validate(config: DelfConfig) -> None:
   _validate_retrieval(config.retrieval_config)
 
 
+# The values of retrieval_config.ransac_method, the one list of them: delf_ret.match.verify maps
+# each to OpenCV's method flag of the same name upper-cased (usac_magsac: cv2.USAC_MAGSAC).
+RANSAC_METHODS = ("ransac", "usac_default", "usac_accurate", "usac_magsac")
+
 _CHOICES = {
   "index_type": ("flat", "ivfpq", "hnsw"),
   "vote_weighting": ("count", "similarity"),
   "ransac_transform": ("affine", "homography"),
   "ransac_backend": ("opencv", "skimage"),
-  "ransac_method": ("ransac", "usac_default", "usac_accurate", "usac_magsac"),
+  "ransac_method": RANSAC_METHODS,
   "coarse_quantizer": ("flat", "hnsw"),
+}
+# retrieval_config field -> (whether a value is usable, what it must be).
+_LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+  "rerank_top_n": (lambda value: value >= 0, "not be negative"),
+  "min_inliers": (lambda value: value >= 0, "not be negative"),
+  "rerank_min_inliers": (lambda value: value >= 0, "not be negative"),
+  "min_inlier_spread": (lambda value: 0.0 <= value <= 1.0, "be in [0, 1] (0: off)"),
 }
 _POSITIVE = (
   "nlist",
@@ -341,26 +354,31 @@ _POSITIVE = (
 MAX_NEIGHBORS_PER_DESCRIPTOR = 2048
 
 
+def check_retrieval_value(name: str, value: str | float) -> None:
+  """Raises ConfigError 'retrieval_config.<name> must ..., got <value>' when ``value`` is not
+  one that field may hold (a choice of ``_CHOICES`` or a range of ``_LIMITS``).
+
+  The one check of those fields: :func:`validate` runs it on a parsed config, and the stages
+  that also take a value without a validated config (``RansacParams`` built directly, ``rerank``
+  given a ``DelfRetrievalConfig`` made in code) run it on theirs.
+  """
+  if name in _CHOICES:
+    if value not in _CHOICES[name]:
+      raise ConfigError(f"retrieval_config.{name} must be one of {_CHOICES[name]}, got {value!r}")
+    return
+  usable, requirement = _LIMITS[name]
+  if not usable(value):
+    raise ConfigError(f"retrieval_config.{name} must {requirement}, got {value}")
+
+
 def _validate_retrieval(retrieval) -> None:
-  for name, choices in _CHOICES.items():
-    if getattr(retrieval, name) not in choices:
-      raise ConfigError(
-        f"retrieval_config.{name} must be one of {choices}, got {getattr(retrieval, name)!r}"
-      )
+  for name in (*_CHOICES, *_LIMITS):
+    check_retrieval_value(name, getattr(retrieval, name))
   _require_positive(retrieval, _POSITIVE, "retrieval_config.")
   if retrieval.neighbors_per_descriptor > MAX_NEIGHBORS_PER_DESCRIPTOR:
     raise ConfigError(
       f"retrieval_config.neighbors_per_descriptor must be at most "
       f"{MAX_NEIGHBORS_PER_DESCRIPTOR}, got {retrieval.neighbors_per_descriptor}"
-    )
-  if min(retrieval.rerank_top_n, retrieval.min_inliers, retrieval.rerank_min_inliers) < 0:
-    raise ConfigError(
-      "retrieval_config.rerank_top_n, min_inliers and rerank_min_inliers must not be negative"
-    )
-  if not 0.0 <= retrieval.min_inlier_spread <= 1.0:
-    raise ConfigError(
-      f"retrieval_config.min_inlier_spread must be in [0, 1] (0: off), got "
-      f"{retrieval.min_inlier_spread}"
     )
   if not 0.0 <= retrieval.match_ratio_threshold < 1.0:
     raise ConfigError(

@@ -150,6 +150,35 @@ def test_bad_retrieval_settings_are_rejected(override, message):
     config_lib.load_config(EXAMPLE, [override])
 
 
+@pytest.mark.parametrize(
+  "field, value, params_field",
+  [
+    ("ransac_method", "lmeds", "method"),
+    ("min_inlier_spread", 1.5, "min_spread"),
+    ("rerank_min_inliers", -1, None),
+  ],
+)
+def test_retrieval_values_given_in_code_are_refused_with_the_config_message(
+  field, value, params_field
+):
+  """RansacParams built directly and rerank given a DelfRetrievalConfig made in code run the
+  config's own check: the same one line, naming the field and the value."""
+  from delf_ret.match import RansacParams
+  from delf_ret.retrieval.ranking import rerank
+
+  with pytest.raises(config_lib.ConfigError) as from_file:
+    config_lib.load_config(EXAMPLE, [f"retrieval_config.{field}={value}"])
+  message = str(from_file.value)
+  assert message.startswith(f"retrieval_config.{field} must ") and "\n" not in message
+  assert message.endswith(f"got {value!r}" if isinstance(value, str) else f"got {value}")
+  with pytest.raises(config_lib.ConfigError) as from_code:
+    if params_field is None:  # rerank refuses it before it looks at a candidate.
+      rerank(None, [], None, config_lib.DelfRetrievalConfig(**{field: value}))
+    else:
+      RansacParams(**{params_field: value})
+  assert str(from_code.value) == message
+
+
 def test_training_config_file_holds_the_published_defaults(tmp_path):
   defaults = config_lib.DelfTrainingConfig()
   config = config_lib.load_training_config(REPO / "configs" / "delf_train.pbtxt")

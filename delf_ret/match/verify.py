@@ -17,7 +17,9 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from delf_ret.config import RANSAC_METHODS
 from delf_ret.config import ConfigError
+from delf_ret.config import check_retrieval_value
 from delf_ret.features import LocalFeatures
 from delf_ret.match.putative import DescriptorMatcher
 from delf_ret.protos.delf_config_pb2 import DelfRetrievalConfig
@@ -28,13 +30,9 @@ MIN_TRIANGLE_AREA = 1.0  # px^2: a sample with a flatter triangle is degenerate.
 
 # Transform name -> points in RANSAC's minimal sample.
 TRANSFORMS = {"affine": 3, "homography": 4}
-# ransac_method -> OpenCV's method flag (the skimage backend runs "ransac" only).
-METHODS = {
-  "ransac": cv2.RANSAC,
-  "usac_default": cv2.USAC_DEFAULT,
-  "usac_accurate": cv2.USAC_ACCURATE,
-  "usac_magsac": cv2.USAC_MAGSAC,
-}
+# ransac_method (config.RANSAC_METHODS) -> OpenCV's method flag of the same name upper-cased
+# (the skimage backend runs "ransac" only).
+METHODS = {name: getattr(cv2, name.upper()) for name in RANSAC_METHODS}
 
 
 def _decimal(value: float) -> float:
@@ -74,19 +72,13 @@ class RansacParams:
   min_spread: float = _decimal(_DEFAULTS.min_inlier_spread)
 
   def __post_init__(self):
-    if self.method not in METHODS:
-      raise ConfigError(
-        f"retrieval_config.ransac_method must be one of {tuple(METHODS)}, got {self.method!r}"
-      )
+    check_retrieval_value("ransac_method", self.method)
     if self.backend == "skimage" and self.method != "ransac":
       raise ConfigError(
         f"retrieval_config.ransac_method {self.method!r} needs ransac_backend 'opencv' "
         "(scikit-image runs classic RANSAC only)"
       )
-    if not 0.0 <= self.min_spread <= 1.0:
-      raise ConfigError(
-        f"retrieval_config.min_inlier_spread must be in [0, 1], got {self.min_spread}"
-      )
+    check_retrieval_value("min_inlier_spread", self.min_spread)
 
   @classmethod
   def from_config(cls, retrieval_config: DelfRetrievalConfig) -> "RansacParams":

@@ -20,8 +20,8 @@ from typing import overload
 
 import numpy as np
 
-from delf_ret.config import ConfigError
 from delf_ret.config import DelfRetrievalConfig
+from delf_ret.config import check_retrieval_value
 from delf_ret.features import LocalFeatures
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.match import RansacParams
@@ -137,10 +137,10 @@ def rerank(
 
 def _promotion_line(retrieval_config: DelfRetrievalConfig) -> int:
   """The inliers a candidate needs to move up in :func:`rerank`: rerank_min_inliers, at least
-  1 (0 and 1 are both the official order); ConfigError when negative."""
+  1 (0 and 1 are both the official order); ConfigError when negative (the config's check, for a
+  ``DelfRetrievalConfig`` made in code)."""
   line = retrieval_config.rerank_min_inliers
-  if line < 0:
-    raise ConfigError(f"retrieval_config.rerank_min_inliers must not be negative, got {line}")
+  check_retrieval_value("rerank_min_inliers", line)
   return max(1, line)
 
 

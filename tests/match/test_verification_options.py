@@ -1,15 +1,18 @@
 """Verification options that make it say no: OpenCV's USAC methods and the inliers' spread."""
 
+import cv2
 import numpy as np
 import pytest
 from test_match import AFFINE_XY
 from test_match import affine_with_outliers
 from test_match import apply_xy
 
+from delf_ret.config import RANSAC_METHODS
 from delf_ret.config import ConfigError
 from delf_ret.config import DelfRetrievalConfig
 from delf_ret.match import RansacParams
 from delf_ret.match import verify_matches
+from delf_ret.match.verify import METHODS
 from delf_ret.match.verify import inlier_spread
 
 SQUARE = np.array([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0], [100.0, 100.0]])  # box: 10000 px^2
@@ -82,3 +85,13 @@ def test_options_come_from_the_config_and_bad_values_are_refused():
     RansacParams(method="usac_magsac", backend="skimage")
   with pytest.raises(ConfigError, match="min_inlier_spread"):
     RansacParams(min_spread=1.5)
+
+
+def test_each_ransac_method_of_the_config_runs_with_its_own_opencv_flag():
+  # config.RANSAC_METHODS is the one list of names (config-file values, RansacParams.method);
+  # verify.METHODS gives each OpenCV's flag of the same name.
+  assert tuple(METHODS) == RANSAC_METHODS
+  assert len(set(METHODS.values())) == len(METHODS)
+  assert (METHODS["ransac"], METHODS["usac_magsac"]) == (cv2.RANSAC, cv2.USAC_MAGSAC)
+  for name in RANSAC_METHODS:
+    assert RansacParams.from_config(DelfRetrievalConfig(ransac_method=name)).method == name
