@@ -9,8 +9,8 @@ Usage:
       [--config_path configs/delf_default_model.pbtxt]
 
 The selfsup stage needs no labels: --photos is a folder of photos (searched
-recursively; a cameras.csv in the Strecha layout adds epipolar checks) or a
-list file; see delf_ret/train/selfsup.py and the config's ``selfsup`` block.
+recursively) or a list file; a cameras.csv in the Strecha layout, in a photo's
+folder or one above it, adds epipolar checks; see delf_ret/train/selfsup.py and the config's ``selfsup`` block.
 
 Hyper-parameters come from a DelfTrainingConfig .pbtxt (published defaults
 when none is given; single fields with --config_override). Running the same

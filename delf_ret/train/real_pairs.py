@@ -43,14 +43,22 @@ class RealPair:
 
 
 def _camera_rows(path: str | os.PathLike) -> list[list[float]]:
-  rows = [
-    [float(v) for v in line.split()]
-    for line in pathlib.Path(path).read_text().splitlines()
-    if line.strip()
-  ]
-  if len(rows) < 9 or any(len(row) != 3 for row in rows[:8]) or len(rows[8]) != 2:
+  try:
+    rows = [
+      [float(v) for v in line.split()]
+      for line in pathlib.Path(path).read_text().splitlines()
+      if line.strip()
+    ]
+  except ValueError:  # A word that is not a number, or bytes that are not text.
+    rows = []
+  if (
+    len(rows) < 9
+    or any(len(row) != 3 for row in rows[:8])
+    or len(rows[8]) != 2
+    or min(rows[8]) <= 0
+  ):
     raise TrainingDataError(
-      f"{path}: not a Strecha camera file (9 rows: K, distortion, R, t, size)"
+      f"{path}: not a Strecha camera file (9 rows of numbers: K, distortion, R, t, size)"
     )
   return rows
 
@@ -167,48 +175,90 @@ def find_real_pairs(
   return pairs
 
 
-def strecha_cameras(
-  paths: Sequence[pathlib.Path], photos: Sequence[np.ndarray], train_root: pathlib.Path
-) -> dict[pathlib.Path, np.ndarray]:
-  """Projection matrices (3x4, pixels of the loaded photos) of photos listed in a
-  ``cameras.csv`` (Strecha layout) under the root.
+def camera_tables(paths: Sequence[pathlib.Path]) -> list[pathlib.Path]:
+  """Every ``cameras.csv`` in a folder holding one of the photos or in any folder above it
+  (followed through symbolic links too), sorted; each folder is looked at once."""
+  seen: set[pathlib.Path] = set()
+  tables = set()
+  for path in map(pathlib.Path, paths):
+    for start in (path.absolute(), path.resolve()):
+      for folder in start.parents:
+        if folder in seen:
+          break  # Its parents have been looked at too.
+        seen.add(folder)
+        if (folder / "cameras.csv").is_file():
+          tables.add(folder / "cameras.csv")
+  return sorted(tables)
 
-  The CSV rows are ``image,scene,camera_file`` relative to the CSV's parent
-  folder; row 9 of a camera file is the image size the camera refers to, so
-  each matrix is rescaled to the loaded photo's size.
+
+def _camera_rows_of_table(table: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path]]:
+  """(photo, camera file) of each row of a cameras.csv; both relative to the folder above
+  the table's, the photo resolved."""
+  base = pathlib.Path(os.path.dirname(table.parent))  # The folder above the table's.
+  try:
+    with open(table, newline="") as handle:
+      reader = csv.DictReader(handle)
+      missing = {"image", "camera_file"} - set(reader.fieldnames or ())
+      named = [(row["image"], row["camera_file"]) for row in reader] if not missing else []
+  except (UnicodeDecodeError, csv.Error) as error:
+    raise TrainingDataError(f"{table}: not a camera table ({error})") from error
+  if missing:
+    raise TrainingDataError(
+      f"{table}: not a camera table (no column {', '.join(sorted(missing))}; "
+      "expected image,scene,camera_file)"
+    )
+  for line, (image, camera_file) in enumerate(named, start=2):
+    if not image or not camera_file:
+      raise TrainingDataError(f"{table}: line {line} has no image or camera_file")
+  return [((base / image).resolve(), base / camera_file) for image, camera_file in named]
+
+
+def strecha_cameras(
+  paths: Sequence[pathlib.Path], photos: Sequence[np.ndarray]
+) -> dict[pathlib.Path, np.ndarray]:
+  """Projection matrices (3x4, pixels of the loaded photos) of the photos listed in a
+  ``cameras.csv`` (Strecha layout) of their folders or a folder above (:func:`camera_tables`),
+  keyed by the given paths; the same for a folder of photos and a list of them.
+
+  The CSV rows are ``image,scene,camera_file`` relative to the folder above the CSV's;
+  row 9 of a camera file is the image size the camera refers to, so each matrix is
+  rescaled to the loaded photo's size. Rows of photos not given, or whose camera file
+  is missing, are skipped; a malformed table or camera file raises TrainingDataError.
   """
   wanted = {pathlib.Path(p).resolve(): i for i, p in enumerate(paths)}
   cameras = {}
-  for table in sorted(pathlib.Path(train_root).rglob("cameras.csv")):
-    with open(table, newline="") as handle:
-      for row in csv.DictReader(handle):
-        base = pathlib.Path(os.path.dirname(table.parent))  # The folder above the CSV's.
-        image = (base / row["image"]).resolve()
-        camera_file = base / row["camera_file"]
-        if image not in wanted or not camera_file.is_file():
-          continue
-        width = _camera_rows(camera_file)[8][0]
-        photo = photos[wanted[image]]
-        factor = photo.shape[1] / width
-        cameras[pathlib.Path(paths[wanted[image]])] = np.diag(
-          [factor, factor, 1.0]
-        ) @ read_strecha_camera(camera_file)
+  for table in camera_tables(paths):
+    for image, camera_file in _camera_rows_of_table(table):
+      if image not in wanted or not camera_file.is_file():
+        continue
+      width = _camera_rows(camera_file)[8][0]
+      photo = photos[wanted[image]]
+      factor = photo.shape[1] / width
+      cameras[pathlib.Path(paths[wanted[image]])] = np.diag(
+        [factor, factor, 1.0]
+      ) @ read_strecha_camera(camera_file)
   return cameras
 
 
-def _cache_key(paths: Sequence[pathlib.Path], settings: SelfSupervisedConfig) -> str:
-  """What the real pairs depend on: the photos and the settings that find them."""
-  return hashlib.sha256(
-    json.dumps(
-      {
-        "photos": [str(p) for p in paths],
-        "max_side": settings.photo_max_side,
-        "gap": settings.max_pair_gap,
-        "min": settings.min_pair_matches,
-        "epipolar": settings.max_epipolar_px,
-      }
-    ).encode()
-  ).hexdigest()
+def _cache_key(
+  paths: Sequence[pathlib.Path],
+  settings: SelfSupervisedConfig,
+  cameras: dict[pathlib.Path, np.ndarray],
+) -> str:
+  """What the real pairs depend on: the photos, their ground-truth cameras and the settings
+  that find them. Without cameras the key is what it was before cameras were part of it,
+  so caches of photo sets without cameras stay valid; a cache found without the cameras
+  that are found now is not reused."""
+  content: dict[str, object] = {
+    "photos": [str(p) for p in paths],
+    "max_side": settings.photo_max_side,
+    "gap": settings.max_pair_gap,
+    "min": settings.min_pair_matches,
+    "epipolar": settings.max_epipolar_px,
+  }
+  if cameras:
+    content["cameras"] = {str(p): cameras[p].tolist() for p in sorted(cameras)}
+  return hashlib.sha256(json.dumps(content).encode()).hexdigest()
 
 
 def _read_cache(cache: pathlib.Path, key: str) -> list[RealPair] | None:
@@ -243,23 +293,23 @@ def _write_cache(cache: pathlib.Path, key: str, pairs: Sequence[RealPair]) -> No
 def load_real_pairs(
   photos: list[np.ndarray],
   paths: list[pathlib.Path],
-  train_root: pathlib.Path,
   settings: SelfSupervisedConfig,
   cache_dir: pathlib.Path,
   log: Callable[[str], None],
 ) -> list[RealPair]:
   """Finds (or reads from ``cache_dir``/REAL_PAIRS_FILE) the overlapping real pairs among the
   photos, with the ``selfsup`` block's max_pair_gap, min_pair_matches and max_epipolar_px;
-  cameras.csv files are looked for under ``train_root``."""
+  ground-truth cameras come from the photos' cameras.csv files (:func:`strecha_cameras`)."""
   if settings.max_pair_gap == 0 or settings.real_pair_fraction == 0:
     return []
-  key = _cache_key(paths, settings)
+  cameras = strecha_cameras(paths, photos)
+  key = _cache_key(paths, settings, cameras)
   cache = cache_dir / REAL_PAIRS_FILE
   cached = _read_cache(cache, key)
   if cached is not None:
+    log(f"real pairs: {len(cached)} read from {cache} ({len(cameras)} photos with cameras)")
     return cached
   start = time.time()
-  cameras = strecha_cameras(paths, photos, train_root)
   pairs = find_real_pairs(
     photos,
     paths,

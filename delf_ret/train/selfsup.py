@@ -113,13 +113,11 @@ def load_selfsup_data(
   log: Callable[[str], None],
 ) -> tuple[list[np.ndarray], list[RealPair]]:
   """The stage's photos (scikit-image's last, if configured) and the real pairs among them
-  (cached in ``cache_dir``); cameras.csv files are looked for beside the photo source."""
+  (cached in ``cache_dir``); ground-truth cameras come from a cameras.csv in a photo's folder
+  or a folder above it, whether the source is a folder or a list file."""
   s = config.selfsup
   photos, paths = load_training_photos(photo_source, config, log)
-  root = pathlib.Path(photo_source)
-  real_pairs = load_real_pairs(
-    photos, paths, root if root.is_dir() else root.parent, s, cache_dir, log
-  )
+  real_pairs = load_real_pairs(photos, paths, s, cache_dir, log)
   if s.use_skimage_photos:
     photos = photos + photos_lib.skimage_photos(s.photo_max_side)
   return photos, real_pairs
