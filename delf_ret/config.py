@@ -371,9 +371,20 @@ def check_retrieval_value(name: str, value: str | float) -> None:
     raise ConfigError(f"retrieval_config.{name} must {requirement}, got {value}")
 
 
+def check_ransac_backend(backend: str, method: str) -> None:
+  """Raises ConfigError when ``ransac_method`` is one the ``ransac_backend`` cannot run
+  (scikit-image runs classic RANSAC only); both names already checked."""
+  if backend == "skimage" and method != "ransac":
+    raise ConfigError(
+      f"retrieval_config.ransac_method {method!r} needs ransac_backend 'opencv' "
+      "(scikit-image runs classic RANSAC only)"
+    )
+
+
 def _validate_retrieval(retrieval) -> None:
   for name in (*_CHOICES, *_LIMITS):
     check_retrieval_value(name, getattr(retrieval, name))
+  check_ransac_backend(retrieval.ransac_backend, retrieval.ransac_method)
   _require_positive(retrieval, _POSITIVE, "retrieval_config.")
   if retrieval.neighbors_per_descriptor > MAX_NEIGHBORS_PER_DESCRIPTOR:
     raise ConfigError(

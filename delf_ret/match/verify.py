@@ -19,6 +19,7 @@ import numpy as np
 
 from delf_ret.config import RANSAC_METHODS
 from delf_ret.config import ConfigError
+from delf_ret.config import check_ransac_backend
 from delf_ret.config import check_retrieval_value
 from delf_ret.features import LocalFeatures
 from delf_ret.match.putative import DescriptorMatcher
@@ -28,7 +29,8 @@ from delf_ret.timing import add_seconds
 _ALL_TRIALS_CONFIDENCE = 1.0 - 1e-12
 MIN_TRIANGLE_AREA = 1.0  # px^2: a sample with a flatter triangle is degenerate.
 
-# Transform name -> points in RANSAC's minimal sample.
+# Transform name (config: retrieval_config.ransac_transform) -> points in RANSAC's minimal
+# sample.
 TRANSFORMS = {"affine": 3, "homography": 4}
 # ransac_method (config.RANSAC_METHODS) -> OpenCV's method flag of the same name upper-cased
 # (the skimage backend runs "ransac" only).
@@ -72,12 +74,10 @@ class RansacParams:
   min_spread: float = _decimal(_DEFAULTS.min_inlier_spread)
 
   def __post_init__(self):
+    check_retrieval_value("ransac_transform", self.transform)
+    check_retrieval_value("ransac_backend", self.backend)
     check_retrieval_value("ransac_method", self.method)
-    if self.backend == "skimage" and self.method != "ransac":
-      raise ConfigError(
-        f"retrieval_config.ransac_method {self.method!r} needs ransac_backend 'opencv' "
-        "(scikit-image runs classic RANSAC only)"
-      )
+    check_ransac_backend(self.backend, self.method)
     check_retrieval_value("min_inlier_spread", self.min_spread)
 
   @classmethod
@@ -270,12 +270,6 @@ def verify_matches(
   inliers whose :func:`inlier_spread` (against all keypoints of each image) is below
   params.min_spread. The backend (params.backend) is OpenCV or scikit-image.
   """
-  if params.transform not in TRANSFORMS:
-    raise ValueError(f"transform must be one of {sorted(TRANSFORMS)}, got {params.transform!r}")
-  if params.backend not in RANSAC_BACKENDS:
-    raise ValueError(
-      f"RANSAC backend must be one of {sorted(RANSAC_BACKENDS)}, got {params.backend!r}"
-    )
   min_samples = TRANSFORMS[params.transform]
   matches = np.asarray(matches, np.int64).reshape(-1, 2)
   none = Verification.empty(matches)

@@ -5,6 +5,7 @@ import pytest
 
 from conftest import make_features
 from conftest import random_unit_descriptors
+from delf_ret.config import ConfigError
 from delf_ret.match import DescriptorMatcher
 from delf_ret.match import RansacParams
 from delf_ret.match import putative_matches
@@ -112,8 +113,8 @@ def test_opencv_and_skimage_backends_agree_on_affine_with_outliers():
   np.testing.assert_allclose(
     fast.transform, reference.transform, atol=0.02 * np.abs(AFFINE_XY).max()
   )
-  with pytest.raises(ValueError, match="backend"):
-    verify_matches(points_a, points_b, matches, RansacParams(backend="magic"))
+  with pytest.raises(ConfigError, match="ransac_backend"):
+    RansacParams(backend="magic")
 
 
 def test_homography_option():

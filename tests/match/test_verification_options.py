@@ -7,12 +7,17 @@ from test_match import AFFINE_XY
 from test_match import affine_with_outliers
 from test_match import apply_xy
 
+from delf_ret import config as config_lib
 from delf_ret.config import RANSAC_METHODS
 from delf_ret.config import ConfigError
 from delf_ret.config import DelfRetrievalConfig
+from delf_ret.config import load_config
+from delf_ret.default_model import default_config_path
 from delf_ret.match import RansacParams
 from delf_ret.match import verify_matches
 from delf_ret.match.verify import METHODS
+from delf_ret.match.verify import RANSAC_BACKENDS
+from delf_ret.match.verify import TRANSFORMS
 from delf_ret.match.verify import inlier_spread
 
 SQUARE = np.array([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0], [100.0, 100.0]])  # box: 10000 px^2
@@ -85,6 +90,20 @@ def test_options_come_from_the_config_and_bad_values_are_refused():
     RansacParams(method="usac_magsac", backend="skimage")
   with pytest.raises(ConfigError, match="min_inlier_spread"):
     RansacParams(min_spread=1.5)
+  with pytest.raises(ConfigError, match="ransac_transform"):
+    RansacParams(transform="similarity")
+  with pytest.raises(ConfigError, match="ransac_backend"):
+    RansacParams(backend="pydegensac")
+
+
+def test_a_config_with_a_method_its_backend_cannot_run_is_refused():
+  overrides = ["retrieval_config.ransac_backend=skimage"]
+  assert load_config(
+    default_config_path(), overrides=[*overrides, "retrieval_config.ransac_method=ransac"]
+  )
+  with pytest.raises(ConfigError, match="ransac_backend 'opencv'") as error:
+    load_config(default_config_path(), overrides=overrides)
+  assert "\n" not in str(error.value)
 
 
 def test_each_ransac_method_of_the_config_runs_with_its_own_opencv_flag():
@@ -95,3 +114,6 @@ def test_each_ransac_method_of_the_config_runs_with_its_own_opencv_flag():
   assert (METHODS["ransac"], METHODS["usac_magsac"]) == (cv2.RANSAC, cv2.USAC_MAGSAC)
   for name in RANSAC_METHODS:
     assert RansacParams.from_config(DelfRetrievalConfig(ransac_method=name)).method == name
+  # The transforms and backends verify.py runs are the config's choices.
+  assert set(TRANSFORMS) == set(config_lib._CHOICES["ransac_transform"])
+  assert set(RANSAC_BACKENDS) == set(config_lib._CHOICES["ransac_backend"])
