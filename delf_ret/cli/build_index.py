@@ -28,9 +28,11 @@ reranking reads them. Paths and labels (--labels_csv) are recorded whatever the 
 (asmk and global: in INDEX_DIR/records.json).
 The index is saved every --save_every images; running the same command again
 after an interruption skips the images already indexed, and running it with
-new images adds them without retraining. The index records each image's
-absolute path when images are given (--images_dir / --list_images_path; from
-feature files alone no path is recorded), and the labels of --labels_csv.
+new images adds them without retraining. The model loads only when an image has no
+feature file of the config's settings (a repeated build loads none). The index
+records each image's absolute path when images are given (--images_dir /
+--list_images_path; from feature files alone no path is recorded), and the labels
+of --labels_csv.
 Exit status 1 if some images or
 feature files failed (they are listed), 2 on unusable input.
 """
@@ -55,6 +57,7 @@ from delf_ret.features import image_id_of
 from delf_ret.index.builder import remove_images
 from delf_ret.index.labels import read_image_labels
 from delf_ret.retrieval.first_stage import check_stage
+from delf_ret.retrieval.first_stage import query_extractor
 from delf_ret.retrieval.first_stage import remove_from_first_stage
 from delf_ret.retrieval.indexing import check_labels_known
 from delf_ret.retrieval.indexing import database_feature_paths
@@ -166,13 +169,11 @@ def main(argv: list[str]) -> int:
     # A bad labels row is refused before the model loads (index_first_stage checks it again).
     ids = [image_id_of(path) for path in images]
     check_labels_known(FLAGS.index_dir, config.retrieval_config, labels, ids)
-    # Lazy: TensorFlow (the model), needed only when images are given.
-    from delf_ret.extract.extractor import DelfExtractor
-
     count = missing_feature_files(images, FLAGS.features_dir, config.use_global_features)
     done = f" (the other {len(images) - count} have theirs)" if count < len(images) else ""
     log(f"extracting features of {count} images into {FLAGS.features_dir}{done}")
-    inputs["extract"] = DelfExtractor(config, backend=FLAGS.backend)
+    # The model (TensorFlow) loads only when an image needs extracting (indexing.ModelOnDemand).
+    inputs["extract"] = query_extractor(config, backend=FLAGS.backend)
   local = config.delf_local_config
   indexed = index_first_stage(
     FLAGS.index_dir,

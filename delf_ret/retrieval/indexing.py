@@ -12,7 +12,8 @@ each listed image's label.
 Why here and not in index/: extracting images needs the DELF model
 (TensorFlow), and index/ stays TensorFlow-free; the feature-file half is
 delf_ret.index.builder.build_index, and this module adds the extraction before
-it. TensorFlow is imported only when a DelfExtractor is passed.
+it. TensorFlow is imported only when a DelfExtractor is passed, or when a ModelOnDemand
+(first_stage.QueryExtractor) has an image to extract.
 
 The database side of a RetrievalDataset lives here too: ``database_image_paths``
 and ``database_feature_paths`` name the files of its database list (imlist),
@@ -40,6 +41,8 @@ from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import GroundTruthError
 from delf_ret.evaluation.ground_truth import RetrievalDataset
 from delf_ret.extract.global_features import GlobalExtraction
+from delf_ret.extract.settings import extraction_settings
+from delf_ret.extract.settings import nothing_left
 from delf_ret.features import LocalFeatures
 from delf_ret.features import feature_file_name
 from delf_ret.features import feature_file_names
@@ -120,8 +123,20 @@ class FileExtractor(Protocol):
   def extract_file(self, path: str | os.PathLike) -> LocalFeatures: ...
 
 
-# An extractor for index_database: a DelfExtractor, or any function image file -> features.
-Extract = FileExtractor | Callable[[pathlib.Path], LocalFeatures]
+@runtime_checkable
+class ModelOnDemand(Protocol):
+  """An extractor whose model loads on first use (first_stage.QueryExtractor): its config,
+  and ``delf_extractor()``, which loads the model (TensorFlow) and gives the DelfExtractor.
+  index_database calls it only when an image has no feature file of these settings."""
+
+  config: DelfConfig
+
+  def delf_extractor(self) -> DelfExtractor: ...
+
+
+# An extractor for index_database: a DelfExtractor, one loaded on demand (ModelOnDemand), or
+# any function image file -> features.
+Extract = FileExtractor | ModelOnDemand | Callable[[pathlib.Path], LocalFeatures]
 
 
 @dataclasses.dataclass
@@ -161,9 +176,19 @@ def extract_missing(
   a DelfRetError for is a failure (the caller owns the folder: nothing records
   which function made the files). Returns (the feature file of each image
   that has one, in image order; (path, reason) of the failed images; files written).
+  A ModelOnDemand loads its model only when some file is missing or the folder records
+  other settings (or none), or with ``overwrite``: then as a DelfExtractor.
   """
   names = feature_file_names(list(images))
   missing = sum(not (features_dir / name).exists() for name in names)
+  if isinstance(extract, ModelOnDemand):
+    if not overwrite and _nothing_left(images, features_dir, extract.config):
+      log(
+        f"all {len(names)} images have their feature files (same settings) in "
+        f"{features_dir}: the model is not loaded"
+      )
+      return [features_dir / name for name in names], [], 0
+    extract = extract.delf_extractor()
   if isinstance(extract, FileExtractor):
     from delf_ret.extract.batch import extract_all
 
@@ -217,7 +242,9 @@ def index_database(
     images: image files to index; their missing feature files are extracted
       with ``extract`` (see extract_missing), then the feature files of all of
       them are indexed, in this order.
-    extract: a DelfExtractor or a function image file -> LocalFeatures; needed with ``images``.
+    extract: a DelfExtractor, a ModelOnDemand (first_stage.query_extractor: the model loads
+      only if an image needs extracting) or a function image file -> LocalFeatures; needed
+      with ``images``.
     feature_paths: without images, exactly these feature files are indexed;
       with neither, every .delf file of ``features_dir`` (sorted by name).
     dim: the descriptor dimension the config fixes (its pca_dim); None: that
@@ -504,6 +531,20 @@ def missing_feature_files(
     names = [feature_file_name(image_id)] + ([global_file_name(image_id)] if with_global else [])
     count += not all(os.path.exists(folder / name) for name in names)
   return count
+
+
+def _nothing_left(
+  images: Sequence[pathlib.Path], features_dir: pathlib.Path, config: DelfConfig
+) -> bool:
+  """Whether ``features_dir`` holds the feature files of every image (with
+  ``use_global_features``, their .delg_global files too), recorded as made with the settings
+  of ``config`` (delf_ret.extract.settings; the model file is hashed, not loaded)."""
+  ids = [image_id_of(path) for path in images]
+  names = [feature_file_name(i) for i in ids]
+  if config.use_global_features:
+    names += [global_file_name(i) for i in ids]
+  settings = extraction_settings(config, config.model_path or None)
+  return nothing_left(features_dir, settings, names)
 
 
 def _check_labels(

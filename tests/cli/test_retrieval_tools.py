@@ -12,6 +12,7 @@ import pytest
 from conftest import installed_script
 from conftest import run_cli
 from conftest import run_command
+from conftest import tool_env
 from delf_ret.index import LocalFeatureIndex
 
 pytestmark = pytest.mark.slow  # Every test runs the tools as subprocesses.
@@ -69,19 +70,43 @@ def test_help_of_each_tool():
     assert flag in run_cli(module, "--help").stdout
 
 
-def test_build_index_indexes_every_image_and_resumes(workspace):
+def test_build_index_indexes_every_image_and_resumes(workspace, model_path, tmp_path):
   index = LocalFeatureIndex.load(workspace["root"] / "index")
   assert len(index) == 32 and index.dim == 40
-  result = run_cli(
-    "delf_ret.cli.build_index",
+  # The same model file under a name Keras cannot load: the extraction settings are the same
+  # (they hash the file's content), so a rerun with nothing to extract must not load it.
+  unloadable = tmp_path / "delf_random.bin"
+  unloadable.symlink_to(model_path)
+  build_index = [
+    installed_script("build_index"),
     f"--config_path={workspace['config']}",
+    f"--config_override=model_path={unloadable}",
     f"--images_dir={workspace['images_dir']}",
-    f"--features_dir={workspace['root'] / 'features'}",
-    f"--index_dir={workspace['root'] / 'index'}",
+  ]
+  result = run_command(
+    [
+      *build_index,
+      f"--features_dir={workspace['root'] / 'features'}",
+      f"--index_dir={workspace['root'] / 'index'}",
+    ],
+    timeout=300,
+    env=tool_env(),
   )
   assert result.returncode == 0, result.stderr
   assert "32 images (0 added now)" in result.stdout
-  assert result.stdout.count("skipped") == 32
+  assert "the model is not loaded" in result.stdout
+  again = LocalFeatureIndex.load(workspace["root"] / "index")
+  assert again.image_ids() == index.image_ids() and again.num_descriptors == index.num_descriptors
+  # With images to extract, the model loads, and this one fails in one line.
+  result = run_command(
+    [*build_index, f"--features_dir={tmp_path / 'features'}", f"--index_dir={tmp_path / 'i'}"],
+    timeout=300,
+    env=tool_env(),
+  )
+  assert result.returncode == 2, result.stderr
+  (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert error.startswith(f"error: {unloadable}: not a readable DELF model")
+  assert result.stderr.strip().splitlines()[-1] == error
 
 
 def test_perform_retrieval_revisited_writes_report_and_resumes(workspace):
