@@ -28,10 +28,11 @@ merges those with :func:`shard_info`, :func:`finished_shard` and :func:`save_sha
 shard's image records in a ``records.json`` of delf_ret.index.records); shards of different
 stages are never merged.
 
-A shard whose ``shard.json`` matches its plan is finished: building it again
-does nothing, so a killed pipeline resumes. Shard folders must be on a file
-system that the merging machine reads (a local folder for the local runner, a
-shared mount on a cluster).
+A shard whose ``shard.json`` matches its plan is finished: building it again does
+nothing but bring its image records in step with the plan's (the paths and labels of the
+current run win, as in every first stage's shards), so a killed pipeline resumes. Shard
+folders must be on a file system that the merging machine reads (a local folder for the
+local runner, a shared mount on a cluster).
 """
 
 from __future__ import annotations
@@ -271,7 +272,9 @@ def build_shard(
   """Indexes the feature files of ``plan`` into ``shards_dir/<plan.name>``, starting from the
   quantiser at ``quantiser_dir``; returns the shard's info (its failures: files that could
   not be added, as build_index reports them). A shard already finished with this plan and
-  quantiser is not built again; an unfinished one or another plan's is rebuilt.
+  quantiser is not built again (its image records rewritten when the plan's differ, as the
+  ASMK and global shards': a resumed run with other image paths or labels); an unfinished
+  one or another plan's is rebuilt.
   """
   quantiser = LocalFeatureIndex.load(quantiser_dir)
   expected = shard_info(
@@ -279,7 +282,7 @@ def build_shard(
   )
   done = finished_shard(expected)
   if done is not None:
-    log(f"{plan.name}: already built ({done.images} images)")
+    _update_records(done, plan, log)
     return done
   index, failures = quantiser, []
   for slot, path, image_path, label in zip(
@@ -297,6 +300,30 @@ def build_shard(
   save_shard(info, index.save)
   log(f"{plan.name}: {len(index)} images in slots {plan.first_slot}..{plan.end_slot - 1}")
   return info
+
+
+def _update_records(done: ShardInfo, plan: ShardPlan, log: Callable[[str], None]) -> None:
+  """Gives each image of the finished votes shard ``done`` the record (path, label) that
+  ``plan`` gives it, none where the plan has none; the shard is saved again (crash-safely,
+  :func:`save_shard`) only when a record changed."""
+  shard = LocalFeatureIndex.load(done.folder, expected_dim=done.dim)
+  wanted = {
+    image_id_of(file): (path, label)
+    for file, path, label in zip(plan.files, plan.image_paths, plan.labels)
+  }
+  changed = [
+    name
+    for name in shard.image_ids()
+    if (shard.image_path(name), shard.image_label(name)) != wanted.get(name, (None, None))
+  ]
+  if not changed:
+    log(f"{plan.name}: already built ({done.images} images)")
+    return
+  for name in changed:
+    path, label = wanted.get(name, (None, None))
+    shard.set_image_record(name, path or "", label or "")  # "": no path or label.
+  save_shard(done, shard.save)
+  log(f"{plan.name}: already built ({done.images} images), image records updated")
 
 
 def _to_json(info: ShardInfo) -> dict[str, Any]:

@@ -159,6 +159,22 @@ def test_a_finished_shard_is_kept_and_a_tampered_one_refused(tmp_path, features,
   plan = plan_shards(list_feature_files(features), 2)[0]
   build_shard(plan, tmp_path / QUANTISER_DIR, tmp_path, log=lines.append)
   assert lines == [f"{plan.name}: already built (6 images)"]
+  # Resumed with other records (a labels file, image paths): the current run's win, as in the
+  # ASMK and global shards, without rebuilding the shard; the same records again: kept as is.
+  paths = list_feature_files(features)
+  photo = tmp_path / "photos" / "img02.jpg"
+  for labels, expected in (({"img01": "tower"}, "tower"), ({"img01": "bridge"}, "bridge")):
+    plan = plan_shards(paths, 2, {"img02": photo}, labels)[0]
+    build_shard(plan, tmp_path / QUANTISER_DIR, tmp_path, log=lines.append)
+    assert lines[-1] == f"{plan.name}: already built (6 images), image records updated"
+    shard = LocalFeatureIndex.load(two_shards[0])
+    assert (shard.image_label("img01"), shard.image_path("img02")) == (expected, str(photo))
+  build_shard(plan, tmp_path / QUANTISER_DIR, tmp_path, log=lines.append)
+  assert lines[-1] == f"{plan.name}: already built (6 images)"
+  merged, _ = merge_shards(two_shards, tmp_path / "merged", **QUIET)
+  assert merged.image_label("img01") == "bridge" and merged.image_label("img00") is None
+  build_shard(plan_shards(paths, 2)[0], tmp_path / QUANTISER_DIR, tmp_path, **QUIET)
+  assert LocalFeatureIndex.load(two_shards[0]).image_label("img01") is None  # Records cleared.
   info = json.loads((two_shards[0] / "shard.json").read_text())
   (two_shards[0] / "shard.json").write_text(json.dumps({**info, "images": 5}))
   with pytest.raises(ShardError, match="does not match shard.json"):
