@@ -23,8 +23,6 @@ import argparse
 import json
 import pathlib
 import re
-from typing import Any
-from typing import NamedTuple
 
 import numpy as np
 
@@ -60,21 +58,15 @@ CALIBRATED = (
 )
 
 
-class Pair(NamedTuple):
-  """A training pair's features: A, B (LocalFeatures) and the matcher built on A (None when A
-  has no features)."""
-
-  features_a: Any
-  features_b: Any
-  matcher: Any
-
-
-def pair_inliers(config, pairs: list[Pair], rule: tuple, verifiers: list[tuple]) -> np.ndarray:
-  """Inliers int [len(pairs), len(verifiers)] of every pair under one matching rule: the
-  putative matches are found once per pair and verified by each verifier."""
+def pair_inliers(
+  config, pool, pairs: np.ndarray, rule: tuple, verifiers: list[tuple]
+) -> np.ndarray:
+  """Inliers int [len(pairs), len(verifiers)] of every pair ([P, 2] indices into the
+  features of ``pool``, a delf_ret.train.pair_verification.PairVerifier: on every core)
+  under one matching rule: the putative matches are found once per pair and verified by
+  each verifier."""
   from delf_ret import config as config_lib
   from delf_ret.match import RansacParams
-  from delf_ret.match import verify_matches
 
   _, distance, ratio, mutual = rule
   params = []
@@ -85,31 +77,20 @@ def pair_inliers(config, pairs: list[Pair], rule: tuple, verifiers: list[tuple])
     retrieval.match_mutual, retrieval.ransac_method = mutual, method
     retrieval.min_inlier_spread = spread
     params.append(RansacParams.from_config(retrieval))
-  counts = np.zeros((len(pairs), len(verifiers)), np.int64)
-  for row, pair in enumerate(pairs):
-    if pair.matcher is None or pair.features_b.num_features == 0:
-      continue
-    first = params[0]
-    matches = pair.matcher.match(
-      pair.features_b.descriptors, first.distance_threshold, first.ratio_threshold, first.mutual
-    )
-    for column, verifier in enumerate(params):
-      counts[row, column] = verify_matches(
-        pair.features_a.locations, pair.features_b.locations, matches, verifier
-      ).num_inliers
-  return counts
+  return pool.inliers(pairs, params)
 
 
-def evaluate(config, related: list[Pair], unrelated: list[Pair]) -> dict:
+def evaluate(config, pool, related: np.ndarray, unrelated: np.ndarray) -> dict:
   """{(rule label, verifier label): its figures} for every rule of RULES and verifier of
-  VERIFIERS (prints one JSON line each)."""
+  VERIFIERS (prints one JSON line each); related, unrelated: pairs [P, 2] of indices into
+  the features of ``pool`` (a PairVerifier)."""
   from delf_ret.train.calibration import threshold_above
 
   results = {}
   for rule in RULES:
     counts = {
-      "related": pair_inliers(config, related, rule, VERIFIERS),
-      "unrelated": pair_inliers(config, unrelated, rule, VERIFIERS),
+      "related": pair_inliers(config, pool, related, rule, VERIFIERS),
+      "unrelated": pair_inliers(config, pool, unrelated, rule, VERIFIERS),
     }
     for column, (verifier, method, spread) in enumerate(VERIFIERS):
       related_counts, unrelated_counts = (
@@ -210,13 +191,16 @@ def main() -> None:
   parser.add_argument("--related", type=int, default=150, help="related pairs")
   parser.add_argument("--unrelated", type=int, default=1500, help="unrelated pairs")
   parser.add_argument("--dry_run", action="store_true", help="print, do not write the config")
+  parser.add_argument(
+    "--workers", type=int, default=None, help="processes verifying pairs (default: every CPU)"
+  )
   args = parser.parse_args()
 
   from delf_ret import config as config_lib
   from delf_ret.extract.extractor import DelfExtractor
-  from delf_ret.match import DescriptorMatcher
   from delf_ret.train.calibration import calibration_pairs
   from delf_ret.train.calibration import calibration_photos
+  from delf_ret.train.pair_verification import PairVerifier
 
   config_path = pathlib.Path(args.config_path)
   config = config_lib.load_config(config_path)
@@ -228,26 +212,21 @@ def main() -> None:
       f"unrelated training pairs; the config keeps its matching rule)"
     )
     return
-  extractor, cache, matchers = DelfExtractor(config), {}, {}
+  extractor, paths, features = DelfExtractor(config), {}, []
 
-  def features(path):
-    if path not in cache:
-      cache[path] = extractor.extract_file(path)
-      if len(cache) % 50 == 0:
-        print(f"extracted {len(cache)} photos", flush=True)
-    return cache[path]
+  def indices(pairs) -> np.ndarray:
+    """Pairs of paths as pairs of indices into ``features`` (each photo extracted once)."""
+    for path in (path for pair in pairs for path in pair):
+      if path not in paths:
+        paths[path] = len(features)
+        features.append(extractor.extract_file(path))
+        if len(features) % 50 == 0:
+          print(f"extracted {len(features)} photos", flush=True)
+    return np.array([(paths[a], paths[b]) for a, b in pairs], np.int64).reshape(-1, 2)
 
-  def pair(path_a, path_b) -> Pair:
-    features_a = features(path_a)
-    if path_a not in matchers:
-      matchers[path_a] = (
-        DescriptorMatcher(features_a.descriptors) if features_a.num_features else None
-      )
-    return Pair(features_a, features(path_b), matchers[path_a])
-
-  related_pairs = [pair(a, b) for a, b in related]
-  unrelated_pairs = [pair(a, b) for a, b in unrelated]
-  results = evaluate(config, related_pairs, unrelated_pairs)
+  related_pairs, unrelated_pairs = indices(related), indices(unrelated)
+  with PairVerifier(features, args.workers) as pool:
+    results = evaluate(config, pool, related_pairs, unrelated_pairs)
   best = best_of(results)
   print(f"best: {best[0]} / {best[1]}")
   if args.dry_run:

@@ -59,6 +59,7 @@ LIGHT_MODULES = [
   "delf_ret.retrieval.indexing",
   "delf_ret.retrieval.ranking",
   "delf_ret.timing",
+  "delf_ret.train.pair_verification",
   "delf_ret.train.photos",
   "delf_ret.train.real_pairs",
   "delf_ret.train.recipe",

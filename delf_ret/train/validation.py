@@ -3,15 +3,17 @@ photos of labelled shards (prepare_labelled_photos), never an evaluation set.
 
 Every validation photo is a query against all the others; database photos are ranked by
 verified inliers (putative matching + RANSAC with the config's retrieval_config), the
-positives are the photos of its label. The figures: that all-pairs mAP, the share of
-same-label pairs that reach ``min_inliers``, and the different-label pairs that do; when
-the shards hold labels out of training (``prepare_labelled_photos --holdout_labels``),
-also the mAP and share of those labels' photos alone ("unseen"), the only figures that
-compare models on landmarks none of them trained on. Ranking every pair by inliers leaves
-out the first stage; the "pipeline" figures run delf-ret's retrieval itself (a flat index
-of the validation photos, votes, RANSAC reranking of the top ``rerank_top_n``, the query
-itself skipped) and give the mAP after votes and after reranking, of all photos and of the
-unseen ones: what a model's attention does to the vote ranking shows there.
+positives are the photos of its label (the N (N - 1) / 2 pairs are verified by worker
+processes on every CPU, delf_ret.train.pair_verification: the inliers of one process). The
+figures: that all-pairs mAP, the share of same-label pairs that reach ``min_inliers``, and
+the different-label pairs that do; when the shards hold labels out of training
+(``prepare_labelled_photos --holdout_labels``), also the mAP and share of those labels'
+photos alone ("unseen"), the only figures that compare models on landmarks none of them
+trained on. Ranking every pair by inliers leaves out the first stage; the "pipeline"
+figures run delf-ret's retrieval itself (a flat index of the validation photos, votes,
+RANSAC reranking of the top ``rerank_top_n``, the query itself skipped) and give the mAP
+after votes and after reranking, of all photos and of the unseen ones: what a model's
+attention does to the vote ranking shows there.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ from delf_ret.evaluation.metrics import all_pairs_map
 from delf_ret.features import LocalFeatures
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.match import RansacParams
-from delf_ret.match import verify_pair
 from delf_ret.retrieval.ranking import retrieve
 from delf_ret.train.gldv2 import LABEL_MAP_FILE
 from delf_ret.train.gldv2 import SPLIT_FILE
+from delf_ret.train.pair_verification import PairVerifier
 from delf_ret.train.photos import TrainingDataError
 from delf_ret.train.pipeline import parse_example
 from delf_ret.train.pipeline import shard_files
@@ -74,13 +76,30 @@ def held_out_labels(shards_dir: str | os.PathLike) -> list[int]:
   return sorted(label_of[name] for name in names)
 
 
-def inlier_matrix(features: list[LocalFeatures], params: RansacParams) -> np.ndarray:
-  """Verified inliers of every pair, int [N, N], symmetric (A matched against B for A < B)."""
+def inlier_matrix(
+  features: list[LocalFeatures],
+  params: RansacParams,
+  workers: int | None = None,
+  log: Callable[[str], None] | None = None,
+) -> np.ndarray:
+  """Verified inliers of every pair, int [N, N], symmetric (A matched against B for A < B).
+
+  workers: processes verifying the N (N - 1) / 2 pairs (None: every CPU this process may
+  use; 1: this process alone); the matrix is the same for any number. log: a line about
+  every tenth of the pairs.
+  """
   count = len(features)
+  first, second = np.triu_indices(count, 1)
+  pairs = np.stack([first, second], axis=1)
+
+  def progress(done: int, total: int) -> None:
+    if log is not None:
+      log(f"validation: verified {done}/{total} pairs")
+
+  with PairVerifier(features, workers) as verifier:
+    counts = verifier.inliers(pairs, [params], progress)[:, 0]
   inliers = np.zeros((count, count), np.int64)
-  for a in range(count):
-    for b in range(a + 1, count):
-      inliers[a, b] = inliers[b, a] = verify_pair(features[a], features[b], params).num_inliers
+  inliers[first, second] = inliers[second, first] = counts
   return inliers
 
 
@@ -199,9 +218,11 @@ def validate_model(
   config: DelfConfig,
   shards_dir: str | os.PathLike,
   log: Callable[[str], None] = print,
+  workers: int | None = None,
 ) -> dict:
   """Extracts every validation photo with ``config`` (its model, pyramid, PCA) and returns
-  :func:`validation_figures` with the config's matching rule and min_inliers."""
+  :func:`validation_figures` with the config's matching rule and min_inliers (the pairs
+  verified by ``workers`` processes, as in :func:`inlier_matrix`)."""
   # Lazy: the extractor loads the model (TensorFlow + Keras) only when a model is validated.
   from delf_ret.extract.extractor import DelfExtractor
 
@@ -213,7 +234,7 @@ def validate_model(
     if (index + 1) % 25 == 0 or index + 1 == len(photos):
       log(f"validation: extracted {index + 1}/{len(photos)} photos")
   retrieval = config.retrieval_config
-  inliers = inlier_matrix(features, RansacParams.from_config(retrieval))
+  inliers = inlier_matrix(features, RansacParams.from_config(retrieval), workers, log)
   unseen = held_out_labels(shards_dir)
   figures = validation_figures(inliers, labels, retrieval.min_inliers, unseen)
   figures["pipeline"] = pipeline_figures(*pipeline_scores(features, retrieval), labels, unseen)

@@ -1,14 +1,21 @@
 """Figures on the validation photos of labelled shards (variant choice on training data)."""
 
+import dataclasses
 import json
 import sys
 
 import numpy as np
 import pytest
 
+from conftest import BUNDLED_IMAGES
 from conftest import run_command
 from conftest import tool_env
+from delf_ret.config import load_config
 from delf_ret.default_model import default_config_path
+from delf_ret.match import RansacParams
+from delf_ret.match import verify_pair
+from delf_ret.train.pair_verification import PairVerifier
+from delf_ret.train.validation import inlier_matrix
 from delf_ret.train.validation import pipeline_figures
 from delf_ret.train.validation import pipeline_scores
 from delf_ret.train.validation import validation_figures
@@ -78,6 +85,47 @@ def test_pipeline_figures_run_votes_then_reranking_without_the_query_itself():
   # Labels that pair photos of different scenes: their partner ranks below the real one.
   crossed = pipeline_figures(votes, reranked, [0, 1, 0, 1, 2])
   assert crossed["votes_map"] < 100 and "unseen_votes_map" not in crossed
+
+
+@pytest.fixture(scope="module")
+def bundled_features():
+  """The shipped default model's features of six bundled photos (three pairs of one scene)
+  at 256 px, and its retrieval_config's RansacParams."""
+  from delf_ret.extract.extractor import DelfExtractor
+
+  config = load_config(default_config_path(), ["max_image_size=256"])
+  extractor = DelfExtractor(config)
+  names = ["graffiti_1", "graffiti_3", "leuven_a", "leuven_b", "roofs_1", "roofs_2"]
+  features = [extractor.extract_file(BUNDLED_IMAGES / f"{name}.jpg") for name in names]
+  return features, RansacParams.from_config(config.retrieval_config)
+
+
+@pytest.mark.slow  # Extracts six photos with the default model, starts worker processes (~11 s).
+def test_inlier_matrix_on_two_workers_equals_the_serial_loop(bundled_features):
+  features, params = bundled_features
+  count = len(features)
+  expected = np.zeros((count, count), np.int64)
+  for a in range(count):
+    for b in range(a + 1, count):
+      expected[a, b] = expected[b, a] = verify_pair(features[a], features[b], params).num_inliers
+  assert expected[0, 1] > 0 and expected[2, 3] > 0  # Verified pairs of one scene.
+  lines = []
+  parallel = inlier_matrix(features, params, workers=2, log=lines.append)
+  np.testing.assert_array_equal(parallel, expected)
+  np.testing.assert_array_equal(inlier_matrix(features, params, workers=1), expected)
+  assert lines[-1] == "validation: verified 15/15 pairs" and len(lines) <= 10
+  # Several verifiers at once, one pool for two calls (scripts/calibrate_matching.py): each
+  # column is verify_pair's, whichever worker verified the pair.
+  all_params = [params, dataclasses.replace(params, method="ransac", min_spread=0.02)]
+  pairs = [(5, 4), (0, 1), (3, 2), (0, 5)]
+  with PairVerifier(features, workers=2) as pool:
+    for _ in range(2):
+      counts = pool.inliers(pairs, all_params)
+      assert counts.tolist() == [
+        [verify_pair(features[a], features[b], p).num_inliers for p in all_params] for a, b in pairs
+      ]
+  with pytest.raises(ValueError, match="workers must be at least 1"):
+    PairVerifier(features, workers=0)
 
 
 @pytest.mark.slow  # Prepares shards of 15 photos and extracts 9 with the default model (~20 s).
