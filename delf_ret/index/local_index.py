@@ -732,7 +732,7 @@ def _read_meta(
 ) -> tuple[int, IndexParams, dict[str, int], set[int], int, dict[str, ImageRecord]]:
   """(dim, params, image id -> slot, deleted slots, next slot, image id -> record) from a
   version's meta.json, checked: format version, slots unique and in range, no id or key
-  twice, records only of indexed images and well formed (see _read_records; none in an index
+  twice, records only of indexed images and well formed (see parse_records; none in an index
   saved before records existed)."""
   try:
     meta = json.loads((version_dir / "meta.json").read_text(), object_pairs_hook=_unique_keys)
@@ -758,15 +758,10 @@ def _read_meta(
       raise ValueError(f"a slot outside 0..{next_slot - 1}")
     if len(set(slots)) != len(slots):
       raise ValueError("several images (or a deleted one) share a slot")
-    records = _read_records(meta.get("records", {}), images)
+    records = parse_records(meta.get("records", {}), images)
   except (KeyError, TypeError, ValueError, AttributeError) as error:
     raise LocalIndexError(f"index metadata in {version_dir} is damaged ({error!r})") from None
   return dim, params, images, deleted_slots, next_slot, records
-
-
-def _read_records(stored: Any, images: dict[str, int]) -> dict[str, ImageRecord]:
-  """The ``records`` of meta.json, naming only indexed images (see :func:`parse_records`)."""
-  return parse_records(stored, images)
 
 
 def parse_records(stored: Any, indexed: Container[str] | None = None) -> dict[str, ImageRecord]:
