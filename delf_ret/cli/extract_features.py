@@ -43,12 +43,9 @@ from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import RetrievalDataset
 from delf_ret.evaluation.ground_truth import load_dataset
 from delf_ret.extract.global_features import GlobalExtraction
-from delf_ret.extract.settings import extraction_settings
 from delf_ret.extract.settings import nothing_left
 from delf_ret.features import LocalFeatures
 from delf_ret.features import feature_file_names
-from delf_ret.features import global_file_name
-from delf_ret.features import image_id_of
 from delf_ret.images import crop_to_box
 from delf_ret.images import load_image
 
@@ -151,12 +148,9 @@ def main(argv: list[str]) -> int:
     dataset, image_paths = _dataset_images()
   else:
     image_paths = image_paths_from_flags()
-  names = feature_file_names(image_paths)  # Two images with one id are refused before any work.
+  feature_file_names(image_paths)  # Two images with one id are refused before any work.
   with_global = config.use_global_features
-  if with_global:
-    names += [global_file_name(image_id_of(path)) for path in image_paths]
-  settings = extraction_settings(config, config.model_path or None)
-  if not FLAGS.overwrite and nothing_left(FLAGS.output_dir, settings, names):
+  if not FLAGS.overwrite and nothing_left(FLAGS.output_dir, config, image_paths):
     print(
       f"done: nothing left to do, all {len(image_paths)} feature files are in "
       f"{FLAGS.output_dir} with the same settings"

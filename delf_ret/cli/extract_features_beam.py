@@ -41,11 +41,8 @@ from delf_ret.cli.inputs import image_paths_from_flags
 from delf_ret.errors import InputError
 from delf_ret.extract.beam_options import pipeline_options
 from delf_ret.extract.beam_options import require_beam
-from delf_ret.extract.settings import extraction_settings
 from delf_ret.extract.settings import nothing_left
 from delf_ret.features import feature_file_names
-from delf_ret.features import global_file_name
-from delf_ret.features import image_id_of
 
 FLAGS = flags.FLAGS
 define_config_flags()
@@ -92,15 +89,12 @@ def main(argv: list[str]) -> int:
   if remote_inputs and FLAGS.recursive:
     raise InputError("--recursive reads local folders only")
   local_paths = [] if remote_inputs else image_paths_from_flags()
-  names = feature_file_names(local_paths)  # Two images with one id are refused before any work.
-  if config.use_global_features:
-    names += [global_file_name(image_id_of(path)) for path in local_paths]
-  settings = extraction_settings(config, config.model_path or None)
+  feature_file_names(local_paths)  # Two images with one id are refused before any work.
   if (
     local_paths
     and not _remote(FLAGS.output_dir)
     and not FLAGS.overwrite
-    and nothing_left(FLAGS.output_dir, settings, names)
+    and nothing_left(FLAGS.output_dir, config, local_paths)
   ):
     print(
       f"done: nothing left to do, all {len(local_paths)} feature files are in "

@@ -13,12 +13,16 @@ import json
 import os
 import pathlib
 from typing import Callable
+from typing import Sequence
 
 from google.protobuf import text_format
 
 from delf_ret.atomic import atomic_write
 from delf_ret.errors import InputError
 from delf_ret.features import FEATURE_SUFFIX
+from delf_ret.features import feature_file_names
+from delf_ret.features import global_file_name
+from delf_ret.features import image_id_of
 from delf_ret.protos.delf_config_pb2 import DelfConfig
 
 SETTINGS_FILE = "extraction_settings.json"
@@ -107,9 +111,18 @@ def _recorded(record: pathlib.Path) -> dict | None:
   return recorded
 
 
-def nothing_left(folder: str | os.PathLike, settings: dict | None, names: list[str]) -> bool:
-  """Whether ``folder`` already holds every feature file of ``names``, recorded as made with
-  ``settings`` (so a run could stop before it loads a model); False when unidentifiable."""
+def nothing_left(
+  folder: str | os.PathLike, config: DelfConfig, image_paths: Sequence[pathlib.Path]
+) -> bool:
+  """Whether ``folder`` already holds every file extraction with ``config`` writes for
+  ``image_paths`` (``<id>.delf``, and ``<id>.delg_global`` with use_global_features),
+  recorded as made with the config's settings (:func:`extraction_settings`; the model file
+  is hashed, not loaded), so a run can stop before it loads a model; False when
+  unidentifiable. Two images with one id: InputError (features.feature_file_names)."""
+  names = feature_file_names(list(image_paths))
+  if config.use_global_features:
+    names += [global_file_name(image_id_of(path)) for path in image_paths]
+  settings = extraction_settings(config, config.model_path or None)
   folder = pathlib.Path(folder)
   if settings is None or _recorded(folder / SETTINGS_FILE) != settings:
     return False

@@ -41,7 +41,6 @@ from delf_ret.errors import InputError
 from delf_ret.evaluation.ground_truth import GroundTruthError
 from delf_ret.evaluation.ground_truth import RetrievalDataset
 from delf_ret.extract.global_features import GlobalExtraction
-from delf_ret.extract.settings import extraction_settings
 from delf_ret.extract.settings import nothing_left
 from delf_ret.features import LocalFeatures
 from delf_ret.features import feature_file_name
@@ -182,7 +181,7 @@ def extract_missing(
   names = feature_file_names(list(images))
   missing = sum(not (features_dir / name).exists() for name in names)
   if isinstance(extract, ModelOnDemand):
-    if not overwrite and _nothing_left(images, features_dir, extract.config):
+    if not overwrite and nothing_left(features_dir, extract.config, list(images)):
       log(
         f"all {len(names)} images have their feature files (same settings) in "
         f"{features_dir}: the model is not loaded"
@@ -531,20 +530,6 @@ def missing_feature_files(
     names = [feature_file_name(image_id)] + ([global_file_name(image_id)] if with_global else [])
     count += not all(os.path.exists(folder / name) for name in names)
   return count
-
-
-def _nothing_left(
-  images: Sequence[pathlib.Path], features_dir: pathlib.Path, config: DelfConfig
-) -> bool:
-  """Whether ``features_dir`` holds the feature files of every image (with
-  ``use_global_features``, their .delg_global files too), recorded as made with the settings
-  of ``config`` (delf_ret.extract.settings; the model file is hashed, not loaded)."""
-  ids = [image_id_of(path) for path in images]
-  names = [feature_file_name(i) for i in ids]
-  if config.use_global_features:
-    names += [global_file_name(i) for i in ids]
-  settings = extraction_settings(config, config.model_path or None)
-  return nothing_left(features_dir, settings, names)
 
 
 def _check_labels(
