@@ -15,9 +15,10 @@ The script calls this module around its training stages
       wall time (from its time file), SECONDS (the
       script's wall time this run), the date and what an exact rerun must
       match (CPU model, core count, library versions);
-  python -m delf_ret.train.recipe validate CONFIG SHARDS_DIR [--output JSON]
+  python -m delf_ret.train.recipe validate CONFIG SHARDS_DIR [--output JSON] [--pipeline_only]
       a model's figures on the validation photos of labelled shards (see
-      delf_ret.train.validation), to choose between variants on training data.
+      delf_ret.train.validation), to choose between variants on training data;
+      --pipeline_only: the retrieval figures alone (votes, reranked).
 
 No TensorFlow is imported, except by ``validate``.
 """
@@ -123,7 +124,11 @@ def write_training_facts(
 
 
 def validate_command(
-  config_path: str, shards_dir: str, output: str | None, overrides: list[str]
+  config_path: str,
+  shards_dir: str,
+  output: str | None,
+  overrides: list[str],
+  pipeline_only: bool = False,
 ) -> dict:
   """``validate``: the figures of delf_ret.train.validation.validate_model, also written to
   ``output`` (JSON) when given, with the config path and overrides."""
@@ -134,7 +139,12 @@ def validate_command(
   figures = {
     "config": str(pathlib.Path(config_path).resolve()),
     "overrides": overrides,
-    **validate_model(config, shards_dir, log=lambda line: print(line, file=sys.stderr)),
+    **validate_model(
+      config,
+      shards_dir,
+      log=lambda line: print(line, file=sys.stderr),
+      pipeline_only=pipeline_only,
+    ),
   }
   if output:
     write_bytes_atomic(pathlib.Path(output), (json.dumps(figures, indent=2) + "\n").encode())
@@ -163,6 +173,12 @@ def main(argv: list[str]) -> int:
   validate.add_argument(
     "--config_override", action="append", default=[], help="FIELD=VALUE, repeatable"
   )
+  validate.add_argument(
+    "--pipeline_only",
+    action="store_true",
+    help="only the retrieval figures (votes, reranked), not the all-pairs ones; with "
+    "--config_override=retrieval_config.rerank_top_n=0 a quick screen of the votes",
+  )
   args = parser.parse_args(argv)
   try:
     if args.command == "pca-photos":
@@ -173,7 +189,13 @@ def main(argv: list[str]) -> int:
     elif args.command == "validate":
       print(
         json.dumps(
-          validate_command(args.config_path, args.shards_dir, args.output, args.config_override)
+          validate_command(
+            args.config_path,
+            args.shards_dir,
+            args.output,
+            args.config_override,
+            args.pipeline_only,
+          )
         )
       )
     else:

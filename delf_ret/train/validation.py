@@ -19,6 +19,7 @@ attention does to the vote ranking shows there.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import pathlib
@@ -35,7 +36,8 @@ from delf_ret.evaluation.metrics import all_pairs_map
 from delf_ret.features import LocalFeatures
 from delf_ret.index import LocalFeatureIndex
 from delf_ret.match import RansacParams
-from delf_ret.retrieval.ranking import retrieve
+from delf_ret.retrieval.ranking import first_stage
+from delf_ret.retrieval.ranking import rerank
 from delf_ret.train.gldv2 import LABEL_MAP_FILE
 from delf_ret.train.gldv2 import SPLIT_FILE
 from delf_ret.train.pair_verification import PairVerifier
@@ -104,11 +106,23 @@ def inlier_matrix(
 
 
 def pipeline_scores(
-  features: list[LocalFeatures], retrieval_config: DelfRetrievalConfig
+  features: list[LocalFeatures],
+  retrieval_config: DelfRetrievalConfig,
+  workers: int | None = None,
+  log: Callable[[str], None] | None = None,
+  inliers: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Scores [N, N] of photo d for query q from delf-ret's retrieval over a flat index of all
   N photos: (after votes, after reranking), each N - position in q's list (0: not listed).
-  The query itself is left out of reranking; all_pairs_map ignores the diagonal."""
+  The query itself is left out of reranking; all_pairs_map ignores the diagonal.
+
+  Each query's list is what :func:`delf_ret.retrieval.ranking.retrieve` gives: the votes of
+  every query first, then the (query, candidate) pairs of the reranked top verified by
+  ``workers`` processes (as in :func:`inlier_matrix`; a line to ``log`` about every tenth),
+  then :func:`~delf_ret.retrieval.ranking.rerank` of each list with those counts.
+  inliers: the :func:`inlier_matrix` [N, N] of this config's verification, if computed:
+  its entry [q, d] for q < d is that pair's count already (query q matched against d).
+  """
   count = len(features)
   votes, reranked = np.zeros((count, count)), np.zeros((count, count))
   dims = {f.descriptors.shape[1] for f in features if f.num_features}
@@ -118,18 +132,42 @@ def pipeline_scores(
   for i, feature in enumerate(features):
     if feature.num_features:
       index.add(str(i), feature.descriptors)
-  for query in range(count):
-    if not features[query].num_features:
-      continue
-    result = retrieve(
+  queries = [query for query in range(count) if features[query].num_features]
+  rankings = {query: first_stage(features[query], index, retrieval_config) for query in queries}
+  top_n = retrieval_config.rerank_top_n
+  candidates = [
+    (query, int(entry.image_id))
+    for query in queries
+    for entry in itertools.islice((e for e in rankings[query] if e.image_id != str(query)), top_n)
+  ]
+  verified: dict[int, dict[str, int]] = {query: {} for query in queries}
+  if inliers is not None:
+    for query, image in candidates:
+      if query < image:
+        verified[query][str(image)] = int(inliers[query, image])
+  missing = [(q, d) for q, d in candidates if str(d) not in verified[q]]
+
+  def progress(done: int, total: int) -> None:
+    if log is not None:
+      log(f"validation: reranking verified {done}/{total} pairs")
+
+  with PairVerifier(features, workers) as verifier:
+    params = RansacParams.from_config(retrieval_config)
+    counts = verifier.inliers(np.asarray(missing, np.int64), [params], progress)[:, 0]
+  for (query, image), inlier_count in zip(missing, counts.tolist()):
+    verified[query][str(image)] = inlier_count
+  for query in queries:
+    ranked = rankings[query]
+    result = rerank(
       features[query],
-      index,
+      ranked,
       lambda name: features[int(name)],
       retrieval_config,
-      junk_by_split={"validation": {str(query)}},
+      skip={str(query)},
+      verified=verified[query],
     )
-    for scores, ranked in ((votes, result.ranked), (reranked, result.reranked)):
-      for position, entry in enumerate(ranked):
+    for scores, listing in ((votes, ranked), (reranked, result)):
+      for position, entry in enumerate(listing):
         scores[query, int(entry.image_id)] = count - position
   return votes, reranked
 
@@ -219,10 +257,14 @@ def validate_model(
   shards_dir: str | os.PathLike,
   log: Callable[[str], None] = print,
   workers: int | None = None,
+  pipeline_only: bool = False,
 ) -> dict:
   """Extracts every validation photo with ``config`` (its model, pyramid, PCA) and returns
   :func:`validation_figures` with the config's matching rule and min_inliers (the pairs
-  verified by ``workers`` processes, as in :func:`inlier_matrix`)."""
+  verified by ``workers`` processes, as in :func:`inlier_matrix`) and, under "pipeline",
+  :func:`pipeline_figures`. pipeline_only: only the photo and label counts and the
+  pipeline figures (no all-pairs verification: with ``retrieval_config.rerank_top_n`` 0,
+  a screen of the votes that takes minutes instead of an hour)."""
   # Lazy: the extractor loads the model (TensorFlow + Keras) only when a model is validated.
   from delf_ret.extract.extractor import DelfExtractor
 
@@ -234,10 +276,15 @@ def validate_model(
     if (index + 1) % 25 == 0 or index + 1 == len(photos):
       log(f"validation: extracted {index + 1}/{len(photos)} photos")
   retrieval = config.retrieval_config
-  inliers = inlier_matrix(features, RansacParams.from_config(retrieval), workers, log)
   unseen = held_out_labels(shards_dir)
-  figures = validation_figures(inliers, labels, retrieval.min_inliers, unseen)
-  figures["pipeline"] = pipeline_figures(*pipeline_scores(features, retrieval), labels, unseen)
+  inliers = None
+  if pipeline_only:
+    figures: dict = {"photos": len(labels), "labels": len(set(labels))}
+  else:
+    inliers = inlier_matrix(features, RansacParams.from_config(retrieval), workers, log)
+    figures = validation_figures(inliers, labels, retrieval.min_inliers, unseen)
+  scores = pipeline_scores(features, retrieval, workers, log, inliers)
+  figures["pipeline"] = pipeline_figures(*scores, labels, unseen)
   figures["shards"] = str(pathlib.Path(shards_dir).resolve())
   figures["mean_features"] = round(float(np.mean([f.num_features for f in features])), 1)
   return figures

@@ -128,6 +128,41 @@ def test_inlier_matrix_on_two_workers_equals_the_serial_loop(bundled_features):
     PairVerifier(features, workers=0)
 
 
+@pytest.mark.slow  # Retrieval over six photos, worker processes (~8 s).
+def test_pipeline_scores_on_two_workers_equal_retrieve_query_by_query(bundled_features):
+  from delf_ret.index import LocalFeatureIndex
+  from delf_ret.retrieval.ranking import retrieve
+
+  features, _ = bundled_features
+  overrides = ["retrieval_config.rerank_top_n=3", "retrieval_config.rerank_min_inliers=5"]
+  config = load_config(default_config_path(), overrides).retrieval_config
+  count = len(features)
+  index = LocalFeatureIndex(features[0].descriptors.shape[1])
+  for i, feature in enumerate(features):
+    index.add(str(i), feature.descriptors)
+  expected_votes, expected_reranked = np.zeros((count, count)), np.zeros((count, count))
+  for query in range(count):
+    result = retrieve(
+      features[query], index, lambda name: features[int(name)], config, {"v": {str(query)}}
+    )
+    for scores, listing in ((expected_votes, result.ranked), (expected_reranked, result.reranked)):
+      for position, entry in enumerate(listing):
+        scores[query, int(entry.image_id)] = count - position
+  # Reranking changed some list (a verified partner moved up): the check below can fail.
+  assert not np.array_equal(np.argsort(-expected_votes), np.argsort(-expected_reranked))
+  lines = []
+  votes, reranked = pipeline_scores(features, config, workers=2, log=lines.append)
+  np.testing.assert_array_equal(votes, expected_votes)
+  np.testing.assert_array_equal(reranked, expected_reranked)
+  assert lines[-1] == "validation: reranking verified 18/18 pairs"
+  # With the all-pairs matrix, the pairs of a query before its candidate come from it.
+  inliers = inlier_matrix(features, RansacParams.from_config(config), workers=1)
+  lines = []
+  votes, reranked = pipeline_scores(features, config, 1, lines.append, inliers)
+  np.testing.assert_array_equal(reranked, expected_reranked)
+  assert lines[-1].startswith("validation: reranking verified ") and "/18 " not in lines[-1]
+
+
 @pytest.mark.slow  # Prepares shards of 15 photos and extracts 9 with the default model (~20 s).
 def test_validate_command_on_labelled_shards(tmp_path, shared_data):
   from test_labelled_photos import photo_folder
@@ -175,6 +210,25 @@ def test_validate_command_on_labelled_shards(tmp_path, shared_data):
     "unseen_reranked_map",
   }
   assert all(0 <= value <= 100 for value in figures["pipeline"].values())
+  # The quick screen: the votes alone, no all-pairs verification.
+  screen = run_command(
+    [
+      sys.executable,
+      *args,
+      str(tmp_path / "shards"),
+      "--pipeline_only",
+      "--config_override=retrieval_config.rerank_top_n=0",
+    ],
+    timeout=600,
+    env=tool_env(),
+  )
+  assert screen.returncode == 0, screen.stderr[-2000:]
+  quick = json.loads(screen.stdout.strip().splitlines()[-1])
+  assert "map_by_inliers" not in quick and (quick["photos"], quick["labels"]) == (9, 3)
+  votes = figures["pipeline"]["votes_map"], figures["pipeline"]["unseen_votes_map"]
+  assert (quick["pipeline"]["votes_map"], quick["pipeline"]["unseen_votes_map"]) == votes
+  assert quick["pipeline"]["reranked_map"] == quick["pipeline"]["votes_map"]
+  assert "reranking verified" not in screen.stderr
   missing = run_command(
     [sys.executable, *args, str(tmp_path / "nowhere")], timeout=120, env=tool_env()
   )
