@@ -637,6 +637,19 @@ class LocalFeatureIndex:
     return index
 
 
+def read_image_records(folder: str | os.PathLike) -> dict[str, ImageRecord]:
+  """The record of every image of the index saved in ``folder`` (an empty ImageRecord where
+  none was recorded), read from its meta.json alone: the descriptors are not loaded.
+  LocalIndexError as :meth:`LocalFeatureIndex.load` for a missing or damaged index."""
+  folder = pathlib.Path(folder)
+
+  def read(version_dir: pathlib.Path) -> dict[str, ImageRecord]:
+    _, _, images, _, _, records = _read_meta(folder, version_dir)
+    return {name: records.get(name, ImageRecord()) for name in images}
+
+  return load_version(folder, read)
+
+
 _Loaded = typing.TypeVar("_Loaded")
 
 

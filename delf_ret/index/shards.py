@@ -59,9 +59,11 @@ from delf_ret.features import read_features
 from delf_ret.index.builder import descriptors_for
 from delf_ret.index.builder import train_from_files
 from delf_ret.index.errors import LocalIndexError
+from delf_ret.index.local_index import ImageRecord
 from delf_ret.index.local_index import IndexParams
 from delf_ret.index.local_index import LocalFeatureIndex
 from delf_ret.index.local_index import current_faiss_file
+from delf_ret.index.local_index import read_image_records
 from delf_ret.index.local_index import remove_leftover_versions
 from delf_ret.index.lock import writer_lock
 
@@ -304,24 +306,25 @@ def build_shard(
 
 def _update_records(done: ShardInfo, plan: ShardPlan, log: Callable[[str], None]) -> None:
   """Gives each image of the finished votes shard ``done`` the record (path, label) that
-  ``plan`` gives it, none where the plan has none; the shard is saved again (crash-safely,
-  :func:`save_shard`) only when a record changed."""
-  shard = LocalFeatureIndex.load(done.folder, expected_dim=done.dim)
+  ``plan`` gives it, none where the plan has none. The records are compared from the shard's
+  metadata alone; only when one changed is the shard loaded and saved again (crash-safely,
+  :func:`save_shard`)."""
   wanted = {
-    image_id_of(file): (path, label)
+    image_id_of(file): ImageRecord(path, label)
     for file, path, label in zip(plan.files, plan.image_paths, plan.labels)
   }
   changed = [
     name
-    for name in shard.image_ids()
-    if (shard.image_path(name), shard.image_label(name)) != wanted.get(name, (None, None))
+    for name, record in read_image_records(done.folder).items()
+    if record != wanted.get(name, ImageRecord())
   ]
   if not changed:
     log(f"{plan.name}: already built ({done.images} images)")
     return
+  shard = LocalFeatureIndex.load(done.folder, expected_dim=done.dim)
   for name in changed:
-    path, label = wanted.get(name, (None, None))
-    shard.set_image_record(name, path or "", label or "")  # "": no path or label.
+    record = wanted.get(name, ImageRecord())
+    shard.set_image_record(name, record.path or "", record.label or "")  # "": none.
   save_shard(done, shard.save)
   log(f"{plan.name}: already built ({done.images} images), image records updated")
 

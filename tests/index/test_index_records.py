@@ -21,6 +21,8 @@ from delf_ret.index import LocalIndexError
 from delf_ret.index.builder import build_index
 from delf_ret.index.labels import LabelsFileError
 from delf_ret.index.labels import read_image_labels
+from delf_ret.index.local_index import ImageRecord
+from delf_ret.index.local_index import read_image_records
 from delf_ret.retrieval.indexing import check_labels_known
 from delf_ret.retrieval.indexing import index_database
 from delf_ret.retrieval.indexing import missing_feature_files
@@ -69,6 +71,26 @@ def test_records_round_trip_and_follow_add_delete_compact(tmp_path):
   assert loaded.image_path("a") == "/photos/a.jpg"
   with pytest.raises(LocalIndexError, match="'zz' is not in the index"):
     loaded.image_label("zz")
+
+
+def test_records_read_from_the_metadata_alone(tmp_path):
+  small_index().save(tmp_path / "idx")
+  expected = {
+    "a": ImageRecord("/photos/a.jpg", "tower"),
+    "b": ImageRecord("/photos/b.jpg", None),
+    "c": ImageRecord(),
+  }
+  assert read_image_records(tmp_path / "idx") == expected
+  # The descriptors are not read: a damaged index.faiss does not matter to the records.
+  meta_path(tmp_path / "idx").with_name("index.faiss").write_bytes(b"damaged")
+  assert read_image_records(tmp_path / "idx") == expected
+  with pytest.raises(LocalIndexError, match="corrupt"):
+    LocalFeatureIndex.load(tmp_path / "idx")
+  edit_meta(tmp_path / "idx", lambda meta: meta.update(records=[]))
+  with pytest.raises(LocalIndexError, match="metadata in .* is damaged"):
+    read_image_records(tmp_path / "idx")
+  with pytest.raises(LocalIndexError, match="no index in"):
+    read_image_records(tmp_path / "nowhere")
 
 
 def test_paths_are_made_absolute_and_bad_values_refused(tmp_path, monkeypatch):
