@@ -12,6 +12,7 @@ share of photos whose copy reaches the default config's min_inliers. Angle 0 ver
 photo against itself: the most a method can give.
 
 Usage: python benchmarks/rotation.py [--output benchmarks/results/rotation.json]
+           [--config_path CANDIDATE/delf_config.pbtxt]  (another model in place of the shipped one)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def rotated(image: np.ndarray, degrees: float) -> np.ndarray:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "rotation.json"))
+  parser.add_argument("--config_path", help="a candidate model's config (default: the shipped one)")
   args = parser.parse_args()
 
   from delf_ret.config import load_config
@@ -53,7 +55,8 @@ def main():
   from delf_ret.match import RansacParams
   from delf_ret.match import verify_pair
 
-  config = load_config(default_config_path())
+  config_path = args.config_path or default_config_path()
+  config = load_config(config_path)
   extractor = DelfExtractor(config)
   delf_params = RansacParams.from_config(config.retrieval_config)
   sift_params = dataclasses.replace(delf_params, ratio_threshold=0.8, mutual=False)
@@ -95,7 +98,12 @@ def main():
       "benchmark": "rotation",
       "photos": [path.name for path in photos],
       "min_inliers": min_inliers,
-      "weights": "shipped default model (delf_ret/default_model); OpenCV SIFT",
+      "weights": (
+        "shipped default model (delf_ret/default_model)"
+        if args.config_path is None
+        else f"the model of {config_path}"
+      )
+      + "; OpenCV SIFT",
       "rows": rows,
     },
   )
