@@ -58,6 +58,7 @@ from mini_landmarks import index_and_run
 from results_io import render_between
 from results_io import write_result
 from sift_baseline import sift_features
+from sift_baseline import sift_retrieval_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -341,12 +342,7 @@ def build_methods(
     )
   if "opencv_sift" in only:
     max_side = default_config.max_image_size
-    sift_retrieval = config_lib.DelfConfig().retrieval_config
-    sift_retrieval.CopyFrom(default_config.retrieval_config)
-    config_lib.apply_overrides(
-      sift_retrieval,
-      ["match_distance_threshold=2.0", "match_ratio_threshold=0.8", "match_mutual=false"],
-    )
+    sift_retrieval = sift_retrieval_config(default_config.retrieval_config)
     sift = lambda image: sift_features(image, unit_descriptors=True, max_side=max_side)  # noqa: E731
     methods["opencv_sift"] = (
       sift,

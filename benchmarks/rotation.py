@@ -18,13 +18,13 @@ Usage: python benchmarks/rotation.py [--output benchmarks/results/rotation.json]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
 
 import cv2
 import numpy as np
 from results_io import write_result
 from sift_baseline import sift_features
+from sift_baseline import sift_retrieval_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ANGLES = (0, 15, 30, 45, 60, 90, 180)
@@ -59,7 +59,7 @@ def main():
   config = load_config(config_path)
   extractor = DelfExtractor(config)
   delf_params = RansacParams.from_config(config.retrieval_config)
-  sift_params = dataclasses.replace(delf_params, ratio_threshold=0.8, mutual=False)
+  sift_params = RansacParams.from_config(sift_retrieval_config(config.retrieval_config))
   min_inliers = config.retrieval_config.min_inliers
   methods = {
     "default_model": (extractor.extract, delf_params),

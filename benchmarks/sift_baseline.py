@@ -45,3 +45,17 @@ def sift_features(
     [k.response for k in keypoints],
     np.zeros(n),
   )
+
+
+def sift_retrieval_config(retrieval_config):
+  """A copy of a DelfRetrievalConfig with the SIFT baseline's matching rule (distance < 2,
+  i.e. none, the 0.8 ratio test, no mutual check); RANSAC, min_inliers and reranking stay."""
+  from delf_ret import config as config_lib
+
+  sift_retrieval = config_lib.DelfConfig().retrieval_config
+  sift_retrieval.CopyFrom(retrieval_config)
+  config_lib.apply_overrides(
+    sift_retrieval,
+    ["match_distance_threshold=2.0", "match_ratio_threshold=0.8", "match_mutual=false"],
+  )
+  return sift_retrieval
