@@ -108,10 +108,9 @@ def rerank(
     are added to it (so several splits verify each pair once).
   timings: seconds added to its "loading", "matching" and "ransac" entries.
   """
-  top_n = retrieval_config.rerank_top_n
   promote_at = _promotion_line(retrieval_config)
   verified = {} if verified is None else verified
-  selected = list(itertools.islice((e for e in ranked if e.image_id not in skip), top_n))
+  selected = rerank_candidates(ranked, retrieval_config, skip)
   missing = list(dict.fromkeys(e.image_id for e in selected if e.image_id not in verified))
   verifications = verify_candidates(
     query,
@@ -133,6 +132,18 @@ def rerank(
     others.append(entry)
   passed.sort(key=lambda item: (-item[0], -item[2].score, item[1]))
   return [entry for _, _, entry in passed] + others
+
+
+def rerank_candidates(
+  ranked: list[RankedImage],
+  retrieval_config: DelfRetrievalConfig,
+  skip: Collection[str] = frozenset(),
+) -> list[RankedImage]:
+  """The entries :func:`rerank` verifies: the first ``rerank_top_n`` of ``ranked`` whose id
+  is not in ``skip``."""
+  return list(
+    itertools.islice((e for e in ranked if e.image_id not in skip), retrieval_config.rerank_top_n)
+  )
 
 
 def _promotion_line(retrieval_config: DelfRetrievalConfig) -> int:

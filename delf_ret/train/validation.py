@@ -19,7 +19,6 @@ attention does to the vote ranking shows there.
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import os
 import pathlib
@@ -38,6 +37,7 @@ from delf_ret.index import LocalFeatureIndex
 from delf_ret.match import RansacParams
 from delf_ret.retrieval.ranking import first_stage
 from delf_ret.retrieval.ranking import rerank
+from delf_ret.retrieval.ranking import rerank_candidates
 from delf_ret.train.gldv2 import LABEL_MAP_FILE
 from delf_ret.train.gldv2 import SPLIT_FILE
 from delf_ret.train.pair_verification import PairVerifier
@@ -134,11 +134,10 @@ def pipeline_scores(
       index.add(str(i), feature.descriptors)
   queries = [query for query in range(count) if features[query].num_features]
   rankings = {query: first_stage(features[query], index, retrieval_config) for query in queries}
-  top_n = retrieval_config.rerank_top_n
   candidates = [
     (query, int(entry.image_id))
     for query in queries
-    for entry in itertools.islice((e for e in rankings[query] if e.image_id != str(query)), top_n)
+    for entry in rerank_candidates(rankings[query], retrieval_config, {str(query)})
   ]
   verified: dict[int, dict[str, int]] = {query: {} for query in queries}
   if inliers is not None:
