@@ -18,6 +18,7 @@ attention does to the vote ranking shows there.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -83,12 +84,14 @@ def inlier_matrix(
   params: RansacParams,
   workers: int | None = None,
   log: Callable[[str], None] | None = None,
+  verifier: PairVerifier | None = None,
 ) -> np.ndarray:
   """Verified inliers of every pair, int [N, N], symmetric (A matched against B for A < B).
 
   workers: processes verifying the N (N - 1) / 2 pairs (None: every CPU this process may
   use; 1: this process alone); the matrix is the same for any number. log: a line about
-  every tenth of the pairs.
+  every tenth of the pairs. verifier: a PairVerifier of these ``features`` to use (and
+  leave open) instead of starting one with ``workers``.
   """
   count = len(features)
   first, second = np.triu_indices(count, 1)
@@ -98,8 +101,8 @@ def inlier_matrix(
     if log is not None:
       log(f"validation: verified {done}/{total} pairs")
 
-  with PairVerifier(features, workers) as verifier:
-    counts = verifier.inliers(pairs, [params], progress)[:, 0]
+  with _verifier_of(features, workers, verifier) as running:
+    counts = running.inliers(pairs, [params], progress)[:, 0]
   inliers = np.zeros((count, count), np.int64)
   inliers[first, second] = inliers[second, first] = counts
   return inliers
@@ -111,6 +114,7 @@ def pipeline_scores(
   workers: int | None = None,
   log: Callable[[str], None] | None = None,
   inliers: np.ndarray | None = None,
+  verifier: PairVerifier | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Scores [N, N] of photo d for query q from delf-ret's retrieval over a flat index of all
   N photos: (after votes, after reranking), each N - position in q's list (0: not listed).
@@ -122,6 +126,7 @@ def pipeline_scores(
   then :func:`~delf_ret.retrieval.ranking.rerank` of each list with those counts.
   inliers: the :func:`inlier_matrix` [N, N] of this config's verification, if computed:
   its entry [q, d] for q < d is that pair's count already (query q matched against d).
+  verifier: as in :func:`inlier_matrix`.
   """
   count = len(features)
   votes, reranked = np.zeros((count, count)), np.zeros((count, count))
@@ -150,9 +155,9 @@ def pipeline_scores(
     if log is not None:
       log(f"validation: reranking verified {done}/{total} pairs")
 
-  with PairVerifier(features, workers) as verifier:
+  with _verifier_of(features, workers, verifier) as running:
     params = RansacParams.from_config(retrieval_config)
-    counts = verifier.inliers(np.asarray(missing, np.int64), [params], progress)[:, 0]
+    counts = running.inliers(np.asarray(missing, np.int64), [params], progress)[:, 0]
   for (query, image), inlier_count in zip(missing, counts.tolist()):
     verified[query][str(image)] = inlier_count
   for query in queries:
@@ -169,6 +174,15 @@ def pipeline_scores(
       for position, entry in enumerate(listing):
         scores[query, int(entry.image_id)] = count - position
   return votes, reranked
+
+
+def _verifier_of(
+  features: list[LocalFeatures], workers: int | None, verifier: PairVerifier | None
+) -> contextlib.AbstractContextManager[PairVerifier]:
+  """``verifier`` left open, or a new PairVerifier of ``workers`` closed at the end."""
+  if verifier is not None:
+    return contextlib.nullcontext(verifier)
+  return PairVerifier(features, workers)
 
 
 def pipeline_figures(
@@ -277,12 +291,15 @@ def validate_model(
   retrieval = config.retrieval_config
   unseen = held_out_labels(shards_dir)
   inliers = None
-  if pipeline_only:
-    figures: dict = {"photos": len(labels), "labels": len(set(labels))}
-  else:
-    inliers = inlier_matrix(features, RansacParams.from_config(retrieval), workers, log)
-    figures = validation_figures(inliers, labels, retrieval.min_inliers, unseen)
-  scores = pipeline_scores(features, retrieval, workers, log, inliers)
+  # One pool of workers (each sent the features once) for both verifications.
+  with PairVerifier(features, workers) as verifier:
+    if pipeline_only:
+      figures: dict = {"photos": len(labels), "labels": len(set(labels))}
+    else:
+      params = RansacParams.from_config(retrieval)
+      inliers = inlier_matrix(features, params, log=log, verifier=verifier)
+      figures = validation_figures(inliers, labels, retrieval.min_inliers, unseen)
+    scores = pipeline_scores(features, retrieval, log=log, inliers=inliers, verifier=verifier)
   figures["pipeline"] = pipeline_figures(*scores, labels, unseen)
   figures["shards"] = str(pathlib.Path(shards_dir).resolve())
   figures["mean_features"] = round(float(np.mean([f.num_features for f in features])), 1)

@@ -161,6 +161,14 @@ def test_pipeline_scores_on_two_workers_equal_retrieve_query_by_query(bundled_fe
   votes, reranked = pipeline_scores(features, config, 1, lines.append, inliers)
   np.testing.assert_array_equal(reranked, expected_reranked)
   assert lines[-1].startswith("validation: reranking verified ") and "/18 " not in lines[-1]
+  # One pool of 2 workers serving both (as validate_model does), left open by them.
+  with PairVerifier(features, 2) as verifier:
+    shared = inlier_matrix(features, RansacParams.from_config(config), verifier=verifier)
+    np.testing.assert_array_equal(shared, inliers)
+    votes, reranked = pipeline_scores(features, config, inliers=shared, verifier=verifier)
+    np.testing.assert_array_equal(reranked, expected_reranked)
+    pairs = np.array([[0, 1]])
+    assert verifier.inliers(pairs, [RansacParams.from_config(config)])[0, 0] == inliers[0, 1]
 
 
 @pytest.mark.slow  # Prepares shards of 15 photos and extracts 9 with the default model (~20 s).
