@@ -21,7 +21,9 @@ with one error naming the CSV and the line. The split is stratified per
 label; label_map.csv maps each label to its class index and split.json records
 the settings. Finished shards are kept when the command is run again with the
 same inputs (resume). Unreadable photos are listed and skipped; the exit status
-is then 1. Then: train_delf --stage tuning --data_dir shards/ ...
+is then 1. Then: train_delf --stage tuning --data_dir shards/ ... With
+--validation_share 1 every photo goes to validation: a labelled set to measure
+models on (python -m delf_ret.train.recipe validate), no training shards.
 """
 
 from __future__ import annotations
@@ -42,7 +44,12 @@ flags.DEFINE_string(
 flags.DEFINE_string("label_column", "label", "Column of the labels, e.g. landmark.")
 flags.DEFINE_string("output_dir", None, "Folder for the shards, label_map.csv and split.json.")
 flags.DEFINE_integer("num_shards", 16, "Training shards (validation: a quarter, at least 1).")
-flags.DEFINE_float("validation_share", 0.2, "Share of each label's photos for validation.")
+flags.DEFINE_float(
+  "validation_share",
+  0.2,
+  "Share of each label's photos for validation; 1: all of them, no training shards "
+  "(a set for `python -m delf_ret.train.recipe validate`).",
+)
 flags.DEFINE_integer("seed", 0, "Seed of the split and of the order of the photos in the shards.")
 flags.DEFINE_integer(
   "min_images_per_label", 2, "Labels with fewer photos are left out (and reported)."

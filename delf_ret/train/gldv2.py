@@ -100,10 +100,11 @@ def stratified_split(
   """(train, validation): per landmark, round(share * n) images (seeded) go to validation.
 
   A landmark keeps at least one training image, except the labels of ``holdout``: all
-  their images go to validation (landmarks training never sees).
+  their images go to validation (landmarks training never sees). A share of 1 sends every
+  image to validation (a set to validate models on; no training images).
   """
-  if not 0.0 <= validation_share < 1.0:
-    raise GldDataError(f"validation share must be in [0, 1), got {validation_share}")
+  if not 0.0 <= validation_share <= 1.0:
+    raise GldDataError(f"validation share must be in [0, 1], got {validation_share}")
   rng = np.random.default_rng(seed)
   by_label: dict[int, list[TrainImage]] = {}
   for image in images:
@@ -113,7 +114,7 @@ def stratified_split(
     members = by_label[label]
     order = rng.permutation(len(members))
     count = min(int(round(validation_share * len(members))), len(members) - 1)
-    if label in holdout:
+    if label in holdout or validation_share == 1.0:
       count = len(members)
     validation += [members[i] for i in order[:count]]
     train += [members[i] for i in order[count:]]
@@ -263,7 +264,7 @@ def write_training_data(
     f"{len(validation)} validation"
   )
   validation_shards = max(1, num_shards // 4) if validation else 0
-  failures = write_shards(train, output_dir, "train", num_shards, log)
+  failures = write_shards(train, output_dir, "train", num_shards, log) if train else []
   if validation_shards:
     failures += write_shards(validation, output_dir, "validation", validation_shards, log)
   return failures

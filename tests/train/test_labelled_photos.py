@@ -229,3 +229,20 @@ def test_held_out_labels_go_wholly_to_validation(tmp_path, shared_data):
     labelled.prepare_labelled_photos(
       tmp_path / "photos" / "labels.csv", tmp_path / "x", holdout_labels=3, log=lambda line: None
     )
+
+
+def test_share_one_writes_a_validation_only_set(tmp_path, shared_data):
+  rows = photo_folder(tmp_path / "photos", shared_data)
+  out = tmp_path / "shards"
+  csv_path = tmp_path / "photos" / "labels.csv"
+  labelled.prepare_labelled_photos(csv_path, out, num_shards=4, validation_share=1.0, log=print)
+  assert not list(out.glob("train-*")) and len(list(out.glob("validation-*.tfrecord"))) == 1
+  validation = labels_in_shards(out, "validation")
+  # Every photo of a label with 2 or more (machu_picchu's single photo left out).
+  assert sorted(validation) == sorted(i for i, name in rows.items() if name in LANDMARKS)
+  info = json.loads((out / "split.json").read_text())
+  assert (info["train_images"], info["validation_images"]) == (0, len(validation))
+  with pytest.raises(FileNotFoundError, match=f"no train-\\*.tfrecord shards in {out}"):
+    make_dataset(out, "train", 4, image_size=32, seed=1)
+  with pytest.raises(GldDataError, match=r"validation share must be in \[0, 1\], got 1.5"):
+    labelled.prepare_labelled_photos(csv_path, tmp_path / "x", validation_share=1.5, log=print)
