@@ -1,17 +1,21 @@
-"""In-plane rotation: inliers between each bundled demo photo and its rotated copy.
+"""In-plane rotation, or zoom: inliers between each bundled demo photo and its rotated copy,
+or its enlarged centre crop.
 
 For every photo of delf_ret/demo_data (20 photos, longer side at most 640 px) and every
 angle, the photo is rotated about its centre (the canvas grown to hold it, the corners
-black) and verified against the original, for
+black); with --transform zoom, for every factor z its centre crop of 1/z of each side is
+enlarged back to the photo's size (z = 3: what a photo taken with 3x the focal length
+sees). The copy is verified against the original, for
   * the shipped default model with its own config (extraction, matching rule, RANSAC,
     min_inliers): the figures a user gets;
   * the baseline: OpenCV SIFT, 1000 features at the same maximum image side, unit
     descriptors, the 0.8 ratio test and the same RANSAC (as benchmarks/default_model.py).
-Per angle: the median inliers of each method, their ratio (default model / SIFT) and the
-share of photos whose copy reaches the default config's min_inliers. Angle 0 verifies each
-photo against itself: the most a method can give.
+Per angle (factor): the median inliers of each method, their ratio (default model / SIFT)
+and the share of photos whose copy reaches the default config's min_inliers. Angle 0
+verifies each photo against itself: the most a method can give.
 
-Usage: python benchmarks/rotation.py [--output benchmarks/results/rotation.json]
+Usage: python benchmarks/rotation.py [--transform rotation|zoom]
+           [--output benchmarks/results/rotation.json (zoom: zoom.json)]
            [--config_path CANDIDATE/delf_config.pbtxt]  (another model in place of the shipped one)
 """
 
@@ -28,6 +32,7 @@ from sift_baseline import sift_retrieval_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ANGLES = (0, 15, 30, 45, 60, 90, 180)
+ZOOMS = (1.5, 2.0, 3.0, 4.0)
 
 
 def rotated(image: np.ndarray, degrees: float) -> np.ndarray:
@@ -42,11 +47,27 @@ def rotated(image: np.ndarray, degrees: float) -> np.ndarray:
   return cv2.warpAffine(image, matrix, (new_width, new_height))
 
 
+def zoomed(image: np.ndarray, factor: float) -> np.ndarray:
+  """The centre crop of ``image`` uint8 [H, W, 3] with sides H / factor and W / factor,
+  enlarged back to [H, W, 3] (bilinear)."""
+  height, width = image.shape[:2]
+  crop_height, crop_width = round(height / factor), round(width / factor)
+  top, left = (height - crop_height) // 2, (width - crop_width) // 2
+  crop = image[top : top + crop_height, left : left + crop_width]
+  return cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "rotation.json"))
+  parser.add_argument("--transform", choices=("rotation", "zoom"), default="rotation")
+  parser.add_argument("--output", help="default: benchmarks/results/<transform>.json")
   parser.add_argument("--config_path", help="a candidate model's config (default: the shipped one)")
   args = parser.parse_args()
+  output = args.output or str(REPO / "benchmarks" / "results" / f"{args.transform}.json")
+  if args.transform == "rotation":
+    steps, transform, key = ANGLES, rotated, "degrees"
+  else:
+    steps, transform, key = ZOOMS, zoomed, "zoom"
 
   from delf_ret.config import load_config
   from delf_ret.default_model import default_config_path
@@ -72,16 +93,16 @@ def main():
   images = [load_image(path) for path in photos]
   originals = {name: [extract(image) for image in images] for name, (extract, _) in methods.items()}
   rows = []
-  for angle in ANGLES:
+  for step in steps:
     inliers = {}
     for name, (extract, params) in methods.items():
       inliers[name] = [
-        verify_pair(original, extract(rotated(image, angle)), params).num_inliers
+        verify_pair(original, extract(transform(image, step)), params).num_inliers
         for image, original in zip(images, originals[name])
       ]
     medians = {name: float(np.median(counts)) for name, counts in inliers.items()}
     row = {
-      "degrees": angle,
+      key: step,
       "median_inliers": medians,
       "default_model_to_sift": round(medians["default_model"] / max(medians["opencv_sift"], 1), 3),
       "share_verified": {
@@ -91,11 +112,11 @@ def main():
       "inliers": inliers,
     }
     rows.append(row)
-    print(angle, medians, row["share_verified"], flush=True)
+    print(step, medians, row["share_verified"], flush=True)
   write_result(
-    args.output,
+    output,
     {
-      "benchmark": "rotation",
+      "benchmark": args.transform,
       "photos": [path.name for path in photos],
       "min_inliers": min_inliers,
       "weights": (
