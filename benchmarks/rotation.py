@@ -1,5 +1,4 @@
-"""In-plane rotation, or zoom: inliers between each bundled demo photo and its rotated copy,
-or its enlarged centre crop.
+"""In-plane rotation or zoom: inliers between each bundled demo photo and a turned or zoomed copy.
 
 For every photo of delf_ret/demo_data (20 photos, longer side at most 640 px) and every
 angle, the photo is rotated about its centre (the canvas grown to hold it, the corners
